@@ -1,0 +1,12 @@
+//! Sans-I/O SIP for Switchboard: messages over `bytes::Bytes` with lazily parsed headers, URIs,
+//! in-place edits for forwarding, builders, the transaction layer, dialogs and digest
+//! authentication. No sockets, no tasks, no clock reads: callers pass `now`.
+
+pub mod header;
+pub mod message;
+pub mod text;
+pub mod uri;
+
+pub use header::{CSeq, HeaderName, Method, NameAddr, Via};
+pub use message::{Contacts, Error, HeaderField, Message, Span, StartLine};
+pub use uri::{Host, SipUri, TelUri, Uri};
