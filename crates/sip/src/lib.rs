@@ -2,11 +2,14 @@
 //! in-place edits for forwarding, builders, the transaction layer, dialogs and digest
 //! authentication. No sockets, no tasks, no clock reads: callers pass `now`.
 
+pub mod build;
+pub mod edit;
 pub mod header;
 pub mod message;
 pub mod text;
 pub mod uri;
 
+pub use build::{reason_phrase, response_to, Builder};
 pub use header::{CSeq, HeaderName, Method, NameAddr, Via};
 pub use message::{Contacts, Error, HeaderField, Message, Span, StartLine};
 pub use uri::{Host, SipUri, TelUri, Uri};

@@ -97,6 +97,8 @@ pub struct Message {
     start: StartLine,
     headers: Vec<HeaderField>,
     body: Span,
+    /// Offset of the blank line that ends the header section: where new headers go.
+    head_end: u32,
     /// A Content-Length problem found while framing; reported by `validate`.
     body_error: Option<&'static str>,
 }
@@ -146,12 +148,12 @@ impl Message {
         let start = parse_start_line(b, pos, trim_cr(b, pos, sl_end))?;
         let mut headers: Vec<HeaderField> = Vec::with_capacity(16);
         let mut line = sl_end + 1;
-        let header_end = loop {
+        let (blank_line, header_end) = loop {
             let end = find_line_end(b, line)
                 .ok_or(Error::Framing("no blank line ending the header section"))?;
             let content_end = trim_cr(b, line, end);
             if content_end == line {
-                break end + 1;
+                break (line, end + 1);
             }
             if b[line] == b' ' || b[line] == b'\t' {
                 let last = headers
@@ -176,6 +178,7 @@ impl Message {
             start,
             headers,
             body: Span::new(header_end, b.len()),
+            head_end: blank_line as u32,
             body_error: None,
         };
         msg.frame_body(b, header_end);
@@ -351,6 +354,11 @@ impl Message {
 
     pub fn body_span(&self) -> Span {
         self.body
+    }
+
+    /// Offset of the blank line ending the headers.
+    pub fn head_end(&self) -> usize {
+        self.head_end as usize
     }
 
     // ---- start line ----
