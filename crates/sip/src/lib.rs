@@ -2,6 +2,7 @@
 //! in-place edits for forwarding, builders, the transaction layer, dialogs and digest
 //! authentication. No sockets, no tasks, no clock reads: callers pass `now`.
 
+pub mod auth;
 pub mod build;
 pub mod edit;
 pub mod header;
