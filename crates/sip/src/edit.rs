@@ -5,6 +5,7 @@ use crate::header::{HeaderName, NameAddr, Via};
 use crate::message::{Error, HeaderField, Message};
 use crate::text::Cursor;
 use bytes::{BufMut, Bytes, BytesMut};
+use std::net::SocketAddr;
 
 struct Op {
     at: usize,
@@ -59,6 +60,44 @@ impl<'m> Edit<'m> {
             .unwrap_or(self.msg.head_end());
         self.op(at, at, &[b"Via: ", value.as_bytes(), b"\r\n"]);
         self
+    }
+
+    /// Records where a request really came from in its top Via (RFC 3261 §18.2.1, RFC 3581):
+    /// `received` when the sent-by host differs from the source address, and `rport` filled in
+    /// (with `received`) when the client asked for it.
+    pub fn mark_received(mut self, source: SocketAddr) -> Result<Self, Error> {
+        let h = *self
+            .msg
+            .field(HeaderName::Via)
+            .ok_or(Error::Missing("Via"))?;
+        let value = self.msg.value(&h)?;
+        let mut c = Cursor::new(value);
+        let via = Via::parse(&mut c).map_err(|e| Error::Header("Via", e))?;
+        let wants_rport = via.params.has("rport");
+        if !wants_rport && via.host.ip() == Some(source.ip()) {
+            return Ok(self);
+        }
+        let base = h.value_span.start as usize;
+        let params = via.params.raw();
+        let params_at = base + (params.as_ptr() as usize - value.as_ptr() as usize);
+        for name in ["received", "rport"] {
+            if let Some(r) = crate::text::param_span(params, name) {
+                self.op(params_at + r.start, params_at + r.end, &[]);
+            }
+        }
+        let ip = source.ip().to_string();
+        let at = base + c.pos;
+        if wants_rport {
+            let port = source.port().to_string();
+            self.op(
+                at,
+                at,
+                &[b";received=", ip.as_bytes(), b";rport=", port.as_bytes()],
+            );
+        } else {
+            self.op(at, at, &[b";received=", ip.as_bytes()]);
+        }
+        Ok(self)
     }
 
     /// Removes the topmost Via value (the whole line if it holds one value).
@@ -182,6 +221,18 @@ impl<'m> Edit<'m> {
     }
 }
 
+/// Where a response to a request with this top Via goes (RFC 3261 §18.2.2, RFC 3581 §4):
+/// `received` (else the sent-by host) and `rport` (else the sent-by port, else 5060).
+pub fn response_target<'a>(via: &Via<'a>) -> (&'a str, u16) {
+    let host = via.received().unwrap_or(via.host.as_str());
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = via.rport().flatten().or(via.port).unwrap_or(5060);
+    (host, port)
+}
+
 /// Decimal digits of a `u8`, without a heap allocation on the forwarding path.
 fn u8_digits(n: u8, buf: &mut [u8; 3]) -> &[u8] {
     let mut i = 3;
@@ -252,6 +303,34 @@ Content-Length: 0\r\n\r\n";
         let out = msg(REQ).edit().remove_top_via().unwrap().finish();
         let f = msg(std::str::from_utf8(&out).unwrap());
         assert_eq!(f.top_via().unwrap().branch(), Some("z9hG4bKa"));
+    }
+
+    #[test]
+    fn received_and_rport() {
+        let m = msg(&REQ.replace(
+            "p1.example;branch=z9hG4bK1",
+            "p1.example;rport;branch=z9hG4bK1",
+        ));
+        let out = m
+            .edit()
+            .mark_received("192.0.2.7:7777".parse().unwrap())
+            .unwrap()
+            .finish();
+        let f = msg(std::str::from_utf8(&out).unwrap());
+        let v = f.top_via().unwrap();
+        assert_eq!(v.received(), Some("192.0.2.7"));
+        assert_eq!(v.rport(), Some(Some(7777)));
+        assert_eq!(v.branch(), Some("z9hG4bK1"));
+        assert_eq!(f.via_count().unwrap(), 2);
+        assert_eq!(crate::edit::response_target(&v), ("192.0.2.7", 7777));
+        // Same host, no rport: nothing to add.
+        let m = msg(&REQ.replace("p1.example", "192.0.2.7"));
+        let out = m
+            .edit()
+            .mark_received("192.0.2.7:5060".parse().unwrap())
+            .unwrap()
+            .finish();
+        assert_eq!(&out[..], m.as_bytes());
     }
 
     #[test]

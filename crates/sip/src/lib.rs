@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod build;
 pub mod edit;
+pub mod framing;
 pub mod header;
 pub mod message;
 pub mod text;

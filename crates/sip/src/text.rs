@@ -150,35 +150,40 @@ pub fn walk_params<'a>(
     c: &mut Cursor<'a>,
     mut f: impl FnMut(&'a str, Option<&'a str>),
 ) -> Result<(), &'static str> {
-    loop {
-        let save = c.pos;
-        c.ws();
-        if !c.eat(b';') {
-            c.pos = save;
-            return Ok(());
-        }
-        c.ws();
-        let name = c.token().ok_or("empty parameter name")?;
-        let save = c.pos;
-        c.ws();
-        if c.eat(b'=') {
-            c.ws();
-            let value = if c.peek() == Some(b'"') {
-                let start = c.pos;
-                c.quoted()?;
-                &c.s[start..c.pos]
-            } else {
-                c.take_while(is_param_value_char)
-            };
-            if value.is_empty() {
-                return Err("empty parameter value");
-            }
-            f(name, Some(value));
-        } else {
-            c.pos = save;
-            f(name, None);
-        }
+    while let Some((name, value)) = next_param(c)? {
+        f(name, value);
     }
+    Ok(())
+}
+
+/// Reads one `SEMI generic-param`; `None` (nothing consumed) if the next thing is not `;`.
+fn next_param<'a>(c: &mut Cursor<'a>) -> Result<Option<(&'a str, Option<&'a str>)>, &'static str> {
+    let save = c.pos;
+    c.ws();
+    if !c.eat(b';') {
+        c.pos = save;
+        return Ok(None);
+    }
+    c.ws();
+    let name = c.token().ok_or("empty parameter name")?;
+    let save = c.pos;
+    c.ws();
+    if !c.eat(b'=') {
+        c.pos = save;
+        return Ok(Some((name, None)));
+    }
+    c.ws();
+    let value = if c.peek() == Some(b'"') {
+        let start = c.pos;
+        c.quoted()?;
+        &c.s[start..c.pos]
+    } else {
+        c.take_while(is_param_value_char)
+    };
+    if value.is_empty() {
+        return Err("empty parameter value");
+    }
+    Ok(Some((name, Some(value))))
 }
 
 /// Parameters kept as their raw text (starting at the first `;`), looked up on demand.
@@ -225,6 +230,18 @@ impl<'a> Params<'a> {
 
     pub fn has(&self, name: &str) -> bool {
         self.get(name).is_some()
+    }
+}
+
+/// The byte range of `;name[=value]` (with the space before the `;`) in a raw parameter text.
+pub fn param_span(raw: &str, name: &str) -> Option<std::ops::Range<usize>> {
+    let mut c = Cursor::new(raw);
+    loop {
+        let start = c.pos;
+        let (n, _) = next_param(&mut c).ok()??;
+        if n.eq_ignore_ascii_case(name) {
+            return Some(start..c.pos);
+        }
     }
 }
 
