@@ -1,0 +1,1 @@
+//! SCXML interpreter (in progress).
