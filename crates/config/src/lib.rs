@@ -1,0 +1,648 @@
+//! Switchboard's configuration: one TOML file, every key optional.
+//!
+//! * [`Config::from_toml_str`] parses and validates text; [`Config::load`] reads a file;
+//!   [`Config::demo`] is the built-in demo (tenant `demo`, users 1001..=1010, password `secret`,
+//!   everything on 127.0.0.1).
+//! * Unknown keys are errors everywhere (`deny_unknown_fields`).
+//! * Every error names the key path (`sip.udp`, `tenants[0].users[3].password`) and, for text,
+//!   the line and column: see [`ConfigError`] and [`Problem`].
+//!
+//! The annotated reference file is [`EXAMPLE_TOML`] (`switchboard.example.toml` in this crate),
+//! which parses to exactly [`Config::demo`].
+
+mod error;
+mod locate;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+pub use error::{ConfigError, Problem};
+use locate::Locator;
+
+/// The annotated example configuration; it is the built-in demo ([`Config::demo`]).
+pub const EXAMPLE_TOML: &str = include_str!("../switchboard.example.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[sip]`: listen addresses, domain, timers.
+    pub sip: SipConfig,
+    /// `[http]`: the HTTP server (health, metrics, REST).
+    pub http: HttpConfig,
+    /// `[registrar]`: REGISTER handling and digest authentication.
+    pub registrar: RegistrarConfig,
+    /// `[proxy]`: the edge proxy and its routes to downstream nodes.
+    pub proxy: ProxyConfig,
+    /// `[drain]`: graceful shutdown.
+    pub drain: DrainConfig,
+    /// `[[tenants]]`: tenants and their SIP users. Empty by default.
+    pub tenants: Vec<Tenant>,
+}
+
+/// `[sip]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// UDP listen address; `None` (written `""`) disables UDP. Default `127.0.0.1:5060`.
+    #[serde(deserialize_with = "de_optional_addr")]
+    pub udp: Option<SocketAddr>,
+    /// TCP listen address; `None` (written `""`) disables TCP. Default `127.0.0.1:5060`.
+    #[serde(deserialize_with = "de_optional_addr")]
+    pub tcp: Option<SocketAddr>,
+    /// Our SIP domain, the default realm. Default `switchboard`.
+    pub domain: String,
+    /// RFC 3261 T1 in milliseconds. Default 500.
+    pub t1_ms: u64,
+    /// RFC 3261 T2 in milliseconds. Default 4000.
+    pub t2_ms: u64,
+    /// RFC 3261 T4 in milliseconds. Default 5000.
+    pub t4_ms: u64,
+    /// Largest SIP message accepted, in bytes. Default 65535.
+    pub max_message_bytes: usize,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address of the HTTP server. Default `127.0.0.1:8080`.
+    #[serde(deserialize_with = "de_addr")]
+    pub listen: SocketAddr,
+}
+
+/// `[registrar]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrarConfig {
+    /// Smallest Expires accepted (seconds); smaller gets 423. Default 60.
+    pub min_expires: u32,
+    /// Largest Expires granted (seconds). Default 3600.
+    pub max_expires: u32,
+    /// Expires granted when the request names none (seconds). Default 3600.
+    pub default_expires: u32,
+    /// Lifetime of a digest nonce (seconds). Default 300.
+    pub nonce_ttl_s: u64,
+    /// Digest algorithms offered, in order. Default `["SHA-256", "MD5"]`.
+    pub algorithms: Vec<DigestAlgorithm>,
+}
+
+/// A digest algorithm (RFC 7616).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum DigestAlgorithm {
+    /// `MD5`
+    #[serde(rename = "MD5")]
+    Md5,
+    /// `SHA-256`
+    #[serde(rename = "SHA-256")]
+    Sha256,
+}
+
+impl DigestAlgorithm {
+    /// The token used in `WWW-Authenticate: Digest algorithm=...`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DigestAlgorithm::Md5 => "MD5",
+            DigestAlgorithm::Sha256 => "SHA-256",
+        }
+    }
+}
+
+impl fmt::Display for DigestAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[proxy]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Insert Record-Route. Default true.
+    pub record_route: bool,
+    /// OPTIONS ping interval per downstream node (ms). Default 5000.
+    pub health_interval_ms: u64,
+    /// Time after which an unanswering node fails over (ms). Default 4000.
+    pub node_timeout_ms: u64,
+    /// `[[proxy.routes]]`: prefix routes. Empty by default.
+    pub routes: Vec<Route>,
+}
+
+/// `[[proxy.routes]]`: calls to a user starting with `prefix` go to `nodes`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Prefix of the called user; `""` matches every user. Required.
+    pub prefix: String,
+    /// Downstream nodes (IP:port), in failover order; at least one. Required.
+    #[serde(deserialize_with = "de_addrs")]
+    pub nodes: Vec<SocketAddr>,
+}
+
+/// `[drain]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// Upper bound for finishing open transactions after SIGTERM (ms). Default 10000.
+    pub grace_ms: u64,
+}
+
+/// `[[tenants]]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    /// Unique name. Required.
+    pub name: String,
+    /// SIP domain (realm) of the users. Optional in the file: defaults to `sip.domain`.
+    #[serde(default)]
+    pub domain: String,
+    /// `[[tenants.users]]`
+    #[serde(default)]
+    pub users: Vec<User>,
+}
+
+/// `[[tenants.users]]`: a SIP user with digest credentials.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// User part of the address of record (`1001` in `sip:1001@switchboard`). Required.
+    pub user: String,
+    /// Digest password. Required, not empty.
+    pub password: String,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+const LOCALHOST_SIP: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5060);
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            udp: Some(LOCALHOST_SIP),
+            tcp: Some(LOCALHOST_SIP),
+            domain: "switchboard".to_owned(),
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            max_message_bytes: 65535,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080),
+        }
+    }
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 3600,
+            nonce_ttl_s: 300,
+            algorithms: vec![DigestAlgorithm::Sha256, DigestAlgorithm::Md5],
+        }
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            record_route: true,
+            health_interval_ms: 5000,
+            node_timeout_ms: 4000,
+            routes: Vec::new(),
+        }
+    }
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig { grace_ms: 10_000 }
+    }
+}
+
+impl SipConfig {
+    /// T1 as a duration.
+    pub fn t1(&self) -> Duration {
+        Duration::from_millis(self.t1_ms)
+    }
+    /// T2 as a duration.
+    pub fn t2(&self) -> Duration {
+        Duration::from_millis(self.t2_ms)
+    }
+    /// T4 as a duration.
+    pub fn t4(&self) -> Duration {
+        Duration::from_millis(self.t4_ms)
+    }
+}
+
+impl ProxyConfig {
+    /// The route with the longest prefix matching `user`, if any.
+    pub fn route_for(&self, user: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .filter(|r| user.starts_with(&r.prefix))
+            .max_by_key(|r| r.prefix.len())
+    }
+}
+
+impl Config {
+    /// The built-in demo: tenant `demo` in domain `switchboard` with users `1001`..=`1010`, all
+    /// with password `secret`; SIP on 127.0.0.1:5060 UDP and TCP, HTTP on 127.0.0.1:8080.
+    pub fn demo() -> Config {
+        let users = (1001..=1010)
+            .map(|n| User {
+                user: n.to_string(),
+                password: "secret".to_owned(),
+            })
+            .collect();
+        Config {
+            tenants: vec![Tenant {
+                name: "demo".to_owned(),
+                domain: "switchboard".to_owned(),
+                users,
+            }],
+            ..Config::default()
+        }
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let locator = Locator::new(text);
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let mut problem = Problem {
+                key: None,
+                line: None,
+                column: None,
+                message: e.message().trim().to_owned(),
+            };
+            if let Some(span) = e.span() {
+                let at = locator.line_col(span.start);
+                problem.line = Some(at.line);
+                problem.column = Some(at.column);
+                problem.key = locator.key_at(span.start);
+            }
+            ConfigError::Invalid {
+                file: None,
+                problems: vec![problem],
+            }
+        })?;
+        for (i, tenant) in config.tenants.iter_mut().enumerate() {
+            if !locator.contains(&format!("tenants[{i}].domain")) {
+                tenant.domain = config.sip.domain.clone();
+            }
+        }
+        config.check(Some(&locator))?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a TOML file. Errors name the file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_str(&text).map_err(|e| e.with_file(path.to_owned()))
+    }
+
+    /// Semantic validation (also run by [`Config::from_toml_str`]). Use it after changing a
+    /// configuration in code, e.g. after applying command-line overrides.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check(None)
+    }
+
+    /// All users of all tenants, with their tenant.
+    pub fn users(&self) -> impl Iterator<Item = (&Tenant, &User)> {
+        self.tenants
+            .iter()
+            .flat_map(|t| t.users.iter().map(move |u| (t, u)))
+    }
+
+    /// The tenant serving `domain` (case-insensitive).
+    pub fn tenant_by_domain(&self, domain: &str) -> Option<&Tenant> {
+        self.tenants
+            .iter()
+            .find(|t| t.domain.eq_ignore_ascii_case(domain))
+    }
+
+    fn check(&self, locator: Option<&Locator>) -> Result<(), ConfigError> {
+        let mut found = Vec::new();
+        validate(self, &mut found);
+        if found.is_empty() {
+            return Ok(());
+        }
+        let problems = found
+            .into_iter()
+            .map(|f| {
+                let mut problem = Problem::new(f.key.clone(), f.message);
+                if let Some(at) = locator.and_then(|l| l.position_of_nearest(&f.key, f.at_value)) {
+                    problem.line = Some(at.line);
+                    problem.column = Some(at.column);
+                }
+                problem
+            })
+            .collect();
+        Err(ConfigError::Invalid {
+            file: None,
+            problems,
+        })
+    }
+}
+
+/// A semantic problem before it is located in the text.
+struct Found {
+    key: String,
+    /// Point at the value (true) or at the key (false) when locating.
+    at_value: bool,
+    message: String,
+}
+
+fn bad(out: &mut Vec<Found>, key: impl Into<String>, message: impl Into<String>) {
+    out.push(Found {
+        key: key.into(),
+        at_value: true,
+        message: message.into(),
+    });
+}
+
+/// Characters that cannot appear in a SIP user part or domain as we accept them.
+fn has_forbidden_char(s: &str) -> bool {
+    s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '@' | '<' | '>' | '"'))
+}
+
+fn validate(c: &Config, out: &mut Vec<Found>) {
+    // [sip]
+    let sip = &c.sip;
+    if sip.domain.is_empty() {
+        bad(out, "sip.domain", "must not be empty");
+    } else if has_forbidden_char(&sip.domain) {
+        bad(
+            out,
+            "sip.domain",
+            format!("{:?} is not a valid SIP domain", sip.domain),
+        );
+    }
+    if sip.t1_ms == 0 {
+        bad(out, "sip.t1_ms", "must be at least 1");
+    }
+    if sip.t2_ms < sip.t1_ms {
+        bad(
+            out,
+            "sip.t2_ms",
+            format!("must be at least sip.t1_ms ({} < {})", sip.t2_ms, sip.t1_ms),
+        );
+    }
+    if sip.t4_ms == 0 {
+        bad(out, "sip.t4_ms", "must be at least 1");
+    }
+    if !(1024..=16 * 1024 * 1024).contains(&sip.max_message_bytes) {
+        bad(
+            out,
+            "sip.max_message_bytes",
+            format!(
+                "must be between 1024 and 16777216, got {}",
+                sip.max_message_bytes
+            ),
+        );
+    }
+    if let Some(tcp) = sip.tcp {
+        if same_listener(tcp, c.http.listen) {
+            bad(
+                out,
+                "http.listen",
+                format!("{} is also sip.tcp: both are TCP listeners", c.http.listen),
+            );
+        }
+    }
+
+    // [registrar]
+    let r = &c.registrar;
+    if r.min_expires == 0 {
+        bad(out, "registrar.min_expires", "must be at least 1");
+    }
+    if r.min_expires > r.max_expires {
+        bad(
+            out,
+            "registrar.min_expires",
+            format!(
+                "must not exceed registrar.max_expires ({} > {})",
+                r.min_expires, r.max_expires
+            ),
+        );
+    } else if !(r.min_expires..=r.max_expires).contains(&r.default_expires) {
+        bad(
+            out,
+            "registrar.default_expires",
+            format!(
+                "must be between registrar.min_expires and registrar.max_expires ({}..={}), got {}",
+                r.min_expires, r.max_expires, r.default_expires
+            ),
+        );
+    }
+    if r.nonce_ttl_s == 0 {
+        bad(out, "registrar.nonce_ttl_s", "must be at least 1");
+    }
+    if r.algorithms.is_empty() {
+        bad(
+            out,
+            "registrar.algorithms",
+            "must offer at least one algorithm (\"SHA-256\", \"MD5\")",
+        );
+    }
+    let mut seen_alg = HashSet::new();
+    for (i, alg) in r.algorithms.iter().enumerate() {
+        if !seen_alg.insert(*alg) {
+            bad(
+                out,
+                format!("registrar.algorithms[{i}]"),
+                format!("{alg} is listed twice"),
+            );
+        }
+    }
+
+    // [proxy]
+    let p = &c.proxy;
+    if p.health_interval_ms == 0 {
+        bad(out, "proxy.health_interval_ms", "must be at least 1");
+    }
+    if p.node_timeout_ms == 0 {
+        bad(out, "proxy.node_timeout_ms", "must be at least 1");
+    }
+    let mut seen_prefix = HashSet::new();
+    for (i, route) in p.routes.iter().enumerate() {
+        if has_forbidden_char(&route.prefix) {
+            bad(
+                out,
+                format!("proxy.routes[{i}].prefix"),
+                format!("{:?} is not a valid user prefix", route.prefix),
+            );
+        }
+        if !seen_prefix.insert(route.prefix.as_str()) {
+            bad(
+                out,
+                format!("proxy.routes[{i}].prefix"),
+                format!("prefix {:?} has another route already", route.prefix),
+            );
+        }
+        if route.nodes.is_empty() {
+            bad(
+                out,
+                format!("proxy.routes[{i}].nodes"),
+                "a route needs at least one node",
+            );
+        }
+        let mut seen_node = HashSet::new();
+        for (j, node) in route.nodes.iter().enumerate() {
+            if !seen_node.insert(*node) {
+                bad(
+                    out,
+                    format!("proxy.routes[{i}].nodes[{j}]"),
+                    format!("node {node} is listed twice"),
+                );
+            }
+            if node.port() == 0 {
+                bad(
+                    out,
+                    format!("proxy.routes[{i}].nodes[{j}]"),
+                    "a node needs a port other than 0",
+                );
+            }
+        }
+    }
+
+    // [[tenants]]
+    let mut seen_tenant = HashSet::new();
+    let mut seen_domain = HashSet::new();
+    for (i, t) in c.tenants.iter().enumerate() {
+        if t.name.is_empty() {
+            bad(out, format!("tenants[{i}].name"), "must not be empty");
+        } else if !seen_tenant.insert(t.name.as_str()) {
+            bad(
+                out,
+                format!("tenants[{i}].name"),
+                format!("tenant {:?} is defined twice", t.name),
+            );
+        }
+        if t.domain.is_empty() {
+            bad(out, format!("tenants[{i}].domain"), "must not be empty");
+        } else if has_forbidden_char(&t.domain) {
+            bad(
+                out,
+                format!("tenants[{i}].domain"),
+                format!("{:?} is not a valid SIP domain", t.domain),
+            );
+        } else if !seen_domain.insert(t.domain.to_ascii_lowercase()) {
+            bad(
+                out,
+                format!("tenants[{i}].domain"),
+                format!("domain {:?} already belongs to another tenant", t.domain),
+            );
+        }
+        let mut seen_user = HashSet::new();
+        for (j, u) in t.users.iter().enumerate() {
+            let key = format!("tenants[{i}].users[{j}]");
+            if u.user.is_empty() {
+                bad(out, format!("{key}.user"), "must not be empty");
+            } else if has_forbidden_char(&u.user) || u.user.contains(':') {
+                bad(
+                    out,
+                    format!("{key}.user"),
+                    format!("{:?} is not a valid SIP user", u.user),
+                );
+            } else if !seen_user.insert(u.user.as_str()) {
+                bad(
+                    out,
+                    format!("{key}.user"),
+                    format!("user {:?} is defined twice in tenant {:?}", u.user, t.name),
+                );
+            }
+            if u.password.is_empty() {
+                bad(out, format!("{key}.password"), "must not be empty");
+            }
+        }
+    }
+}
+
+/// Whether two TCP listen addresses would collide.
+fn same_listener(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!("{s:?} is not a socket address: expected IP:port such as \"127.0.0.1:5060\" or \"[::1]:5060\"")
+    })
+}
+
+/// Parses addresses inside the deserializer's visitor, so that `toml` attaches the value's
+/// span to the error.
+struct AddrVisitor {
+    allow_empty: bool,
+}
+
+impl serde::de::Visitor<'_> for AddrVisitor {
+    type Value = Option<SocketAddr>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.allow_empty {
+            f.write_str("a socket address string such as \"127.0.0.1:5060\", or \"\" to disable")
+        } else {
+            f.write_str("a socket address string such as \"127.0.0.1:5060\"")
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        if self.allow_empty && s.trim().is_empty() {
+            return Ok(None);
+        }
+        parse_addr(s).map(Some).map_err(E::custom)
+    }
+}
+
+fn de_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    d.deserialize_str(AddrVisitor { allow_empty: false })?
+        .ok_or_else(|| serde::de::Error::custom("a socket address is required here"))
+}
+
+fn de_optional_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    d.deserialize_str(AddrVisitor { allow_empty: true })
+}
+
+/// One address of a list, deserialized on its own so that errors point at the element.
+struct Addr(SocketAddr);
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_addr(d).map(Addr)
+    }
+}
+
+fn de_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let list = Vec::<Addr>::deserialize(d)?;
+    Ok(list.into_iter().map(|a| a.0).collect())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,285 @@
+use super::*;
+
+fn problems(text: &str) -> Vec<Problem> {
+    match Config::from_toml_str(text) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e.problems().to_vec(),
+    }
+}
+
+fn one_problem(text: &str) -> Problem {
+    let mut p = problems(text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    p.remove(0)
+}
+
+#[test]
+fn empty_text_is_the_default() {
+    let c = Config::from_toml_str("").expect("empty config is valid");
+    assert_eq!(c, Config::default());
+    assert!(c.tenants.is_empty());
+    assert_eq!(c.sip.udp, Some("127.0.0.1:5060".parse().expect("addr")));
+    assert_eq!(c.http.listen, "127.0.0.1:8080".parse().expect("addr"));
+}
+
+#[test]
+fn demo_validates() {
+    let demo = Config::demo();
+    demo.validate().expect("demo is valid");
+    assert_eq!(demo.tenants.len(), 1);
+    assert_eq!(demo.tenants[0].name, "demo");
+    let users: Vec<&str> = demo.users().map(|(_, u)| u.user.as_str()).collect();
+    assert_eq!(users.len(), 10);
+    assert_eq!(users.first(), Some(&"1001"));
+    assert_eq!(users.last(), Some(&"1010"));
+    assert!(demo.users().all(|(_, u)| u.password == "secret"));
+    assert!(demo.sip.udp.is_some_and(|a| a.ip().is_loopback()));
+    assert!(demo.sip.tcp.is_some_and(|a| a.ip().is_loopback()));
+    assert!(demo.http.listen.ip().is_loopback());
+}
+
+#[test]
+fn example_file_is_the_demo() {
+    let parsed = Config::from_toml_str(EXAMPLE_TOML).expect("example parses");
+    assert_eq!(parsed, Config::demo());
+}
+
+#[test]
+fn full_schema_parses() {
+    let text = r#"
+[sip]
+udp = "0.0.0.0:5080"
+tcp = ""
+domain = "example.com"
+t1_ms = 250
+t2_ms = 2000
+t4_ms = 3000
+max_message_bytes = 4096
+[http]
+listen = "[::1]:0"
+[registrar]
+min_expires = 30
+max_expires = 600
+default_expires = 300
+nonce_ttl_s = 60
+algorithms = ["MD5"]
+[proxy]
+record_route = false
+health_interval_ms = 1000
+node_timeout_ms = 500
+[[proxy.routes]]
+prefix = "5"
+nodes = ["127.0.0.1:5070", "127.0.0.1:5071"]
+[[proxy.routes]]
+prefix = ""
+nodes = ["127.0.0.1:5072"]
+[drain]
+grace_ms = 0
+[[tenants]]
+name = "acme"
+[[tenants.users]]
+user = "alice"
+password = "pw"
+"#;
+    let c = Config::from_toml_str(text).expect("valid");
+    assert_eq!(c.sip.udp, Some("0.0.0.0:5080".parse().expect("addr")));
+    assert_eq!(c.sip.tcp, None);
+    assert_eq!(c.registrar.algorithms, vec![DigestAlgorithm::Md5]);
+    assert!(!c.proxy.record_route);
+    assert_eq!(c.drain.grace_ms, 0);
+    // Tenant domain defaults to sip.domain.
+    assert_eq!(c.tenants[0].domain, "example.com");
+    assert_eq!(
+        c.tenant_by_domain("EXAMPLE.com").map(|t| t.name.as_str()),
+        Some("acme")
+    );
+    assert_eq!(c.proxy.route_for("5000").map(|r| r.nodes.len()), Some(2));
+    assert_eq!(
+        c.proxy.route_for("6000").map(|r| r.prefix.as_str()),
+        Some("")
+    );
+    assert_eq!(c.sip.t1(), Duration::from_millis(250));
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let p = one_problem("[sip]\ndomain = \"x\"\nudp_port = 5060\n");
+    assert_eq!(p.key.as_deref(), Some("sip.udp_port"));
+    assert_eq!(p.line, Some(3));
+    assert_eq!(p.column, Some(1));
+    assert!(p.message.contains("unknown field `udp_port`"), "{p}");
+    let shown = p.to_string();
+    assert!(shown.contains("line 3"), "{shown}");
+    assert!(shown.contains("sip.udp_port"), "{shown}");
+}
+
+#[test]
+fn unknown_table_names_key_and_line() {
+    let p = one_problem("\n[sipp]\nudp = \"127.0.0.1:1\"\n");
+    assert_eq!(p.key.as_deref(), Some("sipp"));
+    assert_eq!(p.line, Some(2));
+}
+
+#[test]
+fn unknown_key_in_array_of_tables() {
+    let p = one_problem(
+        "[[tenants]]\nname = \"a\"\n[[tenants.users]]\nuser = \"1\"\npassword = \"x\"\npin = 1\n",
+    );
+    assert_eq!(p.key.as_deref(), Some("tenants[0].users[0].pin"));
+    assert_eq!(p.line, Some(6));
+}
+
+#[test]
+fn bad_type_names_key_and_line() {
+    let p = one_problem("[sip]\n\nt1_ms = \"fast\"\n");
+    assert_eq!(p.key.as_deref(), Some("sip.t1_ms"));
+    assert_eq!(p.line, Some(3));
+    assert_eq!(p.column, Some(9));
+    assert!(p.message.contains("invalid type"), "{p}");
+}
+
+#[test]
+fn bad_address_names_key_and_line() {
+    let p = one_problem("[http]\nlisten = \"localhost:80\"\n");
+    assert_eq!(p.key.as_deref(), Some("http.listen"));
+    assert_eq!(p.line, Some(2));
+    assert!(p.message.contains("not a socket address"), "{p}");
+
+    let p = one_problem(
+        "[[proxy.routes]]\nprefix = \"5\"\nnodes = [\"127.0.0.1:5070\",\n  \"nope\"]\n",
+    );
+    assert_eq!(p.key.as_deref(), Some("proxy.routes[0].nodes[1]"));
+    assert_eq!(p.line, Some(4));
+}
+
+#[test]
+fn bad_algorithm_names_key() {
+    let p = one_problem("[registrar]\nalgorithms = [\"SHA-1\"]\n");
+    assert_eq!(p.key.as_deref(), Some("registrar.algorithms[0]"));
+    assert_eq!(p.line, Some(2));
+}
+
+#[test]
+fn syntax_error_names_line_and_guessed_key() {
+    let p = one_problem("[http]\nlisten = \n");
+    assert_eq!(p.line, Some(2));
+    assert_eq!(p.key.as_deref(), Some("http.listen"));
+}
+
+#[test]
+fn missing_required_key() {
+    let p = one_problem("[[proxy.routes]]\nprefix = \"5\"\n");
+    assert!(p.message.contains("missing field `nodes`"), "{p}");
+    assert!(p.line.is_some(), "{p:?}");
+}
+
+#[test]
+fn semantic_errors_are_all_reported_with_lines() {
+    let text = r#"[registrar]
+min_expires = 7200
+max_expires = 3600
+
+[[proxy.routes]]
+prefix = "5"
+nodes = []
+
+[[tenants]]
+name = "demo"
+[[tenants.users]]
+user = "1001"
+password = ""
+[[tenants.users]]
+user = "1001"
+password = "x"
+"#;
+    let p = problems(text);
+    let find = |key: &str| {
+        p.iter()
+            .find(|p| p.key.as_deref() == Some(key))
+            .unwrap_or_else(|| panic!("no problem for {key} in {p:?}"))
+    };
+    assert_eq!(find("registrar.min_expires").line, Some(2));
+    assert_eq!(find("proxy.routes[0].nodes").line, Some(7));
+    assert_eq!(find("tenants[0].users[0].password").line, Some(13));
+    let dup = find("tenants[0].users[1].user");
+    assert_eq!(dup.line, Some(15));
+    assert!(dup.message.contains("defined twice"), "{dup}");
+    assert_eq!(p.len(), 4, "{p:?}");
+}
+
+#[test]
+fn semantic_checks() {
+    let cases: &[(&str, &str)] = &[
+        ("[sip]\ndomain = \"\"\n", "sip.domain"),
+        ("[sip]\nt1_ms = 0\n", "sip.t1_ms"),
+        ("[sip]\nt2_ms = 100\n", "sip.t2_ms"),
+        ("[sip]\nmax_message_bytes = 10\n", "sip.max_message_bytes"),
+        (
+            "[sip]\ntcp = \"127.0.0.1:9000\"\n[http]\nlisten = \"0.0.0.0:9000\"\n",
+            "http.listen",
+        ),
+        ("[registrar]\ndefault_expires = 10\n", "registrar.default_expires"),
+        ("[registrar]\nalgorithms = []\n", "registrar.algorithms"),
+        (
+            "[registrar]\nalgorithms = [\"MD5\", \"MD5\"]\n",
+            "registrar.algorithms[1]",
+        ),
+        ("[proxy]\nnode_timeout_ms = 0\n", "proxy.node_timeout_ms"),
+        (
+            "[[proxy.routes]]\nprefix = \"5\"\nnodes = [\"127.0.0.1:5070\"]\n[[proxy.routes]]\nprefix = \"5\"\nnodes = [\"127.0.0.1:5071\"]\n",
+            "proxy.routes[1].prefix",
+        ),
+        (
+            "[[proxy.routes]]\nprefix = \"5\"\nnodes = [\"127.0.0.1:0\"]\n",
+            "proxy.routes[0].nodes[0]",
+        ),
+        ("[[tenants]]\nname = \"a\"\n[[tenants]]\nname = \"a\"\ndomain = \"other\"\n", "tenants[1].name"),
+        ("[[tenants]]\nname = \"a\"\n[[tenants]]\nname = \"b\"\n", "tenants[1].domain"),
+        (
+            "[[tenants]]\nname = \"a\"\n[[tenants.users]]\nuser = \"a b\"\npassword = \"x\"\n",
+            "tenants[0].users[0].user",
+        ),
+    ];
+    for (text, key) in cases {
+        let p = problems(text);
+        assert!(
+            p.iter()
+                .any(|p| p.key.as_deref() == Some(key) && p.line.is_some()),
+            "{text:?}: expected a located problem for {key}, got {p:?}"
+        );
+    }
+}
+
+#[test]
+fn validate_without_text_names_key() {
+    let mut c = Config::demo();
+    c.registrar.min_expires = 10_000;
+    let err = c.validate().expect_err("invalid");
+    assert_eq!(
+        err.problems()[0].key.as_deref(),
+        Some("registrar.min_expires")
+    );
+    assert_eq!(err.problems()[0].line, None);
+}
+
+#[test]
+fn load_names_the_file() {
+    let dir = std::env::temp_dir().join(format!("sb-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "[sip]\nbogus = 1\n").expect("write");
+    let err = Config::load(&path).expect_err("invalid");
+    let shown = err.to_string();
+    assert!(shown.contains("bad.toml"), "{shown}");
+    assert!(shown.contains("line 2"), "{shown}");
+    assert!(shown.contains("sip.bogus"), "{shown}");
+    let missing = Config::load(dir.join("missing.toml")).expect_err("missing");
+    assert!(matches!(missing, ConfigError::Read { .. }));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn passwords_are_not_in_debug_output() {
+    let shown = format!("{:?}", Config::demo());
+    assert!(!shown.contains("secret"), "{shown}");
+}
