@@ -9,11 +9,15 @@ pub mod framing;
 pub mod header;
 pub mod message;
 pub mod text;
+pub mod transaction;
 pub mod transport;
 pub mod uri;
 
 pub use build::{reason_phrase, response_to, Builder};
 pub use header::{CSeq, HeaderName, Method, NameAddr, Via};
 pub use message::{Contacts, Error, HeaderField, Message, Span, StartLine};
+pub use transaction::{
+    ClientTxId, IdGen, Incoming, ServerTxId, State as TxState, Timers, Transactions, TxError, TxEvent,
+};
 pub use transport::{Peer, Transmit, Transport};
 pub use uri::{Host, SipUri, TelUri, Uri};

@@ -49,13 +49,21 @@ pub struct Peer {
 
 impl Peer {
     pub fn udp(addr: SocketAddr) -> Peer {
-        Peer { addr, transport: Transport::Udp }
+        Peer {
+            addr,
+            transport: Transport::Udp,
+        }
     }
 }
 
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.transport.via_token().to_ascii_lowercase(), self.addr)
+        write!(
+            f,
+            "{}:{}",
+            self.transport.via_token().to_ascii_lowercase(),
+            self.addr
+        )
     }
 }
 

@@ -1,0 +1,281 @@
+//! SIP transports on tokio. The [`Driver`] owns the UDP socket and the TCP connection table and
+//! feeds every message to one sans-I/O [`Core`], then writes whatever the core wants sent. The
+//! core holds all protocol state; this crate only moves bytes, reads the clock and sleeps until
+//! the core's next deadline (one timer for every transaction).
+//!
+//! TLS and WebSocket will be further connection kinds behind the same connection table: a
+//! connection task turns a byte stream into framed messages and takes bytes to write.
+
+mod tcp;
+
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchboard_sip::{Message, Peer, Transmit, Transport};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, watch};
+
+/// The protocol side of a SIP node: proxy, registrar, B2BUA, media server.
+pub trait Core: Send {
+    /// A framed message (not yet validated) from `from`.
+    fn handle_message(&mut self, msg: Message, from: Peer, now: Instant);
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_transmit(&mut self) -> Option<Transmit>;
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// Stop taking new transactions (SIGTERM); open ones finish.
+    fn start_drain(&mut self, now: Instant);
+    /// True when nothing is left to finish.
+    fn is_idle(&self) -> bool;
+}
+
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    pub max_message_bytes: usize,
+    /// How long to wait for open transactions after a drain starts.
+    pub drain_grace: Duration,
+}
+
+/// Bound sockets; `local_*` tell the real ports when 0 was asked for.
+pub struct Sockets {
+    udp: Option<Arc<UdpSocket>>,
+    tcp: Option<TcpListener>,
+    pub local_udp: Option<SocketAddr>,
+    pub local_tcp: Option<SocketAddr>,
+}
+
+impl Sockets {
+    pub async fn bind(cfg: &NetConfig) -> io::Result<Sockets> {
+        let udp = match cfg.udp {
+            Some(a) => Some(Arc::new(UdpSocket::bind(a).await?)),
+            None => None,
+        };
+        // With port 0 for both, let TCP take the same port as UDP when it is free, so a single
+        // "host:port" reaches both transports like a classic SIP server.
+        let tcp_addr = match (cfg.tcp, &udp) {
+            (Some(t), Some(u)) if t.port() == 0 && cfg.udp.is_some_and(|a| a.port() == 0) => {
+                let port = u.local_addr()?.port();
+                Some(SocketAddr::new(t.ip(), port))
+            }
+            (t, _) => t,
+        };
+        let tcp = match tcp_addr {
+            Some(a) => match TcpListener::bind(a).await {
+                Ok(l) => Some(l),
+                Err(_) if cfg.tcp.is_some_and(|t| t.port() == 0) => {
+                    Some(TcpListener::bind(cfg.tcp.unwrap_or(a)).await?)
+                }
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        Ok(Sockets {
+            local_udp: udp.as_ref().map(|u| u.local_addr()).transpose()?,
+            local_tcp: tcp.as_ref().map(|t| t.local_addr()).transpose()?,
+            udp,
+            tcp,
+        })
+    }
+}
+
+/// What connection tasks tell the driver.
+pub(crate) enum NetEvent {
+    Message(Bytes, Peer),
+    Connected(SocketAddr, mpsc::Sender<Bytes>),
+    ConnectFailed(SocketAddr),
+    Closed(SocketAddr),
+}
+
+pub struct Driver<C: Core> {
+    core: C,
+    udp: Option<Arc<UdpSocket>>,
+    events_tx: mpsc::Sender<NetEvent>,
+    events: mpsc::Receiver<NetEvent>,
+    conns: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+    connecting: HashMap<SocketAddr, Vec<Bytes>>,
+    cfg: NetConfig,
+}
+
+impl<C: Core> Driver<C> {
+    pub fn new(core: C, sockets: Sockets, cfg: NetConfig) -> Self {
+        let (events_tx, events) = mpsc::channel(4096);
+        if let Some(listener) = sockets.tcp {
+            tokio::spawn(tcp::accept_loop(
+                listener,
+                events_tx.clone(),
+                cfg.max_message_bytes,
+            ));
+        }
+        Driver {
+            core,
+            udp: sockets.udp,
+            events_tx,
+            events,
+            conns: HashMap::new(),
+            connecting: HashMap::new(),
+            cfg,
+        }
+    }
+
+    /// Runs until `drain` turns true and the core is idle (or the grace time is over).
+    pub async fn run(mut self, mut drain: watch::Receiver<bool>) -> C {
+        let mut buf = vec![0u8; 65_536];
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            self.flush().await;
+            if let Some(d) = drain_deadline {
+                if self.core.is_idle() || Instant::now() >= d {
+                    break;
+                }
+            }
+            let wake = earliest(self.core.poll_timeout(), drain_deadline);
+            let sleep = tokio::time::sleep_until(
+                wake.map(tokio::time::Instant::from_std)
+                    .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600)),
+            );
+            let udp = self.udp.clone();
+            tokio::select! {
+                r = recv(udp.as_deref(), &mut buf) => {
+                    if let Some((n, from)) = r {
+                        self.datagram(&buf[..n], from);
+                        self.drain_ready_datagrams(&mut buf);
+                    }
+                }
+                Some(ev) = self.events.recv() => self.net_event(ev),
+                _ = sleep => self.core.handle_timeout(Instant::now()),
+                r = drain.changed(), if drain_deadline.is_none() => {
+                    if r.is_err() || *drain.borrow() {
+                        let now = Instant::now();
+                        tracing::info!("draining: no new transactions");
+                        self.core.start_drain(now);
+                        drain_deadline = Some(now + self.cfg.drain_grace);
+                    }
+                }
+            }
+        }
+        self.core
+    }
+
+    /// Reads what is already queued on the socket before writing, to batch the work.
+    fn drain_ready_datagrams(&mut self, buf: &mut [u8]) {
+        let Some(udp) = self.udp.clone() else { return };
+        for _ in 0..32 {
+            match udp.try_recv_from(buf) {
+                Ok((n, from)) => self.datagram(&buf[..n], from),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn datagram(&mut self, data: &[u8], from: SocketAddr) {
+        // Keep-alive CRLFs (RFC 5626) and stray empty datagrams carry no message.
+        if data.iter().all(|&c| c == b'\r' || c == b'\n') {
+            return;
+        }
+        self.message(Bytes::copy_from_slice(data), Peer::udp(from));
+    }
+
+    fn message(&mut self, data: Bytes, from: Peer) {
+        metrics::counter!("sip_messages_received_total").increment(1);
+        match Message::parse(data) {
+            Ok(msg) => self.core.handle_message(msg, from, Instant::now()),
+            Err(e) => {
+                metrics::counter!("sip_malformed_total").increment(1);
+                tracing::debug!(peer = %from, error = %e, "dropped unparseable message");
+            }
+        }
+    }
+
+    fn net_event(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Message(data, from) => self.message(data, from),
+            NetEvent::Connected(addr, tx) => {
+                for data in self.connecting.remove(&addr).unwrap_or_default() {
+                    let _ = tx.try_send(data);
+                }
+                self.conns.insert(addr, tx);
+                metrics::gauge!("sip_tcp_connections").set(self.conns.len() as f64);
+            }
+            NetEvent::ConnectFailed(addr) => {
+                let lost = self.connecting.remove(&addr).map_or(0, |v| v.len());
+                tracing::warn!(%addr, lost, "TCP connect failed");
+            }
+            NetEvent::Closed(addr) => {
+                self.conns.remove(&addr);
+                metrics::gauge!("sip_tcp_connections").set(self.conns.len() as f64);
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(t) = self.core.poll_transmit() {
+            metrics::counter!("sip_messages_sent_total").increment(1);
+            match t.peer.transport {
+                Transport::Udp => self.send_udp(t).await,
+                _ => self.send_stream(t),
+            }
+        }
+    }
+
+    async fn send_udp(&self, t: Transmit) {
+        let Some(udp) = &self.udp else {
+            tracing::warn!(peer = %t.peer, "no UDP socket to send on");
+            return;
+        };
+        let r = match udp.try_send_to(&t.payload, t.peer.addr) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                udp.send_to(&t.payload, t.peer.addr).await
+            }
+            other => other,
+        };
+        if let Err(e) = r {
+            metrics::counter!("sip_send_errors_total").increment(1);
+            tracing::debug!(peer = %t.peer, error = %e, "UDP send failed");
+        }
+    }
+
+    fn send_stream(&mut self, t: Transmit) {
+        let addr = t.peer.addr;
+        if let Some(tx) = self.conns.get(&addr) {
+            if tx.try_send(t.payload.clone()).is_ok() {
+                return;
+            }
+            self.conns.remove(&addr);
+        }
+        if let Some(queue) = self.connecting.get_mut(&addr) {
+            queue.push(t.payload);
+            return;
+        }
+        self.connecting.insert(addr, vec![t.payload]);
+        tokio::spawn(tcp::connect(
+            addr,
+            self.events_tx.clone(),
+            self.cfg.max_message_bytes,
+        ));
+    }
+}
+
+async fn recv(udp: Option<&UdpSocket>, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+    match udp {
+        Some(u) => match u.recv_from(buf).await {
+            Ok(r) => Some(r),
+            // ICMP port unreachable from an earlier send shows up here on some systems.
+            Err(e) => {
+                tracing::trace!(error = %e, "UDP receive error");
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
