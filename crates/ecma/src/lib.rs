@@ -32,6 +32,9 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::Value as Json;
 
+/// The key that marks a non-JSON value in tagged JSON.
+pub const TAG: &str = "\u{1}t";
+
 /// Per-session limits.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -258,7 +261,7 @@ impl Engine {
         })
     }
 
-    /// Defines a read-only system variable whose value is a JSON object deep-frozen.
+    /// Whether the global object has a property `name`.
     pub fn is_defined_global(&self, name: &str) -> Result<bool, EcmaError> {
         self.guarded(|ctx| {
             ctx.globals()
@@ -347,6 +350,77 @@ impl Engine {
                 .call((chain, code.to_string()))
                 .map_err(|e| exception(ctx, e))?;
             to_json(ctx, v)
+        })
+    }
+
+    fn call_sb<'js, A: rquickjs::function::IntoArgs<'js>, R: rquickjs::FromJs<'js>>(
+        ctx: &Ctx<'js>,
+        name: &str,
+        args: A,
+    ) -> Result<R, EcmaError> {
+        let sb: Object = ctx.globals().get("__sb").map_err(engine_err)?;
+        let f: Function = sb.get(name).map_err(engine_err)?;
+        f.call(args).map_err(|e| exception(ctx, e))
+    }
+
+    /// Evaluates an expression and returns its value as *tagged JSON*: plain JSON except that
+    /// `undefined`, non-finite numbers, dates, regexps, functions and XML DOM nodes are encoded
+    /// as objects with the key `"\u{1}t"` (see [`TAG`]). Tagged JSON round-trips through
+    /// [`Engine::set_global_tagged`] and friends.
+    pub fn eval_tagged(&self, expr: &str) -> Result<Json, EcmaError> {
+        self.guarded(|ctx| {
+            let v = eval_expr(ctx, expr)?;
+            let s: String = Self::call_sb(ctx, "encode", (v,))?;
+            serde_json::from_str(&s).map_err(|e| EcmaError::Engine(e.to_string()))
+        })
+    }
+
+    /// Sets a global from tagged JSON.
+    pub fn set_global_tagged(&self, name: &str, value: &Json) -> Result<(), EcmaError> {
+        self.guarded(|ctx| {
+            Self::call_sb::<_, ()>(ctx, "setTagged", (name.to_string(), value.to_string()))
+        })
+    }
+
+    /// Defines a read-only system variable (see [`Engine::define_system`]) from tagged JSON.
+    pub fn define_system_tagged(&self, name: &str, value: &Json) -> Result<(), EcmaError> {
+        self.guarded(|ctx| {
+            Self::call_sb::<_, ()>(
+                ctx,
+                "defineSystemTagged",
+                (name.to_string(), value.to_string()),
+            )
+        })
+    }
+
+    /// Assigns tagged JSON to a location expression (`a.b[0]`), in strict mode: an undeclared
+    /// or read-only location is an error.
+    pub fn assign_tagged(&self, location: &str, value: &Json) -> Result<(), EcmaError> {
+        self.guarded(|ctx| {
+            Self::call_sb::<_, ()>(ctx, "setSlot", ("__assign".to_string(), value.to_string()))?;
+            let mut opts = non_strict();
+            opts.strict = true;
+            ctx.eval_with_options::<Value, _>(format!("{location} = __sb.slots.__assign;"), opts)
+                .map(|_| ())
+                .map_err(|e| exception(ctx, e))
+        })
+    }
+
+    /// Assigns the value of `expr` to a location expression, in strict mode.
+    pub fn assign_expr(&self, location: &str, expr: &str) -> Result<(), EcmaError> {
+        self.guarded(|ctx| {
+            let v = eval_expr(ctx, expr)?;
+            let slots: Object = ctx
+                .globals()
+                .get::<_, Object>("__sb")
+                .and_then(|o| o.get("slots"))
+                .map_err(engine_err)?;
+            slots.set("__assign", v).map_err(engine_err)?;
+            let mut opts = non_strict();
+            opts.strict = true;
+            ctx.eval_with_options::<Value, _>(format!("{location} = __sb.slots.__assign;"), opts)
+                .map(|_| ())
+                .map_err(|e| exception(ctx, e))
         })
     }
 

@@ -32,6 +32,7 @@
     }
     if (v === null) return null;
     if (stack.indexOf(v) >= 0) return { [TAG]: "u" };
+    if (v instanceof XmlElement) return { [TAG]: "x", v: v.__tree };
     if (v instanceof Date) return { [TAG]: "d", v: v.getTime() };
     if (v instanceof RegExp) return { [TAG]: "r", s: v.source, f: v.flags };
     stack.push(v);
@@ -74,6 +75,8 @@
               return undefined;
             }
           }
+        case "x":
+          return new XmlElement(v.v);
         case "o": {
           var o = {};
           for (var k in v.v) o[k] = dec(v.v[k]);
@@ -87,6 +90,43 @@
     for (var key in v) out[key] = dec(v[key]);
     return out;
   }
+
+  function XmlElement(tree) {
+    Object.defineProperty(this, "__tree", { value: tree, enumerable: false });
+    this.tagName = tree.n;
+    this.nodeName = tree.n;
+    this.attributes = tree.a;
+    var kids = [];
+    for (var i = 0; i < tree.c.length; i++) {
+      var c = tree.c[i];
+      kids.push(typeof c === "string" ? c : new XmlElement(c));
+    }
+    this.childNodes = kids;
+  }
+  XmlElement.prototype.getAttribute = function (n) {
+    return Object.prototype.hasOwnProperty.call(this.attributes, n) ? this.attributes[n] : null;
+  };
+  XmlElement.prototype.getElementsByTagName = function (n) {
+    var out = [];
+    (function walk(e) {
+      for (var i = 0; i < e.childNodes.length; i++) {
+        var c = e.childNodes[i];
+        if (typeof c === "string") continue;
+        if (n === "*" || c.tagName === n) out.push(c);
+        walk(c);
+      }
+    })(this);
+    return out;
+  };
+  Object.defineProperty(XmlElement.prototype, "textContent", {
+    get: function () {
+      return this.childNodes
+        .map(function (c) {
+          return typeof c === "string" ? c : c.textContent;
+        })
+        .join("");
+    },
+  });
 
   var withFns = [];
   function withFn(n) {
@@ -113,6 +153,18 @@
       else arr = Object.keys(v).map(function (k) { return v[k]; });
       sb.slots[slot] = arr;
       return arr.length;
+    },
+    encode: function (v) {
+      return JSON.stringify(enc(v, []));
+    },
+    setTagged: function (name, s) {
+      g[name] = dec(JSON.parse(s));
+    },
+    setSlot: function (name, s) {
+      sb.slots[name] = dec(JSON.parse(s));
+    },
+    defineSystemTagged: function (name, s) {
+      sb.defineSystem(name, dec(JSON.parse(s)));
     },
     defineSystem: function (name, value) {
       system.add(name);
