@@ -8,7 +8,7 @@
 //! use switchboard_scxml::{Document, Environment, Session, Output};
 //! let env = Environment::default();
 //! let doc = Document::load("<scxml xmlns='http://www.w3.org/2005/07/scxml' version='1.0'><final id='f'/></scxml>", None, &env).unwrap();
-//! let mut s = Session::new(doc, env.clone(), "session-1");
+//! let mut s = Session::new(doc, env.clone(), "session-1").unwrap();
 //! let mut now = 0u64; // milliseconds, any epoch chosen by the host
 //! s.run(now);
 //! while let Some(out) = s.poll_output() {
