@@ -458,6 +458,7 @@ fn non_strict() -> EvalOptions {
 }
 
 fn eval_expr<'js>(ctx: &Ctx<'js>, expr: &str) -> Result<Value<'js>, EcmaError> {
+    let expr = expr.trim_end().trim_end_matches(';');
     let src = format!("({}\n)", expr);
     ctx.eval_with_options::<Value, _>(src, non_strict())
         .map_err(|e| exception(ctx, e))

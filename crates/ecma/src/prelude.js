@@ -32,7 +32,7 @@
     }
     if (v === null) return null;
     if (stack.indexOf(v) >= 0) return { [TAG]: "u" };
-    if (v instanceof XmlElement) return { [TAG]: "x", v: v.__tree };
+    if (v instanceof XmlElement) return { [TAG]: "x", v: v.__tree, s: v.__src };
     if (v instanceof Date) return { [TAG]: "d", v: v.getTime() };
     if (v instanceof RegExp) return { [TAG]: "r", s: v.source, f: v.flags };
     stack.push(v);
@@ -76,7 +76,7 @@
             }
           }
         case "x":
-          return new XmlElement(v.v);
+          return new XmlElement(v.v, v.s);
         case "o": {
           var o = {};
           for (var k in v.v) o[k] = dec(v.v[k]);
@@ -91,8 +91,9 @@
     return out;
   }
 
-  function XmlElement(tree) {
+  function XmlElement(tree, src) {
     Object.defineProperty(this, "__tree", { value: tree, enumerable: false });
+    Object.defineProperty(this, "__src", { value: src, enumerable: false });
     this.tagName = tree.n;
     this.nodeName = tree.n;
     this.attributes = tree.a;

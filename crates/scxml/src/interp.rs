@@ -11,6 +11,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use switchboard_ecma::{EcmaError, Engine};
 
+/// Holds the place of a Basic HTTP event sent to this session itself until it arrives.
+const HTTP_PLACEHOLDER: &str = "\u{1}http-pending";
+
 /// Maximum microsteps in one macrostep before the session is stopped (an eventless loop).
 const MAX_MICROSTEPS: usize = 100_000;
 
@@ -185,6 +188,8 @@ pub struct Session {
     pub(crate) params: Vec<(String, Json)>,
     pub(crate) final_state: Option<String>,
     pub(crate) active_ids: Rc<RefCell<HashSet<String>>>,
+    /// Recently cancelled invocations (their late events are dropped).
+    pub(crate) cancelled: VecDeque<String>,
 }
 
 /// Parses a CSS2 time (`2s`, `500ms`, `.5s`) into milliseconds.
@@ -280,6 +285,7 @@ impl Session {
             params,
             final_state: None,
             active_ids: Rc::new(RefCell::new(HashSet::new())),
+            cancelled: VecDeque::new(),
         };
         s.setup_engine();
         Ok(s)
@@ -333,6 +339,29 @@ impl Session {
         }
     }
 
+    /// A one-line description of queues and children, for debugging.
+    pub fn debug_string(&self) -> String {
+        let kids: Vec<String> = self
+            .children
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}:{}{:?}[{}]",
+                    c.invokeid,
+                    c.session.id,
+                    c.session.configuration(),
+                    c.session.debug_string()
+                )
+            })
+            .collect();
+        format!(
+            "int={:?} ext={:?} delayed={} kids={kids:?}",
+            self.internal.iter().map(|e| &e.name).collect::<Vec<_>>(),
+            self.external.iter().map(|e| &e.name).collect::<Vec<_>>(),
+            self.delayed.len()
+        )
+    }
+
     /// The session id.
     pub fn id(&self) -> &str {
         &self.id
@@ -383,6 +412,14 @@ impl Session {
         if sid.is_none() || sid == Some(self.id.as_str()) {
             if self.http_self_pending > 0 {
                 self.http_self_pending -= 1;
+                if let Some(p) = self
+                    .external
+                    .iter_mut()
+                    .find(|e| e.name == HTTP_PLACEHOLDER)
+                {
+                    *p = ev;
+                    return 200;
+                }
             }
             self.external.push_back(ev);
             return 200;
@@ -403,6 +440,13 @@ impl Session {
         if session == self.id {
             if self_target && self.http_self_pending > 0 {
                 self.http_self_pending -= 1;
+                if let Some(i) = self
+                    .external
+                    .iter()
+                    .position(|e| e.name == HTTP_PLACEHOLDER)
+                {
+                    self.external.remove(i);
+                }
             }
             self.internal.push_back(Event::platform(
                 "error.communication",
@@ -491,7 +535,11 @@ impl Session {
             self.macrostep();
             progressed = true;
         }
-        if self.running && self.http_self_pending == 0 {
+        let blocked = self
+            .external
+            .front()
+            .is_some_and(|e| e.name == HTTP_PLACEHOLDER);
+        if self.running && !blocked {
             if let Some(ev) = self.external.pop_front() {
                 self.process_external(ev);
                 progressed = true;
@@ -610,11 +658,15 @@ impl Session {
     // ---- data model helpers ----
 
     fn ecma_fail(&mut self, e: EcmaError) -> Fail {
+        self.exec_error(e, None)
+    }
+
+    fn exec_error(&mut self, e: EcmaError, sendid: Option<String>) -> Fail {
         if e == EcmaError::Timeout || e == EcmaError::OutOfMemory {
             self.platform_error(format!("{e}"));
         }
         self.internal
-            .push_back(Event::platform("error.execution", None));
+            .push_back(Event::platform("error.execution", sendid));
         Fail
     }
 
@@ -696,13 +748,8 @@ impl Session {
                 }
             }
             let r = if let Some(expr) = &d.expr {
-                match self.engine.eval_tagged(expr) {
-                    Ok(v) => self.engine.set_global_tagged(&d.id, &v),
-                    Err(e) => {
-                        let _ = self.engine.set_global_json(&d.id, None);
-                        Err(e)
-                    }
-                }
+                let _ = self.engine.set_global_json(&d.id, None);
+                self.engine.assign_expr(&d.id, expr)
             } else if let Some(v) = &d.value {
                 self.engine.set_global_tagged(&d.id, v)
             } else {
@@ -762,9 +809,7 @@ impl Session {
 
     fn process_external(&mut self, ev: Event) {
         if let Some(inv) = &ev.invokeid {
-            if !self.children.iter().any(|c| &c.invokeid == inv)
-                && ev.origintype.as_deref() == Some(SCXML_IOPROCESSOR)
-            {
+            if self.cancelled.iter().any(|c| c == inv) {
                 // from a cancelled invocation
                 return;
             }
@@ -794,6 +839,9 @@ impl Session {
             }
         }
         let enabled = self.select_transitions(Some(&ev));
+        if std::env::var("SCXML_TRACE").is_ok() {
+            eprintln!("{} ext {} -> {:?}", self.id, ev.name, enabled);
+        }
         if !enabled.is_empty() {
             self.microstep(&enabled);
         }
@@ -983,11 +1031,19 @@ impl Session {
             }
             self.cancel_invokes(s);
             self.config.remove(&s);
+            self.active_ids.borrow_mut().remove(&doc.states[s].id);
         }
-        self.update_active_ids();
     }
 
     fn cancel_invokes(&mut self, s: StateId) {
+        for c in &self.children {
+            if c.state == s && !c.done {
+                self.cancelled.push_back(c.invokeid.clone());
+            }
+        }
+        while self.cancelled.len() > 64 {
+            self.cancelled.pop_front();
+        }
         self.children.retain(|c| c.state != s);
     }
 
@@ -1433,15 +1489,20 @@ impl Session {
         } else if is_http_type(&ty) {
             true
         } else {
-            return Err(self.ecma_fail(EcmaError::Script(format!("unsupported send type '{ty}'"))));
+            return Err(self.exec_error(
+                EcmaError::Script(format!("unsupported send type '{ty}'")),
+                sendid,
+            ));
         };
         if !http {
             if name.is_none() {
-                return Err(self.ecma_fail(EcmaError::Script("send without event".into())));
+                return Err(self.exec_error(EcmaError::Script("send without event".into()), sendid));
             }
             if let Some(t) = &target {
                 if !t.starts_with("#_") {
-                    return Err(self.ecma_fail(EcmaError::Script(format!("invalid target '{t}'"))));
+                    return Err(
+                        self.exec_error(EcmaError::Script(format!("invalid target '{t}'")), sendid)
+                    );
                 }
             }
         }
@@ -1535,6 +1596,8 @@ impl Session {
         let to_self = own.as_deref() == Some(url);
         if to_self {
             self.http_self_pending += 1;
+            self.external
+                .push_back(Event::external(HTTP_PLACEHOLDER, None));
         }
         let origin = own.unwrap_or_default();
         let name = if ev.name.is_empty() {
@@ -1598,7 +1661,22 @@ impl Session {
         } else {
             let text = match &inv.content {
                 Some(Content::Scxml(s)) => Ok(s.to_string()),
-                Some(Content::Expr(x)) => self.eval_string(x).map_err(|_| ()),
+                Some(Content::Expr(x)) => match self.eval_tagged(x) {
+                    Ok(Json::String(s)) => Ok(s),
+                    Ok(Json::Object(m)) if m.get(TAG).and_then(|t| t.as_str()) == Some("x") => {
+                        Ok(m.get("s")
+                            .and_then(|s| s.as_str())
+                            .unwrap_or("")
+                            .to_string())
+                    }
+                    Ok(_) => {
+                        self.ecma_fail(EcmaError::Script(
+                            "invoke content is not a document".into(),
+                        ));
+                        Err(())
+                    }
+                    Err(_) => Err(()),
+                },
                 Some(Content::Value(Json::String(s))) => Ok(s.clone()),
                 _ => Err(()),
             };

@@ -831,7 +831,13 @@ impl<'a, 'input> Parser<'a, 'input> {
                 }
                 return Ok(Content::Scxml(Arc::from(text)));
             }
-            return Ok(Content::Value(json!({ TAG: "x", "v": xml_tree(*e) })));
+            let mut text = self.src[e.range()].to_string();
+            if e.tag_name().name() == "scxml" && !text.contains("xmlns") {
+                text = text.replacen("<scxml", &format!("<scxml xmlns=\"{SCXML_NS}\""), 1);
+            }
+            return Ok(Content::Value(
+                json!({ TAG: "x", "v": xml_tree(*e), "s": text }),
+            ));
         }
         let text: String = k.children().filter_map(|x| x.text()).collect();
         Ok(Content::Value(text_value(&text)))
@@ -978,7 +984,7 @@ pub(crate) fn parse_fetched(text: &str) -> Json {
             nodes_limit: 100_000,
         };
         if let Ok(doc) = roxmltree::Document::parse_with_options(t, opts) {
-            return json!({ TAG: "x", "v": xml_tree(doc.root_element()) });
+            return json!({ TAG: "x", "v": xml_tree(doc.root_element()), "s": t });
         }
     }
     text_value(t)

@@ -67,6 +67,8 @@ struct Snap {
     last_event: Option<Event>,
     params: Vec<(String, Json)>,
     final_state: Option<String>,
+    #[serde(default)]
+    cancelled: Vec<String>,
     globals: String,
 }
 
@@ -136,6 +138,7 @@ impl Session {
             last_event: self.last_event.clone(),
             params: self.params.clone(),
             final_state: self.final_state.clone(),
+            cancelled: self.cancelled.iter().cloned().collect(),
             globals,
         })
     }
@@ -239,6 +242,7 @@ impl Session {
         sess.seq = s.seq;
         sess.http_self_pending = s.http_self_pending;
         sess.final_state = s.final_state;
+        sess.cancelled = s.cancelled.into_iter().collect();
         if let Some(ev) = s.last_event {
             sess.set_event_pub(&ev);
         }

@@ -10,15 +10,7 @@ use common::*;
 use std::time::Duration;
 
 /// Tests known to fail, with the reason. Every other automatic test must pass.
-const KNOWN_FAILURES: &[(&str, &str)] = &[
-    ("409", "under investigation"),
-    ("326", "under investigation"),
-    ("332", "under investigation"),
-    ("201", "under investigation"),
-    ("229", "under investigation"),
-    ("530", "under investigation"),
-    ("452", "under investigation"),
-];
+const KNOWN_FAILURES: &[(&str, &str)] = &[];
 /// Extra failures allowed only in the snapshot run.
 const KNOWN_SNAPSHOT_FAILURES: &[(&str, &str)] = &[];
 

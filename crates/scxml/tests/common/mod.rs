@@ -193,6 +193,9 @@ pub fn run_file(dir: &Path, file: &str, opts: &RunOptions) -> Verdict {
                 };
             }
             while let Some(o) = session.poll_output() {
+                if std::env::var("SCXML_DEBUG").is_ok() {
+                    eprintln!("[{now}] {o:?} config={:?}", session.configuration());
+                }
                 match o {
                     Output::Done { final_state, .. } => {
                         return if final_state.as_deref() == Some("pass") {
