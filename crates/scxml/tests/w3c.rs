@@ -135,5 +135,6 @@ fn manual_as_auto_rewrites() {
         }
         let v = run_file(&dir, f, &opts);
         eprintln!("manual-as-auto {f}: {v:?}");
+        assert_eq!(v, Verdict::Pass, "{f}");
     }
 }
