@@ -1,0 +1,36 @@
+//! The role implementations compiled into this binary.
+
+use crate::role::{Registry, RoleContext, RoleHandle, RoleKind};
+
+use tokio::sync::Mutex;
+
+/// The SIP edge serves both `sip-proxy` and `registrar` from one core (one set of sockets, one
+/// location service); whichever of the two starts first starts it, the other shares it.
+struct EdgeOnce(Mutex<bool>);
+
+async fn start_sip_edge(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let once = ctx.shared().get_or_init(|| EdgeOnce(Mutex::new(false)));
+    let mut started = once.0.lock().await;
+    if *started {
+        return Ok(RoleHandle::idle());
+    }
+    *started = true;
+    let edge =
+        switchboard_services::sip::role::start(ctx.config.clone(), ctx.drain.clone()).await?;
+    ctx.add_routes(edge.router);
+    let mut handle = RoleHandle::from_task(edge.task);
+    if let Some(a) = edge.udp {
+        handle = handle.bound("sip_udp", a);
+    }
+    if let Some(a) = edge.tcp {
+        handle = handle.bound("sip_tcp", a);
+    }
+    Ok(handle)
+}
+
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(RoleKind::SipProxy, start_sip_edge);
+    r.register(RoleKind::Registrar, start_sip_edge);
+    r
+}
