@@ -75,7 +75,11 @@ impl Transactions {
             id,
             ClientTx {
                 invite,
-                state: if invite { State::Calling } else { State::Trying },
+                state: if invite {
+                    State::Calling
+                } else {
+                    State::Trying
+                },
                 request: msg,
                 peer: to,
                 key,
@@ -140,14 +144,20 @@ impl Transactions {
                     tx.deadlines.lifetime = t.timer_c.map(|c| now + c);
                     arm = tx.deadlines.lifetime;
                 }
-                Incoming::Response { tx: ClientTxId(id), msg }
+                Incoming::Response {
+                    tx: ClientTxId(id),
+                    msg,
+                }
             }
             (true, State::Calling | State::Proceeding, 200..=299) => {
                 tx.state = State::Accepted;
                 tx.deadlines.retransmit = None;
                 tx.deadlines.lifetime = Some(now + t.t1x64()); // Timer M
                 arm = tx.deadlines.lifetime;
-                Incoming::Response { tx: ClientTxId(id), msg }
+                Incoming::Response {
+                    tx: ClientTxId(id),
+                    msg,
+                }
             }
             (true, State::Calling | State::Proceeding, _) => {
                 tx.state = State::Completed;
@@ -163,9 +173,15 @@ impl Transactions {
                 }
                 self.transmits
                     .push_back(crate::transport::Transmit { peer, payload: ack });
-                Incoming::Response { tx: ClientTxId(id), msg }
+                Incoming::Response {
+                    tx: ClientTxId(id),
+                    msg,
+                }
             }
-            (true, State::Accepted, 200..=299) => Incoming::Response { tx: ClientTxId(id), msg },
+            (true, State::Accepted, 200..=299) => Incoming::Response {
+                tx: ClientTxId(id),
+                msg,
+            },
             (true, State::Completed, 200..=299) => Incoming::StrayResponse { msg },
             (true, State::Completed, 300..) => {
                 if let Some(ack) = tx.ack.clone() {
@@ -177,7 +193,10 @@ impl Transactions {
             }
             (false, State::Trying | State::Proceeding, 100..=199) => {
                 tx.state = State::Proceeding;
-                Incoming::Response { tx: ClientTxId(id), msg }
+                Incoming::Response {
+                    tx: ClientTxId(id),
+                    msg,
+                }
             }
             (false, State::Trying | State::Proceeding, _) => {
                 tx.state = State::Completed;
@@ -188,7 +207,10 @@ impl Transactions {
                     tx.deadlines.lifetime = Some(now + t.t4);
                     arm = tx.deadlines.lifetime;
                 }
-                Incoming::Response { tx: ClientTxId(id), msg }
+                Incoming::Response {
+                    tx: ClientTxId(id),
+                    msg,
+                }
             }
             // Provisionals after a final response, anything in Completed for non-INVITE.
             _ => Incoming::Absorbed,
@@ -246,7 +268,8 @@ impl Transactions {
     pub(super) fn end_client(&mut self, id: u64) {
         if let Some(tx) = self.clients.remove(&id) {
             self.client_index.remove(&tx.key);
-            self.events.push_back(TxEvent::ClientTerminated(ClientTxId(id)));
+            self.events
+                .push_back(TxEvent::ClientTerminated(ClientTxId(id)));
         }
     }
 }

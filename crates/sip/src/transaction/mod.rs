@@ -279,7 +279,8 @@ impl Transactions {
             .collect();
         ids.sort_unstable();
         for id in ids {
-            self.events.push_back(TxEvent::TransportError(ClientTxId(id)));
+            self.events
+                .push_back(TxEvent::TransportError(ClientTxId(id)));
             self.end_client(id);
         }
         let mut ids: Vec<u64> = self

@@ -85,8 +85,18 @@ mod tests {
         let t0 = Instant::now();
         let mut q = TimerQueue::default();
         q.arm(t0 + Duration::from_secs(2), Side::Client, 1, Slot::Lifetime);
-        q.arm(t0 + Duration::from_secs(1), Side::Server, 7, Slot::Retransmit);
-        q.arm(t0 + Duration::from_secs(1), Side::Client, 3, Slot::Retransmit);
+        q.arm(
+            t0 + Duration::from_secs(1),
+            Side::Server,
+            7,
+            Slot::Retransmit,
+        );
+        q.arm(
+            t0 + Duration::from_secs(1),
+            Side::Client,
+            3,
+            Slot::Retransmit,
+        );
         assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(1)));
         assert!(q.pop_due(t0).is_none());
         let a = q.pop_due(t0 + Duration::from_secs(5)).unwrap();
