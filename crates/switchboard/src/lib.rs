@@ -115,13 +115,23 @@ pub async fn run(
             missing.push(kind);
             continue;
         };
+        // One implementation registered for several kinds starts once, for all of them.
+        let kinds: Vec<RoleKind> = roles
+            .iter()
+            .copied()
+            .filter(|k| registry.get(*k).is_some_and(|r| Arc::ptr_eq(&r, &role)))
+            .collect();
+        if kinds.first() != Some(&kind) {
+            continue;
+        }
         let ctx = RoleContext::new(
             kind,
             config.clone(),
             drain.clone(),
             role_routes.clone(),
             shared.clone(),
-        );
+        )
+        .with_kinds(kinds.clone());
         let start = role.start(ctx);
         let result = tokio::select! {
             result = start => result,
@@ -133,12 +143,12 @@ pub async fn run(
         };
         match result {
             Ok(handle) => {
-                info!(role = %kind, "role started");
+                info!(role = %list(&kinds), "role started");
                 bound.extend(handle.bound);
                 if let Some(task) = handle.task {
                     running.spawn(async move { (kind, RoleExit::from(task.await)) });
                 }
-                started.push(kind);
+                started.extend(kinds);
             }
             Err(e) => {
                 error!(role = %kind, error = format!("{e:#}"), "role failed to start");

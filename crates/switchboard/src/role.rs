@@ -104,8 +104,11 @@ impl fmt::Display for RoleKind {
 /// What a role gets when it starts.
 #[derive(Clone)]
 pub struct RoleContext {
-    /// Which role is being started (one implementation may serve several kinds).
+    /// Which role is being started: the first of [`RoleContext::kinds`].
     pub kind: RoleKind,
+    /// Every requested kind this implementation serves (see [`Registry::register_many`]),
+    /// in start order; never empty.
+    pub kinds: Vec<RoleKind>,
     /// The validated configuration, command-line overrides applied.
     pub config: Arc<Config>,
     /// Cancelled when the process starts draining (SIGTERM/SIGINT, or another role failed).
@@ -115,7 +118,7 @@ pub struct RoleContext {
 }
 
 impl RoleContext {
-    /// Creates a context. The supervisor does this; tests of a role may too.
+    /// Creates a context for `kind`. The supervisor does this; tests of a role may too.
     pub fn new(
         kind: RoleKind,
         config: Arc<Config>,
@@ -125,11 +128,21 @@ impl RoleContext {
     ) -> Self {
         RoleContext {
             kind,
+            kinds: vec![kind],
             config,
             drain,
             routes,
             shared,
         }
+    }
+
+    /// Sets [`RoleContext::kinds`] (and `kind` to its first element); ignored when empty.
+    pub fn with_kinds(mut self, kinds: Vec<RoleKind>) -> Self {
+        if let Some(first) = kinds.first() {
+            self.kind = *first;
+            self.kinds = kinds;
+        }
+        self
     }
 
     /// Serves `router`'s routes on the HTTP server (e.g. `GET /v1/registrations`). Apply
@@ -252,6 +265,17 @@ impl Registry {
     /// Adds (or replaces) the implementation of `kind`.
     pub fn register(&mut self, kind: RoleKind, role: impl Role + 'static) -> &mut Self {
         self.roles.insert(kind, Arc::new(role));
+        self
+    }
+
+    /// One implementation serving several kinds, e.g. the SIP edge for `sip-proxy` and
+    /// `registrar`: it is started once when any of them is requested, with all the requested
+    /// ones in [`RoleContext::kinds`].
+    pub fn register_many(&mut self, kinds: &[RoleKind], role: impl Role + 'static) -> &mut Self {
+        let role: Arc<dyn Role> = Arc::new(role);
+        for kind in kinds {
+            self.roles.insert(*kind, role.clone());
+        }
         self
     }
 

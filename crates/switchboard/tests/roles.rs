@@ -190,3 +190,36 @@ async fn role_ending_early_stops_the_process() {
     let sb = start(registry, &[RoleKind::Mcp, RoleKind::Voicemail], 1000).await;
     assert_eq!(outcome(sb.task).await, Outcome::RoleFailed);
 }
+
+#[tokio::test]
+async fn one_implementation_for_several_kinds_starts_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let starts = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut registry = Registry::new();
+    let (starts_in, seen_in) = (starts.clone(), seen.clone());
+    registry.register_many(
+        &[RoleKind::SipProxy, RoleKind::Registrar],
+        move |ctx: RoleContext| {
+            starts_in.fetch_add(1, Ordering::SeqCst);
+            seen_in
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(ctx.kinds.clone());
+            async move { Ok(RoleHandle::idle()) }
+        },
+    );
+    let sb = start(
+        registry,
+        &[RoleKind::Registrar, RoleKind::Mcp, RoleKind::SipProxy],
+        1000,
+    )
+    .await;
+    assert_eq!(starts.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        *seen.lock().unwrap_or_else(|e| e.into_inner()),
+        vec![vec![RoleKind::SipProxy, RoleKind::Registrar]]
+    );
+    sb.shutdown.cancel();
+    assert_eq!(outcome(sb.task).await, Outcome::Drained);
+}
