@@ -368,7 +368,7 @@ fn invite_client_over_tcp_never_retransmits_and_ends_at_once_after_ack() {
     let mut s = Sim::new();
     let ua = tcp("192.0.2.9:5060");
     let req = request("INVITE", "SIP/2.0/TCP 192.0.2.1;branch=z9hG4bKt1", None, 1);
-    let tx = s.send(req.clone(), ua);
+    let tx = s.send(req, ua);
     assert_eq!(s.transmits().len(), 1);
     // Timer B still runs over TCP; Timer A does not.
     assert!(s.run(ms(31_999)).is_empty());
@@ -382,7 +382,6 @@ fn invite_client_over_tcp_never_retransmits_and_ends_at_once_after_ack() {
         s.events(),
         vec![TxEvent::Timeout(tx), TxEvent::ClientTerminated(tx)]
     );
-    let _ = req;
     let req2 = s.txs.client_request(tx2).expect("live").clone();
     assert!(matches!(
         s.recv(reply(&req2, 480, "x"), ua),
@@ -913,8 +912,7 @@ fn send_response_bytes_skips_the_parse() {
         Err(TxError::BadStatus)
     );
     assert_eq!(
-        s.txs
-            .send_response(ServerTxId::clone(&tx), req.clone(), s.now),
+        s.txs.send_response(tx, req.clone(), s.now),
         Err(TxError::NotResponse)
     );
 }
