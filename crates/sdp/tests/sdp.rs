@@ -1,7 +1,6 @@
 //! SDP parsing, writing and RFC 3264 offer/answer, as a SIP engineer would check them.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 
 use switchboard_sdp::*;
 
