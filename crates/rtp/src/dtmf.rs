@@ -345,7 +345,7 @@ mod tests {
     }
 
     fn silence(out: &mut Vec<f32>, samples: usize) {
-        out.extend(std::iter::repeat_n(0.0, samples));
+        out.resize(out.len() + samples, 0.0);
     }
 
     fn detect(signal: &[f32], noise_dbm0: Option<f32>) -> String {
