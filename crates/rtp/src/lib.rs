@@ -24,3 +24,6 @@ pub mod session;
 pub mod stats;
 pub mod telephone_event;
 pub mod tone;
+
+pub use packet::{is_rtcp, RtpError, RtpHeader, RtpPacket};
+pub use session::{Dropped, Latch, LatchDecision, Received, RtpReceiver, RtpSender, RtpSession};
