@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_sip::{Message, Peer, Transmit, Transport};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// The protocol side of a SIP node: proxy, registrar, B2BUA, media server.
 pub trait Core: Send {
@@ -121,8 +122,8 @@ impl<C: Core> Driver<C> {
         }
     }
 
-    /// Runs until `drain` turns true and the core is idle (or the grace time is over).
-    pub async fn run(mut self, mut drain: watch::Receiver<bool>) -> C {
+    /// Runs until `drain` is cancelled and the core is idle (or the grace time is over).
+    pub async fn run(mut self, drain: CancellationToken) -> C {
         let mut buf = vec![0u8; 65_536];
         let mut drain_deadline: Option<Instant> = None;
         loop {
@@ -147,13 +148,11 @@ impl<C: Core> Driver<C> {
                 }
                 Some(ev) = self.events.recv() => self.net_event(ev),
                 _ = sleep => self.core.handle_timeout(Instant::now()),
-                r = drain.changed(), if drain_deadline.is_none() => {
-                    if r.is_err() || *drain.borrow() {
-                        let now = Instant::now();
-                        tracing::info!("draining: no new transactions");
-                        self.core.start_drain(now);
-                        drain_deadline = Some(now + self.cfg.drain_grace);
-                    }
+                _ = drain.cancelled(), if drain_deadline.is_none() => {
+                    let now = Instant::now();
+                    tracing::info!("draining: no new transactions");
+                    self.core.start_drain(now);
+                    drain_deadline = Some(now + self.cfg.drain_grace);
                 }
             }
         }
