@@ -133,7 +133,7 @@ pub enum Incoming {
     Absorbed,
     /// The message lacks what matching needs (top Via, CSeq, and for RFC 2543 requests From,
     /// To, Call-ID) or its CSeq method differs from the request method. Answer a request with
-    /// `error.status()` statelessly; drop a response.
+    /// `error.status()` statelessly (never an ACK); drop a response.
     Malformed { msg: Message, error: Error },
 }
 
@@ -312,17 +312,14 @@ impl Transactions {
         self.transmits.push_back(Transmit { peer, payload });
     }
 
-    /// True if the queue entry still matches what its transaction expects.
     fn is_live(&self, due: &Due) -> bool {
-        let expected = match due.side {
-            Side::Server => self.servers.get(&due.id).and_then(|t| t.deadline(due.slot)),
-            Side::Client => self.clients.get(&due.id).and_then(|t| t.deadline(due.slot)),
-        };
-        expected == Some(due.at)
+        is_live(&self.servers, &self.clients, due)
     }
 
     /// Drops cancelled entries from the head of the queue so that `poll_timeout` does not wake
-    /// the runtime for nothing.
+    /// the runtime for nothing, and compacts the queue when cancelled entries (a 3-minute
+    /// Timer C left behind by every answered call) outnumber live ones; each transaction has
+    /// at most two live entries, so the rebuild is amortised O(1) per entry.
     fn prune(&mut self) {
         while let Some(due) = self.queue.peek() {
             if self.is_live(due) {
@@ -330,7 +327,26 @@ impl Transactions {
             }
             self.queue.pop();
         }
+        let live_max = 2 * (self.servers.len() + self.clients.len());
+        if self.queue.len() > 2 * live_max + 1024 {
+            let (servers, clients) = (&self.servers, &self.clients);
+            self.queue.retain(|due| is_live(servers, clients, due));
+        }
     }
+
+    /// Entries in the deadline queue, cancelled ones included (for tests and metrics).
+    pub fn queued_timers(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// True if the queue entry still matches what its transaction expects.
+fn is_live(servers: &HashMap<u64, ServerTx>, clients: &HashMap<u64, ClientTx>, due: &Due) -> bool {
+    let expected = match due.side {
+        Side::Server => servers.get(&due.id).and_then(|t| t.deadline(due.slot)),
+        Side::Client => clients.get(&due.id).and_then(|t| t.deadline(due.slot)),
+    };
+    expected == Some(due.at)
 }
 
 /// A transaction's timer slots: the deadline each is armed for, if any.

@@ -69,9 +69,13 @@ impl TimerQueue {
         }
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.heap.len()
+    }
+
+    /// Keeps only the entries `live` accepts: O(n), for when cancelled entries pile up.
+    pub fn retain(&mut self, mut live: impl FnMut(&Due) -> bool) {
+        self.heap.retain(|Reverse(d)| live(d));
     }
 }
 
