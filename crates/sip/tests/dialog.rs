@@ -525,3 +525,35 @@ Content-Length: 0\r\n\r\n",
         Incoming::Response { tx, .. } if tx == btx
     ));
 }
+
+#[test]
+fn uas_early_dialog_is_confirmed_by_our_2xx() {
+    let req = parse(INVITE);
+    let ringing = answer(&req, 183);
+    let mut d = Dialog::uas(&req, &ringing).unwrap();
+    assert_eq!(d.state(), DialogState::Early);
+    assert_eq!(d.id().local_tag, "btag");
+    d.confirm();
+    assert_eq!(d.state(), DialogState::Confirmed);
+    assert_eq!(
+        Dialog::uas(&req, &answer(&req, 486)),
+        Err(DialogError::NotDialogCreating(486))
+    );
+}
+
+#[test]
+fn remote_target_with_uri_headers_is_stripped_in_the_request_uri() {
+    let req = parse(INVITE);
+    let ok = msg(response_to(&req, 200, Some("btag"))
+        .header("Contact", "<sip:bob@192.0.2.2;transport=tcp?Subject=x>")
+        .finish());
+    let mut d = Dialog::uac(&req, &ok).unwrap();
+    let bye = msg(d
+        .request(&Method::Bye, "SIP/2.0/UDP h;branch=z9hG4bKu")
+        .unwrap()
+        .finish());
+    assert_eq!(
+        bye.request_uri_str(),
+        Some("sip:bob@192.0.2.2;transport=tcp")
+    );
+}

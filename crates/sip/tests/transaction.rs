@@ -1166,3 +1166,127 @@ fn uac_and_uas_complete_over_a_lossy_link() {
     assert!(uac.is_empty() && uas.is_empty());
     assert_eq!(uac.poll_timeout(), None);
 }
+
+// ---------------------------------------------------------------- configuration and edges
+
+#[test]
+fn timers_are_configurable() {
+    let timers = Timers {
+        t1: ms(100),
+        t2: ms(400),
+        t4: ms(1_000),
+        d: ms(2_000),
+        trying: Some(ms(50)),
+        timer_c: None,
+    };
+    let mut s = Sim::with(timers);
+    let ua = udp("192.0.2.9:5060");
+    let tx = s.send(options("z9hG4bKc1"), ua);
+    s.transmits();
+    let sent = s.run(ms(6_400));
+    // E: 100, 200, 400, 400... ms apart until F = 64 * 100 ms.
+    let mut expect = Vec::new();
+    let (mut at, mut iv) = (ms(0), ms(100));
+    while at + iv < ms(6_400) {
+        at += iv;
+        expect.push(at);
+        iv = (iv * 2).min(ms(400));
+    }
+    assert_eq!(times(&sent), expect);
+    assert_eq!(
+        s.events(),
+        vec![TxEvent::Timeout(tx), TxEvent::ClientTerminated(tx)]
+    );
+    // D and K follow the settings too.
+    let req = invite("z9hG4bKc2");
+    let inv = s.send(req.clone(), ua);
+    s.recv(reply(&req, 404, "x"), ua);
+    let start = s.elapsed();
+    s.run(start + ms(1_999));
+    assert!(!s.events().contains(&TxEvent::ClientTerminated(inv)));
+    s.run(start + ms(2_000));
+    assert_eq!(s.events(), vec![TxEvent::ClientTerminated(inv)]);
+    let req = options("z9hG4bKc3");
+    let opt = s.send(req.clone(), ua);
+    s.recv(reply(&req, 200, "x"), ua);
+    let start = s.elapsed();
+    s.run(start + ms(1_000));
+    assert_eq!(s.events(), vec![TxEvent::ClientTerminated(opt)]);
+}
+
+#[test]
+fn final_response_during_timer_c_grace_completes_normally() {
+    let mut s = Sim::new();
+    let ua = udp("192.0.2.9:5060");
+    let req = invite("z9hG4bKg1");
+    let tx = s.send(req.clone(), ua);
+    s.recv(reply(&req, 180, "b"), ua);
+    let c = Timers::default().timer_c.unwrap();
+    s.run(c);
+    assert_eq!(s.events(), vec![TxEvent::ProceedingTimeout(tx)]);
+    // The TU's CANCEL worked: 487 arrives, is ACKed, and no Timeout follows.
+    s.at(c + ms(300));
+    assert!(matches!(
+        s.recv(reply(&req, 487, "b"), ua),
+        Incoming::Response { .. }
+    ));
+    assert_eq!(
+        s.transmits()
+            .iter()
+            .filter(|t| first_line(t).starts_with("ACK"))
+            .count(),
+        1
+    );
+    s.run(c + ms(300) + ms(64 * 500 + 32_000));
+    assert_eq!(s.events(), vec![TxEvent::ClientTerminated(tx)]);
+}
+
+#[test]
+fn ack_before_any_final_response_goes_to_the_tu() {
+    let mut s = Sim::new();
+    let ua = udp("192.0.2.1:5060");
+    let (tx, _) = s.new_request(invite("z9hG4bKk1"), ua);
+    let ack = request(
+        "ACK",
+        "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKk1",
+        Some("x"),
+        1,
+    );
+    assert!(matches!(s.recv(ack, ua), Incoming::Ack { .. }));
+    assert_eq!(s.txs.server_state(tx), Some(State::Proceeding));
+}
+
+#[test]
+fn tu_100_then_2xx_on_an_invite_server_transaction() {
+    let mut s = Sim::new();
+    let ua = udp("192.0.2.1:5060");
+    let (tx, req) = s.new_request(invite("z9hG4bKk2"), ua);
+    s.respond(tx, reply(&req, 100, "x")).unwrap();
+    assert_eq!(s.txs.server_state(tx), Some(State::Proceeding));
+    assert!(s.run(ms(1_000)).is_empty(), "no second, automatic 100");
+    s.transmits();
+    s.respond(tx, reply(&req, 200, "x")).unwrap();
+    assert_eq!(s.txs.server_state(tx), Some(State::Accepted));
+    assert_eq!(first_line(&s.transmits()[0]), "SIP/2.0 200 OK");
+}
+
+#[test]
+fn ids_are_not_reused_and_poll_timeout_is_never_late() {
+    let mut s = Sim::new();
+    let ua = udp("192.0.2.1:5060");
+    let (a, req) = s.new_request(options("z9hG4bKi1"), ua);
+    s.respond(a, reply(&req, 200, "x")).unwrap();
+    s.run(ms(40_000));
+    let (b, _) = s.new_request(options("z9hG4bKi1"), ua);
+    assert_ne!(a, b);
+    assert!(b.as_u64() > a.as_u64());
+    // Every armed timer is at or after the reported deadline.
+    let c = s.send(invite("z9hG4bKi2"), udp("192.0.2.9:5060"));
+    let next = s.txs.poll_timeout().unwrap();
+    s.txs.handle_timeout(next - ms(1));
+    assert!(s
+        .transmits()
+        .iter()
+        .all(|t| first_line(t).starts_with("INVITE")));
+    assert_eq!(s.txs.client_state(c), Some(State::Calling));
+}
