@@ -210,6 +210,39 @@ impl DtmfDetector {
         out
     }
 
+    /// All eight DTMF filters in one pass (independent recurrences pipeline well), plus the
+    /// mean power of the window.
+    fn bank(&self) -> ([f32; 8], f32) {
+        let coeffs = [
+            self.row_coeff[0],
+            self.row_coeff[1],
+            self.row_coeff[2],
+            self.row_coeff[3],
+            self.col_coeff[0],
+            self.col_coeff[1],
+            self.col_coeff[2],
+            self.col_coeff[3],
+        ];
+        let mut s1 = [0f32; 8];
+        let mut s2 = [0f32; 8];
+        let mut energy = 0f32;
+        let (a, b) = self.ring.split_at(self.pos);
+        for &x in b.iter().chain(a.iter()) {
+            energy += x * x;
+            for k in 0..8 {
+                let s0 = x + coeffs[k] * s1[k] - s2[k];
+                s2[k] = s1[k];
+                s1[k] = s0;
+            }
+        }
+        let scale = 2.0 / (WINDOW * WINDOW) as f32;
+        let mut out = [0f32; 8];
+        for k in 0..8 {
+            out[k] = (s1[k] * s1[k] + s2[k] * s2[k] - coeffs[k] * s1[k] * s2[k]) * scale;
+        }
+        (out, energy / WINDOW as f32)
+    }
+
     fn goertzel(&self, c: f32) -> f32 {
         let (mut s1, mut s2) = (0f32, 0f32);
         let (a, b) = self.ring.split_at(self.pos);
@@ -225,13 +258,13 @@ impl DtmfDetector {
 
     fn analyse(&mut self) -> Result<char, Reject> {
         let cfg = &self.cfg;
-        let energy: f32 = self.ring.iter().map(|x| x * x).sum::<f32>() / WINDOW as f32;
+        let (bank, energy) = self.bank();
         if energy < self.min_power {
             self.last_pair = None;
             return Err(Reject::Quiet);
         }
-        let rows = self.row_coeff.map(|c| self.goertzel(c));
-        let cols = self.col_coeff.map(|c| self.goertzel(c));
+        let rows = [bank[0], bank[1], bank[2], bank[3]];
+        let cols = [bank[4], bank[5], bank[6], bank[7]];
         let argmax = |v: &[f32; 4]| (0..4).fold(0, |best, i| if v[i] > v[best] { i } else { best });
         let (r, c) = (argmax(&rows), argmax(&cols));
         let (pr, pc) = (rows[r], cols[c]);
