@@ -398,11 +398,7 @@ impl Engine {
     pub fn assign_tagged(&self, location: &str, value: &Json) -> Result<(), EcmaError> {
         self.guarded(|ctx| {
             Self::call_sb::<_, ()>(ctx, "setSlot", ("__assign".to_string(), value.to_string()))?;
-            let mut opts = non_strict();
-            opts.strict = true;
-            ctx.eval_with_options::<Value, _>(format!("{location} = __sb.slots.__assign;"), opts)
-                .map(|_| ())
-                .map_err(|e| exception(ctx, e))
+            assign_slot(ctx, location)
         })
     }
 
@@ -416,11 +412,7 @@ impl Engine {
                 .and_then(|o| o.get("slots"))
                 .map_err(engine_err)?;
             slots.set("__assign", v).map_err(engine_err)?;
-            let mut opts = non_strict();
-            opts.strict = true;
-            ctx.eval_with_options::<Value, _>(format!("{location} = __sb.slots.__assign;"), opts)
-                .map(|_| ())
-                .map_err(|e| exception(ctx, e))
+            assign_slot(ctx, location)
         })
     }
 
@@ -457,10 +449,20 @@ fn non_strict() -> EvalOptions {
     o
 }
 
+/// Evaluates an expression through a cache of compiled functions (QuickJS would otherwise parse
+/// the expression text on every evaluation).
 fn eval_expr<'js>(ctx: &Ctx<'js>, expr: &str) -> Result<Value<'js>, EcmaError> {
     let expr = expr.trim_end().trim_end_matches(';');
-    let src = format!("({}\n)", expr);
-    ctx.eval_with_options::<Value, _>(src, non_strict())
+    let sb: Object = ctx.globals().get("__sb").map_err(engine_err)?;
+    let f: Function = sb.get("ev").map_err(engine_err)?;
+    f.call((expr.to_string(),)).map_err(|e| exception(ctx, e))
+}
+
+/// Assigns `__sb.slots.__assign` to `location` with a cached strict-mode function.
+fn assign_slot(ctx: &Ctx<'_>, location: &str) -> Result<(), EcmaError> {
+    let sb: Object = ctx.globals().get("__sb").map_err(engine_err)?;
+    let f: Function = sb.get("assign").map_err(engine_err)?;
+    f.call::<_, ()>((location.to_string(),))
         .map_err(|e| exception(ctx, e))
 }
 

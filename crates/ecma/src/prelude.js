@@ -143,8 +143,31 @@
     return withFns[n];
   }
 
+  var exprCache = new Map();
+  var assignCache = new Map();
+  var geval = eval;
+  function cached(cache, key, make) {
+    var f = cache.get(key);
+    if (f === undefined) {
+      f = geval(make(key));
+      if (cache.size >= 2000) cache.clear();
+      cache.set(key, f);
+    }
+    return f;
+  }
+
   var sb = {
     slots: {},
+    ev: function (expr) {
+      return cached(exprCache, expr, function (e) {
+        return "(function () { return (" + e + "\n); })";
+      })();
+    },
+    assign: function (location) {
+      cached(assignCache, location, function (l) {
+        return "(function () { 'use strict'; " + l + " = __sb.slots.__assign; })";
+      })();
+    },
     scopes: {},
     toSlot: function (slot, v) {
       if (v === null || typeof v !== "object") return -1;

@@ -92,10 +92,18 @@ fn bench(c: &mut Criterion) {
         bytes.len(),
         doc.source().len()
     );
+    let compact = s.snapshot_compact().expect("snapshot");
+    eprintln!(
+        "compact snapshot size (document supplied at restore): {} bytes",
+        compact.len()
+    );
     g.bench_function("snapshot", |b| b.iter(|| s.snapshot().expect("snapshot")));
+    g.bench_function("snapshot_compact", |b| {
+        b.iter(|| s.snapshot_compact().expect("snapshot"))
+    });
     g.bench_function("restore_reusing_document", |b| {
         b.iter_batched(
-            || bytes.clone(),
+            || compact.clone(),
             |b| Session::restore_with_document(&b, env.clone(), doc.clone()).expect("restore"),
             BatchSize::SmallInput,
         )

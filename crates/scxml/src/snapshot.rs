@@ -44,7 +44,10 @@ struct Envelope {
 
 #[derive(Serialize, Deserialize)]
 struct Snap {
+    /// Empty in a compact snapshot (the host supplies the root document at restore).
     doc_source: String,
+    #[serde(default)]
+    doc_hash: u64,
     doc_base: Option<String>,
     id: String,
     parent_invokeid: Option<String>,
@@ -82,6 +85,16 @@ struct ChildSnap {
     session: Snap,
 }
 
+/// FNV-1a of the document source.
+fn source_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 impl Session {
     /// Serializes the whole session tree (see the module documentation of `snapshot`).
     pub fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
@@ -89,6 +102,20 @@ impl Session {
             format: FORMAT.into(),
             version: VERSION,
             session: self.snap()?,
+        };
+        serde_json::to_vec(&env).map_err(|e| SnapshotError::Format(e.to_string()))
+    }
+
+    /// Like [`Session::snapshot`] but without the root document's source (invoked children
+    /// keep theirs): restore it with [`Session::restore_with_document`] and the same document
+    /// (checked by a hash of its source).
+    pub fn snapshot_compact(&self) -> Result<Vec<u8>, SnapshotError> {
+        let mut session = self.snap()?;
+        session.doc_source = String::new();
+        let env = Envelope {
+            format: FORMAT.into(),
+            version: VERSION,
+            session,
         };
         serde_json::to_vec(&env).map_err(|e| SnapshotError::Format(e.to_string()))
     }
@@ -116,6 +143,7 @@ impl Session {
         late_done.sort_unstable();
         Ok(Snap {
             doc_source: self.doc.source.to_string(),
+            doc_hash: source_hash(&self.doc.source),
             doc_base: self.doc.base.clone(),
             id: self.id.clone(),
             parent_invokeid: self.parent_invokeid.clone(),
@@ -181,7 +209,17 @@ impl Session {
         doc: Option<std::sync::Arc<Document>>,
     ) -> Result<Session, SnapshotError> {
         let doc = match doc {
-            Some(d) if *d.source == *s.doc_source => d,
+            Some(d) if source_hash(&d.source) == s.doc_hash => d,
+            Some(_) if s.doc_source.is_empty() => {
+                return Err(SnapshotError::Document(
+                    "the supplied document is not the one of the snapshot".into(),
+                ))
+            }
+            None if s.doc_source.is_empty() => {
+                return Err(SnapshotError::Document(
+                    "compact snapshot: supply the document with restore_with_document".into(),
+                ))
+            }
             _ => Document::load(&s.doc_source, s.doc_base.as_deref(), env)
                 .map_err(|e| SnapshotError::Document(e.to_string()))?,
         };

@@ -153,8 +153,14 @@ fn snapshot_moves_a_session_with_pending_timer_and_functions() {
     s.push_event(Event::external("agent.ready", Some(json!({"agent": "a1"}))));
     s.run(2_000);
     assert_eq!(s.next_deadline(), Some(31_000));
+    let compact = s.snapshot_compact().unwrap();
+    let doc = s.document().clone();
     let bytes = s.snapshot().unwrap();
+    assert!(compact.len() < bytes.len());
     drop(s);
+    assert!(Session::restore(&compact, Environment::default()).is_err());
+    let r2 = Session::restore_with_document(&compact, Environment::default(), doc).unwrap();
+    assert_eq!(r2.next_deadline(), Some(31_000));
     let mut r = Session::restore(&bytes, env).unwrap();
     assert_eq!(r.configuration(), vec!["wait".to_string()]);
     assert_eq!(r.next_deadline(), Some(31_000));
