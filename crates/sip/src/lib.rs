@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod build;
+pub mod dialog;
 pub mod edit;
 pub mod framing;
 pub mod header;
@@ -14,10 +15,12 @@ pub mod transport;
 pub mod uri;
 
 pub use build::{reason_phrase, response_to, Builder};
+pub use dialog::{Dialog, DialogError, DialogId, DialogState};
 pub use header::{CSeq, HeaderName, Method, NameAddr, Via};
 pub use message::{Contacts, Error, HeaderField, Message, Span, StartLine};
 pub use transaction::{
-    ClientTxId, IdGen, Incoming, ServerTxId, State as TxState, Timers, Transactions, TxError, TxEvent,
+    ClientTxId, IdGen, Incoming, ServerTxId, State as TxState, Timers, Transactions, TxError,
+    TxEvent,
 };
 pub use transport::{Peer, Transmit, Transport};
 pub use uri::{Host, SipUri, TelUri, Uri};
