@@ -24,6 +24,29 @@
 //! # let _ = (restored, now);
 //! ```
 //!
+//! # Host integration (orchestrator)
+//! - **Load**: [`Document::load`]`(source, base, &env)` parses and validates (DTDs refused,
+//!   unknown target ids, unknown/mutually exclusive attributes, unregistered foreign-namespace
+//!   elements and unfetchable `<script src>`/`<data src>` are [`LoadError`]s with a line).
+//! - **Extensions**: [`Environment::register_element`] binds `{namespace}name` in executable
+//!   content to an [`ExtensionElement`]; it can evaluate expressions, assign, raise events and
+//!   emit [`Output::Extension`] (call-control commands). [`Environment::register_function`]
+//!   exposes a host function (JSON in/out) to the data model, e.g. `sb.queueSize('sales')`.
+//! - **Inputs**: [`Session::push_event`] (external events), [`Session::handle_http`] (a POST
+//!   received by the host's Basic HTTP listener; `env.basichttp_location` is its URL),
+//!   [`Session::http_send_failed`], and `now` in [`Session::run`] / [`Session::step`].
+//! - **Outputs**: [`Session::poll_output`] gives [`Output::Log`], [`Output::HttpSend`] (the host
+//!   POSTs it), [`Output::SendToSession`] (a `#_scxml_<id>` send to a session outside this tree;
+//!   `env.session_exists` tells which ids are deliverable), [`Output::Extension`],
+//!   [`Output::Error`] and finally [`Output::Done`]. [`Session::next_deadline`] is the next timer.
+//! - **Failover**: [`Session::snapshot`] (self-contained) or [`Session::snapshot_compact`]
+//!   (without the root document) after any `run`/`step`; [`Session::restore`] /
+//!   [`Session::restore_with_document`] on another process with the same [`Environment`]. Drain
+//!   outputs before snapshotting if they must not be emitted twice (undrained ones are kept).
+//!
+//! Invoked child sessions live inside their parent's `Session` and are stepped, timed and
+//! snapshotted with it.
+//!
 //! Time is a `u64` of milliseconds on a clock chosen by the host (for snapshots that move between
 //! processes, use wall-clock milliseconds since the UNIX epoch). The crate never reads a clock.
 //! A `Session` is not `Send` (it owns a QuickJS runtime); run it on one thread and move it between
