@@ -34,6 +34,8 @@ fn run_suite(snapshot: bool) {
     );
     let dir = root.join("tests");
     let (mut mand_pass, mut mand_total, mut opt_pass, mut opt_total) = (0, 0, 0, 0);
+    let mut runs = 0;
+    let snaps_before = SNAPSHOTS.load(std::sync::atomic::Ordering::Relaxed);
     let mut unexpected = Vec::new();
     let mut failures = Vec::new();
     for t in &tests {
@@ -43,6 +45,7 @@ fn run_suite(snapshot: bool) {
         let mut ok = true;
         let mut why = String::new();
         for f in &t.files {
+            runs += 1;
             match run_file(&dir, f, &opts) {
                 Verdict::Pass => {}
                 Verdict::Fail(w) => {
@@ -76,9 +79,17 @@ fn run_suite(snapshot: bool) {
     } else {
         "plain"
     };
+    let snaps = SNAPSHOTS.load(std::sync::atomic::Ordering::Relaxed) - snaps_before;
     eprintln!(
-        "SCXML W3C {mode}: mandatory {mand_pass}/{mand_total}, optional {opt_pass}/{opt_total}"
+        "SCXML W3C {mode}: mandatory {mand_pass}/{mand_total}, optional {opt_pass}/{opt_total} \
+         ({runs} start documents; {snaps} snapshot/restore round trips)"
     );
+    if snapshot && only.is_none() {
+        assert!(
+            snaps > 1000,
+            "the snapshot run made only {snaps} round trips"
+        );
+    }
     for f in &failures {
         eprintln!("  FAIL {f}");
     }

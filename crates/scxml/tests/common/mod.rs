@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_scxml::{Document, Environment, Fetcher, HttpRequest, Output, Session};
 
+/// Number of snapshot/restore round trips made by [`run_file`] (all threads).
+pub static SNAPSHOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Fetches `file:` and relative URIs below one directory.
 pub struct DirFetcher {
     pub dir: PathBuf,
@@ -187,6 +190,7 @@ pub fn run_file(dir: &Path, file: &str, opts: &RunOptions) -> Verdict {
                     Ok(b) => b,
                     Err(e) => return Verdict::Fail(format!("snapshot: {e}")),
                 };
+                SNAPSHOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 session = match Session::restore_with_document(&bytes, env.clone(), doc.clone()) {
                     Ok(s) => s,
                     Err(e) => return Verdict::Fail(format!("restore: {e}")),
