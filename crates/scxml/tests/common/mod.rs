@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_scxml::{Document, Environment, Fetcher, HttpRequest, Output, Session};
 
-/// Number of snapshot/restore round trips made by [`run_file`] (all threads).
-pub static SNAPSHOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+// Number of snapshot/restore round trips made by [`run_file`] (per thread).
+thread_local! {
+    pub static SNAPSHOTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 /// Fetches `file:` and relative URIs below one directory.
 pub struct DirFetcher {
@@ -190,7 +192,7 @@ pub fn run_file(dir: &Path, file: &str, opts: &RunOptions) -> Verdict {
                     Ok(b) => b,
                     Err(e) => return Verdict::Fail(format!("snapshot: {e}")),
                 };
-                SNAPSHOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                SNAPSHOTS.with(|c| c.set(c.get() + 1));
                 session = match Session::restore_with_document(&bytes, env.clone(), doc.clone()) {
                     Ok(s) => s,
                     Err(e) => return Verdict::Fail(format!("restore: {e}")),
