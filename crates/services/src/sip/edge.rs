@@ -823,9 +823,12 @@ impl Core for SipEdge {
             Incoming::StrayResponse { msg } => self.forward_response_statelessly(msg),
             Incoming::Absorbed => {}
             Incoming::Malformed { msg, error } => {
+                // Full validation names the first fault in RFC order (version before headers).
+                let error = msg.validate().err().unwrap_or(error);
                 metrics::counter!("sip_malformed_total").increment(1);
                 tracing::debug!(peer = %from, %error, "malformed message");
-                if msg.is_request() && msg.method() != Some(&Method::Ack) && msg.top_via().is_ok() {
+                // Answer at the source address even when the Via is what is broken.
+                if msg.is_request() && msg.method() != Some(&Method::Ack) {
                     let resp = response_to(&msg, error.status(), Some(&self.ids.tag()))
                         .header(
                             "Warning",
