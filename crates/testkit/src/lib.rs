@@ -9,17 +9,20 @@
 //! * [`RedisServer`]: a throw-away `redis-server`.
 //! * [`require_program`]: skip a test loudly when a program is missing.
 //! * [`http_get`]: a tiny blocking HTTP/1.0 client for health and REST checks.
+//! * [`free_udp_port`] and [`wait_udp_bound`]: for programs that cannot bind port 0 (a SIPp UAS).
 //!
 //! Everything is blocking and uses only the standard library, so it works from `#[test]` and
 //! from inside `#[tokio::test]` (via `spawn_blocking`) alike.
 
 mod http;
+mod net;
 mod process;
 mod redis;
 mod sipp;
 mod switchboard;
 
 pub use http::{http_get, http_request, HttpResponse};
+pub use net::{free_udp_port, wait_udp_bound};
 pub use process::{find_binary, require_program, send_signal, Output};
 pub use redis::RedisServer;
 pub use sipp::{Sipp, SippOutcome};

@@ -1,9 +1,8 @@
 //! The SIPp helper against SIPp itself: proves the harness before the product is under test.
 
-use std::net::UdpSocket;
 use std::time::Duration;
 
-use switchboard_testkit::{require_program, Sipp};
+use switchboard_testkit::{free_udp_port, require_program, wait_udp_bound, Sipp};
 
 #[test]
 fn uac_calls_uas() {
@@ -11,10 +10,7 @@ fn uac_calls_uas() {
         return;
     }
     // SIPp cannot report a port it picked, so the UAS gets one that was free a moment ago.
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port")
-        .port();
+    let port = free_udp_port().expect("free port");
     let uas = std::thread::spawn(move || {
         Sipp::builtin("uas")
             .arg("-p")
@@ -22,7 +18,10 @@ fn uac_calls_uas() {
             .timeout(Duration::from_secs(20))
             .run()
     });
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        wait_udp_bound(port, Duration::from_secs(5)),
+        "sipp uas did not bind"
+    );
     let uac = Sipp::builtin("uac")
         .remote(([127, 0, 0, 1], port).into())
         .service("1001")
@@ -58,10 +57,7 @@ Content-Length: 0
   <recv response="200" timeout="1000"/>
 </scenario>
 "#;
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port")
-        .port();
+    let port = free_udp_port().expect("free port");
     let out = Sipp::scenario(scenario)
         .remote(([127, 0, 0, 1], port).into())
         .timeout(Duration::from_secs(10))
