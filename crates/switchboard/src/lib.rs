@@ -108,7 +108,8 @@ pub async fn run(
     let mut bound: Vec<(String, SocketAddr)> = vec![("http".to_owned(), http_addr)];
     let mut started = Vec::new();
     let mut missing = Vec::new();
-    let mut failed = false;
+    // None: all started; Some(None): stop requested during startup; Some(Some(o)): failed.
+    let mut interrupted: Option<Option<Outcome>> = None;
 
     for &kind in &roles {
         let Some(role) = registry.get(kind) else {
@@ -136,8 +137,8 @@ pub async fn run(
         let result = tokio::select! {
             result = start => result,
             signal = signals.next() => {
-                warn!(%signal, role = %kind, "signal while starting roles: stopping");
-                failed = true;
+                warn!(%signal, role = %kind, "signal while starting roles: draining");
+                interrupted = Some(None);
                 break;
             }
         };
@@ -152,14 +153,16 @@ pub async fn run(
             }
             Err(e) => {
                 error!(role = %kind, error = format!("{e:#}"), "role failed to start");
-                failed = true;
+                interrupted = Some(Some(Outcome::RoleFailed));
                 break;
             }
         }
     }
 
     let mut outcome = None;
-    if !failed {
+    if let Some(early) = interrupted {
+        outcome = early;
+    } else {
         if !missing.is_empty() {
             warn!(
                 roles = %list(&missing),
@@ -194,8 +197,6 @@ pub async fn run(
                 outcome = Some(Outcome::RoleFailed);
             }
         }
-    } else {
-        outcome = Some(Outcome::RoleFailed);
     }
 
     // Drain: not ready any more, roles stop taking new work, wait for them within the bound.

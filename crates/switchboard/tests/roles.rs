@@ -223,3 +223,39 @@ async fn one_implementation_for_several_kinds_starts_once() {
     sb.shutdown.cancel();
     assert_eq!(outcome(sb.task).await, Outcome::Drained);
 }
+
+#[tokio::test]
+async fn stop_request_during_startup_drains_cleanly() {
+    let mut registry = Registry::new();
+    registry.register(RoleKind::SipProxy, |ctx: RoleContext| async move {
+        let drain = ctx.drain.clone();
+        Ok(RoleHandle::spawn(async move {
+            drain.cancelled().await;
+            Ok(())
+        }))
+    });
+    // The second role never finishes starting.
+    registry.register(RoleKind::Registrar, |_ctx: RoleContext| async move {
+        std::future::pending::<anyhow::Result<RoleHandle>>().await
+    });
+    let shutdown = CancellationToken::new();
+    let options = RunOptions {
+        os_signals: false,
+        shutdown: shutdown.clone(),
+        listening: None,
+    };
+    let handle = PrometheusBuilder::new().build_recorder().handle();
+    let task = tokio::spawn(async move {
+        switchboard::run(
+            config(1000),
+            &[RoleKind::SipProxy, RoleKind::Registrar],
+            &registry,
+            handle,
+            options,
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    shutdown.cancel();
+    assert_eq!(outcome(task).await, Outcome::Drained);
+}
