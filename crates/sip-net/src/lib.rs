@@ -28,8 +28,8 @@ pub trait Core: Send {
     fn poll_timeout(&self) -> Option<Instant>;
     /// Stop taking new transactions (SIGTERM); open ones finish.
     fn start_drain(&mut self, now: Instant);
-    /// True when nothing is left to finish.
-    fn is_idle(&self) -> bool;
+    /// True when nothing is left to finish (during a drain).
+    fn is_idle(&self, now: Instant) -> bool;
 }
 
 #[derive(Clone, Debug)]
@@ -129,7 +129,8 @@ impl<C: Core> Driver<C> {
         loop {
             self.flush().await;
             if let Some(d) = drain_deadline {
-                if self.core.is_idle() || Instant::now() >= d {
+                let now = Instant::now();
+                if self.core.is_idle(now) || now >= d {
                     break;
                 }
             }

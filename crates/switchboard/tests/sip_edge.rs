@@ -91,6 +91,24 @@ fn uas(name: &str, port: u16, calls: u32) -> thread::JoinHandle<SippOutcome> {
     handle
 }
 
+/// A UAS scenario that takes template values (e.g. `RING_MS`).
+fn uas_with(
+    name: &str,
+    vars: &[(&str, &str)],
+    port: u16,
+    calls: u32,
+) -> thread::JoinHandle<SippOutcome> {
+    let xml = scenario(name, vars);
+    let handle = thread::spawn(move || {
+        sipp(xml, None, port)
+            .calls(calls)
+            .run()
+            .expect("sipp uas runs")
+    });
+    thread::sleep(Duration::from_millis(400));
+    handle
+}
+
 fn call(sb: &Switchboard, name: &str, callee: &str, calls: u32) -> SippOutcome {
     let xml = scenario(name, &[("CALLEE", callee)]);
     sipp(xml, sb.sip_udp_addr(), free_port())
@@ -201,7 +219,7 @@ fn forks_to_two_contacts_first_answer_wins_other_is_cancelled() {
             .len(),
         2
     );
-    let answers = uas("callee_late_answer", a, 1);
+    let answers = uas_with("callee_late_answer", &[("RING_MS", "500")], a, 1);
     let rings = uas("callee_ringing", b, 1);
     let caller = call(&sb, "caller", "1003", 1);
     let (answers, rings) = (answers.join().expect("uas a"), rings.join().expect("uas b"));
@@ -393,4 +411,195 @@ fn torture_messages_over_udp() {
     thread::sleep(Duration::from_millis(300));
     assert_eq!(sb.get("/healthz").expect("healthz").status, 200);
     eprintln!("torture over UDP: {checked} messages answered as the RFC says; process healthy");
+}
+
+#[test]
+fn call_from_a_tcp_caller_to_a_udp_callee() {
+    let Some(sb) = edge(USERS) else { return };
+    let port = free_port();
+    register(&sb, "1002", port);
+    let callee = uas("callee", port, 1);
+    let xml = scenario("caller", &[("CALLEE", "1002")]);
+    // Both Record-Route entries (TCP side and UDP side, RFC 5658) come back to the caller.
+    let xml = xml.replace(
+        r#"<ereg regexp="Record-Route: &lt;sip:[^&gt;]*;lr&gt;" search_in="msg" check_it="true" assign_to="rr"/>"#,
+        r#"<ereg regexp="Record-Route: &lt;sip:[^&gt;]*;lr&gt;, &lt;sip:[^&gt;]*;transport=tcp;lr&gt;" search_in="msg" check_it="true" assign_to="rr"/>"#,
+    );
+    let caller = Sipp::scenario(&xml)
+        .remote(sb.sip_tcp_addr().expect("tcp listener"))
+        .tcp()
+        .arg("-p")
+        .arg(&free_port().to_string())
+        .timeout(Duration::from_secs(15))
+        .run()
+        .expect("sipp runs");
+    let callee = callee.join().expect("uas thread");
+    assert!(caller.success(), "caller over TCP:\n{}", caller.report());
+    assert!(callee.success(), "callee over UDP:\n{}", callee.report());
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+fn param<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    let start = header.find(&format!("{name}="))? + name.len() + 1;
+    let rest = &header[start..];
+    Some(match rest.strip_prefix('"') {
+        Some(q) => &q[..q.find('"')?],
+        None => rest.split([',', ' ', '\r']).next()?,
+    })
+}
+
+/// SHA-256 digest (RFC 7616). No packaged SIP client here speaks it (SIPp 3.6 and baresip 1.0
+/// do MD5 only), so this test is the UA, computing the response from the RFC's formulas.
+#[test]
+fn register_sha256() {
+    let sb = Switchboard::builder()
+        .config(&USERS.replace(
+            r#"algorithms = ["MD5"]"#,
+            r#"algorithms = ["SHA-256", "MD5"]"#,
+        ))
+        .roles(&["sip-proxy", "registrar"])
+        .spawn()
+        .expect("switchboard starts");
+    let proxy = sb.sip_udp_addr().expect("udp");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let local = sock.local_addr().unwrap();
+    let uri = format!("sip:{proxy}");
+    let register = |cseq: u32, auth: &str| {
+        let msg = format!(
+            "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bK-sha-{cseq}\r\nMax-Forwards: 70\r\nFrom: <sip:1001@{proxy}>;tag=sha\r\nTo: <sip:1001@{proxy}>\r\nCall-ID: sha256-test\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@{local}>\r\nExpires: 300\r\n{auth}Content-Length: 0\r\n\r\n"
+        );
+        sock.send_to(msg.as_bytes(), proxy).unwrap();
+        let mut buf = [0u8; 4096];
+        let (n, _) = sock.recv_from(&mut buf).expect("an answer");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let challenge = register(1, "");
+    assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
+    let sha = challenge
+        .lines()
+        .find(|l| l.starts_with("WWW-Authenticate:") && l.contains("algorithm=SHA-256"))
+        .unwrap_or_else(|| panic!("no SHA-256 challenge in\n{challenge}"))
+        .to_string();
+    assert!(
+        challenge.find("algorithm=SHA-256") < challenge.find("algorithm=MD5"),
+        "SHA-256 must be offered first"
+    );
+    let (realm, nonce) = (param(&sha, "realm").unwrap(), param(&sha, "nonce").unwrap());
+    let answer = |password: &str| {
+        let ha1 = sha256_hex(&format!("1001:{realm}:{password}"));
+        let ha2 = sha256_hex(&format!("REGISTER:{uri}"));
+        let response = sha256_hex(&format!("{ha1}:{nonce}:00000001:0a4f113b:auth:{ha2}"));
+        format!("Authorization: Digest username=\"1001\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{response}\", algorithm=SHA-256, qop=auth, nc=00000001, cnonce=\"0a4f113b\"\r\n")
+    };
+    let refused = register(2, &answer("not-the-password"));
+    assert!(
+        refused.starts_with("SIP/2.0 401"),
+        "a wrong password must be challenged again:\n{refused}"
+    );
+    let ok = register(3, &answer("secret"));
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert!(
+        ok.contains(&format!("<sip:1001@{local}>;expires=300")),
+        "{ok}"
+    );
+    let regs = registrations(&sb);
+    assert_eq!(
+        regs["registrations"][0]["aor"], "1001@switchboard",
+        "{regs}"
+    );
+}
+
+/// SIGTERM: the call in progress completes, a new one is refused with 503, the process exits 0.
+#[test]
+fn sigterm_drains_open_transactions() {
+    let Some(mut sb) = edge(&format!("{USERS}\n[drain]\ngrace_ms = 8000\n")) else {
+        return;
+    };
+    let port = free_port();
+    register(&sb, "1002", port);
+    let callee = uas_with("callee_no_bye", &[("RING_MS", "2000")], port, 1);
+    let udp = sb.sip_udp_addr();
+    let caller = thread::spawn(move || {
+        let xml = scenario("caller_answer_only", &[("CALLEE", "1002")]);
+        sipp(xml, udp, free_port()).run().expect("sipp runs")
+    });
+    thread::sleep(Duration::from_millis(800));
+    sb.terminate().expect("SIGTERM");
+    thread::sleep(Duration::from_millis(200));
+    let xml = scenario("caller_refused", &[("CALLEE", "1002")])
+        .replace("response=\"480\"", "response=\"503\"");
+    let refused = sipp(xml, udp, free_port()).run().expect("sipp runs");
+    assert!(
+        refused.success(),
+        "a new call during the drain must get 503:\n{}",
+        refused.report()
+    );
+    let (caller, callee) = (
+        caller.join().expect("caller"),
+        callee.join().expect("callee"),
+    );
+    assert!(
+        caller.success(),
+        "the call in progress must complete:\n{}",
+        caller.report()
+    );
+    assert!(callee.success(), "{}", callee.report());
+    let status = sb
+        .wait_exit(Duration::from_secs(10))
+        .expect("wait")
+        .expect("exited within the grace bound");
+    assert!(status.success(), "exit status {status}");
+}
+
+/// A node marked down by failed OPTIONS probes comes back when it answers again.
+#[test]
+fn node_comes_back_when_it_answers_options() {
+    let node = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = node.local_addr().unwrap();
+    let config = format!(
+        "[proxy]\nnode_timeout_ms = 300\nhealth_interval_ms = 400\n[[proxy.routes]]\nprefix = \"6\"\nnodes = [\"{addr}\"]\n"
+    );
+    let sb = Switchboard::builder()
+        .config(&config)
+        .roles(&["sip-proxy"])
+        .spawn()
+        .expect("switchboard starts");
+    let nodes_up = |sb: &Switchboard| {
+        let m = sb.get("/metrics").expect("metrics").body;
+        m.lines()
+            .find(|l| l.starts_with("proxy_nodes_up "))
+            .map(|l| l.trim_start_matches("proxy_nodes_up ").to_string())
+    };
+    // The node does not answer: it goes down.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nodes_up(&sb).as_deref() != Some("0") {
+        assert!(Instant::now() < deadline, "node never marked down");
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Now it answers OPTIONS with 200: it comes back.
+    node.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    while nodes_up(&sb).as_deref() != Some("1") {
+        assert!(Instant::now() < deadline, "node never marked up again");
+        if let Ok((n, from)) = node.recv_from(&mut buf) {
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let keep = ["Via:", "From:", "To:", "Call-ID:", "CSeq:"];
+            let headers: Vec<&str> = req
+                .lines()
+                .filter(|l| keep.iter().any(|k| l.starts_with(k)))
+                .collect();
+            let resp = format!(
+                "SIP/2.0 200 OK\r\n{}\r\nContent-Length: 0\r\n\r\n",
+                headers.join("\r\n")
+            );
+            node.send_to(resp.as_bytes(), from).unwrap();
+        }
+    }
 }

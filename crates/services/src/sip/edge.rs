@@ -64,6 +64,8 @@ pub struct SipEdge {
     next_probe: Instant,
     next_purge: Instant,
     draining: bool,
+    /// When a 2xx to an INVITE was last relayed (drain waits for its ACK).
+    last_2xx: Option<Instant>,
 }
 
 /// Marker in our branches, followed by the request's loop hash (RFC 3261 §16.6 step 8).
@@ -90,6 +92,7 @@ impl SipEdge {
             next_probe: now + settings.health_interval,
             next_purge: now + Duration::from_secs(10),
             draining: false,
+            last_2xx: None,
             settings,
         }
     }
@@ -151,11 +154,10 @@ impl SipEdge {
         }
         let to_us = self.settings.identity.is_us_uri(&uri);
         let routes = req.routes().unwrap_or_default();
-        let pop_route = routes
-            .first()
-            .is_some_and(|r| self.settings.identity.is_us_uri(&r.uri));
-        // Loose routing (§16.4, §16.6 step 7): a remaining Route decides the next hop.
-        let next_hop = match routes.get(usize::from(pop_route)) {
+        // Our own Route entries (one, or two after a transport change) go; a remaining Route
+        // decides the next hop (loose routing, §16.4, §16.6 step 7).
+        let pop_route = self.own_routes(&routes);
+        let next_hop = match routes.get(pop_route) {
             Some(r) => Some(r.uri.as_sip().and_then(uri_peer)),
             None if !to_us => Some(uri.as_sip().and_then(uri_peer)),
             None => None,
@@ -224,7 +226,7 @@ impl SipEdge {
         ctx: &mut Context,
         user: Option<String>,
         host: &str,
-        pop: bool,
+        pop: usize,
         now: Instant,
     ) -> bool {
         let Some(user) = user else {
@@ -295,7 +297,7 @@ impl SipEdge {
     }
 
     /// Forwards to the next untried node of the context's route; false if none is left.
-    fn next_node(&mut self, stx: ServerTxId, ctx: &mut Context, pop: bool, now: Instant) -> bool {
+    fn next_node(&mut self, stx: ServerTxId, ctx: &mut Context, pop: usize, now: Instant) -> bool {
         let Some((prefix, tried)) = ctx.nodes.clone() else {
             return false;
         };
@@ -322,7 +324,7 @@ impl SipEdge {
         peer: Peer,
         new_uri: Option<&str>,
         node: Option<NodeId>,
-        pop_route: bool,
+        pop_route: usize,
         now: Instant,
     ) -> bool {
         let Some(local) = self.settings.identity.local(peer.transport) else {
@@ -344,20 +346,19 @@ impl SipEdge {
             Some(Method::Invite | Method::Subscribe | Method::Refer)
         );
         let in_dialog = ctx.request.to().is_ok_and(|t| t.tag().is_some());
-        let rr = (self.settings.record_route && creates_dialog && !in_dialog).then(|| {
-            match (ctx.source.transport, peer.transport) {
-                (Transport::Udp, Transport::Udp) => format!("<sip:{local};lr>"),
-                _ => format!(
-                    "<sip:{local};transport={};lr>",
-                    peer.transport.via_token().to_ascii_lowercase()
-                ),
-            }
-        });
+        let rr = match self.settings.record_route && creates_dialog && !in_dialog {
+            true => record_routes(
+                &self.settings.identity,
+                ctx.source.transport,
+                peer.transport,
+            ),
+            false => Vec::new(),
+        };
         let hop = Hop {
             via: &via,
             source: ctx.source,
             pop_route,
-            record_route: rr.as_deref(),
+            record_routes: &rr,
             new_uri,
         };
         let out = match forward_bytes(&ctx.request, &hop).and_then(Message::parse) {
@@ -398,6 +399,14 @@ impl SipEdge {
         if self.node_timer_of.remove(&client.as_u64()).is_some() {
             self.node_timers.retain(|(_, id)| *id != client.as_u64());
         }
+    }
+
+    /// How many leading Route entries name us.
+    fn own_routes(&self, routes: &[switchboard_sip::NameAddr<'_>]) -> usize {
+        routes
+            .iter()
+            .take_while(|r| self.settings.identity.is_us_uri(&r.uri))
+            .count()
     }
 
     fn is_loop(&self, req: &Message) -> bool {
@@ -497,6 +506,9 @@ impl SipEdge {
         ctx.branches[bi].done = true;
         if (200..300).contains(&code) {
             self.relay(stx, &ctx.request, code, &resp, now);
+            if ctx.is_invite {
+                self.last_2xx = Some(now);
+            }
             ctx.final_sent = true;
             self.cancel_others(
                 ctx,
@@ -514,7 +526,7 @@ impl SipEdge {
             if code == 408 && self.routes.set_up(n, false, now) {
                 tracing::warn!(node = %self.routes.node(n).addr, "downstream node timed out; marked down");
             }
-            if !ctx.cancelled && self.next_node(stx, ctx, false, now) {
+            if !ctx.cancelled && self.next_node(stx, ctx, 0, now) {
                 metrics::counter!("proxy_failovers_total").increment(1);
                 return;
             }
@@ -645,12 +657,8 @@ impl SipEdge {
             return;
         }
         let routes = ack.routes().unwrap_or_default();
-        let pop = routes
-            .first()
-            .is_some_and(|r| self.settings.identity.is_us_uri(&r.uri));
-        let next = routes
-            .get(usize::from(pop))
-            .and_then(|r| r.uri.as_sip().copied());
+        let pop = self.own_routes(&routes);
+        let next = routes.get(pop).and_then(|r| r.uri.as_sip().copied());
         let Ok(uri) = ack.request_uri() else { return };
         let mut new_uri = None;
         let target = match next {
@@ -689,7 +697,7 @@ impl SipEdge {
             via: &via,
             source: from,
             pop_route: pop,
-            record_route: None,
+            record_routes: &[],
             new_uri: new_uri.as_deref(),
         };
         if let Ok(out) = forward_bytes(&ack, &hop) {
@@ -869,8 +877,14 @@ impl Core for SipEdge {
         self.draining = true;
     }
 
-    fn is_idle(&self) -> bool {
+    /// Idle once every forwarded request has its final response and the ACK of the last 2xx
+    /// (end to end, not in a transaction) has had time to pass through.
+    fn is_idle(&self, now: Instant) -> bool {
+        let ack_window = self.settings.timers.t1 * 4;
         self.contexts.values().all(|c| c.final_sent)
+            && self
+                .last_2xx
+                .is_none_or(|t| now.duration_since(t) >= ack_window)
     }
 }
 
@@ -898,12 +912,37 @@ fn is_private(ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// Our Record-Route entries for a request arriving on `inbound` and leaving on `outbound`:
+/// one, or two when the transports differ (RFC 5658), the outbound side on top so that each
+/// side of the dialog reaches us on its own transport.
+fn record_routes(id: &Identity, inbound: Transport, outbound: Transport) -> Vec<String> {
+    let uri = |t: Transport| {
+        id.local(t).map(|a| match t {
+            Transport::Udp => format!("<sip:{a};lr>"),
+            _ => format!(
+                "<sip:{a};transport={};lr>",
+                t.via_token().to_ascii_lowercase()
+            ),
+        })
+    };
+    let same_side = inbound == outbound
+        || id.local(inbound) == id.local(outbound) && inbound.reliable() == outbound.reliable();
+    match (uri(outbound), uri(inbound)) {
+        (Some(out), Some(_)) if same_side => vec![out],
+        (Some(out), Some(inb)) => vec![out, inb],
+        (Some(out), None) => vec![out],
+        _ => Vec::new(),
+    }
+}
+
 /// What one forwarding hop changes in a request (§16.6 steps 2-8).
 struct Hop<'a> {
     via: &'a str,
     source: Peer,
-    pop_route: bool,
-    record_route: Option<&'a str>,
+    /// How many leading Route entries are ours and go.
+    pop_route: usize,
+    /// Record-Route values to add, in this order (the last added ends on top).
+    record_routes: &'a [String],
     new_uri: Option<&'a str>,
 }
 
@@ -913,10 +952,10 @@ fn forward_bytes(req: &Message, hop: &Hop<'_>) -> Result<Bytes, switchboard_sip:
         .mark_received(hop.source.addr)?
         .prepend_via(hop.via)
         .decrement_max_forwards()?;
-    if hop.pop_route {
+    for _ in 0..hop.pop_route {
         e = e.pop_route()?;
     }
-    if let Some(rr) = hop.record_route {
+    for rr in hop.record_routes {
         e = e.add_record_route(rr);
     }
     if let Some(u) = hop.new_uri {
