@@ -1,0 +1,315 @@
+//! The one event model (ARCHITECTURE.md, principle 3): call and agent events after the TLib
+//! model, published on the bus and streamed to desktops with the same JSON.
+//!
+//! JSON shape: an object with `"event": "EventRinging"` (the TLib name) and the attributes in
+//! snake_case; absent optional attributes are omitted. Example:
+//!
+//! ```json
+//! {"event":"EventRinging","tenant":"demo","conn_id":"00a1b2c3d4e5f601","call_id":"abc@host",
+//!  "this_dn":"1002","other_dn":"+15551234567","this_role":"destination","other_role":"origination",
+//!  "call_type":"inbound","user_data":{},"ts_ms":1795311466916}
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A call's connection id: 64 bits shown as 16 hex digits, unique per tenant and process run
+/// (the high bits carry the node, the low bits a counter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConnId(#[serde(with = "hex16")] pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::str::FromStr for ConnId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 16 {
+            return Err(format!("connection id {s:?} is not 16 hex digits"));
+        }
+        u64::from_str_radix(s, 16)
+            .map(ConnId)
+            .map_err(|_| format!("connection id {s:?} is not 16 hex digits"))
+    }
+}
+
+mod hex16 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:016x}"))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        u64::from_str_radix(&s, 16).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The role of a party in a call (TLib `ThisPartyRole`/`OtherPartyRole`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartyRole {
+    Origination,
+    Destination,
+    ConferenceMember,
+    AddedBy,
+    DeletedBy,
+    TransferredBy,
+    NewParty,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallType {
+    Inbound,
+    Internal,
+    Outbound,
+    Consult,
+}
+
+/// Attached data of a call: a JSON object (TLib KVList).
+pub type UserData = serde_json::Map<String, serde_json::Value>;
+
+/// The event, by TLib name. Call events carry [`CallAttrs`], agent events [`AgentAttrs`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event")]
+pub enum Event {
+    EventDialing(CallAttrs),
+    EventRinging(CallAttrs),
+    EventEstablished(CallAttrs),
+    EventReleased(CallAttrs),
+    EventHeld(CallAttrs),
+    EventRetrieved(CallAttrs),
+    /// A party's call was replaced by another (transfer completion): `previous_conn_id` is set.
+    EventPartyChanged(CallAttrs),
+    EventPartyAdded(CallAttrs),
+    EventPartyDeleted(CallAttrs),
+    EventAttachedDataChanged(CallAttrs),
+    /// A call reached a route point and waits for a routing decision.
+    EventRouteRequest(CallAttrs),
+    EventQueued(CallAttrs),
+    /// A call left a route point or queue for another destination.
+    EventDiverted(CallAttrs),
+    /// The caller hung up while the call was queued or at a route point.
+    EventAbandoned(CallAttrs),
+    /// A request was refused: `request_id` names it and `reason` says why.
+    EventError(ErrorAttrs),
+    EventAgentLogin(AgentAttrs),
+    EventAgentLogout(AgentAttrs),
+    EventAgentReady(AgentAttrs),
+    EventAgentNotReady(AgentAttrs),
+    EventAgentAfterCallWork(AgentAttrs),
+    EventAgentReserved(AgentAttrs),
+    EventDNOutOfService(DnAttrs),
+    EventDNBackInService(DnAttrs),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CallAttrs {
+    pub tenant: String,
+    pub conn_id: Option<ConnId>,
+    /// The SIP Call-ID of this DN's leg.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    pub this_dn: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_dn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub this_role: Option<PartyRole>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_role: Option<PartyRole>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub third_party_dn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_type: Option<CallType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_conn_id: Option<ConnId>,
+    /// The request this event confirms, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub user_data: UserData,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ErrorAttrs {
+    pub tenant: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conn_id: Option<ConnId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub this_dn: Option<String>,
+    pub request_id: u64,
+    /// A stable code (`no_such_call`, `invalid_destination`, `bad_state`...) and a sentence.
+    pub error_code: String,
+    pub reason: String,
+    pub ts_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentAttrs {
+    pub tenant: String,
+    pub agent_id: String,
+    pub this_dn: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conn_id: Option<ConnId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<u64>,
+    pub ts_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DnAttrs {
+    pub tenant: String,
+    pub this_dn: String,
+    pub ts_ms: u64,
+}
+
+impl Event {
+    /// The TLib name, e.g. `EventRinging`.
+    pub fn name(&self) -> &'static str {
+        macro_rules! names {
+            ($($v:ident),*) => { match self { $(Event::$v(_) => stringify!($v),)* } };
+        }
+        names!(
+            EventDialing,
+            EventRinging,
+            EventEstablished,
+            EventReleased,
+            EventHeld,
+            EventRetrieved,
+            EventPartyChanged,
+            EventPartyAdded,
+            EventPartyDeleted,
+            EventAttachedDataChanged,
+            EventRouteRequest,
+            EventQueued,
+            EventDiverted,
+            EventAbandoned,
+            EventError,
+            EventAgentLogin,
+            EventAgentLogout,
+            EventAgentReady,
+            EventAgentNotReady,
+            EventAgentAfterCallWork,
+            EventAgentReserved,
+            EventDNOutOfService,
+            EventDNBackInService
+        )
+    }
+
+    pub fn tenant(&self) -> &str {
+        match self {
+            Event::EventError(e) => &e.tenant,
+            Event::EventAgentLogin(a)
+            | Event::EventAgentLogout(a)
+            | Event::EventAgentReady(a)
+            | Event::EventAgentNotReady(a)
+            | Event::EventAgentAfterCallWork(a)
+            | Event::EventAgentReserved(a) => &a.tenant,
+            Event::EventDNOutOfService(d) | Event::EventDNBackInService(d) => &d.tenant,
+            other => other.call().map(|c| c.tenant.as_str()).unwrap_or(""),
+        }
+    }
+
+    /// The call attributes of a call event.
+    pub fn call(&self) -> Option<&CallAttrs> {
+        match self {
+            Event::EventDialing(c)
+            | Event::EventRinging(c)
+            | Event::EventEstablished(c)
+            | Event::EventReleased(c)
+            | Event::EventHeld(c)
+            | Event::EventRetrieved(c)
+            | Event::EventPartyChanged(c)
+            | Event::EventPartyAdded(c)
+            | Event::EventPartyDeleted(c)
+            | Event::EventAttachedDataChanged(c)
+            | Event::EventRouteRequest(c)
+            | Event::EventQueued(c)
+            | Event::EventDiverted(c)
+            | Event::EventAbandoned(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The DN the event is about (its `ThisDN`), for per-DN and per-agent streams.
+    pub fn this_dn(&self) -> Option<&str> {
+        match self {
+            Event::EventError(e) => e.this_dn.as_deref(),
+            Event::EventAgentLogin(a)
+            | Event::EventAgentLogout(a)
+            | Event::EventAgentReady(a)
+            | Event::EventAgentNotReady(a)
+            | Event::EventAgentAfterCallWork(a)
+            | Event::EventAgentReserved(a) => Some(&a.this_dn),
+            Event::EventDNOutOfService(d) | Event::EventDNBackInService(d) => Some(&d.this_dn),
+            other => other.call().map(|c| c.this_dn.as_str()),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"event\":\"unserializable\",\"error\":\"{e}\"}}"))
+    }
+
+    pub fn from_json(s: &str) -> Result<Event, serde_json::Error> {
+        serde_json::from_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape_and_round_trip() {
+        let e = Event::EventRinging(CallAttrs {
+            tenant: "demo".into(),
+            conn_id: Some(ConnId(0x00a1_b2c3_d4e5_f601)),
+            call_id: Some("abc@host".into()),
+            this_dn: "1002".into(),
+            other_dn: Some("+15551234567".into()),
+            this_role: Some(PartyRole::Destination),
+            other_role: Some(PartyRole::Origination),
+            call_type: Some(CallType::Inbound),
+            ts_ms: 1,
+            ..Default::default()
+        });
+        let j = e.to_json();
+        assert!(
+            j.starts_with(
+                r#"{"event":"EventRinging","tenant":"demo","conn_id":"00a1b2c3d4e5f601""#
+            ),
+            "{j}"
+        );
+        assert!(j.contains(r#""this_role":"destination""#));
+        assert!(
+            !j.contains("agent_id"),
+            "absent attributes are omitted: {j}"
+        );
+        assert_eq!(Event::from_json(&j).unwrap(), e);
+        assert_eq!(e.name(), "EventRinging");
+        assert_eq!(e.this_dn(), Some("1002"));
+    }
+
+    #[test]
+    fn conn_id_text() {
+        assert_eq!(
+            "00a1b2c3d4e5f601".parse::<ConnId>().unwrap(),
+            ConnId(0x00a1_b2c3_d4e5_f601)
+        );
+        assert!("xyz".parse::<ConnId>().is_err());
+        assert!(Event::from_json(r#"{"event":"EventNope"}"#).is_err());
+    }
+}
