@@ -32,6 +32,16 @@ pub trait Core: Send {
     fn is_idle(&self, now: Instant) -> bool;
 }
 
+/// A core that also takes commands from the rest of the process (REST call control, a media
+/// engine's events...) and produces outputs for it (events to publish...). The driver feeds
+/// commands between messages and forwards outputs after each step.
+pub trait Controlled: Core {
+    type Command: Send + 'static;
+    type Output: Send + 'static;
+    fn handle_command(&mut self, cmd: Self::Command, now: Instant);
+    fn poll_output(&mut self) -> Option<Self::Output>;
+}
+
 #[derive(Clone, Debug)]
 pub struct NetConfig {
     pub udp: Option<SocketAddr>,
@@ -123,11 +133,16 @@ impl<C: Core> Driver<C> {
     }
 
     /// Runs until `drain` is cancelled and the core is idle (or the grace time is over).
-    pub async fn run(mut self, drain: CancellationToken) -> C {
+    pub async fn run(self, drain: CancellationToken) -> C {
+        self.run_inner(drain, Never).await
+    }
+
+    async fn run_inner<S: Side<C>>(mut self, drain: CancellationToken, mut side: S) -> C {
         let mut buf = vec![0u8; 65_536];
         let mut drain_deadline: Option<Instant> = None;
         loop {
             self.flush().await;
+            side.forward(&mut self.core);
             if let Some(d) = drain_deadline {
                 let now = Instant::now();
                 if self.core.is_idle(now) || now >= d {
@@ -148,6 +163,7 @@ impl<C: Core> Driver<C> {
                     }
                 }
                 Some(ev) = self.events.recv() => self.net_event(ev),
+                Some(()) = side.next(&mut self.core) => {}
                 _ = sleep => self.core.handle_timeout(Instant::now()),
                 _ = drain.cancelled(), if drain_deadline.is_none() => {
                     let now = Instant::now();
@@ -256,6 +272,61 @@ impl<C: Core> Driver<C> {
             self.events_tx.clone(),
             self.cfg.max_message_bytes,
         ));
+    }
+}
+
+impl<C: Controlled> Driver<C> {
+    /// Like [`Driver::run`], also feeding `commands` to the core and sending its outputs to
+    /// `outputs` (dropped outputs are counted if the receiver is gone).
+    pub async fn run_controlled(
+        self,
+        drain: CancellationToken,
+        commands: mpsc::Receiver<C::Command>,
+        outputs: mpsc::UnboundedSender<C::Output>,
+    ) -> C {
+        self.run_inner(drain, Commands { commands, outputs }).await
+    }
+}
+
+/// What the driver does besides SIP: nothing, or commands and outputs of a [`Controlled`] core.
+trait Side<C: Core> {
+    /// Waits for the next command and hands it to the core; `None` when there will be none.
+    fn next(&mut self, core: &mut C) -> impl std::future::Future<Output = Option<()>> + Send;
+    fn forward(&mut self, core: &mut C);
+}
+
+struct Never;
+
+impl<C: Core> Side<C> for Never {
+    async fn next(&mut self, _core: &mut C) -> Option<()> {
+        std::future::pending().await
+    }
+
+    fn forward(&mut self, _core: &mut C) {}
+}
+
+struct Commands<C: Controlled> {
+    commands: mpsc::Receiver<C::Command>,
+    outputs: mpsc::UnboundedSender<C::Output>,
+}
+
+impl<C: Controlled> Side<C> for Commands<C> {
+    async fn next(&mut self, core: &mut C) -> Option<()> {
+        match self.commands.recv().await {
+            Some(cmd) => {
+                core.handle_command(cmd, Instant::now());
+                Some(())
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    fn forward(&mut self, core: &mut C) {
+        while let Some(out) = core.poll_output() {
+            if self.outputs.send(out).is_err() {
+                metrics::counter!("sip_core_outputs_dropped_total").increment(1);
+            }
+        }
     }
 }
 
