@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use switchboard_services::sip::edge::EdgeCommand;
 use switchboard_services::sip::edge::{EdgeSettings, SipEdge};
 use switchboard_services::sip::location::Location;
 use switchboard_services::sip::registrar::{Registrar, RegistrarSettings, Tenant};
@@ -14,7 +15,7 @@ use switchboard_services::sip::target::Identity;
 use switchboard_sip::auth::{Algorithm, Challenge};
 use switchboard_sip::transaction::Timers;
 use switchboard_sip::{response_to, HeaderName, Message, Method, Peer, Transmit};
-use switchboard_sip_net::Core;
+use switchboard_sip_net::{Controlled, Core};
 
 const PROXY: &str = "127.0.0.1:5060";
 
@@ -269,4 +270,27 @@ fn max_forwards_zero_and_unknown_scheme_and_proxy_require() {
     );
     assert_eq!(out[0].1.status(), Some(420));
     assert_eq!(out[0].1.get(HeaderName::Unsupported), Some("foo"));
+}
+
+#[test]
+fn with_call_control_new_calls_go_to_the_sip_server_and_its_legs_reach_the_phones() {
+    let t0 = Instant::now();
+    let mut e = edge(t0);
+    register(&mut e, "1002", "127.0.0.1:6001", t0);
+    e.handle_command(
+        EdgeCommand::SetCallControl(vec![addr("127.0.0.1:7100")]),
+        t0,
+    );
+    // A caller's INVITE goes to the SIP Server, not straight to the phone.
+    let out = feed(&mut e, &invite("1002", "cc-a"), "127.0.0.1:6000", t0);
+    assert_eq!(
+        to(&out, 7100).first().and_then(|m| m.method()),
+        Some(&Method::Invite),
+        "{out:?}"
+    );
+    assert!(to(&out, 6001).is_empty());
+    // The SIP Server's B-leg for the same user reaches the registered phone.
+    let b_leg = invite("1002", "cc-b").replace("127.0.0.1:6000", "127.0.0.1:7100");
+    let out = feed(&mut e, &b_leg, "127.0.0.1:7100", t0);
+    assert_eq!(to(&out, 6001)[0].method(), Some(&Method::Invite));
 }

@@ -18,6 +18,8 @@ async fn start_sip_edge(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     let edge =
         switchboard_services::sip::role::start(ctx.config.clone(), ctx.drain.clone()).await?;
     ctx.add_routes(edge.router);
+    ctx.shared()
+        .get_or_init(|| switchboard_services::sip::role::EdgeControl(edge.control.clone()));
     let mut handle = RoleHandle::from_task(edge.task);
     if let Some(a) = edge.udp {
         handle = handle.bound("sip_udp", a);

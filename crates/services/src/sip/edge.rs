@@ -68,6 +68,18 @@ pub struct SipEdge {
     last_2xx: Option<Instant>,
 }
 
+/// Commands from the rest of the process.
+#[derive(Clone, Debug)]
+pub enum EdgeCommand {
+    /// The SIP Server nodes (B2BUA) that take new calls: INVITEs that do not come from one of
+    /// them are sent to one of them (sticky by Call-ID, with failover); the B2BUA's own legs
+    /// come back through us to the registered phones.
+    SetCallControl(Vec<std::net::SocketAddr>),
+}
+
+/// The route name of the call-control nodes in the route table.
+const CALL_CONTROL: &str = "call-control";
+
 /// Marker in our branches, followed by the request's loop hash (RFC 3261 §16.6 step 8).
 const BRANCH_MARK: &str = "z9hG4bKsb";
 
@@ -190,6 +202,10 @@ impl SipEdge {
         if method == Method::Invite {
             self.reply(stx, &req, 100, &[], now);
         }
+        let to_call_control = method == Method::Invite
+            && !in_dialog
+            && next_hop.is_none()
+            && self.needs_call_control(from);
         let mut ctx = Context {
             request: req,
             source: from,
@@ -200,6 +216,15 @@ impl SipEdge {
             cancelled: false,
             nodes: None,
         };
+        if to_call_control {
+            ctx.nodes = Some((CALL_CONTROL.to_string(), Vec::new()));
+            self.next_node(stx, &mut ctx, pop_route, now);
+            if ctx.branches.is_empty() {
+                return self.reply(stx, &ctx.request, 503, &[], now);
+            }
+            self.contexts.insert(stx, ctx);
+            return;
+        }
         match next_hop {
             Some(Some(peer)) => {
                 self.fork(stx, &mut ctx, peer, None, None, pop_route, now);
@@ -301,7 +326,11 @@ impl SipEdge {
         let Some((prefix, tried)) = ctx.nodes.clone() else {
             return false;
         };
-        let Some(route) = self.routes.route_for(&prefix).cloned() else {
+        let route = match prefix.as_str() {
+            CALL_CONTROL => self.routes.named(CALL_CONTROL).cloned(),
+            p => self.routes.route_for(p).cloned(),
+        };
+        let Some(route) = route else {
             return false;
         };
         let call_id = ctx.request.call_id().unwrap_or("").to_string();
@@ -399,6 +428,18 @@ impl SipEdge {
         if self.node_timer_of.remove(&client.as_u64()).is_some() {
             self.node_timers.retain(|(_, id)| *id != client.as_u64());
         }
+    }
+
+    /// True when call control is on and the request does not come from a call-control node.
+    fn needs_call_control(&self, from: Peer) -> bool {
+        let Some(route) = self.routes.named(CALL_CONTROL) else {
+            return false;
+        };
+        !route.nodes.is_empty()
+            && !route
+                .nodes
+                .iter()
+                .any(|n| self.routes.node(*n).addr == from.addr)
     }
 
     /// How many leading Route entries name us.
@@ -819,6 +860,24 @@ impl SipEdge {
         while let Some(ev) = self.tx.poll_event() {
             self.on_event(ev, now);
         }
+    }
+}
+
+impl switchboard_sip_net::Controlled for SipEdge {
+    type Command = EdgeCommand;
+    type Output = std::convert::Infallible;
+
+    fn handle_command(&mut self, cmd: EdgeCommand, _now: Instant) {
+        match cmd {
+            EdgeCommand::SetCallControl(addrs) => {
+                tracing::info!(nodes = ?addrs, "call control: new INVITEs go to the SIP Server");
+                self.routes.set_named(CALL_CONTROL, &addrs);
+            }
+        }
+    }
+
+    fn poll_output(&mut self) -> Option<std::convert::Infallible> {
+        None
     }
 }
 

@@ -19,12 +19,20 @@ use switchboard_sip_net::{Driver, NetConfig, Sockets};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The handle other roles in the process use to steer the running edge: the `sip-node` role
+/// sends `EdgeCommand::SetCallControl(vec![its address])` once bound, so that new calls reach
+/// it. Put in the process's shared state by the binary when the edge starts.
+#[derive(Clone)]
+pub struct EdgeControl(pub tokio::sync::mpsc::Sender<super::edge::EdgeCommand>);
+
 /// A started SIP edge.
 pub struct EdgeRunning {
     pub router: Router,
     pub udp: Option<SocketAddr>,
     pub tcp: Option<SocketAddr>,
     pub task: JoinHandle<anyhow::Result<()>>,
+    /// Commands to the running edge (e.g. the SIP Server's address for call control).
+    pub control: tokio::sync::mpsc::Sender<super::edge::EdgeCommand>,
 }
 
 pub fn tenants(cfg: &Config) -> Vec<Tenant> {
@@ -123,8 +131,12 @@ pub async fn start(cfg: Arc<Config>, drain: CancellationToken) -> anyhow::Result
         }),
     );
     tracing::info!(?udp, ?tcp, "SIP edge (proxy + registrar) listening");
+    let (control, commands) = tokio::sync::mpsc::channel(16);
+    let (outputs, _) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
-        Driver::new(edge, sockets, net).run(drain).await;
+        Driver::new(edge, sockets, net)
+            .run_controlled(drain, commands, outputs)
+            .await;
         Ok(())
     });
     Ok(EdgeRunning {
@@ -132,5 +144,6 @@ pub async fn start(cfg: Arc<Config>, drain: CancellationToken) -> anyhow::Result
         udp,
         tcp,
         task,
+        control,
     })
 }

@@ -21,6 +21,8 @@ pub struct Node {
 pub struct Route {
     pub prefix: String,
     pub nodes: Vec<usize>,
+    /// Not matched against users: selected by name (e.g. the call-control nodes).
+    pub internal: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -40,6 +42,7 @@ impl Routes {
             t.routes.push(Route {
                 prefix: prefix.clone(),
                 nodes,
+                internal: false,
             });
         }
         // Longest prefix first, so the first match is the most specific.
@@ -74,7 +77,23 @@ impl Routes {
     pub fn route_for(&self, user: &str) -> Option<&Route> {
         self.routes
             .iter()
-            .find(|r| user.starts_with(r.prefix.as_str()))
+            .find(|r| !r.internal && user.starts_with(r.prefix.as_str()))
+    }
+
+    /// An internal route by its exact name.
+    pub fn named(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.internal && r.prefix == name)
+    }
+
+    /// Sets (replaces) an internal route; its nodes share health state with the others.
+    pub fn set_named(&mut self, name: &str, addrs: &[SocketAddr]) {
+        let nodes = addrs.iter().map(|a| self.node_id(*a)).collect();
+        self.routes.retain(|r| !(r.internal && r.prefix == name));
+        self.routes.push(Route {
+            prefix: name.to_string(),
+            nodes,
+            internal: true,
+        });
     }
 
     /// The node for a call: the best-scoring live node not yet tried; if every untried node is
