@@ -16,7 +16,7 @@ mod locate;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -28,7 +28,7 @@ use locate::Locator;
 pub const EXAMPLE_TOML: &str = include_str!("../switchboard.example.toml");
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[sip]`: listen addresses, domain, timers.
@@ -41,9 +41,88 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[drain]`: graceful shutdown.
     pub drain: DrainConfig,
+    /// Directory of the data files (the config store, the embedded bus). Default `./data`.
+    /// A relative path is relative to the directory of the configuration file when the
+    /// configuration was loaded with [`Config::load`], else to the current directory.
+    pub data_dir: PathBuf,
+    /// `[store]`: the configuration store (tenants, DNs, agents, ...).
+    pub store: StoreConfig,
+    /// `[bus]`: the event bus and shared state backend.
+    pub bus: BusConfig,
     /// `[[tenants]]`: tenants and their SIP users. Empty by default.
     pub tenants: Vec<Tenant>,
 }
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The SQLite file of the configuration store; relative to `data_dir` unless absolute.
+    /// Default `switchboard.db`.
+    pub path: PathBuf,
+}
+
+/// `[bus]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// Which implementation carries events and shared state. Default `embedded`.
+    pub backend: BusBackend,
+    /// The SQLite file of the embedded bus; relative to `data_dir` unless absolute.
+    /// Default `bus.db`. Used when `backend = "embedded"`.
+    pub path: PathBuf,
+    /// The Redis server, `redis://` or `rediss://`. Default `redis://127.0.0.1:6379`.
+    /// Used when `backend = "redis"`.
+    pub redis_url: String,
+}
+
+/// The bus implementation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusBackend {
+    /// In-process, persisted to SQLite (one process).
+    #[default]
+    Embedded,
+    /// Redis Streams and hashes (several processes).
+    Redis,
+}
+
+impl BusBackend {
+    /// The name used in the configuration (`embedded`, `redis`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusBackend::Embedded => "embedded",
+            BusBackend::Redis => "redis",
+        }
+    }
+}
+
+impl fmt::Display for BusBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("switchboard.db"),
+        }
+    }
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            backend: BusBackend::Embedded,
+            path: PathBuf::from("bus.db"),
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+        }
+    }
+}
+
+/// The default `data_dir`.
+pub const DEFAULT_DATA_DIR: &str = "./data";
 
 /// `[sip]`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -233,6 +312,22 @@ impl Default for ProxyConfig {
     }
 }
 
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sip: SipConfig::default(),
+            http: HttpConfig::default(),
+            registrar: RegistrarConfig::default(),
+            proxy: ProxyConfig::default(),
+            drain: DrainConfig::default(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            store: StoreConfig::default(),
+            bus: BusConfig::default(),
+            tenants: Vec::new(),
+        }
+    }
+}
+
 impl Default for DrainConfig {
     fn default() -> Self {
         DrainConfig { grace_ms: 10_000 }
@@ -314,14 +409,31 @@ impl Config {
         Ok(config)
     }
 
-    /// Reads, parses and validates a TOML file. Errors name the file.
+    /// Reads, parses and validates a TOML file. Errors name the file. A relative `data_dir`
+    /// is made relative to the file's directory (see [`Config::data_dir`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_toml_str(&text).map_err(|e| e.with_file(path.to_owned()))
+        let mut config = Config::from_toml_str(&text).map_err(|e| e.with_file(path.to_owned()))?;
+        if config.data_dir.is_relative() {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                config.data_dir = dir.join(&config.data_dir);
+            }
+        }
+        Ok(config)
+    }
+
+    /// The SQLite file of the configuration store: `store.path` under `data_dir`.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join(&self.store.path)
+    }
+
+    /// The SQLite file of the embedded bus: `bus.path` under `data_dir`.
+    pub fn bus_path(&self) -> PathBuf {
+        self.data_dir.join(&self.bus.path)
     }
 
     /// Semantic validation (also run by [`Config::from_toml_str`]). Use it after changing a
@@ -431,6 +543,36 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
                 out,
                 "http.listen",
                 format!("{} is also sip.tcp: both are TCP listeners", c.http.listen),
+            );
+        }
+    }
+
+    // data_dir, [store], [bus]
+    if c.data_dir.as_os_str().is_empty() {
+        bad(
+            out,
+            "data_dir",
+            "must not be empty (use \".\" for the current directory)",
+        );
+    }
+    if c.store.path.as_os_str().is_empty() {
+        bad(out, "store.path", "must not be empty");
+    }
+    if c.bus.path.as_os_str().is_empty() {
+        bad(out, "bus.path", "must not be empty");
+    }
+    if c.bus.backend == BusBackend::Redis || c.bus.redis_url != BusConfig::default().redis_url {
+        let url = c.bus.redis_url.as_str();
+        let rest = url
+            .strip_prefix("redis://")
+            .or_else(|| url.strip_prefix("rediss://"))
+            .or_else(|| url.strip_prefix("redis+unix://"))
+            .or_else(|| url.strip_prefix("unix://"));
+        if rest.map_or(true, str::is_empty) || url.chars().any(char::is_whitespace) {
+            bad(
+                out,
+                "bus.redis_url",
+                format!("{url:?} is not a Redis URL: expected redis://host:port, rediss://host:port or unix:///path"),
             );
         }
     }

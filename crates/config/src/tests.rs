@@ -283,3 +283,50 @@ fn passwords_are_not_in_debug_output() {
     let shown = format!("{:?}", Config::demo());
     assert!(!shown.contains("secret"), "{shown}");
 }
+
+#[test]
+fn data_dir_store_and_bus() {
+    let c = Config::from_toml_str(
+        "data_dir = \"/var/lib/sb\"\n[store]\npath = \"cfg.db\"\n[bus]\nbackend = \"redis\"\nredis_url = \"redis://10.0.0.1:6380\"\n",
+    )
+    .expect("valid");
+    assert_eq!(c.bus.backend, BusBackend::Redis);
+    assert_eq!(c.store_path(), PathBuf::from("/var/lib/sb/cfg.db"));
+    assert_eq!(c.bus_path(), PathBuf::from("/var/lib/sb/bus.db"));
+    let d = Config::default();
+    assert_eq!(d.data_dir, PathBuf::from("./data"));
+    assert_eq!(d.bus.backend, BusBackend::Embedded);
+    assert_eq!(d.store_path(), PathBuf::from("./data/switchboard.db"));
+    let abs = Config::from_toml_str("[store]\npath = \"/tmp/x.db\"\n").expect("valid");
+    assert_eq!(abs.store_path(), PathBuf::from("/tmp/x.db"));
+
+    let p = one_problem("[bus]\nbackend = \"kafka\"\n");
+    assert_eq!(p.key.as_deref(), Some("bus.backend"));
+    assert_eq!(p.line, Some(2));
+    let p = one_problem("[bus]\nbackend = \"redis\"\nredis_url = \"http://x\"\n");
+    assert_eq!(p.key.as_deref(), Some("bus.redis_url"));
+    assert_eq!(p.line, Some(3));
+    let p = one_problem("[store]\npath = \"\"\n");
+    assert_eq!(p.key.as_deref(), Some("store.path"));
+    assert_eq!(p.line, Some(2));
+    let p = one_problem("data_dir = \"\"\n");
+    assert_eq!(p.key.as_deref(), Some("data_dir"));
+    assert_eq!(p.line, Some(1));
+}
+
+#[test]
+fn load_resolves_data_dir_against_the_file() {
+    let dir = std::env::temp_dir().join(format!("sb-config-dd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("sb.toml");
+    std::fs::write(&path, "data_dir = \"state\"\n").expect("write");
+    let c = Config::load(&path).expect("valid");
+    assert_eq!(c.data_dir, dir.join("state"));
+    assert_eq!(c.store_path(), dir.join("state").join("switchboard.db"));
+    std::fs::write(&path, "data_dir = \"/abs\"\n").expect("write");
+    assert_eq!(
+        Config::load(&path).expect("valid").data_dir,
+        PathBuf::from("/abs")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
