@@ -49,6 +49,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[bus]`: the event bus and shared state backend.
     pub bus: BusConfig,
+    /// `[sip_node]`: the SIP Server (B2BUA call control).
+    pub sip_node: SipNodeConfig,
     /// `[[tenants]]`: tenants and their SIP users. Empty by default.
     pub tenants: Vec<Tenant>,
 }
@@ -198,6 +200,35 @@ impl fmt::Display for DigestAlgorithm {
     }
 }
 
+/// `[sip_node]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipNodeConfig {
+    /// UDP listen address of the SIP Server. Default `127.0.0.1:5070`; port 0 picks a free port.
+    #[serde(deserialize_with = "de_addr")]
+    pub udp: SocketAddr,
+    /// Where legs to DNs are sent (the SIP edge). Default: `sip.udp`.
+    #[serde(deserialize_with = "de_optional_addr")]
+    pub edge: Option<SocketAddr>,
+    /// Trunk gateways (IP:port): INVITEs from them are inbound calls; external numbers are
+    /// dialled through the first. Empty by default (no external calls).
+    #[serde(deserialize_with = "de_addrs")]
+    pub trunks: Vec<SocketAddr>,
+    /// Ring-no-answer timeout in milliseconds. Default 30000.
+    pub ring_timeout_ms: u64,
+}
+
+impl Default for SipNodeConfig {
+    fn default() -> Self {
+        SipNodeConfig {
+            udp: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5070),
+            edge: None,
+            trunks: Vec::new(),
+            ring_timeout_ms: 30_000,
+        }
+    }
+}
+
 /// `[proxy]`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -323,6 +354,7 @@ impl Default for Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             store: StoreConfig::default(),
             bus: BusConfig::default(),
+            sip_node: SipNodeConfig::default(),
             tenants: Vec::new(),
         }
     }
@@ -573,6 +605,20 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
                 out,
                 "bus.redis_url",
                 format!("{url:?} is not a Redis URL: expected redis://host:port, rediss://host:port or unix:///path"),
+            );
+        }
+    }
+
+    // [sip_node]
+    if c.sip_node.ring_timeout_ms == 0 {
+        bad(out, "sip_node.ring_timeout_ms", "must be at least 1");
+    }
+    for (i, t) in c.sip_node.trunks.iter().enumerate() {
+        if t.port() == 0 {
+            bad(
+                out,
+                format!("sip_node.trunks[{i}]"),
+                "a trunk needs a port other than 0",
             );
         }
     }
