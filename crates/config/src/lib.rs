@@ -10,6 +10,7 @@
 //! The annotated reference file is [`EXAMPLE_TOML`] (`switchboard.example.toml` in this crate),
 //! which parses to exactly [`Config::demo`].
 
+mod entities;
 mod error;
 mod locate;
 
@@ -21,6 +22,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub use entities::{
+    compile_regex, is_digits, is_login_id, is_name, is_number, is_strategy_url,
+    parse_trunk_address, Agent, AgentGroup, DialRule, DidRange, Dn, DnKind, Mailbox, Replace,
+    RoutePoint, RulePattern, RuleRoute, RuleScope, Skill, Trunk,
+};
 pub use error::{ConfigError, Problem};
 use locate::Locator;
 
@@ -274,6 +280,49 @@ pub struct Tenant {
     /// `[[tenants.users]]`
     #[serde(default)]
     pub users: Vec<User>,
+    /// `[[tenants.skills]]`
+    #[serde(default)]
+    pub skills: Vec<Skill>,
+    /// `[[tenants.agent_groups]]`
+    #[serde(default)]
+    pub agent_groups: Vec<AgentGroup>,
+    /// `[[tenants.dns]]`
+    #[serde(default)]
+    pub dns: Vec<Dn>,
+    /// `[[tenants.agents]]`
+    #[serde(default)]
+    pub agents: Vec<Agent>,
+    /// `[[tenants.route_points]]`
+    #[serde(default)]
+    pub route_points: Vec<RoutePoint>,
+    /// `[[tenants.trunks]]`
+    #[serde(default)]
+    pub trunks: Vec<Trunk>,
+    /// `[[tenants.dialplan]]`
+    #[serde(default)]
+    pub dialplan: Vec<DialRule>,
+    /// `[[tenants.mailboxes]]`
+    #[serde(default)]
+    pub mailboxes: Vec<Mailbox>,
+}
+
+impl Tenant {
+    /// A tenant with no users and no entities.
+    pub fn new(name: impl Into<String>, domain: impl Into<String>) -> Tenant {
+        Tenant {
+            name: name.into(),
+            domain: domain.into(),
+            users: Vec::new(),
+            skills: Vec::new(),
+            agent_groups: Vec::new(),
+            dns: Vec::new(),
+            agents: Vec::new(),
+            route_points: Vec::new(),
+            trunks: Vec::new(),
+            dialplan: Vec::new(),
+            mailboxes: Vec::new(),
+        }
+    }
 }
 
 /// `[[tenants.users]]`: a SIP user with digest credentials.
@@ -392,21 +441,146 @@ impl ProxyConfig {
 }
 
 impl Config {
-    /// The built-in demo: tenant `demo` in domain `switchboard` with users `1001`..=`1010`, all
-    /// with password `secret`; SIP on 127.0.0.1:5060 UDP and TCP, HTTP on 127.0.0.1:8080.
+    /// The built-in demo, a small contact center: tenant `demo` in domain `switchboard` with
+    /// SIP users `1001`..=`1010` (password `secret`) on extension DNs of the same numbers,
+    /// agents `a1001`..=`a1010` on them (skills `sales`, `support`, `english`, `spanish`;
+    /// groups `sales` and `support`), route point `5000` (strategy `builtin:demo-strategy`),
+    /// queue `6000`, voicemail access `7000`, group mailboxes `8100` and `8200`, trunk
+    /// `carrier` from 127.0.0.1 whose DIDs +15550000000..=+15550009999 reach route point 5000,
+    /// and dial-plan rules for outbound calls (`9` + 10 digits, `00` international) and the
+    /// operator (`0`). SIP on 127.0.0.1:5060 UDP and TCP, HTTP on 127.0.0.1:8080.
     pub fn demo() -> Config {
-        let users = (1001..=1010)
+        let mut t = Tenant::new("demo", "switchboard");
+        t.users = (1001..=1010)
             .map(|n| User {
                 user: n.to_string(),
                 password: "secret".to_owned(),
             })
             .collect();
-        Config {
-            tenants: vec![Tenant {
-                name: "demo".to_owned(),
-                domain: "switchboard".to_owned(),
-                users,
+        t.skills = [
+            ("sales", "Sells plans and upgrades"),
+            ("support", "Solves technical problems"),
+            ("english", "Speaks English"),
+            ("spanish", "Speaks Spanish"),
+        ]
+        .iter()
+        .map(|(name, description)| Skill {
+            name: (*name).to_owned(),
+            description: (*description).to_owned(),
+        })
+        .collect();
+        t.agent_groups = [("sales", "Sales team"), ("support", "Support team")]
+            .iter()
+            .map(|(name, description)| AgentGroup {
+                name: (*name).to_owned(),
+                description: (*description).to_owned(),
+            })
+            .collect();
+        t.dns = (1001..=1010)
+            .map(|n| {
+                let mut dn = Dn::new(n.to_string(), DnKind::Extension);
+                dn.name = format!("Desk {n}");
+                dn
+            })
+            .collect();
+        let mut main = Dn::new("5000", DnKind::RoutePoint);
+        main.name = "Main line".to_owned();
+        let mut queue = Dn::new("6000", DnKind::Queue);
+        queue.name = "Sales queue".to_owned();
+        queue.agent_group = Some("sales".to_owned());
+        queue.mailbox = Some("8100".to_owned());
+        let mut vm = Dn::new("7000", DnKind::VoicemailAccess);
+        vm.name = "Voicemail".to_owned();
+        t.dns.extend([main, queue, vm]);
+        // a1001..a1005 sell, a1006..a1010 support; every third also speaks Spanish.
+        t.agents = (1001..=1010)
+            .map(|n: u32| {
+                let team = if n <= 1005 { "sales" } else { "support" };
+                let mut skills = std::collections::BTreeMap::new();
+                skills.insert(team.to_owned(), 5 + n % 5);
+                skills.insert("english".to_owned(), 10);
+                if n % 3 == 0 {
+                    skills.insert("spanish".to_owned(), 8);
+                }
+                Agent {
+                    login_id: format!("a{n}"),
+                    name: format!("Agent {n}"),
+                    dn: Some(n.to_string()),
+                    skills,
+                    groups: vec![team.to_owned()],
+                }
+            })
+            .collect();
+        t.route_points = vec![RoutePoint {
+            number: "5000".to_owned(),
+            strategy_url: "builtin:demo-strategy".to_owned(),
+            description: "Inbound calls: IVR, then the sales queue".to_owned(),
+        }];
+        t.trunks = vec![Trunk {
+            name: "carrier".to_owned(),
+            addresses: vec!["127.0.0.1".to_owned()],
+            dids: vec![DidRange {
+                first: "+15550000000".to_owned(),
+                last: "+15550009999".to_owned(),
+                target: Some("5000".to_owned()),
             }],
+        }];
+        t.dialplan = vec![
+            DialRule {
+                name: "operator".to_owned(),
+                priority: 10,
+                applies_to: RuleScope::Internal,
+                prefix: None,
+                range: None,
+                regex: Some("^0$".to_owned()),
+                strip: 1,
+                replace: None,
+                add_prefix: "5000".to_owned(),
+                route: RuleRoute::Local,
+                trunk: None,
+            },
+            DialRule {
+                name: "international".to_owned(),
+                priority: 20,
+                applies_to: RuleScope::Internal,
+                prefix: Some("00".to_owned()),
+                range: None,
+                regex: None,
+                strip: 0,
+                replace: Some(Replace {
+                    regex: "^00".to_owned(),
+                    with: "+".to_owned(),
+                }),
+                add_prefix: String::new(),
+                route: RuleRoute::External,
+                trunk: Some("carrier".to_owned()),
+            },
+            DialRule {
+                name: "national".to_owned(),
+                priority: 30,
+                applies_to: RuleScope::Internal,
+                prefix: None,
+                range: None,
+                regex: Some("^9[2-9][0-9]{9}$".to_owned()),
+                strip: 1,
+                replace: None,
+                add_prefix: "+1".to_owned(),
+                route: RuleRoute::External,
+                trunk: Some("carrier".to_owned()),
+            },
+        ];
+        t.mailboxes = vec![
+            Mailbox {
+                owner_group: Some("sales".to_owned()),
+                ..Mailbox::new("8100", "1234")
+            },
+            Mailbox {
+                owner_group: Some("support".to_owned()),
+                ..Mailbox::new("8200", "1234")
+            },
+        ];
+        Config {
+            tenants: vec![t],
             ..Config::default()
         }
     }
@@ -513,14 +687,14 @@ impl Config {
 }
 
 /// A semantic problem before it is located in the text.
-struct Found {
-    key: String,
+pub(crate) struct Found {
+    pub(crate) key: String,
     /// Point at the value (true) or at the key (false) when locating.
-    at_value: bool,
-    message: String,
+    pub(crate) at_value: bool,
+    pub(crate) message: String,
 }
 
-fn bad(out: &mut Vec<Found>, key: impl Into<String>, message: impl Into<String>) {
+pub(crate) fn bad(out: &mut Vec<Found>, key: impl Into<String>, message: impl Into<String>) {
     out.push(Found {
         key: key.into(),
         at_value: true,
@@ -768,7 +942,9 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
                 bad(out, format!("{key}.password"), "must not be empty");
             }
         }
+        entities::validate_entities(t, &format!("tenants[{i}]."), out);
     }
+    entities::validate_across_tenants(&c.tenants, |i, j| format!("tenants[{i}].trunks[{j}]"), out);
 }
 
 /// Whether two TCP listen addresses would collide.

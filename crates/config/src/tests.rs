@@ -330,3 +330,167 @@ fn load_resolves_data_dir_against_the_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A tenant with one skill, one group, one trunk and a few DNs, followed by `extra`.
+fn tenant_with(extra: &str) -> String {
+    format!(
+        r#"[[tenants]]
+name = "t"
+[[tenants.skills]]
+name = "sales"
+[[tenants.agent_groups]]
+name = "g"
+[[tenants.trunks]]
+name = "carrier"
+addresses = ["192.0.2.1"]
+[[tenants.dns]]
+number = "1001"
+kind = "extension"
+[[tenants.dns]]
+number = "5000"
+kind = "route_point"
+[[tenants.dns]]
+number = "6000"
+kind = "queue"
+{extra}"#
+    )
+}
+
+#[test]
+fn demo_is_a_contact_center() {
+    let demo = Config::demo();
+    let t = &demo.tenants[0];
+    assert_eq!(t.dns.len(), 13);
+    assert_eq!(t.dn("5000").map(|d| d.kind), Some(DnKind::RoutePoint));
+    assert_eq!(t.dn("6000").map(|d| d.kind), Some(DnKind::Queue));
+    assert_eq!(t.dn("7000").map(|d| d.kind), Some(DnKind::VoicemailAccess));
+    assert_eq!(t.agents.len(), 10);
+    assert_eq!(t.agents[0].login_id, "a1001");
+    assert_eq!(t.agents[0].dn.as_deref(), Some("1001"));
+    assert!(t.agents.iter().any(|a| a.skills.contains_key("spanish")));
+    assert_eq!(t.route_points[0].strategy_url, "builtin:demo-strategy");
+    assert_eq!(t.trunks[0].addresses, vec!["127.0.0.1".to_owned()]);
+    assert!(t.entity_problems().is_empty(), "{:?}", t.entity_problems());
+    assert!(!format!("{demo:?}").contains("1234"), "PINs are redacted");
+}
+
+#[test]
+fn entities_parse() {
+    let text = tenant_with(
+        r#"[[tenants.agents]]
+login_id = "alice"
+dn = "1001"
+skills = { sales = 7 }
+groups = ["g"]
+[[tenants.route_points]]
+number = "5000"
+strategy_url = "https://example.com/s.scxml"
+[[tenants.dialplan]]
+name = "ext"
+priority = 1
+range = "2000-2999"
+route = "local"
+[[tenants.mailboxes]]
+number = "1"
+owner_agent = "alice"
+pin = "0000"
+"#,
+    );
+    let c = Config::from_toml_str(&text).expect("valid");
+    let t = &c.tenants[0];
+    assert_eq!(t.agents[0].skills.get("sales"), Some(&7));
+    assert_eq!(t.dialplan[0].applies_to, RuleScope::Any);
+    assert_eq!(
+        t.dialplan[0].pattern(),
+        Some(RulePattern::Range("2000", "2999"))
+    );
+    assert_eq!(t.mailboxes[0].max_message_s, 120);
+    assert_eq!(t.mailboxes[0].retention_days, 30);
+}
+
+#[test]
+fn entity_unknown_key_names_key_and_line() {
+    let text = tenant_with("[[tenants.agents]]\nlogin_id = \"a\"\nskill = 1\n");
+    let p = one_problem(&text);
+    assert_eq!(p.key.as_deref(), Some("tenants[0].agents[0].skill"));
+    assert_eq!(p.line, Some(text.lines().count()));
+    let text = tenant_with("[[tenants.dns]]\nnumber = \"1\"\nkind = \"phone\"\n");
+    let p = one_problem(&text);
+    assert_eq!(p.key.as_deref(), Some("tenants[0].dns[3].kind"));
+    assert_eq!(p.line, Some(text.lines().count()));
+}
+
+#[test]
+fn entity_semantic_checks() {
+    let cases: &[(&str, &str)] = &[
+        ("[[tenants.dns]]\nnumber = \"10 01\"\nkind = \"extension\"\n", "tenants[0].dns[3].number"),
+        ("[[tenants.dns]]\nnumber = \"1001\"\nkind = \"extension\"\n", "tenants[0].dns[3].number"),
+        ("[[tenants.dns]]\nnumber = \"1\"\nkind = \"extension\"\nmailbox = \"9\"\n", "tenants[0].dns[3].mailbox"),
+        ("[[tenants.dns]]\nnumber = \"1\"\nkind = \"extension\"\nno_answer_timeout_s = 0\n", "tenants[0].dns[3].no_answer_timeout_s"),
+        ("[[tenants.dns]]\nnumber = \"1\"\nkind = \"extension\"\nagent_group = \"g\"\n", "tenants[0].dns[3].agent_group"),
+        ("[[tenants.dns]]\nnumber = \"1\"\nkind = \"queue\"\nagent_group = \"nope\"\n", "tenants[0].dns[3].agent_group"),
+        ("[[tenants.dns]]\nnumber = \"1\"\nkind = \"trunk\"\n", "tenants[0].dns[3].trunk"),
+        ("[[tenants.dns]]\nnumber = \"1\"\nkind = \"trunk\"\ntrunk = \"other\"\n", "tenants[0].dns[3].trunk"),
+        ("[[tenants.agents]]\nlogin_id = \"a b\"\n", "tenants[0].agents[0].login_id"),
+        ("[[tenants.agents]]\nlogin_id = \"a\"\n[[tenants.agents]]\nlogin_id = \"a\"\n", "tenants[0].agents[1].login_id"),
+        ("[[tenants.agents]]\nlogin_id = \"a\"\ndn = \"9999\"\n", "tenants[0].agents[0].dn"),
+        ("[[tenants.agents]]\nlogin_id = \"a\"\ndn = \"5000\"\n", "tenants[0].agents[0].dn"),
+        ("[[tenants.agents]]\nlogin_id = \"a\"\nskills = { cooking = 1 }\n", "tenants[0].agents[0].skills.cooking"),
+        ("[[tenants.agents]]\nlogin_id = \"a\"\nskills = { sales = 101 }\n", "tenants[0].agents[0].skills.sales"),
+        ("[[tenants.agents]]\nlogin_id = \"a\"\ngroups = [\"g\", \"x\"]\n", "tenants[0].agents[0].groups[1]"),
+        ("[[tenants.route_points]]\nnumber = \"1001\"\nstrategy_url = \"builtin:x\"\n", "tenants[0].route_points[0].number"),
+        ("[[tenants.route_points]]\nnumber = \"5000\"\nstrategy_url = \"ftp://x\"\n", "tenants[0].route_points[0].strategy_url"),
+        ("[[tenants.trunks]]\nname = \"b\"\naddresses = []\n", "tenants[0].trunks[1].addresses"),
+        ("[[tenants.trunks]]\nname = \"b\"\naddresses = [\"gw.example\"]\n", "tenants[0].trunks[1].addresses[0]"),
+        ("[[tenants.trunks]]\nname = \"b\"\naddresses = [\"192.0.2.1:5060\"]\n", "tenants[0].trunks[1].addresses[0]"),
+        ("[[tenants.trunks]]\nname = \"b\"\naddresses = [\"192.0.2.2\"]\ndids = [{ first = \"+1555\", last = \"+15550\" }]\n", "tenants[0].trunks[1].dids[0].last"),
+        ("[[tenants.trunks]]\nname = \"b\"\naddresses = [\"192.0.2.2\"]\ndids = [{ first = \"200\", last = \"100\" }]\n", "tenants[0].trunks[1].dids[0].last"),
+        ("[[tenants.trunks]]\nname = \"b\"\naddresses = [\"192.0.2.2\"]\ndids = [{ first = \"1x\", last = \"19\" }]\n", "tenants[0].trunks[1].dids[0].first"),
+        ("[[tenants.trunks]]\nname = \"b\"\naddresses = [\"192.0.2.2\"]\ndids = [{ first = \"100\", last = \"199\" }, { first = \"150\", last = \"250\" }]\n", "tenants[0].trunks[1].dids[1].first"),
+        ("[[tenants.trunks]]\nname = \"b\"\naddresses = [\"192.0.2.2\"]\ndids = [{ first = \"100\", last = \"199\", target = \"4\" }]\n", "tenants[0].trunks[1].dids[0].target"),
+        ("[[tenants.dialplan]]\nname = \"r\"\npriority = 1\nroute = \"local\"\n", "tenants[0].dialplan[0].prefix"),
+        ("[[tenants.dialplan]]\nname = \"r\"\npriority = 1\nprefix = \"9\"\nregex = \"^9\"\nroute = \"local\"\n", "tenants[0].dialplan[0].regex"),
+        ("[[tenants.dialplan]]\nname = \"r\"\npriority = 1\nrange = \"10-5\"\nroute = \"local\"\n", "tenants[0].dialplan[0].range"),
+        ("[[tenants.dialplan]]\nname = \"r\"\npriority = 1\nrange = \"100-2000\"\nroute = \"local\"\n", "tenants[0].dialplan[0].range"),
+        ("[[tenants.dialplan]]\nname = \"r\"\npriority = 1\nregex = \"(\"\nroute = \"local\"\n", "tenants[0].dialplan[0].regex"),
+        ("[[tenants.dialplan]]\nname = \"r\"\npriority = 1\nprefix = \"9\"\nreplace = { regex = \"[\", with = \"\" }\nroute = \"local\"\n", "tenants[0].dialplan[0].replace.regex"),
+        ("[[tenants.dialplan]]\nname = \"r\"\npriority = 1\nprefix = \"9\"\nroute = \"external\"\n", "tenants[0].dialplan[0].trunk"),
+        ("[[tenants.dialplan]]\nname = \"r\"\npriority = 1\nprefix = \"9\"\nroute = \"local\"\ntrunk = \"carrier\"\n", "tenants[0].dialplan[0].trunk"),
+        ("[[tenants.dialplan]]\nname = \"resolve\"\npriority = 1\nprefix = \"9\"\nroute = \"local\"\n", "tenants[0].dialplan[0].name"),
+        ("[[tenants.dialplan]]\nname = \"r\"\npriority = 1\nprefix = \"9\"\nadd_prefix = \"x\"\nroute = \"local\"\n", "tenants[0].dialplan[0].add_prefix"),
+        ("[[tenants.mailboxes]]\nnumber = \"1\"\npin = \"1234\"\n", "tenants[0].mailboxes[0].owner_agent"),
+        ("[[tenants.mailboxes]]\nnumber = \"1\"\nowner_group = \"g\"\npin = \"12\"\n", "tenants[0].mailboxes[0].pin"),
+        ("[[tenants.mailboxes]]\nnumber = \"1\"\nowner_group = \"g\"\nowner_agent = \"x\"\npin = \"1234\"\n", "tenants[0].mailboxes[0].owner_group"),
+        ("[[tenants.mailboxes]]\nnumber = \"1\"\nowner_group = \"g\"\npin = \"1234\"\nmax_messages = 0\n", "tenants[0].mailboxes[0].max_messages"),
+        ("[[tenants.mailboxes]]\nnumber = \"1\"\nowner_agent = \"nobody\"\npin = \"1234\"\n", "tenants[0].mailboxes[0].owner_agent"),
+        ("[[tenants.skills]]\nname = \"sales\"\n", "tenants[0].skills[1].name"),
+        ("[[tenants.agent_groups]]\nname = \"a b\"\n", "tenants[0].agent_groups[1].name"),
+        (
+            "[[tenants]]\nname = \"u\"\ndomain = \"u.example\"\n[[tenants.trunks]]\nname = \"carrier\"\naddresses = [\"192.0.2.9\"]\n",
+            "tenants[1].trunks[0].name",
+        ),
+        (
+            "[[tenants]]\nname = \"u\"\ndomain = \"u.example\"\n[[tenants.trunks]]\nname = \"other\"\naddresses = [\"192.0.2.1:5080\"]\n",
+            "tenants[1].trunks[0].addresses[0]",
+        ),
+    ];
+    for (extra, key) in cases {
+        let text = tenant_with(extra);
+        let p = problems(&text);
+        assert!(
+            p.iter()
+                .any(|p| p.key.as_deref() == Some(key) && p.line.is_some()),
+            "{extra:?}: expected a located problem for {key}, got {p:?}"
+        );
+    }
+}
+
+#[test]
+fn entity_problems_are_relative_to_the_tenant() {
+    let mut t = Config::demo().tenants.remove(0);
+    t.agents[2].dn = Some("42".to_owned());
+    let p = t.entity_problems();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key.as_deref(), Some("agents[2].dn"));
+    assert_eq!(p[0].line, None);
+}
