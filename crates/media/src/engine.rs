@@ -1,0 +1,1068 @@
+//! The media engine: worker threads, each owning a slab of RTP streams (their UDP sockets, RTP
+//! state, player, recorder, DTMF detectors) and the conferences among them, all driven by one
+//! 20 ms pacing clock per worker. No task or timer per stream: a tick drains every socket,
+//! mixes the conferences, then sends one frame per stream, from buffers owned by the worker.
+//!
+//! Control goes in as commands on a channel (read at each tick), events come out on a tokio
+//! channel. Sockets are bound by [`MediaEngine::create_stream`] in the caller's thread, so the
+//! caller learns the local port at once (for its SDP answer).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+use switchboard_rtp::codec::{g711, l16};
+use switchboard_rtp::dtmf::DtmfDetector;
+use switchboard_rtp::telephone_event::DtmfReceiver;
+use switchboard_rtp::tone::{ToneGenerator, ToneSpec};
+use switchboard_rtp::{is_rtcp, Dropped, Latch, RtpReceiver, RtpSender, RtpSession};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::audio::{FRAME, RATE};
+use crate::mixer::{mix, MixSlot, ParticipantMode, Playout};
+use crate::player::{Player, Playlist};
+use crate::recorder::{RecordEnd, RecordParams, Recorder, Recording};
+
+/// The pacing interval (and packetisation time of everything we send).
+pub const PTIME: Duration = Duration::from_millis(20);
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Address RTP sockets bind to (and that goes into SDP).
+    pub bind_ip: IpAddr,
+    /// Inclusive RTP port range; even ports are used.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Worker threads (pacing loops). Streams are spread over them.
+    pub workers: usize,
+    /// Report [`MediaEventKind::RtpTimeout`] after this long without RTP (`None`: never).
+    pub rtp_timeout: Option<Duration>,
+    /// A packet sent more than this after its tick's deadline counts as late.
+    pub late_threshold: Duration,
+    /// Conference playout delay, ms.
+    pub playout_delay_ms: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            port_min: 20000,
+            port_max: 29999,
+            workers: 1,
+            rtp_timeout: Some(Duration::from_secs(60)),
+            late_threshold: Duration::from_millis(10),
+            playout_delay_ms: 60,
+        }
+    }
+}
+
+/// A stream's identity; stable for its life, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u64);
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+/// Audio encodings the engine sends and receives (all 8 kHz).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Pcmu,
+    Pcma,
+    /// `L16/8000` mono, big-endian.
+    L16,
+}
+
+/// The negotiated audio codec of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Codec {
+    pub encoding: Encoding,
+    pub payload_type: u8,
+}
+
+impl Codec {
+    pub const PCMU: Codec = Codec {
+        encoding: Encoding::Pcmu,
+        payload_type: 0,
+    };
+    pub const PCMA: Codec = Codec {
+        encoding: Encoding::Pcma,
+        payload_type: 8,
+    };
+
+    /// The codec for an SDP `rtpmap` (encoding name, clock rate, channels), if supported.
+    pub fn from_sdp(name: &str, clock_rate: u32, channels: u8, payload_type: u8) -> Option<Codec> {
+        if clock_rate != RATE || channels != 1 {
+            return None;
+        }
+        let encoding = if name.eq_ignore_ascii_case("PCMU") {
+            Encoding::Pcmu
+        } else if name.eq_ignore_ascii_case("PCMA") {
+            Encoding::Pcma
+        } else if name.eq_ignore_ascii_case("L16") {
+            Encoding::L16
+        } else {
+            return None;
+        };
+        Some(Codec {
+            encoding,
+            payload_type,
+        })
+    }
+
+    fn encode(self, pcm: &[i16], out: &mut [u8]) -> usize {
+        match self.encoding {
+            Encoding::Pcmu => g711::encode_ulaw(pcm, out),
+            Encoding::Pcma => g711::encode_alaw(pcm, out),
+            Encoding::L16 => l16::encode(pcm, out),
+        }
+    }
+
+    fn decode(self, payload: &[u8], out: &mut [i16]) -> usize {
+        match self.encoding {
+            Encoding::Pcmu => g711::decode_ulaw(payload, out),
+            Encoding::Pcma => g711::decode_alaw(payload, out),
+            Encoding::L16 => l16::decode(payload, out),
+        }
+    }
+}
+
+/// How to set up (or change) a stream.
+#[derive(Debug, Clone)]
+pub struct StreamParams {
+    /// Where to send (from SDP); symmetric RTP latching may move it.
+    pub remote: Option<SocketAddr>,
+    pub codec: Codec,
+    /// RFC 4733 payload type, when negotiated.
+    pub telephone_event: Option<u8>,
+    /// Run the in-band (Goertzel) DTMF detector on received audio.
+    pub inband_dtmf: bool,
+    /// Send media (false on hold / recvonly).
+    pub send: bool,
+    /// Accept media (false when inactive / sendonly).
+    pub receive: bool,
+    /// Streams with the same affinity share a worker (needed to mix them together);
+    /// `None` spreads streams round-robin.
+    pub affinity: Option<u64>,
+}
+
+impl StreamParams {
+    pub fn new(remote: Option<SocketAddr>, codec: Codec) -> StreamParams {
+        StreamParams {
+            remote,
+            codec,
+            telephone_event: None,
+            inband_dtmf: false,
+            send: true,
+            receive: true,
+            affinity: None,
+        }
+    }
+}
+
+/// How a DTMF digit arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DtmfSource {
+    Rfc4733,
+    InBand,
+}
+
+/// Something that happened on a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaEventKind {
+    Dtmf {
+        digit: char,
+        source: DtmfSource,
+    },
+    /// A play ended: `completed` is false when it was stopped or replaced.
+    PlayDone {
+        play: u64,
+        completed: bool,
+    },
+    RecordDone(Recording),
+    /// No RTP received for the configured time.
+    RtpTimeout,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaEvent {
+    pub stream: StreamId,
+    pub kind: MediaEventKind,
+}
+
+/// Engine-wide counters (also exported as metrics).
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub streams: AtomicU64,
+    pub packets_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    /// Packets sent later than `late_threshold` after their tick's deadline.
+    pub late_out: AtomicU64,
+    /// Received packets older than one already received (reordered).
+    pub late_in: AtomicU64,
+    pub malformed_in: AtomicU64,
+    /// Other drops: wrong payload type, source, SSRC, sequence.
+    pub dropped_in: AtomicU64,
+    pub dtmf: AtomicU64,
+    pub ticks: AtomicU64,
+    /// Ticks skipped because a worker fell more than 100 ms behind.
+    pub skipped_ticks: AtomicU64,
+}
+
+/// A snapshot of [`EngineStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub streams: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub late_out: u64,
+    pub late_in: u64,
+    pub malformed_in: u64,
+    pub dropped_in: u64,
+    pub dtmf: u64,
+    pub ticks: u64,
+    pub skipped_ticks: u64,
+}
+
+impl EngineStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            streams: l(&self.streams),
+            packets_in: l(&self.packets_in),
+            packets_out: l(&self.packets_out),
+            late_out: l(&self.late_out),
+            late_in: l(&self.late_in),
+            malformed_in: l(&self.malformed_in),
+            dropped_in: l(&self.dropped_in),
+            dtmf: l(&self.dtmf),
+            ticks: l(&self.ticks),
+            skipped_ticks: l(&self.skipped_ticks),
+        }
+    }
+}
+
+/// Why a command could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no free RTP port in {0}-{1}")]
+    NoPort(u16, u16),
+    #[error("cannot bind RTP socket: {0}")]
+    Bind(io::Error),
+    #[error("the media engine has stopped")]
+    Stopped,
+    #[error("streams {0} and {1} run on different workers; create them with the same affinity")]
+    DifferentWorkers(StreamId, StreamId),
+}
+
+enum Command {
+    Add(u64, Box<Stream>),
+    Update(u64, StreamParams),
+    Play(u64, u64, Playlist),
+    StopPlay(u64),
+    Record(u64, RecordParams),
+    StopRecord(u64),
+    Join(u64, Arc<str>, ParticipantMode),
+    SetMode(u64, ParticipantMode),
+    Leave(u64),
+    Remove(u64),
+    Shutdown,
+}
+
+struct Inner {
+    cfg: EngineConfig,
+    workers: Vec<mpsc::Sender<Command>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    next_id: AtomicU64,
+    next_port: Mutex<u16>,
+    stats: Arc<EngineStats>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            let _ = w.send(Command::Shutdown);
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The engine handle; cheap to clone, thread-safe. Dropping the last clone stops the workers.
+#[derive(Clone)]
+pub struct MediaEngine {
+    inner: Arc<Inner>,
+}
+
+const WORKER_BITS: u32 = 8;
+
+impl MediaEngine {
+    /// Starts the worker threads. Events of every stream come out of the returned receiver.
+    pub fn start(cfg: EngineConfig) -> io::Result<(MediaEngine, UnboundedReceiver<MediaEvent>)> {
+        let (events_tx, events_rx) = unbounded_channel();
+        let stats = Arc::new(EngineStats::default());
+        let n = cfg.workers.clamp(1, 1 << WORKER_BITS);
+        let mut workers = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let (tx, rx) = mpsc::channel();
+            let worker = Worker::new(cfg.clone(), rx, events_tx.clone(), stats.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("media-{i}"))
+                .spawn(move || worker.run())?;
+            workers.push(tx);
+            threads.push(t);
+        }
+        let first = cfg.port_min + (cfg.port_min & 1);
+        Ok((
+            MediaEngine {
+                inner: Arc::new(Inner {
+                    cfg,
+                    workers,
+                    threads: Mutex::new(threads),
+                    next_id: AtomicU64::new(1),
+                    next_port: Mutex::new(first),
+                    stats,
+                }),
+            },
+            events_rx,
+        ))
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.cfg
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    fn worker_of(&self, id: u64) -> usize {
+        (id & ((1 << WORKER_BITS) - 1)) as usize % self.inner.workers.len()
+    }
+
+    fn send(&self, id: u64, cmd: Command) -> Result<(), EngineError> {
+        self.inner.workers[self.worker_of(id)]
+            .send(cmd)
+            .map_err(|_| EngineError::Stopped)
+    }
+
+    /// Binds an even RTP port from the range and starts the stream (silent until told to
+    /// play). Returns its id and local address.
+    pub fn create_stream(
+        &self,
+        params: StreamParams,
+    ) -> Result<(StreamId, SocketAddr), EngineError> {
+        let socket = self.bind()?;
+        let local = socket.local_addr().map_err(EngineError::Bind)?;
+        let seq = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let n = self.inner.workers.len() as u64;
+        let worker = params.affinity.unwrap_or(seq) % n;
+        let id = (seq << WORKER_BITS) | worker;
+        let stream = Stream::new(id, socket, &params, &self.inner.cfg);
+        self.send(id, Command::Add(id, Box::new(stream)))?;
+        Ok((StreamId(id), local))
+    }
+
+    fn bind(&self) -> Result<UdpSocket, EngineError> {
+        let cfg = &self.inner.cfg;
+        let (min, max) = (cfg.port_min + (cfg.port_min & 1), cfg.port_max);
+        if min > max {
+            return Err(EngineError::NoPort(cfg.port_min, cfg.port_max));
+        }
+        let count = (max - min) / 2 + 1;
+        let mut next = self
+            .inner
+            .next_port
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut last_err = None;
+        for _ in 0..count {
+            let port = *next;
+            *next = if port as u32 + 2 > max as u32 {
+                min
+            } else {
+                port + 2
+            };
+            match UdpSocket::bind(SocketAddr::new(cfg.bind_ip, port)) {
+                Ok(s) => {
+                    s.set_nonblocking(true).map_err(EngineError::Bind)?;
+                    return Ok(s);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(match last_err {
+            Some(e) => EngineError::Bind(e),
+            None => EngineError::NoPort(cfg.port_min, cfg.port_max),
+        })
+    }
+
+    /// New remote address, codec or direction (re-INVITE).
+    pub fn update_stream(&self, id: StreamId, params: StreamParams) -> Result<(), EngineError> {
+        self.send(id.0, Command::Update(id.0, params))
+    }
+
+    /// Plays `list`, replacing what is playing. `play` is echoed in [`MediaEventKind::PlayDone`].
+    pub fn play(&self, id: StreamId, play: u64, list: Playlist) -> Result<(), EngineError> {
+        self.send(id.0, Command::Play(id.0, play, list))
+    }
+
+    pub fn stop_play(&self, id: StreamId) -> Result<(), EngineError> {
+        self.send(id.0, Command::StopPlay(id.0))
+    }
+
+    /// Starts recording the stream's received audio; ends with [`MediaEventKind::RecordDone`].
+    pub fn record(&self, id: StreamId, params: RecordParams) -> Result<(), EngineError> {
+        self.send(id.0, Command::Record(id.0, params))
+    }
+
+    pub fn stop_record(&self, id: StreamId) -> Result<(), EngineError> {
+        self.send(id.0, Command::StopRecord(id.0))
+    }
+
+    /// Joins the conference `name` (created on first join, gone with its last participant).
+    /// Participants of one conference must share a worker: give their streams one affinity.
+    pub fn join(&self, id: StreamId, name: &str, mode: ParticipantMode) -> Result<(), EngineError> {
+        self.send(id.0, Command::Join(id.0, name.into(), mode))
+    }
+
+    pub fn set_mode(&self, id: StreamId, mode: ParticipantMode) -> Result<(), EngineError> {
+        self.send(id.0, Command::SetMode(id.0, mode))
+    }
+
+    pub fn leave(&self, id: StreamId) -> Result<(), EngineError> {
+        self.send(id.0, Command::Leave(id.0))
+    }
+
+    /// Bridges two streams: each hears the other (a two-party conference named after them).
+    pub fn bridge(&self, a: StreamId, b: StreamId) -> Result<(), EngineError> {
+        if self.worker_of(a.0) != self.worker_of(b.0) {
+            return Err(EngineError::DifferentWorkers(a, b));
+        }
+        let name = format!("bridge:{a}:{b}");
+        self.join(a, &name, ParticipantMode::Normal)?;
+        self.join(b, &name, ParticipantMode::Normal)
+    }
+
+    /// Stops and frees the stream (a running recording ends with `Stopped`).
+    pub fn remove_stream(&self, id: StreamId) -> Result<(), EngineError> {
+        self.send(id.0, Command::Remove(id.0))
+    }
+}
+
+struct Stream {
+    id: u64,
+    socket: UdpSocket,
+    session: RtpSession,
+    codec: Codec,
+    telephone_event: Option<u8>,
+    inband_dtmf: bool,
+    send: bool,
+    receive: bool,
+    dtmf_rx: DtmfReceiver,
+    inband: DtmfDetector,
+    saw_rfc4733: bool,
+    player: Option<(u64, Player)>,
+    recorder: Option<Recorder>,
+    beep: Option<ToneGenerator>,
+    playout: Option<Playout>,
+    conference: Option<Arc<str>>,
+    mix_out: [i16; FRAME],
+    last_rx: Instant,
+    timeout_reported: bool,
+}
+
+fn payload_types(p: &StreamParams) -> Vec<u8> {
+    let mut v = vec![p.codec.payload_type];
+    v.extend(p.telephone_event);
+    v
+}
+
+impl Stream {
+    fn new(id: u64, socket: UdpSocket, p: &StreamParams, _cfg: &EngineConfig) -> Stream {
+        let r = rand_u64(id);
+        let sender = RtpSender::new(r as u32, (r >> 32) as u16, (r >> 48) as u32 * 7919, RATE);
+        let receiver = RtpReceiver::new(RATE, &payload_types(p), None, Latch::new(p.remote, 5));
+        Stream {
+            id,
+            socket,
+            session: RtpSession::new(sender, receiver),
+            codec: p.codec,
+            telephone_event: p.telephone_event,
+            inband_dtmf: p.inband_dtmf,
+            send: p.send,
+            receive: p.receive,
+            dtmf_rx: DtmfReceiver::new(),
+            inband: DtmfDetector::default(),
+            saw_rfc4733: false,
+            player: None,
+            recorder: None,
+            beep: None,
+            playout: None,
+            conference: None,
+            mix_out: [0; FRAME],
+            last_rx: Instant::now(),
+            timeout_reported: false,
+        }
+    }
+
+    fn update(&mut self, p: StreamParams) {
+        if self.session.receiver.latch().remote() != p.remote || p.remote.is_none() {
+            self.session.receiver.latch_mut().reset(p.remote);
+        }
+        self.session.receiver.set_payload_types(&payload_types(&p));
+        self.codec = p.codec;
+        self.telephone_event = p.telephone_event;
+        self.inband_dtmf = p.inband_dtmf;
+        self.send = p.send;
+        self.receive = p.receive;
+    }
+}
+
+/// SplitMix64 over the stream id and the clock: SSRC, initial sequence and timestamp.
+fn rand_u64(seed: u64) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ t;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+struct Conference {
+    slots: Vec<MixSlot>,
+}
+
+/// Per-tick counters, added to the shared stats once per tick.
+#[derive(Default)]
+struct TickCounts {
+    packets_in: u64,
+    packets_out: u64,
+    late_out: u64,
+    late_in: u64,
+    malformed_in: u64,
+    dropped_in: u64,
+    dtmf: u64,
+}
+
+struct Scratch {
+    rbuf: Box<[u8; 2048]>,
+    sbuf: Box<[u8; 1500]>,
+    pcm: Box<[i16; 2048]>,
+    frame: [i16; FRAME],
+    digits: Vec<(char, DtmfSource)>,
+}
+
+struct Worker {
+    cfg: EngineConfig,
+    rx: mpsc::Receiver<Command>,
+    events: UnboundedSender<MediaEvent>,
+    stats: Arc<EngineStats>,
+    streams: Slab<Stream>,
+    index: HashMap<u64, usize>,
+    conferences: HashMap<Arc<str>, Conference>,
+    scratch: Scratch,
+    counts: TickCounts,
+}
+
+impl Worker {
+    fn new(
+        cfg: EngineConfig,
+        rx: mpsc::Receiver<Command>,
+        events: UnboundedSender<MediaEvent>,
+        stats: Arc<EngineStats>,
+    ) -> Worker {
+        Worker {
+            cfg,
+            rx,
+            events,
+            stats,
+            streams: Slab::with_capacity(256),
+            index: HashMap::with_capacity(256),
+            conferences: HashMap::new(),
+            scratch: Scratch {
+                rbuf: Box::new([0; 2048]),
+                sbuf: Box::new([0; 1500]),
+                pcm: Box::new([0; 2048]),
+                frame: [0; FRAME],
+                digits: Vec::with_capacity(16),
+            },
+            counts: TickCounts::default(),
+        }
+    }
+
+    fn run(mut self) {
+        let mut deadline = Instant::now() + PTIME;
+        loop {
+            loop {
+                match self.rx.try_recv() {
+                    Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
+                        self.shutdown();
+                        return;
+                    }
+                    Ok(cmd) => self.command(cmd),
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            self.tick(deadline);
+            deadline += PTIME;
+            let now = Instant::now();
+            if now > deadline + Duration::from_millis(100) {
+                // Far behind (machine stalled): do not burst; start again from now.
+                let behind = (now - deadline).as_millis() / PTIME.as_millis();
+                self.stats
+                    .skipped_ticks
+                    .fetch_add(behind as u64, Ordering::Relaxed);
+                metrics::counter!("media_skipped_ticks_total").increment(behind as u64);
+                deadline = now + PTIME;
+            }
+            if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let ids: Vec<u64> = self.index.keys().copied().collect();
+        for id in ids {
+            self.remove(id);
+        }
+    }
+
+    fn emit(&self, id: u64, kind: MediaEventKind) {
+        let _ = self.events.send(MediaEvent {
+            stream: StreamId(id),
+            kind,
+        });
+    }
+
+    fn stream_mut(&mut self, id: u64) -> Option<&mut Stream> {
+        let key = *self.index.get(&id)?;
+        self.streams.get_mut(key)
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Add(id, stream) => {
+                let key = self.streams.insert(*stream);
+                self.index.insert(id, key);
+                self.stats.streams.fetch_add(1, Ordering::Relaxed);
+                metrics::gauge!("media_streams").increment(1.0);
+            }
+            Command::Update(id, p) => {
+                if let Some(s) = self.stream_mut(id) {
+                    s.update(p);
+                }
+            }
+            Command::Play(id, play, list) => {
+                let old = self.stream_mut(id).and_then(|s| {
+                    let old = s.player.take();
+                    s.player = Some((play, Player::new(list)));
+                    old
+                });
+                if let Some((old, _)) = old {
+                    self.emit(
+                        id,
+                        MediaEventKind::PlayDone {
+                            play: old,
+                            completed: false,
+                        },
+                    );
+                }
+            }
+            Command::StopPlay(id) => {
+                if let Some((old, _)) = self.stream_mut(id).and_then(|s| s.player.take()) {
+                    self.emit(
+                        id,
+                        MediaEventKind::PlayDone {
+                            play: old,
+                            completed: false,
+                        },
+                    );
+                }
+            }
+            Command::Record(id, params) => {
+                let old = self.stream_mut(id).and_then(|s| {
+                    s.beep = params
+                        .beep
+                        .then(|| ToneGenerator::new(ToneSpec::BEEP, RATE));
+                    s.recorder.replace(Recorder::new(params))
+                });
+                if let Some(r) = old {
+                    self.emit(id, MediaEventKind::RecordDone(r.finish(RecordEnd::Stopped)));
+                }
+            }
+            Command::StopRecord(id) => {
+                if let Some(r) = self.stream_mut(id).and_then(|s| s.recorder.take()) {
+                    self.emit(id, MediaEventKind::RecordDone(r.finish(RecordEnd::Stopped)));
+                }
+            }
+            Command::Join(id, name, mode) => self.join(id, name, mode),
+            Command::SetMode(id, mode) => {
+                let conf = self.stream_mut(id).and_then(|s| s.conference.clone());
+                if let Some(c) = conf.and_then(|n| self.conferences.get_mut(&n)) {
+                    for slot in c.slots.iter_mut().filter(|s| s.stream == id) {
+                        slot.mode = mode;
+                    }
+                }
+            }
+            Command::Leave(id) => self.leave(id),
+            Command::Remove(id) => self.remove(id),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn join(&mut self, id: u64, name: Arc<str>, mode: ParticipantMode) {
+        self.leave(id);
+        let delay = self.cfg.playout_delay_ms * RATE / 1000;
+        let Some(s) = self.stream_mut(id) else { return };
+        s.conference = Some(name.clone());
+        s.playout = Some(Playout::new(delay));
+        self.conferences
+            .entry(name)
+            .or_insert_with(|| Conference { slots: Vec::new() })
+            .slots
+            .push(MixSlot::new(id, mode));
+    }
+
+    fn leave(&mut self, id: u64) {
+        let Some(s) = self.stream_mut(id) else { return };
+        s.playout = None;
+        let Some(name) = s.conference.take() else {
+            return;
+        };
+        if let Some(c) = self.conferences.get_mut(&name) {
+            c.slots.retain(|s| s.stream != id);
+            if c.slots.is_empty() {
+                self.conferences.remove(&name);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.leave(id);
+        let Some(key) = self.index.remove(&id) else {
+            return;
+        };
+        let s = self.streams.remove(key);
+        self.stats.streams.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("media_streams").decrement(1.0);
+        if let Some((play, _)) = s.player {
+            self.emit(
+                id,
+                MediaEventKind::PlayDone {
+                    play,
+                    completed: false,
+                },
+            );
+        }
+        if let Some(r) = s.recorder {
+            self.emit(id, MediaEventKind::RecordDone(r.finish(RecordEnd::Stopped)));
+        }
+    }
+
+    fn tick(&mut self, deadline: Instant) {
+        let now = Instant::now();
+        self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+        // 1. Receive on every stream.
+        let keys: usize = self.streams.capacity();
+        for key in 0..keys {
+            if self.streams.contains(key) {
+                self.receive(key, now);
+            }
+        }
+        // 2. Mix the conferences.
+        for conf in self.conferences.values_mut() {
+            for slot in conf.slots.iter_mut() {
+                let s = self
+                    .index
+                    .get(&slot.stream)
+                    .and_then(|&k| self.streams.get_mut(k));
+                match s.and_then(|s| s.playout.as_mut()) {
+                    Some(p) => p.read(&mut slot.input),
+                    None => slot.input.fill(0),
+                }
+            }
+            mix(&mut conf.slots);
+            for slot in conf.slots.iter() {
+                if let Some(s) = self
+                    .index
+                    .get(&slot.stream)
+                    .and_then(|&k| self.streams.get_mut(k))
+                {
+                    s.mix_out = slot.output;
+                }
+            }
+        }
+        // 3. Send one frame per stream, then run the recorders' and RTP timeout clocks.
+        let mut late = false;
+        let mut n = 0u32;
+        for key in 0..keys {
+            if !self.streams.contains(key) {
+                continue;
+            }
+            if n.is_multiple_of(32) && !late {
+                late = Instant::now().saturating_duration_since(deadline) > self.cfg.late_threshold;
+            }
+            n += 1;
+            self.send_frame(key, late);
+            self.clocks(key, now);
+        }
+        self.flush_counts();
+    }
+
+    fn flush_counts(&mut self) {
+        let c = std::mem::take(&mut self.counts);
+        let st = &self.stats;
+        let add = |a: &AtomicU64, v: u64| {
+            if v > 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
+        };
+        add(&st.packets_in, c.packets_in);
+        add(&st.packets_out, c.packets_out);
+        add(&st.late_out, c.late_out);
+        add(&st.late_in, c.late_in);
+        add(&st.malformed_in, c.malformed_in);
+        add(&st.dropped_in, c.dropped_in);
+        add(&st.dtmf, c.dtmf);
+        if c.packets_in > 0 {
+            metrics::counter!("rtp_packets_in_total").increment(c.packets_in);
+        }
+        if c.packets_out > 0 {
+            metrics::counter!("rtp_packets_out_total").increment(c.packets_out);
+        }
+        if c.late_out > 0 {
+            metrics::counter!("rtp_packets_sent_late_total").increment(c.late_out);
+        }
+        if c.late_in > 0 {
+            metrics::counter!("rtp_packets_received_late_total").increment(c.late_in);
+        }
+        if c.malformed_in > 0 {
+            metrics::counter!("rtp_malformed_total").increment(c.malformed_in);
+        }
+        if c.dropped_in > 0 {
+            metrics::counter!("rtp_dropped_total").increment(c.dropped_in);
+        }
+        if c.dtmf > 0 {
+            metrics::counter!("dtmf_detected_total").increment(c.dtmf);
+        }
+    }
+
+    fn receive(&mut self, key: usize, now: Instant) {
+        let Worker {
+            streams,
+            scratch,
+            counts,
+            events,
+            ..
+        } = self;
+        let Some(s) = streams.get_mut(key) else {
+            return;
+        };
+        scratch.digits.clear();
+        for _ in 0..64 {
+            let (len, from) = match s.socket.recv_from(&mut scratch.rbuf[..]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::trace!(stream = s.id, error = %e, "RTP receive error");
+                    break;
+                }
+            };
+            if !s.receive {
+                continue;
+            }
+            let data = &scratch.rbuf[..len];
+            if is_rtcp(data) {
+                continue;
+            }
+            let r = match s.session.receiver.handle_datagram(data, from, now) {
+                Ok(r) => r,
+                Err(Dropped::Malformed(e)) => {
+                    counts.malformed_in += 1;
+                    tracing::debug!(stream = s.id, %from, error = ?e, "malformed RTP dropped");
+                    continue;
+                }
+                Err(d) => {
+                    counts.dropped_in += 1;
+                    tracing::trace!(stream = s.id, %from, reason = ?d, "RTP dropped");
+                    continue;
+                }
+            };
+            counts.packets_in += 1;
+            if r.late {
+                counts.late_in += 1;
+            }
+            s.last_rx = now;
+            s.timeout_reported = false;
+            let pt = r.packet.payload_type();
+            let payload = r.packet.payload();
+            let ts = r.packet.timestamp();
+            let ssrc = r.packet.ssrc();
+            if Some(pt) == s.telephone_event {
+                s.saw_rfc4733 = true;
+                if let Ok(Some(rep)) = s.dtmf_rx.on_packet(ts, payload, now) {
+                    if rep.is_new_digit() {
+                        if let Some(d) = rep.digit() {
+                            scratch.digits.push((d, DtmfSource::Rfc4733));
+                        }
+                    }
+                }
+            } else if pt == s.codec.payload_type {
+                let n = s.codec.decode(payload, &mut scratch.pcm[..]);
+                let pcm = &scratch.pcm[..n];
+                if s.inband_dtmf && !s.saw_rfc4733 {
+                    let digits = &mut scratch.digits;
+                    s.inband
+                        .process(pcm, |d| digits.push((d.digit, DtmfSource::InBand)));
+                }
+                if let Some(rec) = s.recorder.as_mut() {
+                    rec.on_audio(ssrc, ts, pcm);
+                }
+                if let Some(p) = s.playout.as_mut() {
+                    p.write(ssrc, ts, pcm);
+                }
+            }
+        }
+        s.dtmf_rx.handle_timeout(now);
+        for &(digit, source) in &scratch.digits {
+            counts.dtmf += 1;
+            tracing::debug!(stream = s.id, %digit, ?source, "DTMF");
+            let _ = events.send(MediaEvent {
+                stream: StreamId(s.id),
+                kind: MediaEventKind::Dtmf { digit, source },
+            });
+            if let Some(end) = s.recorder.as_mut().and_then(|r| r.on_dtmf(digit)) {
+                if let Some(r) = s.recorder.take() {
+                    let _ = events.send(MediaEvent {
+                        stream: StreamId(s.id),
+                        kind: MediaEventKind::RecordDone(r.finish(end)),
+                    });
+                }
+            }
+        }
+    }
+
+    fn send_frame(&mut self, key: usize, late: bool) {
+        let Worker {
+            streams,
+            scratch,
+            counts,
+            events,
+            ..
+        } = self;
+        let Some(s) = streams.get_mut(key) else {
+            return;
+        };
+        let frame = &mut scratch.frame;
+        if s.conference.is_some() {
+            *frame = s.mix_out;
+        } else {
+            frame.fill(0);
+        }
+        if let Some(beep) = s.beep.as_mut() {
+            // The recording beep takes the whole frame.
+            let n = beep.fill(&mut frame[..]);
+            frame[n..].fill(0);
+            if beep.is_done() {
+                s.beep = None;
+                if let Some(r) = s.recorder.as_mut() {
+                    r.beeping = false;
+                }
+            }
+        } else if let Some((play, player)) = s.player.as_mut() {
+            if s.conference.is_some() {
+                let mut own = [0i16; FRAME];
+                player.fill(&mut own);
+                for (f, p) in frame.iter_mut().zip(own) {
+                    *f = f.saturating_add(p);
+                }
+            } else {
+                player.fill(frame);
+            }
+            if player.is_done() {
+                let play = *play;
+                s.player = None;
+                let _ = events.send(MediaEvent {
+                    stream: StreamId(s.id),
+                    kind: MediaEventKind::PlayDone {
+                        play,
+                        completed: true,
+                    },
+                });
+            }
+        }
+        if !s.send {
+            s.session.sender.skip(FRAME as u32);
+            return;
+        }
+        let Some(remote) = s.session.receiver.latch().remote() else {
+            s.session.sender.skip(FRAME as u32);
+            return;
+        };
+        let codec = s.codec;
+        let now = Instant::now();
+        let len = match s.session.sender.write_audio_with(
+            codec.payload_type,
+            FRAME as u32,
+            &mut scratch.sbuf[..],
+            now,
+            |b| codec.encode(&frame[..], b),
+        ) {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        match s.socket.send_to(&scratch.sbuf[..len], remote) {
+            Ok(_) => {
+                counts.packets_out += 1;
+                if late {
+                    counts.late_out += 1;
+                }
+            }
+            Err(e) => tracing::trace!(stream = s.id, error = %e, "RTP send failed"),
+        }
+    }
+
+    fn clocks(&mut self, key: usize, now: Instant) {
+        let Some(s) = self.streams.get_mut(key) else {
+            return;
+        };
+        let id = s.id;
+        let mut out = None;
+        if let Some(end) = s.recorder.as_mut().and_then(|r| r.on_tick()) {
+            if let Some(r) = s.recorder.take() {
+                out = Some(MediaEventKind::RecordDone(r.finish(end)));
+            }
+        }
+        let mut timeout = false;
+        if let Some(t) = self.cfg.rtp_timeout {
+            if s.receive && !s.timeout_reported && now.saturating_duration_since(s.last_rx) > t {
+                s.timeout_reported = true;
+                timeout = true;
+            }
+        }
+        if let Some(k) = out {
+            self.emit(id, k);
+        }
+        if timeout {
+            self.emit(id, MediaEventKind::RtpTimeout);
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Switchboard's media engine (the runtime below the `mcp` role).
+//!
+//! * [`engine`]: [`MediaEngine`] runs RTP endpoints on UDP. One pacing loop per worker thread
+//!   (20 ms ticks) drives all of its streams: it drains every socket, mixes the conferences and
+//!   sends one frame per stream from buffers the worker owns, so the steady state allocates
+//!   nothing per packet and there is no task or timer per stream. Commands go in over a
+//!   channel; [`MediaEvent`]s (DTMF, play done, record done, RTP timeout) come out.
+//! * [`player`]: playlists of clips, tones and silence with RFC 4240 repeat/delay/duration.
+//! * [`prompt`]: prompt URLs to playable items: WAV files (any PCM rate, resampled), HTTP
+//!   fetches with caching, TTS through an external program (espeak-ng) cached by text and
+//!   voice, tones, DTMF, silence.
+//! * [`recorder`]: WAV recording with beep, max time, final silence and DTMF termination.
+//! * [`mixer`]: N-party conferences (each hears the others), listen and whisper modes, and the
+//!   two-leg bridge.
+//! * [`audio`]: 8 kHz linear audio, WAV read/write, resampling.
+
+pub mod audio;
+pub mod engine;
+pub mod mixer;
+pub mod player;
+pub mod prompt;
+pub mod recorder;
+
+pub use audio::{Audio, FRAME, RATE};
+pub use engine::{
+    Codec, DtmfSource, Encoding, EngineConfig, EngineError, MediaEngine, MediaEvent,
+    MediaEventKind, StatsSnapshot, StreamId, StreamParams, PTIME,
+};
+pub use mixer::ParticipantMode;
+pub use player::{PlayItem, Playlist};
+pub use prompt::{PromptCache, PromptError, PromptSettings, PromptSource};
+pub use recorder::{RecordEnd, RecordParams, Recording};

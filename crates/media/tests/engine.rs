@@ -1,0 +1,415 @@
+//! The media engine over real UDP sockets on loopback: announcement pacing, RFC 4733 and
+//! in-band DTMF, recording, conferences, bad packets.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use switchboard_media::audio::write_wav;
+use switchboard_media::{
+    Audio, Codec, DtmfSource, EngineConfig, MediaEngine, MediaEvent, MediaEventKind,
+    ParticipantMode, PlayItem, Playlist, RecordEnd, RecordParams, StreamParams,
+};
+use switchboard_rtp::codec::g711;
+use switchboard_rtp::telephone_event::TelephoneEvent;
+use switchboard_rtp::{RtpHeader, RtpPacket};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+fn engine() -> (MediaEngine, UnboundedReceiver<MediaEvent>) {
+    // A port range of its own per test binary run, picked from a free ephemeral port.
+    let base = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(40000)
+        .clamp(20000, 60000);
+    MediaEngine::start(EngineConfig {
+        port_min: base,
+        port_max: base + 400,
+        ..EngineConfig::default()
+    })
+    .expect("engine starts")
+}
+
+fn peer() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    s
+}
+
+fn next_event(rx: &mut UnboundedReceiver<MediaEvent>, timeout: Duration) -> Option<MediaEvent> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(e) = rx.try_recv() {
+            return Some(e);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+struct Sender {
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+}
+
+impl Sender {
+    fn new(ssrc: u32) -> Sender {
+        Sender {
+            seq: 100,
+            ts: 1000,
+            ssrc,
+        }
+    }
+
+    fn audio(&mut self, sock: &UdpSocket, to: SocketAddr, pt: u8, payload: &[u8]) {
+        let h = RtpHeader {
+            marker: false,
+            payload_type: pt,
+            sequence: self.seq,
+            timestamp: self.ts,
+            ssrc: self.ssrc,
+        };
+        let mut buf = [0u8; 1500];
+        let n = h.write_with_payload(payload, &mut buf).expect("write");
+        sock.send_to(&buf[..n], to).expect("send");
+        self.seq = self.seq.wrapping_add(1);
+        self.ts = self.ts.wrapping_add(payload.len() as u32);
+    }
+
+    /// One RFC 4733 digit: 5 updates and 3 end packets, timestamp kept.
+    fn digit(&mut self, sock: &UdpSocket, to: SocketAddr, pt: u8, event: u8) {
+        for i in 0..8u16 {
+            let ev = TelephoneEvent {
+                event,
+                end: i >= 5,
+                volume: 10,
+                duration: (i.min(5) + 1) * 160,
+            };
+            let h = RtpHeader {
+                marker: i == 0,
+                payload_type: pt,
+                sequence: self.seq,
+                timestamp: self.ts,
+                ssrc: self.ssrc,
+            };
+            let mut buf = [0u8; 64];
+            let n = h
+                .write_with_payload(&ev.to_bytes(), &mut buf)
+                .expect("write");
+            sock.send_to(&buf[..n], to).expect("send");
+            self.seq = self.seq.wrapping_add(1);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.ts = self.ts.wrapping_add(8 * 160);
+    }
+}
+
+#[test]
+fn announcement_is_paced_at_20ms_and_ends() {
+    let (engine, mut events) = engine();
+    let sink = peer();
+    let (id, local) = engine
+        .create_stream(StreamParams::new(
+            Some(sink.local_addr().expect("addr")),
+            Codec::PCMU,
+        ))
+        .expect("stream");
+    assert!(local.port() % 2 == 0);
+    let clip = Audio::from_samples(vec![1000; 8000]); // 1 s
+    let mut list = Playlist::once(vec![PlayItem::Audio(clip)]);
+    list.repeat = Some(2);
+    engine.play(id, 7, list).expect("play");
+    let mut arrivals = Vec::new();
+    let mut buf = [0u8; 1500];
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut done = None;
+    while Instant::now() < deadline && done.is_none() {
+        if let Ok((n, from)) = sink.recv_from(&mut buf) {
+            assert_eq!(from, local, "RTP comes from the advertised port");
+            let p = RtpPacket::parse(&buf[..n]).expect("valid RTP");
+            assert_eq!(p.payload().len(), 160);
+            if p.payload()[0] == g711::ulaw_encode_sample(1000) {
+                arrivals.push((Instant::now(), p.sequence(), p.timestamp()));
+            }
+        }
+        if let Ok(e) = events.try_recv() {
+            done = Some(e);
+        }
+    }
+    assert_eq!(
+        done.map(|e| e.kind),
+        Some(MediaEventKind::PlayDone {
+            play: 7,
+            completed: true
+        })
+    );
+    // Stop the stream (it sends silence after the play), then drain what is still queued;
+    // bounded, since a live stream would keep the socket busy forever.
+    engine.remove_stream(id).expect("remove");
+    sink.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let drain_until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < drain_until {
+        let Ok((n, _)) = sink.recv_from(&mut buf) else {
+            break;
+        };
+        let p = RtpPacket::parse(&buf[..n]).expect("valid RTP");
+        if p.payload()[0] == g711::ulaw_encode_sample(1000) {
+            arrivals.push((Instant::now(), p.sequence(), p.timestamp()));
+        }
+    }
+    assert_eq!(arrivals.len(), 100, "2 x 1 s = 100 packets of 20 ms");
+    for w in arrivals.windows(2) {
+        assert_eq!(w[1].1, w[0].1.wrapping_add(1));
+        assert_eq!(w[1].2, w[0].2.wrapping_add(160));
+    }
+    let span = arrivals[99].0 - arrivals[0].0;
+    assert!(
+        span > Duration::from_millis(1880) && span < Duration::from_millis(2200),
+        "{span:?}"
+    );
+}
+
+#[test]
+fn rfc4733_digits_and_bad_packets() {
+    let (engine, mut events) = engine();
+    let phone = peer();
+    let mut params = StreamParams::new(Some(phone.local_addr().expect("addr")), Codec::PCMA);
+    params.telephone_event = Some(101);
+    let (id, local) = engine.create_stream(params).expect("stream");
+    let mut tx = Sender::new(0x1234);
+    // A malformed packet (version 1) and a short one: dropped and counted.
+    phone.send_to(&[0x40; 20], local).expect("send");
+    phone.send_to(&[0x80, 8, 0], local).expect("send");
+    for &d in &[1u8, 2, 3, 10, 11] {
+        tx.audio(&phone, local, 8, &[0xd5; 160]);
+        tx.digit(&phone, local, 101, d);
+    }
+    let mut digits = String::new();
+    while let Some(e) = next_event(&mut events, Duration::from_secs(1)) {
+        if let MediaEventKind::Dtmf { digit, source } = e.kind {
+            assert_eq!(source, DtmfSource::Rfc4733);
+            assert_eq!(e.stream, id);
+            digits.push(digit);
+        }
+        if digits.len() == 5 {
+            break;
+        }
+    }
+    assert_eq!(digits, "123*#");
+    let st = engine.stats();
+    assert!(st.malformed_in >= 2, "{st:?}");
+    assert!(st.dtmf >= 5);
+}
+
+#[test]
+fn inband_dtmf_from_a_sox_wav() {
+    if !switchboard_testkit::require_program("sox") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut parts = Vec::new();
+    for (i, d) in "159#".chars().enumerate() {
+        let (lo, hi) = match d {
+            '1' => (697, 1209),
+            '5' => (770, 1336),
+            '9' => (852, 1477),
+            _ => (941, 1477),
+        };
+        let tone = dir.path().join(format!("t{i}.wav"));
+        let gap = dir.path().join(format!("g{i}.wav"));
+        let st = std::process::Command::new("sox")
+            .args(["-n", "-r", "8000", "-c", "1", "-b", "16"])
+            .arg(&tone)
+            .args([
+                "synth",
+                "0.12",
+                "sine",
+                &lo.to_string(),
+                "sine",
+                &hi.to_string(),
+            ])
+            .args(["channels", "1", "gain", "-n", "-8"])
+            .status()
+            .expect("sox runs");
+        assert!(st.success());
+        let st = std::process::Command::new("sox")
+            .args(["-n", "-r", "8000", "-c", "1", "-b", "16"])
+            .arg(&gap)
+            .args(["trim", "0", "0.1"])
+            .status()
+            .expect("sox runs");
+        assert!(st.success());
+        parts.push(tone);
+        parts.push(gap);
+    }
+    let out = dir.path().join("dtmf.wav");
+    let st = std::process::Command::new("sox")
+        .args(&parts)
+        .arg(&out)
+        .status()
+        .expect("sox runs");
+    assert!(st.success());
+    let audio = Audio::from_wav(&std::fs::read(&out).expect("read")).expect("wav");
+
+    let (engine, mut events) = engine();
+    let phone = peer();
+    let mut params = StreamParams::new(Some(phone.local_addr().expect("addr")), Codec::PCMU);
+    params.inband_dtmf = true;
+    let (_id, local) = engine.create_stream(params).expect("stream");
+    let mut tx = Sender::new(77);
+    let mut payload = [0u8; 160];
+    for chunk in audio.samples().chunks(160) {
+        let n = g711::encode_ulaw(chunk, &mut payload);
+        tx.audio(&phone, local, 0, &payload[..n]);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut digits = String::new();
+    while let Some(e) = next_event(&mut events, Duration::from_secs(1)) {
+        if let MediaEventKind::Dtmf { digit, source } = e.kind {
+            assert_eq!(source, DtmfSource::InBand);
+            digits.push(digit);
+        }
+    }
+    assert_eq!(digits, "159#");
+}
+
+#[test]
+fn records_what_was_sent_and_stops_on_dtmf() {
+    let (engine, mut events) = engine();
+    let phone = peer();
+    let mut params = StreamParams::new(Some(phone.local_addr().expect("addr")), Codec::PCMA);
+    params.telephone_event = Some(101);
+    let (id, local) = engine.create_stream(params).expect("stream");
+    engine
+        .record(
+            id,
+            RecordParams {
+                beep: true,
+                ..RecordParams::default()
+            },
+        )
+        .expect("record");
+    // Wait for the beep to go out (200 ms) before talking.
+    let mut buf = [0u8; 1500];
+    let mut beeped = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while beeped < 10 && Instant::now() < deadline {
+        if let Ok((n, _)) = phone.recv_from(&mut buf) {
+            let p = RtpPacket::parse(&buf[..n]).expect("rtp");
+            let loud = p
+                .payload()
+                .iter()
+                .any(|&c| g711::alaw_decode_sample(c).abs() > 3000);
+            if loud {
+                beeped += 1;
+            }
+        }
+    }
+    assert_eq!(beeped, 10, "a 200 ms beep is 10 loud packets");
+    std::thread::sleep(Duration::from_millis(60));
+    let mut tx = Sender::new(9);
+    let mut sent = Vec::new();
+    for i in 0..50 {
+        let pcm: Vec<i16> = (0..160)
+            .map(|k| (((i * 160 + k) as f64 * 0.05).sin() * 8000.0) as i16)
+            .collect();
+        let mut enc = [0u8; 160];
+        g711::encode_alaw(&pcm, &mut enc);
+        sent.extend(enc.iter().map(|&c| g711::alaw_decode_sample(c)));
+        tx.audio(&phone, local, 8, &enc);
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    tx.digit(&phone, local, 101, 11);
+    let rec = loop {
+        match next_event(&mut events, Duration::from_secs(3)).map(|e| e.kind) {
+            Some(MediaEventKind::RecordDone(r)) => break r,
+            Some(_) => continue,
+            None => panic!("no RecordDone"),
+        }
+    };
+    assert_eq!(rec.end, RecordEnd::Dtmf('#'));
+    assert!(rec.heard_speech);
+    assert_eq!(rec.samples, sent);
+    // Round trip through WAV.
+    let wav = write_wav(&rec.samples, 8000);
+    assert_eq!(
+        Audio::from_wav(&wav).expect("wav").samples(),
+        &rec.samples[..]
+    );
+}
+
+fn goertzel(s: &[i16], f: f64) -> f64 {
+    let c = 2.0 * (2.0 * std::f64::consts::PI * f / 8000.0).cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in s {
+        let s0 = x as f64 + c * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    (s1 * s1 + s2 * s2 - c * s1 * s2).sqrt() / s.len() as f64
+}
+
+#[test]
+fn three_party_conference_each_hears_the_others() {
+    let (engine, _events) = engine();
+    let freqs = [500.0, 1000.0, 1500.0];
+    let phones: Vec<UdpSocket> = (0..3).map(|_| peer()).collect();
+    let mut locals = Vec::new();
+    for p in &phones {
+        let mut params = StreamParams::new(Some(p.local_addr().expect("addr")), Codec::PCMU);
+        params.affinity = Some(42);
+        let (id, local) = engine.create_stream(params).expect("stream");
+        engine
+            .join(id, "room", ParticipantMode::Normal)
+            .expect("join");
+        locals.push(local);
+    }
+    let mut senders: Vec<Sender> = (0..3).map(|i| Sender::new(100 + i)).collect();
+    let mut received: Vec<Vec<i16>> = vec![Vec::new(); 3];
+    let mut buf = [0u8; 1500];
+    for p in &phones {
+        p.set_nonblocking(true).expect("nonblocking");
+    }
+    let start = Instant::now();
+    for frame in 0..75u32 {
+        for (i, p) in phones.iter().enumerate() {
+            let pcm: Vec<i16> = (0..160)
+                .map(|k| {
+                    let t = (frame * 160 + k) as f64 / 8000.0;
+                    ((2.0 * std::f64::consts::PI * freqs[i] * t).sin() * 6000.0) as i16
+                })
+                .collect();
+            let mut enc = [0u8; 160];
+            g711::encode_ulaw(&pcm, &mut enc);
+            senders[i].audio(p, locals[i], 0, &enc);
+        }
+        let until = start + Duration::from_millis(20 * (frame as u64 + 1));
+        while Instant::now() < until {
+            for (i, p) in phones.iter().enumerate() {
+                while let Ok((n, _)) = p.recv_from(&mut buf) {
+                    if let Ok(pkt) = RtpPacket::parse(&buf[..n]) {
+                        received[i]
+                            .extend(pkt.payload().iter().map(|&c| g711::ulaw_decode_sample(c)));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    for (i, r) in received.iter().enumerate() {
+        assert!(r.len() > 8000, "party {i} got {} samples", r.len());
+        let tail = &r[r.len() - 4000..];
+        let levels: Vec<f64> = freqs.iter().map(|&f| goertzel(tail, f)).collect();
+        for (j, l) in levels.iter().enumerate() {
+            if j == i {
+                assert!(*l < 100.0, "party {i} hears itself: {levels:?}");
+            } else {
+                assert!(*l > 1000.0, "party {i} does not hear {j}: {levels:?}");
+            }
+        }
+    }
+}
