@@ -18,16 +18,19 @@ macro_rules! header_names {
             }
 
             pub fn from_bytes(name: &[u8]) -> HeaderName {
-                let mut buf = [0u8; 24];
-                if name.is_empty() || name.len() > buf.len() {
+                // Called for every header line of every message: no allocation, and a compact
+                // form is one byte so it is looked up by that byte alone.
+                if let [c] = name {
+                    let c = c.to_ascii_lowercase();
+                    $($(
+                        if c == $compact.as_bytes()[0] {
+                            return HeaderName::$variant;
+                        }
+                    )?)*
                     return HeaderName::Other;
                 }
-                for (d, s) in buf.iter_mut().zip(name) {
-                    *d = s.to_ascii_lowercase();
-                }
-                let lower = &buf[..name.len()];
                 $(
-                    if lower == $canon.to_ascii_lowercase().as_bytes() $(|| lower == $compact.as_bytes())? {
+                    if name.eq_ignore_ascii_case($canon.as_bytes()) {
                         return HeaderName::$variant;
                     }
                 )*

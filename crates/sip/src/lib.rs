@@ -7,6 +7,8 @@ pub mod build;
 pub mod dialog;
 pub mod edit;
 pub mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod header;
 pub mod message;
 pub mod text;

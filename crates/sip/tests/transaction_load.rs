@@ -1,6 +1,5 @@
 //! Sustained load in simulated time: the deadline queue stays proportional to the live
-//! transactions, and (ignored by default) a throughput smoke test for the hot path:
-//! `cargo test --release -p switchboard-sip --test transaction_load -- --ignored --nocapture`.
+//! transactions. The hot path's throughput is measured in `benches/transactions.rs`.
 
 use bytes::Bytes;
 use std::time::{Duration, Instant};
@@ -68,53 +67,4 @@ fn timer_queue_stays_proportional_to_live_transactions() {
     txs.handle_timeout(t0 + Duration::from_secs(1_000));
     assert!(txs.is_empty());
     assert_eq!(txs.poll_timeout(), None);
-}
-
-#[test]
-#[ignore = "throughput smoke test; run in release"]
-fn hot_path_throughput() {
-    let t0 = Instant::now();
-    let mut txs = Transactions::new(Timers::default());
-    let mut proxy_side = Transactions::new(Timers::default());
-    let peer = Peer::udp("192.0.2.2:5060".parse().unwrap());
-    let n = 200_000u64;
-    let msgs: Vec<(Message, Bytes, Bytes)> = (0..n)
-        .map(|i| {
-            let req = invite(&format!("z9hG4bKperf{i}"), i);
-            let ringing = response_to(&req, 180, Some("t")).finish();
-            let ok = response_to(&req, 200, Some("t")).finish();
-            (req, ringing, ok)
-        })
-        .collect();
-    let started = Instant::now();
-    for (i, (req, ringing, ok)) in msgs.into_iter().enumerate() {
-        let now = t0 + Duration::from_micros(i as u64 * 100);
-        // Server side: INVITE in, 180 and 200 out, one retransmission absorbed.
-        let Incoming::Request { tx, .. } = proxy_side.handle_incoming(req.clone(), peer, now)
-        else {
-            panic!("new request");
-        };
-        proxy_side
-            .send_response_bytes(tx, 180, ringing.clone(), now)
-            .unwrap();
-        proxy_side
-            .send_response_bytes(tx, 200, ok.clone(), now)
-            .unwrap();
-        proxy_side.handle_incoming(req.clone(), peer, now);
-        // Client side: INVITE out, 180 and 200 in.
-        txs.send_request(req, peer, now).unwrap();
-        txs.handle_incoming(Message::parse(ringing).unwrap(), peer, now);
-        txs.handle_incoming(Message::parse(ok).unwrap(), peer, now);
-        txs.handle_timeout(now);
-        proxy_side.handle_timeout(now);
-        while txs.poll_transmit().is_some() {}
-        while proxy_side.poll_transmit().is_some() {}
-        while txs.poll_event().is_some() {}
-        while proxy_side.poll_event().is_some() {}
-    }
-    let took = started.elapsed();
-    eprintln!(
-        "{n} calls (server + client INVITE transactions, 7 messages each incl. 2 response parses) in {took:?}: {:.0} calls/s",
-        n as f64 / took.as_secs_f64()
-    );
 }

@@ -503,12 +503,26 @@ impl SipEdge {
         }
     }
 
+    /// Records the outcome of an OPTIONS probe; false if `client` was not a probe.
+    fn probe_result(&mut self, client: ClientTxId, up: bool, now: Instant) -> bool {
+        let Some(node) = self.probes.remove(&client) else {
+            return false;
+        };
+        if self.routes.set_up(node, up, now) {
+            let addr = self.routes.node(node).addr;
+            match up {
+                true => tracing::info!(node = %addr, "downstream node is up"),
+                false => {
+                    tracing::warn!(node = %addr, "downstream node is down (no OPTIONS answer)")
+                }
+            }
+        }
+        true
+    }
+
     fn on_response(&mut self, client: ClientTxId, resp: Message, now: Instant) {
         self.disarm_node_timer(client);
-        if let Some(node) = self.probes.remove(&client) {
-            if self.routes.set_up(node, true, now) {
-                tracing::info!(node = %self.routes.node(node).addr, "downstream node is up");
-            }
+        if self.probe_result(client, true, now) {
             return;
         }
         let Some(&stx) = self.owner.get(&client) else {
@@ -581,26 +595,19 @@ impl SipEdge {
     }
 
     fn cancel_others(&mut self, ctx: &mut Context, winner: ClientTxId, reason: &str, now: Instant) {
-        for b in ctx
+        let losers: Vec<ClientTxId> = ctx
             .branches
             .iter_mut()
             .filter(|b| b.client != winner && !b.done)
-        {
-            b.done = true;
-            if ctx.is_invite {
-                let client = b.client;
+            .map(|b| {
+                b.done = true;
+                b.client
+            })
+            .collect();
+        if ctx.is_invite {
+            for client in losers {
                 self.disarm_node_timer(client);
-                if let (Some(req), Some(peer)) =
-                    (self.tx.client_request(client), self.tx.client_peer(client))
-                {
-                    let bytes = cancel_for(req);
-                    if let Ok(m) = Message::parse(bytes) {
-                        let m = Message::parse(m.edit().add_header("Reason", reason).finish());
-                        if let Ok(m) = m {
-                            let _ = self.tx.send_request(m, peer, now);
-                        }
-                    }
-                }
+                self.cancel_branch(client, Some(reason), now);
             }
         }
     }
@@ -770,10 +777,7 @@ impl SipEdge {
     /// it is a 408 (§16.7 step 2), which may trigger failover.
     fn branch_failed(&mut self, client: ClientTxId, now: Instant) {
         self.disarm_node_timer(client);
-        if let Some(node) = self.probes.remove(&client) {
-            if self.routes.set_up(node, false, now) {
-                tracing::warn!(node = %self.routes.node(node).addr, "downstream node is down (no OPTIONS answer)");
-            }
+        if self.probe_result(client, false, now) {
             return;
         }
         let Some(&stx) = self.owner.get(&client) else {
