@@ -57,6 +57,8 @@ pub struct Config {
     pub bus: BusConfig,
     /// `[sip_node]`: the SIP Server (B2BUA call control).
     pub sip_node: SipNodeConfig,
+    /// `[mcp]`: the media server (RTP, prompts, recording, conferences, announcements).
+    pub mcp: McpConfig,
     /// `[[tenants]]`: tenants and their SIP users. Empty by default.
     pub tenants: Vec<Tenant>,
 }
@@ -235,6 +237,68 @@ impl Default for SipNodeConfig {
     }
 }
 
+/// `[mcp]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// SIP UDP listen address of the media server. Default `127.0.0.1:5080`; port 0 picks a
+    /// free port.
+    #[serde(deserialize_with = "de_addr")]
+    pub udp: SocketAddr,
+    /// SIP TCP listen address; `""` (the default) disables TCP.
+    #[serde(deserialize_with = "de_optional_addr")]
+    pub tcp: Option<SocketAddr>,
+    /// Address RTP sockets bind to and that goes into SDP. Default `127.0.0.1`.
+    pub rtp_ip: std::net::IpAddr,
+    /// Inclusive RTP port range (even ports are used). Default 20000..=29999.
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// Pacing worker threads (each drives its streams every 20 ms). Default 1.
+    pub workers: u16,
+    /// Directory of `file:` prompts; relative to `data_dir` unless absolute. Default `media`.
+    pub media_dir: PathBuf,
+    /// Directory recordings are written to; relative to `data_dir` unless absolute.
+    /// Default `recordings`.
+    pub recordings_dir: PathBuf,
+    /// What is played when a prompt cannot be loaded (an unreachable URL, a broken file).
+    /// Default `tone:440/500`.
+    pub fallback_prompt: String,
+    /// The TTS program and its arguments (`{voice}`, `{out}`, `{text}` are replaced; without
+    /// `{text}` the text goes to standard input). Default espeak-ng.
+    pub tts_command: Vec<String>,
+    /// Default TTS voice. Default `en`.
+    pub tts_voice: String,
+    /// Timeout of HTTP prompt fetches and of the TTS program, ms. Default 10000.
+    pub fetch_timeout_ms: u64,
+    /// Hang up a call that sent no RTP for this long, s; 0 never does. Default 60.
+    pub rtp_timeout_s: u64,
+    /// Longest recording, s. Default 300.
+    pub max_record_s: u32,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            udp: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5080),
+            tcp: None,
+            rtp_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            rtp_port_min: 20000,
+            rtp_port_max: 29999,
+            workers: 1,
+            media_dir: PathBuf::from("media"),
+            recordings_dir: PathBuf::from("recordings"),
+            fallback_prompt: "tone:440/500".to_owned(),
+            tts_command: ["espeak-ng", "-v", "{voice}", "-w", "{out}", "--stdin"]
+                .map(String::from)
+                .to_vec(),
+            tts_voice: "en".to_owned(),
+            fetch_timeout_ms: 10_000,
+            rtp_timeout_s: 60,
+            max_record_s: 300,
+        }
+    }
+}
+
 /// `[proxy]`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -404,6 +468,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             bus: BusConfig::default(),
             sip_node: SipNodeConfig::default(),
+            mcp: McpConfig::default(),
             tenants: Vec::new(),
         }
     }
@@ -637,6 +702,16 @@ impl Config {
         self.data_dir.join(&self.store.path)
     }
 
+    /// The directory of `file:` prompts: `mcp.media_dir` under `data_dir`.
+    pub fn mcp_media_dir(&self) -> PathBuf {
+        self.data_dir.join(&self.mcp.media_dir)
+    }
+
+    /// Where the media server writes recordings: `mcp.recordings_dir` under `data_dir`.
+    pub fn mcp_recordings_dir(&self) -> PathBuf {
+        self.data_dir.join(&self.mcp.recordings_dir)
+    }
+
     /// The SQLite file of the embedded bus: `bus.path` under `data_dir`.
     pub fn bus_path(&self) -> PathBuf {
         self.data_dir.join(&self.bus.path)
@@ -781,6 +856,40 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
                 format!("{url:?} is not a Redis URL: expected redis://host:port, rediss://host:port or unix:///path"),
             );
         }
+    }
+
+    // [mcp]
+    let m = &c.mcp;
+    if m.rtp_port_min == 0 || m.rtp_port_min > m.rtp_port_max {
+        bad(
+            out,
+            "mcp.rtp_port_min",
+            format!(
+                "must be at least 1 and not above mcp.rtp_port_max ({} > {})",
+                m.rtp_port_min, m.rtp_port_max
+            ),
+        );
+    } else if m.rtp_port_max - m.rtp_port_min < 1 {
+        bad(
+            out,
+            "mcp.rtp_port_max",
+            "the range must hold at least one even port",
+        );
+    }
+    if !(1..=64).contains(&m.workers) {
+        bad(out, "mcp.workers", "must be between 1 and 64");
+    }
+    if !m.tts_command.first().is_some_and(|p| !p.trim().is_empty()) {
+        bad(out, "mcp.tts_command", "must name a program");
+    }
+    if m.fetch_timeout_ms == 0 {
+        bad(out, "mcp.fetch_timeout_ms", "must be at least 1");
+    }
+    if m.max_record_s == 0 {
+        bad(out, "mcp.max_record_s", "must be at least 1");
+    }
+    if m.fallback_prompt.trim().is_empty() {
+        bad(out, "mcp.fallback_prompt", "must not be empty");
     }
 
     // [sip_node]
