@@ -30,9 +30,27 @@ async fn start_sip_edge(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     Ok(handle)
 }
 
+/// The media server (`mcp`): its own SIP sockets (`[mcp] udp/tcp`), reported as `mcp_udp` and
+/// `mcp_tcp` in the `listening` line. No VoiceXML dialog runner is wired in this build yet, so
+/// `sip:dialog@` calls get 488.
+async fn start_mcp(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let mcp =
+        switchboard_services::mcp::role::start(ctx.config.clone(), ctx.drain.clone(), None).await?;
+    ctx.add_routes(mcp.router);
+    let mut handle = RoleHandle::from_task(mcp.task);
+    if let Some(a) = mcp.udp {
+        handle = handle.bound("mcp_udp", a);
+    }
+    if let Some(a) = mcp.tcp {
+        handle = handle.bound("mcp_tcp", a);
+    }
+    Ok(handle)
+}
+
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(RoleKind::SipProxy, start_sip_edge);
     r.register(RoleKind::Registrar, start_sip_edge);
+    r.register(RoleKind::Mcp, start_mcp);
     r
 }

@@ -69,6 +69,9 @@ struct RunArgs {
     /// HTTP listen address, overriding http.listen (port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
+    /// The media server's SIP UDP listen address, overriding mcp.udp (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    mcp_udp: Option<SocketAddr>,
     /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as
     /// `info,switchboard=debug`. Falls back to RUST_LOG, then `info`.
     #[arg(long, env = "SWITCHBOARD_LOG", value_name = "LEVEL")]
@@ -130,6 +133,9 @@ fn start_inner(roles: Vec<RoleKind>, args: RunArgs) -> anyhow::Result<u8> {
     }
     if let Some(addr) = args.http {
         config.http.listen = addr;
+    }
+    if let Some(addr) = args.mcp_udp {
+        config.mcp.udp = addr;
     }
     config
         .validate()

@@ -1,0 +1,1248 @@
+//! The media server's SIP user agent, sans-I/O: it answers INVITEs with SDP (RFC 3264 through
+//! `switchboard-sdp`), handles ACK, re-INVITE, BYE and CANCEL with `switchboard-sip`
+//! transactions and dialogs, and hangs up when told to. It owns no sockets and no media: it asks
+//! for an RTP stream with [`McpOutput::Allocate`] and gets it back as
+//! [`McpCommand::Allocated`] (the SDP answer needs the port), and says when a call's service
+//! starts ([`McpOutput::Start`]) and ends ([`McpOutput::Release`]). The async glue in
+//! [`super::role`] turns those into media-engine calls.
+//!
+//! A 2xx to an INVITE is retransmitted by this core (RFC 3261 §13.3.1.4: the transaction layer
+//! stops at the 2xx) until its ACK arrives; without an ACK after 64*T1 the call is hung up.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use switchboard_media::{Codec as MediaCodec, StreamId};
+use switchboard_sdp::{
+    Codec as SdpCodec, LocalMedia, Negotiated, NegotiationError, OfferAnswer, SessionDescription,
+};
+use switchboard_sip::build::response_to;
+use switchboard_sip::transaction::{
+    ClientTxId, IdGen, Incoming, ServerTxId, Timers, Transactions, TxEvent,
+};
+use switchboard_sip::{Dialog, DialogId, Message, Method, Peer, Transmit, Transport, Uri};
+use switchboard_sip_net::{Controlled, Core};
+
+use super::service::{self, Service};
+use crate::sip::target::uri_peer;
+
+/// What the UA needs to know about its surroundings.
+#[derive(Debug, Clone)]
+pub struct UaSettings {
+    /// Bound SIP addresses (for Via and Contact).
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    /// The RTP address put in SDP (also used in Contact when SIP is bound to a wildcard).
+    pub rtp_ip: IpAddr,
+    pub timers: Timers,
+    /// Whether a VoiceXML dialog runner is configured; without one `sip:dialog@` gets 488.
+    pub dialog_runner: bool,
+}
+
+/// A call's id inside the core.
+pub type SessionId = u64;
+
+/// How the RTP stream of a call is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSetup {
+    pub remote: Option<SocketAddr>,
+    pub codec: MediaCodec,
+    pub telephone_event: Option<u8>,
+    pub send: bool,
+    pub receive: bool,
+}
+
+/// What the core asks of the rest of the process.
+#[derive(Debug, Clone, PartialEq)]
+pub enum McpOutput {
+    /// Create the call's RTP stream; answer with [`McpCommand::Allocated`]. Streams with the
+    /// same `affinity` must be mixable together (conference members).
+    Allocate {
+        session: SessionId,
+        setup: StreamSetup,
+        affinity: Option<u64>,
+    },
+    /// New remote address, codec or direction (re-INVITE, or the answer in an ACK).
+    Update {
+        stream: StreamId,
+        setup: StreamSetup,
+    },
+    /// The call is established (ACK received): run its service on the stream.
+    Start {
+        session: SessionId,
+        stream: StreamId,
+        service: Service,
+        call_id: String,
+        caller: String,
+    },
+    /// The call is over (BYE either way, CANCEL, no ACK, failure): free its stream.
+    Release {
+        session: SessionId,
+        stream: Option<StreamId>,
+        reason: &'static str,
+    },
+}
+
+/// What the rest of the process tells the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum McpCommand {
+    /// The stream asked for with [`McpOutput::Allocate`] (its id and local RTP address).
+    Allocated {
+        session: SessionId,
+        result: Result<(StreamId, SocketAddr), String>,
+    },
+    /// Hang up the call of this stream (announcement over, dialog finished, RTP timeout).
+    Hangup { stream: StreamId, reason: String },
+}
+
+const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO";
+const TELEPHONE_EVENT_PT: u8 = 101;
+
+#[derive(Debug)]
+enum Phase {
+    /// INVITE received, stream requested; no final response yet.
+    Allocating { cancelled: bool },
+    /// 2xx sent (or being retransmitted) and the call runs; see `pending_2xx`.
+    Established,
+    /// We sent BYE; waiting for its response.
+    Ending,
+}
+
+#[derive(Debug)]
+struct Pending2xx {
+    payload: Bytes,
+    cseq: u32,
+    next: Instant,
+    interval: Duration,
+    give_up: Instant,
+}
+
+struct Session {
+    phase: Phase,
+    service: Service,
+    /// The dialog-creating INVITE and its transaction, until the final response.
+    invite: Option<(ServerTxId, Message)>,
+    local_tag: String,
+    dialog_id: DialogId,
+    dialog: Option<Dialog>,
+    /// Where the INVITE came from: responses, and requests when the Contact is unusable.
+    peer: Peer,
+    offer: Option<SessionDescription>,
+    oa: Option<OfferAnswer>,
+    stream: Option<StreamId>,
+    local_rtp: Option<SocketAddr>,
+    pending_2xx: Option<Pending2xx>,
+    /// Our offer went in a 2xx (INVITE without SDP); the answer comes in the ACK.
+    answer_in_ack: bool,
+    started: bool,
+    caller: String,
+}
+
+/// The media server's SIP UA core.
+pub struct McpUa {
+    tx: Transactions,
+    ids: IdGen,
+    settings: UaSettings,
+    sessions: HashMap<SessionId, Session>,
+    by_dialog: HashMap<DialogId, SessionId>,
+    by_invite: HashMap<ServerTxId, SessionId>,
+    by_stream: HashMap<StreamId, SessionId>,
+    byes: HashMap<ClientTxId, SessionId>,
+    retransmits: BTreeSet<(Instant, SessionId)>,
+    outputs: std::collections::VecDeque<McpOutput>,
+    next_session: SessionId,
+    draining: bool,
+    /// Calls to hang up once the current message or command is handled.
+    hangup_queue: Vec<(SessionId, &'static str)>,
+}
+
+fn setup_of(n: &Negotiated) -> Option<StreamSetup> {
+    let c = &n.codec;
+    let codec = MediaCodec::from_sdp(&c.name, c.clock_rate, c.channels, c.payload_type)?;
+    Some(StreamSetup {
+        remote: n.remote,
+        codec,
+        telephone_event: n.telephone_event,
+        send: n.direction.sends(),
+        receive: n.direction.receives(),
+    })
+}
+
+fn warning(text: &str) -> String {
+    format!("399 switchboard \"{}\"", text.replace('"', "'"))
+}
+
+fn sdp_body(msg: &Message) -> Result<Option<SessionDescription>, String> {
+    if msg.body().is_empty() {
+        return Ok(None);
+    }
+    let is_sdp = msg
+        .content_type()
+        .is_some_and(|c| c.trim().to_ascii_lowercase().starts_with("application/sdp"));
+    if !is_sdp {
+        return Err("the body is not application/sdp".into());
+    }
+    let text = std::str::from_utf8(msg.body()).map_err(|_| "the SDP is not UTF-8".to_string())?;
+    SessionDescription::parse(text)
+        .map(Some)
+        .map_err(|e| format!("bad SDP: {e}"))
+}
+
+/// FNV-1a of a conference id: the stream affinity of its members.
+fn affinity_of(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl McpUa {
+    pub fn new(settings: UaSettings, seed: u64) -> McpUa {
+        McpUa {
+            tx: Transactions::new(settings.timers),
+            ids: IdGen::new(seed),
+            settings,
+            sessions: HashMap::new(),
+            by_dialog: HashMap::new(),
+            by_invite: HashMap::new(),
+            by_stream: HashMap::new(),
+            byes: HashMap::new(),
+            retransmits: BTreeSet::new(),
+            outputs: std::collections::VecDeque::new(),
+            next_session: 1,
+            draining: false,
+            hangup_queue: Vec::new(),
+        }
+    }
+
+    /// Calls in progress (any phase).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn local_media(&self, port: u16) -> LocalMedia {
+        LocalMedia {
+            username: "switchboard".into(),
+            address: self.settings.rtp_ip,
+            port,
+            codecs: vec![SdpCodec::pcmu(), SdpCodec::pcma(), SdpCodec::l16(8000)],
+            telephone_event: Some(TELEPHONE_EVENT_PT),
+            ptime: Some(20),
+        }
+    }
+
+    fn local_addr(&self, t: Transport) -> Option<SocketAddr> {
+        let a = match t {
+            Transport::Udp => self.settings.udp,
+            _ => self.settings.tcp,
+        }?;
+        Some(if a.ip().is_unspecified() {
+            SocketAddr::new(self.settings.rtp_ip, a.port())
+        } else {
+            a
+        })
+    }
+
+    fn contact(&self, t: Transport) -> String {
+        match self.local_addr(t) {
+            Some(a) if t == Transport::Udp => format!("<sip:mcp@{a}>"),
+            Some(a) => format!("<sip:mcp@{a};transport={}>", t.via_token().to_lowercase()),
+            None => format!("<sip:mcp@{}>", self.settings.rtp_ip),
+        }
+    }
+
+    fn update_gauge(&self) {
+        metrics::gauge!("mcp_sessions").set(self.sessions.len() as f64);
+    }
+
+    /// A final (non-2xx) or provisional response with our tag.
+    fn reply(
+        &mut self,
+        stx: ServerTxId,
+        req: &Message,
+        code: u16,
+        tag: Option<&str>,
+        extra: &[(&str, String)],
+        now: Instant,
+    ) {
+        let fresh;
+        let tag = match tag {
+            Some(t) => t,
+            None => {
+                fresh = self.ids.tag();
+                &fresh
+            }
+        };
+        let mut b = response_to(req, code, Some(tag));
+        for (n, v) in extra {
+            b = b.header(n, v);
+        }
+        if let Err(e) = self.tx.send_response_bytes(stx, code, b.finish(), now) {
+            tracing::debug!(error = %e, code, "response not sent");
+        }
+        if code >= 400 {
+            metrics::counter!("mcp_rejected_total", "status" => code.to_string()).increment(1);
+        }
+    }
+
+    fn on_request(&mut self, stx: ServerTxId, req: Message, from: Peer, now: Instant) {
+        if let Err(e) = req.validate() {
+            tracing::debug!(peer = %from, error = %e, "refusing malformed request");
+            let w = warning(&e.to_string());
+            return self.reply(stx, &req, e.status(), None, &[("Warning", w)], now);
+        }
+        let Some(method) = req.method().cloned() else {
+            return;
+        };
+        let in_dialog = req.to().is_ok_and(|t| t.tag().is_some());
+        match method {
+            Method::Cancel => self.on_cancel(stx, &req, now),
+            Method::Options if !in_dialog => {
+                let allow = ALLOW.to_string();
+                self.reply(stx, &req, 200, None, &[("Allow", allow)], now)
+            }
+            Method::Invite if !in_dialog => self.on_invite(stx, req, from, now),
+            _ if in_dialog => self.on_in_dialog(stx, req, method, now),
+            _ => {
+                let allow = ALLOW.to_string();
+                self.reply(stx, &req, 405, None, &[("Allow", allow)], now)
+            }
+        }
+    }
+
+    fn on_invite(&mut self, stx: ServerTxId, req: Message, from: Peer, now: Instant) {
+        if self.draining {
+            return self.reply(stx, &req, 503, None, &[("Retry-After", "5".into())], now);
+        }
+        let service = match req.request_uri() {
+            Ok(uri) => service::parse(&uri),
+            Err(_) => Err(service::ServiceError {
+                status: 400,
+                reason: "bad Request-URI".into(),
+            }),
+        };
+        let service = match service {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(peer = %from, status = e.status, reason = %e.reason, "INVITE refused");
+                let w = warning(&e.reason);
+                return self.reply(stx, &req, e.status, None, &[("Warning", w)], now);
+            }
+        };
+        if matches!(service, Service::Dialog { .. }) && !self.settings.dialog_runner {
+            tracing::info!(peer = %from, "VoiceXML dialog requested but no dialog runner is configured");
+            let w = warning("no VoiceXML dialog runner is configured");
+            return self.reply(stx, &req, 488, None, &[("Warning", w)], now);
+        }
+        let offer = match sdp_body(&req) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::info!(peer = %from, error = %e, "INVITE with unusable body");
+                let w = warning(&e);
+                return self.reply(stx, &req, 488, None, &[("Warning", w)], now);
+            }
+        };
+        // Negotiate once to know the stream setup (and refuse with 488 at once); the answer
+        // with the real port is made when the stream exists.
+        let setup = match &offer {
+            Some(offer) => {
+                let mut probe = OfferAnswer::new(self.local_media(9), 1);
+                match probe.handle_offer(offer) {
+                    Ok((_, n)) => match setup_of(&n) {
+                        Some(s) => s,
+                        None => {
+                            let e = NegotiationError::NoCommonCodec {
+                                offered: n.codec.name.clone(),
+                            };
+                            return self.refuse_offer(stx, &req, &e, from, now);
+                        }
+                    },
+                    Err(e) => return self.refuse_offer(stx, &req, &e, from, now),
+                }
+            }
+            // No offer: we offer in the 2xx; the peer answers in the ACK.
+            None => StreamSetup {
+                remote: None,
+                codec: MediaCodec::PCMU,
+                telephone_event: Some(TELEPHONE_EVENT_PT),
+                send: true,
+                receive: true,
+            },
+        };
+        let (Ok(call_id), Ok(from_hdr)) = (req.call_id(), req.from()) else {
+            return;
+        };
+        let local_tag = self.ids.tag();
+        let dialog_id = DialogId {
+            call_id: call_id.to_owned(),
+            local_tag: local_tag.clone(),
+            remote_tag: from_hdr.tag().unwrap_or("").to_owned(),
+        };
+        let caller = from_hdr.uri.to_string();
+        let id = self.next_session;
+        self.next_session += 1;
+        let affinity = match &service {
+            Service::Conference(c) => Some(affinity_of(c)),
+            _ => None,
+        };
+        tracing::info!(session = id, call_id, %caller, service = service.kind(), peer = %from, "call offered");
+        metrics::counter!("mcp_calls_total", "service" => service.kind()).increment(1);
+        self.by_dialog.insert(dialog_id.clone(), id);
+        self.by_invite.insert(stx, id);
+        self.sessions.insert(
+            id,
+            Session {
+                phase: Phase::Allocating { cancelled: false },
+                service,
+                invite: Some((stx, req)),
+                local_tag,
+                dialog_id,
+                dialog: None,
+                peer: from,
+                offer,
+                oa: None,
+                stream: None,
+                local_rtp: None,
+                pending_2xx: None,
+                answer_in_ack: false,
+                started: false,
+                caller,
+            },
+        );
+        self.update_gauge();
+        self.outputs.push_back(McpOutput::Allocate {
+            session: id,
+            setup,
+            affinity,
+        });
+    }
+
+    fn refuse_offer(
+        &mut self,
+        stx: ServerTxId,
+        req: &Message,
+        e: &NegotiationError,
+        from: Peer,
+        now: Instant,
+    ) {
+        tracing::info!(peer = %from, error = %e, "offer refused");
+        let code = e.sip_status();
+        let w = match e {
+            NegotiationError::NoCommonCodec { .. } => {
+                format!("305 switchboard \"{}\"", e.to_string().replace('"', "'"))
+            }
+            _ => warning(&e.to_string()),
+        };
+        self.reply(stx, req, code, None, &[("Warning", w)], now);
+    }
+
+    fn on_allocated(
+        &mut self,
+        id: SessionId,
+        result: Result<(StreamId, SocketAddr), String>,
+        now: Instant,
+    ) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            // The call went away meanwhile: give the stream back.
+            if let Ok((stream, _)) = result {
+                self.outputs.push_back(McpOutput::Release {
+                    session: id,
+                    stream: Some(stream),
+                    reason: "gone",
+                });
+            }
+            return;
+        };
+        let cancelled = matches!(s.phase, Phase::Allocating { cancelled: true });
+        let (stream, local) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(session = id, error = %e, "no RTP stream for the call");
+                if let Some((stx, req)) = s.invite.take() {
+                    let tag = s.local_tag.clone();
+                    let w = warning(&e);
+                    self.reply(
+                        stx,
+                        &req,
+                        503,
+                        Some(&tag),
+                        &[("Warning", w), ("Retry-After", "5".into())],
+                        now,
+                    );
+                }
+                self.remove(id);
+                return;
+            }
+        };
+        s.stream = Some(stream);
+        s.local_rtp = Some(local);
+        self.by_stream.insert(stream, id);
+        if cancelled {
+            self.release(id, "cancelled");
+            return;
+        }
+        let media = self.local_media_for(local);
+        let Some(transport) = self.sessions.get(&id).map(|s| s.peer.transport) else {
+            return;
+        };
+        let contact = self.contact(transport);
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let mut oa = OfferAnswer::new(media, (u64::from(local.port()) << 16) | (id & 0xffff));
+        let offer = s.offer.clone();
+        let sdp = match &offer {
+            Some(offer) => match oa.handle_offer(offer) {
+                Ok((answer, _)) => answer,
+                Err(e) => {
+                    // Cannot happen (the same offer was accepted before); refuse anyway.
+                    tracing::warn!(session = id, error = %e, "offer no longer acceptable");
+                    if let Some((stx, req)) = s.invite.take() {
+                        let tag = s.local_tag.clone();
+                        self.reply(stx, &req, e.sip_status(), Some(&tag), &[], now);
+                    }
+                    self.release(id, "negotiation failed");
+                    return;
+                }
+            },
+            None => match oa.create_offer() {
+                Ok(offer) => {
+                    s.answer_in_ack = true;
+                    offer
+                }
+                Err(e) => {
+                    tracing::warn!(session = id, error = %e, "cannot make an offer");
+                    self.release(id, "negotiation failed");
+                    return;
+                }
+            },
+        };
+        s.oa = Some(oa);
+        let Some((stx, req)) = s.invite.take() else {
+            return;
+        };
+        let resp = response_to(&req, 200, Some(&s.local_tag))
+            .header("Contact", &contact)
+            .header("Allow", ALLOW)
+            .body("application/sdp", sdp.to_string().as_bytes());
+        let parsed = match Message::parse(resp.clone()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(session = id, error = %e, "our 200 OK does not parse");
+                self.release(id, "internal error");
+                return;
+            }
+        };
+        match Dialog::uas(&req, &parsed) {
+            Ok(d) => s.dialog = Some(d),
+            Err(e) => {
+                // No usable Contact in the INVITE: answer, but requests go to the source.
+                tracing::debug!(session = id, error = %e, "no dialog state from the INVITE");
+            }
+        }
+        if let Err(e) = self.tx.send_response_bytes(stx, 200, resp.clone(), now) {
+            tracing::debug!(session = id, error = %e, "200 OK not sent");
+            self.release(id, "transaction gone");
+            return;
+        }
+        s.phase = Phase::Established;
+        let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
+        self.arm_2xx(id, resp, cseq, now);
+        tracing::info!(session = id, stream = %stream, rtp = %local, "call answered");
+    }
+
+    fn local_media_for(&self, local: SocketAddr) -> LocalMedia {
+        self.local_media(local.port())
+    }
+
+    fn arm_2xx(&mut self, id: SessionId, payload: Bytes, cseq: u32, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let t = self.settings.timers;
+        if let Some(old) = s.pending_2xx.take() {
+            self.retransmits.remove(&(old.next, id));
+        }
+        // Over reliable transports the 2xx is not retransmitted, but the ACK is still awaited.
+        let next = if s.peer.transport.reliable() {
+            now + t.t1x64()
+        } else {
+            now + t.t1
+        };
+        s.pending_2xx = Some(Pending2xx {
+            payload,
+            cseq,
+            next,
+            interval: t.t1,
+            give_up: now + t.t1x64(),
+        });
+        self.retransmits.insert((next, id));
+    }
+
+    fn on_cancel(&mut self, stx: ServerTxId, req: &Message, now: Instant) {
+        let Some(invite_tx) = self.tx.find_invite_for_cancel(req) else {
+            return self.reply(stx, req, 481, None, &[], now);
+        };
+        self.reply(stx, req, 200, None, &[], now);
+        let Some(&id) = self.by_invite.get(&invite_tx) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if !matches!(s.phase, Phase::Allocating { .. }) {
+            return; // already answered: the CANCEL has no effect
+        }
+        s.phase = Phase::Allocating { cancelled: true };
+        let tag = s.local_tag.clone();
+        let stream = s.stream;
+        if let Some((stx, invite)) = s.invite.take() {
+            self.reply(stx, &invite, 487, Some(&tag), &[], now);
+        }
+        tracing::info!(session = id, "call cancelled");
+        // Without a stream yet the session waits for `Allocated` to free it.
+        if stream.is_some() {
+            self.release(id, "cancelled");
+        }
+    }
+
+    fn on_in_dialog(&mut self, stx: ServerTxId, req: Message, method: Method, now: Instant) {
+        let Some(did) = DialogId::of_request(&req) else {
+            return self.reply(stx, &req, 481, None, &[], now);
+        };
+        let Some(&id) = self.by_dialog.get(&did) else {
+            return self.reply(stx, &req, 481, None, &[], now);
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return self.reply(stx, &req, 481, None, &[], now);
+        };
+        let tag = s.local_tag.clone();
+        if let Some(d) = s.dialog.as_mut() {
+            if let Err(e) = d.on_request(&req) {
+                let w = warning(&e.to_string());
+                return self.reply(stx, &req, e.status(), Some(&tag), &[("Warning", w)], now);
+            }
+        }
+        match method {
+            Method::Bye => {
+                self.reply(stx, &req, 200, Some(&tag), &[], now);
+                tracing::info!(session = id, "caller hung up");
+                self.release(id, "bye");
+            }
+            Method::Invite => self.on_reinvite(id, stx, req, now),
+            Method::Options | Method::Info => self.reply(stx, &req, 200, Some(&tag), &[], now),
+            _ => {
+                let allow = ALLOW.to_string();
+                self.reply(stx, &req, 405, Some(&tag), &[("Allow", allow)], now)
+            }
+        }
+    }
+
+    fn on_reinvite(&mut self, id: SessionId, stx: ServerTxId, req: Message, now: Instant) {
+        let Some(transport) = self.sessions.get(&id).map(|s| s.peer.transport) else {
+            return;
+        };
+        let contact = self.contact(transport);
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let tag = s.local_tag.clone();
+        if !matches!(s.phase, Phase::Established) || s.pending_2xx.is_some() {
+            // RFC 3261 §14.2: a re-INVITE while one is pending gets 500 with Retry-After.
+            let retry = ("Retry-After", "1".to_string());
+            return self.reply(stx, &req, 500, Some(&tag), &[retry], now);
+        }
+        let offer = match sdp_body(&req) {
+            Ok(o) => o,
+            Err(e) => {
+                let w = warning(&e);
+                return self.reply(stx, &req, 488, Some(&tag), &[("Warning", w)], now);
+            }
+        };
+        let Some(oa) = s.oa.as_mut() else {
+            return self.reply(stx, &req, 500, Some(&tag), &[], now);
+        };
+        let (sdp, setup) = match &offer {
+            Some(offer) => match oa.handle_offer(offer) {
+                Ok((answer, n)) => match setup_of(&n) {
+                    Some(setup) => (answer, Some(setup)),
+                    None => {
+                        let w = warning("no common codec");
+                        return self.reply(stx, &req, 488, Some(&tag), &[("Warning", w)], now);
+                    }
+                },
+                Err(e) => {
+                    let w = warning(&e.to_string());
+                    let code = e.sip_status();
+                    return self.reply(stx, &req, code, Some(&tag), &[("Warning", w)], now);
+                }
+            },
+            None => match oa.create_offer() {
+                Ok(o) => {
+                    s.answer_in_ack = true;
+                    (o, None)
+                }
+                Err(e) => {
+                    let code = e.sip_status();
+                    return self.reply(stx, &req, code, Some(&tag), &[], now);
+                }
+            },
+        };
+        let resp = response_to(&req, 200, Some(&tag))
+            .header("Contact", &contact)
+            .header("Allow", ALLOW)
+            .body("application/sdp", sdp.to_string().as_bytes());
+        if let Err(e) = self.tx.send_response_bytes(stx, 200, resp.clone(), now) {
+            tracing::debug!(session = id, error = %e, "re-INVITE 200 not sent");
+            return;
+        }
+        if let (Some(setup), Some(stream)) = (setup, s.stream) {
+            tracing::info!(session = id, remote = ?setup.remote, send = setup.send, receive = setup.receive, "media updated by re-INVITE");
+            self.outputs.push_back(McpOutput::Update { stream, setup });
+        }
+        let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
+        self.arm_2xx(id, resp, cseq, now);
+    }
+
+    fn on_ack(&mut self, msg: Message) {
+        let Some(did) = DialogId::of_request(&msg) else {
+            tracing::debug!("ACK without dialog identifiers dropped");
+            return;
+        };
+        let Some(&id) = self.by_dialog.get(&did) else {
+            tracing::debug!(call_id = %did.call_id, "ACK for no known dialog dropped");
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let seq = msg.cseq().map(|c| c.seq).unwrap_or(0);
+        match &s.pending_2xx {
+            Some(p) if p.cseq == seq => {
+                let next = p.next;
+                s.pending_2xx = None;
+                self.retransmits.remove(&(next, id));
+            }
+            other => {
+                // A retransmitted ACK, or one for another INVITE.
+                tracing::debug!(session = id, seq, pending = ?other.as_ref().map(|p| p.cseq), "ACK ignored");
+                return;
+            }
+        }
+        if let Some(d) = s.dialog.as_mut() {
+            d.confirm();
+        }
+        if s.answer_in_ack {
+            s.answer_in_ack = false;
+            let answer = match sdp_body(&msg) {
+                Ok(Some(a)) => a,
+                Ok(None) | Err(_) => {
+                    tracing::info!(session = id, "ACK without a usable SDP answer: hanging up");
+                    return self.pending_hangup(id, "no SDP answer in ACK");
+                }
+            };
+            let setup =
+                s.oa.as_mut()
+                    .map(|oa| oa.handle_answer(&answer).map(|n| setup_of(&n)));
+            match (setup, s.stream) {
+                (Some(Ok(Some(setup))), Some(stream)) => {
+                    self.outputs.push_back(McpOutput::Update { stream, setup });
+                }
+                _ => {
+                    tracing::info!(session = id, "unusable SDP answer in ACK: hanging up");
+                    return self.pending_hangup(id, "bad SDP answer");
+                }
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if !s.started {
+            if let Some(stream) = s.stream {
+                s.started = true;
+                self.outputs.push_back(McpOutput::Start {
+                    session: id,
+                    stream,
+                    service: s.service.clone(),
+                    call_id: s.dialog_id.call_id.clone(),
+                    caller: s.caller.clone(),
+                });
+            }
+        }
+    }
+
+    /// Hang up at the next chance (we may be inside a handler that holds `now` implicitly).
+    fn pending_hangup(&mut self, id: SessionId, reason: &'static str) {
+        self.hangup_queue.push((id, reason));
+    }
+
+    /// Sends BYE for an established call and frees its media.
+    fn hangup(&mut self, id: SessionId, reason: &str, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if !matches!(s.phase, Phase::Established) {
+            return;
+        }
+        if let Some(p) = s.pending_2xx.take() {
+            self.retransmits.remove(&(p.next, id));
+        }
+        let transport = s.peer.transport;
+        let Some(local) = self.local_addr(transport) else {
+            self.release(id, "no transport");
+            return;
+        };
+        let via = format!(
+            "SIP/2.0/{} {local};branch={};rport",
+            transport.via_token(),
+            self.ids.branch()
+        );
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let fallback = s.peer;
+        let Some(dialog) = s.dialog.as_mut() else {
+            self.release(id, "no dialog");
+            return;
+        };
+        let target = Uri::parse(dialog.next_hop())
+            .ok()
+            .and_then(|u| u.as_sip().and_then(uri_peer))
+            .filter(|p| p.transport == transport)
+            .unwrap_or(fallback);
+        let bye = match dialog.request(&Method::Bye, &via) {
+            Ok(b) => b
+                .header("Reason", format_args!("SIP;cause=200;text=\"{reason}\""))
+                .finish(),
+            Err(e) => {
+                tracing::debug!(session = id, error = %e, "cannot build BYE");
+                self.release(id, "no dialog");
+                return;
+            }
+        };
+        s.phase = Phase::Ending;
+        let stream = s.stream.take();
+        match Message::parse(bye).map(|m| self.tx.send_request(m, target, now)) {
+            Ok(Ok(ctx)) => {
+                self.byes.insert(ctx, id);
+            }
+            other => {
+                tracing::debug!(session = id, result = ?other.map(|r| r.map(|_| ())), "BYE not sent");
+            }
+        }
+        tracing::info!(session = id, reason, peer = %target, "hanging up");
+        if let Some(st) = stream {
+            self.by_stream.remove(&st);
+        }
+        self.outputs.push_back(McpOutput::Release {
+            session: id,
+            stream,
+            reason: "hangup",
+        });
+        if !self.byes.values().any(|&v| v == id) {
+            self.remove(id);
+        }
+    }
+
+    /// Frees the call's media and forgets it.
+    fn release(&mut self, id: SessionId, reason: &'static str) {
+        let Some(s) = self.sessions.get(&id) else {
+            return;
+        };
+        self.outputs.push_back(McpOutput::Release {
+            session: id,
+            stream: s.stream,
+            reason,
+        });
+        self.remove(id);
+    }
+
+    fn remove(&mut self, id: SessionId) {
+        if let Some(s) = self.sessions.remove(&id) {
+            self.by_dialog.remove(&s.dialog_id);
+            self.by_invite.retain(|_, v| *v != id);
+            if let Some(st) = s.stream {
+                self.by_stream.remove(&st);
+            }
+            if let Some(p) = s.pending_2xx {
+                self.retransmits.remove(&(p.next, id));
+            }
+            tracing::debug!(session = id, "session removed");
+        }
+        self.update_gauge();
+    }
+
+    fn on_response(&mut self, ctx: ClientTxId, msg: Message) {
+        if msg.status().is_some_and(|c| c >= 200) {
+            if let Some(id) = self.byes.remove(&ctx) {
+                self.remove(id);
+            }
+        }
+    }
+
+    fn run_hangups(&mut self, now: Instant) {
+        while let Some((id, reason)) = self.hangup_queue.pop() {
+            self.hangup(id, reason, now);
+        }
+    }
+
+    fn on_tx_events(&mut self) {
+        while let Some(ev) = self.tx.poll_event() {
+            match ev {
+                TxEvent::Timeout(c) | TxEvent::TransportError(c) => {
+                    if let Some(id) = self.byes.remove(&c) {
+                        tracing::debug!(session = id, "BYE got no answer");
+                        self.remove(id);
+                    }
+                }
+                TxEvent::ServerTerminated(s) => {
+                    self.by_invite.remove(&s);
+                }
+                TxEvent::ClientTerminated(c) => {
+                    if let Some(id) = self.byes.remove(&c) {
+                        self.remove(id);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn retransmit_2xx(&mut self, now: Instant) {
+        let t2 = self.settings.timers.t2;
+        while let Some(&(at, id)) = self.retransmits.first() {
+            if at > now {
+                break;
+            }
+            self.retransmits.remove(&(at, id));
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            let Some(p) = s.pending_2xx.as_mut() else {
+                continue;
+            };
+            if now >= p.give_up {
+                s.pending_2xx = None;
+                tracing::info!(session = id, "no ACK for our 2xx: hanging up");
+                self.hangup_queue.push((id, "no ACK"));
+                continue;
+            }
+            if !s.peer.transport.reliable() {
+                self.tx.send_stateless(p.payload.clone(), s.peer);
+            }
+            p.interval = (p.interval * 2).min(t2);
+            p.next = (now + p.interval).min(p.give_up);
+            self.retransmits.insert((p.next, id));
+        }
+    }
+}
+
+impl Core for McpUa {
+    fn handle_message(&mut self, msg: Message, from: Peer, now: Instant) {
+        match self.tx.handle_incoming(msg, from, now) {
+            Incoming::Request { tx, msg } => self.on_request(tx, msg, from, now),
+            Incoming::Response { tx, msg } => self.on_response(tx, msg),
+            Incoming::Ack { msg } => self.on_ack(msg),
+            Incoming::StrayResponse { .. } | Incoming::Absorbed => {}
+            Incoming::Malformed { msg, error } => {
+                let error = msg.validate().err().unwrap_or(error);
+                metrics::counter!("sip_malformed_total").increment(1);
+                tracing::debug!(peer = %from, %error, "malformed message");
+                if msg.is_request() && msg.method() != Some(&Method::Ack) {
+                    let resp = response_to(&msg, error.status(), Some(&self.ids.tag()))
+                        .header("Warning", warning(&error.to_string()))
+                        .finish();
+                    self.tx.send_stateless(resp, from);
+                }
+            }
+        }
+        self.on_tx_events();
+        self.run_hangups(now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.tx.handle_timeout(now);
+        self.retransmit_2xx(now);
+        self.on_tx_events();
+        self.run_hangups(now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.tx.poll_transmit()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let ours = self.retransmits.first().map(|&(at, _)| at);
+        match (self.tx.poll_timeout(), ours) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn start_drain(&mut self, now: Instant) {
+        self.draining = true;
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            match self.sessions.get(&id).map(|s| &s.phase) {
+                Some(Phase::Established) => self.hangup(id, "shutting down", now),
+                Some(Phase::Allocating { .. }) => {
+                    let Some(s) = self.sessions.get_mut(&id) else {
+                        continue;
+                    };
+                    s.phase = Phase::Allocating { cancelled: true };
+                    let tag = s.local_tag.clone();
+                    if let Some((stx, req)) = s.invite.take() {
+                        let retry = ("Retry-After", "5".to_string());
+                        self.reply(stx, &req, 503, Some(&tag), &[retry], now);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn is_idle(&self, _now: Instant) -> bool {
+        self.byes.is_empty() && self.sessions.is_empty()
+    }
+}
+
+impl Controlled for McpUa {
+    type Command = McpCommand;
+    type Output = McpOutput;
+
+    fn handle_command(&mut self, cmd: McpCommand, now: Instant) {
+        match cmd {
+            McpCommand::Allocated { session, result } => self.on_allocated(session, result, now),
+            McpCommand::Hangup { stream, reason } => {
+                if let Some(&id) = self.by_stream.get(&stream) {
+                    self.hangup(id, &reason, now);
+                }
+            }
+        }
+        self.on_tx_events();
+        self.run_hangups(now);
+    }
+
+    fn poll_output(&mut self) -> Option<McpOutput> {
+        self.outputs.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: &str = "127.0.0.1:5080";
+    const PHONE: &str = "127.0.0.1:5062";
+
+    fn ua(dialog_runner: bool) -> McpUa {
+        McpUa::new(
+            UaSettings {
+                udp: Some(US.parse().unwrap()),
+                tcp: None,
+                rtp_ip: "127.0.0.1".parse().unwrap(),
+                timers: Timers::default(),
+                dialog_runner,
+            },
+            7,
+        )
+    }
+
+    fn phone() -> Peer {
+        Peer::udp(PHONE.parse().unwrap())
+    }
+
+    fn branch_of(ruri: &str) -> String {
+        format!("z9hG4bK-{:x}", affinity_of(ruri))
+    }
+
+    fn invite(ruri: &str, pts: &str, maps: &str) -> Message {
+        let branch = branch_of(ruri);
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP {pts}\r\n{maps}"
+        );
+        let text = format!(
+            "INVITE sip:{ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch={branch}\r\nFrom: <sip:alice@{PHONE}>;tag=a1\r\nTo: <sip:{ruri}>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{PHONE}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        Message::parse(Bytes::from(text)).unwrap()
+    }
+
+    fn request(method: &str, to: &str, seq: u32, branch: &str) -> Message {
+        let text = format!(
+            "{method} sip:mcp@{US} SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch={branch}\r\nFrom: <sip:alice@{PHONE}>;tag=a1\r\nTo: {to}\r\nCall-ID: c1\r\nCSeq: {seq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        Message::parse(Bytes::from(text)).unwrap()
+    }
+
+    fn sent(ua: &mut McpUa) -> Vec<Message> {
+        std::iter::from_fn(|| ua.poll_transmit())
+            .map(|t| Message::parse(t.payload).unwrap())
+            .collect()
+    }
+
+    fn outputs(ua: &mut McpUa) -> Vec<McpOutput> {
+        std::iter::from_fn(|| ua.poll_output()).collect()
+    }
+
+    /// INVITE, stream, 200 OK; returns the 200's To header (with our tag).
+    fn answered(ua: &mut McpUa, ruri: &str, now: Instant) -> (String, StreamId) {
+        ua.handle_message(
+            invite(
+                ruri,
+                "8 101",
+                "a=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
+            ),
+            phone(),
+            now,
+        );
+        let out = outputs(ua);
+        let McpOutput::Allocate { session, setup, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(setup.codec, MediaCodec::PCMA);
+        assert_eq!(setup.telephone_event, Some(101));
+        assert_eq!(setup.remote, Some("127.0.0.1:7000".parse().unwrap()));
+        let stream = StreamId(256);
+        ua.handle_command(
+            McpCommand::Allocated {
+                session: *session,
+                result: Ok((stream, "127.0.0.1:20000".parse().unwrap())),
+            },
+            now,
+        );
+        let msgs = sent(ua);
+        let ok = msgs
+            .iter()
+            .find(|m| m.status() == Some(200))
+            .expect("200 OK");
+        let body = std::str::from_utf8(ok.body()).unwrap();
+        assert!(body.contains("m=audio 20000 RTP/AVP 8 101"), "{body}");
+        (ok.get(HeaderName::To).unwrap().to_owned(), stream)
+    }
+
+    use switchboard_sip::HeaderName;
+
+    #[test]
+    fn invite_ack_starts_the_service_and_bye_releases() {
+        let mut ua = ua(false);
+        let now = Instant::now();
+        let (to, stream) = answered(&mut ua, "annc@mcp;play=tone:440", now);
+        ua.handle_message(request("ACK", &to, 1, "z9hG4bK-ack1"), phone(), now);
+        let out = outputs(&mut ua);
+        assert!(
+            matches!(&out[..], [McpOutput::Start { stream: s, service: Service::Announcement(_), .. }] if *s == stream),
+            "{out:?}"
+        );
+        // The 2xx is no longer retransmitted.
+        ua.handle_timeout(now + Duration::from_secs(1));
+        assert!(sent(&mut ua).iter().all(|m| m.status() != Some(200)));
+        ua.handle_message(request("BYE", &to, 2, "z9hG4bK-bye1"), phone(), now);
+        assert_eq!(sent(&mut ua)[0].status(), Some(200));
+        assert!(matches!(
+            &outputs(&mut ua)[..],
+            [McpOutput::Release { stream: Some(s), reason: "bye", .. }] if *s == stream
+        ));
+        assert_eq!(ua.session_count(), 0);
+    }
+
+    #[test]
+    fn hangup_sends_bye_to_the_contact() {
+        let mut ua = ua(false);
+        let now = Instant::now();
+        let (to, stream) = answered(&mut ua, "annc@mcp;play=tone:440", now);
+        ua.handle_message(request("ACK", &to, 1, "z9hG4bK-ack1"), phone(), now);
+        outputs(&mut ua);
+        ua.handle_command(
+            McpCommand::Hangup {
+                stream,
+                reason: "done".into(),
+            },
+            now,
+        );
+        let t = ua.poll_transmit().expect("BYE");
+        assert_eq!(t.peer, phone());
+        let bye = Message::parse(t.payload).unwrap();
+        assert_eq!(bye.method(), Some(&Method::Bye));
+        assert_eq!(bye.cseq().unwrap().seq, 1);
+        assert!(matches!(&outputs(&mut ua)[..], [McpOutput::Release { .. }]));
+    }
+
+    #[test]
+    fn unanswered_2xx_is_retransmitted_then_the_call_hung_up() {
+        let mut ua = ua(false);
+        let now = Instant::now();
+        answered(&mut ua, "conf=r1@mcp", now);
+        let mut resent = 0;
+        let mut t = now;
+        for _ in 0..200 {
+            t += Duration::from_millis(250);
+            ua.handle_timeout(t);
+            for m in sent(&mut ua) {
+                if m.status() == Some(200) {
+                    resent += 1;
+                }
+                if m.method() == Some(&Method::Bye) {
+                    assert!(resent >= 6, "{resent}");
+                    return;
+                }
+            }
+        }
+        panic!("no BYE after 64*T1 without ACK ({resent} retransmissions)");
+    }
+
+    #[test]
+    fn refusals() {
+        let mut ua = ua(false);
+        let now = Instant::now();
+        ua.handle_message(
+            invite("annc@mcp;play=x.wav", "18", "a=rtpmap:18 G729/8000\r\n"),
+            phone(),
+            now,
+        );
+        let r = sent(&mut ua);
+        assert_eq!(r[0].status(), Some(488), "{r:?}");
+        ua.handle_message(
+            invite("dialog@mcp;voicexml=http://x/a.vxml", "0", ""),
+            phone(),
+            now,
+        );
+        assert_eq!(sent(&mut ua)[0].status(), Some(488));
+        ua.handle_message(invite("someone@mcp", "0", ""), phone(), now);
+        assert_eq!(sent(&mut ua)[0].status(), Some(404));
+        assert!(outputs(&mut ua).is_empty());
+    }
+
+    #[test]
+    fn cancel_before_the_stream_exists_gets_487_and_frees_it_later() {
+        let mut ua = ua(false);
+        let now = Instant::now();
+        ua.handle_message(invite("conf=r1@mcp", "0", ""), phone(), now);
+        let McpOutput::Allocate { session, .. } = outputs(&mut ua)[0].clone() else {
+            panic!()
+        };
+        ua.handle_message(
+            request("CANCEL", "<sip:conf=r1@mcp>", 1, &branch_of("conf=r1@mcp")),
+            phone(),
+            now,
+        );
+        let codes: Vec<_> = sent(&mut ua).iter().filter_map(|m| m.status()).collect();
+        assert!(codes.contains(&200) && codes.contains(&487), "{codes:?}");
+        ua.handle_command(
+            McpCommand::Allocated {
+                session,
+                result: Ok((StreamId(512), "127.0.0.1:20002".parse().unwrap())),
+            },
+            now,
+        );
+        assert!(matches!(
+            &outputs(&mut ua)[..],
+            [McpOutput::Release {
+                stream: Some(StreamId(512)),
+                ..
+            }]
+        ));
+        assert_eq!(ua.session_count(), 0);
+    }
+}
