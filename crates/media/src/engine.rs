@@ -608,7 +608,11 @@ impl Worker {
     }
 
     fn run(mut self) {
-        let mut deadline = Instant::now() + PTIME;
+        // `due`: when the current tick should start. Each tick's lateness (how long after
+        // `due` it started) shifts every packet of the tick alike, so the change of lateness
+        // from one tick to the next is the spacing error of the packets a stream sends.
+        let mut due = Instant::now();
+        let mut last_lateness: Option<Duration> = None;
         loop {
             loop {
                 match self.rx.try_recv() {
@@ -620,19 +624,32 @@ impl Worker {
                     Err(TryRecvError::Empty) => break,
                 }
             }
-            self.tick(deadline);
-            deadline += PTIME;
+            let lateness = Instant::now().saturating_duration_since(due);
+            if !self.streams.is_empty() {
+                metrics::histogram!("media_tick_lateness_seconds").record(lateness.as_secs_f64());
+                if let Some(prev) = last_lateness {
+                    let err = lateness.abs_diff(prev);
+                    metrics::histogram!("media_tick_spacing_error_seconds")
+                        .record(err.as_secs_f64());
+                }
+                last_lateness = Some(lateness);
+            } else {
+                last_lateness = None;
+            }
+            self.tick(due);
+            due += PTIME;
             let now = Instant::now();
-            if now > deadline + Duration::from_millis(100) {
+            if now > due + Duration::from_millis(100) {
                 // Far behind (machine stalled): do not burst; start again from now.
-                let behind = (now - deadline).as_millis() / PTIME.as_millis();
+                let behind = (now - due).as_millis() / PTIME.as_millis();
                 self.stats
                     .skipped_ticks
                     .fetch_add(behind as u64, Ordering::Relaxed);
                 metrics::counter!("media_skipped_ticks_total").increment(behind as u64);
-                deadline = now + PTIME;
+                due = now;
+                last_lateness = None;
             }
-            if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
         }
@@ -777,17 +794,13 @@ impl Worker {
         }
     }
 
-    fn tick(&mut self, deadline: Instant) {
+    /// One tick, due to start at `due`.
+    fn tick(&mut self, due: Instant) {
         let now = Instant::now();
         self.stats.ticks.fetch_add(1, Ordering::Relaxed);
-        // 1. Receive on every stream.
         let keys: usize = self.streams.capacity();
-        for key in 0..keys {
-            if self.streams.contains(key) {
-                self.receive(key, now);
-            }
-        }
-        // 2. Mix the conferences.
+        // 1. Mix the conferences from what the playout rings hold (written by the previous
+        //    ticks' receive; their playout delay absorbs the one-tick lag).
         for conf in self.conferences.values_mut() {
             for slot in conf.slots.iter_mut() {
                 let s = self
@@ -810,7 +823,9 @@ impl Worker {
                 }
             }
         }
-        // 3. Send one frame per stream, then run the recorders' and RTP timeout clocks.
+        // 2. Send one frame per stream first, so that how much arrived (the receive work)
+        //    does not shift the send times: each stream's packets leave at the same offset
+        //    from the tick every 20 ms.
         let mut late = false;
         let mut n = 0u32;
         for key in 0..keys {
@@ -818,11 +833,17 @@ impl Worker {
                 continue;
             }
             if n.is_multiple_of(32) && !late {
-                late = Instant::now().saturating_duration_since(deadline) > self.cfg.late_threshold;
+                late = Instant::now().saturating_duration_since(due) > self.cfg.late_threshold;
             }
             n += 1;
             self.send_frame(key, late);
-            self.clocks(key, now);
+        }
+        // 3. Receive on every stream, then run the recorders' and RTP timeout clocks.
+        for key in 0..keys {
+            if self.streams.contains(key) {
+                self.receive(key, now);
+                self.clocks(key, now);
+            }
         }
         self.flush_counts();
     }

@@ -1245,4 +1245,63 @@ mod tests {
         ));
         assert_eq!(ua.session_count(), 0);
     }
+
+    fn reinvite(to: &str, seq: u32, port: u16, direction: &str) -> Message {
+        let sdp = format!(
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na={direction}\r\n"
+        );
+        let text = format!(
+            "INVITE sip:mcp@{US} SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bK-re{seq}\r\nFrom: <sip:alice@{PHONE}>;tag=a1\r\nTo: {to}\r\nCall-ID: c1\r\nCSeq: {seq} INVITE\r\nContact: <sip:alice@{PHONE}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        Message::parse(Bytes::from(text)).unwrap()
+    }
+
+    #[test]
+    fn reinvite_moves_and_holds_the_stream() {
+        let mut ua = ua(false);
+        let now = Instant::now();
+        let (to, stream) = answered(&mut ua, "conf=r1@mcp", now);
+        ua.handle_message(request("ACK", &to, 1, "z9hG4bK-ack1"), phone(), now);
+        assert_eq!(outputs(&mut ua).len(), 1); // Start
+                                               // Hold: the peer will only send (a=sendonly) from a new port; we keep our port.
+        ua.handle_message(reinvite(&to, 2, 7002, "sendonly"), phone(), now);
+        let msgs = sent(&mut ua);
+        let ok = msgs.iter().find(|m| m.status() == Some(200)).expect("200");
+        let body = std::str::from_utf8(ok.body()).unwrap();
+        assert!(body.contains("m=audio 20000 RTP/AVP 0"), "{body}");
+        assert!(body.contains("a=recvonly"), "{body}");
+        let out = outputs(&mut ua);
+        let [McpOutput::Update { stream: s, setup }] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*s, stream);
+        assert_eq!(setup.remote, Some("127.0.0.1:7002".parse().unwrap()));
+        assert_eq!(setup.codec, MediaCodec::PCMU);
+        assert!(!setup.send && setup.receive);
+        // A second re-INVITE before the ACK of the first: 500 with Retry-After.
+        ua.handle_message(reinvite(&to, 3, 7004, "sendrecv"), phone(), now);
+        assert_eq!(sent(&mut ua)[0].status(), Some(500));
+        ua.handle_message(request("ACK", &to, 2, "z9hG4bK-ack2"), phone(), now);
+        assert!(outputs(&mut ua).is_empty(), "no second Start");
+        // Off hold.
+        ua.handle_message(reinvite(&to, 4, 7002, "sendrecv"), phone(), now);
+        let out = outputs(&mut ua);
+        assert!(
+            matches!(&out[..], [McpOutput::Update { setup, .. }] if setup.send && setup.receive),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn in_dialog_request_for_an_unknown_dialog_gets_481() {
+        let mut ua = ua(false);
+        let now = Instant::now();
+        ua.handle_message(
+            request("BYE", "<sip:mcp@x>;tag=nope", 2, "z9hG4bK-b"),
+            phone(),
+            now,
+        );
+        assert_eq!(sent(&mut ua)[0].status(), Some(481));
+    }
 }
