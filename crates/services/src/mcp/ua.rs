@@ -1304,4 +1304,66 @@ mod tests {
         );
         assert_eq!(sent(&mut ua)[0].status(), Some(481));
     }
+
+    #[test]
+    fn invite_without_sdp_gets_our_offer_and_the_answer_comes_in_the_ack() {
+        let mut ua = ua(false);
+        let now = Instant::now();
+        let text = format!(
+            "INVITE sip:record@mcp SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bK-late\r\nFrom: <sip:alice@{PHONE}>;tag=a1\r\nTo: <sip:record@mcp>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{PHONE}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        ua.handle_message(Message::parse(Bytes::from(text)).unwrap(), phone(), now);
+        let McpOutput::Allocate { session, setup, .. } = outputs(&mut ua)[0].clone() else {
+            panic!()
+        };
+        assert_eq!(setup.remote, None, "nowhere to send before the answer");
+        let stream = StreamId(256);
+        ua.handle_command(
+            McpCommand::Allocated {
+                session,
+                result: Ok((stream, "127.0.0.1:20000".parse().unwrap())),
+            },
+            now,
+        );
+        let ok = sent(&mut ua)
+            .into_iter()
+            .find(|m| m.status() == Some(200))
+            .expect("200");
+        let offer = std::str::from_utf8(ok.body()).unwrap().to_owned();
+        assert!(
+            offer.contains("m=audio 20000 RTP/AVP 0 8 96 101"),
+            "{offer}"
+        );
+        let to = ok.get(HeaderName::To).unwrap().to_owned();
+        let answer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7010 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n";
+        let ack = format!(
+            "ACK sip:mcp@{US} SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bK-lack\r\nFrom: <sip:alice@{PHONE}>;tag=a1\r\nTo: {to}\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        ua.handle_message(Message::parse(Bytes::from(ack)).unwrap(), phone(), now);
+        let out = outputs(&mut ua);
+        let [McpOutput::Update { setup, .. }, McpOutput::Start { .. }] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(setup.codec, MediaCodec::PCMA);
+        assert_eq!(setup.remote, Some("127.0.0.1:7010".parse().unwrap()));
+    }
+
+    #[test]
+    fn drain_refuses_new_calls_and_hangs_up_running_ones() {
+        let mut ua = ua(false);
+        let now = Instant::now();
+        let (to, _) = answered(&mut ua, "conf=r1@mcp", now);
+        ua.handle_message(request("ACK", &to, 1, "z9hG4bK-ack1"), phone(), now);
+        outputs(&mut ua);
+        ua.start_drain(now);
+        let bye = sent(&mut ua);
+        assert!(
+            bye.iter().any(|m| m.method() == Some(&Method::Bye)),
+            "{bye:?}"
+        );
+        assert!(!ua.is_idle(now), "waiting for the BYE's answer");
+        ua.handle_message(invite("conf=r2@mcp", "0", ""), phone(), now);
+        assert_eq!(sent(&mut ua)[0].status(), Some(503));
+    }
 }
