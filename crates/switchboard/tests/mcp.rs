@@ -268,6 +268,36 @@ fn announcement_plays_paced_rtp_then_hangs_up() {
 }
 
 #[test]
+fn announcement_over_tcp_hangs_up_on_the_same_connection() {
+    let Some(m) = mcp("tcp = \"127.0.0.1:0\"\n") else {
+        return;
+    };
+    let tcp = m.sb.addr("mcp_tcp").expect("mcp_tcp in the listening line");
+    let wav = switchboard_media::audio::write_wav(&sine(1000.0, 4000, 8000.0, 0), 8000);
+    std::fs::write(m.media_dir().join("tone.wav"), wav).expect("write wav");
+    let ruri = format!("annc@{tcp};play=file:tone.wav;transport=tcp");
+    let xml = scenario(
+        "mcp_call_wait_bye",
+        &[
+            ("RURI", &ruri),
+            ("SDP_PORT", "[media_port]"),
+            ("PTS", PCMU.0),
+            ("RTPMAPS", PCMU.1),
+        ],
+    );
+    let out = Sipp::scenario(&xml)
+        .remote(tcp)
+        .tcp()
+        .arg("-mp")
+        .arg(&free_udp_port().expect("port").to_string())
+        .timeout(Duration::from_secs(15))
+        .run()
+        .expect("sipp runs");
+    assert!(out.success(), "{}\nmcp:\n{}", out.report(), m.sb.logs());
+    assert_eq!(m.ended_with("service")["end"], "hangup");
+}
+
+#[test]
 fn tts_announcement_is_spoken_by_espeak_ng() {
     if !require_program("espeak-ng") {
         return;
