@@ -2,6 +2,10 @@
 
 use crate::role::{Registry, RoleContext, RoleHandle, RoleKind};
 
+// The process's bus, opened from `[bus]` by the first role that needs it and shared by all
+// (`sip-node` publishes on it, `call-state` consumes from it): take it with
+// `ctx.shared().get_or_init(BusSlot::default).get_or_open(&ctx.config)`.
+use switchboard_services::bus::BusSlot;
 use tokio::sync::Mutex;
 
 /// The SIP edge serves both `sip-proxy` and `registrar` from one core (one set of sockets, one
@@ -47,10 +51,27 @@ async fn start_mcp(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     Ok(handle)
 }
 
+/// `call-state`: folds `events:{tenant}` into call threads; `GET /v1/tenants/{t}/calls[/{id}]`.
+/// Its state is shared as `Arc<switchboard_services::call_state::CallState>`.
+async fn start_call_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let role =
+        switchboard_services::call_state::start(ctx.config.clone(), bus, ctx.drain.clone()).await?;
+    ctx.add_routes(role.router);
+    let state = role.state.clone();
+    ctx.shared().get_or_init(move || state);
+    Ok(RoleHandle::from_task(role.task))
+}
+
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(RoleKind::SipProxy, start_sip_edge);
     r.register(RoleKind::Registrar, start_sip_edge);
     r.register(RoleKind::Mcp, start_mcp);
+    r.register(RoleKind::CallState, start_call_state);
     r
 }

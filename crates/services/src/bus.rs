@@ -1,0 +1,139 @@
+//! The process's one bus, opened from `[bus]` on first use and shared by every role of the
+//! process (`sip-node` publishes on it, `call-state` consumes from it).
+//!
+//! The binary keeps one [`BusSlot`] in its shared state; each role asks it for the bus:
+//!
+//! ```ignore
+//! let slot = ctx.shared().get_or_init(BusSlot::default);
+//! let bus = slot.get_or_open(&ctx.config).await?;
+//! bus.publish(&switchboard_bus::events_stream(tenant), event.to_json().as_bytes()).await?;
+//! ```
+//!
+//! Opening twice would be wrong for the embedded bus (its SQLite file is locked by the first
+//! opener and wakeups are in-process), so the slot opens once and hands out clones of the same
+//! [`SharedBus`].
+
+use std::path::Path;
+
+use switchboard_bus::{BusSpec, SharedBus};
+use switchboard_config::{BusBackend, Config};
+use tokio::sync::OnceCell;
+
+pub use switchboard_bus::{events_stream, Bus, BusError, EntryId};
+
+/// Holds the process's bus once opened. Put one in the roles' shared state.
+#[derive(Default)]
+pub struct BusSlot(OnceCell<SharedBus>);
+
+impl BusSlot {
+    /// The bus, opened from `config` by the first caller; later callers get the same bus
+    /// (whatever config they pass). Concurrent first callers wait for one open.
+    pub async fn get_or_open(&self, config: &Config) -> anyhow::Result<SharedBus> {
+        self.0
+            .get_or_try_init(|| open(config))
+            .await
+            .cloned()
+    }
+
+    /// The bus if some role opened it already.
+    pub fn get(&self) -> Option<SharedBus> {
+        self.0.get().cloned()
+    }
+
+    /// A slot holding `bus` (tests, or a process that opened its bus itself).
+    pub fn with(bus: SharedBus) -> BusSlot {
+        BusSlot(OnceCell::new_with(Some(bus)))
+    }
+}
+
+/// What `[bus]` selects: the embedded bus at `data_dir/bus.path`, or Redis at `bus.redis_url`.
+pub fn spec(config: &Config) -> BusSpec {
+    match config.bus.backend {
+        BusBackend::Embedded => BusSpec::Embedded {
+            path: config.bus_path(),
+        },
+        BusBackend::Redis => BusSpec::Redis {
+            url: config.bus.redis_url.clone(),
+        },
+    }
+}
+
+/// Opens the bus `[bus]` selects, creating the embedded bus's directory when missing.
+pub async fn open(config: &Config) -> anyhow::Result<SharedBus> {
+    let spec = spec(config);
+    if let BusSpec::Embedded { path } = &spec {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_dir(dir).await?;
+        }
+    }
+    let bus = switchboard_bus::open(&spec)
+        .await
+        .map_err(|e| anyhow::anyhow!("bus ({}): {e}", config.bus.backend))?;
+    match &spec {
+        BusSpec::Embedded { path } => {
+            tracing::info!(backend = "embedded", path = %path.display(), "bus open")
+        }
+        BusSpec::Redis { url } => {
+            tracing::info!(backend = "redis", url = %redact(url), "bus open")
+        }
+    }
+    Ok(bus)
+}
+
+async fn create_dir(dir: &Path) -> anyhow::Result<()> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the bus directory {}: {e}", dir.display()))
+}
+
+/// The URL without a password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_follows_the_config() {
+        let mut config = Config::demo();
+        config.data_dir = "/var/lib/sb".into();
+        assert_eq!(
+            spec(&config),
+            BusSpec::Embedded {
+                path: "/var/lib/sb/bus.db".into()
+            }
+        );
+        config.bus.backend = BusBackend::Redis;
+        config.bus.redis_url = "redis://10.0.0.1:6380/2".into();
+        assert_eq!(
+            spec(&config),
+            BusSpec::Redis {
+                url: "redis://10.0.0.1:6380/2".into()
+            }
+        );
+        assert_eq!(redact("redis://user:pw@h:1/"), "redis://***@h:1/");
+        assert_eq!(redact("redis://h:1/"), "redis://h:1/");
+    }
+
+    #[tokio::test]
+    async fn one_bus_per_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::demo();
+        config.data_dir = dir.path().join("nested/data");
+        let slot = BusSlot::default();
+        assert!(slot.get().is_none());
+        let a = slot.get_or_open(&config).await.unwrap();
+        let b = slot.get_or_open(&config).await.unwrap();
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        a.publish("s", b"x").await.unwrap();
+        assert_eq!(b.read_range("s", None, 10).await.unwrap().len(), 1);
+        assert!(slot.get().is_some());
+    }
+}

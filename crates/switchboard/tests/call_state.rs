@@ -1,0 +1,254 @@
+//! The `call-state` role in the real binary: events on the bus (embedded or Redis) come back
+//! over `GET /v1/tenants/{t}/calls`, and survive restarts of the process, SIGKILL included.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use switchboard_bus::{EmbeddedBus, RedisBus, SharedBus};
+use switchboard_events::{CallAttrs, ConnId, Event};
+use switchboard_testkit::{require_program, RedisServer, Switchboard};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+const C1: &str = "00000000000000c1";
+const C2: &str = "00000000000000c2";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn event(kind: fn(CallAttrs) -> Event, conn: &str, dn: &str) -> Event {
+    kind(CallAttrs {
+        tenant: "demo".into(),
+        conn_id: Some(conn.parse::<ConnId>().expect("conn id")),
+        this_dn: dn.into(),
+        other_dn: Some("+15551234567".into()),
+        ts_ms: now_ms(),
+        ..Default::default()
+    })
+}
+
+async fn publish(bus: &SharedBus, events: &[Event]) {
+    for e in events {
+        bus.publish("events:demo", e.to_json().as_bytes())
+            .await
+            .expect("publish");
+    }
+}
+
+/// Publishes on the embedded bus file while no process holds it.
+fn publish_embedded(path: &Path, events: &[Event]) {
+    runtime().block_on(async {
+        let bus: SharedBus = Arc::new(EmbeddedBus::open(path).expect("open the bus file"));
+        publish(&bus, events).await;
+    });
+}
+
+fn start(config: &str) -> Switchboard {
+    Switchboard::builder()
+        .binary(BIN)
+        .config(config)
+        .roles(&["call-state"])
+        .spawn()
+        .expect("switchboard starts")
+}
+
+fn get_json(sb: &Switchboard, path: &str) -> (u16, String, Value) {
+    let r = sb.get(path).expect("GET");
+    let ct = r.header("content-type").unwrap_or("").to_string();
+    let json = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+    (r.status, ct, json)
+}
+
+fn call_state(sb: &Switchboard, conn: &str) -> Option<String> {
+    let (status, _, body) = get_json(sb, &format!("/v1/tenants/demo/calls/{conn}"));
+    (status == 200).then(|| body["state"].as_str().unwrap_or("").to_string())
+}
+
+/// Polls until the call has `state` (the consumer folds asynchronously).
+fn wait_state(sb: &Switchboard, conn: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if call_state(sb, conn).as_deref() == Some(state) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "call {conn} never became {state}; last {:?}; log:\n{}",
+            call_state(sb, conn),
+            sb.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const TENANT: &str = "[[tenants]]\nname = \"demo\"\n";
+
+#[test]
+fn embedded_bus_rebuilds_after_sigkill_and_serves_calls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "data_dir = {:?}\n{TENANT}",
+        dir.path().display().to_string()
+    );
+    let bus_file = dir.path().join("bus.db");
+    // Events published before the process ever ran.
+    publish_embedded(
+        &bus_file,
+        &[
+            event(Event::EventRinging, C1, "1002"),
+            event(Event::EventEstablished, C1, "1002"),
+            event(Event::EventRinging, C2, "1003"),
+        ],
+    );
+
+    let sb = start(&config);
+    // Ready means rebuilt: no polling needed.
+    let (status, ct, body) = get_json(&sb, "/v1/tenants/demo/calls");
+    assert_eq!(status, 200, "{body}");
+    assert!(ct.starts_with("application/json"), "{ct}");
+    assert_eq!(body["tenant"], "demo");
+    assert_eq!(body["active"], 2, "{body}");
+    let calls = body["calls"].as_array().expect("calls");
+    assert_eq!(calls.len(), 2);
+    let (status, _, c1) = get_json(&sb, &format!("/v1/tenants/demo/calls/{C1}"));
+    assert_eq!(status, 200);
+    assert_eq!(c1["conn_id"], C1);
+    assert_eq!(c1["parties"][0]["dn"], "1002");
+    assert_eq!(c1["parties"][0]["state"], "established");
+    assert_eq!(c1["parties"][1]["dn"], "+15551234567");
+    assert_eq!(c1["events"], 2);
+
+    // Errors.
+    for (path, want) in [
+        ("/v1/tenants/nope/calls", 404),
+        ("/v1/tenants/nope/calls/00000000000000c1", 404),
+        ("/v1/tenants/demo/calls/00000000000000ff", 404),
+        ("/v1/tenants/demo/calls/xyz", 400),
+        ("/v1/tenants/demo/calls?state=bogus", 400),
+    ] {
+        let (status, ct, body) = get_json(&sb, path);
+        assert_eq!(status, want, "{path}: {body}");
+        assert_eq!(ct, "application/problem+json", "{path}");
+        assert_eq!(body["status"], want, "{path}");
+    }
+    let metrics = sb.get("/metrics").expect("metrics").body;
+    assert!(
+        metrics.contains("switchboard_call_state_entries_total"),
+        "{metrics}"
+    );
+
+    // SIGKILL: no drain, no snapshot; the bus file's lock goes with the process.
+    drop(sb);
+    publish_embedded(
+        &bus_file,
+        &[
+            event(Event::EventReleased, C1, "1002"),
+            event(Event::EventEstablished, C2, "1003"),
+        ],
+    );
+    let sb = start(&config);
+    assert_eq!(call_state(&sb, C1).as_deref(), Some("released"));
+    let (_, _, c1) = get_json(&sb, &format!("/v1/tenants/demo/calls/{C1}"));
+    assert_eq!(c1["events"], 3, "each event folded once: {c1}");
+    assert!(c1["released_ms"].as_u64().is_some(), "{c1}");
+    let (_, _, c2) = get_json(&sb, &format!("/v1/tenants/demo/calls/{C2}"));
+    assert_eq!(c2["parties"][0]["state"], "established", "{c2}");
+    let (_, _, active) = get_json(&sb, "/v1/tenants/demo/calls?state=active");
+    assert_eq!(active["calls"].as_array().map(Vec::len), Some(1));
+
+    // A graceful stop exits 0 and leaves a snapshot the next start uses.
+    let mut sb = sb;
+    sb.terminate().expect("SIGTERM");
+    let status = sb
+        .wait_exit(Duration::from_secs(15))
+        .expect("wait")
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}: {}", sb.logs());
+    let sb = start(&config);
+    assert!(
+        sb.logs().contains("call-state snapshot loaded"),
+        "{}",
+        sb.logs()
+    );
+    assert_eq!(call_state(&sb, C1).as_deref(), Some("released"));
+    assert_eq!(call_state(&sb, C2).as_deref(), Some("active"));
+}
+
+#[test]
+fn redis_bus_serves_live_events_and_survives_a_restart() {
+    if !require_program("redis-server") {
+        return;
+    }
+    let redis = RedisServer::spawn().expect("redis-server starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "data_dir = {:?}\n[bus]\nbackend = \"redis\"\nredis_url = {:?}\n{TENANT}",
+        dir.path().display().to_string(),
+        redis.url()
+    );
+    let rt = runtime();
+    let bus: SharedBus = Arc::new(
+        rt.block_on(RedisBus::connect(&redis.url()))
+            .expect("connect to redis"),
+    );
+
+    let sb = start(&config);
+    let (status, _, body) = get_json(&sb, "/v1/tenants/demo/calls");
+    assert_eq!(status, 200);
+    assert_eq!(body["calls"].as_array().map(Vec::len), Some(0), "{body}");
+    // Live: published while the process runs, folded within moments.
+    rt.block_on(publish(&bus, &[event(Event::EventRinging, C1, "1002")]));
+    wait_state(&sb, C1, "active");
+    let mut attached = event(Event::EventAttachedDataChanged, C1, "1002");
+    if let Event::EventAttachedDataChanged(a) = &mut attached {
+        a.user_data.insert("account".into(), "4711".into());
+    }
+    rt.block_on(publish(
+        &bus,
+        &[event(Event::EventEstablished, C1, "1002"), attached],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, _, c1) = get_json(&sb, &format!("/v1/tenants/demo/calls/{C1}"));
+        if c1["user_data"]["account"] == "4711" {
+            assert_eq!(c1["parties"][0]["state"], "established", "{c1}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "user data never arrived: {c1}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rt.block_on(publish(&bus, &[event(Event::EventReleased, C1, "1002")]));
+    wait_state(&sb, C1, "released");
+    // The role acknowledged what it folded: nothing pending in its group.
+    let pending = rt
+        .block_on(bus.claim_pending(
+            "events:demo",
+            "call-state",
+            "probe",
+            Duration::from_millis(1),
+            100,
+        ))
+        .expect("claim_pending");
+    assert!(pending.is_empty(), "{pending:?}");
+
+    // Killed, then started again: rebuilt from the Redis stream.
+    drop(sb);
+    rt.block_on(publish(&bus, &[event(Event::EventRinging, C2, "1003")]));
+    let sb = start(&config);
+    assert_eq!(call_state(&sb, C1).as_deref(), Some("released"));
+    assert_eq!(call_state(&sb, C2).as_deref(), Some("active"));
+    let (_, _, c1) = get_json(&sb, &format!("/v1/tenants/demo/calls/{C1}"));
+    assert_eq!(c1["events"], 4, "{c1}");
+}
