@@ -29,10 +29,7 @@ impl BusSlot {
     /// The bus, opened from `config` by the first caller; later callers get the same bus
     /// (whatever config they pass). Concurrent first callers wait for one open.
     pub async fn get_or_open(&self, config: &Config) -> anyhow::Result<SharedBus> {
-        self.0
-            .get_or_try_init(|| open(config))
-            .await
-            .cloned()
+        self.0.get_or_try_init(|| open(config)).await.cloned()
     }
 
     /// The bus if some role opened it already.
