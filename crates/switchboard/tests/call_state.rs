@@ -252,3 +252,34 @@ fn redis_bus_serves_live_events_and_survives_a_restart() {
     let (_, _, c1) = get_json(&sb, &format!("/v1/tenants/demo/calls/{C1}"));
     assert_eq!(c1["events"], 4, "{c1}");
 }
+
+#[test]
+fn unreachable_redis_fails_startup_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!("[bus]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}/\"\n{TENANT}"),
+    )
+    .expect("write config");
+    let started = Instant::now();
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--roles", "call-state", "--http", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(&config)
+        .env_remove("SWITCHBOARD_CONFIG")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bus (redis)") && stderr.contains(&port.to_string()),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
