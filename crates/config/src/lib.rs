@@ -274,6 +274,9 @@ pub struct McpConfig {
     pub rtp_timeout_s: u64,
     /// Longest recording, s. Default 300.
     pub max_record_s: u32,
+    /// `SCHED_FIFO` priority (1..=99) of the media pacing threads; 0 (the default) keeps the
+    /// normal scheduling policy.
+    pub realtime_priority: u8,
 }
 
 impl Default for McpConfig {
@@ -295,6 +298,7 @@ impl Default for McpConfig {
             fetch_timeout_ms: 10_000,
             rtp_timeout_s: 60,
             max_record_s: 300,
+            realtime_priority: 0,
         }
     }
 }
@@ -887,6 +891,13 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
     }
     if m.max_record_s == 0 {
         bad(out, "mcp.max_record_s", "must be at least 1");
+    }
+    if m.realtime_priority > 99 {
+        bad(
+            out,
+            "mcp.realtime_priority",
+            "must be between 0 (off) and 99",
+        );
     }
     if m.fallback_prompt.trim().is_empty() {
         bad(out, "mcp.fallback_prompt", "must not be empty");

@@ -48,6 +48,11 @@ pub struct EngineConfig {
     pub late_threshold: Duration,
     /// Conference playout delay, ms.
     pub playout_delay_ms: u32,
+    /// Run the pacing threads with the real-time `SCHED_FIFO` policy at this priority (1..=99)
+    /// so that other work on the machine does not delay the ticks; `None` keeps the normal
+    /// policy. Where the system refuses (no CAP_SYS_NICE, not Linux), a warning is logged and
+    /// the thread runs normally. The kernel's RT throttling still leaves other threads 5%.
+    pub realtime_priority: Option<u8>,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +65,7 @@ impl Default for EngineConfig {
             rtp_timeout: Some(Duration::from_secs(60)),
             late_threshold: Duration::from_millis(10),
             playout_delay_ms: 60,
+            realtime_priority: None,
         }
     }
 }
@@ -533,6 +539,31 @@ impl Stream {
     }
 }
 
+/// Puts the calling thread under `SCHED_FIFO` at `priority`; logs when that is refused.
+#[cfg(target_os = "linux")]
+fn set_realtime(priority: u8) {
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority.clamp(1, 99)),
+    };
+    // SAFETY: plain FFI call with a valid pointer to an initialised sched_param; pid 0 is the
+    // calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc == 0 {
+        tracing::info!(priority, "media pacing thread runs with SCHED_FIFO");
+    } else {
+        let e = io::Error::last_os_error();
+        tracing::warn!(priority, error = %e, "cannot use SCHED_FIFO for the media pacing thread; running with the normal policy");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_realtime(priority: u8) {
+    tracing::warn!(
+        priority,
+        "real-time scheduling of the media pacing thread is only supported on Linux"
+    );
+}
+
 /// SplitMix64 over the stream id and the clock: SSRC, initial sequence and timestamp.
 fn rand_u64(seed: u64) -> u64 {
     let t = std::time::SystemTime::now()
@@ -608,6 +639,9 @@ impl Worker {
     }
 
     fn run(mut self) {
+        if let Some(priority) = self.cfg.realtime_priority {
+            set_realtime(priority);
+        }
         // `due`: when the current tick should start. Each tick's lateness (how long after
         // `due` it started) shifts every packet of the tick alike, so the change of lateness
         // from one tick to the next is the spacing error of the packets a stream sends.

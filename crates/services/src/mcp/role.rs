@@ -504,6 +504,7 @@ pub async fn start(
         port_max: m.rtp_port_max,
         workers: usize::from(m.workers),
         rtp_timeout: (m.rtp_timeout_s > 0).then(|| Duration::from_secs(m.rtp_timeout_s)),
+        realtime_priority: (m.realtime_priority > 0).then_some(m.realtime_priority),
         ..EngineConfig::default()
     })
     .context("cannot start the media engine")?;
@@ -570,7 +571,7 @@ pub async fn start(
     });
     let task = tokio::spawn(async move {
         let started = Instant::now();
-        Driver::new(ua, sockets, net)
+        Driver::new(ua, sockets, net)?
             .run_controlled(drain, commands_rx, outputs_tx)
             .await;
         // Let the last outputs (releases) reach the engine, then stop the helpers.
