@@ -6,6 +6,7 @@
 //! ```text
 //! cargo bench -p switchboard-media --bench streams                 # 500 streams, 5 s
 //! BENCH_STREAMS=2000 BENCH_SECS=10 cargo bench -p switchboard-media --bench streams
+//! BENCH_REALTIME=10 ...      # the pacing thread under SCHED_FIFO at priority 10
 //! ```
 //!
 //! The peer (a receiving and a sending thread) runs in the same process on the same cores, so
@@ -67,6 +68,7 @@ fn main() {
     let n = env_num("BENCH_STREAMS", if quick { 20 } else { 500 }) as usize;
     let secs = env_num("BENCH_SECS", if quick { 1 } else { 5 });
     let workers = env_num("BENCH_WORKERS", 1) as usize;
+    let realtime = env_num("BENCH_REALTIME", 0).min(99) as u8;
     let base = 30000u16;
     let (engine, _events) = MediaEngine::start(EngineConfig {
         port_min: base,
@@ -75,6 +77,7 @@ fn main() {
             .saturating_add(400),
         workers,
         rtp_timeout: None,
+        realtime_priority: (realtime > 0).then_some(realtime),
         ..EngineConfig::default()
     })
     .expect("engine starts");
@@ -171,7 +174,10 @@ fn main() {
     errors.sort_by(|a, b| a.total_cmp(b));
 
     let cpu_share = cpu / wall;
-    println!("streams                  {n} (workers {workers}, {secs} s measured)");
+    println!(
+        "streams                  {n} (workers {workers}, {secs} s measured, SCHED_FIFO {})",
+        if realtime > 0 { "on" } else { "off" }
+    );
     println!(
         "packets out / in         {} / {} ({} received by the peer; the rest overflowed its socket)",
         stats.packets_out - stats0.packets_out,
