@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 use switchboard_rtp::codec::{g711, l16};
 use switchboard_rtp::dtmf::DtmfDetector;
+use switchboard_rtp::rtcp::NtpTime;
 use switchboard_rtp::telephone_event::DtmfReceiver;
 use switchboard_rtp::tone::{ToneGenerator, ToneSpec};
 use switchboard_rtp::{is_rtcp, Dropped, Latch, RtpReceiver, RtpSender, RtpSession};
@@ -53,6 +54,11 @@ pub struct EngineConfig {
     /// policy. Where the system refuses (no CAP_SYS_NICE, not Linux), a warning is logged and
     /// the thread runs normally. The kernel's RT throttling still leaves other threads 5%.
     pub realtime_priority: Option<u8>,
+    /// Mean interval of each stream's RTCP reports (RFC 3550 §6.2: 5 s; randomised by
+    /// ±50% per stream so that reports do not bunch up).
+    pub rtcp_interval: Duration,
+    /// CNAME in our RTCP reports.
+    pub cname: String,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +72,8 @@ impl Default for EngineConfig {
             late_threshold: Duration::from_millis(10),
             playout_delay_ms: 60,
             realtime_priority: None,
+            rtcp_interval: Duration::from_secs(5),
+            cname: "switchboard-mcp".into(),
         }
     }
 }
@@ -220,6 +228,8 @@ pub struct EngineStats {
     /// Other drops: wrong payload type, source, SSRC, sequence.
     pub dropped_in: AtomicU64,
     pub dtmf: AtomicU64,
+    pub rtcp_in: AtomicU64,
+    pub rtcp_out: AtomicU64,
     pub ticks: AtomicU64,
     /// Ticks skipped because a worker fell more than 100 ms behind.
     pub skipped_ticks: AtomicU64,
@@ -236,6 +246,8 @@ pub struct StatsSnapshot {
     pub malformed_in: u64,
     pub dropped_in: u64,
     pub dtmf: u64,
+    pub rtcp_in: u64,
+    pub rtcp_out: u64,
     pub ticks: u64,
     pub skipped_ticks: u64,
 }
@@ -252,6 +264,8 @@ impl EngineStats {
             malformed_in: l(&self.malformed_in),
             dropped_in: l(&self.dropped_in),
             dtmf: l(&self.dtmf),
+            rtcp_in: l(&self.rtcp_in),
+            rtcp_out: l(&self.rtcp_out),
             ticks: l(&self.ticks),
             skipped_ticks: l(&self.skipped_ticks),
         }
@@ -371,18 +385,19 @@ impl MediaEngine {
         &self,
         params: StreamParams,
     ) -> Result<(StreamId, SocketAddr), EngineError> {
-        let socket = self.bind()?;
+        let (socket, rtcp) = self.bind()?;
         let local = socket.local_addr().map_err(EngineError::Bind)?;
         let seq = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let n = self.inner.workers.len() as u64;
         let worker = params.affinity.unwrap_or(seq) % n;
         let id = (seq << WORKER_BITS) | worker;
-        let stream = Stream::new(id, socket, &params, &self.inner.cfg);
+        let stream = Stream::new(id, socket, rtcp, &params, &self.inner.cfg);
         self.send(id, Command::Add(id, Box::new(stream)))?;
         Ok((StreamId(id), local))
     }
 
-    fn bind(&self) -> Result<UdpSocket, EngineError> {
+    /// Binds an even port for RTP and the odd one above it for RTCP (RFC 3550 §11).
+    fn bind(&self) -> Result<(UdpSocket, UdpSocket), EngineError> {
         let cfg = &self.inner.cfg;
         let (min, max) = (cfg.port_min + (cfg.port_min & 1), cfg.port_max);
         if min > max {
@@ -402,10 +417,15 @@ impl MediaEngine {
             } else {
                 port + 2
             };
-            match UdpSocket::bind(SocketAddr::new(cfg.bind_ip, port)) {
-                Ok(s) => {
-                    s.set_nonblocking(true).map_err(EngineError::Bind)?;
-                    return Ok(s);
+            let pair = UdpSocket::bind(SocketAddr::new(cfg.bind_ip, port)).and_then(|rtp| {
+                let rtcp = UdpSocket::bind(SocketAddr::new(cfg.bind_ip, port.wrapping_add(1)))?;
+                Ok((rtp, rtcp))
+            });
+            match pair {
+                Ok((rtp, rtcp)) => {
+                    rtp.set_nonblocking(true).map_err(EngineError::Bind)?;
+                    rtcp.set_nonblocking(true).map_err(EngineError::Bind)?;
+                    return Ok((rtp, rtcp));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
                 Err(e) => last_err = Some(e),
@@ -473,6 +493,12 @@ impl MediaEngine {
 struct Stream {
     id: u64,
     socket: UdpSocket,
+    rtcp: UdpSocket,
+    /// Where RTCP goes: the source of the peer's RTCP once heard, else the RTP address + 1.
+    rtcp_remote: Option<SocketAddr>,
+    next_report: Instant,
+    /// This stream's report interval (the configured one, randomised once).
+    report_interval: Duration,
     session: RtpSession,
     codec: Codec,
     telephone_event: Option<u8>,
@@ -499,13 +525,27 @@ fn payload_types(p: &StreamParams) -> Vec<u8> {
 }
 
 impl Stream {
-    fn new(id: u64, socket: UdpSocket, p: &StreamParams, _cfg: &EngineConfig) -> Stream {
+    fn new(
+        id: u64,
+        socket: UdpSocket,
+        rtcp: UdpSocket,
+        p: &StreamParams,
+        cfg: &EngineConfig,
+    ) -> Stream {
         let r = rand_u64(id);
+        // 0.5 to 1.5 times the interval (RFC 3550 §6.3.1), fixed per stream.
+        let report_interval = cfg
+            .rtcp_interval
+            .mul_f64(0.5 + (r >> 11) as f64 / (1u64 << 53) as f64);
         let sender = RtpSender::new(r as u32, (r >> 32) as u16, (r >> 48) as u32 * 7919, RATE);
         let receiver = RtpReceiver::new(RATE, &payload_types(p), None, Latch::new(p.remote, 5));
         Stream {
             id,
             socket,
+            rtcp,
+            rtcp_remote: None,
+            next_report: Instant::now() + report_interval,
+            report_interval,
             session: RtpSession::new(sender, receiver),
             codec: p.codec,
             telephone_event: p.telephone_event,
@@ -590,6 +630,30 @@ struct TickCounts {
     malformed_in: u64,
     dropped_in: u64,
     dtmf: u64,
+    rtcp_in: u64,
+    rtcp_out: u64,
+}
+
+/// RTCP sockets are read every this many ticks (0.5 s), staggered over the streams.
+const RTCP_POLL_TICKS: u64 = 25;
+
+fn ntp_now() -> NtpTime {
+    NtpTime::from_unix(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// Where a stream's RTCP goes: the peer's RTCP source once heard, else its RTP address + 1.
+fn rtcp_target(s: &Stream) -> Option<SocketAddr> {
+    s.rtcp_remote.or_else(|| {
+        s.session
+            .receiver
+            .latch()
+            .remote()
+            .map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))
+    })
 }
 
 struct Scratch {
@@ -610,6 +674,7 @@ struct Worker {
     conferences: HashMap<Arc<str>, Conference>,
     scratch: Scratch,
     counts: TickCounts,
+    tick_no: u64,
 }
 
 impl Worker {
@@ -635,6 +700,7 @@ impl Worker {
                 digits: Vec::with_capacity(16),
             },
             counts: TickCounts::default(),
+            tick_no: 0,
         }
     }
 
@@ -811,7 +877,15 @@ impl Worker {
         let Some(key) = self.index.remove(&id) else {
             return;
         };
-        let s = self.streams.remove(key);
+        let mut s = self.streams.remove(key);
+        if let Some(to) = rtcp_target(&s) {
+            let mut buf = [0u8; 256];
+            if let Ok(n) = s.session.write_bye(&self.cfg.cname, None, &mut buf) {
+                if s.rtcp.send_to(&buf[..n], to).is_ok() {
+                    self.counts.rtcp_out += 1;
+                }
+            }
+        }
         self.stats.streams.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("media_streams").decrement(1.0);
         if let Some((play, _)) = s.player {
@@ -872,11 +946,16 @@ impl Worker {
             n += 1;
             self.send_frame(key, late);
         }
-        // 3. Receive on every stream, then run the recorders' and RTP timeout clocks.
+        // 3. Receive on every stream, then run the recorders' and RTP timeout clocks; RTCP
+        //    (reports in and out) for a 25th of the streams.
+        self.tick_no = self.tick_no.wrapping_add(1);
         for key in 0..keys {
             if self.streams.contains(key) {
                 self.receive(key, now);
                 self.clocks(key, now);
+                if (self.tick_no + key as u64).is_multiple_of(RTCP_POLL_TICKS) {
+                    self.rtcp(key, now);
+                }
             }
         }
         self.flush_counts();
@@ -897,6 +976,14 @@ impl Worker {
         add(&st.malformed_in, c.malformed_in);
         add(&st.dropped_in, c.dropped_in);
         add(&st.dtmf, c.dtmf);
+        add(&st.rtcp_in, c.rtcp_in);
+        add(&st.rtcp_out, c.rtcp_out);
+        if c.rtcp_in > 0 {
+            metrics::counter!("rtcp_packets_in_total").increment(c.rtcp_in);
+        }
+        if c.rtcp_out > 0 {
+            metrics::counter!("rtcp_packets_out_total").increment(c.rtcp_out);
+        }
         if c.packets_in > 0 {
             metrics::counter!("rtp_packets_in_total").increment(c.packets_in);
         }
@@ -946,6 +1033,11 @@ impl Worker {
             }
             let data = &scratch.rbuf[..len];
             if is_rtcp(data) {
+                // RTCP multiplexed on the RTP port (RFC 5761).
+                match s.session.handle_rtcp(data, now) {
+                    Ok(_) => counts.rtcp_in += 1,
+                    Err(_) => counts.malformed_in += 1,
+                }
                 continue;
             }
             let r = match s.session.receiver.handle_datagram(data, from, now) {
@@ -1012,6 +1104,61 @@ impl Worker {
                     });
                 }
             }
+        }
+    }
+
+    /// Reads the peer's RTCP and sends our report when it is due.
+    fn rtcp(&mut self, key: usize, now: Instant) {
+        let Worker {
+            streams,
+            scratch,
+            counts,
+            cfg,
+            ..
+        } = self;
+        let Some(s) = streams.get_mut(key) else {
+            return;
+        };
+        for _ in 0..16 {
+            let (len, from) = match s.rtcp.recv_from(&mut scratch.rbuf[..]) {
+                Ok(r) => r,
+                Err(_) => break,
+            };
+            match s.session.handle_rtcp(&scratch.rbuf[..len], now) {
+                Ok(summary) => {
+                    counts.rtcp_in += 1;
+                    s.rtcp_remote = Some(from);
+                    if let Some(r) = summary.report_about_us {
+                        tracing::trace!(
+                            stream = s.id,
+                            lost = r.fraction_lost,
+                            jitter = r.jitter,
+                            "RTCP report about our stream"
+                        );
+                    }
+                }
+                Err(e) => {
+                    counts.malformed_in += 1;
+                    tracing::debug!(stream = s.id, %from, error = ?e, "malformed RTCP dropped");
+                }
+            }
+        }
+        if now < s.next_report {
+            return;
+        }
+        s.next_report = now + s.report_interval;
+        let Some(to) = rtcp_target(s) else {
+            return;
+        };
+        let Ok(n) = s
+            .session
+            .write_report(&cfg.cname, ntp_now(), now, &mut scratch.sbuf[..])
+        else {
+            return;
+        };
+        match s.rtcp.send_to(&scratch.sbuf[..n], to) {
+            Ok(_) => counts.rtcp_out += 1,
+            Err(e) => tracing::trace!(stream = s.id, error = %e, "RTCP send failed"),
         }
     }
 

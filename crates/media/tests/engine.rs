@@ -413,3 +413,82 @@ fn three_party_conference_each_hears_the_others() {
         }
     }
 }
+
+#[test]
+fn rtcp_reports_go_to_the_rtp_port_plus_one_and_bye_ends_the_stream() {
+    use switchboard_rtp::rtcp::{parse_compound, RtcpPacket, RtcpWriter};
+    let base = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(40000)
+        .clamp(20000, 60000);
+    let (engine, _events) = MediaEngine::start(EngineConfig {
+        port_min: base,
+        port_max: base + 400,
+        rtcp_interval: Duration::from_millis(300),
+        ..EngineConfig::default()
+    })
+    .expect("engine starts");
+    // The peer's RTP and RTCP sockets on adjacent ports.
+    let (rtp, rtcp) = (0..50)
+        .find_map(|_| {
+            let rtp = UdpSocket::bind("127.0.0.1:0").ok()?;
+            let port = rtp.local_addr().ok()?.port();
+            let rtcp = UdpSocket::bind(("127.0.0.1", port.checked_add(1)?)).ok()?;
+            Some((rtp, rtcp))
+        })
+        .expect("adjacent ports");
+    rtcp.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let (id, local) = engine
+        .create_stream(StreamParams::new(
+            Some(rtp.local_addr().expect("addr")),
+            Codec::PCMU,
+        ))
+        .expect("stream");
+    let mut buf = [0u8; 1500];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let (n, from) = loop {
+        assert!(Instant::now() < deadline, "no RTCP report");
+        if let Ok(r) = rtcp.recv_from(&mut buf) {
+            break r;
+        }
+    };
+    assert_eq!(
+        from.port(),
+        local.port() + 1,
+        "RTCP comes from the RTP port + 1"
+    );
+    let first = parse_compound(&buf[..n])
+        .next()
+        .expect("a packet")
+        .expect("valid");
+    assert!(
+        matches!(first, RtcpPacket::SenderReport(_)),
+        "we send media, so an SR: {first:?}"
+    );
+    // The peer's receiver report is taken in.
+    let mut rr = [0u8; 64];
+    let len = {
+        let mut w = RtcpWriter::new(&mut rr);
+        w.receiver_report(0x77, &[]).expect("rr");
+        w.finish()
+    };
+    rtcp.send_to(&rr[..len], from).expect("send");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while engine.stats().rtcp_in == 0 {
+        assert!(Instant::now() < deadline, "RTCP from the peer not read");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    engine.remove_stream(id).expect("remove");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        assert!(Instant::now() < deadline, "no RTCP BYE");
+        let Ok((n, _)) = rtcp.recv_from(&mut buf) else {
+            continue;
+        };
+        if parse_compound(&buf[..n]).any(|p| matches!(p, Ok(RtcpPacket::Bye(_)))) {
+            break;
+        }
+    }
+}
