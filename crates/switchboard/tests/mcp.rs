@@ -211,6 +211,7 @@ fn announcement(play: &str, extra_params: &str) -> Option<(Vec<Arrival>, Mcp, Si
             ("SDP_PORT", &port),
             ("PTS", PCMU.0),
             ("RTPMAPS", PCMU.1),
+            ("DURING", ""),
         ],
     );
     thread::sleep(Duration::from_millis(200));
@@ -283,6 +284,7 @@ fn announcement_over_tcp_hangs_up_on_the_same_connection() {
             ("SDP_PORT", "[media_port]"),
             ("PTS", PCMU.0),
             ("RTPMAPS", PCMU.1),
+            ("DURING", ""),
         ],
     );
     let out = Sipp::scenario(&xml)
@@ -403,6 +405,37 @@ fn rfc4733_pcaps_are_detected_exactly() {
     assert!(out.success(), "{}", out.report());
     let call = m.ended_with("digits");
     assert_eq!(call["digits"], "159#", "{call}");
+}
+
+#[test]
+fn recording_ended_by_a_digit_hangs_the_call_up() {
+    let pcap = Path::new(PCAPS).join("dtmf_2833_5.pcap");
+    if !pcap.exists() {
+        eprintln!("SKIPPED: no {}", pcap.display());
+        return;
+    }
+    let Some(m) = mcp("") else { return };
+    let ruri = format!("record@{};dtmfterm", m.addr());
+    let during = pause(300) + &play_pcap(&pcap);
+    let out = sipp(
+        &m,
+        "mcp_call_wait_bye",
+        &[
+            ("RURI", &ruri),
+            ("SDP_PORT", "[media_port]"),
+            ("PTS", PCMA_TE.0),
+            ("RTPMAPS", PCMA_TE.1),
+            ("DURING", &during),
+        ],
+    );
+    assert!(
+        out.success(),
+        "mcp hangs up on the digit:\n{}",
+        out.report()
+    );
+    let call = m.ended_with("recording");
+    assert_eq!(call["digits"], "5", "{call}");
+    assert_eq!(call["end"], "hangup", "{call}");
 }
 
 /// The A-law payloads of an Ethernet/IPv4/UDP/RTP pcap, placed by RTP timestamp.

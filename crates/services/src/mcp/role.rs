@@ -229,13 +229,13 @@ impl Glue {
                     c.conference = Some(id);
                 }
             }
-            Service::Record { max_s } => {
-                let max = max_s.unwrap_or(self.max_record_s).min(self.max_record_s);
+            Service::Record(o) => {
+                let max = o.max_s.unwrap_or(self.max_record_s).min(self.max_record_s);
                 let params = RecordParams {
-                    beep: false,
+                    beep: o.beep,
                     max_time_ms: max.saturating_mul(1000),
-                    final_silence_ms: None,
-                    dtmf_term: false,
+                    final_silence_ms: o.final_silence_ms,
+                    dtmf_term: o.dtmf_term,
                     ..RecordParams::default()
                 };
                 if let Err(e) = self.engine.record(stream, params) {
@@ -335,6 +335,13 @@ impl Glue {
                     }
                 }
                 MediaEventKind::RecordDone(rec) => {
+                    // A recording that ended by itself (max time, silence, DTMF) ends the call.
+                    let running = call
+                        .as_ref()
+                        .is_some_and(|c| c.service == "record" && c.end.is_none());
+                    if running && rec.end != RecordEnd::Stopped {
+                        hangup = Some(format!("recording complete ({:?})", rec.end));
+                    }
                     let name = call
                         .map(|c| recording_name(&c.call_id, stream))
                         .unwrap_or_else(|| format!("{stream}.wav"));

@@ -3,7 +3,9 @@
 //! * `sip:annc@host;play=<url>[;repeat=N][;delay=ms][;duration=ms][;locale=xx]` (RFC 4240):
 //!   play the prompt, then hang up. `repeat=forever` plays until the caller hangs up.
 //! * `sip:conf=<id>@host` (RFC 4240 conference URI convention): join conference `<id>`.
-//! * `sip:record@host[;max=<s>]`: record the caller's audio (until BYE, `max` or `#`).
+//! * `sip:record@host[;max=<s>][;beep][;dtmfterm][;silence=<ms>]`: record the caller's audio
+//!   until BYE or `max` seconds (with a beep first, ended by a DTMF digit, or by `silence` ms
+//!   of silence); a recording that ends by itself hangs the call up.
 //! * `sip:dialog@host;voicexml=<url>` (RFC 5552): hand the call to the VoiceXML dialog runner.
 
 use switchboard_media::prompt::percent_decode;
@@ -24,12 +26,21 @@ pub struct Announcement {
     pub locale: Option<String>,
 }
 
+/// Options of `sip:record@`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordOptions {
+    pub max_s: Option<u32>,
+    pub beep: bool,
+    pub dtmf_term: bool,
+    pub final_silence_ms: Option<u32>,
+}
+
 /// The service a call asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Service {
     Announcement(Announcement),
     Conference(String),
-    Record { max_s: Option<u32> },
+    Record(RecordOptions),
     Dialog { voicexml: String },
 }
 
@@ -39,7 +50,7 @@ impl Service {
         match self {
             Service::Announcement(_) => "annc",
             Service::Conference(_) => "conf",
-            Service::Record { .. } => "record",
+            Service::Record(_) => "record",
             Service::Dialog { .. } => "dialog",
         }
     }
@@ -119,9 +130,12 @@ pub fn parse(uri: &Uri<'_>) -> Result<Service, ServiceError> {
                 locale: u.param("locale").map(percent_decode),
             }))
         }
-        "record" => Ok(Service::Record {
+        "record" => Ok(Service::Record(RecordOptions {
             max_s: number(u, "max", 86_400)?,
-        }),
+            beep: u.params.has("beep"),
+            dtmf_term: u.params.has("dtmfterm"),
+            final_silence_ms: number(u, "silence", 600_000)?,
+        })),
         "dialog" => {
             let voicexml = u
                 .param("voicexml")
@@ -190,8 +204,21 @@ mod tests {
         assert_eq!(p("sip:conf=a%2Fb@mcp").unwrap_err().status, 404);
         assert_eq!(
             p("sip:record@mcp;max=30").unwrap(),
-            Service::Record { max_s: Some(30) }
+            Service::Record(RecordOptions {
+                max_s: Some(30),
+                ..RecordOptions::default()
+            })
         );
+        assert_eq!(
+            p("sip:record@mcp;beep;dtmfterm;silence=3000").unwrap(),
+            Service::Record(RecordOptions {
+                max_s: None,
+                beep: true,
+                dtmf_term: true,
+                final_silence_ms: Some(3000),
+            })
+        );
+        assert_eq!(p("sip:record@mcp;silence=x").unwrap_err().status, 400);
         assert_eq!(
             p("sip:dialog@mcp;voicexml=http://as/app.vxml").unwrap(),
             Service::Dialog {
