@@ -117,6 +117,29 @@ fn sipp(m: &Mcp, name: &str, vars: &[(&str, &str)]) -> SippOutcome {
         .expect("sipp runs")
 }
 
+/// A call from SIPp to `sip:{ruri}` offering `codecs` with audio to `sdp_port`, doing `during`
+/// after the ACK; `scenario` is `mcp_call` (SIPp hangs up) or `mcp_call_wait_bye` (mcp does).
+fn call(
+    m: &Mcp,
+    scenario: &str,
+    ruri: &str,
+    sdp_port: &str,
+    codecs: (&str, &str),
+    during: &str,
+) -> SippOutcome {
+    sipp(
+        m,
+        scenario,
+        &[
+            ("RURI", ruri),
+            ("SDP_PORT", sdp_port),
+            ("PTS", codecs.0),
+            ("RTPMAPS", codecs.1),
+            ("DURING", during),
+        ],
+    )
+}
+
 fn pause(ms: u64) -> String {
     format!("  <pause milliseconds=\"{ms}\"/>\n")
 }
@@ -203,17 +226,7 @@ fn announcement(play: &str, extra_params: &str) -> Option<(Vec<Arrival>, Mcp, Si
     let stop = Arc::new(AtomicBool::new(false));
     let collector = collect_rtp(rtp, stop.clone());
     let ruri = format!("annc@{};play={play}{extra_params}", m.addr());
-    let out = sipp(
-        &m,
-        "mcp_call_wait_bye",
-        &[
-            ("RURI", &ruri),
-            ("SDP_PORT", &port),
-            ("PTS", PCMU.0),
-            ("RTPMAPS", PCMU.1),
-            ("DURING", ""),
-        ],
-    );
+    let out = call(&m, "mcp_call_wait_bye", &ruri, &port, PCMU, "");
     thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::Relaxed);
     let arrivals = collector.join().expect("collector");
@@ -391,17 +404,7 @@ fn rfc4733_pcaps_are_detected_exactly() {
         during += &pause(400);
     }
     let ruri = format!("record@{}", m.addr());
-    let out = sipp(
-        &m,
-        "mcp_call",
-        &[
-            ("RURI", &ruri),
-            ("SDP_PORT", "[media_port]"),
-            ("PTS", PCMA_TE.0),
-            ("RTPMAPS", PCMA_TE.1),
-            ("DURING", &during),
-        ],
-    );
+    let out = call(&m, "mcp_call", &ruri, "[media_port]", PCMA_TE, &during);
     assert!(out.success(), "{}", out.report());
     let call = m.ended_with("digits");
     assert_eq!(call["digits"], "159#", "{call}");
@@ -417,16 +420,13 @@ fn recording_ended_by_a_digit_hangs_the_call_up() {
     let Some(m) = mcp("") else { return };
     let ruri = format!("record@{};dtmfterm", m.addr());
     let during = pause(300) + &play_pcap(&pcap);
-    let out = sipp(
+    let out = call(
         &m,
         "mcp_call_wait_bye",
-        &[
-            ("RURI", &ruri),
-            ("SDP_PORT", "[media_port]"),
-            ("PTS", PCMA_TE.0),
-            ("RTPMAPS", PCMA_TE.1),
-            ("DURING", &during),
-        ],
+        &ruri,
+        "[media_port]",
+        PCMA_TE,
+        &during,
     );
     assert!(
         out.success(),
@@ -477,17 +477,7 @@ fn recording_matches_the_g711a_pcap_sample_for_sample() {
     let ruri = format!("record@{}", m.addr());
     // g711a.pcap lasts 7.05 s.
     let during = play_pcap(&pcap) + &pause(7600);
-    let out = sipp(
-        &m,
-        "mcp_call",
-        &[
-            ("RURI", &ruri),
-            ("SDP_PORT", "[media_port]"),
-            ("PTS", PCMA_TE.0),
-            ("RTPMAPS", PCMA_TE.1),
-            ("DURING", &during),
-        ],
-    );
+    let out = call(&m, "mcp_call", &ruri, "[media_port]", PCMA_TE, &during);
     assert!(out.success(), "{}", out.report());
     let call = m.ended_with("recording");
     let path = call["recording"].as_str().expect("recording path");
@@ -609,17 +599,7 @@ fn inband_dtmf_from_a_sox_wav_is_detected() {
     write_ulaw_pcap(&pcap, audio.samples());
     let ruri = format!("record@{}", m.addr());
     let during = play_pcap(&pcap) + &pause(1200);
-    let out = sipp(
-        &m,
-        "mcp_call",
-        &[
-            ("RURI", &ruri),
-            ("SDP_PORT", "[media_port]"),
-            ("PTS", PCMU.0),
-            ("RTPMAPS", PCMU.1),
-            ("DURING", &during),
-        ],
-    );
+    let out = call(&m, "mcp_call", &ruri, "[media_port]", PCMU, &during);
     assert!(out.success(), "{}", out.report());
     let call = m.ended_with("digits");
     assert_eq!(call["digits"], digits, "{call}");
