@@ -5,7 +5,8 @@
 //! * The consumer (this module): for each configured tenant, reads `events:{tenant}` with the
 //!   consumer group `call-state` and folds every entry in stream order, acknowledging it once
 //!   folded. At start it rebuilds: the last snapshot (kv key `call-state:{tenant}`, written
-//!   every [`Options::snapshot_every`] entries, every 30 s and at drain), then every entry
+//!   every 30 s while entries arrive, after [`Options::snapshot_every`] entries, and at
+//!   drain), then every entry
 //!   after the snapshot's position with `read_range`, then the entries its group had delivered
 //!   but not acknowledged before a crash. The role is started (and `/readyz` can turn ready)
 //!   only once every tenant is rebuilt. Entries at or below the position already folded are
@@ -66,7 +67,8 @@ impl Default for Options {
             .unwrap_or_else(|| "local".to_string());
         Options {
             limits: Limits::default(),
-            snapshot_every: 1000,
+            // A snapshot rewrites the whole book: mostly the 30 s timer decides.
+            snapshot_every: 100_000,
             consumer: format!("{host}-{}", std::process::id()),
         }
     }
@@ -237,7 +239,9 @@ impl CallState {
         }
     }
 
-    fn position(&self, tenant: &str) -> Option<EntryId> {
+    /// The id of the last entry of `tenant`'s stream folded in (`None` before the first, or
+    /// for an unknown tenant): once it reaches an id a publisher got, that event is in.
+    pub fn position(&self, tenant: &str) -> Option<EntryId> {
         self.tenant(tenant).and_then(|t| t.position)
     }
 
