@@ -912,15 +912,17 @@ async fn open_from_spec() {
     assert!(matches!(r, Err(BusError::Backend(_))));
 }
 
-/// The child half of [`embedded_publishes_survive_sigkill`]: when `BUS_SIGKILL_CHILD` names a
-/// bus file, publishes from 8 tasks as fast as it can and prints `ACK <id> <payload>` for every
-/// publish that returned, until it is killed. Run normally, it checks the same loop briefly.
+/// The child half of the SIGKILL tests: when `BUS_SIGKILL_CHILD` names a bus file (or
+/// `BUS_SIGKILL_REDIS` a Redis URL), publishes from 8 tasks as fast as it can and prints
+/// `ACK <id> <payload>` for every publish that returned, until it is killed. Run normally, it
+/// checks the same loop briefly on an embedded bus.
 #[test]
 fn sigkill_child_publisher() {
     let tmp = tempfile::tempdir().unwrap();
+    let redis = std::env::var("BUS_SIGKILL_REDIS").ok();
     let (path, forever) = match std::env::var_os("BUS_SIGKILL_CHILD") {
         Some(p) => (std::path::PathBuf::from(p), true),
-        None => (tmp.path().join("bus.db"), false),
+        None => (tmp.path().join("bus.db"), redis.is_some()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -929,7 +931,10 @@ fn sigkill_child_publisher() {
         .unwrap();
     rt.block_on(async move {
         use std::io::Write;
-        let bus: SharedBus = Arc::new(EmbeddedBus::open(&path).expect("child opens the bus"));
+        let bus: SharedBus = match redis {
+            Some(url) => Arc::new(RedisBus::connect(&url).await.expect("child connects")),
+            None => Arc::new(EmbeddedBus::open(&path).expect("child opens the bus")),
+        };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(EntryId, String)>();
         for t in 0..8 {
             let (bus, tx) = (bus.clone(), tx.clone());
@@ -964,11 +969,10 @@ fn sigkill_child_publisher() {
     });
 }
 
-#[test]
-fn embedded_publishes_survive_sigkill() {
+/// Runs [`sigkill_child_publisher`] in a child process with `env`, SIGKILLs it after 3000
+/// acknowledged publishes, and returns every `(id, payload)` it reported as acknowledged.
+fn publish_until_killed(env: (&str, &std::ffi::OsStr)) -> Vec<(EntryId, String)> {
     use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
     let exe = std::env::current_exe().unwrap();
     let mut child = std::process::Command::new(exe)
         .args([
@@ -977,7 +981,7 @@ fn embedded_publishes_survive_sigkill() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("BUS_SIGKILL_CHILD", &path)
+        .env(env.0, env.1)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -986,58 +990,86 @@ fn embedded_publishes_survive_sigkill() {
     let mut acked: Vec<(EntryId, String)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut lines = std::io::BufReader::new(stdout).lines();
+    let parse = |line: &str| {
+        let (id, payload) = line.strip_prefix("ACK ")?.split_once(' ')?;
+        Some((id.parse().ok()?, payload.to_string()))
+    };
     // Kill it mid-run, after a good number of acknowledged publishes.
     while acked.len() < 3000 && Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
-        if let Some(rest) = line.strip_prefix("ACK ") {
-            let (id, payload) = rest.split_once(' ').expect("ACK <id> <payload>");
-            acked.push((id.parse().expect("an entry id"), payload.to_string()));
+        // The test harness prints its own lines too.
+        if line.starts_with("ACK ") {
+            acked.push(parse(&line).expect("ACK <id> <payload>"));
         }
     }
-    // std's kill is SIGKILL on Unix: no destructor, no flush, no clean close of SQLite.
+    // std's kill is SIGKILL on Unix: no destructor, no flush, no clean close.
     child.kill().expect("SIGKILL the child");
     let status = child.wait().unwrap();
     assert!(!status.success(), "the child was killed: {status:?}");
-    // Read what it printed before dying, too: those were acknowledged as well.
-    for line in lines.map_while(Result::ok) {
-        if let Some((id, payload)) = line.strip_prefix("ACK ").and_then(|r| r.split_once(' ')) {
-            if let Ok(id) = id.parse() {
-                acked.push((id, payload.to_string()));
-            }
-        }
-    }
+    // What it printed before dying was acknowledged as well (a torn last line is not).
+    acked.extend(lines.map_while(Result::ok).filter_map(|l| parse(&l)));
     assert!(
         acked.len() >= 3000,
         "only {} publishes before the deadline",
         acked.len()
     );
+    acked
+}
 
+/// Every acknowledged publish is in the stream, and appends go on after the last id.
+async fn check_acked(bus: &SharedBus, acked: &[(EntryId, String)]) {
+    let mut stored = std::collections::HashMap::new();
+    let mut after = None;
+    loop {
+        let page = bus.read_range("crash", after, 10_000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        for e in page {
+            stored.insert(e.id, String::from_utf8(e.payload).unwrap());
+        }
+    }
+    for (id, payload) in acked {
+        assert_eq!(
+            stored.get(id),
+            Some(payload),
+            "acknowledged publish {id} ({payload}) lost after SIGKILL"
+        );
+    }
+    assert!(stored.len() >= acked.len());
+    let max = stored.keys().max().copied().unwrap();
+    assert!(bus.publish("crash", b"after").await.unwrap() > max);
+}
+
+#[test]
+fn embedded_publishes_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.db");
+    let acked = publish_until_killed(("BUS_SIGKILL_CHILD", path.as_os_str()));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let bus = EmbeddedBus::open(&path).expect("reopen after SIGKILL");
-        let mut stored = std::collections::HashMap::new();
-        let mut after = None;
-        loop {
-            let page = bus.read_range("crash", after, 10_000).await.unwrap();
-            let Some(last) = page.last() else { break };
-            after = Some(last.id);
-            for e in page {
-                stored.insert(e.id, String::from_utf8(e.payload).unwrap());
-            }
-        }
-        for (id, payload) in &acked {
-            assert_eq!(
-                stored.get(id),
-                Some(payload),
-                "acknowledged publish {id} ({payload}) lost after SIGKILL"
-            );
-        }
-        assert!(stored.len() >= acked.len());
-        // The bus is usable after the crash: appends continue after the last id.
-        let max = stored.keys().max().copied().unwrap();
-        assert!(bus.publish("crash", b"after").await.unwrap() > max);
+        // The lock went with the killed process; the file opens and holds every entry.
+        let bus: SharedBus = Arc::new(EmbeddedBus::open(&path).expect("reopen after SIGKILL"));
+        check_acked(&bus, &acked).await;
+    });
+}
+
+#[test]
+fn redis_publishes_survive_a_killed_publisher() {
+    if !require_program("redis-server") {
+        return;
+    }
+    let server = RedisServer::spawn().expect("redis-server starts");
+    let url = server.url();
+    let acked = publish_until_killed(("BUS_SIGKILL_REDIS", std::ffi::OsStr::new(&url)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let bus: SharedBus = Arc::new(RedisBus::connect(&url).await.expect("connect"));
+        check_acked(&bus, &acked).await;
     });
 }

@@ -812,6 +812,75 @@ mod tests {
         assert_eq!(book.active(), 3);
     }
 
+    /// A consult transfer, a route point, attached data, a conference party and releases:
+    /// most transitions in one sequence.
+    fn busy_day() -> Vec<Event> {
+        let c3 = ConnId(3);
+        let mut ud = attrs(C1, "1002", Some("+1555"), 3);
+        ud.user_data.insert("k".into(), serde_json::json!(1));
+        let mut added = attrs(C1, "1002", Some("+1555"), 4);
+        added.third_party_dn = Some("1004".into());
+        let mut deleted = attrs(C1, "1002", Some("+1555"), 5);
+        deleted.third_party_dn = Some("1004".into());
+        let mut changed = attrs(C1, "1003", Some("+1555"), 9);
+        changed.previous_conn_id = Some(C2);
+        vec![
+            Event::EventRouteRequest(attrs(c3, "5000", Some("+1666"), 1)),
+            Event::EventRinging(attrs(C1, "1002", Some("+1555"), 1)),
+            Event::EventEstablished(attrs(C1, "1002", Some("+1555"), 2)),
+            Event::EventAttachedDataChanged(ud),
+            Event::EventPartyAdded(added),
+            Event::EventPartyDeleted(deleted),
+            Event::EventDiverted(attrs(c3, "5000", Some("+1666"), 5)),
+            Event::EventRinging(attrs(c3, "1005", Some("+1666"), 6)),
+            Event::EventHeld(attrs(C1, "1002", Some("+1555"), 6)),
+            Event::EventDialing(attrs(C2, "1002", Some("1003"), 7)),
+            Event::EventRinging(attrs(C2, "1003", Some("1002"), 7)),
+            Event::EventEstablished(attrs(C2, "1003", Some("1002"), 8)),
+            Event::EventReleased(attrs(C2, "1002", Some("1003"), 9)),
+            Event::EventReleased(attrs(C1, "1002", Some("+1555"), 9)),
+            Event::EventPartyChanged(changed),
+            Event::EventAbandoned(attrs(c3, "1005", Some("+1666"), 10)),
+            Event::EventReleased(attrs(C1, "1003", Some("+1555"), 11)),
+        ]
+    }
+
+    fn same(a: &CallBook, b: &CallBook) {
+        assert_eq!(a.calls(), b.calls());
+        assert_eq!(a.active(), b.active());
+        assert_eq!(a.len(), b.len());
+    }
+
+    #[test]
+    fn rebuild_from_any_snapshot_equals_folding_everything() {
+        let events = busy_day();
+        let limits = Limits {
+            released_ttl_ms: 5,
+            max_released: 2,
+            max_calls: 100,
+        };
+        let mut whole = CallBook::new(limits);
+        for e in &events {
+            whole.apply(e);
+        }
+        assert_eq!(whole.active(), 0);
+        for k in 0..=events.len() {
+            let mut first = CallBook::new(limits);
+            for e in &events[..k] {
+                first.apply(e);
+            }
+            // Through JSON, as the role stores it.
+            let json = serde_json::to_vec(&first.calls()).unwrap();
+            let calls: Vec<Call> = serde_json::from_slice(&json).unwrap();
+            let mut rebuilt = CallBook::from_calls(limits, calls);
+            same(&first, &rebuilt);
+            for e in &events[k..] {
+                rebuilt.apply(e);
+            }
+            same(&whole, &rebuilt);
+        }
+    }
+
     #[test]
     fn snapshot_round_trip() {
         let mut book = CallBook::new(Limits::default());
