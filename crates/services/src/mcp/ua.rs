@@ -1366,4 +1366,143 @@ mod tests {
         ua.handle_message(invite("conf=r2@mcp", "0", ""), phone(), now);
         assert_eq!(sent(&mut ua)[0].status(), Some(503));
     }
+
+    /// Bad input never takes the core down: mutated INVITE/ACK/BYE/CANCEL/re-INVITE bytes,
+    /// interleaved with stream allocations, hangups and timer runs, in a fixed pseudo-random
+    /// order. Nothing may panic, and every session ends once the timers have run out.
+    #[test]
+    fn mutated_messages_and_commands_never_panic() {
+        let mut ua = ua(false);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let fixed: Vec<Vec<u8>> = vec![
+            invite(
+                "annc@mcp;play=tone:440",
+                "0 8 101",
+                "a=rtpmap:101 telephone-event/8000\r\n",
+            )
+            .as_bytes()
+            .to_vec(),
+            invite("conf=r@mcp", "8", "").as_bytes().to_vec(),
+            request("CANCEL", "<sip:conf=r@mcp>", 1, &branch_of("conf=r@mcp"))
+                .as_bytes()
+                .to_vec(),
+        ];
+        // In-dialog requests use the To (with our tag) of the latest 200 OK we sent.
+        let mut to = "<sip:annc@mcp>;tag=zz".to_string();
+        let (mut starts, mut oks, mut byes) = (0, 0, 0);
+        let mut seq = 1u32;
+        let mut streams = 0u64;
+        for _ in 0..20_000 {
+            match rnd() % 10 {
+                0..=5 => {
+                    seq += 1;
+                    let mut m = match rnd() % 6 {
+                        0..=2 => fixed[(rnd() % fixed.len() as u64) as usize].clone(),
+                        3 => request("ACK", &to, 1, "z9hG4bK-a").as_bytes().to_vec(),
+                        4 => request("BYE", &to, seq, "z9hG4bK-b").as_bytes().to_vec(),
+                        _ => reinvite(&to, seq, 7002, "sendonly").as_bytes().to_vec(),
+                    };
+                    for _ in 0..(rnd() % 4).saturating_sub(1) {
+                        let i = (rnd() % m.len() as u64) as usize;
+                        match rnd() % 3 {
+                            0 => m[i] = rnd() as u8,
+                            1 => {
+                                m.remove(i);
+                            }
+                            _ => m.insert(i, b"\r\n:;<>@=0 "[(rnd() % 10) as usize]),
+                        }
+                    }
+                    if let Ok(msg) = Message::parse(Bytes::from(m)) {
+                        ua.handle_message(msg, phone(), now);
+                    }
+                }
+                6 | 7 => {
+                    // Mostly the latest calls, sometimes one long gone or never offered.
+                    let session = ua.next_session.saturating_sub(1 + rnd() % 4);
+                    streams += 1;
+                    let result = if rnd() % 5 == 0 {
+                        Err("no port".to_string())
+                    } else {
+                        Ok((StreamId(streams << 8), "127.0.0.1:20000".parse().unwrap()))
+                    };
+                    ua.handle_command(McpCommand::Allocated { session, result }, now);
+                }
+                8 => ua.handle_command(
+                    McpCommand::Hangup {
+                        stream: StreamId((rnd() % (streams + 1)) << 8),
+                        reason: "test".into(),
+                    },
+                    now,
+                ),
+                _ => {
+                    now += Duration::from_millis(rnd() % 3000);
+                    ua.handle_timeout(now);
+                }
+            }
+            while let Some(t) = ua.poll_transmit() {
+                if let Ok(m) = Message::parse(t.payload) {
+                    if m.status() == Some(200) && m.cseq().is_ok_and(|c| c.method == Method::Invite)
+                    {
+                        oks += 1;
+                        if let Some(v) = m.get(HeaderName::To) {
+                            to = v.to_owned();
+                        }
+                    }
+                    if m.method() == Some(&Method::Bye) {
+                        byes += 1;
+                    }
+                }
+            }
+            while let Some(o) = ua.poll_output() {
+                if matches!(o, McpOutput::Start { .. }) {
+                    starts += 1;
+                }
+            }
+        }
+        eprintln!("exercised: {oks} 200s, {starts} starts, {byes} BYEs");
+        assert!(
+            oks > 50 && starts > 10 && byes > 5,
+            "exercised: {oks} 200s, {starts} starts, {byes} BYEs"
+        );
+        // Whatever was left half-open: answered calls time out without ACK, pending
+        // allocations are freed, BYEs time out.
+        for _ in 0..8 {
+            ua.handle_command(
+                McpCommand::Allocated {
+                    session: rnd() % 8,
+                    result: Err("late".into()),
+                },
+                now,
+            );
+        }
+        for s in 0..ua.next_session {
+            ua.handle_command(
+                McpCommand::Allocated {
+                    session: s,
+                    result: Err("drain".into()),
+                },
+                now,
+            );
+        }
+        for _ in 0..200 {
+            now += Duration::from_secs(1);
+            ua.handle_timeout(now);
+            while ua.poll_transmit().is_some() {}
+            while ua.poll_output().is_some() {}
+        }
+        let stuck: Vec<_> = ua
+            .sessions
+            .iter()
+            .map(|(id, s)| (*id, format!("{:?}", s.phase)))
+            .collect();
+        assert!(stuck.is_empty(), "sessions left: {stuck:?}");
+    }
 }
