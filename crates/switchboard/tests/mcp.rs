@@ -140,6 +140,15 @@ fn call(
     )
 }
 
+/// The pcaps come with SIPp (package `sip-tester`), which `mcp()` required.
+fn require_pcap(path: &Path) {
+    assert!(
+        path.exists(),
+        "{} is missing although sipp is installed (package sip-tester ships it)",
+        path.display()
+    );
+}
+
 fn pause(ms: u64) -> String {
     format!("  <pause milliseconds=\"{ms}\"/>\n")
 }
@@ -393,11 +402,8 @@ fn refusals_no_common_codec_no_dialog_runner_unknown_service() {
 
 #[test]
 fn rfc4733_pcaps_are_detected_exactly() {
-    if !Path::new(PCAPS).join("dtmf_2833_1.pcap").exists() {
-        eprintln!("SKIPPED: {PCAPS} has no DTMF pcaps");
-        return;
-    }
     let Some(m) = mcp("") else { return };
+    require_pcap(&Path::new(PCAPS).join("dtmf_2833_1.pcap"));
     let mut during = String::new();
     for d in ["1", "5", "9", "pound"] {
         during += &play_pcap(&Path::new(PCAPS).join(format!("dtmf_2833_{d}.pcap")));
@@ -413,11 +419,8 @@ fn rfc4733_pcaps_are_detected_exactly() {
 #[test]
 fn recording_ended_by_a_digit_hangs_the_call_up() {
     let pcap = Path::new(PCAPS).join("dtmf_2833_5.pcap");
-    if !pcap.exists() {
-        eprintln!("SKIPPED: no {}", pcap.display());
-        return;
-    }
     let Some(m) = mcp("") else { return };
+    require_pcap(&pcap);
     let ruri = format!("record@{};dtmfterm", m.addr());
     let during = pause(300) + &play_pcap(&pcap);
     let out = call(
@@ -469,11 +472,8 @@ fn pcap_alaw_samples(path: &Path) -> Vec<i16> {
 #[test]
 fn recording_matches_the_g711a_pcap_sample_for_sample() {
     let pcap = Path::new(PCAPS).join("g711a.pcap");
-    if !pcap.exists() {
-        eprintln!("SKIPPED: no {}", pcap.display());
-        return;
-    }
     let Some(m) = mcp("") else { return };
+    require_pcap(&pcap);
     let ruri = format!("record@{}", m.addr());
     // g711a.pcap lasts 7.05 s.
     let during = play_pcap(&pcap) + &pause(7600);
