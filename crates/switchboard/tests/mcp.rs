@@ -258,17 +258,24 @@ fn announcement_plays_paced_rtp_then_hangs_up() {
     for w in loud.windows(2) {
         assert_eq!(w[1].seq, w[0].seq.wrapping_add(1), "no gap in the sequence");
     }
+    // Paced, not burst: 99 intervals of 20 ms. Loose bounds (a loaded CI machine delays the
+    // receiving test thread too); the precise figures come from bench/mcp-announcements.
     let span = loud[99].at - loud[0].at;
     assert!(
-        span > Duration::from_millis(1800) && span < Duration::from_millis(2400),
+        span > Duration::from_millis(1800) && span < Duration::from_millis(3000),
         "99 intervals of 20 ms: {span:?}"
     );
-    let max_gap = loud
-        .windows(2)
-        .map(|w| w[1].at - w[0].at)
-        .max()
-        .unwrap_or_default();
-    assert!(max_gap < Duration::from_millis(100), "max gap {max_gap:?}");
+    let mut gaps: Vec<Duration> = loud.windows(2).map(|w| w[1].at - w[0].at).collect();
+    gaps.sort();
+    let median = gaps[gaps.len() / 2];
+    assert!(
+        median > Duration::from_millis(12) && median < Duration::from_millis(28),
+        "median spacing {median:?}"
+    );
+    assert!(
+        gaps[gaps.len() - 1] < Duration::from_millis(300),
+        "max gap {gaps:?}"
+    );
     let calls = m.calls();
     assert_eq!(calls["ended"][0]["service"], "annc", "{calls}");
     assert_eq!(calls["ended"][0]["fallback"], false, "{calls}");
