@@ -633,7 +633,7 @@ fn three_party_conference_each_hears_the_others_and_mute_works() {
                     ("SDP_PORT", &port),
                     ("PTS", PCMU.0),
                     ("RTPMAPS", PCMU.1),
-                    ("DURING", &pause(3500)),
+                    ("DURING", &pause(4500)),
                 ],
             );
             let remote = m.addr();
@@ -715,6 +715,44 @@ fn three_party_conference_each_hears_the_others_and_mute_works() {
             thread::sleep(w);
         }
     }
+    // Supervisor modes through REST (the mixing itself is covered by the media engine's tests).
+    let conf: serde_json::Value =
+        serde_json::from_str(&m.sb.get("/v1/conferences/room1").expect("GET").body).expect("json");
+    let ids: Vec<String> = conf["participants"]
+        .as_array()
+        .expect("participants")
+        .iter()
+        .map(|p| p["call_id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3, "{conf}");
+    let mode = |who: &str, body: &str| {
+        http_request(
+            m.sb.http_addr(),
+            "POST",
+            &format!("/v1/conferences/room1/participants/{who}/mode"),
+            Some(body),
+        )
+        .expect("POST mode")
+    };
+    let r = mode(
+        &ids[1],
+        &format!(r#"{{"mode":"whisper","to":"{}"}}"#, ids[2]),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    for (body, status) in [
+        ("not json", 400),
+        (r#"{"mode":"whisper"}"#, 400),
+        (r#"{"mode":"whisper","to":"nobody"}"#, 404),
+        (r#"{"mode":"shout"}"#, 400),
+    ] {
+        let r = mode(&ids[2], body);
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    }
+    assert_eq!(mode("nobody", r#"{"mode":"listen"}"#).status, 404);
+    let conf = m.sb.get("/v1/conferences/room1").expect("GET").body;
+    assert!(conf.contains(r#""mode":"whisper""#), "{conf}");
+    assert_eq!(m.sb.get("/v1/conferences/nosuch").expect("GET").status, 404);
     for c in callers {
         let out = c.join().expect("sipp thread");
         assert!(out.success(), "{}", out.report());

@@ -1,7 +1,10 @@
 //! Async glue of the media server: binds the SIP sockets, starts the media engine and the
 //! prompt cache, runs the UA core on the `sip-net` driver, and turns the core's outputs and the
 //! engine's events into each other. REST: `GET /v1/mcp/calls`, `GET /v1/conferences/{id}`,
-//! `POST /v1/conferences/{id}/participants/{call_id}/mute` (and `/unmute`).
+//! `POST /v1/conferences/{id}/participants/{call_id}/mute` (and `/unmute`), and
+//! `POST /v1/conferences/{id}/participants/{call_id}/mode` with `{"mode": "normal" | "muted" |
+//! "listen" | "whisper", "to": "<call-id>"}` for supervisors (listen: hears everyone, heard by
+//! nobody; whisper: heard only by the participant `to`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -54,6 +57,8 @@ struct CallInfo {
     service: &'static str,
     conference: Option<String>,
     muted: bool,
+    /// Conference mode: `normal`, `muted`, `listen` or `whisper`.
+    mode: String,
     digits: String,
     recording: Option<String>,
     /// Set when the prompt could not be loaded and the fallback played instead.
@@ -208,6 +213,7 @@ impl Glue {
             service: service.kind(),
             conference: None,
             muted: false,
+            mode: "normal".to_owned(),
             digits: String::new(),
             recording: None,
             fallback: false,
@@ -438,7 +444,7 @@ async fn get_conference(State(glue): State<Arc<Glue>>, Path(id): Path<String>) -
     members.sort_by_key(|c| c.session);
     let participants: Vec<_> = members
         .iter()
-        .map(|c| json!({ "call_id": c.call_id, "caller": c.caller, "muted": c.muted }))
+        .map(|c| json!({ "call_id": c.call_id, "caller": c.caller, "muted": c.muted, "mode": c.mode }))
         .collect();
     Json(json!({ "id": id, "participants": participants })).into_response()
 }
@@ -457,6 +463,7 @@ async fn set_mute(glue: Arc<Glue>, id: String, call_id: String, muted: bool) -> 
             return problem(StatusCode::NOT_FOUND, "no such participant");
         };
         c.muted = muted;
+        c.mode = if muted { "muted" } else { "normal" }.to_owned();
         c.stream
     };
     let mode = if muted {
@@ -469,6 +476,69 @@ async fn set_mute(glue: Arc<Glue>, id: String, call_id: String, muted: bool) -> 
     }
     tracing::info!(conference = %id, %call_id, muted, "participant mode changed");
     Json(json!({ "call_id": call_id, "muted": muted })).into_response()
+}
+
+/// `POST .../participants/{call_id}/mode`.
+async fn set_mode(
+    State(glue): State<Arc<Glue>>,
+    Path((id, call_id)): Path<(String, String)>,
+    body: String,
+) -> Response {
+    if !valid_conference_id(&id) {
+        return problem(StatusCode::BAD_REQUEST, "bad conference id");
+    }
+    let v: serde_json::Value = match serde_json::from_str(&body) {
+        Ok(v) => v,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &format!("body is not JSON: {e}")),
+    };
+    let mode_name = v["mode"].as_str().unwrap_or("");
+    let to = v["to"].as_str();
+    let (stream, mode) = {
+        let mut calls = glue.calls();
+        let in_conf = |c: &CallInfo, who: &str| {
+            c.conference.as_deref() == Some(id.as_str()) && c.call_id == who
+        };
+        let target = match (mode_name, to) {
+            ("whisper", Some(to)) if to != call_id => {
+                match calls.active.values().find(|c| in_conf(c, to)) {
+                    Some(c) => Some(c.stream),
+                    None => {
+                        return problem(StatusCode::NOT_FOUND, "no such participant to whisper to")
+                    }
+                }
+            }
+            ("whisper", _) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "whisper needs \"to\": the call id of another participant",
+                )
+            }
+            _ => None,
+        };
+        let mode = match (mode_name, target) {
+            ("normal", _) => ParticipantMode::Normal,
+            ("muted", _) => ParticipantMode::Muted,
+            ("listen", _) => ParticipantMode::Listen,
+            ("whisper", Some(t)) => ParticipantMode::Whisper { to: t.0 },
+            _ => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "mode must be \"normal\", \"muted\", \"listen\" or \"whisper\"",
+                )
+            }
+        };
+        let Some(c) = calls.active.values_mut().find(|c| in_conf(c, &call_id)) else {
+            return problem(StatusCode::NOT_FOUND, "no such participant");
+        };
+        c.muted = !mode.is_heard();
+        c.mode = mode_name.to_owned();
+        (c.stream, mode)
+    };
+    if let Err(e) = glue.engine.set_mode(stream, mode) {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    }
+    tracing::info!(conference = %id, %call_id, mode = mode_name, "participant mode changed");
+    Json(json!({ "call_id": call_id, "mode": mode_name })).into_response()
 }
 
 async fn mute(
@@ -560,6 +630,10 @@ pub async fn start(
         .route(
             "/v1/conferences/{id}/participants/{call_id}/unmute",
             post(unmute),
+        )
+        .route(
+            "/v1/conferences/{id}/participants/{call_id}/mode",
+            post(set_mode),
         )
         .with_state(glue.clone());
     tracing::info!(?udp, ?tcp, rtp_ip = %m.rtp_ip, rtp_ports = %format!("{}-{}", m.rtp_port_min, m.rtp_port_max), "media server listening");
