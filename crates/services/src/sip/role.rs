@@ -133,10 +133,14 @@ pub async fn start(cfg: Arc<Config>, drain: CancellationToken) -> anyhow::Result
     tracing::info!(?udp, ?tcp, "SIP edge (proxy + registrar) listening");
     let (control, commands) = tokio::sync::mpsc::channel(16);
     let (outputs, _) = tokio::sync::mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        Driver::new(edge, sockets, net)
+    let driver = switchboard_sip_net::spawn_on_own_thread("sip-edge", move || async move {
+        Driver::new(edge, sockets, net)?
             .run_controlled(drain, commands, outputs)
             .await;
+        Ok::<_, std::io::Error>(())
+    })?;
+    let task = tokio::spawn(async move {
+        driver.await??;
         Ok(())
     });
     Ok(EdgeRunning {
