@@ -172,7 +172,7 @@ pub fn run_file(dir: &Path, file: &str, opts: &RunOptions) -> Verdict {
         Ok(d) => d,
         Err(e) => return Verdict::Fail(format!("load error: {e}")),
     };
-    let mut session = match Session::new(doc.clone(), env.clone(), "s1") {
+    let mut session = match Session::new(doc, env.clone(), "s1") {
         Ok(s) => s,
         Err(e) => return Verdict::Fail(format!("session: {e}")),
     };
@@ -193,7 +193,9 @@ pub fn run_file(dir: &Path, file: &str, opts: &RunOptions) -> Verdict {
                     Err(e) => return Verdict::Fail(format!("snapshot: {e}")),
                 };
                 SNAPSHOTS.with(|c| c.set(c.get() + 1));
-                session = match Session::restore_with_document(&bytes, env.clone(), doc.clone()) {
+                // From the self-contained bytes alone (the document is parsed again), as
+                // another process taking the session over would.
+                session = match Session::restore(&bytes, env.clone()) {
                     Ok(s) => s,
                     Err(e) => return Verdict::Fail(format!("restore: {e}")),
                 };
