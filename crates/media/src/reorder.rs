@@ -175,7 +175,11 @@ mod tests {
             r.push(1, s, s as u32 * 160, &[1; 160]);
             out.extend(drain(&mut r, false));
         }
-        assert_eq!(out.len(), 10, "in order: out as they come, once 60 ms are in");
+        assert_eq!(
+            out.len(),
+            10,
+            "in order: out as they come, once 60 ms are in"
+        );
         let mut out = Vec::new();
         for s in 0..10u16 {
             r.push(1, s, s as u32 * 160, &[3; 160]);
