@@ -707,3 +707,111 @@ fn inband_dtmf_from_reordered_packets() {
     }
     assert_eq!(digits, "2580");
 }
+
+/// 20 ms of 16 kHz audio for frame `frame` of what the G.722 party says: 1 kHz for 0.8 s, then
+/// DTMF 7 and 3 (100 ms each, 100 ms apart), then silence.
+fn wideband_talk(frame: u32, dtmf: &mut ToneGenerator, second: &mut ToneGenerator) -> Vec<i16> {
+    let mut out = vec![0i16; 320];
+    if frame < 40 {
+        for (k, o) in out.iter_mut().enumerate() {
+            let t = (frame as usize * 320 + k) as f64 / 16000.0;
+            *o = ((2.0 * std::f64::consts::PI * 1000.0 * t).sin() * 6000.0) as i16;
+        }
+    } else if !dtmf.is_done() {
+        dtmf.fill(&mut out);
+    } else {
+        second.fill(&mut out);
+    }
+    out
+}
+
+#[test]
+fn g722_and_pcmu_parties_hear_each_other_and_g722_dtmf_is_detected() {
+    let (engine, mut events) = engine();
+    let (a, b) = (peer(), peer());
+    let mut pa = StreamParams::new(Some(a.local_addr().expect("addr")), Codec::G722);
+    pa.affinity = Some(7);
+    pa.inband_dtmf = true;
+    let mut pb = StreamParams::new(Some(b.local_addr().expect("addr")), Codec::PCMU);
+    pb.affinity = Some(7);
+    let (ida, la) = engine.create_stream(pa).expect("stream");
+    let (idb, lb) = engine.create_stream(pb).expect("stream");
+    for id in [ida, idb] {
+        engine
+            .join(id, "wb", ParticipantMode::Normal)
+            .expect("join");
+    }
+    a.set_nonblocking(true).expect("nonblocking");
+    b.set_nonblocking(true).expect("nonblocking");
+    let spec = |d| ToneSpec::dtmf(d, 100, 100).expect("digit");
+    let (mut d7, mut d3) = (
+        ToneGenerator::new(spec('7'), 16000),
+        ToneGenerator::new(spec('3'), 16000),
+    );
+    let mut enc = switchboard_rtp::codec::g722::G722Encoder::new();
+    let mut dec = switchboard_rtp::codec::g722::G722Decoder::new();
+    let (mut ta, mut tb) = (Sender::new(1), Sender::new(2));
+    // What each party heard in the middle of the 1 kHz talk (0.3 to 0.7 s).
+    let (mut heard_a, mut heard_b) = (Vec::new(), Vec::new());
+    let mut buf = [0u8; 1500];
+    let start = Instant::now();
+    for frame in 0..75u32 {
+        let mut payload = [0u8; 160];
+        enc.encode(&wideband_talk(frame, &mut d7, &mut d3), &mut payload);
+        ta.audio(&a, la, 9, &payload);
+        let narrow: Vec<i16> = (0..160)
+            .map(|k| {
+                let t = (frame * 160 + k) as f64 / 8000.0;
+                ((2.0 * std::f64::consts::PI * 500.0 * t).sin() * 6000.0) as i16
+            })
+            .collect();
+        g711::encode_ulaw(&narrow, &mut payload);
+        tb.audio(&b, lb, 0, &payload);
+        let keep = (15..35).contains(&frame);
+        let until = start + Duration::from_millis(20 * (frame as u64 + 1));
+        while Instant::now() < until {
+            while let Ok((n, _)) = a.recv_from(&mut buf) {
+                let pkt = RtpPacket::parse(&buf[..n]).expect("rtp");
+                assert_eq!(pkt.payload_type(), 9);
+                let mut wide = [0i16; 320];
+                let k = dec.decode(pkt.payload(), &mut wide);
+                if keep {
+                    heard_a.extend_from_slice(&wide[..k]);
+                }
+            }
+            while let Ok((n, _)) = b.recv_from(&mut buf) {
+                let pkt = RtpPacket::parse(&buf[..n]).expect("rtp");
+                if keep {
+                    heard_b.extend(pkt.payload().iter().map(|&c| g711::ulaw_decode_sample(c)));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    // The mix is 8 kHz: the G.722 party hears the other at 500 Hz (and not itself) ...
+    assert!(heard_a.len() > 5000, "{}", heard_a.len());
+    let (five, one) = (
+        goertzel_at(&heard_a, 500.0, 16000.0),
+        goertzel_at(&heard_a, 1000.0, 16000.0),
+    );
+    assert!(
+        five > 1000.0 && one < 100.0,
+        "500 Hz {five:.0}, 1 kHz {one:.0}"
+    );
+    // ... and the G.711 party hears the G.722 party's 1 kHz.
+    assert!(heard_b.len() > 2500, "{}", heard_b.len());
+    let (five, one) = (goertzel(&heard_b, 500.0), goertzel(&heard_b, 1000.0));
+    assert!(
+        one > 1000.0 && five < 100.0,
+        "500 Hz {five:.0}, 1 kHz {one:.0}"
+    );
+    // The detector hears the G.722 party's digits (decoded and brought to 8 kHz).
+    let mut digits = String::new();
+    while let Some(e) = next_event(&mut events, Duration::from_millis(500)) {
+        if let MediaEventKind::Dtmf { digit, source } = e.kind {
+            assert_eq!((e.stream, source), (ida, DtmfSource::InBand));
+            digits.push(digit);
+        }
+    }
+    assert_eq!(digits, "73");
+}
