@@ -508,7 +508,8 @@ struct Stream {
     session: RtpSession,
     codec: Codec,
     coder: Coder,
-    /// Received audio back in sequence order (decoding, DTMF detection and recording need it).
+    /// Received audio back in sequence order, for the in-band detector and for everything
+    /// received in G.722 (whose decoder needs the packets in order).
     reorder: Reorder,
     /// Digits being sent.
     dtmf_out: Option<DtmfOut>,
