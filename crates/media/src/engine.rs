@@ -17,7 +17,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
-use switchboard_rtp::codec::{g711, l16};
 use switchboard_rtp::dtmf::DtmfDetector;
 use switchboard_rtp::rtcp::NtpTime;
 use switchboard_rtp::telephone_event::DtmfReceiver;
@@ -26,9 +25,12 @@ use switchboard_rtp::{is_rtcp, Dropped, Latch, RtpReceiver, RtpSender, RtpSessio
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::audio::{FRAME, RATE};
+use crate::coder::Coder;
+use crate::dtmf_out::{valid_digits, DtmfOut, DtmfTick};
 use crate::mixer::{mix, MixSlot, ParticipantMode, Playout};
 use crate::player::{Player, Playlist};
 use crate::recorder::{RecordEnd, RecordParams, Recorder, Recording};
+use crate::reorder::{Next, PushResult, Reorder};
 
 /// The pacing interval (and packetisation time of everything we send).
 pub const PTIME: Duration = Duration::from_millis(20);
@@ -88,13 +90,16 @@ impl std::fmt::Display for StreamId {
     }
 }
 
-/// Audio encodings the engine sends and receives (all 8 kHz).
+/// Audio encodings the engine sends and receives. All have an 8 kHz RTP clock; the engine's
+/// audio is 8 kHz, which G.722 streams carry converted to and from its 16 kHz.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encoding {
     Pcmu,
     Pcma,
     /// `L16/8000` mono, big-endian.
     L16,
+    /// `G722/8000` (RFC 3551 §4.5.2: 16 kHz audio, an 8000 Hz RTP clock).
+    G722,
 }
 
 /// The negotiated audio codec of a stream.
@@ -113,6 +118,10 @@ impl Codec {
         encoding: Encoding::Pcma,
         payload_type: 8,
     };
+    pub const G722: Codec = Codec {
+        encoding: Encoding::G722,
+        payload_type: 9,
+    };
 
     /// The codec for an SDP `rtpmap` (encoding name, clock rate, channels), if supported.
     pub fn from_sdp(name: &str, clock_rate: u32, channels: u8, payload_type: u8) -> Option<Codec> {
@@ -125,6 +134,8 @@ impl Codec {
             Encoding::Pcma
         } else if name.eq_ignore_ascii_case("L16") {
             Encoding::L16
+        } else if name.eq_ignore_ascii_case("G722") {
+            Encoding::G722
         } else {
             return None;
         };
@@ -132,22 +143,6 @@ impl Codec {
             encoding,
             payload_type,
         })
-    }
-
-    fn encode(self, pcm: &[i16], out: &mut [u8]) -> usize {
-        match self.encoding {
-            Encoding::Pcmu => g711::encode_ulaw(pcm, out),
-            Encoding::Pcma => g711::encode_alaw(pcm, out),
-            Encoding::L16 => l16::encode(pcm, out),
-        }
-    }
-
-    fn decode(self, payload: &[u8], out: &mut [i16]) -> usize {
-        match self.encoding {
-            Encoding::Pcmu => g711::decode_ulaw(payload, out),
-            Encoding::Pcma => g711::decode_alaw(payload, out),
-            Encoding::L16 => l16::decode(payload, out),
-        }
     }
 }
 
@@ -283,6 +278,8 @@ pub enum EngineError {
     Stopped,
     #[error("streams {0} and {1} run on different workers; create them with the same affinity")]
     DifferentWorkers(StreamId, StreamId),
+    #[error("bad DTMF digits: {0}")]
+    BadDigits(String),
 }
 
 enum Command {
@@ -294,6 +291,7 @@ enum Command {
     StopRecord(u64),
     Join(u64, Arc<str>, ParticipantMode),
     SetMode(u64, ParticipantMode),
+    SendDtmf(u64, Box<str>),
     Leave(u64),
     Remove(u64),
     Shutdown,
@@ -460,6 +458,14 @@ impl MediaEngine {
         self.send(id.0, Command::StopRecord(id.0))
     }
 
+    /// Sends DTMF `digits` (`0-9 * # A-D`, at most 64) on the stream, after any digits still
+    /// being sent: as RFC 4733 events when telephone-event was negotiated, else as in-band
+    /// tones in place of the stream's audio. 100 ms per digit, 100 ms apart.
+    pub fn send_dtmf(&self, id: StreamId, digits: &str) -> Result<(), EngineError> {
+        valid_digits(digits).map_err(EngineError::BadDigits)?;
+        self.send(id.0, Command::SendDtmf(id.0, digits.into()))
+    }
+
     /// Joins the conference `name` (created on first join, gone with its last participant).
     /// Participants of one conference must share a worker: give their streams one affinity.
     pub fn join(&self, id: StreamId, name: &str, mode: ParticipantMode) -> Result<(), EngineError> {
@@ -501,6 +507,12 @@ struct Stream {
     report_interval: Duration,
     session: RtpSession,
     codec: Codec,
+    coder: Coder,
+    /// Received audio back in sequence order, for the in-band detector and for everything
+    /// received in G.722 (whose decoder needs the packets in order).
+    reorder: Reorder,
+    /// Digits being sent.
+    dtmf_out: Option<DtmfOut>,
     telephone_event: Option<u8>,
     inband_dtmf: bool,
     send: bool,
@@ -548,6 +560,9 @@ impl Stream {
             report_interval,
             session: RtpSession::new(sender, receiver),
             codec: p.codec,
+            coder: Coder::new(p.codec),
+            reorder: Reorder::new(),
+            dtmf_out: None,
             telephone_event: p.telephone_event,
             inband_dtmf: p.inband_dtmf,
             send: p.send,
@@ -566,12 +581,90 @@ impl Stream {
         }
     }
 
+    /// The in-band detector listens (the peer has not shown it sends RFC 4733 events).
+    fn detecting(&self) -> bool {
+        self.inband_dtmf && !self.saw_rfc4733
+    }
+
+    /// A received audio packet. Stateless codecs are decoded at once for the recorder and
+    /// the conference (both place audio by timestamp, so order does not matter to them); the
+    /// detector, and everything for G.722 (whose decoder needs the packets in order), gets
+    /// the audio through the reorder buffer.
+    fn on_audio(&mut self, rx: Rx<'_>, scratch: &mut ReceiveScratch<'_>) {
+        let stateful = self.coder.is_stateful();
+        if !stateful {
+            let n = self.coder.decode(rx.payload, scratch.pcm);
+            self.feed_sinks(rx.ssrc, rx.timestamp, &scratch.pcm[..n]);
+        }
+        if !stateful && !self.detecting() {
+            return;
+        }
+        let mut pushed = self.reorder.push(rx.ssrc, rx.seq, rx.timestamp, rx.payload);
+        if pushed == PushResult::NewSource {
+            self.drain_received(true, scratch);
+            pushed = self.reorder.push(rx.ssrc, rx.seq, rx.timestamp, rx.payload);
+        }
+        if pushed != PushResult::Held {
+            self.in_order(rx.ssrc, rx.timestamp, rx.payload, scratch);
+        }
+    }
+
+    /// Hands on what the reorder buffer lets out (everything, with `flush`). A lost packet
+    /// is simply skipped: the recorder and the conference leave silence at its place, and
+    /// the detector hears a tone go on across the gap rather than a break that would split
+    /// one digit into two.
+    fn drain_received(&mut self, flush: bool, scratch: &mut ReceiveScratch<'_>) {
+        while let Some(next) = self.reorder.pop(&mut scratch.bytes[..], flush) {
+            if let Next::Packet {
+                ssrc,
+                timestamp,
+                len,
+            } = next
+            {
+                let bytes = std::mem::take(&mut scratch.bytes);
+                self.in_order(ssrc, timestamp, &bytes[..len], scratch);
+                scratch.bytes = bytes;
+            }
+        }
+    }
+
+    /// Audio in sequence order.
+    fn in_order(
+        &mut self,
+        ssrc: u32,
+        timestamp: u32,
+        payload: &[u8],
+        scratch: &mut ReceiveScratch<'_>,
+    ) {
+        let n = self.coder.decode(payload, scratch.pcm);
+        let pcm = &scratch.pcm[..n];
+        if self.coder.is_stateful() {
+            self.feed_sinks(ssrc, timestamp, pcm);
+        }
+        if self.detecting() {
+            let digits = &mut *scratch.digits;
+            self.inband
+                .process(pcm, |d| digits.push((d.digit, DtmfSource::InBand)));
+        }
+    }
+
+    /// The recorder and the conference.
+    fn feed_sinks(&mut self, ssrc: u32, timestamp: u32, pcm: &[i16]) {
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.on_audio(ssrc, timestamp, pcm);
+        }
+        if let Some(p) = self.playout.as_mut() {
+            p.write(ssrc, timestamp, pcm);
+        }
+    }
+
     fn update(&mut self, p: StreamParams) {
         if self.session.receiver.latch().remote() != p.remote || p.remote.is_none() {
             self.session.receiver.latch_mut().reset(p.remote);
         }
         self.session.receiver.set_payload_types(&payload_types(&p));
         self.codec = p.codec;
+        self.coder.set_codec(p.codec);
         self.telephone_event = p.telephone_event;
         self.inband_dtmf = p.inband_dtmf;
         self.send = p.send;
@@ -656,12 +749,82 @@ fn rtcp_target(s: &Stream) -> Option<SocketAddr> {
     })
 }
 
+/// This tick's audio for a stream: its conference mix, then the recording beep or its player
+/// (added to the mix, or alone).
+fn fill_frame(s: &mut Stream, frame: &mut [i16; FRAME], events: &UnboundedSender<MediaEvent>) {
+    if s.conference.is_some() {
+        *frame = s.mix_out;
+    } else {
+        frame.fill(0);
+    }
+    if let Some(beep) = s.beep.as_mut() {
+        // The recording beep takes the whole frame.
+        let n = beep.fill(&mut frame[..]);
+        frame[n..].fill(0);
+        if beep.is_done() {
+            s.beep = None;
+            if let Some(r) = s.recorder.as_mut() {
+                r.beeping = false;
+            }
+        }
+    } else if let Some((play, player)) = s.player.as_mut() {
+        if s.conference.is_some() {
+            let mut own = [0i16; FRAME];
+            player.fill(&mut own);
+            for (f, p) in frame.iter_mut().zip(own) {
+                *f = f.saturating_add(p);
+            }
+        } else {
+            player.fill(frame);
+        }
+        if player.is_done() {
+            let play = *play;
+            s.player = None;
+            let _ = events.send(MediaEvent {
+                stream: StreamId(s.id),
+                kind: MediaEventKind::PlayDone {
+                    play,
+                    completed: true,
+                },
+            });
+        }
+    }
+}
+
 struct Scratch {
     rbuf: Box<[u8; 2048]>,
     sbuf: Box<[u8; 1500]>,
     pcm: Box<[i16; 2048]>,
     frame: [i16; FRAME],
     digits: Vec<(char, DtmfSource)>,
+}
+
+impl Scratch {
+    /// The buffers the receive path decodes into; `sbuf` is free while receiving (it holds
+    /// packets coming out of the reorder buffer).
+    fn receive(&mut self) -> ReceiveScratch<'_> {
+        ReceiveScratch {
+            pcm: &mut self.pcm[..],
+            bytes: &mut self.sbuf[..],
+            digits: &mut self.digits,
+        }
+    }
+}
+
+/// Worker buffers lent to a stream's receive path.
+struct ReceiveScratch<'a> {
+    pcm: &'a mut [i16],
+    bytes: &'a mut [u8],
+    digits: &'a mut Vec<(char, DtmfSource)>,
+}
+
+/// A received audio packet.
+#[derive(Clone, Copy)]
+struct Rx<'a> {
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    payload: &'a [u8],
 }
 
 struct Worker {
@@ -826,6 +989,7 @@ impl Worker {
                 }
             }
             Command::StopRecord(id) => {
+                self.flush_received(id);
                 if let Some(r) = self.stream_mut(id).and_then(|s| s.recorder.take()) {
                     self.emit(id, MediaEventKind::RecordDone(r.finish(RecordEnd::Stopped)));
                 }
@@ -836,6 +1000,17 @@ impl Worker {
                 if let Some(c) = conf.and_then(|n| self.conferences.get_mut(&n)) {
                     for slot in c.slots.iter_mut().filter(|s| s.stream == id) {
                         slot.mode = mode;
+                    }
+                }
+            }
+            Command::SendDtmf(id, digits) => {
+                if let Some(s) = self.stream_mut(id) {
+                    match s.dtmf_out.as_mut() {
+                        Some(d) => d.append(&digits),
+                        None => {
+                            let rfc4733 = s.telephone_event.is_some();
+                            s.dtmf_out = Some(DtmfOut::new(&digits, rfc4733));
+                        }
                     }
                 }
             }
@@ -872,7 +1047,28 @@ impl Worker {
         }
     }
 
+    /// Hands on everything the stream's reorder buffer holds (before a recording ends), and
+    /// reports the digits heard in it.
+    fn flush_received(&mut self, id: u64) {
+        let Some(&key) = self.index.get(&id) else {
+            return;
+        };
+        let Some(s) = self.streams.get_mut(key) else {
+            return;
+        };
+        self.scratch.digits.clear();
+        s.drain_received(true, &mut self.scratch.receive());
+        for &(digit, source) in &self.scratch.digits {
+            self.counts.dtmf += 1;
+            let _ = self.events.send(MediaEvent {
+                stream: StreamId(id),
+                kind: MediaEventKind::Dtmf { digit, source },
+            });
+        }
+    }
+
     fn remove(&mut self, id: u64) {
+        self.flush_received(id);
         self.leave(id);
         let Some(key) = self.index.remove(&id) else {
             return;
@@ -1073,21 +1269,22 @@ impl Worker {
                     }
                 }
             } else if pt == s.codec.payload_type {
-                let n = s.codec.decode(payload, &mut scratch.pcm[..]);
-                let pcm = &scratch.pcm[..n];
-                if s.inband_dtmf && !s.saw_rfc4733 {
-                    let digits = &mut scratch.digits;
-                    s.inband
-                        .process(pcm, |d| digits.push((d.digit, DtmfSource::InBand)));
-                }
-                if let Some(rec) = s.recorder.as_mut() {
-                    rec.on_audio(ssrc, ts, pcm);
-                }
-                if let Some(p) = s.playout.as_mut() {
-                    p.write(ssrc, ts, pcm);
-                }
+                let rx = Rx {
+                    ssrc,
+                    seq: r.packet.sequence(),
+                    timestamp: ts,
+                    payload,
+                };
+                // Field by field: the packet still borrows `rbuf`.
+                let mut rs = ReceiveScratch {
+                    pcm: &mut scratch.pcm[..],
+                    bytes: &mut scratch.sbuf[..],
+                    digits: &mut scratch.digits,
+                };
+                s.on_audio(rx, &mut rs);
             }
         }
+        s.drain_received(false, &mut scratch.receive());
         s.dtmf_rx.handle_timeout(now);
         for &(digit, source) in &scratch.digits {
             counts.dtmf += 1;
@@ -1174,62 +1371,44 @@ impl Worker {
             return;
         };
         let frame = &mut scratch.frame;
-        if s.conference.is_some() {
-            *frame = s.mix_out;
-        } else {
-            frame.fill(0);
-        }
-        if let Some(beep) = s.beep.as_mut() {
-            // The recording beep takes the whole frame.
-            let n = beep.fill(&mut frame[..]);
-            frame[n..].fill(0);
-            if beep.is_done() {
-                s.beep = None;
-                if let Some(r) = s.recorder.as_mut() {
-                    r.beeping = false;
+        fill_frame(s, frame, events);
+        let dtmf = match s.dtmf_out.as_mut() {
+            Some(d) => {
+                let t = d.tick(s.session.sender.timestamp(), frame);
+                if d.is_done() {
+                    s.dtmf_out = None;
                 }
+                t
             }
-        } else if let Some((play, player)) = s.player.as_mut() {
-            if s.conference.is_some() {
-                let mut own = [0i16; FRAME];
-                player.fill(&mut own);
-                for (f, p) in frame.iter_mut().zip(own) {
-                    *f = f.saturating_add(p);
-                }
-            } else {
-                player.fill(frame);
-            }
-            if player.is_done() {
-                let play = *play;
-                s.player = None;
-                let _ = events.send(MediaEvent {
-                    stream: StreamId(s.id),
-                    kind: MediaEventKind::PlayDone {
-                        play,
-                        completed: true,
-                    },
-                });
-            }
-        }
-        if !s.send {
-            s.session.sender.skip(FRAME as u32);
-            return;
-        }
-        let Some(remote) = s.session.receiver.latch().remote() else {
+            None => DtmfTick::Audio,
+        };
+        let remote = s.session.receiver.latch().remote();
+        let Some(remote) = remote.filter(|_| s.send) else {
             s.session.sender.skip(FRAME as u32);
             return;
         };
-        let codec = s.codec;
         let now = Instant::now();
-        let len = match s.session.sender.write_audio_with(
-            codec.payload_type,
-            FRAME as u32,
-            &mut scratch.sbuf[..],
-            now,
-            |b| codec.encode(&frame[..], b),
-        ) {
-            Ok(n) => n,
-            Err(_) => return,
+        let sender = &mut s.session.sender;
+        let written = match (dtmf, s.telephone_event) {
+            (DtmfTick::Event(event), Some(pt)) => {
+                // The event packet stands in for this tick's audio (RFC 4733 §2.5.1.1).
+                let r = sender.write_event(pt, &event, &mut scratch.sbuf[..], now);
+                sender.skip(FRAME as u32);
+                r
+            }
+            _ => {
+                let coder = &mut s.coder;
+                sender.write_audio_with(
+                    s.codec.payload_type,
+                    FRAME as u32,
+                    &mut scratch.sbuf[..],
+                    now,
+                    |b| coder.encode(frame, b),
+                )
+            }
+        };
+        let Ok(len) = written else {
+            return;
         };
         match s.socket.send_to(&scratch.sbuf[..len], remote) {
             Ok(_) => {

@@ -13,15 +13,23 @@
 //! * [`mixer`]: N-party conferences (each hears the others), listen and whisper modes, and the
 //!   two-leg bridge.
 //! * [`audio`]: 8 kHz linear audio, WAV read/write, resampling.
+//! * [`dtmf_out`]: sending DTMF digits (RFC 4733 events or in-band tones).
+//! * `coder` (codec state per stream: G.711, L16, G.722 with its 8 <-> 16 kHz conversion) and
+//!   `reorder` (received audio back in sequence order for decoding, DTMF detection and
+//!   recording).
 
 pub mod audio;
+mod coder;
+pub mod dtmf_out;
 pub mod engine;
 pub mod mixer;
 pub mod player;
 pub mod prompt;
 pub mod recorder;
+mod reorder;
 
 pub use audio::{Audio, FRAME, RATE};
+pub use dtmf_out::{valid_digits, MAX_DIGITS};
 pub use engine::{
     Codec, DtmfSource, Encoding, EngineConfig, EngineError, MediaEngine, MediaEvent,
     MediaEventKind, StatsSnapshot, StreamId, StreamParams, PTIME,

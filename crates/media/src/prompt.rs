@@ -7,6 +7,10 @@
 //! * `file:///name.wav`, `file:name.wav` or `name.wav`: a file in the media directory (no `..`).
 //! * `tts:<text>`: spoken with the default voice, or the voice given to [`PromptCache::load`].
 //! * `tone:<f1>[+<f2>][/<ms>]`: one or two frequencies at -10 dBm0 (default 1000 ms).
+//! * `tone:<name>[/<ms>]`: a call-progress tone with its cadence, for `ms` (default: one
+//!   cadence cycle): `ringback` (North American, 440+480 Hz, 2 s on 4 s off), `ringback-eu`
+//!   (425 Hz, 1 s on 4 s off), `ringback-uk` (400+450 Hz, 0.4/0.2/0.4 s on, 2 s off), `busy`
+//!   (North American, 480+620 Hz, 0.5 s on 0.5 s off) and `busy-eu` (425 Hz, the same cadence).
 //! * `dtmf:<digits>`: DTMF tones, 100 ms on, 100 ms off.
 //! * `silence:<ms>`.
 
@@ -30,9 +34,41 @@ pub enum PromptSource {
     Http(String),
     File(PathBuf),
     Tts(String),
-    Tone { freqs: [u32; 2], ms: u32 },
+    Tone {
+        freqs: [u32; 2],
+        ms: u32,
+    },
+    /// A named call-progress tone (see [`CALL_PROGRESS_TONES`]).
+    CallProgress {
+        name: &'static str,
+        ms: u32,
+    },
     Dtmf(String),
     Silence(u32),
+}
+
+/// The call-progress tones `tone:<name>` plays, by name.
+pub const CALL_PROGRESS_TONES: [(&str, ToneSpec); 5] = [
+    ("ringback", ToneSpec::RINGBACK_US),
+    ("ringback-eu", ToneSpec::RINGBACK_EU),
+    ("ringback-uk", ToneSpec::RINGBACK_UK),
+    ("busy", ToneSpec::BUSY_US),
+    ("busy-eu", ToneSpec::BUSY_EU),
+];
+
+fn call_progress(name: &str) -> Option<(&'static str, ToneSpec)> {
+    CALL_PROGRESS_TONES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .copied()
+}
+
+/// One on/off cycle of a cadence, ms.
+fn cycle_ms(spec: &ToneSpec) -> u32 {
+    spec.cadence[..spec.cadence_len.min(MAX_CADENCE)]
+        .iter()
+        .map(|(on, off)| on + off)
+        .sum()
 }
 
 /// Why a prompt could not be loaded.
@@ -89,9 +125,20 @@ impl PromptSource {
         }
         if let Some(spec) = strip_scheme(url, "tone:") {
             let (freqs, ms) = match spec.split_once('/') {
-                Some((f, ms)) => (f, ms.parse().map_err(|_| bad("bad tone duration"))?),
-                None => (spec, 1000),
+                Some((f, ms)) => (f, Some(ms.parse().map_err(|_| bad("bad tone duration"))?)),
+                None => (spec, None),
             };
+            if freqs.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                let (name, tone) = call_progress(freqs).ok_or_else(|| {
+                    bad("unknown tone name (ringback, ringback-eu, ringback-uk, busy, busy-eu)")
+                })?;
+                let ms = ms.unwrap_or_else(|| cycle_ms(&tone));
+                if ms > 600_000 {
+                    return Err(bad("tone longer than 10 minutes"));
+                }
+                return Ok(PromptSource::CallProgress { name, ms });
+            }
+            let ms = ms.unwrap_or(1000);
             let mut fs = [0u32; 2];
             for (i, f) in freqs.split('+').enumerate() {
                 let slot = fs
@@ -249,6 +296,11 @@ impl PromptCache {
                 },
                 ms: *ms,
             }),
+            PromptSource::CallProgress { name, ms } => {
+                let (_, spec) = call_progress(name)
+                    .ok_or(PromptError::BadUrl((*name).to_owned(), "unknown tone name"))?;
+                Ok(PlayItem::Tone { spec, ms: *ms })
+            }
             PromptSource::Dtmf(digits) => {
                 let mut samples = Vec::new();
                 for c in digits.chars() {
@@ -426,6 +478,29 @@ mod tests {
                 ms: 1000
             }
         );
+        assert_eq!(
+            PromptSource::parse("tone:ringback").unwrap(),
+            PromptSource::CallProgress {
+                name: "ringback",
+                ms: 6000
+            }
+        );
+        assert_eq!(
+            PromptSource::parse("tone:Busy-EU/2500").unwrap(),
+            PromptSource::CallProgress {
+                name: "busy-eu",
+                ms: 2500
+            }
+        );
+        assert_eq!(
+            PromptSource::parse("tone:ringback-uk").unwrap(),
+            PromptSource::CallProgress {
+                name: "ringback-uk",
+                ms: 3000
+            }
+        );
+        assert!(PromptSource::parse("tone:dialtone").is_err());
+        assert!(PromptSource::parse("tone:busy/x").is_err());
         assert!(PromptSource::parse("tone:1+2+3").is_err());
         assert!(PromptSource::parse("tone:5000").is_err());
         assert_eq!(
@@ -471,6 +546,18 @@ mod tests {
             PlayItem::Audio(a) => assert_eq!(a.len(), 3200),
             other => panic!("{other:?}"),
         }
+        // Busy: 480+620 Hz, 0.5 s on, 0.5 s off, for the 2 s asked.
+        let busy = cache.load_url("tone:busy/2000", None).await.unwrap();
+        let mut player = crate::player::Player::new(crate::player::Playlist::once(vec![busy]));
+        let mut on = Vec::new();
+        while !player.is_done() {
+            let mut frame = [0i16; crate::audio::FRAME];
+            player.fill(&mut frame);
+            on.push(frame.iter().any(|&x| x.abs() > 1000));
+            assert!(on.len() <= 100);
+        }
+        let expect: Vec<bool> = (0..100).map(|i| (i / 25) % 2 == 0).collect();
+        assert_eq!(on, expect);
         // Nothing listens on port 9 of loopback (discard is never enabled in test hosts).
         assert!(matches!(
             cache.load_url("http://127.0.0.1:9/x.wav", None).await,

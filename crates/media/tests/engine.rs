@@ -11,6 +11,7 @@ use switchboard_media::{
 };
 use switchboard_rtp::codec::g711;
 use switchboard_rtp::telephone_event::TelephoneEvent;
+use switchboard_rtp::tone::{ToneGenerator, ToneSpec};
 use switchboard_rtp::{RtpHeader, RtpPacket};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -491,4 +492,326 @@ fn rtcp_reports_go_to_the_rtp_port_plus_one_and_bye_ends_the_stream() {
             break;
         }
     }
+}
+
+fn goertzel_at(s: &[i16], f: f64, rate: f64) -> f64 {
+    let c = 2.0 * (2.0 * std::f64::consts::PI * f / rate).cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in s {
+        let s0 = x as f64 + c * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    (s1 * s1 + s2 * s2 - c * s1 * s2).sqrt() / s.len().max(1) as f64
+}
+
+/// Receives RTP at `sock` for `dur`: (payload type, marker, timestamp, payload) of each packet.
+fn receive_rtp(sock: &UdpSocket, dur: Duration) -> Vec<(u8, bool, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1500];
+    let deadline = Instant::now() + dur;
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            let p = RtpPacket::parse(&buf[..n]).expect("valid RTP");
+            out.push((
+                p.payload_type(),
+                p.marker(),
+                p.timestamp(),
+                p.payload().to_vec(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn g722_stream_plays_and_records_8khz_audio() {
+    let (engine, mut events) = engine();
+    let phone = peer();
+    let params = StreamParams::new(Some(phone.local_addr().expect("addr")), Codec::G722);
+    let (id, local) = engine.create_stream(params).expect("stream");
+    let clip: Vec<i16> = (0..8000)
+        .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI / 8.0).sin() * 8000.0) as i16)
+        .collect(); // 1 kHz
+    engine
+        .play(
+            id,
+            1,
+            Playlist::once(vec![PlayItem::Audio(Audio::from_samples(clip))]),
+        )
+        .expect("play");
+    engine.record(id, RecordParams::default()).expect("record");
+    // The phone talks G.722 too: a 1 kHz tone at 16 kHz, 20 ms (160 octets) per packet.
+    let mut enc = switchboard_rtp::codec::g722::G722Encoder::new();
+    let mut tx = Sender::new(5);
+    for i in 0..50 {
+        let wide: Vec<i16> = (0..320)
+            .map(|k| {
+                (((i * 320 + k) as f64 * 2.0 * std::f64::consts::PI / 16.0).sin() * 8000.0) as i16
+            })
+            .collect();
+        let mut payload = [0u8; 160];
+        assert_eq!(enc.encode(&wide, &mut payload), 160);
+        tx.audio(&phone, local, 9, &payload);
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    let got = receive_rtp(&phone, Duration::from_millis(600));
+    assert!(got.len() >= 20, "{} packets", got.len());
+    let mut dec = switchboard_rtp::codec::g722::G722Decoder::new();
+    let mut wide = Vec::new();
+    for (pt, _, _, payload) in &got {
+        assert_eq!(*pt, 9, "G.722's static payload type");
+        assert_eq!(payload.len(), 160, "one octet per 8 kHz tick");
+        let mut out = [0i16; 320];
+        let n = dec.decode(payload, &mut out);
+        wide.extend_from_slice(&out[..n]);
+    }
+    let heard = &wide[1600..];
+    let tone = goertzel_at(heard, 1000.0, 16000.0);
+    assert!(tone > 2000.0, "1 kHz at {tone:.0}");
+    assert!(tone > 20.0 * goertzel_at(heard, 3000.0, 16000.0));
+    assert!(
+        tone > 20.0 * goertzel_at(heard, 7000.0, 16000.0),
+        "no image"
+    );
+    engine.stop_record(id).expect("stop");
+    let rec = loop {
+        match next_event(&mut events, Duration::from_secs(3)).map(|e| e.kind) {
+            Some(MediaEventKind::RecordDone(r)) => break r,
+            Some(_) => continue,
+            None => panic!("no RecordDone"),
+        }
+    };
+    // 50 packets of 20 ms, recorded at 8 kHz.
+    assert_eq!(rec.samples.len(), 8000);
+    let body = &rec.samples[400..7600];
+    let tone = goertzel(body, 1000.0);
+    assert!(tone > 2000.0, "1 kHz at {tone:.0}");
+    assert!(tone > 20.0 * goertzel(body, 2500.0));
+}
+
+#[test]
+fn sends_rfc4733_digits_with_three_end_packets() {
+    let (engine, _events) = engine();
+    let phone = peer();
+    let mut params = StreamParams::new(Some(phone.local_addr().expect("addr")), Codec::PCMA);
+    params.telephone_event = Some(101);
+    let (id, _local) = engine.create_stream(params).expect("stream");
+    assert!(engine.send_dtmf(id, "12x").is_err(), "not a digit");
+    assert!(engine.send_dtmf(id, "").is_err());
+    engine.send_dtmf(id, "1#").expect("send");
+    engine.send_dtmf(id, "*").expect("queued after");
+    let got = receive_rtp(&phone, Duration::from_millis(1200));
+    let events: Vec<_> = got.iter().filter(|p| p.0 == 101).collect();
+    let mut by_ts: Vec<(u32, Vec<String>)> = Vec::new();
+    for (_, marker, ts, payload) in &events {
+        let e = TelephoneEvent::parse(payload).expect("event");
+        let s = format!(
+            "{}{}:{}{}",
+            if *marker { "M" } else { "" },
+            e.digit().expect("digit"),
+            e.duration,
+            if e.end { "E" } else { "" }
+        );
+        match by_ts.last_mut() {
+            Some((t, v)) if t == ts => v.push(s),
+            _ => by_ts.push((*ts, vec![s])),
+        }
+    }
+    let digits: Vec<String> = by_ts.iter().map(|(_, v)| v.join(" ")).collect();
+    let one = |d: char| format!("M{d}:160 {d}:320 {d}:480 {d}:640 {d}:800E {d}:800E {d}:800E");
+    assert_eq!(digits, vec![one('1'), one('#'), one('*')]);
+    // 100 ms of tone and 100 ms of pause (plus the two end repeats) from one to the next.
+    assert_eq!(by_ts[1].0.wrapping_sub(by_ts[0].0), 12 * 160);
+    // Audio goes on around the events, with a timestamp that kept running.
+    let audio: Vec<_> = got.iter().filter(|p| p.0 == 8).collect();
+    assert!(audio.len() >= 10);
+    assert!(audio
+        .windows(2)
+        .all(|w| w[1].2.wrapping_sub(w[0].2) % 160 == 0));
+}
+
+/// DTMF tones: `tone_ms` of each digit then `gap_ms` of silence, 8 kHz.
+fn dtmf_audio(digits: &str, tone_ms: u32, gap_ms: u32) -> Vec<i16> {
+    let mut out = Vec::new();
+    for d in digits.chars() {
+        let spec = ToneSpec::dtmf(d, tone_ms, gap_ms).expect("digit");
+        let mut g = ToneGenerator::new(spec, 8000);
+        let mut buf = vec![0i16; ((tone_ms + gap_ms) * 8) as usize];
+        let n = g.fill(&mut buf);
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+#[test]
+fn sends_inband_digits_without_telephone_event() {
+    let (engine, _events) = engine();
+    let phone = peer();
+    let params = StreamParams::new(Some(phone.local_addr().expect("addr")), Codec::PCMU);
+    let (id, _local) = engine.create_stream(params).expect("stream");
+    engine.send_dtmf(id, "159D").expect("send");
+    let got = receive_rtp(&phone, Duration::from_millis(1200));
+    let mut det = switchboard_rtp::dtmf::DtmfDetector::default();
+    let mut heard = String::new();
+    let mut pcm = [0i16; 160];
+    for (pt, _, _, payload) in &got {
+        assert_eq!(*pt, 0, "audio only");
+        let n = g711::decode_ulaw(payload, &mut pcm);
+        det.process(&pcm[..n], |d| heard.push(d.digit));
+    }
+    assert_eq!(heard, "159D");
+}
+
+#[test]
+fn inband_dtmf_from_reordered_packets() {
+    let (engine, mut events) = engine();
+    let phone = peer();
+    let mut params = StreamParams::new(Some(phone.local_addr().expect("addr")), Codec::PCMU);
+    params.inband_dtmf = true;
+    let (_id, local) = engine.create_stream(params).expect("stream");
+    // 60 ms of tone, 60 ms of silence per digit: 3 + 3 packets. Each group of six goes out
+    // tone/silence interleaved (t0 g0 t1 g1 t2 g2): heard in arrival order, no tone would
+    // last longer than 20 ms and no digit would be found.
+    let audio = dtmf_audio("2580", 60, 60);
+    let packets: Vec<[u8; 160]> = audio
+        .chunks_exact(160)
+        .map(|c| {
+            let mut p = [0u8; 160];
+            g711::encode_ulaw(c, &mut p);
+            p
+        })
+        .collect();
+    let order: Vec<usize> = (0..packets.len() / 6)
+        .flat_map(|g| [0, 3, 1, 4, 2, 5].map(|i| g * 6 + i))
+        .collect();
+    let mut buf = [0u8; 200];
+    for &i in &order {
+        let h = RtpHeader {
+            marker: false,
+            payload_type: 0,
+            sequence: 500 + i as u16,
+            timestamp: 9000 + i as u32 * 160,
+            ssrc: 31,
+        };
+        let n = h.write_with_payload(&packets[i], &mut buf).expect("write");
+        phone.send_to(&buf[..n], local).expect("send");
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let mut digits = String::new();
+    while let Some(e) = next_event(&mut events, Duration::from_secs(1)) {
+        if let MediaEventKind::Dtmf { digit, source } = e.kind {
+            assert_eq!(source, DtmfSource::InBand);
+            digits.push(digit);
+        }
+    }
+    assert_eq!(digits, "2580");
+}
+
+/// 20 ms of 16 kHz audio for frame `frame` of what the G.722 party says: 1 kHz for 0.8 s, then
+/// DTMF 7 and 3 (100 ms each, 100 ms apart), then silence.
+fn wideband_talk(frame: u32, dtmf: &mut ToneGenerator, second: &mut ToneGenerator) -> Vec<i16> {
+    let mut out = vec![0i16; 320];
+    if frame < 40 {
+        for (k, o) in out.iter_mut().enumerate() {
+            let t = (frame as usize * 320 + k) as f64 / 16000.0;
+            *o = ((2.0 * std::f64::consts::PI * 1000.0 * t).sin() * 6000.0) as i16;
+        }
+    } else if !dtmf.is_done() {
+        dtmf.fill(&mut out);
+    } else {
+        second.fill(&mut out);
+    }
+    out
+}
+
+#[test]
+fn g722_and_pcmu_parties_hear_each_other_and_g722_dtmf_is_detected() {
+    let (engine, mut events) = engine();
+    let (a, b) = (peer(), peer());
+    let mut pa = StreamParams::new(Some(a.local_addr().expect("addr")), Codec::G722);
+    pa.affinity = Some(7);
+    pa.inband_dtmf = true;
+    let mut pb = StreamParams::new(Some(b.local_addr().expect("addr")), Codec::PCMU);
+    pb.affinity = Some(7);
+    let (ida, la) = engine.create_stream(pa).expect("stream");
+    let (idb, lb) = engine.create_stream(pb).expect("stream");
+    for id in [ida, idb] {
+        engine
+            .join(id, "wb", ParticipantMode::Normal)
+            .expect("join");
+    }
+    a.set_nonblocking(true).expect("nonblocking");
+    b.set_nonblocking(true).expect("nonblocking");
+    let spec = |d| ToneSpec::dtmf(d, 100, 100).expect("digit");
+    let (mut d7, mut d3) = (
+        ToneGenerator::new(spec('7'), 16000),
+        ToneGenerator::new(spec('3'), 16000),
+    );
+    let mut enc = switchboard_rtp::codec::g722::G722Encoder::new();
+    let mut dec = switchboard_rtp::codec::g722::G722Decoder::new();
+    let (mut ta, mut tb) = (Sender::new(1), Sender::new(2));
+    // What each party heard in the middle of the 1 kHz talk (0.3 to 0.7 s).
+    let (mut heard_a, mut heard_b) = (Vec::new(), Vec::new());
+    let mut buf = [0u8; 1500];
+    let start = Instant::now();
+    for frame in 0..75u32 {
+        let mut payload = [0u8; 160];
+        enc.encode(&wideband_talk(frame, &mut d7, &mut d3), &mut payload);
+        ta.audio(&a, la, 9, &payload);
+        let narrow: Vec<i16> = (0..160)
+            .map(|k| {
+                let t = (frame * 160 + k) as f64 / 8000.0;
+                ((2.0 * std::f64::consts::PI * 500.0 * t).sin() * 6000.0) as i16
+            })
+            .collect();
+        g711::encode_ulaw(&narrow, &mut payload);
+        tb.audio(&b, lb, 0, &payload);
+        let keep = (15..35).contains(&frame);
+        let until = start + Duration::from_millis(20 * (frame as u64 + 1));
+        while Instant::now() < until {
+            while let Ok((n, _)) = a.recv_from(&mut buf) {
+                let pkt = RtpPacket::parse(&buf[..n]).expect("rtp");
+                assert_eq!(pkt.payload_type(), 9);
+                let mut wide = [0i16; 320];
+                let k = dec.decode(pkt.payload(), &mut wide);
+                if keep {
+                    heard_a.extend_from_slice(&wide[..k]);
+                }
+            }
+            while let Ok((n, _)) = b.recv_from(&mut buf) {
+                let pkt = RtpPacket::parse(&buf[..n]).expect("rtp");
+                if keep {
+                    heard_b.extend(pkt.payload().iter().map(|&c| g711::ulaw_decode_sample(c)));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    // The mix is 8 kHz: the G.722 party hears the other at 500 Hz (and not itself) ...
+    assert!(heard_a.len() > 5000, "{}", heard_a.len());
+    let (five, one) = (
+        goertzel_at(&heard_a, 500.0, 16000.0),
+        goertzel_at(&heard_a, 1000.0, 16000.0),
+    );
+    assert!(
+        five > 1000.0 && one < 100.0,
+        "500 Hz {five:.0}, 1 kHz {one:.0}"
+    );
+    // ... and the G.711 party hears the G.722 party's 1 kHz.
+    assert!(heard_b.len() > 2500, "{}", heard_b.len());
+    let (five, one) = (goertzel(&heard_b, 500.0), goertzel(&heard_b, 1000.0));
+    assert!(
+        one > 1000.0 && five < 100.0,
+        "500 Hz {five:.0}, 1 kHz {one:.0}"
+    );
+    // The detector hears the G.722 party's digits (decoded and brought to 8 kHz).
+    let mut digits = String::new();
+    while let Some(e) = next_event(&mut events, Duration::from_millis(500)) {
+        if let MediaEventKind::Dtmf { digit, source } = e.kind {
+            assert_eq!((e.stream, source), (ida, DtmfSource::InBand));
+            digits.push(digit);
+        }
+    }
+    assert_eq!(digits, "73");
 }

@@ -221,12 +221,19 @@ impl JitterBuffer {
             return Playout::Buffering;
         }
         let i = self.slot(next);
-        self.next = Some(next + 1);
-        let slot = &mut self.slots[i];
-        if slot.ext_seq != Some(next) {
+        if self.slots[i].ext_seq != Some(next) {
+            self.next = Some(next + 1);
             self.lost += 1;
             return Playout::Lost { seq: next as u16 };
         }
+        self.take(next, out)
+    }
+
+    /// Copies out the held packet `next` (which must be there) and moves on.
+    fn take(&mut self, next: u64, out: &mut [u8]) -> Playout {
+        let i = self.slot(next);
+        self.next = Some(next + 1);
+        let slot = &mut self.slots[i];
         slot.ext_seq = None;
         self.held -= 1;
         let len = slot.len.min(out.len());
@@ -237,6 +244,36 @@ impl JitterBuffer {
             marker: slot.marker,
             len,
         }
+    }
+}
+
+impl JitterBuffer {
+    /// Takes the next packet as soon as it is in order, for consumers that need audio in
+    /// timestamp order but not at a steady pace (DTMF detection, recognition): packets that
+    /// arrive in order come out at once, however fast they arrive. A missing packet is waited
+    /// for until the packets after it span `reorder_span` timestamp units (or the buffer is
+    /// full), then reported [`Playout::Lost`]. Before the first packet comes out, the same span
+    /// is collected, so that a stream whose first packets are swapped starts with the earliest.
+    /// Call until it returns [`Playout::Buffering`].
+    pub fn pop_in_order(&mut self, out: &mut [u8], reorder_span: u32) -> Playout {
+        let Some(next) = self.next else {
+            return Playout::Buffering;
+        };
+        if self.held == 0 || (!self.started && self.buffered_span() < reorder_span) {
+            return Playout::Buffering;
+        }
+        self.started = true;
+        let i = self.slot(next);
+        if self.slots[i].ext_seq != Some(next) {
+            let full = self.held + 1 >= self.cfg.capacity;
+            if !full && self.buffered_span() < reorder_span {
+                return Playout::Buffering;
+            }
+            self.next = Some(next + 1);
+            self.lost += 1;
+            return Playout::Lost { seq: next as u16 };
+        }
+        self.take(next, out)
     }
 }
 
@@ -364,6 +401,47 @@ mod tests {
         j.push(19, 0, false, &[19; 160]);
         j.push(21, 320, false, &[21; 160]);
         assert_eq!(drain(&mut j), vec!["19:160", "20:160", "21:160"]);
+    }
+
+    #[test]
+    fn in_order_pops_at_once_and_waits_for_a_gap() {
+        let mut j = jb();
+        let mut out = [0u8; 160];
+        let mut pop = |j: &mut JitterBuffer| match j.pop_in_order(&mut out, 320) {
+            Playout::Packet { seq, .. } => format!("{seq}"),
+            Playout::Lost { seq } => format!("{seq}:lost"),
+            Playout::Buffering => "-".into(),
+        };
+        // the first packets arrive swapped: the earliest still comes first
+        j.push(11, 160, false, &[11; 160]);
+        assert_eq!(pop(&mut j), "-");
+        j.push(10, 0, false, &[10; 160]);
+        j.push(12, 320, false, &[12; 160]);
+        assert_eq!(pop(&mut j), "10");
+        assert_eq!(pop(&mut j), "11");
+        assert_eq!(pop(&mut j), "12");
+        assert_eq!(pop(&mut j), "-");
+        // a burst in order comes out at once
+        for s in 13..20u16 {
+            j.push(s, (s as u32 - 10) * 160, false, &[s as u8; 160]);
+        }
+        for s in 13..20 {
+            assert_eq!(pop(&mut j), s.to_string());
+        }
+        // 20 comes late: waited for while what follows spans less than 320 ...
+        j.push(21, 11 * 160, false, &[21; 160]);
+        assert_eq!(pop(&mut j), "-");
+        j.push(20, 10 * 160, false, &[20; 160]);
+        assert_eq!(pop(&mut j), "20");
+        assert_eq!(pop(&mut j), "21");
+        // ... 22 never comes: given up once 23..=25 span 320
+        for s in 23..26u16 {
+            j.push(s, (s as u32 - 10) * 160, false, &[s as u8; 160]);
+            let expect = if s < 25 { "-" } else { "22:lost" };
+            assert_eq!(pop(&mut j), expect);
+        }
+        assert_eq!(j.push(22, 12 * 160, false, &[22; 160]), PushOutcome::Late);
+        assert_eq!(pop(&mut j), "23");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! * [`stats`]: receiver statistics (extended highest sequence, loss, fraction lost, jitter).
 //! * [`session`]: the sender (sequence/timestamp continuity across source changes), the receiver
 //!   side with symmetric-RTP latching and drop counters.
-//! * [`codec`]: G.711 µ-law/A-law, L16, G.722.
+//! * [`codec`]: G.711 µ-law/A-law, L16, G.722, and 8 <-> 16 kHz conversion for G.722.
 //! * [`telephone_event`]: RFC 4733 DTMF events: payload codec, sender and receiver state machines.
 //! * [`dtmf`]: in-band DTMF detection (Goertzel, ITU-T Q.24 timing and twist).
 //! * [`tone`]: tone generators (ringback, busy, beep, DTMF).

@@ -417,7 +417,9 @@ impl OfferAnswer {
                             params: om.fmtp(te).unwrap_or("0-15").to_string(),
                         });
                     }
-                    am.ptime = om.ptime.or(self.local.ptime);
+                    // Our ptime, not the offer's: it is what we send (a=ptime describes the
+                    // packets its sender wants to receive, and we packetise at our own rate).
+                    am.ptime = self.local.ptime.or(om.ptime);
                     am.direction = Some(our_dir);
                     chosen = Some(Negotiated {
                         media_index: i,

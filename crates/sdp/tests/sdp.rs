@@ -407,3 +407,22 @@ fn rejected_audio_in_answer_is_no_common_codec() {
         Err(NegotiationError::InvalidAnswer(_))
     ));
 }
+
+#[test]
+fn answer_states_our_ptime_not_the_offers() {
+    let text = PHONE_OFFER.replace("a=ptime:20", "a=ptime:30");
+    let offer = SessionDescription::parse(&text).unwrap();
+    let mut oa = OfferAnswer::new(local(pcm()), 1);
+    let (answer, neg) = oa.handle_offer(&offer).unwrap();
+    assert_eq!(answer.media[0].ptime, Some(20), "we send 20 ms packets");
+    assert_eq!(
+        neg.ptime,
+        Some(30),
+        "what the peer asked for is still reported"
+    );
+    // without a ptime of our own, the answer leaves the offer's
+    let mut l = local(pcm());
+    l.ptime = None;
+    let (answer, _) = OfferAnswer::new(l, 1).handle_offer(&offer).unwrap();
+    assert_eq!(answer.media[0].ptime, Some(30));
+}

@@ -184,6 +184,38 @@ fn goertzel(s: &[i16], f: f64) -> f64 {
     (s1 * s1 + s2 * s2 - c * s1 * s2).sqrt() / s.len().max(1) as f64
 }
 
+/// The value of the metric line starting with `name` in a Prometheus text page.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{page}"))
+}
+
+/// An RTP packet as received: payload type, marker, timestamp, payload.
+type Packet = (u8, bool, u32, Vec<u8>);
+
+/// Collects every RTP packet arriving at `sock` until `stop` is set.
+fn collect_packets(sock: UdpSocket, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<Packet>> {
+    thread::spawn(move || {
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1500];
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            if let Ok(p) = RtpPacket::parse(&buf[..n]) {
+                let payload = p.payload().to_vec();
+                out.push((p.payload_type(), p.marker(), p.timestamp(), payload));
+            }
+        }
+        out
+    })
+}
+
 /// A µ-law RTP packet arriving at the test's socket.
 struct Arrival {
     at: Instant,
@@ -280,14 +312,7 @@ fn announcement_plays_paced_rtp_then_hangs_up() {
     assert_eq!(calls["ended"][0]["service"], "annc", "{calls}");
     assert_eq!(calls["ended"][0]["fallback"], false, "{calls}");
     let metrics = m.sb.get("/metrics").expect("metrics").body;
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit_once(' '))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
-    };
+    let value = |name: &str| metric(&metrics, name);
     assert!(value("rtp_packets_out_total") >= 100.0);
     assert_eq!(value("rtp_malformed_total"), 2.0, "malformed RTP counted");
     assert!(
@@ -421,6 +446,8 @@ fn rfc4733_pcaps_are_detected_exactly() {
     assert!(out.success(), "{}", out.report());
     let call = m.ended_with("digits");
     assert_eq!(call["digits"], "159#", "{call}");
+    let metrics = m.sb.get("/metrics").expect("metrics").body;
+    assert_eq!(metric(&metrics, "dtmf_detected_total"), 4.0);
 }
 
 #[test]
@@ -872,4 +899,142 @@ fn baresip_calls_an_announcement_and_hears_it() {
     );
     let calls = m.calls();
     assert_eq!(calls["ended"][0]["service"], "annc", "{calls}");
+}
+
+fn goertzel16(s: &[i16], f: f64) -> f64 {
+    let c = 2.0 * (2.0 * std::f64::consts::PI * f / 16000.0).cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in s {
+        let s0 = x as f64 + c * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    (s1 * s1 + s2 * s2 - c * s1 * s2).sqrt() / s.len().max(1) as f64
+}
+
+#[test]
+fn an_offer_of_g722_alone_gets_g722_and_the_prompt_decodes() {
+    let Some(m) = mcp("") else { return };
+    let wav = switchboard_media::audio::write_wav(&sine(1000.0, 8000, 8000.0, 0), 8000);
+    std::fs::write(m.media_dir().join("tone.wav"), wav).expect("write wav");
+    let rtp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = rtp.local_addr().expect("addr").port().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let collector = collect_packets(rtp, stop.clone());
+    let ruri = format!("annc@{};play=file:tone.wav", m.addr());
+    let g722 = ("9", "a=rtpmap:9 G722/8000");
+    let out = call(&m, "mcp_call_wait_bye", &ruri, &port, g722, "");
+    thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let packets = collector.join().expect("collector");
+    assert!(out.success(), "{}", out.report());
+    let mut dec = switchboard_rtp::codec::g722::G722Decoder::new();
+    let mut loud = Vec::new();
+    for (pt, _, _, payload) in &packets {
+        assert_eq!(*pt, 9, "G.722 was answered and is sent");
+        assert_eq!(payload.len(), 160, "20 ms: one octet per 8 kHz tick");
+        let mut wide = [0i16; 320];
+        let n = dec.decode(payload, &mut wide);
+        if mean_abs(&wide[..n]) > 1000.0 {
+            loud.extend_from_slice(&wide[..n]);
+        }
+    }
+    // 1 s of prompt at 16 kHz, give or take the filters' start and end.
+    assert!(
+        (15000..=16640).contains(&loud.len()),
+        "{} loud samples",
+        loud.len()
+    );
+    let tone = goertzel16(&loud, 1000.0);
+    assert!(tone > 2000.0, "1 kHz at {tone:.0}");
+    for other in [500.0, 2000.0, 3000.0, 7000.0] {
+        assert!(tone > 20.0 * goertzel16(&loud, other), "{other} Hz");
+    }
+}
+
+/// Events received, one string per event: its packets as `[M]digit:duration[E]`.
+fn rfc4733_events(packets: &[Packet]) -> Vec<String> {
+    let mut by_ts: Vec<(u32, Vec<String>)> = Vec::new();
+    for (_, marker, ts, payload) in packets.iter().filter(|p| p.0 == 101) {
+        let e = switchboard_rtp::telephone_event::TelephoneEvent::parse(payload).expect("event");
+        let s = format!(
+            "{}{}:{}{}",
+            if *marker { "M" } else { "" },
+            e.digit().expect("a digit"),
+            e.duration,
+            if e.end { "E" } else { "" }
+        );
+        match by_ts.last_mut() {
+            Some((t, v)) if t == ts => v.push(s),
+            _ => by_ts.push((*ts, vec![s])),
+        }
+    }
+    by_ts.into_iter().map(|(_, v)| v.join(" ")).collect()
+}
+
+/// The digits a Goertzel detector hears in the µ-law packets.
+fn inband_digits(packets: &[Packet]) -> String {
+    let mut det = switchboard_rtp::dtmf::DtmfDetector::default();
+    let mut heard = String::new();
+    let mut pcm = [0i16; 1500];
+    for (_, _, _, payload) in packets.iter().filter(|p| p.0 == 0) {
+        let n = g711::decode_ulaw(payload, &mut pcm);
+        det.process(&pcm[..n], |d| heard.push(d.digit));
+    }
+    heard
+}
+
+#[test]
+fn dtmf_sent_over_rest_as_rfc4733_events_or_in_band() {
+    let Some(m) = mcp("") else { return };
+    let post = |path: &str, body: &str| {
+        http_request(m.sb.http_addr(), "POST", path, Some(body)).expect("POST")
+    };
+    for (i, codecs) in [PCMA_TE, PCMU].into_iter().enumerate() {
+        let rtp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = rtp.local_addr().expect("addr").port().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let collector = collect_packets(rtp, stop.clone());
+        let ruri = format!("conf=dtmf{i}@{}", m.addr());
+        let out = thread::scope(|scope| {
+            let caller = scope.spawn(|| call(&m, "mcp_call", &ruri, &port, codecs, &pause(2500)));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let call_id = loop {
+                let calls = m.calls();
+                if let Some(id) = calls["active"][0]["call_id"].as_str() {
+                    break id.to_owned();
+                }
+                assert!(Instant::now() < deadline, "no active call: {calls}");
+                thread::sleep(Duration::from_millis(50));
+            };
+            let path = format!("/v1/mcp/sessions/{call_id}/dtmf");
+            for (body, status) in [
+                ("not json", 400),
+                (r#"{"digits":"12x"}"#, 400),
+                (r#"{"digits":""}"#, 400),
+                (r#"{"digits":5}"#, 400),
+            ] {
+                let r = post(&path, body);
+                assert_eq!(r.status, status, "{body}: {}", r.body);
+                assert_eq!(r.header("content-type"), Some("application/problem+json"));
+            }
+            let r = post("/v1/mcp/sessions/nosuch/dtmf", r#"{"digits":"1"}"#);
+            assert_eq!(r.status, 404, "{}", r.body);
+            let r = post(&path, r#"{"digits":"1#9"}"#);
+            assert_eq!(r.status, 202, "{}", r.body);
+            caller.join().expect("sipp thread")
+        });
+        assert!(out.success(), "{}", out.report());
+        thread::sleep(Duration::from_millis(100));
+        stop.store(true, Ordering::Relaxed);
+        let packets = collector.join().expect("collector");
+        if i == 0 {
+            let one =
+                |d: char| format!("M{d}:160 {d}:320 {d}:480 {d}:640 {d}:800E {d}:800E {d}:800E");
+            assert_eq!(rfc4733_events(&packets), vec![one('1'), one('#'), one('9')]);
+        } else {
+            assert!(packets.iter().all(|p| p.0 == 0), "audio only");
+            assert_eq!(inband_digits(&packets), "1#9");
+        }
+    }
 }

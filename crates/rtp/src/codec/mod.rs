@@ -6,6 +6,7 @@
 
 pub mod g711;
 pub mod g722;
+pub mod halfband;
 pub mod l16;
 
 /// The codecs this crate implements, with their RTP facts (RFC 3551 static payload types).

@@ -4,7 +4,8 @@
 //! `POST /v1/conferences/{id}/participants/{call_id}/mute` (and `/unmute`), and
 //! `POST /v1/conferences/{id}/participants/{call_id}/mode` with `{"mode": "normal" | "muted" |
 //! "listen" | "whisper", "to": "<call-id>"}` for supervisors (listen: hears everyone, heard by
-//! nobody; whisper: heard only by the participant `to`).
+//! nobody; whisper: heard only by the participant `to`), and
+//! `POST /v1/mcp/sessions/{call_id}/dtmf` with `{"digits": "123#"}` to send DTMF to a caller.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -541,6 +542,47 @@ async fn set_mode(
     Json(json!({ "call_id": call_id, "mode": mode_name })).into_response()
 }
 
+/// `POST /v1/mcp/sessions/{call_id}/dtmf` with `{"digits": "123#"}`: sends the digits on
+/// the call's stream (RFC 4733 events when telephone-event was negotiated, else in-band).
+async fn send_dtmf(
+    State(glue): State<Arc<Glue>>,
+    Path(call_id): Path<String>,
+    body: String,
+) -> Response {
+    let v: serde_json::Value = match serde_json::from_str(&body) {
+        Ok(v) => v,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &format!("body is not JSON: {e}")),
+    };
+    let Some(digits) = v["digits"].as_str() else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "\"digits\" must be a string of 0-9 * # A-D",
+        );
+    };
+    if let Err(e) = switchboard_media::valid_digits(digits) {
+        return problem(StatusCode::BAD_REQUEST, &e);
+    }
+    let stream = glue
+        .calls()
+        .active
+        .values()
+        .find(|c| c.call_id == call_id)
+        .map(|c| c.stream);
+    let Some(stream) = stream else {
+        return problem(StatusCode::NOT_FOUND, "no such call");
+    };
+    if let Err(e) = glue.engine.send_dtmf(stream, digits) {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    }
+    metrics::counter!("mcp_dtmf_sent_total").increment(digits.chars().count() as u64);
+    tracing::info!(%call_id, %stream, digits, "sending DTMF");
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "call_id": call_id, "digits": digits })),
+    )
+        .into_response()
+}
+
 async fn mute(
     State(glue): State<Arc<Glue>>,
     Path((id, call_id)): Path<(String, String)>,
@@ -622,6 +664,7 @@ pub async fn start(
     });
     let router = Router::new()
         .route("/v1/mcp/calls", get(list_calls))
+        .route("/v1/mcp/sessions/{call_id}/dtmf", post(send_dtmf))
         .route("/v1/conferences/{id}", get(get_conference))
         .route(
             "/v1/conferences/{id}/participants/{call_id}/mute",

@@ -226,7 +226,14 @@ impl McpUa {
             username: "switchboard".into(),
             address: self.settings.rtp_ip,
             port,
-            codecs: vec![SdpCodec::pcmu(), SdpCodec::pcma(), SdpCodec::l16(8000)],
+            // G.722 after G.711 in our own offers: the engine's audio is 8 kHz either way, and
+            // G.711 costs less; an offer that prefers G.722 gets it.
+            codecs: vec![
+                SdpCodec::pcmu(),
+                SdpCodec::pcma(),
+                SdpCodec::g722(),
+                SdpCodec::l16(8000),
+            ],
             telephone_event: Some(TELEPHONE_EVENT_PT),
             ptime: Some(20),
         }
@@ -1331,7 +1338,7 @@ mod tests {
             .expect("200");
         let offer = std::str::from_utf8(ok.body()).unwrap().to_owned();
         assert!(
-            offer.contains("m=audio 20000 RTP/AVP 0 8 96 101"),
+            offer.contains("m=audio 20000 RTP/AVP 0 8 9 96 101"),
             "{offer}"
         );
         let to = ok.get(HeaderName::To).unwrap().to_owned();
@@ -1347,6 +1354,41 @@ mod tests {
         };
         assert_eq!(setup.codec, MediaCodec::PCMA);
         assert_eq!(setup.remote, Some("127.0.0.1:7010".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_offer_of_g722_alone_is_answered_with_g722_and_our_ptime() {
+        let mut ua = ua(false);
+        let now = Instant::now();
+        ua.handle_message(
+            invite(
+                "annc@mcp;play=x.wav",
+                "9",
+                "a=rtpmap:9 G722/8000\r\na=ptime:30\r\n",
+            ),
+            phone(),
+            now,
+        );
+        let out = outputs(&mut ua);
+        let McpOutput::Allocate { session, setup, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(setup.codec, MediaCodec::G722);
+        ua.handle_command(
+            McpCommand::Allocated {
+                session: *session,
+                result: Ok((StreamId(256), "127.0.0.1:20000".parse().unwrap())),
+            },
+            now,
+        );
+        let ok = sent(&mut ua)
+            .into_iter()
+            .find(|m| m.status() == Some(200))
+            .expect("200");
+        let body = std::str::from_utf8(ok.body()).unwrap().to_owned();
+        assert!(body.contains("m=audio 20000 RTP/AVP 9\r\n"), "{body}");
+        assert!(body.contains("a=rtpmap:9 G722/8000"), "{body}");
+        assert!(body.contains("a=ptime:20"), "we send 20 ms packets: {body}");
     }
 
     #[test]
