@@ -7,3 +7,6 @@
 pub mod core;
 pub mod model;
 pub mod sdp;
+
+#[cfg(test)]
+mod model_tests;

@@ -26,6 +26,10 @@ impl LegId {
     pub fn incoming(n: u64) -> LegId {
         LegId(n | 1 << 63)
     }
+
+    pub fn is_incoming(self) -> bool {
+        self.0 & 1 << 63 != 0
+    }
 }
 
 /// Where a new leg goes.
@@ -92,6 +96,14 @@ pub struct Call {
     pub user_data: UserData,
     /// The call this consult call was made from, and the DN that made it.
     pub consult_of: Option<(ConnId, String)>,
+}
+
+impl Party {
+    /// False for the destination of a MakeCall or consult call while its origin has not
+    /// answered yet: no INVITE went out and no event named it.
+    fn placed(&self) -> bool {
+        self.auto || self.leg.is_incoming() || self.state != PartyState::Dialing
+    }
 }
 
 impl Call {
@@ -636,7 +648,7 @@ impl Model {
         let caller_waiting = call
             .other(i)
             .map(|o| call.parties[o].clone())
-            .filter(|o| o.state == PartyState::Dialing && !o.auto);
+            .filter(|o| o.state == PartyState::Dialing && o.leg.is_incoming());
         ev(
             out,
             &call,
@@ -646,39 +658,47 @@ impl Model {
             None,
             reason.clone(),
         );
-        call.parties.remove(i);
         // An incoming caller still waiting for an answer gets the failure code.
-        if let Some(c) = caller_waiting {
-            if gone_state != PartyState::Established {
-                let code = match code {
-                    Some(c @ 400..=699) if c != 408 && c != 487 => c,
-                    _ => 480,
-                };
-                out.push(Action::Reject { leg: c.leg, code });
-                self.legs.remove(&c.leg);
-                if let Some(ci) = call.by_leg(c.leg) {
-                    ev(out, &call, ci, Event::EventReleased, now, None, reason);
-                    call.parties.remove(ci);
-                }
+        if let Some(c) = caller_waiting.filter(|_| gone_state != PartyState::Established) {
+            let code = match code {
+                Some(c @ 400..=699) if c != 408 && c != 487 => c,
+                _ => 480,
+            };
+            out.push(Action::Reject { leg: c.leg, code });
+            self.legs.remove(&c.leg);
+            if let Some(ci) = call.by_leg(c.leg) {
+                ev(out, &call, ci, Event::EventReleased, now, None, reason);
+                call.parties.remove(ci);
             }
         }
+        let Some(i) = call.by_leg(leg) else { return };
+        let gone = call.parties.remove(i);
         if call.parties.len() >= 2 {
             self.calls.insert(conn, call);
             return;
         }
-        // One party left alone: it is released too.
+        self.end_call(call, Some(gone), now, out);
+    }
+
+    /// A call with fewer than two parties ends: the ones left are hung up and released (with
+    /// `gone`, the party that left, as their OtherDN). A destination of a MakeCall that was
+    /// never placed gets neither a hang-up nor an event: nobody saw it.
+    fn end_call(&mut self, mut call: Call, gone: Option<Party>, now: u64, out: &mut Out) {
         for p in std::mem::take(&mut call.parties) {
-            out.push(Action::Hangup { leg: p.leg });
-            out.push(Action::CancelRingTimer { leg: p.leg });
             self.legs.remove(&p.leg);
             self.ops.remove(&p.leg);
+            out.push(Action::CancelRingTimer { leg: p.leg });
+            if !p.placed() {
+                continue;
+            }
+            out.push(Action::Hangup { leg: p.leg });
             let tmp = Call {
-                parties: vec![p],
+                parties: std::iter::once(p).chain(gone.clone()).collect(),
                 ..call.clone()
             };
             ev(out, &tmp, 0, Event::EventReleased, now, None, None);
         }
-        out.push(Action::CallEnded { conn });
+        out.push(Action::CallEnded { conn: call.conn });
     }
 
     fn reoffer_done(&mut self, leg: LegId, ok: bool, sdp: Option<Bytes>, now: u64, out: &mut Out) {
@@ -972,23 +992,12 @@ impl Model {
             return;
         };
         ev(out, &call, i, Event::EventReleased, now, req, None);
-        call.parties.remove(i);
+        let gone = call.parties.remove(i);
         if call.parties.len() >= 2 {
             self.calls.insert(conn, call);
             return;
         }
-        for p in std::mem::take(&mut call.parties) {
-            out.push(Action::Hangup { leg: p.leg });
-            out.push(Action::CancelRingTimer { leg: p.leg });
-            self.legs.remove(&p.leg);
-            self.ops.remove(&p.leg);
-            let tmp = Call {
-                parties: vec![p],
-                ..call.clone()
-            };
-            ev(out, &tmp, 0, Event::EventReleased, now, None, None);
-        }
-        out.push(Action::CallEnded { conn });
+        self.end_call(call, Some(gone), now, out);
     }
 
     /// MakeCall and the consult leg of InitiateTransfer: ring the DN's phone with auto-answer
