@@ -1,0 +1,322 @@
+//! The SIP Server (`sip-node`) against real SIPp, with the SIP edge and call-state in the same
+//! process: a carrier calls a registered phone through the B2BUA, a phone calls out through a
+//! trunk, call control over REST, and the TLib events on the bus and in call-state.
+
+use serde_json::Value;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+use switchboard_bus::{EmbeddedBus, SharedBus};
+use switchboard_events::Event;
+use switchboard_testkit::{http_request, require_program, Sipp, SippOutcome, Switchboard};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+fn config(data_dir: &Path, trunk_port: u16) -> String {
+    format!(
+        r#"data_dir = {:?}
+
+[registrar]
+algorithms = ["MD5"]
+
+[sip_node]
+trunks = ["127.0.0.1:{trunk_port}"]
+
+[[tenants]]
+name = "demo"
+domain = "switchboard"
+[[tenants.users]]
+user = "1001"
+password = "secret"
+[[tenants.users]]
+user = "1002"
+password = "secret"
+"#,
+        data_dir.display().to_string()
+    )
+}
+
+fn scenario(name: &str, vars: &[(&str, &str)]) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sipp")
+        .join(format!("{name}.xml"));
+    let mut xml =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (k, v) in vars {
+        xml = xml.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    xml
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn sipp(xml: &str, remote: Option<SocketAddr>, port: u16) -> Sipp {
+    let mut s = Sipp::scenario(xml)
+        .arg("-p")
+        .arg(&port.to_string())
+        .timeout(Duration::from_secs(20));
+    if let Some(r) = remote {
+        s = s.remote(r);
+    }
+    s
+}
+
+/// Runs a SIPp scenario in the background; join it for its outcome.
+fn background(
+    xml: String,
+    remote: Option<SocketAddr>,
+    port: u16,
+) -> thread::JoinHandle<SippOutcome> {
+    let h = thread::spawn(move || sipp(&xml, remote, port).run().expect("sipp runs"));
+    // SIPp needs a moment to bind before the first message is sent to it.
+    thread::sleep(Duration::from_millis(400));
+    h
+}
+
+fn register(sb: &Switchboard, user: &str, contact_port: u16) {
+    let contact = format!("127.0.0.1:{contact_port}");
+    let xml = scenario(
+        "register",
+        &[
+            ("USER", user),
+            ("CONTACT", &contact),
+            ("EXPIRES", "120"),
+            ("PASSWORD", "secret"),
+        ],
+    );
+    let out = sipp(&xml, sb.sip_udp_addr(), free_port())
+        .run()
+        .expect("sipp runs");
+    assert!(out.success(), "REGISTER {user} failed:\n{}", out.report());
+}
+
+fn start(dir: &Path, trunk_port: u16) -> Option<Switchboard> {
+    if !require_program("sipp") {
+        return None;
+    }
+    Some(
+        Switchboard::builder()
+            .binary(BIN)
+            .config(&config(dir, trunk_port))
+            .roles(&["sip-proxy", "registrar", "sip-node", "call-state"])
+            .spawn()
+            .expect("switchboard starts"),
+    )
+}
+
+fn request(sb: &Switchboard, method: &str, path: &str, body: &str) -> (u16, String, Value) {
+    let r = http_request(sb.http_addr(), method, path, Some(body)).expect("HTTP request");
+    let ct = r.header("content-type").unwrap_or("").to_string();
+    (
+        r.status,
+        ct,
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+fn calls(sb: &Switchboard, state: &str) -> Vec<Value> {
+    let r = sb
+        .get(&format!("/v1/tenants/demo/calls?state={state}"))
+        .expect("GET calls");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).expect("JSON");
+    v["calls"].as_array().cloned().unwrap_or_default()
+}
+
+/// Polls call-state until `pred` holds for some call in `state`.
+fn wait_call(sb: &Switchboard, state: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = calls(sb, state);
+        if let Some(c) = list.iter().find(|c| pred(c)) {
+            return c.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no such {state} call in {list:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn party_state(call: &Value, dn: &str) -> Option<String> {
+    call["parties"]
+        .as_array()?
+        .iter()
+        .find(|p| p["dn"] == dn)
+        .and_then(|p| p["state"].as_str())
+        .map(str::to_string)
+}
+
+/// The events on `events:demo`, read from the embedded bus file once the process is gone.
+fn bus_events(sb: &mut Switchboard, dir: &Path) -> Vec<Event> {
+    sb.terminate().expect("SIGTERM");
+    let status = sb.wait_exit(Duration::from_secs(15)).expect("wait");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit: {status:?}"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let bus: SharedBus = Arc::new(EmbeddedBus::open(&dir.join("bus.db")).expect("bus file"));
+        bus.read_range("events:demo", None, 1000)
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|e| Event::from_json(&String::from_utf8_lossy(&e.payload)).expect("an event"))
+            .collect()
+    })
+}
+
+fn seq(events: &[Event]) -> Vec<(&'static str, String)> {
+    events
+        .iter()
+        .map(|e| (e.name(), e.this_dn().unwrap_or("").to_string()))
+        .collect()
+}
+
+#[test]
+fn carrier_call_to_a_registered_phone_released_over_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut sb) = start(dir.path(), free_port()) else {
+        return;
+    };
+    let node = sb
+        .addr("sip_node_udp")
+        .expect("sip_node_udp in the listening line");
+    let phone = free_port();
+    register(&sb, "1002", phone);
+    let callee = background(scenario("callee", &[]), None, phone);
+    let carrier = background(
+        scenario(
+            "carrier_wait_bye",
+            &[("CALLEE", "1002"), ("WAIT_MS", "15000")],
+        ),
+        Some(node),
+        free_port(),
+    );
+    let call = wait_call(&sb, "active", |c| {
+        party_state(c, "1002").as_deref() == Some("established")
+    });
+    let conn = call["conn_id"].as_str().expect("conn_id").to_string();
+    assert_eq!(call["call_type"], "inbound", "{call}");
+
+    // Bad requests get problems, the call is untouched.
+    let base = format!("/v1/tenants/demo/calls/{conn}");
+    let (status, ct, body) = request(&sb, "POST", &format!("{base}/hold"), "{not json");
+    assert_eq!(
+        (status, ct.as_str()),
+        (400, "application/problem+json"),
+        "{body}"
+    );
+    let (status, _, _) = request(
+        &sb,
+        "POST",
+        "/v1/tenants/demo/calls/00000000000000ff/release",
+        r#"{"dn":"1002"}"#,
+    );
+    assert_eq!(status, 404, "unknown call");
+    let (status, _, _) = request(
+        &sb,
+        "POST",
+        &format!("/v1/tenants/nope/calls/{conn}/release"),
+        r#"{"dn":"1002"}"#,
+    );
+    assert_eq!(status, 404, "unknown tenant");
+    let (status, _, body) = request(
+        &sb,
+        "POST",
+        &format!("{base}/transfer"),
+        r#"{"dn":"1002","to":"77"}"#,
+    );
+    assert_eq!(status, 422, "invalid destination: {body}");
+
+    let (status, _, body) = request(
+        &sb,
+        "POST",
+        &format!("{base}/user-data"),
+        r#"{"dn":"1002","data":{"case":"42"}}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let (status, _, body) = request(&sb, "POST", &format!("{base}/release"), r#"{"dn":"1002"}"#);
+    assert_eq!(status, 202, "{body}");
+    let release_id = body["request_id"].as_u64().expect("request_id");
+    assert_eq!(body["conn_id"], conn.as_str());
+
+    let carrier = carrier.join().expect("carrier thread");
+    let callee = callee.join().expect("callee thread");
+    assert!(carrier.success(), "carrier:\n{}", carrier.report());
+    assert!(callee.success(), "phone:\n{}", callee.report());
+
+    let done = wait_call(&sb, "released", |c| c["conn_id"] == conn.as_str());
+    assert_eq!(
+        party_state(&done, "1002").as_deref(),
+        Some("released"),
+        "{done}"
+    );
+    assert_eq!(done["user_data"]["case"], "42", "{done}");
+
+    let events = bus_events(&mut sb, dir.path());
+    assert_eq!(
+        seq(&events),
+        vec![
+            ("EventRinging", "1002".into()),
+            ("EventEstablished", "1002".into()),
+            ("EventAttachedDataChanged", "1002".into()),
+            ("EventReleased", "1002".into()),
+        ]
+    );
+    let released = events[3].call().expect("call event");
+    assert_eq!(released.request_id, Some(release_id));
+    assert_eq!(released.other_dn.as_deref(), Some("+15551234567"));
+    assert!(events
+        .iter()
+        .all(|e| e.call().and_then(|c| c.conn_id).map(|c| c.to_string()) == Some(conn.clone())));
+}
+
+#[test]
+fn phone_calls_out_through_the_trunk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trunk = free_port();
+    let Some(mut sb) = start(dir.path(), trunk) else {
+        return;
+    };
+    let gateway = background(scenario("trunk_uas", &[]), None, trunk);
+    // 1001's phone calls through the edge, which hands the new call to the SIP Server.
+    let phone = sipp(
+        &scenario("caller", &[("CALLEE", "+15550001111")]),
+        sb.sip_udp_addr(),
+        free_port(),
+    )
+    .run()
+    .expect("sipp runs");
+    let gateway = gateway.join().expect("gateway thread");
+    assert!(phone.success(), "phone:\n{}", phone.report());
+    assert!(gateway.success(), "trunk:\n{}", gateway.report());
+
+    let done = wait_call(&sb, "released", |c| party_state(c, "1001").is_some());
+    assert_eq!(done["call_type"], "outbound", "{done}");
+    let events = bus_events(&mut sb, dir.path());
+    assert_eq!(
+        seq(&events),
+        vec![
+            ("EventDialing", "1001".into()),
+            ("EventEstablished", "1001".into()),
+            ("EventReleased", "1001".into()),
+        ]
+    );
+    assert_eq!(
+        events[0].call().unwrap().other_dn.as_deref(),
+        Some("+15550001111")
+    );
+}
