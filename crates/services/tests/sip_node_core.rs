@@ -532,3 +532,54 @@ fn malformed_and_unknown_requests_get_errors_not_panics() {
     );
     one(&out, 5090, "200");
 }
+
+#[test]
+fn a_device_that_holds_us_gets_a_recvonly_answer() {
+    let mut n = Net::new();
+    let (_, ok) = answered_call(&mut n, "in-9");
+    let tag = ok.to().unwrap().tag().unwrap().to_string();
+    let held = OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n");
+    let reinvite = carrier_in_dialog("INVITE", "in-9", 2, &tag, "re9").replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{held}",
+            held.len()
+        ),
+    );
+    let out = n.feed(&reinvite, TRUNK);
+    let answer = body(one(&out, 5090, "200"));
+    assert!(
+        answer.contains("a=recvonly") && answer.contains("m=audio 5000"),
+        "{answer}"
+    );
+    assert!(to(&out, 5060).is_empty(), "the phone's leg is undisturbed");
+}
+
+#[test]
+fn a_2xx_never_acked_ends_the_call() {
+    let mut n = Net::new();
+    let out = n.feed(&carrier_invite("in-10"), TRUNK);
+    let inv = one(&out, 5060, "INVITE").clone();
+    n.phone_reply(&inv, 200, Some(ANSWER));
+    n.events();
+    // No ACK from the carrier: 200s are retransmitted, then both legs get a BYE.
+    let out = n.advance(40_000);
+    assert!(
+        to(&out, 5090)
+            .iter()
+            .filter(|m| m.status() == Some(200))
+            .count()
+            >= 5,
+        "{out:#?}"
+    );
+    // (retransmitted, as nobody answers them)
+    let byes = |port| {
+        to(&out, port)
+            .iter()
+            .filter(|m| m.method() == Some(&Method::Bye))
+            .count()
+    };
+    assert!(byes(5090) >= 1 && byes(5060) >= 1, "{out:#?}");
+    assert_eq!(names(&n.events()), vec![("EventReleased", "1001".into())]);
+    assert!(n.node.model().is_empty());
+}

@@ -11,7 +11,7 @@
 use super::model::{
     Action, Dest, Direction, Input, LegId, Model, ModelSettings, Request, Resolved,
 };
-use super::sdp::LegSdp;
+use super::sdp::{answer_direction, direction_of, LegSdp};
 use crate::sip::target::uri_peer;
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -802,8 +802,14 @@ impl SipNode {
             }
             Method::Invite => {
                 // A re-INVITE from the device (its own hold, a session refresh): answer with
-                // the media we last offered it, so the other leg is undisturbed.
-                let body = leg.sdp.last.clone();
+                // the media we last sent it, in the direction that mirrors its offer, so the
+                // other leg is undisturbed.
+                let dir =
+                    (!req.body().is_empty()).then(|| answer_direction(direction_of(req.body())));
+                let body = match (leg.sdp.last.clone(), dir) {
+                    (Some(last), Some(d)) => Some(leg.sdp.prepare(&last, Some(d))),
+                    (last, _) => last,
+                };
                 let contact = self.contact();
                 let mut b = response_to(&req, 200, None).header("Contact", &contact);
                 b = b.copy_lines(&req, HeaderName::RecordRoute);
@@ -1094,7 +1100,12 @@ impl Core for SipNode {
                 continue;
             };
             if now >= until {
+                // No ACK within 64*T1: the session is not up; end it (RFC 3261 §13.3.1.4).
                 leg.unacked_2xx = None;
+                tracing::info!(leg = id.0, call_id = %leg.call_id, "no ACK for our 2xx: hanging up");
+                self.send_in_dialog(id, Method::Bye, &[], None, Purpose::Bye, now);
+                self.drop_leg(id);
+                self.feed(Input::HungUp { leg: id }, now);
                 continue;
             }
             self.tx.send_stateless(bytes.clone(), peer);

@@ -62,6 +62,7 @@ pub enum Resolved {
 pub enum Direction {
     SendRecv,
     SendOnly,
+    RecvOnly,
     Inactive,
 }
 

@@ -79,6 +79,7 @@ pub fn set_direction(sdp: &str, d: Direction) -> String {
     let attr = match d {
         Direction::SendRecv => "a=sendrecv",
         Direction::SendOnly => "a=sendonly",
+        Direction::RecvOnly => "a=recvonly",
         Direction::Inactive => "a=inactive",
     };
     let is_dir = |l: &str| matches!(l, "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive");
@@ -118,12 +119,23 @@ pub fn direction_of(sdp: &[u8]) -> Direction {
             in_media = true;
         }
         match l {
-            "a=sendonly" | "a=recvonly" => found = Direction::SendOnly,
+            "a=sendonly" => found = Direction::SendOnly,
+            "a=recvonly" => found = Direction::RecvOnly,
             "a=inactive" => found = Direction::Inactive,
             _ => {}
         }
     }
     found
+}
+
+/// The direction an answer takes for an offer's direction (RFC 3264 §6.1): a device that
+/// holds us (sendonly) gets recvonly back.
+pub fn answer_direction(offer: Direction) -> Direction {
+    match offer {
+        Direction::SendOnly => Direction::RecvOnly,
+        Direction::RecvOnly => Direction::SendOnly,
+        d => d,
+    }
 }
 
 #[cfg(test)]
@@ -148,6 +160,19 @@ mod tests {
         let back = leg.prepare(held.as_bytes(), Some(Direction::SendRecv));
         assert!(String::from_utf8_lossy(&back).contains("o=user1 42 3 "));
         assert_eq!(direction_of(&back), Direction::SendRecv);
+    }
+
+    #[test]
+    fn answers_mirror_the_offered_direction() {
+        let off = set_direction(SDP, Direction::SendOnly);
+        assert_eq!(
+            answer_direction(direction_of(off.as_bytes())),
+            Direction::RecvOnly
+        );
+        let off = set_direction(SDP, Direction::RecvOnly);
+        assert_eq!(direction_of(off.as_bytes()), Direction::RecvOnly);
+        assert_eq!(answer_direction(Direction::Inactive), Direction::Inactive);
+        assert_eq!(direction_of(SDP.as_bytes()), Direction::SendRecv);
     }
 
     #[test]
