@@ -320,3 +320,91 @@ fn phone_calls_out_through_the_trunk() {
         Some("+15550001111")
     );
 }
+
+/// Waits until call `conn` satisfies `pred` in call-state.
+fn wait_conn(sb: &Switchboard, conn: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    wait_call(sb, "all", |c| c["conn_id"] == conn && pred(c))
+}
+
+fn post(sb: &Switchboard, path: &str, body: &str) -> u64 {
+    let (status, _, json) = request(sb, "POST", path, body);
+    assert_eq!(status, 202, "POST {path} {body}: {json}");
+    json["request_id"].as_u64().expect("request_id")
+}
+
+#[test]
+fn hold_retrieve_and_single_step_transfer_over_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut sb) = start(dir.path(), free_port()) else {
+        return;
+    };
+    let node = sb.addr("sip_node_udp").expect("sip_node_udp");
+    let (p1, p2) = (free_port(), free_port());
+    register(&sb, "1001", p1);
+    register(&sb, "1002", p2);
+    let phone2 = background(scenario("callee", &[]), None, p2);
+    let phone1 = background(scenario("callee", &[]), None, p1);
+    let carrier = background(
+        scenario(
+            "carrier_hold_transfer",
+            &[("CALLEE", "1002"), ("WAIT_MS", "15000")],
+        ),
+        Some(node),
+        free_port(),
+    );
+    let call = wait_call(&sb, "active", |c| {
+        party_state(c, "1002").as_deref() == Some("established")
+    });
+    let conn = call["conn_id"].as_str().expect("conn_id").to_string();
+    let base = format!("/v1/tenants/demo/calls/{conn}");
+
+    let hold = post(&sb, &format!("{base}/hold"), r#"{"dn":"1002"}"#);
+    wait_conn(&sb, &conn, |c| {
+        party_state(c, "1002").as_deref() == Some("held")
+    });
+    let retrieve = post(&sb, &format!("{base}/retrieve"), r#"{"dn":"1002"}"#);
+    wait_conn(&sb, &conn, |c| c["last_event"] == "EventRetrieved");
+    let transfer = post(
+        &sb,
+        &format!("{base}/transfer"),
+        r#"{"dn":"1002","to":"1001"}"#,
+    );
+    wait_conn(&sb, &conn, |c| {
+        party_state(c, "1001").as_deref() == Some("established")
+    });
+    let release = post(&sb, &format!("{base}/release"), r#"{"dn":"1001"}"#);
+
+    for (who, h) in [("carrier", carrier), ("1002", phone2), ("1001", phone1)] {
+        let out = h.join().expect("sipp thread");
+        assert!(out.success(), "{who}:\n{}", out.report());
+    }
+    let events = bus_events(&mut sb, dir.path());
+    assert_eq!(
+        seq(&events),
+        vec![
+            ("EventRinging", "1002".into()),
+            ("EventEstablished", "1002".into()),
+            ("EventHeld", "1002".into()),
+            ("EventRetrieved", "1002".into()),
+            ("EventReleased", "1002".into()),
+            ("EventRinging", "1001".into()),
+            ("EventEstablished", "1001".into()),
+            ("EventReleased", "1001".into()),
+        ]
+    );
+    let req = |i: usize| events[i].call().and_then(|c| c.request_id);
+    assert_eq!(
+        [req(2), req(3), req(4), req(7)],
+        [Some(hold), Some(retrieve), Some(transfer), Some(release)]
+    );
+    let transferred = events[4].call().unwrap();
+    assert_eq!(
+        transferred.this_role,
+        Some(switchboard_events::PartyRole::TransferredBy)
+    );
+    assert_eq!(transferred.third_party_dn.as_deref(), Some("1001"));
+    assert!(events.iter().all(|e| e
+        .call()
+        .and_then(|c| c.conn_id)
+        .is_some_and(|c| c.to_string() == conn)));
+}
