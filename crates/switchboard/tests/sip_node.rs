@@ -408,3 +408,120 @@ fn hold_retrieve_and_single_step_transfer_over_rest() {
         .and_then(|c| c.conn_id)
         .is_some_and(|c| c.to_string() == conn)));
 }
+
+/// The events of one ConnID, in order.
+fn of_call<'a>(events: &'a [Event], conn: &str) -> Vec<&'a Event> {
+    events
+        .iter()
+        .filter(|e| {
+            e.call()
+                .and_then(|c| c.conn_id)
+                .is_some_and(|c| c.to_string() == conn)
+        })
+        .collect()
+}
+
+fn seq_of(events: &[&Event]) -> Vec<(&'static str, String)> {
+    events
+        .iter()
+        .map(|e| (e.name(), e.this_dn().unwrap_or("").to_string()))
+        .collect()
+}
+
+#[test]
+fn consult_and_complete_transfer_over_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut sb) = start(dir.path(), free_port()) else {
+        return;
+    };
+    let node = sb.addr("sip_node_udp").expect("sip_node_udp");
+    let (p1, p2) = (free_port(), free_port());
+    register(&sb, "1001", p1);
+    register(&sb, "1002", p2);
+    let agent_xml = scenario("agent_consult", &[]);
+    let agent = thread::spawn(move || {
+        sipp(&agent_xml, None, p2)
+            .calls(2)
+            .run()
+            .expect("sipp runs")
+    });
+    let consulted = background(scenario("callee_reinvite", &[]), None, p1);
+    let carrier = background(
+        scenario(
+            "carrier_consult",
+            &[("CALLEE", "1002"), ("WAIT_MS", "15000")],
+        ),
+        Some(node),
+        free_port(),
+    );
+    let call = wait_call(&sb, "active", |c| {
+        party_state(c, "1002").as_deref() == Some("established")
+    });
+    let conn = call["conn_id"].as_str().expect("conn_id").to_string();
+    let base = format!("/v1/tenants/demo/calls/{conn}");
+    post(
+        &sb,
+        &format!("{base}/user-data"),
+        r#"{"dn":"1002","data":{"case":"7"}}"#,
+    );
+
+    let consult = post(
+        &sb,
+        &format!("{base}/consult"),
+        r#"{"dn":"1002","to":"1001"}"#,
+    );
+    let c2 = wait_call(&sb, "active", |c| {
+        c["call_type"] == "consult" && party_state(c, "1001").as_deref() == Some("established")
+    });
+    let conn2 = c2["conn_id"].as_str().expect("conn_id").to_string();
+    wait_conn(&sb, &conn, |c| {
+        party_state(c, "1002").as_deref() == Some("held")
+    });
+    let complete = post(&sb, &format!("{base}/complete"), r#"{"dn":"1002"}"#);
+    wait_conn(&sb, &conn, |c| c["last_event"] == "EventPartyChanged");
+    let release = post(&sb, &format!("{base}/release"), r#"{"dn":"1001"}"#);
+
+    for (who, h) in [("carrier", carrier), ("1002", agent), ("1001", consulted)] {
+        let out = h.join().expect("sipp thread");
+        assert!(out.success(), "{who}:\n{}", out.report());
+    }
+    let events = bus_events(&mut sb, dir.path());
+    let first = of_call(&events, &conn);
+    assert_eq!(
+        seq_of(&first),
+        vec![
+            ("EventRinging", "1002".into()),
+            ("EventEstablished", "1002".into()),
+            ("EventAttachedDataChanged", "1002".into()),
+            ("EventHeld", "1002".into()),
+            ("EventReleased", "1002".into()),
+            ("EventPartyChanged", "1001".into()),
+            ("EventReleased", "1001".into()),
+        ]
+    );
+    let second = of_call(&events, &conn2);
+    assert_eq!(
+        seq_of(&second),
+        vec![
+            ("EventDialing", "1002".into()),
+            ("EventRinging", "1001".into()),
+            ("EventEstablished", "1001".into()),
+            ("EventEstablished", "1002".into()),
+            ("EventReleased", "1002".into()),
+        ]
+    );
+    let attrs = |e: &Event| e.call().cloned().expect("call event");
+    assert_eq!(
+        attrs(first[3]).request_id,
+        Some(consult),
+        "EventHeld confirms the consult"
+    );
+    assert_eq!(attrs(second[0]).request_id, Some(consult));
+    assert_eq!(attrs(second[0]).user_data["case"], "7", "user data copied");
+    assert_eq!(attrs(first[4]).request_id, Some(complete));
+    let changed = attrs(first[5]);
+    assert_eq!(changed.previous_conn_id.map(|c| c.to_string()), Some(conn2));
+    assert_eq!(changed.third_party_dn.as_deref(), Some("1002"));
+    assert_eq!(changed.other_dn.as_deref(), Some("+15551234567"));
+    assert_eq!(attrs(first[6]).request_id, Some(release));
+}
