@@ -8,15 +8,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use switchboard_bus::{EmbeddedBus, SharedBus};
+use switchboard_bus::{EmbeddedBus, RedisBus, SharedBus};
 use switchboard_events::Event;
-use switchboard_testkit::{http_request, require_program, Sipp, SippOutcome, Switchboard};
+use switchboard_testkit::{
+    http_request, require_program, RedisServer, Sipp, SippOutcome, Switchboard,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
-fn config(data_dir: &Path, trunk_port: u16) -> String {
+/// `bus`: extra TOML for `[bus]` (empty for the embedded bus).
+fn config(data_dir: &Path, trunk_port: u16, bus: &str) -> String {
     format!(
         r#"data_dir = {:?}
+{bus}
 
 [registrar]
 algorithms = ["MD5"]
@@ -98,13 +102,22 @@ fn register(sb: &Switchboard, user: &str, contact_port: u16) {
 }
 
 fn start(dir: &Path, trunk_port: u16) -> Option<Switchboard> {
+    start_with(dir, trunk_port, None)
+}
+
+/// With `redis`, the bus is that Redis server.
+fn start_with(dir: &Path, trunk_port: u16, redis: Option<&RedisServer>) -> Option<Switchboard> {
     if !require_program("sipp") {
         return None;
     }
+    let bus = match redis {
+        Some(r) => format!("[bus]\nbackend = \"redis\"\nredis_url = {:?}\n", r.url()),
+        None => String::new(),
+    };
     Some(
         Switchboard::builder()
             .binary(BIN)
-            .config(&config(dir, trunk_port))
+            .config(&config(dir, trunk_port, &bus))
             .roles(&["sip-proxy", "registrar", "sip-node", "call-state"])
             .spawn()
             .expect("switchboard starts"),
@@ -157,6 +170,12 @@ fn party_state(call: &Value, dn: &str) -> Option<String> {
 
 /// The events on `events:demo`, read from the embedded bus file once the process is gone.
 fn bus_events(sb: &mut Switchboard, dir: &Path) -> Vec<Event> {
+    bus_events_with(sb, dir, None)
+}
+
+/// Stops the process cleanly, then reads `events:demo` from the embedded bus file or from
+/// `redis`.
+fn bus_events_with(sb: &mut Switchboard, dir: &Path, redis: Option<&RedisServer>) -> Vec<Event> {
     sb.terminate().expect("SIGTERM");
     let status = sb.wait_exit(Duration::from_secs(15)).expect("wait");
     assert!(
@@ -168,7 +187,10 @@ fn bus_events(sb: &mut Switchboard, dir: &Path) -> Vec<Event> {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let bus: SharedBus = Arc::new(EmbeddedBus::open(&dir.join("bus.db")).expect("bus file"));
+        let bus: SharedBus = match redis {
+            Some(r) => Arc::new(RedisBus::connect(&r.url()).await.expect("redis")),
+            None => Arc::new(EmbeddedBus::open(&dir.join("bus.db")).expect("bus file")),
+        };
         bus.read_range("events:demo", None, 1000)
             .await
             .expect("read")
@@ -334,8 +356,21 @@ fn post(sb: &Switchboard, path: &str, body: &str) -> u64 {
 
 #[test]
 fn hold_retrieve_and_single_step_transfer_over_rest() {
+    hold_retrieve_transfer(None);
+}
+
+#[test]
+fn hold_retrieve_and_transfer_with_the_redis_bus() {
+    if !require_program("redis-server") {
+        return;
+    }
+    let redis = RedisServer::spawn().expect("redis-server starts");
+    hold_retrieve_transfer(Some(&redis));
+}
+
+fn hold_retrieve_transfer(redis: Option<&RedisServer>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(mut sb) = start(dir.path(), free_port()) else {
+    let Some(mut sb) = start_with(dir.path(), free_port(), redis) else {
         return;
     };
     let node = sb.addr("sip_node_udp").expect("sip_node_udp");
@@ -378,7 +413,7 @@ fn hold_retrieve_and_single_step_transfer_over_rest() {
         let out = h.join().expect("sipp thread");
         assert!(out.success(), "{who}:\n{}", out.report());
     }
-    let events = bus_events(&mut sb, dir.path());
+    let events = bus_events_with(&mut sb, dir.path(), redis);
     assert_eq!(
         seq(&events),
         vec![
