@@ -36,7 +36,12 @@ type Out = Vec<(Peer, Message)>;
 
 fn parse(b: Bytes) -> Message {
     let m = Message::parse(b).expect("the node writes parseable messages");
-    m.validate().expect("and valid ones");
+    if let Err(e) = m.validate() {
+        panic!(
+            "invalid message sent: {e}\n{}",
+            String::from_utf8_lossy(m.as_bytes())
+        );
+    }
     m
 }
 
@@ -582,4 +587,193 @@ fn a_2xx_never_acked_ends_the_call() {
     assert!(byes(5090) >= 1 && byes(5060) >= 1, "{out:#?}");
     assert_eq!(names(&n.events()), vec![("EventReleased", "1001".into())]);
     assert!(n.node.model().is_empty());
+}
+
+/// Bad input never takes the core down: mutated carrier INVITEs, CANCELs, in-dialog
+/// requests, phone responses and BYEs, interleaved with call-control requests on live and
+/// dead calls and timer runs, in a fixed pseudo-random order. Nothing may panic, and once
+/// every DN releases, no call with a DN is left.
+#[test]
+fn mutated_messages_and_requests_never_panic() {
+    let mut n = Net::new();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    // What the node sent lately: INVITEs to the edge (for phone answers) and the carrier's
+    // dialog tags (for in-dialog requests), and the calls it reported.
+    let mut node_invites: Vec<Message> = Vec::new();
+    let mut carrier_tags: Vec<(String, String)> = Vec::new();
+    let mut conns: Vec<ConnId> = Vec::new();
+    let (mut oks, mut events, mut calls) = (0, 0, 0);
+    for i in 0..20_000u32 {
+        let mut text: Option<Vec<u8>> = None;
+        let mut from = TRUNK;
+        match rnd() % 12 {
+            0..=2 => {
+                calls += 1;
+                let cid = format!("fz-{}", rnd() % 64);
+                text = Some(carrier_invite(&cid).into_bytes());
+            }
+            3 => {
+                let cid = format!("fz-{}", rnd() % 64);
+                let c = carrier_invite(&cid)
+                    .replacen("INVITE sip", "CANCEL sip", 1)
+                    .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+                text = Some(c.into_bytes());
+            }
+            4 | 5 => {
+                if let Some((cid, tag)) = carrier_tags.get((rnd() % 8) as usize).cloned() {
+                    let m = ["BYE", "ACK", "INVITE", "INFO"][(rnd() % 4) as usize];
+                    text = Some(
+                        carrier_in_dialog(m, &cid, 2 + i, &tag, &format!("d{i}")).into_bytes(),
+                    );
+                }
+            }
+            6 | 7 => {
+                if let Some(inv) = node_invites.get((rnd() % 6) as usize).cloned() {
+                    let code = [180, 200, 200, 486, 487, 603][(rnd() % 6) as usize];
+                    let b = response_to(&inv, code, Some("phonetag"))
+                        .header("Contact", format_args!("<sip:1001@{PHONE}>"));
+                    let b = if code == 200 {
+                        b.body("application/sdp", ANSWER.as_bytes())
+                    } else {
+                        b.finish()
+                    };
+                    text = Some(b.to_vec());
+                    from = EDGE;
+                }
+            }
+            8 | 9 => {
+                let conn = conns
+                    .get((rnd() % 4) as usize)
+                    .copied()
+                    .unwrap_or(ConnId(rnd()));
+                let dn = ["1001", "1002"][(rnd() % 2) as usize].to_string();
+                let to = Resolved::Ok(match rnd() % 3 {
+                    0 => Dest::Dn("1002".into()),
+                    1 => Dest::Dn("1001".into()),
+                    _ => Dest::External("+15550001111".into()),
+                });
+                let request = match rnd() % 9 {
+                    0 => Request::Hold { conn, dn },
+                    1 => Request::Retrieve { conn, dn },
+                    2 => Request::Release { conn, dn },
+                    3 => Request::SingleStepTransfer { conn, dn, to },
+                    4 => Request::InitiateTransfer { conn, dn, to },
+                    5 => Request::CompleteTransfer { conn, dn },
+                    6 => Request::Answer { conn, dn },
+                    7 => Request::SendDtmf {
+                        conn,
+                        dn,
+                        digits: "1#".into(),
+                    },
+                    _ => Request::MakeCall { dn, to },
+                };
+                n.node.handle_command(
+                    NodeCommand {
+                        id: i as u64,
+                        tenant: "demo".into(),
+                        request,
+                    },
+                    n.now,
+                );
+            }
+            _ => {
+                n.now += Duration::from_millis(rnd() % 4000);
+                n.node.handle_timeout(n.now);
+            }
+        }
+        if let Some(mut m) = text {
+            for _ in 0..(rnd() % 4).saturating_sub(1) {
+                let at = (rnd() % m.len() as u64) as usize;
+                match rnd() % 3 {
+                    0 => m[at] = rnd() as u8,
+                    1 => {
+                        m.remove(at);
+                    }
+                    _ => m.insert(at, b"\r\n:;<>@=0 "[(rnd() % 10) as usize]),
+                }
+            }
+            if let Ok(msg) = Message::parse(Bytes::from(m)) {
+                n.node.handle_message(msg, Peer::udp(addr(from)), n.now);
+            }
+        }
+        while let Some(t) = n.node.poll_transmit() {
+            let Ok(m) = Message::parse(t.payload) else {
+                panic!("the node sent something unparseable");
+            };
+            if t.peer.addr.port() == 5060 && m.method() == Some(&Method::Invite) {
+                node_invites.insert(0, m);
+                node_invites.truncate(6);
+            } else if t.peer.addr.port() == 5090 && m.status() == Some(200) {
+                oks += 1;
+                if let (Ok(cid), Some(tag)) = (
+                    m.call_id(),
+                    m.to().ok().and_then(|t| t.tag().map(str::to_string)),
+                ) {
+                    carrier_tags.insert(0, (cid.to_string(), tag));
+                    carrier_tags.truncate(8);
+                }
+            }
+        }
+        while let Some(o) = n.node.poll_output() {
+            match o {
+                NodeOutput::CallStarted { conn, .. } => {
+                    conns.insert(0, conn);
+                    conns.truncate(4);
+                }
+                NodeOutput::Event(_) => events += 1,
+                NodeOutput::CallEnded { .. } => {}
+            }
+        }
+    }
+    eprintln!("exercised: {calls} INVITEs, {oks} 200s to the carrier, {events} events");
+    assert!(
+        oks > 50 && events > 500,
+        "exercised: {oks} 200s, {events} events"
+    );
+    // Every DN hangs up: no call with a DN is left.
+    let live: Vec<(ConnId, Vec<String>)> = n
+        .node
+        .model()
+        .calls()
+        .map(|c| (c.conn, c.parties.iter().map(|p| p.dn.clone()).collect()))
+        .collect();
+    for (conn, dns) in live {
+        for dn in dns {
+            n.node.handle_command(
+                NodeCommand {
+                    id: 0,
+                    tenant: "demo".into(),
+                    request: Request::Release { conn, dn },
+                },
+                n.now,
+            );
+        }
+    }
+    // Timers run out (responses to malformed requests echo them, so no validation here).
+    let until = n.now + Duration::from_secs(600);
+    while let Some(t) = n.node.poll_timeout().filter(|t| *t <= until) {
+        n.now = t.max(n.now);
+        n.node.handle_timeout(n.now);
+        while n.node.poll_transmit().is_some() {}
+    }
+    let parties: usize = n.node.model().calls().map(|c| c.parties.len()).sum();
+    assert!(
+        n.node.leg_count() <= parties,
+        "legs without a party leak: {} legs, {parties} parties",
+        n.node.leg_count()
+    );
+    assert!(
+        n.node
+            .model()
+            .calls()
+            .all(|c| c.parties.iter().all(|p| !p.internal)),
+        "{:?}",
+        n.node.model().calls().collect::<Vec<_>>()
+    );
 }

@@ -904,12 +904,7 @@ impl SipNode {
             return;
         }
         if code >= 300 {
-            let gone = leg.gone;
-            self.drop_leg(id);
-            if !gone {
-                self.feed(Input::Failed { leg: id, code }, now);
-            }
-            return;
+            return self.leg_failed(id, code, now);
         }
         // 2xx
         if leg
@@ -929,8 +924,9 @@ impl SipNode {
         match Dialog::uac(&req, &resp) {
             Ok(d) => leg.dialog = Some(d),
             Err(e) => {
-                tracing::warn!(error = %e, "2xx without a usable dialog");
-                return;
+                // Nothing to ACK or BYE in: the leg failed (the far end times out itself).
+                tracing::warn!(leg = id.0, error = %e, "2xx without a usable dialog");
+                return self.leg_failed(id, 502, now);
             }
         }
         leg.client = None;
@@ -950,6 +946,16 @@ impl SipNode {
             return;
         }
         self.feed(Input::Answered { leg: id, sdp }, now);
+    }
+
+    /// An outgoing leg failed with `code`: dropped, and the model told unless it had hung
+    /// the leg up already.
+    fn leg_failed(&mut self, id: LegId, code: u16, now: Instant) {
+        let gone = self.legs.get(&id).is_none_or(|l| l.gone);
+        self.drop_leg(id);
+        if !gone {
+            self.feed(Input::Failed { leg: id, code }, now);
+        }
     }
 
     fn ack_and_bye(&mut self, client: ClientTxId, resp: &Message, now: Instant) {
@@ -985,13 +991,7 @@ impl SipNode {
                     503
                 };
                 match purpose {
-                    Purpose::Invite => {
-                        let gone = self.legs.get(&id).is_none_or(|l| l.gone);
-                        self.drop_leg(id);
-                        if !gone {
-                            self.feed(Input::Failed { leg: id, code }, now);
-                        }
-                    }
+                    Purpose::Invite => self.leg_failed(id, code, now),
                     Purpose::Reinvite => self.feed(
                         Input::ReofferDone {
                             leg: id,
@@ -1005,7 +1005,13 @@ impl SipNode {
             }
             TxEvent::ProceedingTimeout(c) => self.cancel(c, now),
             TxEvent::ClientTerminated(c) => {
-                self.clients.remove(&c);
+                // An INVITE that ended without a 2xx we could use and without a final
+                // response that ended the leg: the leg must not wait forever.
+                if let Some((id, Purpose::Invite)) = self.clients.remove(&c) {
+                    if self.legs.get(&id).is_some_and(|l| l.client == Some(c)) {
+                        self.leg_failed(id, 408, now);
+                    }
+                }
             }
             TxEvent::ServerTerminated(s) => {
                 self.incoming_invites.remove(&s);
