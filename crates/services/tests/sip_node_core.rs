@@ -8,7 +8,7 @@ use switchboard_events::{ConnId, Event};
 use switchboard_services::sip_node::core::{
     Directory, NodeCommand, NodeOutput, NodeSettings, SipNode,
 };
-use switchboard_services::sip_node::model::{Dest, ModelSettings, Request, Resolved};
+use switchboard_services::sip_node::model::{Dest, ModelSettings, PartyState, Request, Resolved};
 use switchboard_sip::transaction::Timers;
 use switchboard_sip::{response_to, HeaderName, Message, Method, Peer, Transmit};
 use switchboard_sip_net::{Controlled, Core};
@@ -589,6 +589,20 @@ fn a_2xx_never_acked_ends_the_call() {
     assert!(n.node.model().is_empty());
 }
 
+/// Every party the model has is a leg the core has (a MakeCall destination not placed yet
+/// excepted).
+fn consistent(node: &SipNode) {
+    for c in node.model().calls() {
+        for p in &c.parties {
+            let placed = p.auto || p.leg.is_incoming() || p.state != PartyState::Dialing;
+            assert!(
+                !placed || node.has_leg(p.leg),
+                "{p:?} of {c:?} has no SIP leg"
+            );
+        }
+    }
+}
+
 /// Bad input never takes the core down: mutated carrier INVITEs, CANCELs, in-dialog
 /// requests, phone responses and BYEs, interleaved with call-control requests on live and
 /// dead calls and timer runs, in a fixed pseudo-random order. Nothing may panic, and once
@@ -720,6 +734,9 @@ fn mutated_messages_and_requests_never_panic() {
                 }
             }
         }
+        if i % 97 == 0 {
+            consistent(&n.node);
+        }
         while let Some(o) = n.node.poll_output() {
             match o {
                 NodeOutput::CallStarted { conn, .. } => {
@@ -736,6 +753,7 @@ fn mutated_messages_and_requests_never_panic() {
         oks > 50 && events > 500,
         "exercised: {oks} 200s, {events} events"
     );
+    consistent(&n.node);
     // Every DN hangs up: no call with a DN is left.
     let live: Vec<(ConnId, Vec<String>)> = n
         .node

@@ -238,6 +238,11 @@ impl SipNode {
         self.legs.len()
     }
 
+    /// Whether the core still has SIP state for `leg` (for consistency checks in tests).
+    pub fn has_leg(&self, leg: LegId) -> bool {
+        self.legs.contains_key(&leg)
+    }
+
     fn now_ms(&self, now: Instant) -> u64 {
         match self.epoch {
             Some((base, ms)) => ms + now.saturating_duration_since(base).as_millis() as u64,
