@@ -560,3 +560,55 @@ fn consult_and_complete_transfer_over_rest() {
     assert_eq!(changed.other_dn.as_deref(), Some("+15551234567"));
     assert_eq!(attrs(first[6]).request_id, Some(release));
 }
+
+#[test]
+fn make_call_over_rest_between_two_phones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut sb) = start(dir.path(), free_port()) else {
+        return;
+    };
+    let (p1, p2) = (free_port(), free_port());
+    register(&sb, "1001", p1);
+    register(&sb, "1002", p2);
+    // 1001's phone auto-answers the offerless INVITE (its offer in the 200) and takes the
+    // re-INVITE with 1002's media; 1002's phone rings and answers.
+    let origin = background(scenario("agent_consult", &[]), None, p1);
+    let dest = background(scenario("callee", &[]), None, p2);
+    let (status, ct, body) = request(
+        &sb,
+        "POST",
+        "/v1/tenants/demo/calls",
+        r#"{"dn":"1001","to":"1002"}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let make = body["request_id"].as_u64().expect("request_id");
+    assert!(ct.starts_with("application/json"), "{ct}");
+    let call = wait_call(&sb, "active", |c| {
+        party_state(c, "1001").as_deref() == Some("established")
+            && party_state(c, "1002").as_deref() == Some("established")
+    });
+    let conn = call["conn_id"].as_str().expect("conn_id").to_string();
+    assert_eq!(call["call_type"], "internal", "{call}");
+    post(
+        &sb,
+        &format!("/v1/tenants/demo/calls/{conn}/release"),
+        r#"{"dn":"1001"}"#,
+    );
+    for (who, h) in [("1001", origin), ("1002", dest)] {
+        let out = h.join().expect("sipp thread");
+        assert!(out.success(), "{who}:\n{}", out.report());
+    }
+    let events = bus_events(&mut sb, dir.path());
+    assert_eq!(
+        seq(&events),
+        vec![
+            ("EventDialing", "1001".into()),
+            ("EventRinging", "1002".into()),
+            ("EventEstablished", "1002".into()),
+            ("EventEstablished", "1001".into()),
+            ("EventReleased", "1001".into()),
+            ("EventReleased", "1002".into()),
+        ]
+    );
+    assert_eq!(events[0].call().unwrap().request_id, Some(make));
+}
