@@ -5,3 +5,4 @@ pub mod bus;
 pub mod call_state;
 pub mod mcp;
 pub mod sip;
+pub mod sip_node;

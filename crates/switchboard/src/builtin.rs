@@ -23,7 +23,10 @@ async fn start_sip_edge(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         switchboard_services::sip::role::start(ctx.config.clone(), ctx.drain.clone()).await?;
     ctx.add_routes(edge.router);
     ctx.shared()
-        .get_or_init(|| switchboard_services::sip::role::EdgeControl(edge.control.clone()));
+        .get_or_init(|| switchboard_services::sip::role::EdgeControl {
+            commands: edge.control.clone(),
+            udp: edge.udp,
+        });
     let mut handle = RoleHandle::from_task(edge.task);
     if let Some(a) = edge.udp {
         handle = handle.bound("sip_udp", a);
@@ -51,6 +54,30 @@ async fn start_mcp(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     Ok(handle)
 }
 
+/// The SIP Server (`sip-node`): the B2BUA on `sip_node.udp` (reported as `sip_node_udp`),
+/// REST call control under `/v1/tenants/{t}/calls`, events on the bus. When the SIP edge runs
+/// in this process it sends new calls here and takes our legs to the phones.
+async fn start_sip_node(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let edge = ctx
+        .shared()
+        .get::<switchboard_services::sip::role::EdgeControl>()
+        .map(|e| (*e).clone());
+    let node = switchboard_services::sip_node::role::start(
+        ctx.config.clone(),
+        bus,
+        edge,
+        ctx.drain.clone(),
+    )
+    .await?;
+    ctx.add_routes(node.router);
+    Ok(RoleHandle::from_task(node.task).bound("sip_node_udp", node.udp))
+}
+
 /// `call-state`: folds `events:{tenant}` into call threads; `GET /v1/tenants/{t}/calls[/{id}]`.
 /// Its state is shared as `Arc<switchboard_services::call_state::CallState>`.
 async fn start_call_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
@@ -71,6 +98,7 @@ pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(RoleKind::SipProxy, start_sip_edge);
     r.register(RoleKind::Registrar, start_sip_edge);
+    r.register(RoleKind::SipNode, start_sip_node);
     r.register(RoleKind::Mcp, start_mcp);
     r.register(RoleKind::CallState, start_call_state);
     r

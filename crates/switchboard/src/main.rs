@@ -72,6 +72,9 @@ struct RunArgs {
     /// The media server's SIP UDP listen address, overriding mcp.udp (port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
     mcp_udp: Option<SocketAddr>,
+    /// The SIP Server's UDP listen address, overriding sip_node.udp (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    sip_node_udp: Option<SocketAddr>,
     /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as
     /// `info,switchboard=debug`. Falls back to RUST_LOG, then `info`.
     #[arg(long, env = "SWITCHBOARD_LOG", value_name = "LEVEL")]
@@ -136,6 +139,9 @@ fn start_inner(roles: Vec<RoleKind>, args: RunArgs) -> anyhow::Result<u8> {
     }
     if let Some(addr) = args.mcp_udp {
         config.mcp.udp = addr;
+    }
+    if let Some(addr) = args.sip_node_udp {
+        config.sip_node.udp = addr;
     }
     config
         .validate()

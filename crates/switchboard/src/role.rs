@@ -218,7 +218,7 @@ impl RoleHandle {
     }
 
     /// Reports a bound address for the startup line `listening http=... <key>=<addr>`.
-    /// Keys in use: `sip_udp`, `sip_tcp`, `mcp_udp`, `mcp_tcp`; keys are `[a-z0-9_]+`.
+    /// Keys in use: `sip_udp`, `sip_tcp`, `sip_node_udp`, `mcp_udp`, `mcp_tcp`; keys are `[a-z0-9_]+`.
     pub fn bound(mut self, key: impl Into<String>, addr: SocketAddr) -> Self {
         self.bound.push((key.into(), addr));
         self

@@ -230,7 +230,13 @@ impl SwitchboardBuilder {
         };
         cmd.arg("--config").arg(&config_path);
         if self.port_zero {
-            for flag in ["--sip-udp", "--sip-tcp", "--http", "--mcp-udp"] {
+            for flag in [
+                "--sip-udp",
+                "--sip-tcp",
+                "--http",
+                "--mcp-udp",
+                "--sip-node-udp",
+            ] {
                 cmd.arg(flag).arg("127.0.0.1:0");
             }
         }

@@ -23,7 +23,11 @@ use tokio_util::sync::CancellationToken;
 /// sends `EdgeCommand::SetCallControl(vec![its address])` once bound, so that new calls reach
 /// it. Put in the process's shared state by the binary when the edge starts.
 #[derive(Clone)]
-pub struct EdgeControl(pub tokio::sync::mpsc::Sender<super::edge::EdgeCommand>);
+pub struct EdgeControl {
+    pub commands: tokio::sync::mpsc::Sender<super::edge::EdgeCommand>,
+    /// The edge's bound UDP address: where the SIP Server sends its legs by default.
+    pub udp: Option<SocketAddr>,
+}
 
 /// A started SIP edge.
 pub struct EdgeRunning {

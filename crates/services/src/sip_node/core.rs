@@ -1,0 +1,1176 @@
+//! The sans-I/O SIP core of the SIP Server (B2BUA): the transaction layer, one [`Dialog`] per
+//! leg, SDP relay, and the [`Model`] reducer. SIP messages and timer expiries become model
+//! inputs; model actions become SIP messages and [`NodeOutput`]s. Commands are call-control
+//! requests (from REST) with a request id; their result is an event.
+//!
+//! Legs to DNs go to the SIP edge (`sip:<dn>@<domain>`, the edge forks to the registered
+//! contacts); legs to external numbers go to the first trunk gateway. Incoming calls are
+//! classified by the From user: a DN of the tenant is an internal caller, anything else comes
+//! from outside.
+
+use super::model::{
+    Action, Dest, Direction, Input, LegId, Model, ModelSettings, Request, Resolved,
+};
+use super::sdp::{answer_direction, direction_of, LegSdp};
+use crate::sip::target::uri_peer;
+use bytes::Bytes;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use switchboard_events::{ConnId, Event};
+use switchboard_sip::build::{cancel_for, response_to, Builder};
+use switchboard_sip::transaction::{
+    ClientTxId, IdGen, Incoming, ServerTxId, Timers, Transactions, TxEvent,
+};
+use switchboard_sip::{Dialog, DialogState, HeaderName, Message, Method, Peer, Transmit, Uri};
+use switchboard_sip_net::{Controlled, Core};
+
+/// Tenants and their DNs, for classifying calls and resolving destinations. Built from the
+/// configuration; the dialplan role will provide it when it lands.
+#[derive(Clone, Debug, Default)]
+pub struct Directory {
+    tenants: Vec<TenantDns>,
+}
+
+#[derive(Clone, Debug)]
+struct TenantDns {
+    name: String,
+    domain: String,
+    dns: HashSet<String>,
+}
+
+impl Directory {
+    /// `(tenant, domain, DNs)`; the first tenant is the default for requests addressed to an
+    /// IP address.
+    pub fn new(tenants: impl IntoIterator<Item = (String, String, Vec<String>)>) -> Directory {
+        Directory {
+            tenants: tenants
+                .into_iter()
+                .map(|(name, domain, dns)| TenantDns {
+                    name,
+                    domain,
+                    dns: dns.into_iter().collect(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn has_tenant(&self, tenant: &str) -> bool {
+        self.tenants.iter().any(|t| t.name == tenant)
+    }
+
+    pub fn is_dn(&self, tenant: &str, dn: &str) -> bool {
+        self.tenants
+            .iter()
+            .any(|t| t.name == tenant && t.dns.contains(dn))
+    }
+
+    pub fn domain(&self, tenant: &str) -> Option<&str> {
+        self.tenants
+            .iter()
+            .find(|t| t.name == tenant)
+            .map(|t| t.domain.as_str())
+    }
+
+    /// The tenant of a Request-URI host: by domain, else the default tenant.
+    pub fn tenant_for_host(&self, host: &str) -> Option<&str> {
+        self.tenants
+            .iter()
+            .find(|t| t.domain.eq_ignore_ascii_case(host))
+            .or_else(|| self.tenants.first())
+            .map(|t| t.name.as_str())
+    }
+
+    /// A dialled number: a DN of the tenant, else an external number (digits, optionally with
+    /// a leading `+`, at least 5 of them) when the node has a trunk, else invalid.
+    pub fn resolve(&self, tenant: &str, number: &str, have_trunk: bool) -> Resolved {
+        if self.is_dn(tenant, number) {
+            return Resolved::Ok(Dest::Dn(number.to_string()));
+        }
+        let digits = number.strip_prefix('+').unwrap_or(number);
+        if digits.len() >= 5 && digits.chars().all(|c| c.is_ascii_digit()) {
+            if have_trunk {
+                return Resolved::Ok(Dest::External(number.to_string()));
+            }
+            return Resolved::Invalid(format!("{number} is external and no trunk is configured"));
+        }
+        Resolved::Invalid(format!("{number:?} is not a DN of tenant {tenant}"))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    /// Our SIP address (Via, Contact).
+    pub local: SocketAddr,
+    /// The SIP edge: legs to DNs go there.
+    pub edge: SocketAddr,
+    /// Trunk gateways: external numbers go to the first.
+    pub trunks: Vec<SocketAddr>,
+    pub timers: Timers,
+    pub model: ModelSettings,
+}
+
+/// A call-control request from REST: already validated and resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeCommand {
+    pub id: u64,
+    pub tenant: String,
+    pub request: Request,
+}
+
+/// What the core gives the rest of the process.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeOutput {
+    Event(Box<Event>),
+    CallStarted { conn: ConnId, tenant: String },
+    CallEnded { conn: ConnId },
+}
+
+/// Why a client transaction was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    Invite,
+    Reinvite,
+    Bye,
+    Other,
+}
+
+struct Leg {
+    tenant: String,
+    call_id: String,
+    /// Our tag in the dialog.
+    local_tag: String,
+    /// Incoming: the INVITE's server transaction and request, until answered or rejected.
+    server: Option<(ServerTxId, Message)>,
+    /// Outgoing: the INVITE's client transaction, while it is pending.
+    client: Option<ClientTxId>,
+    got_provisional: bool,
+    /// Hang up once the INVITE can be cancelled (no provisional yet) or answered.
+    hangup_pending: bool,
+    dialog: Option<Dialog>,
+    sdp: LegSdp,
+    /// The ACK we sent for the 2xx (re-sent on 2xx retransmissions), and where.
+    last_ack: Option<(Bytes, Peer)>,
+    /// Our 2xx to an incoming INVITE, retransmitted until the ACK (RFC 3261 §13.3.1.4).
+    unacked_2xx: Option<(Bytes, Peer, Duration, Instant)>,
+    /// Our pending re-INVITE.
+    reinvite: Option<ClientTxId>,
+    /// The model hung the leg up; responses that still arrive only finish it off.
+    gone: bool,
+}
+
+pub struct SipNode {
+    tx: Transactions,
+    ids: IdGen,
+    model: Model,
+    settings: NodeSettings,
+    directory: Directory,
+    legs: HashMap<LegId, Leg>,
+    by_dialog: HashMap<(String, String), LegId>,
+    clients: HashMap<ClientTxId, (LegId, Purpose)>,
+    incoming_invites: HashMap<ServerTxId, LegId>,
+    ring_timers: BTreeSet<(Instant, LegId)>,
+    ring_deadline: HashMap<LegId, Instant>,
+    retransmits: BTreeSet<(Instant, LegId)>,
+    outputs: VecDeque<NodeOutput>,
+    inputs: VecDeque<Input>,
+    next_incoming: u64,
+    draining: bool,
+    /// Wall clock at `base` (for event timestamps without reading the clock in the core).
+    epoch: Option<(Instant, u64)>,
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn user_of(uri: &Uri<'_>) -> Option<String> {
+    uri.as_sip()
+        .and_then(|u| u.user_unescaped())
+        .or_else(|| uri.user().map(str::to_string))
+}
+
+impl SipNode {
+    /// `epoch_ms` is the Unix time in milliseconds at `now` (event timestamps are derived
+    /// from it, so the core reads no clock).
+    pub fn new(
+        settings: NodeSettings,
+        directory: Directory,
+        seed: u64,
+        now: Instant,
+        epoch_ms: u64,
+    ) -> SipNode {
+        SipNode {
+            tx: Transactions::new(settings.timers),
+            ids: IdGen::new(seed),
+            model: Model::new(settings.model.clone()),
+            directory,
+            legs: HashMap::new(),
+            by_dialog: HashMap::new(),
+            clients: HashMap::new(),
+            incoming_invites: HashMap::new(),
+            ring_timers: BTreeSet::new(),
+            ring_deadline: HashMap::new(),
+            retransmits: BTreeSet::new(),
+            outputs: VecDeque::new(),
+            inputs: VecDeque::new(),
+            next_incoming: 1,
+            draining: false,
+            epoch: Some((now, epoch_ms)),
+            settings,
+        }
+    }
+
+    /// The configuration directory (for REST validation).
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Live legs (for tests and metrics).
+    pub fn leg_count(&self) -> usize {
+        self.legs.len()
+    }
+
+    /// Whether the core still has SIP state for `leg` (for consistency checks in tests).
+    pub fn has_leg(&self, leg: LegId) -> bool {
+        self.legs.contains_key(&leg)
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        match self.epoch {
+            Some((base, ms)) => ms + now.saturating_duration_since(base).as_millis() as u64,
+            None => unix_ms_now(),
+        }
+    }
+
+    fn via(&mut self) -> String {
+        format!(
+            "SIP/2.0/UDP {};branch={}",
+            self.settings.local,
+            self.ids.branch()
+        )
+    }
+
+    fn contact(&self) -> String {
+        format!("<sip:sipnode@{}>", self.settings.local)
+    }
+
+    fn reply(&mut self, stx: ServerTxId, req: &Message, code: u16, now: Instant) {
+        let tag = self.ids.tag();
+        let b = response_to(req, code, Some(&tag));
+        if let Err(e) = self.tx.send_response_bytes(stx, code, b.finish(), now) {
+            tracing::debug!(error = %e, code, "response not sent");
+        }
+    }
+
+    // ---- model plumbing ----
+
+    fn feed(&mut self, input: Input, now: Instant) {
+        self.inputs.push_back(input);
+        let mut actions = Vec::new();
+        while let Some(i) = self.inputs.pop_front() {
+            actions.clear();
+            let ms = self.now_ms(now);
+            self.model.handle(i, ms, &mut actions);
+            for a in actions.drain(..) {
+                self.apply(a, now);
+            }
+        }
+    }
+
+    fn apply(&mut self, a: Action, now: Instant) {
+        match a {
+            Action::Publish { mut event, leg } => {
+                if let (Some(leg), Some(c)) = (leg, event_call_mut(&mut event)) {
+                    if let Some(l) = self.legs.get(&leg) {
+                        c.call_id = Some(l.call_id.clone());
+                    }
+                }
+                metrics::counter!("sipnode_events_total", "event" => event.name()).increment(1);
+                self.outputs.push_back(NodeOutput::Event(Box::new(event)));
+            }
+            Action::CallStarted { conn, tenant } => {
+                metrics::counter!("sipnode_calls_total").increment(1);
+                metrics::gauge!("sipnode_calls_active").increment(1.0);
+                self.outputs
+                    .push_back(NodeOutput::CallStarted { conn, tenant });
+            }
+            Action::CallEnded { conn } => {
+                metrics::gauge!("sipnode_calls_active").decrement(1.0);
+                self.outputs.push_back(NodeOutput::CallEnded { conn });
+            }
+            Action::PlaceLeg {
+                leg,
+                tenant,
+                dest,
+                from,
+                sdp,
+                auto_answer,
+            } => self.place(leg, tenant, dest, from, sdp, auto_answer, now),
+            Action::Ring { leg } => self.respond(leg, 180, None, now),
+            Action::Answer { leg, sdp } => self.respond(leg, 200, sdp, now),
+            Action::Reject { leg, code } => self.respond(leg, code, None, now),
+            Action::Hangup { leg } => self.hangup(leg, now),
+            Action::Reoffer {
+                leg,
+                sdp,
+                direction,
+            } => self.reoffer(leg, sdp, direction, now),
+            Action::AnswerRemote { leg } => {
+                self.in_dialog(leg, Method::Notify, &[("Event", "talk".into())], None, now)
+            }
+            Action::SendDtmf { leg, digits } => {
+                for d in digits.chars() {
+                    let body = format!("Signal={d}\r\nDuration=160\r\n");
+                    self.in_dialog(
+                        leg,
+                        Method::Info,
+                        &[],
+                        Some(("application/dtmf-relay", Bytes::from(body))),
+                        now,
+                    );
+                }
+            }
+            Action::StartRingTimer { leg, ms } => {
+                let at = now + Duration::from_millis(ms);
+                if let Some(old) = self.ring_deadline.insert(leg, at) {
+                    self.ring_timers.remove(&(old, leg));
+                }
+                self.ring_timers.insert((at, leg));
+            }
+            Action::CancelRingTimer { leg } => {
+                if let Some(old) = self.ring_deadline.remove(&leg) {
+                    self.ring_timers.remove(&(old, leg));
+                }
+            }
+        }
+    }
+
+    // ---- SIP out ----
+
+    #[allow(clippy::too_many_arguments)]
+    fn place(
+        &mut self,
+        id: LegId,
+        tenant: String,
+        dest: Dest,
+        from: String,
+        sdp: Option<Bytes>,
+        auto_answer: bool,
+        now: Instant,
+    ) {
+        let domain = self
+            .directory
+            .domain(&tenant)
+            .unwrap_or("switchboard")
+            .to_string();
+        let (ruri, peer) = match &dest {
+            Dest::Dn(dn) => (format!("sip:{dn}@{domain}"), Peer::udp(self.settings.edge)),
+            Dest::External(n) => match self.settings.trunks.first() {
+                Some(t) => (format!("sip:{n}@{t}"), Peer::udp(*t)),
+                None => {
+                    self.inputs.push_back(Input::Failed { leg: id, code: 503 });
+                    return;
+                }
+            },
+        };
+        let call_id = format!("{}@sipnode", self.ids.call_id());
+        let tag = self.ids.tag();
+        let mut leg_sdp = LegSdp::new(self.ids.next_u64() >> 1);
+        let via = self.via();
+        let mut b = Builder::request(&Method::Invite, &ruri)
+            .header("Via", &via)
+            .header("Max-Forwards", 70)
+            .header("From", format_args!("<sip:{from}@{domain}>;tag={tag}"))
+            .header("To", format_args!("<sip:{}@{domain}>", dest.number()))
+            .header("Call-ID", &call_id)
+            .header("CSeq", "1 INVITE")
+            .header("Contact", self.contact())
+            .header(
+                "Allow",
+                "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, UPDATE",
+            );
+        if auto_answer {
+            b = b
+                .header("Call-Info", format_args!("<sip:{domain}>;answer-after=0"))
+                .header(
+                    "Alert-Info",
+                    "<http://www.notused.com>;info=alert-autoanswer",
+                );
+        }
+        let bytes = match &sdp {
+            Some(s) => {
+                let body = leg_sdp.prepare(s, None);
+                b.body("application/sdp", &body)
+            }
+            None => b.finish(),
+        };
+        let msg = match Message::parse(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not build INVITE");
+                self.inputs.push_back(Input::Failed { leg: id, code: 500 });
+                return;
+            }
+        };
+        let client = match self.tx.send_request(msg, peer, now) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not send INVITE");
+                self.inputs.push_back(Input::Failed { leg: id, code: 500 });
+                return;
+            }
+        };
+        tracing::debug!(leg = id.0, %call_id, tenant, dest = dest.number(), "placing leg");
+        self.clients.insert(client, (id, Purpose::Invite));
+        self.by_dialog.insert((call_id.clone(), tag.clone()), id);
+        self.legs.insert(
+            id,
+            Leg {
+                tenant,
+                call_id,
+                local_tag: tag,
+                server: None,
+                client: Some(client),
+                got_provisional: false,
+                hangup_pending: false,
+                dialog: None,
+                sdp: leg_sdp,
+                last_ack: None,
+                unacked_2xx: None,
+                reinvite: None,
+                gone: false,
+            },
+        );
+    }
+
+    /// A response on an incoming leg's INVITE.
+    fn respond(&mut self, id: LegId, code: u16, sdp: Option<Bytes>, now: Instant) {
+        let contact = self.contact();
+        let Some(leg) = self.legs.get_mut(&id) else {
+            return;
+        };
+        let Some((stx, req)) = leg.server.clone() else {
+            return;
+        };
+        let mut b = response_to(&req, code, Some(&leg.local_tag));
+        if code > 100 && code < 300 {
+            b = b
+                .copy_lines(&req, HeaderName::RecordRoute)
+                .header("Contact", &contact);
+        }
+        let bytes = match (code, sdp) {
+            (200..=299, Some(s)) => {
+                let body = leg.sdp.prepare(&s, None);
+                b.body("application/sdp", &body)
+            }
+            _ => b.finish(),
+        };
+        if code >= 200 {
+            leg.server = None;
+            self.incoming_invites.remove(&stx);
+        }
+        if (200..300).contains(&code) {
+            match Message::parse(bytes.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|m| Dialog::uas(&req, &m).map_err(|e| e.to_string()))
+            {
+                Ok(d) => leg.dialog = Some(d),
+                Err(e) => tracing::warn!(error = %e, "no dialog for our 2xx"),
+            }
+            let peer = self
+                .tx
+                .server_peer(stx)
+                .unwrap_or(Peer::udp(self.settings.edge));
+            let t1 = self.settings.timers.t1;
+            leg.unacked_2xx = Some((bytes.clone(), peer, t1, now + t1 * 64));
+            self.retransmits.insert((now + t1, id));
+        }
+        if let Err(e) = self.tx.send_response_bytes(stx, code, bytes, now) {
+            tracing::debug!(error = %e, code, "response not sent");
+        }
+        if code >= 300 {
+            self.drop_leg(id);
+        }
+    }
+
+    fn drop_leg(&mut self, id: LegId) {
+        if let Some(leg) = self.legs.remove(&id) {
+            tracing::debug!(leg = id.0, call_id = %leg.call_id, tenant = %leg.tenant, "leg ended");
+            self.by_dialog.remove(&(leg.call_id, leg.local_tag));
+        }
+        if let Some(at) = self.ring_deadline.remove(&id) {
+            self.ring_timers.remove(&(at, id));
+        }
+    }
+
+    fn send_in_dialog(
+        &mut self,
+        id: LegId,
+        method: Method,
+        headers: &[(&str, String)],
+        body: Option<(&str, Bytes)>,
+        purpose: Purpose,
+        now: Instant,
+    ) -> Option<ClientTxId> {
+        let via = self.via();
+        let leg = self.legs.get_mut(&id)?;
+        let dialog = leg.dialog.as_mut()?;
+        let mut b = match dialog.request(&method, &via) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(error = %e, "in-dialog request not built");
+                return None;
+            }
+        };
+        for (n, v) in headers {
+            b = b.header(n, v);
+        }
+        let bytes = match body {
+            Some((ct, body)) => b.body(ct, &body),
+            None => b.finish(),
+        };
+        let peer = Uri::parse(dialog.next_hop())
+            .ok()
+            .and_then(|u| u.as_sip().and_then(uri_peer))
+            .unwrap_or(Peer::udp(self.settings.edge));
+        let msg = Message::parse(bytes).ok()?;
+        match self.tx.send_request(msg, peer, now) {
+            Ok(c) => {
+                self.clients.insert(c, (id, purpose));
+                Some(c)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "in-dialog request not sent");
+                None
+            }
+        }
+    }
+
+    fn in_dialog(
+        &mut self,
+        id: LegId,
+        method: Method,
+        headers: &[(&str, String)],
+        body: Option<(&str, Bytes)>,
+        now: Instant,
+    ) {
+        self.send_in_dialog(id, method, headers, body, Purpose::Other, now);
+    }
+
+    fn hangup(&mut self, id: LegId, now: Instant) {
+        let Some(leg) = self.legs.get_mut(&id) else {
+            return;
+        };
+        leg.gone = true;
+        if leg.server.is_some() {
+            // An incoming call we never answered.
+            self.respond(id, 487, None, now);
+            return;
+        }
+        let confirmed = leg
+            .dialog
+            .as_ref()
+            .is_some_and(|d| d.state() == DialogState::Confirmed);
+        if confirmed && leg.client.is_none() {
+            self.send_in_dialog(id, Method::Bye, &[], None, Purpose::Bye, now);
+            self.drop_leg(id);
+            return;
+        }
+        if let Some(client) = leg.client {
+            if leg.got_provisional {
+                self.cancel(client, now);
+            } else {
+                leg.hangup_pending = true;
+            }
+            return;
+        }
+        self.drop_leg(id);
+    }
+
+    fn cancel(&mut self, client: ClientTxId, now: Instant) {
+        let (Some(req), Some(peer)) = (self.tx.client_request(client), self.tx.client_peer(client))
+        else {
+            return;
+        };
+        if let Ok(m) = Message::parse(cancel_for(req)) {
+            if let Err(e) = self.tx.send_request(m, peer, now) {
+                tracing::debug!(error = %e, "CANCEL not sent");
+            }
+        }
+    }
+
+    fn reoffer(&mut self, id: LegId, sdp: Option<Bytes>, direction: Direction, now: Instant) {
+        let Some(leg) = self.legs.get_mut(&id) else {
+            self.inputs.push_back(Input::ReofferDone {
+                leg: id,
+                ok: false,
+                sdp: None,
+            });
+            return;
+        };
+        let Some(base) = sdp.or_else(|| leg.sdp.last.clone()) else {
+            self.inputs.push_back(Input::ReofferDone {
+                leg: id,
+                ok: false,
+                sdp: None,
+            });
+            return;
+        };
+        let body = leg.sdp.prepare(&base, Some(direction));
+        let c = self.send_in_dialog(
+            id,
+            Method::Invite,
+            &[],
+            Some(("application/sdp", body)),
+            Purpose::Reinvite,
+            now,
+        );
+        match (c, self.legs.get_mut(&id)) {
+            (Some(c), Some(leg)) => leg.reinvite = Some(c),
+            _ => self.inputs.push_back(Input::ReofferDone {
+                leg: id,
+                ok: false,
+                sdp: None,
+            }),
+        }
+    }
+
+    fn send_ack(&mut self, id: LegId, seq: u32, body: Option<Bytes>) {
+        let via = self.via();
+        let Some(leg) = self.legs.get_mut(&id) else {
+            return;
+        };
+        let Some(d) = leg.dialog.as_ref() else { return };
+        let b = d.ack(seq, &via);
+        let bytes = match body {
+            Some(s) => b.body("application/sdp", &s),
+            None => b.finish(),
+        };
+        let peer = Uri::parse(d.next_hop())
+            .ok()
+            .and_then(|u| u.as_sip().and_then(uri_peer))
+            .unwrap_or(Peer::udp(self.settings.edge));
+        leg.last_ack = Some((bytes.clone(), peer));
+        self.tx.send_stateless(bytes, peer);
+    }
+
+    // ---- SIP in ----
+
+    fn on_request(&mut self, stx: ServerTxId, req: Message, from: Peer, now: Instant) {
+        if let Err(e) = req.validate() {
+            metrics::counter!("sipnode_bad_requests_total").increment(1);
+            tracing::debug!(peer = %from, error = %e, "refusing malformed request");
+            return self.reply(stx, &req, e.status(), now);
+        }
+        let method = req.method().cloned().unwrap_or(Method::Ack);
+        if method == Method::Cancel {
+            return self.on_cancel(stx, &req, now);
+        }
+        if let Some(local_tag) = req.to().ok().and_then(|t| t.tag().map(str::to_string)) {
+            let key = (req.call_id().unwrap_or("").to_string(), local_tag);
+            let Some(&id) = self.by_dialog.get(&key) else {
+                return self.reply(stx, &req, 481, now);
+            };
+            return self.in_dialog_request(id, stx, req, method, now);
+        }
+        match method {
+            Method::Invite => self.new_call(stx, req, from, now),
+            Method::Options => {
+                let b = response_to(&req, 200, Some(&self.ids.tag()))
+                    .header("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY");
+                let _ = self.tx.send_response_bytes(stx, 200, b.finish(), now);
+            }
+            _ => self.reply(stx, &req, 405, now),
+        }
+    }
+
+    fn new_call(&mut self, stx: ServerTxId, req: Message, from: Peer, now: Instant) {
+        if self.draining {
+            return self.reply(stx, &req, 503, now);
+        }
+        let (called, host) = match req.request_uri() {
+            Ok(u) => (
+                user_of(&u),
+                u.as_sip()
+                    .map(|s| s.host.as_str().to_string())
+                    .unwrap_or_default(),
+            ),
+            Err(_) => return self.reply(stx, &req, 416, now),
+        };
+        let Some(called) = called else {
+            return self.reply(stx, &req, 404, now);
+        };
+        let Some(tenant) = self.directory.tenant_for_host(&host).map(str::to_string) else {
+            return self.reply(stx, &req, 404, now);
+        };
+        let caller = req
+            .from()
+            .ok()
+            .and_then(|f| user_of(&f.uri))
+            .unwrap_or_else(|| "anonymous".to_string());
+        let from_trunk = self.settings.trunks.contains(&from.addr);
+        let caller_internal = !from_trunk && self.directory.is_dn(&tenant, &caller);
+        let to = self
+            .directory
+            .resolve(&tenant, &called, !self.settings.trunks.is_empty());
+        let id = LegId::incoming(self.next_incoming);
+        self.next_incoming += 1;
+        let call_id = req.call_id().unwrap_or("").to_string();
+        let tag = self.ids.tag();
+        let sdp = (!req.body().is_empty()).then(|| req.body_bytes());
+        let mut leg_sdp = LegSdp::new(self.ids.next_u64() >> 1);
+        leg_sdp.last = None;
+        tracing::info!(%call_id, tenant, caller, called, "incoming call");
+        self.reply_trying(stx, &req, now);
+        self.by_dialog.insert((call_id.clone(), tag.clone()), id);
+        self.incoming_invites.insert(stx, id);
+        self.legs.insert(
+            id,
+            Leg {
+                tenant: tenant.clone(),
+                call_id,
+                local_tag: tag,
+                server: Some((stx, req)),
+                client: None,
+                got_provisional: false,
+                hangup_pending: false,
+                dialog: None,
+                sdp: leg_sdp,
+                last_ack: None,
+                unacked_2xx: None,
+                reinvite: None,
+                gone: false,
+            },
+        );
+        self.feed(
+            Input::Incoming {
+                leg: id,
+                tenant,
+                caller,
+                caller_internal,
+                to,
+                sdp,
+            },
+            now,
+        );
+    }
+
+    fn reply_trying(&mut self, stx: ServerTxId, req: &Message, now: Instant) {
+        let b = response_to(req, 100, None);
+        let _ = self.tx.send_response_bytes(stx, 100, b.finish(), now);
+    }
+
+    fn on_cancel(&mut self, stx: ServerTxId, cancel: &Message, now: Instant) {
+        let Some(invite) = self.tx.find_invite_for_cancel(cancel) else {
+            return self.reply(stx, cancel, 481, now);
+        };
+        self.reply(stx, cancel, 200, now);
+        let Some(&id) = self.incoming_invites.get(&invite) else {
+            return;
+        };
+        // 487 for the INVITE, then the model releases the call.
+        self.respond(id, 487, None, now);
+        self.feed(Input::HungUp { leg: id }, now);
+    }
+
+    fn in_dialog_request(
+        &mut self,
+        id: LegId,
+        stx: ServerTxId,
+        req: Message,
+        method: Method,
+        now: Instant,
+    ) {
+        let Some(leg) = self.legs.get_mut(&id) else {
+            return self.reply(stx, &req, 481, now);
+        };
+        let Some(dialog) = leg.dialog.as_mut() else {
+            return self.reply(stx, &req, 481, now);
+        };
+        if let Err(e) = dialog.on_request(&req) {
+            let code = e.status();
+            return self.reply(stx, &req, code, now);
+        }
+        match method {
+            Method::Bye => {
+                self.reply(stx, &req, 200, now);
+                self.drop_leg(id);
+                self.feed(Input::HungUp { leg: id }, now);
+            }
+            Method::Invite => {
+                // A re-INVITE from the device (its own hold, a session refresh): answer with
+                // the media we last sent it, in the direction that mirrors its offer, so the
+                // other leg is undisturbed.
+                let dir =
+                    (!req.body().is_empty()).then(|| answer_direction(direction_of(req.body())));
+                let body = match (leg.sdp.last.clone(), dir) {
+                    (Some(last), Some(d)) => Some(leg.sdp.prepare(&last, Some(d))),
+                    (last, _) => last,
+                };
+                let contact = self.contact();
+                let mut b = response_to(&req, 200, None).header("Contact", &contact);
+                b = b.copy_lines(&req, HeaderName::RecordRoute);
+                let bytes = match body {
+                    Some(s) => b.body("application/sdp", &s),
+                    None => b.finish(),
+                };
+                let _ = self.tx.send_response_bytes(stx, 200, bytes, now);
+            }
+            _ => self.reply(stx, &req, 200, now),
+        }
+    }
+
+    fn on_ack(&mut self, msg: &Message) {
+        let Some(tag) = msg.to().ok().and_then(|t| t.tag().map(str::to_string)) else {
+            return;
+        };
+        let key = (msg.call_id().unwrap_or("").to_string(), tag);
+        if let Some(id) = self.by_dialog.get(&key) {
+            if let Some(leg) = self.legs.get_mut(id) {
+                leg.unacked_2xx = None;
+            }
+        }
+    }
+
+    fn on_response(&mut self, client: ClientTxId, resp: Message, now: Instant) {
+        let Some(&(id, purpose)) = self.clients.get(&client) else {
+            return;
+        };
+        let code = resp.status().unwrap_or(500);
+        match purpose {
+            Purpose::Invite => self.invite_response(id, client, resp, code, now),
+            Purpose::Reinvite => {
+                if code < 200 {
+                    return;
+                }
+                let seq = resp.cseq().map(|c| c.seq).unwrap_or(0);
+                let sdp = (!resp.body().is_empty()).then(|| resp.body_bytes());
+                if let Some(leg) = self.legs.get_mut(&id) {
+                    leg.reinvite = None;
+                    if (200..300).contains(&code) {
+                        if let Some(d) = leg.dialog.as_mut() {
+                            let _ = d.on_response(&Method::Invite, &resp);
+                        }
+                        self.send_ack(id, seq, None);
+                    }
+                }
+                self.feed(
+                    Input::ReofferDone {
+                        leg: id,
+                        ok: (200..300).contains(&code),
+                        sdp,
+                    },
+                    now,
+                );
+            }
+            Purpose::Bye | Purpose::Other => {}
+        }
+    }
+
+    fn invite_response(
+        &mut self,
+        id: LegId,
+        client: ClientTxId,
+        resp: Message,
+        code: u16,
+        now: Instant,
+    ) {
+        let Some(leg) = self.legs.get_mut(&id) else {
+            // The leg is gone: a late 2xx still gets its ACK and a BYE.
+            if (200..300).contains(&code) {
+                self.ack_and_bye(client, &resp, now);
+            }
+            return;
+        };
+        if code < 200 {
+            leg.got_provisional = true;
+            if leg.dialog.is_none() && code > 100 {
+                if let Some(req) = self.tx.client_request(client) {
+                    // An early dialog: NOTIFY (answer request) can be sent in it.
+                    leg.dialog = Dialog::uac(req, &resp).ok();
+                }
+            }
+            if leg.hangup_pending {
+                leg.hangup_pending = false;
+                self.cancel(client, now);
+                return;
+            }
+            if code > 100 && !leg.gone {
+                self.feed(Input::Ringing { leg: id }, now);
+            }
+            return;
+        }
+        if code >= 300 {
+            return self.leg_failed(id, code, now);
+        }
+        // 2xx
+        if leg
+            .dialog
+            .as_ref()
+            .is_some_and(|d| d.state() == DialogState::Confirmed)
+        {
+            // A retransmission: re-send our ACK.
+            if let Some((b, p)) = leg.last_ack.clone() {
+                self.tx.send_stateless(b, p);
+            }
+            return;
+        }
+        let Some(req) = self.tx.client_request(client).cloned() else {
+            return;
+        };
+        match Dialog::uac(&req, &resp) {
+            Ok(d) => leg.dialog = Some(d),
+            Err(e) => {
+                // Nothing to ACK or BYE in: the leg failed (the far end times out itself).
+                tracing::warn!(leg = id.0, error = %e, "2xx without a usable dialog");
+                return self.leg_failed(id, 502, now);
+            }
+        }
+        leg.client = None;
+        let sdp = (!resp.body().is_empty()).then(|| resp.body_bytes());
+        let offerless = req.body().is_empty();
+        let gone = leg.gone || leg.hangup_pending;
+        // An offerless INVITE got the offer in the 2xx: answer in the ACK with the same
+        // media, inactive, until the other party's SDP comes with a re-INVITE.
+        let ack_body = match (&sdp, offerless) {
+            (Some(s), true) => Some(leg.sdp.prepare(s, Some(Direction::Inactive))),
+            _ => None,
+        };
+        self.send_ack(id, 1, ack_body);
+        if gone {
+            self.send_in_dialog(id, Method::Bye, &[], None, Purpose::Bye, now);
+            self.drop_leg(id);
+            return;
+        }
+        self.feed(Input::Answered { leg: id, sdp }, now);
+    }
+
+    /// An outgoing leg failed with `code`: dropped, and the model told unless it had hung
+    /// the leg up already.
+    fn leg_failed(&mut self, id: LegId, code: u16, now: Instant) {
+        let gone = self.legs.get(&id).is_none_or(|l| l.gone);
+        self.drop_leg(id);
+        if !gone {
+            self.feed(Input::Failed { leg: id, code }, now);
+        }
+    }
+
+    fn ack_and_bye(&mut self, client: ClientTxId, resp: &Message, now: Instant) {
+        let Some(req) = self.tx.client_request(client).cloned() else {
+            return;
+        };
+        let Ok(mut d) = Dialog::uac(&req, resp) else {
+            return;
+        };
+        let via = self.via();
+        let peer = Uri::parse(d.next_hop())
+            .ok()
+            .and_then(|u| u.as_sip().and_then(uri_peer))
+            .unwrap_or(Peer::udp(self.settings.edge));
+        self.tx.send_stateless(d.ack(1, &via).finish(), peer);
+        let via = self.via();
+        if let Ok(b) = d.request(&Method::Bye, &via) {
+            if let Ok(m) = Message::parse(b.finish()) {
+                let _ = self.tx.send_request(m, peer, now);
+            }
+        }
+    }
+
+    fn on_tx_event(&mut self, ev: TxEvent, now: Instant) {
+        match ev {
+            TxEvent::Timeout(c) | TxEvent::TransportError(c) => {
+                let Some(&(id, purpose)) = self.clients.get(&c) else {
+                    return;
+                };
+                let code = if matches!(ev, TxEvent::Timeout(_)) {
+                    408
+                } else {
+                    503
+                };
+                match purpose {
+                    Purpose::Invite => self.leg_failed(id, code, now),
+                    Purpose::Reinvite => self.feed(
+                        Input::ReofferDone {
+                            leg: id,
+                            ok: false,
+                            sdp: None,
+                        },
+                        now,
+                    ),
+                    _ => {}
+                }
+            }
+            TxEvent::ProceedingTimeout(c) => self.cancel(c, now),
+            TxEvent::ClientTerminated(c) => {
+                // An INVITE that ended without a 2xx we could use and without a final
+                // response that ended the leg: the leg must not wait forever.
+                if let Some((id, Purpose::Invite)) = self.clients.remove(&c) {
+                    if self.legs.get(&id).is_some_and(|l| l.client == Some(c)) {
+                        self.leg_failed(id, 408, now);
+                    }
+                }
+            }
+            TxEvent::ServerTerminated(s) => {
+                self.incoming_invites.remove(&s);
+            }
+            TxEvent::NoAck(_) | TxEvent::ServerTransportError(_) => {}
+        }
+    }
+
+    fn drain_tx_events(&mut self, now: Instant) {
+        while let Some(ev) = self.tx.poll_event() {
+            self.on_tx_event(ev, now);
+        }
+    }
+}
+
+fn event_call_mut(e: &mut Event) -> Option<&mut switchboard_events::CallAttrs> {
+    match e {
+        Event::EventDialing(c)
+        | Event::EventRinging(c)
+        | Event::EventEstablished(c)
+        | Event::EventReleased(c)
+        | Event::EventHeld(c)
+        | Event::EventRetrieved(c)
+        | Event::EventPartyChanged(c)
+        | Event::EventPartyAdded(c)
+        | Event::EventPartyDeleted(c)
+        | Event::EventAttachedDataChanged(c)
+        | Event::EventRouteRequest(c)
+        | Event::EventQueued(c)
+        | Event::EventDiverted(c)
+        | Event::EventAbandoned(c) => Some(c),
+        _ => None,
+    }
+}
+
+impl Core for SipNode {
+    fn handle_message(&mut self, msg: Message, from: Peer, now: Instant) {
+        match self.tx.handle_incoming(msg, from, now) {
+            Incoming::Request { tx, msg } => self.on_request(tx, msg, from, now),
+            Incoming::Response { tx, msg } => self.on_response(tx, msg, now),
+            Incoming::Ack { msg } => self.on_ack(&msg),
+            Incoming::StrayResponse { msg } => {
+                // A 2xx retransmission after the INVITE transaction ended: re-ACK.
+                if msg.status().is_some_and(|c| (200..300).contains(&c)) {
+                    let key = (
+                        msg.call_id().unwrap_or("").to_string(),
+                        msg.from()
+                            .ok()
+                            .and_then(|f| f.tag().map(str::to_string))
+                            .unwrap_or_default(),
+                    );
+                    if let Some(leg) = self.by_dialog.get(&key).and_then(|id| self.legs.get(id)) {
+                        if let Some((b, p)) = leg.last_ack.clone() {
+                            self.tx.send_stateless(b, p);
+                        }
+                    }
+                }
+            }
+            Incoming::Absorbed => {}
+            Incoming::Malformed { msg, error } => {
+                if msg.is_request() && msg.method() != Some(&Method::Ack) {
+                    let b = response_to(&msg, error.status(), Some("sb"));
+                    self.tx.send_stateless(b.finish(), from);
+                }
+            }
+        }
+        self.drain_tx_events(now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.tx.handle_timeout(now);
+        self.drain_tx_events(now);
+        while let Some(&(at, leg)) = self.ring_timers.first() {
+            if at > now {
+                break;
+            }
+            self.ring_timers.remove(&(at, leg));
+            self.ring_deadline.remove(&leg);
+            tracing::debug!(leg = leg.0, "ring-no-answer timeout");
+            self.feed(Input::RingTimeout { leg }, now);
+        }
+        while let Some(&(at, id)) = self.retransmits.first() {
+            if at > now {
+                break;
+            }
+            self.retransmits.remove(&(at, id));
+            let t2 = self.settings.timers.t2;
+            let Some(leg) = self.legs.get_mut(&id) else {
+                continue;
+            };
+            let Some((bytes, peer, interval, until)) = leg.unacked_2xx.clone() else {
+                continue;
+            };
+            if now >= until {
+                // No ACK within 64*T1: the session is not up; end it (RFC 3261 §13.3.1.4).
+                leg.unacked_2xx = None;
+                tracing::info!(leg = id.0, call_id = %leg.call_id, "no ACK for our 2xx: hanging up");
+                self.send_in_dialog(id, Method::Bye, &[], None, Purpose::Bye, now);
+                self.drop_leg(id);
+                self.feed(Input::HungUp { leg: id }, now);
+                continue;
+            }
+            self.tx.send_stateless(bytes.clone(), peer);
+            let next = (interval * 2).min(t2);
+            if let Some(leg) = self.legs.get_mut(&id) {
+                leg.unacked_2xx = Some((bytes, peer, next, until));
+            }
+            self.retransmits.insert((now + next, id));
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.tx.poll_transmit()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.tx.poll_timeout(),
+            self.ring_timers.first().map(|(t, _)| *t),
+            self.retransmits.first().map(|(t, _)| *t),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn start_drain(&mut self, _now: Instant) {
+        self.draining = true;
+    }
+
+    fn is_idle(&self, _now: Instant) -> bool {
+        self.model.is_empty() && self.tx.is_empty()
+    }
+}
+
+impl Controlled for SipNode {
+    type Command = NodeCommand;
+    type Output = NodeOutput;
+
+    fn handle_command(&mut self, cmd: NodeCommand, now: Instant) {
+        tracing::debug!(request_id = cmd.id, tenant = %cmd.tenant, request = ?cmd.request, "call-control request");
+        metrics::counter!("sipnode_requests_total").increment(1);
+        self.feed(
+            Input::Request {
+                id: cmd.id,
+                tenant: cmd.tenant,
+                req: cmd.request,
+            },
+            now,
+        );
+        self.drain_tx_events(now);
+    }
+
+    fn poll_output(&mut self) -> Option<NodeOutput> {
+        self.outputs.pop_front()
+    }
+}

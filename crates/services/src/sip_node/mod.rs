@@ -1,0 +1,16 @@
+//! The SIP Server role (`sip-node`): a B2BUA with the TLib call model.
+//!
+//! * [`model`]: the call model, a pure reducer `(state, input) -> actions`.
+//! * [`core`]: the sans-I/O SIP core (transactions, dialogs, SDP relay) around the model.
+//! * [`api`]: REST call-control requests parsed into model requests, without I/O.
+//! * [`role`]: the async glue: socket, driver thread, event publishing, REST routes.
+//! * [`sdp`]: the SDP editing a relaying B2BUA needs (origin per leg, direction).
+
+pub mod api;
+pub mod core;
+pub mod model;
+pub mod role;
+pub mod sdp;
+
+#[cfg(test)]
+mod model_tests;

@@ -1,0 +1,1342 @@
+//! The call model of the SIP Server: a pure reducer `(state, input) -> (state, actions)`
+//! (ARCHITECTURE.md, principle 2). No SIP, no sockets, no clock: the SIP core turns messages
+//! into [`Input`]s (leg events) and REST requests into [`Input::Request`]s, passes the time in
+//! milliseconds, and applies the [`Action`]s (place a leg, answer, re-offer, hang up, publish an
+//! event, arm a timer).
+//!
+//! A call has a [`ConnId`] and parties; each party is one SIP leg ([`LegId`]) of the B2BUA. Only
+//! parties on internal DNs get TLib events (the carrier side of an inbound call is a party
+//! without events). Media is relayed: the model keeps each leg's last SDP and tells the core
+//! which SDP to offer or answer on which leg.
+//!
+//! Event sequences (this DN's view) are documented in the README ("Call control and events").
+
+use bytes::Bytes;
+use std::collections::HashMap;
+use switchboard_events::{CallAttrs, CallType, ConnId, ErrorAttrs, Event, PartyRole, UserData};
+
+/// One SIP leg of the B2BUA (one dialog, incoming or outgoing). Allocated by the model for the
+/// legs it places and by the core for incoming calls (odd/even halves, see [`LegId::incoming`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LegId(pub u64);
+
+impl LegId {
+    /// Ids for incoming legs have the top bit set so that they never collide with the ids the
+    /// model allocates for outgoing legs.
+    pub fn incoming(n: u64) -> LegId {
+        LegId(n | 1 << 63)
+    }
+
+    pub fn is_incoming(self) -> bool {
+        self.0 & 1 << 63 != 0
+    }
+}
+
+/// Where a new leg goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// An internal DN of the tenant (a registered device, through the SIP edge).
+    Dn(String),
+    /// An external number, through a trunk.
+    External(String),
+}
+
+impl Dest {
+    pub fn number(&self) -> &str {
+        match self {
+            Dest::Dn(n) | Dest::External(n) => n,
+        }
+    }
+}
+
+/// A request destination as the core resolved it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    Ok(Dest),
+    /// Not a number this tenant can reach; the text says why.
+    Invalid(String),
+}
+
+/// SDP direction for re-offers (hold/retrieve).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartyState {
+    Dialing,
+    Ringing,
+    Established,
+    Held,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Party {
+    /// DN (internal) or number (external).
+    pub dn: String,
+    pub internal: bool,
+    pub role: PartyRole,
+    pub state: PartyState,
+    pub leg: LegId,
+    /// The last SDP the leg's user agent sent us (offer or answer).
+    pub sdp: Option<Bytes>,
+    /// Placed by us with auto-answer (the origin of a MakeCall or consult call).
+    pub auto: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call {
+    pub conn: ConnId,
+    pub tenant: String,
+    pub call_type: CallType,
+    pub parties: Vec<Party>,
+    pub user_data: UserData,
+    /// The call this consult call was made from, and the DN that made it.
+    pub consult_of: Option<(ConnId, String)>,
+}
+
+impl Party {
+    /// False for the destination of a MakeCall or consult call while its origin has not
+    /// answered yet: no INVITE went out and no event named it.
+    fn placed(&self) -> bool {
+        self.auto || self.leg.is_incoming() || self.state != PartyState::Dialing
+    }
+}
+
+impl Call {
+    fn party(&self, dn: &str) -> Option<usize> {
+        self.parties.iter().position(|p| p.dn == dn)
+    }
+
+    fn by_leg(&self, leg: LegId) -> Option<usize> {
+        self.parties.iter().position(|p| p.leg == leg)
+    }
+
+    /// The other party of a two-party view: the first party that is not `i`.
+    fn other(&self, i: usize) -> Option<usize> {
+        (0..self.parties.len()).find(|&j| j != i)
+    }
+}
+
+/// Call-control requests (TLib requests), each with a request id chosen by the caller.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    MakeCall {
+        dn: String,
+        to: Resolved,
+    },
+    Answer {
+        conn: ConnId,
+        dn: String,
+    },
+    Release {
+        conn: ConnId,
+        dn: String,
+    },
+    Hold {
+        conn: ConnId,
+        dn: String,
+    },
+    Retrieve {
+        conn: ConnId,
+        dn: String,
+    },
+    SingleStepTransfer {
+        conn: ConnId,
+        dn: String,
+        to: Resolved,
+    },
+    InitiateTransfer {
+        conn: ConnId,
+        dn: String,
+        to: Resolved,
+    },
+    CompleteTransfer {
+        conn: ConnId,
+        dn: String,
+    },
+    AttachUserData {
+        conn: ConnId,
+        dn: String,
+        data: UserData,
+    },
+    UpdateUserData {
+        conn: ConnId,
+        dn: String,
+        data: UserData,
+    },
+    /// Deletes the keys listed; all keys when empty.
+    DeleteUserData {
+        conn: ConnId,
+        dn: String,
+        keys: Vec<String>,
+    },
+    SendDtmf {
+        conn: ConnId,
+        dn: String,
+        digits: String,
+    },
+}
+
+impl Request {
+    pub fn conn(&self) -> Option<ConnId> {
+        match self {
+            Request::MakeCall { .. } => None,
+            Request::Answer { conn, .. }
+            | Request::Release { conn, .. }
+            | Request::Hold { conn, .. }
+            | Request::Retrieve { conn, .. }
+            | Request::SingleStepTransfer { conn, .. }
+            | Request::InitiateTransfer { conn, .. }
+            | Request::CompleteTransfer { conn, .. }
+            | Request::AttachUserData { conn, .. }
+            | Request::UpdateUserData { conn, .. }
+            | Request::DeleteUserData { conn, .. }
+            | Request::SendDtmf { conn, .. } => Some(*conn),
+        }
+    }
+
+    pub fn dn(&self) -> &str {
+        match self {
+            Request::MakeCall { dn, .. }
+            | Request::Answer { dn, .. }
+            | Request::Release { dn, .. }
+            | Request::Hold { dn, .. }
+            | Request::Retrieve { dn, .. }
+            | Request::SingleStepTransfer { dn, .. }
+            | Request::InitiateTransfer { dn, .. }
+            | Request::CompleteTransfer { dn, .. }
+            | Request::AttachUserData { dn, .. }
+            | Request::UpdateUserData { dn, .. }
+            | Request::DeleteUserData { dn, .. }
+            | Request::SendDtmf { dn, .. } => dn,
+        }
+    }
+}
+
+/// What the model is told.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// A new INVITE, resolved by the core: from an internal DN (`caller_internal`) or from
+    /// outside, to `to`.
+    Incoming {
+        leg: LegId,
+        tenant: String,
+        caller: String,
+        caller_internal: bool,
+        to: Resolved,
+        sdp: Option<Bytes>,
+    },
+    /// 180/183 on a leg we placed.
+    Ringing { leg: LegId },
+    /// 2xx on a leg we placed (with the SDP in it).
+    Answered { leg: LegId, sdp: Option<Bytes> },
+    /// A final non-2xx on a leg we placed (408 for a timeout, 503 for a transport error).
+    Failed { leg: LegId, code: u16 },
+    /// The far end hung up (BYE, or CANCEL of an incoming leg).
+    HungUp { leg: LegId },
+    /// The answer to a re-offer ([`Action::Reoffer`]) arrived (`ok`) or it was refused.
+    ReofferDone {
+        leg: LegId,
+        ok: bool,
+        sdp: Option<Bytes>,
+    },
+    /// The ring-no-answer timer of a leg fired.
+    RingTimeout { leg: LegId },
+    Request {
+        id: u64,
+        tenant: String,
+        req: Request,
+    },
+}
+
+/// What the core must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Publish an event; `leg` names the DN's leg (the core fills the SIP Call-ID).
+    Publish {
+        event: Event,
+        leg: Option<LegId>,
+    },
+    /// Send an INVITE for a new leg. `sdp: None` is an offerless INVITE. `from` is the calling
+    /// number shown to the callee. `auto_answer` adds Call-Info/Alert-Info auto-answer headers.
+    PlaceLeg {
+        leg: LegId,
+        tenant: String,
+        dest: Dest,
+        from: String,
+        sdp: Option<Bytes>,
+        auto_answer: bool,
+    },
+    /// 180 Ringing on an incoming leg.
+    Ring {
+        leg: LegId,
+    },
+    /// 200 OK on an incoming leg, with this SDP.
+    Answer {
+        leg: LegId,
+        sdp: Option<Bytes>,
+    },
+    /// A final error response on an incoming leg.
+    Reject {
+        leg: LegId,
+        code: u16,
+    },
+    /// End a leg: BYE when established, CANCEL when ours and ringing, 487 when incoming and
+    /// unanswered.
+    Hangup {
+        leg: LegId,
+    },
+    /// Re-INVITE a leg: offer `sdp` (or, when `None`, the last SDP we sent on the leg) with
+    /// the direction changed.
+    Reoffer {
+        leg: LegId,
+        sdp: Option<Bytes>,
+        direction: Direction,
+    },
+    /// Ask a ringing phone to answer (NOTIFY Event: talk).
+    AnswerRemote {
+        leg: LegId,
+    },
+    /// Send DTMF on a leg (SIP INFO application/dtmf-relay).
+    SendDtmf {
+        leg: LegId,
+        digits: String,
+    },
+    StartRingTimer {
+        leg: LegId,
+        ms: u64,
+    },
+    CancelRingTimer {
+        leg: LegId,
+    },
+    /// A call was created / ended (the glue keeps an index for REST look-ups).
+    CallStarted {
+        conn: ConnId,
+        tenant: String,
+    },
+    CallEnded {
+        conn: ConnId,
+    },
+}
+
+/// What an in-flight re-offer is for.
+#[derive(Clone, Debug, PartialEq)]
+enum LegOp {
+    Hold {
+        conn: ConnId,
+        dn: String,
+        req: u64,
+    },
+    Retrieve {
+        conn: ConnId,
+        dn: String,
+        req: u64,
+    },
+    /// Media re-bridging after a transfer or 3pcc answer: no event.
+    Bridge,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelSettings {
+    /// Ring-no-answer timeout for legs to DNs and external numbers.
+    pub ring_timeout_ms: u64,
+    /// High 16 bits of every ConnId (the node number).
+    pub node: u16,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        ModelSettings {
+            ring_timeout_ms: 30_000,
+            node: 1,
+        }
+    }
+}
+
+/// The state: every call of the node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    settings: ModelSettings,
+    calls: HashMap<ConnId, Call>,
+    legs: HashMap<LegId, ConnId>,
+    ops: HashMap<LegId, LegOp>,
+    next_conn: u64,
+    next_leg: u64,
+}
+
+/// Stable error codes of EventError.
+pub mod codes {
+    pub const NO_SUCH_CALL: &str = "no_such_call";
+    pub const NO_SUCH_PARTY: &str = "no_such_party";
+    pub const BAD_STATE: &str = "bad_state";
+    pub const INVALID_DESTINATION: &str = "invalid_destination";
+    pub const REFUSED: &str = "refused_by_device";
+    pub const BAD_ARGUMENT: &str = "bad_argument";
+}
+
+type Out = Vec<Action>;
+
+impl Model {
+    pub fn new(settings: ModelSettings) -> Model {
+        Model {
+            settings,
+            calls: HashMap::new(),
+            legs: HashMap::new(),
+            ops: HashMap::new(),
+            next_conn: 1,
+            next_leg: 1,
+        }
+    }
+
+    pub fn call(&self, conn: ConnId) -> Option<&Call> {
+        self.calls.get(&conn)
+    }
+
+    pub fn calls(&self) -> impl Iterator<Item = &Call> {
+        self.calls.values()
+    }
+
+    pub fn call_of_leg(&self, leg: LegId) -> Option<ConnId> {
+        self.legs.get(&leg).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    fn new_conn(&mut self) -> ConnId {
+        let c = ConnId((self.settings.node as u64) << 48 | self.next_conn);
+        self.next_conn += 1;
+        c
+    }
+
+    fn new_leg(&mut self) -> LegId {
+        let l = LegId(self.next_leg);
+        self.next_leg += 1;
+        l
+    }
+
+    /// The reducer: applies `input` at `now_ms` (Unix milliseconds, for event timestamps) and
+    /// appends what to do to `out`.
+    pub fn handle(&mut self, input: Input, now_ms: u64, out: &mut Out) {
+        match input {
+            Input::Incoming {
+                leg,
+                tenant,
+                caller,
+                caller_internal,
+                to,
+                sdp,
+            } => self.incoming(leg, tenant, caller, caller_internal, to, sdp, now_ms, out),
+            Input::Ringing { leg } => self.ringing(leg, now_ms, out),
+            Input::Answered { leg, sdp } => self.answered(leg, sdp, now_ms, out),
+            Input::Failed { leg, code } => self.leg_gone(leg, Some(code), now_ms, out),
+            Input::HungUp { leg } => self.leg_gone(leg, None, now_ms, out),
+            Input::RingTimeout { leg } => {
+                let ringing = self.party_of(leg).is_some_and(|(_, p)| {
+                    matches!(p.state, PartyState::Ringing | PartyState::Dialing)
+                });
+                if ringing {
+                    out.push(Action::Hangup { leg });
+                    self.leg_gone(leg, Some(408), now_ms, out);
+                }
+            }
+            Input::ReofferDone { leg, ok, sdp } => self.reoffer_done(leg, ok, sdp, now_ms, out),
+            Input::Request { id, tenant, req } => self.request(id, tenant, req, now_ms, out),
+        }
+    }
+
+    fn party_of(&self, leg: LegId) -> Option<(&Call, &Party)> {
+        let call = self.calls.get(self.legs.get(&leg)?)?;
+        let p = &call.parties[call.by_leg(leg)?];
+        Some((call, p))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn incoming(
+        &mut self,
+        leg: LegId,
+        tenant: String,
+        caller: String,
+        caller_internal: bool,
+        to: Resolved,
+        sdp: Option<Bytes>,
+        now: u64,
+        out: &mut Out,
+    ) {
+        let dest = match to {
+            Resolved::Ok(d) => d,
+            Resolved::Invalid(_) => {
+                out.push(Action::Reject { leg, code: 404 });
+                return;
+            }
+        };
+        let conn = self.new_conn();
+        let call_type = match (caller_internal, &dest) {
+            (true, Dest::Dn(_)) => CallType::Internal,
+            (true, Dest::External(_)) => CallType::Outbound,
+            (false, _) => CallType::Inbound,
+        };
+        let b = self.new_leg();
+        let call = Call {
+            conn,
+            tenant: tenant.clone(),
+            call_type,
+            parties: vec![
+                Party {
+                    dn: caller.clone(),
+                    internal: caller_internal,
+                    role: PartyRole::Origination,
+                    state: PartyState::Dialing,
+                    leg,
+                    sdp: sdp.clone(),
+                    auto: false,
+                },
+                Party {
+                    dn: dest.number().to_string(),
+                    internal: matches!(dest, Dest::Dn(_)),
+                    role: PartyRole::Destination,
+                    state: PartyState::Ringing,
+                    leg: b,
+                    sdp: None,
+                    auto: false,
+                },
+            ],
+            user_data: UserData::new(),
+            consult_of: None,
+        };
+        self.legs.insert(leg, conn);
+        self.legs.insert(b, conn);
+        out.push(Action::CallStarted {
+            conn,
+            tenant: tenant.clone(),
+        });
+        out.push(Action::PlaceLeg {
+            leg: b,
+            tenant,
+            dest,
+            from: caller,
+            sdp,
+            auto_answer: false,
+        });
+        out.push(Action::StartRingTimer {
+            leg: b,
+            ms: self.settings.ring_timeout_ms,
+        });
+        ev(out, &call, 0, Event::EventDialing, now, None, None);
+        ev(out, &call, 1, Event::EventRinging, now, None, None);
+        self.calls.insert(conn, call);
+    }
+
+    fn ringing(&mut self, leg: LegId, _now: u64, out: &mut Out) {
+        let Some(conn) = self.legs.get(&leg).copied() else {
+            return;
+        };
+        let Some(call) = self.calls.get(&conn) else {
+            return;
+        };
+        let Some(i) = call.by_leg(leg) else { return };
+        // Tell an incoming caller waiting on this leg that it rings.
+        if let Some(o) = call.other(i) {
+            let op = &call.parties[o];
+            if op.state == PartyState::Dialing && !op.auto && op.role == PartyRole::Origination {
+                out.push(Action::Ring { leg: op.leg });
+            }
+        }
+    }
+
+    fn answered(&mut self, leg: LegId, sdp: Option<Bytes>, now: u64, out: &mut Out) {
+        let Some(conn) = self.legs.get(&leg).copied() else {
+            out.push(Action::Hangup { leg });
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&conn) else {
+            return;
+        };
+        let Some(i) = call.by_leg(leg) else { return };
+        out.push(Action::CancelRingTimer { leg });
+        call.parties[i].sdp = sdp.clone();
+        let was = call.parties[i].state;
+        call.parties[i].state = PartyState::Established;
+        if call.parties[i].auto {
+            // The origin of a MakeCall / consult call answered: now call the destination
+            // with its SDP (RFC 3725 style; the core ACKed the 2xx already).
+            let dest = match call.parties.get(i + 1) {
+                Some(p) => p.clone(),
+                None => return,
+            };
+            let tenant = call.tenant.clone();
+            let from = call.parties[i].dn.clone();
+            out.push(Action::PlaceLeg {
+                leg: dest.leg,
+                tenant,
+                dest: if dest.internal {
+                    Dest::Dn(dest.dn.clone())
+                } else {
+                    Dest::External(dest.dn.clone())
+                },
+                from,
+                sdp,
+                auto_answer: false,
+            });
+            out.push(Action::StartRingTimer {
+                leg: dest.leg,
+                ms: self.settings.ring_timeout_ms,
+            });
+            if let Some(p) = call.parties.get_mut(i + 1) {
+                p.state = PartyState::Ringing;
+            }
+            let call = &self.calls[&conn];
+            ev(out, call, i + 1, Event::EventRinging, now, None, None);
+            return;
+        }
+        if was != PartyState::Ringing && was != PartyState::Dialing {
+            return;
+        }
+        let Some(o) = call.other(i) else { return };
+        let other = call.parties[o].clone();
+        if other.auto || other.state == PartyState::Established {
+            // The other side is a leg we already answered (3pcc origin, or a transfer): give
+            // it the new party's media with a re-offer.
+            if other.state == PartyState::Established {
+                out.push(Action::Reoffer {
+                    leg: other.leg,
+                    sdp,
+                    direction: Direction::SendRecv,
+                });
+                self.ops.insert(other.leg, LegOp::Bridge);
+            }
+        } else {
+            out.push(Action::Answer {
+                leg: other.leg,
+                sdp,
+            });
+            call.parties[o].state = PartyState::Established;
+        }
+        let call = &self.calls[&conn];
+        ev(out, call, i, Event::EventEstablished, now, None, None);
+        if other.state != PartyState::Established || other.auto {
+            ev(out, call, o, Event::EventEstablished, now, None, None);
+        }
+    }
+
+    /// A leg ended: by failure (`code`) or hang-up. The call ends when fewer than two parties
+    /// remain (or the remaining one has nobody to talk to).
+    fn leg_gone(&mut self, leg: LegId, code: Option<u16>, now: u64, out: &mut Out) {
+        let Some(conn) = self.legs.remove(&leg) else {
+            return;
+        };
+        self.ops.remove(&leg);
+        let Some(mut call) = self.calls.remove(&conn) else {
+            return;
+        };
+        let Some(i) = call.by_leg(leg) else {
+            self.calls.insert(conn, call);
+            return;
+        };
+        out.push(Action::CancelRingTimer { leg });
+        let reason = code.map(|c| format!("sip {c}"));
+        let gone_state = call.parties[i].state;
+        let caller_waiting = call
+            .other(i)
+            .map(|o| call.parties[o].clone())
+            .filter(|o| o.state == PartyState::Dialing && o.leg.is_incoming());
+        ev(
+            out,
+            &call,
+            i,
+            Event::EventReleased,
+            now,
+            None,
+            reason.clone(),
+        );
+        // An incoming caller still waiting for an answer gets the failure code.
+        if let Some(c) = caller_waiting.filter(|_| gone_state != PartyState::Established) {
+            let code = match code {
+                Some(c @ 400..=699) if c != 408 && c != 487 => c,
+                _ => 480,
+            };
+            out.push(Action::Reject { leg: c.leg, code });
+            self.legs.remove(&c.leg);
+            if let Some(ci) = call.by_leg(c.leg) {
+                ev(out, &call, ci, Event::EventReleased, now, None, reason);
+                call.parties.remove(ci);
+            }
+        }
+        let Some(i) = call.by_leg(leg) else { return };
+        let gone = call.parties.remove(i);
+        if call.parties.len() >= 2 {
+            self.calls.insert(conn, call);
+            return;
+        }
+        self.end_call(call, Some(gone), now, out);
+    }
+
+    /// A call with fewer than two parties ends: the ones left are hung up and released (with
+    /// `gone`, the party that left, as their OtherDN). A destination of a MakeCall that was
+    /// never placed gets neither a hang-up nor an event: nobody saw it.
+    fn end_call(&mut self, mut call: Call, gone: Option<Party>, now: u64, out: &mut Out) {
+        for p in std::mem::take(&mut call.parties) {
+            self.legs.remove(&p.leg);
+            self.ops.remove(&p.leg);
+            out.push(Action::CancelRingTimer { leg: p.leg });
+            if !p.placed() {
+                continue;
+            }
+            out.push(Action::Hangup { leg: p.leg });
+            let tmp = Call {
+                parties: std::iter::once(p).chain(gone.clone()).collect(),
+                ..call.clone()
+            };
+            ev(out, &tmp, 0, Event::EventReleased, now, None, None);
+        }
+        out.push(Action::CallEnded { conn: call.conn });
+    }
+
+    fn reoffer_done(&mut self, leg: LegId, ok: bool, sdp: Option<Bytes>, now: u64, out: &mut Out) {
+        let op = self.ops.remove(&leg);
+        if let (Some(sdp), Some(conn)) = (sdp, self.legs.get(&leg)) {
+            if let Some(call) = self.calls.get_mut(conn) {
+                if let Some(i) = call.by_leg(leg) {
+                    call.parties[i].sdp = Some(sdp);
+                }
+            }
+        }
+        let (conn, dn, req, held) = match op {
+            Some(LegOp::Hold { conn, dn, req }) => (conn, dn, req, true),
+            Some(LegOp::Retrieve { conn, dn, req }) => (conn, dn, req, false),
+            _ => return,
+        };
+        let Some(call) = self.calls.get_mut(&conn) else {
+            return;
+        };
+        let tenant = call.tenant.clone();
+        let Some(i) = call.party(&dn) else { return };
+        if !ok {
+            return error(
+                out,
+                &tenant,
+                Some(conn),
+                &dn,
+                req,
+                codes::REFUSED,
+                "the other party refused the re-INVITE",
+                now,
+            );
+        }
+        call.parties[i].state = if held {
+            PartyState::Held
+        } else {
+            PartyState::Established
+        };
+        let e = if held {
+            Event::EventHeld
+        } else {
+            Event::EventRetrieved
+        };
+        let call = &self.calls[&conn];
+        ev(out, call, i, e, now, Some(req), None);
+    }
+
+    fn request(&mut self, id: u64, tenant: String, req: Request, now: u64, out: &mut Out) {
+        let dn = req.dn().to_string();
+        let err = |out: &mut Out, conn: Option<ConnId>, code: &str, reason: &str| {
+            error(out, &tenant, conn, &dn, id, code, reason, now)
+        };
+        if let Request::MakeCall { to, .. } = &req {
+            return match to {
+                Resolved::Ok(d) => self.three_pcc(
+                    &tenant,
+                    &dn,
+                    d.clone(),
+                    CallType::Internal,
+                    None,
+                    id,
+                    now,
+                    out,
+                ),
+                Resolved::Invalid(why) => err(out, None, codes::INVALID_DESTINATION, why),
+            };
+        }
+        let Some(conn) = req.conn() else { return };
+        let Some(call) = self.calls.get(&conn).filter(|c| c.tenant == tenant) else {
+            return err(out, Some(conn), codes::NO_SUCH_CALL, "no such call");
+        };
+        let Some(i) = call.party(&dn) else {
+            return err(
+                out,
+                Some(conn),
+                codes::NO_SUCH_PARTY,
+                "the DN is not a party of the call",
+            );
+        };
+        let party = call.parties[i].clone();
+        let other = call.other(i).map(|o| call.parties[o].clone());
+        let bad_state = |out: &mut Out, what: &str| {
+            err(
+                out,
+                Some(conn),
+                codes::BAD_STATE,
+                &format!("{what} (the party is {:?})", party.state).to_lowercase(),
+            )
+        };
+        match req {
+            Request::MakeCall { .. } => {}
+            Request::Answer { .. } => {
+                if party.state != PartyState::Ringing || party.role == PartyRole::Origination {
+                    return bad_state(out, "only a ringing destination can answer");
+                }
+                out.push(Action::AnswerRemote { leg: party.leg });
+            }
+            Request::Release { .. } => {
+                out.push(Action::Hangup { leg: party.leg });
+                self.release_party(conn, party.leg, Some(id), now, out);
+            }
+            Request::Hold { .. } | Request::Retrieve { .. } => {
+                let hold = matches!(req, Request::Hold { .. });
+                let want = if hold {
+                    PartyState::Established
+                } else {
+                    PartyState::Held
+                };
+                if party.state != want {
+                    return bad_state(
+                        out,
+                        if hold {
+                            "only an established party can hold"
+                        } else {
+                            "only a held party can retrieve"
+                        },
+                    );
+                }
+                let Some(other) = other.filter(|o| o.state != PartyState::Ringing) else {
+                    return bad_state(out, "nobody to hold");
+                };
+                if self.ops.contains_key(&other.leg) {
+                    return bad_state(out, "another media change is in progress");
+                }
+                out.push(Action::Reoffer {
+                    leg: other.leg,
+                    sdp: None,
+                    direction: if hold {
+                        Direction::SendOnly
+                    } else {
+                        Direction::SendRecv
+                    },
+                });
+                let op = if hold {
+                    LegOp::Hold { conn, dn, req: id }
+                } else {
+                    LegOp::Retrieve { conn, dn, req: id }
+                };
+                self.ops.insert(other.leg, op);
+            }
+            Request::SingleStepTransfer { to, .. } => {
+                let dest = match to {
+                    Resolved::Ok(d) => d,
+                    Resolved::Invalid(why) => {
+                        return err(out, Some(conn), codes::INVALID_DESTINATION, &why)
+                    }
+                };
+                if dest.number() == dn {
+                    return err(
+                        out,
+                        Some(conn),
+                        codes::INVALID_DESTINATION,
+                        "cannot transfer a call to the transferring DN",
+                    );
+                }
+                if !matches!(party.state, PartyState::Established | PartyState::Held) {
+                    return bad_state(out, "only an established or held party can transfer");
+                }
+                let Some(other) = other.filter(|o| o.state == PartyState::Established) else {
+                    return bad_state(out, "no established party to transfer");
+                };
+                self.single_step(conn, i, other, dest, id, now, out);
+            }
+            Request::InitiateTransfer { to, .. } => {
+                let dest = match to {
+                    Resolved::Ok(d) => d,
+                    Resolved::Invalid(why) => {
+                        return err(out, Some(conn), codes::INVALID_DESTINATION, &why)
+                    }
+                };
+                if party.state != PartyState::Established {
+                    return bad_state(out, "only an established party can consult");
+                }
+                let Some(other) = other.filter(|o| o.state == PartyState::Established) else {
+                    return bad_state(out, "no established party to hold");
+                };
+                if self
+                    .calls
+                    .values()
+                    .any(|c| c.consult_of == Some((conn, dn.clone())))
+                {
+                    return bad_state(out, "a consult call is already in progress");
+                }
+                // Hold the other party, then call the destination from the DN's phone.
+                out.push(Action::Reoffer {
+                    leg: other.leg,
+                    sdp: None,
+                    direction: Direction::SendOnly,
+                });
+                self.ops.insert(
+                    other.leg,
+                    LegOp::Hold {
+                        conn,
+                        dn: dn.clone(),
+                        req: id,
+                    },
+                );
+                self.three_pcc(
+                    &tenant,
+                    &dn,
+                    dest,
+                    CallType::Consult,
+                    Some(conn),
+                    id,
+                    now,
+                    out,
+                );
+            }
+            Request::CompleteTransfer { .. } => self.complete(conn, &dn, id, now, out),
+            Request::AttachUserData { data, .. } | Request::UpdateUserData { data, .. } => {
+                if data.is_empty() {
+                    return err(out, Some(conn), codes::BAD_ARGUMENT, "no user data given");
+                }
+                if let Some(call) = self.calls.get_mut(&conn) {
+                    call.user_data.extend(data);
+                    ev(
+                        out,
+                        &self.calls[&conn],
+                        i,
+                        Event::EventAttachedDataChanged,
+                        now,
+                        Some(id),
+                        None,
+                    );
+                }
+            }
+            Request::DeleteUserData { keys, .. } => {
+                if let Some(call) = self.calls.get_mut(&conn) {
+                    if keys.is_empty() {
+                        call.user_data.clear();
+                    } else {
+                        for k in &keys {
+                            call.user_data.remove(k);
+                        }
+                    }
+                    ev(
+                        out,
+                        &self.calls[&conn],
+                        i,
+                        Event::EventAttachedDataChanged,
+                        now,
+                        Some(id),
+                        None,
+                    );
+                }
+            }
+            Request::SendDtmf { digits, .. } => {
+                if digits.is_empty()
+                    || !digits
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D'))
+                {
+                    return err(
+                        out,
+                        Some(conn),
+                        codes::BAD_ARGUMENT,
+                        "digits must be 0-9, *, #, A-D",
+                    );
+                }
+                if party.state != PartyState::Established {
+                    return bad_state(out, "only an established party can send DTMF");
+                }
+                let Some(other) = other else {
+                    return bad_state(out, "nobody to send DTMF to");
+                };
+                out.push(Action::SendDtmf {
+                    leg: other.leg,
+                    digits,
+                });
+            }
+        }
+    }
+
+    /// A party leaves on request: events for it, and the call ends if one party is left.
+    fn release_party(
+        &mut self,
+        conn: ConnId,
+        leg: LegId,
+        req: Option<u64>,
+        now: u64,
+        out: &mut Out,
+    ) {
+        self.legs.remove(&leg);
+        self.ops.remove(&leg);
+        out.push(Action::CancelRingTimer { leg });
+        let Some(mut call) = self.calls.remove(&conn) else {
+            return;
+        };
+        let Some(i) = call.by_leg(leg) else {
+            self.calls.insert(conn, call);
+            return;
+        };
+        ev(out, &call, i, Event::EventReleased, now, req, None);
+        let gone = call.parties.remove(i);
+        if call.parties.len() >= 2 {
+            self.calls.insert(conn, call);
+            return;
+        }
+        self.end_call(call, Some(gone), now, out);
+    }
+
+    /// MakeCall and the consult leg of InitiateTransfer: ring the DN's phone with auto-answer
+    /// (offerless INVITE); when it answers, call the destination with its SDP.
+    #[allow(clippy::too_many_arguments)]
+    fn three_pcc(
+        &mut self,
+        tenant: &str,
+        dn: &str,
+        dest: Dest,
+        call_type: CallType,
+        consult_of: Option<ConnId>,
+        req: u64,
+        now: u64,
+        out: &mut Out,
+    ) {
+        let conn = self.new_conn();
+        let (a, b) = (self.new_leg(), self.new_leg());
+        let call_type = match (&dest, call_type) {
+            (Dest::External(_), CallType::Internal) => CallType::Outbound,
+            (_, t) => t,
+        };
+        let call = Call {
+            conn,
+            tenant: tenant.to_string(),
+            call_type,
+            parties: vec![
+                Party {
+                    dn: dn.to_string(),
+                    internal: true,
+                    role: PartyRole::Origination,
+                    state: PartyState::Dialing,
+                    leg: a,
+                    sdp: None,
+                    auto: true,
+                },
+                Party {
+                    dn: dest.number().to_string(),
+                    internal: matches!(dest, Dest::Dn(_)),
+                    role: PartyRole::Destination,
+                    state: PartyState::Dialing,
+                    leg: b,
+                    sdp: None,
+                    auto: false,
+                },
+            ],
+            user_data: match consult_of.and_then(|c| self.calls.get(&c)) {
+                Some(orig) => orig.user_data.clone(),
+                None => UserData::new(),
+            },
+            consult_of: consult_of.map(|c| (c, dn.to_string())),
+        };
+        self.legs.insert(a, conn);
+        self.legs.insert(b, conn);
+        out.push(Action::CallStarted {
+            conn,
+            tenant: tenant.to_string(),
+        });
+        out.push(Action::PlaceLeg {
+            leg: a,
+            tenant: tenant.to_string(),
+            dest: Dest::Dn(dn.to_string()),
+            from: dest.number().to_string(),
+            sdp: None,
+            auto_answer: true,
+        });
+        out.push(Action::StartRingTimer {
+            leg: a,
+            ms: self.settings.ring_timeout_ms,
+        });
+        ev(out, &call, 0, Event::EventDialing, now, Some(req), None);
+        self.calls.insert(conn, call);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn single_step(
+        &mut self,
+        conn: ConnId,
+        i: usize,
+        other: Party,
+        dest: Dest,
+        req: u64,
+        now: u64,
+        out: &mut Out,
+    ) {
+        let c = self.new_leg();
+        let Some(call) = self.calls.get_mut(&conn) else {
+            return;
+        };
+        let transferring = call.parties[i].clone();
+        out.push(Action::Hangup {
+            leg: transferring.leg,
+        });
+        self.legs.remove(&transferring.leg);
+        self.ops.remove(&transferring.leg);
+        let mut released = call.clone();
+        released.parties[i].role = PartyRole::TransferredBy;
+        ev_third(
+            out,
+            &released,
+            i,
+            Event::EventReleased,
+            now,
+            Some(req),
+            Some(dest.number()),
+        );
+        call.parties[i] = Party {
+            dn: dest.number().to_string(),
+            internal: matches!(dest, Dest::Dn(_)),
+            role: PartyRole::Destination,
+            state: PartyState::Ringing,
+            leg: c,
+            sdp: None,
+            auto: false,
+        };
+        self.legs.insert(c, conn);
+        out.push(Action::PlaceLeg {
+            leg: c,
+            tenant: call.tenant.clone(),
+            dest,
+            from: other.dn.clone(),
+            sdp: other.sdp.clone(),
+            auto_answer: false,
+        });
+        out.push(Action::StartRingTimer {
+            leg: c,
+            ms: self.settings.ring_timeout_ms,
+        });
+        let call = &self.calls[&conn];
+        ev_third(
+            out,
+            call,
+            i,
+            Event::EventRinging,
+            now,
+            None,
+            Some(&transferring.dn),
+        );
+    }
+
+    /// CompleteTransfer, from either call: the consulting DN leaves both calls; the consulted
+    /// party takes its place in the original call (EventPartyChanged).
+    fn complete(&mut self, conn: ConnId, dn: &str, req: u64, now: u64, out: &mut Out) {
+        let tenant = self.calls[&conn].tenant.clone();
+        let err = |out: &mut Out, code: &str, reason: &str| {
+            error(out, &tenant, Some(conn), dn, req, code, reason, now)
+        };
+        // Find (original, consult).
+        let pair = if let Some((orig, by)) = self.calls[&conn].consult_of.clone() {
+            (by == dn).then_some((orig, conn))
+        } else {
+            self.calls
+                .values()
+                .find(|c| c.consult_of == Some((conn, dn.to_string())))
+                .map(|c| (conn, c.conn))
+        };
+        let Some((orig, consult)) = pair else {
+            return err(out, codes::BAD_STATE, "no consult call to complete");
+        };
+        let (Some(oc), Some(cc)) = (self.calls.get(&orig), self.calls.get(&consult)) else {
+            return err(out, codes::NO_SUCH_CALL, "the other call has ended");
+        };
+        let (Some(oi), Some(ci)) = (oc.party(dn), cc.party(dn)) else {
+            return err(out, codes::NO_SUCH_PARTY, "the DN left one of the calls");
+        };
+        let Some(ti) = cc.other(ci) else {
+            return err(out, codes::BAD_STATE, "nobody to transfer to");
+        };
+        let target = cc.parties[ti].clone();
+        if target.state != PartyState::Established {
+            return err(
+                out,
+                codes::BAD_STATE,
+                "the consulted party has not answered (use SingleStepTransfer)",
+            );
+        }
+        let Some(rem) = oc.other(oi).map(|r| oc.parties[r].clone()) else {
+            return err(out, codes::BAD_STATE, "nobody left in the original call");
+        };
+        // The consulting DN leaves both calls.
+        let my_consult_leg = cc.parties[ci].leg;
+        let my_orig_leg = oc.parties[oi].leg;
+        let Some(mut consult_call) = self.calls.remove(&consult) else {
+            return;
+        };
+        ev_third(
+            out,
+            &consult_call,
+            ci,
+            Event::EventReleased,
+            now,
+            None,
+            Some(&target.dn),
+        );
+        consult_call.parties.clear();
+        out.push(Action::Hangup {
+            leg: my_consult_leg,
+        });
+        self.legs.remove(&my_consult_leg);
+        self.ops.remove(&my_consult_leg);
+        out.push(Action::Hangup { leg: my_orig_leg });
+        self.legs.remove(&my_orig_leg);
+        self.ops.remove(&my_orig_leg);
+        out.push(Action::CallEnded { conn: consult });
+        let Some(call) = self.calls.get_mut(&orig) else {
+            return;
+        };
+        let mut released = call.clone();
+        released.parties[oi].role = PartyRole::TransferredBy;
+        ev_third(
+            out,
+            &released,
+            oi,
+            Event::EventReleased,
+            now,
+            Some(req),
+            Some(&target.dn),
+        );
+        call.parties[oi] = Party {
+            role: PartyRole::Destination,
+            ..target.clone()
+        };
+        if let Some(r) = call.party(&rem.dn) {
+            call.parties[r].state = PartyState::Established;
+        }
+        self.legs.insert(target.leg, orig);
+        // Re-bridge media: the remaining party gets the target's SDP and the target the
+        // remaining party's.
+        out.push(Action::Reoffer {
+            leg: rem.leg,
+            sdp: target.sdp.clone(),
+            direction: Direction::SendRecv,
+        });
+        self.ops.insert(rem.leg, LegOp::Bridge);
+        out.push(Action::Reoffer {
+            leg: target.leg,
+            sdp: rem.sdp.clone(),
+            direction: Direction::SendRecv,
+        });
+        self.ops.insert(target.leg, LegOp::Bridge);
+        let call = &self.calls[&orig];
+        let mut a = attrs(call, oi, now, None, None);
+        a.previous_conn_id = Some(consult);
+        a.third_party_dn = Some(dn.to_string());
+        if target.internal {
+            out.push(Action::Publish {
+                event: Event::EventPartyChanged(a),
+                leg: Some(target.leg),
+            });
+        }
+    }
+}
+
+/// Call attributes for party `i` of `call`.
+fn attrs(call: &Call, i: usize, now: u64, req: Option<u64>, reason: Option<String>) -> CallAttrs {
+    let p = &call.parties[i];
+    let o = call.other(i).map(|o| &call.parties[o]);
+    CallAttrs {
+        tenant: call.tenant.clone(),
+        conn_id: Some(call.conn),
+        call_id: None,
+        this_dn: p.dn.clone(),
+        other_dn: o.map(|o| o.dn.clone()),
+        this_role: Some(p.role),
+        other_role: o.map(|o| o.role),
+        third_party_dn: None,
+        call_type: Some(call.call_type),
+        agent_id: None,
+        previous_conn_id: None,
+        request_id: req,
+        reason,
+        user_data: call.user_data.clone(),
+        ts_ms: now,
+    }
+}
+
+/// Publishes `mk(attrs)` for party `i` if it is an internal DN.
+fn ev(
+    out: &mut Out,
+    call: &Call,
+    i: usize,
+    mk: fn(CallAttrs) -> Event,
+    now: u64,
+    req: Option<u64>,
+    reason: Option<String>,
+) {
+    let p = &call.parties[i];
+    if !p.internal {
+        return;
+    }
+    out.push(Action::Publish {
+        event: mk(attrs(call, i, now, req, reason)),
+        leg: Some(p.leg),
+    });
+}
+
+fn ev_third(
+    out: &mut Out,
+    call: &Call,
+    i: usize,
+    mk: fn(CallAttrs) -> Event,
+    now: u64,
+    req: Option<u64>,
+    third: Option<&str>,
+) {
+    let p = &call.parties[i];
+    if !p.internal {
+        return;
+    }
+    let mut a = attrs(call, i, now, req, None);
+    a.third_party_dn = third.map(str::to_string);
+    out.push(Action::Publish {
+        event: mk(a),
+        leg: Some(p.leg),
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn error(
+    out: &mut Out,
+    tenant: &str,
+    conn: Option<ConnId>,
+    dn: &str,
+    req: u64,
+    code: &str,
+    reason: &str,
+    now: u64,
+) {
+    out.push(Action::Publish {
+        event: Event::EventError(ErrorAttrs {
+            tenant: tenant.to_string(),
+            conn_id: conn,
+            this_dn: Some(dn.to_string()),
+            request_id: req,
+            error_code: code.to_string(),
+            reason: reason.to_string(),
+            ts_ms: now,
+        }),
+        leg: None,
+    });
+}

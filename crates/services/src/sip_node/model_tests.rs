@@ -1,0 +1,979 @@
+//! The call model without a network: inputs in, actions and TLib events out.
+
+use super::model::*;
+use bytes::Bytes;
+use switchboard_events::{CallType, ConnId, Event, PartyRole};
+
+const T: &str = "demo";
+const CARRIER: &str = "+15551234567";
+
+fn sdp(tag: &str) -> Option<Bytes> {
+    Some(Bytes::from(format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns={tag}\r\n"
+    )))
+}
+
+struct Sim {
+    m: Model,
+    now: u64,
+    next_req: u64,
+}
+
+/// An event as a user of the event stream sees it.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    name: &'static str,
+    this: String,
+    other: Option<String>,
+    roles: (Option<PartyRole>, Option<PartyRole>),
+}
+
+fn seen(name: &'static str, this: &str, other: &str, r: (PartyRole, PartyRole)) -> Seen {
+    Seen {
+        name,
+        this: this.into(),
+        other: Some(other.into()),
+        roles: (Some(r.0), Some(r.1)),
+    }
+}
+
+use PartyRole::{Destination as D, Origination as O};
+
+impl Sim {
+    fn new() -> Sim {
+        Sim {
+            m: Model::new(ModelSettings {
+                ring_timeout_ms: 20_000,
+                node: 7,
+            }),
+            now: 1_000,
+            next_req: 1,
+        }
+    }
+
+    fn step(&mut self, input: Input) -> Vec<Action> {
+        self.now += 10;
+        let mut out = Vec::new();
+        self.m.handle(input, self.now, &mut out);
+        out
+    }
+
+    fn request(&mut self, req: Request) -> (u64, Vec<Action>) {
+        let id = self.next_req;
+        self.next_req += 1;
+        let out = self.step(Input::Request {
+            id,
+            tenant: T.into(),
+            req,
+        });
+        (id, out)
+    }
+
+    /// An incoming INVITE on leg `n`; returns the leg, the ConnId and the leg placed.
+    fn incoming(
+        &mut self,
+        n: u64,
+        caller: &str,
+        internal: bool,
+        to: Dest,
+    ) -> (LegId, ConnId, LegId, Vec<Action>) {
+        let a = LegId::incoming(n);
+        let out = self.step(Input::Incoming {
+            leg: a,
+            tenant: T.into(),
+            caller: caller.into(),
+            caller_internal: internal,
+            to: Resolved::Ok(to),
+            sdp: sdp("caller"),
+        });
+        let conn = self.m.call_of_leg(a).expect("a call");
+        let b = placed(&out).first().expect("a leg placed").0;
+        (a, conn, b, out)
+    }
+
+    /// An inbound call from the carrier to `dn`, answered.
+    fn established_inbound(&mut self, dn: &str) -> (LegId, ConnId, LegId) {
+        let (a, conn, b, _) = self.incoming(1, CARRIER, false, Dest::Dn(dn.into()));
+        self.step(Input::Ringing { leg: b });
+        self.step(Input::Answered {
+            leg: b,
+            sdp: sdp(dn),
+        });
+        (a, conn, b)
+    }
+}
+
+fn events(out: &[Action]) -> Vec<Seen> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Publish { event, .. } => Some(event),
+            _ => None,
+        })
+        .map(|e| match e.call() {
+            Some(c) => Seen {
+                name: e.name(),
+                this: c.this_dn.clone(),
+                other: c.other_dn.clone(),
+                roles: (c.this_role, c.other_role),
+            },
+            None => Seen {
+                name: e.name(),
+                this: e.this_dn().unwrap_or("").into(),
+                other: None,
+                roles: (None, None),
+            },
+        })
+        .collect()
+}
+
+fn names(out: &[Action]) -> Vec<(&'static str, String)> {
+    events(out).into_iter().map(|s| (s.name, s.this)).collect()
+}
+
+fn event_list(out: &[Action]) -> Vec<&Event> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Publish { event, .. } => Some(event),
+            _ => None,
+        })
+        .collect()
+}
+
+fn placed(out: &[Action]) -> Vec<(LegId, Dest, Option<Bytes>, bool)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::PlaceLeg {
+                leg,
+                dest,
+                sdp,
+                auto_answer,
+                ..
+            } => Some((*leg, dest.clone(), sdp.clone(), *auto_answer)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has(out: &[Action], a: &Action) -> bool {
+    out.contains(a)
+}
+
+fn error_of(out: &[Action]) -> (String, u64, String) {
+    let e = event_list(out)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::EventError(e) => Some(e.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no EventError in {out:?}"));
+    (e.error_code, e.request_id, e.reason)
+}
+
+#[test]
+fn inbound_call_from_a_trunk_to_a_dn() {
+    let mut s = Sim::new();
+    let (a, conn, b, out) = s.incoming(1, CARRIER, false, Dest::Dn("1001".into()));
+    assert_eq!(conn.0 >> 48, 7, "the node number is in the ConnId");
+    assert!(has(
+        &out,
+        &Action::CallStarted {
+            conn,
+            tenant: T.into()
+        }
+    ));
+    let p = placed(&out);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].1, Dest::Dn("1001".into()));
+    assert_eq!(p[0].2, sdp("caller"), "the caller's offer is relayed");
+    assert!(!p[0].3, "no auto-answer for an inbound call");
+    assert!(has(&out, &Action::StartRingTimer { leg: b, ms: 20_000 }));
+    // The carrier is no DN: only 1001 gets events.
+    assert_eq!(
+        events(&out),
+        vec![seen("EventRinging", "1001", CARRIER, (D, O))]
+    );
+    let ringing = event_list(&out)[0].call().unwrap().clone();
+    assert_eq!(ringing.conn_id, Some(conn));
+    assert_eq!(ringing.call_type, Some(CallType::Inbound));
+    assert_eq!(ringing.tenant, T);
+
+    let out = s.step(Input::Ringing { leg: b });
+    assert_eq!(
+        out,
+        vec![Action::Ring { leg: a }],
+        "180 relayed to the caller"
+    );
+
+    let out = s.step(Input::Answered {
+        leg: b,
+        sdp: sdp("1001"),
+    });
+    assert!(has(&out, &Action::CancelRingTimer { leg: b }));
+    assert!(
+        has(
+            &out,
+            &Action::Answer {
+                leg: a,
+                sdp: sdp("1001")
+            }
+        ),
+        "{out:?}"
+    );
+    assert_eq!(
+        events(&out),
+        vec![seen("EventEstablished", "1001", CARRIER, (D, O))]
+    );
+
+    // The carrier hangs up.
+    let out = s.step(Input::HungUp { leg: a });
+    assert!(has(&out, &Action::Hangup { leg: b }));
+    assert!(has(&out, &Action::CallEnded { conn }));
+    assert_eq!(
+        events(&out),
+        vec![seen("EventReleased", "1001", CARRIER, (D, O))]
+    );
+    assert!(s.m.is_empty());
+    assert_eq!(s.m.call_of_leg(a), None);
+}
+
+#[test]
+fn internal_call_dn_to_dn_released_by_the_callee() {
+    let mut s = Sim::new();
+    let (a, conn, b, out) = s.incoming(1, "1001", true, Dest::Dn("1002".into()));
+    assert_eq!(
+        events(&out),
+        vec![
+            seen("EventDialing", "1001", "1002", (O, D)),
+            seen("EventRinging", "1002", "1001", (D, O)),
+        ]
+    );
+    assert_eq!(
+        event_list(&out)[0].call().unwrap().call_type,
+        Some(CallType::Internal)
+    );
+    let out = s.step(Input::Answered {
+        leg: b,
+        sdp: sdp("1002"),
+    });
+    assert_eq!(
+        events(&out),
+        vec![
+            seen("EventEstablished", "1002", "1001", (D, O)),
+            seen("EventEstablished", "1001", "1002", (O, D)),
+        ]
+    );
+    let out = s.step(Input::HungUp { leg: b });
+    assert_eq!(
+        events(&out),
+        vec![
+            seen("EventReleased", "1002", "1001", (D, O)),
+            seen("EventReleased", "1001", "1002", (O, D)),
+        ]
+    );
+    assert!(has(&out, &Action::Hangup { leg: a }), "BYE to the caller");
+    assert!(has(&out, &Action::CallEnded { conn }));
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn busy_callee_gives_the_caller_486() {
+    let mut s = Sim::new();
+    let (a, conn, b, _) = s.incoming(1, "1001", true, Dest::Dn("1002".into()));
+    let out = s.step(Input::Failed { leg: b, code: 486 });
+    assert!(has(&out, &Action::Reject { leg: a, code: 486 }), "{out:?}");
+    assert_eq!(
+        names(&out),
+        vec![
+            ("EventReleased", "1002".into()),
+            ("EventReleased", "1001".into())
+        ]
+    );
+    let reason = event_list(&out)[0].call().unwrap().reason.clone();
+    assert_eq!(reason.as_deref(), Some("sip 486"));
+    assert!(has(&out, &Action::CallEnded { conn }));
+    assert!(
+        !out.iter()
+            .any(|x| matches!(x, Action::Hangup { leg } if *leg == a)),
+        "rejected, not hung up"
+    );
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn ring_no_answer_times_out_with_480_to_the_caller() {
+    let mut s = Sim::new();
+    let (a, conn, b, _) = s.incoming(1, CARRIER, false, Dest::Dn("1002".into()));
+    s.step(Input::Ringing { leg: b });
+    let out = s.step(Input::RingTimeout { leg: b });
+    assert!(
+        has(&out, &Action::Hangup { leg: b }),
+        "the ringing leg is cancelled"
+    );
+    assert!(has(&out, &Action::Reject { leg: a, code: 480 }), "{out:?}");
+    assert_eq!(names(&out), vec![("EventReleased", "1002".into())]);
+    assert!(has(&out, &Action::CallEnded { conn }));
+    // A late timer for a gone leg does nothing.
+    assert!(s.step(Input::RingTimeout { leg: b }).is_empty());
+}
+
+#[test]
+fn ring_timeout_after_answer_is_ignored() {
+    let mut s = Sim::new();
+    let (_, _, b) = s.established_inbound("1001");
+    assert!(s.step(Input::RingTimeout { leg: b }).is_empty());
+    assert_eq!(s.m.len(), 1);
+}
+
+#[test]
+fn invalid_destination_is_rejected_without_a_call() {
+    let mut s = Sim::new();
+    let a = LegId::incoming(1);
+    let out = s.step(Input::Incoming {
+        leg: a,
+        tenant: T.into(),
+        caller: CARRIER.into(),
+        caller_internal: false,
+        to: Resolved::Invalid("9 is not a DN".into()),
+        sdp: None,
+    });
+    assert_eq!(out, vec![Action::Reject { leg: a, code: 404 }]);
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn hold_and_retrieve() {
+    let mut s = Sim::new();
+    let (a, conn, _) = s.established_inbound("1001");
+    let (id, out) = s.request(Request::Hold {
+        conn,
+        dn: "1001".into(),
+    });
+    assert_eq!(
+        out,
+        vec![Action::Reoffer {
+            leg: a,
+            sdp: None,
+            direction: Direction::SendOnly
+        }],
+        "the carrier gets a sendonly re-INVITE; no event before its answer"
+    );
+    // A second media change while the first is pending is refused.
+    let (id2, out) = s.request(Request::Retrieve {
+        conn,
+        dn: "1001".into(),
+    });
+    assert_eq!(error_of(&out).0, codes::BAD_STATE);
+    assert_eq!(error_of(&out).1, id2);
+    let out = s.step(Input::ReofferDone {
+        leg: a,
+        ok: true,
+        sdp: sdp("carrier held"),
+    });
+    assert_eq!(
+        events(&out),
+        vec![seen("EventHeld", "1001", CARRIER, (D, O))]
+    );
+    assert_eq!(event_list(&out)[0].call().unwrap().request_id, Some(id));
+    assert_eq!(s.m.call(conn).unwrap().parties[1].state, PartyState::Held);
+    // Holding again is a state error.
+    let (_, out) = s.request(Request::Hold {
+        conn,
+        dn: "1001".into(),
+    });
+    assert_eq!(error_of(&out).0, codes::BAD_STATE);
+
+    let (id, out) = s.request(Request::Retrieve {
+        conn,
+        dn: "1001".into(),
+    });
+    assert_eq!(
+        out,
+        vec![Action::Reoffer {
+            leg: a,
+            sdp: None,
+            direction: Direction::SendRecv
+        }]
+    );
+    let out = s.step(Input::ReofferDone {
+        leg: a,
+        ok: true,
+        sdp: None,
+    });
+    assert_eq!(
+        events(&out),
+        vec![seen("EventRetrieved", "1001", CARRIER, (D, O))]
+    );
+    assert_eq!(event_list(&out)[0].call().unwrap().request_id, Some(id));
+}
+
+#[test]
+fn hold_refused_by_the_other_device_is_an_error_event() {
+    let mut s = Sim::new();
+    let (a, conn, _) = s.established_inbound("1001");
+    let (id, _) = s.request(Request::Hold {
+        conn,
+        dn: "1001".into(),
+    });
+    let out = s.step(Input::ReofferDone {
+        leg: a,
+        ok: false,
+        sdp: None,
+    });
+    let (code, req, _) = error_of(&out);
+    assert_eq!((code.as_str(), req), (codes::REFUSED, id));
+    assert_eq!(
+        s.m.call(conn).unwrap().parties[1].state,
+        PartyState::Established
+    );
+}
+
+#[test]
+fn single_step_transfer_to_another_dn() {
+    let mut s = Sim::new();
+    let (a, conn, b) = s.established_inbound("1001");
+    let (id, out) = s.request(Request::SingleStepTransfer {
+        conn,
+        dn: "1001".into(),
+        to: Resolved::Ok(Dest::Dn("1002".into())),
+    });
+    assert!(
+        has(&out, &Action::Hangup { leg: b }),
+        "1001 leaves: BYE to its phone"
+    );
+    let p = placed(&out);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].1, Dest::Dn("1002".into()));
+    assert_eq!(p[0].2, sdp("caller"), "1002 gets the caller's media");
+    let c = p[0].0;
+    let ev = event_list(&out);
+    assert_eq!(
+        names(&out),
+        vec![
+            ("EventReleased", "1001".into()),
+            ("EventRinging", "1002".into())
+        ]
+    );
+    let rel = ev[0].call().unwrap();
+    assert_eq!(rel.this_role, Some(PartyRole::TransferredBy));
+    assert_eq!(rel.request_id, Some(id));
+    assert_eq!(rel.third_party_dn.as_deref(), Some("1002"));
+    let ring = ev[1].call().unwrap();
+    assert_eq!(
+        (ring.other_dn.as_deref(), ring.third_party_dn.as_deref()),
+        (Some(CARRIER), Some("1001"))
+    );
+    assert_eq!(ring.conn_id, Some(conn), "the same call");
+
+    let out = s.step(Input::Answered {
+        leg: c,
+        sdp: sdp("1002"),
+    });
+    assert!(
+        has(
+            &out,
+            &Action::Reoffer {
+                leg: a,
+                sdp: sdp("1002"),
+                direction: Direction::SendRecv
+            }
+        ),
+        "the carrier is re-INVITEd with 1002's media: {out:?}"
+    );
+    assert_eq!(
+        events(&out),
+        vec![seen("EventEstablished", "1002", CARRIER, (D, O))]
+    );
+    // The media re-bridge confirms without an event.
+    assert!(events(&s.step(Input::ReofferDone {
+        leg: a,
+        ok: true,
+        sdp: sdp("c2")
+    }))
+    .is_empty());
+    let out = s.step(Input::HungUp { leg: a });
+    assert_eq!(names(&out), vec![("EventReleased", "1002".into())]);
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn single_step_transfer_to_the_transferring_dn_or_nowhere_is_refused() {
+    let mut s = Sim::new();
+    let (_, conn, _) = s.established_inbound("1001");
+    for to in [
+        Resolved::Ok(Dest::Dn("1001".into())),
+        Resolved::Invalid("12 is not a DN".into()),
+    ] {
+        let (id, out) = s.request(Request::SingleStepTransfer {
+            conn,
+            dn: "1001".into(),
+            to,
+        });
+        let (code, req, _) = error_of(&out);
+        assert_eq!((code.as_str(), req), (codes::INVALID_DESTINATION, id));
+        assert!(placed(&out).is_empty());
+    }
+    assert_eq!(s.m.call(conn).unwrap().parties.len(), 2);
+}
+
+#[test]
+fn consult_then_complete_transfer() {
+    let mut s = Sim::new();
+    let (a, conn, b) = s.established_inbound("1001");
+    s.request(Request::AttachUserData {
+        conn,
+        dn: "1001".into(),
+        data: [("case".to_string(), serde_json::json!("42"))]
+            .into_iter()
+            .collect(),
+    });
+    let (id, out) = s.request(Request::InitiateTransfer {
+        conn,
+        dn: "1001".into(),
+        to: Resolved::Ok(Dest::Dn("1002".into())),
+    });
+    assert!(has(
+        &out,
+        &Action::Reoffer {
+            leg: a,
+            sdp: None,
+            direction: Direction::SendOnly
+        }
+    ));
+    let p = placed(&out);
+    assert_eq!(p.len(), 1, "first 1001's own phone, with auto-answer");
+    assert_eq!(
+        (p[0].1.clone(), p[0].2.clone(), p[0].3),
+        (Dest::Dn("1001".into()), None, true)
+    );
+    let a2 = p[0].0;
+    let consult = s.m.call_of_leg(a2).unwrap();
+    assert_ne!(consult, conn);
+    let dialing = event_list(&out)[0].call().unwrap().clone();
+    assert_eq!(dialing.call_type, Some(CallType::Consult));
+    assert_eq!(dialing.request_id, Some(id));
+    assert_eq!(
+        dialing.user_data.get("case"),
+        Some(&serde_json::json!("42")),
+        "user data travels"
+    );
+    assert_eq!(names(&out), vec![("EventDialing", "1001".into())]);
+
+    let out = s.step(Input::ReofferDone {
+        leg: a,
+        ok: true,
+        sdp: None,
+    });
+    assert_eq!(
+        events(&out),
+        vec![seen("EventHeld", "1001", CARRIER, (D, O))]
+    );
+
+    // 1001's phone answers the consult leg with its offer; 1002 is called with it.
+    let out = s.step(Input::Answered {
+        leg: a2,
+        sdp: sdp("1001 consult"),
+    });
+    let p = placed(&out);
+    assert_eq!(
+        (p[0].1.clone(), p[0].2.clone()),
+        (Dest::Dn("1002".into()), sdp("1001 consult"))
+    );
+    let b2 = p[0].0;
+    assert_eq!(
+        events(&out),
+        vec![seen("EventRinging", "1002", "1001", (D, O))]
+    );
+    let out = s.step(Input::Answered {
+        leg: b2,
+        sdp: sdp("1002"),
+    });
+    assert!(has(
+        &out,
+        &Action::Reoffer {
+            leg: a2,
+            sdp: sdp("1002"),
+            direction: Direction::SendRecv
+        }
+    ));
+    assert_eq!(
+        events(&out),
+        vec![
+            seen("EventEstablished", "1002", "1001", (D, O)),
+            seen("EventEstablished", "1001", "1002", (O, D)),
+        ]
+    );
+
+    let (id, out) = s.request(Request::CompleteTransfer {
+        conn,
+        dn: "1001".into(),
+    });
+    assert!(has(&out, &Action::Hangup { leg: a2 }) && has(&out, &Action::Hangup { leg: b }));
+    assert!(has(&out, &Action::CallEnded { conn: consult }));
+    assert!(has(
+        &out,
+        &Action::Reoffer {
+            leg: a,
+            sdp: sdp("1002"),
+            direction: Direction::SendRecv
+        }
+    ));
+    assert!(has(
+        &out,
+        &Action::Reoffer {
+            leg: b2,
+            sdp: sdp("caller"),
+            direction: Direction::SendRecv
+        }
+    ));
+    assert_eq!(
+        names(&out),
+        vec![
+            ("EventReleased", "1001".into()),
+            ("EventReleased", "1001".into()),
+            ("EventPartyChanged", "1002".into()),
+        ]
+    );
+    let ev = event_list(&out);
+    assert_eq!(ev[0].call().unwrap().conn_id, Some(consult));
+    assert_eq!(ev[1].call().unwrap().conn_id, Some(conn));
+    assert_eq!(ev[1].call().unwrap().request_id, Some(id));
+    let changed = ev[2].call().unwrap();
+    assert_eq!(changed.conn_id, Some(conn));
+    assert_eq!(changed.previous_conn_id, Some(consult));
+    assert_eq!(changed.other_dn.as_deref(), Some(CARRIER));
+    assert_eq!(changed.third_party_dn.as_deref(), Some("1001"));
+    assert_eq!(s.m.len(), 1);
+    let call = s.m.call(conn).unwrap();
+    let dns: Vec<_> = call
+        .parties
+        .iter()
+        .map(|p| (p.dn.as_str(), p.state))
+        .collect();
+    assert_eq!(
+        dns,
+        vec![
+            (CARRIER, PartyState::Established),
+            ("1002", PartyState::Established)
+        ]
+    );
+
+    // The carrier and 1002 talk; the carrier hangs up.
+    s.step(Input::ReofferDone {
+        leg: a,
+        ok: true,
+        sdp: None,
+    });
+    s.step(Input::ReofferDone {
+        leg: b2,
+        ok: true,
+        sdp: None,
+    });
+    let out = s.step(Input::HungUp { leg: a });
+    assert!(has(&out, &Action::Hangup { leg: b2 }));
+    assert_eq!(
+        events(&out),
+        vec![seen("EventReleased", "1002", CARRIER, (D, O))]
+    );
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn complete_without_consult_is_an_error() {
+    let mut s = Sim::new();
+    let (_, conn, _) = s.established_inbound("1001");
+    let (id, out) = s.request(Request::CompleteTransfer {
+        conn,
+        dn: "1001".into(),
+    });
+    assert_eq!(
+        error_of(&out),
+        (
+            codes::BAD_STATE.into(),
+            id,
+            "no consult call to complete".into()
+        )
+    );
+}
+
+#[test]
+fn make_call_rings_the_origin_first_then_the_destination() {
+    let mut s = Sim::new();
+    let (id, out) = s.request(Request::MakeCall {
+        dn: "1001".into(),
+        to: Resolved::Ok(Dest::Dn("1002".into())),
+    });
+    let p = placed(&out);
+    assert_eq!(
+        (p[0].1.clone(), p[0].2.clone(), p[0].3),
+        (Dest::Dn("1001".into()), None, true)
+    );
+    let a = p[0].0;
+    assert_eq!(
+        events(&out),
+        vec![seen("EventDialing", "1001", "1002", (O, D))]
+    );
+    assert_eq!(event_list(&out)[0].call().unwrap().request_id, Some(id));
+    let out = s.step(Input::Answered {
+        leg: a,
+        sdp: sdp("1001"),
+    });
+    let p = placed(&out);
+    assert_eq!(
+        (p[0].1.clone(), p[0].2.clone(), p[0].3),
+        (Dest::Dn("1002".into()), sdp("1001"), false)
+    );
+    let b = p[0].0;
+    assert_eq!(
+        events(&out),
+        vec![seen("EventRinging", "1002", "1001", (D, O))]
+    );
+    let out = s.step(Input::Answered {
+        leg: b,
+        sdp: sdp("1002"),
+    });
+    assert!(has(
+        &out,
+        &Action::Reoffer {
+            leg: a,
+            sdp: sdp("1002"),
+            direction: Direction::SendRecv
+        }
+    ));
+    assert_eq!(
+        names(&out),
+        vec![
+            ("EventEstablished", "1002".into()),
+            ("EventEstablished", "1001".into())
+        ]
+    );
+}
+
+#[test]
+fn make_call_whose_origin_never_answers_releases_only_the_origin() {
+    let mut s = Sim::new();
+    let (_, out) = s.request(Request::MakeCall {
+        dn: "1001".into(),
+        to: Resolved::Ok(Dest::Dn("1002".into())),
+    });
+    let a = placed(&out)[0].0;
+    let out = s.step(Input::RingTimeout { leg: a });
+    assert_eq!(
+        names(&out),
+        vec![("EventReleased", "1001".into())],
+        "1002 never rang: {out:?}"
+    );
+    assert!(!out.iter().any(|x| matches!(x, Action::Reject { .. })));
+    assert_eq!(
+        out.iter()
+            .filter(|x| matches!(x, Action::Hangup { .. }))
+            .count(),
+        1
+    );
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn make_call_to_an_invalid_number_is_an_error() {
+    let mut s = Sim::new();
+    let (id, out) = s.request(Request::MakeCall {
+        dn: "1001".into(),
+        to: Resolved::Invalid("\"x\" is not a DN".into()),
+    });
+    assert_eq!(error_of(&out).0, codes::INVALID_DESTINATION);
+    assert_eq!(error_of(&out).1, id);
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn attach_update_and_delete_user_data() {
+    let mut s = Sim::new();
+    let (_, conn, _) = s.established_inbound("1001");
+    let data = |k: &str, v: i64| -> switchboard_events::UserData {
+        [(k.to_string(), serde_json::json!(v))]
+            .into_iter()
+            .collect()
+    };
+    let ud = |out: &[Action]| event_list(out)[0].call().unwrap().user_data.clone();
+    let (id, out) = s.request(Request::AttachUserData {
+        conn,
+        dn: "1001".into(),
+        data: data("a", 1),
+    });
+    assert_eq!(
+        names(&out),
+        vec![("EventAttachedDataChanged", "1001".into())]
+    );
+    assert_eq!(event_list(&out)[0].call().unwrap().request_id, Some(id));
+    assert_eq!(
+        serde_json::Value::Object(ud(&out)),
+        serde_json::json!({"a": 1})
+    );
+    let (_, out) = s.request(Request::UpdateUserData {
+        conn,
+        dn: "1001".into(),
+        data: data("a", 2),
+    });
+    assert_eq!(
+        serde_json::Value::Object(ud(&out)),
+        serde_json::json!({"a": 2})
+    );
+    let (_, out) = s.request(Request::AttachUserData {
+        conn,
+        dn: "1001".into(),
+        data: data("b", 3),
+    });
+    assert_eq!(
+        serde_json::Value::Object(ud(&out)),
+        serde_json::json!({"a": 2, "b": 3})
+    );
+    let (_, out) = s.request(Request::DeleteUserData {
+        conn,
+        dn: "1001".into(),
+        keys: vec!["a".into()],
+    });
+    assert_eq!(
+        serde_json::Value::Object(ud(&out)),
+        serde_json::json!({"b": 3})
+    );
+    let (_, out) = s.request(Request::DeleteUserData {
+        conn,
+        dn: "1001".into(),
+        keys: vec![],
+    });
+    assert!(ud(&out).is_empty());
+    let (_, out) = s.request(Request::AttachUserData {
+        conn,
+        dn: "1001".into(),
+        data: Default::default(),
+    });
+    assert_eq!(error_of(&out).0, codes::BAD_ARGUMENT);
+    // Later events carry the data.
+    s.request(Request::AttachUserData {
+        conn,
+        dn: "1001".into(),
+        data: data("c", 4),
+    });
+    let out = s.step(Input::HungUp {
+        leg: LegId::incoming(1),
+    });
+    assert_eq!(
+        serde_json::Value::Object(ud(&out)),
+        serde_json::json!({"c": 4})
+    );
+}
+
+#[test]
+fn requests_on_unknown_calls_parties_or_tenants_are_error_events() {
+    let mut s = Sim::new();
+    let (_, conn, _) = s.established_inbound("1001");
+    let (id, out) = s.request(Request::Release {
+        conn: ConnId(0xdead),
+        dn: "1001".into(),
+    });
+    assert_eq!(
+        error_of(&out),
+        (codes::NO_SUCH_CALL.into(), id, "no such call".into())
+    );
+    let Event::EventError(e) = event_list(&out)[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        (e.tenant.as_str(), e.this_dn.as_deref(), e.conn_id),
+        (T, Some("1001"), Some(ConnId(0xdead)))
+    );
+    let (_, out) = s.request(Request::Hold {
+        conn,
+        dn: "1005".into(),
+    });
+    assert_eq!(error_of(&out).0, codes::NO_SUCH_PARTY);
+    // Another tenant does not see the call.
+    let mut out = Vec::new();
+    s.m.handle(
+        Input::Request {
+            id: 99,
+            tenant: "other".into(),
+            req: Request::Release {
+                conn,
+                dn: "1001".into(),
+            },
+        },
+        5,
+        &mut out,
+    );
+    assert_eq!(error_of(&out).0, codes::NO_SUCH_CALL);
+    assert_eq!(s.m.len(), 1, "nothing changed");
+    let (_, out) = s.request(Request::SendDtmf {
+        conn,
+        dn: "1001".into(),
+        digits: "12x".into(),
+    });
+    assert_eq!(error_of(&out).0, codes::BAD_ARGUMENT);
+    let (_, out) = s.request(Request::Answer {
+        conn,
+        dn: "1001".into(),
+    });
+    assert_eq!(error_of(&out).0, codes::BAD_STATE);
+}
+
+#[test]
+fn release_request_and_dtmf() {
+    let mut s = Sim::new();
+    let (a, conn, b) = s.established_inbound("1001");
+    let (_, out) = s.request(Request::SendDtmf {
+        conn,
+        dn: "1001".into(),
+        digits: "12#".into(),
+    });
+    assert_eq!(
+        out,
+        vec![Action::SendDtmf {
+            leg: a,
+            digits: "12#".into()
+        }],
+        "to the other party"
+    );
+    let (id, out) = s.request(Request::Release {
+        conn,
+        dn: "1001".into(),
+    });
+    assert!(has(&out, &Action::Hangup { leg: b }) && has(&out, &Action::Hangup { leg: a }));
+    assert_eq!(
+        events(&out),
+        vec![seen("EventReleased", "1001", CARRIER, (D, O))]
+    );
+    assert_eq!(event_list(&out)[0].call().unwrap().request_id, Some(id));
+    assert!(has(&out, &Action::CallEnded { conn }));
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn answer_request_asks_the_ringing_phone_to_answer() {
+    let mut s = Sim::new();
+    let (_, conn, b, _) = s.incoming(1, CARRIER, false, Dest::Dn("1001".into()));
+    let (_, out) = s.request(Request::Answer {
+        conn,
+        dn: "1001".into(),
+    });
+    assert_eq!(out, vec![Action::AnswerRemote { leg: b }]);
+}
+
+#[test]
+fn outbound_call_to_an_external_number() {
+    let mut s = Sim::new();
+    let (_, _, b, out) = s.incoming(1, "1001", true, Dest::External("+15550001111".into()));
+    assert_eq!(placed(&out)[0].1, Dest::External("+15550001111".into()));
+    assert_eq!(
+        event_list(&out)[0].call().unwrap().call_type,
+        Some(CallType::Outbound)
+    );
+    assert_eq!(
+        names(&out),
+        vec![("EventDialing", "1001".into())],
+        "no events for the external party"
+    );
+    let out = s.step(Input::Answered {
+        leg: b,
+        sdp: sdp("far"),
+    });
+    assert_eq!(names(&out), vec![("EventEstablished", "1001".into())]);
+}

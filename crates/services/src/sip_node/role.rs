@@ -1,0 +1,294 @@
+//! Async glue of the SIP Server: binds the UDP socket, builds the core from the
+//! configuration, runs it on its own thread with the SIP driver, publishes the model's events
+//! on the tenant's event stream, and serves REST call control.
+
+use super::api::{Api, Problem, Verb};
+use super::core::{Directory, NodeCommand, NodeOutput, NodeSettings, SipNode};
+use super::model::ModelSettings;
+use crate::bus::publish_event;
+use crate::sip::edge::EdgeCommand;
+use crate::sip::role::EdgeControl;
+use anyhow::Context as _;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use switchboard_bus::SharedBus;
+use switchboard_config::Config;
+use switchboard_events::ConnId;
+use switchboard_sip::transaction::Timers;
+use switchboard_sip_net::{Driver, NetConfig, Sockets};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A started SIP Server.
+pub struct SipNodeRunning {
+    pub router: Router,
+    pub udp: SocketAddr,
+    /// Where its legs to DNs go.
+    pub edge: SocketAddr,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Calls of the node by ConnId, with their tenant: REST answers 404 for others at once.
+type CallIndex = Arc<Mutex<HashMap<ConnId, String>>>;
+
+struct RestState {
+    api: Api,
+    commands: mpsc::Sender<NodeCommand>,
+    calls: CallIndex,
+    next_id: AtomicU64,
+}
+
+/// The tenants of the configuration with their SIP users as DNs.
+pub fn directory(cfg: &Config) -> Directory {
+    Directory::new(cfg.tenants.iter().map(|t| {
+        (
+            t.name.clone(),
+            t.domain.clone(),
+            t.users.iter().map(|u| u.user.clone()).collect(),
+        )
+    }))
+}
+
+/// `sip_node.edge` when set, else the edge running in this process, else `sip.udp`.
+fn edge_address(cfg: &Config, edge: Option<&EdgeControl>) -> anyhow::Result<SocketAddr> {
+    cfg.sip_node
+        .edge
+        .or_else(|| edge.and_then(|e| e.udp))
+        .or(cfg.sip.udp)
+        .context("sip_node.edge is not set and there is no SIP edge UDP address (sip.udp)")
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub async fn start(
+    cfg: Arc<Config>,
+    bus: SharedBus,
+    edge: Option<EdgeControl>,
+    drain: CancellationToken,
+) -> anyhow::Result<SipNodeRunning> {
+    let net = NetConfig {
+        udp: Some(cfg.sip_node.udp),
+        tcp: None,
+        max_message_bytes: cfg.sip.max_message_bytes,
+        drain_grace: Duration::from_millis(cfg.drain.grace_ms),
+    };
+    let sockets = Sockets::bind(&net)
+        .await
+        .with_context(|| format!("cannot bind sip_node.udp {}", cfg.sip_node.udp))?;
+    let udp = sockets
+        .local_udp
+        .context("the SIP Server's UDP socket has no address")?;
+    let edge_addr = edge_address(&cfg, edge.as_ref())?;
+    let dir = directory(&cfg);
+    let settings = NodeSettings {
+        local: udp,
+        edge: edge_addr,
+        trunks: cfg.sip_node.trunks.clone(),
+        timers: Timers {
+            t1: Duration::from_millis(cfg.sip.t1_ms),
+            t2: Duration::from_millis(cfg.sip.t2_ms),
+            t4: Duration::from_millis(cfg.sip.t4_ms),
+            ..Timers::default()
+        },
+        // A random node number per run keeps ConnIds of a restarted node apart from the
+        // ones call-state still holds.
+        model: ModelSettings {
+            ring_timeout_ms: cfg.sip_node.ring_timeout_ms,
+            node: rand::random(),
+        },
+    };
+    let node = SipNode::new(
+        settings,
+        dir.clone(),
+        rand::random(),
+        Instant::now(),
+        unix_ms(),
+    );
+    let (commands, commands_rx) = mpsc::channel(1024);
+    let (outputs, outputs_rx) = mpsc::unbounded_channel();
+    let driver = switchboard_sip_net::spawn_on_own_thread("sip-node", move || async move {
+        Driver::new(node, sockets, net)?
+            .run_controlled(drain, commands_rx, outputs)
+            .await;
+        Ok::<_, std::io::Error>(())
+    })?;
+    let calls = CallIndex::default();
+    let publisher = tokio::spawn(publish_outputs(outputs_rx, bus, calls.clone()));
+    if let Some(edge) = &edge {
+        // New calls arriving at the edge now come to us; our legs go back through it.
+        edge.commands
+            .send(EdgeCommand::SetCallControl(vec![udp]))
+            .await
+            .context("the SIP edge stopped")?;
+    }
+    tracing::info!(%udp, edge = %edge_addr, trunks = ?cfg.sip_node.trunks, "SIP Server (sip-node) listening");
+    let state = Arc::new(RestState {
+        api: Api {
+            directory: dir,
+            have_trunk: !cfg.sip_node.trunks.is_empty(),
+        },
+        commands,
+        calls,
+        next_id: AtomicU64::new(1),
+    });
+    let task = tokio::spawn(async move {
+        let driven = driver.await;
+        // The driver dropped its output sender: the publisher ends once the queue is empty.
+        if let Err(e) = publisher.await {
+            tracing::error!(error = %e, "sip-node event publisher failed");
+        }
+        driven??;
+        Ok(())
+    });
+    Ok(SipNodeRunning {
+        router: routes(state),
+        udp,
+        edge: edge_addr,
+        task,
+    })
+}
+
+/// Publishes the core's events in order on `events:{tenant}` and keeps the call index.
+async fn publish_outputs(
+    mut outputs: mpsc::UnboundedReceiver<NodeOutput>,
+    bus: SharedBus,
+    calls: CallIndex,
+) {
+    while let Some(out) = outputs.recv().await {
+        match out {
+            NodeOutput::CallStarted { conn, tenant } => {
+                lock(&calls).insert(conn, tenant);
+            }
+            NodeOutput::CallEnded { conn } => {
+                lock(&calls).remove(&conn);
+            }
+            NodeOutput::Event(event) => {
+                if let Err(e) = publish_event(&*bus, &event).await {
+                    metrics::counter!("sipnode_publish_errors_total").increment(1);
+                    tracing::error!(error = %e, tenant = event.tenant(), event = event.name(), "event not published");
+                }
+            }
+        }
+    }
+}
+
+fn lock(calls: &CallIndex) -> std::sync::MutexGuard<'_, HashMap<ConnId, String>> {
+    calls.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn routes(state: Arc<RestState>) -> Router {
+    Router::new()
+        .route("/v1/tenants/{tenant}/calls", post(make_call))
+        .route(
+            "/v1/tenants/{tenant}/calls/{conn_id}/{action}",
+            post(call_post).put(call_put).delete(call_delete),
+        )
+        .with_state(state)
+}
+
+fn problem_response(p: Problem) -> Response {
+    let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = json!({
+        "type": "about:blank",
+        "title": p.title,
+        "status": status.as_u16(),
+        "detail": p.detail,
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn make_call(
+    State(state): State<Arc<RestState>>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Response {
+    submit(&state, &tenant, None, Verb::Post, &body).await
+}
+
+async fn call_post(
+    State(state): State<Arc<RestState>>,
+    Path((tenant, conn, action)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    submit(&state, &tenant, Some((&conn, &action)), Verb::Post, &body).await
+}
+
+async fn call_put(
+    State(state): State<Arc<RestState>>,
+    Path((tenant, conn, action)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    submit(&state, &tenant, Some((&conn, &action)), Verb::Put, &body).await
+}
+
+async fn call_delete(
+    State(state): State<Arc<RestState>>,
+    Path((tenant, conn, action)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    submit(&state, &tenant, Some((&conn, &action)), Verb::Delete, &body).await
+}
+
+/// Validates, hands the request to the core and answers `202 {"request_id"}`; the result
+/// comes as an event with that `request_id` (EventError when refused).
+async fn submit(
+    state: &RestState,
+    tenant: &str,
+    target: Option<(&str, &str)>,
+    verb: Verb,
+    body: &[u8],
+) -> Response {
+    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let cmd = match state.api.parse(id, tenant, target, verb, body) {
+        Ok(c) => c,
+        Err(p) => {
+            metrics::counter!("sipnode_api_rejected_total", "status" => p.status.to_string())
+                .increment(1);
+            return problem_response(p);
+        }
+    };
+    if let Some(conn) = cmd.request.conn() {
+        if lock(&state.calls).get(&conn).map(String::as_str) != Some(tenant) {
+            return problem_response(Problem {
+                status: 404,
+                title: "Unknown call",
+                detail: format!("no call {conn} in tenant {tenant}"),
+            });
+        }
+    }
+    let conn = cmd.request.conn().map(|c| c.to_string());
+    tracing::info!(request_id = id, tenant, conn_id = ?conn, request = ?cmd.request, "call-control request");
+    if state.commands.try_send(cmd).is_err() {
+        return problem_response(Problem {
+            status: 503,
+            title: "Unavailable",
+            detail: "the SIP Server is stopping or overloaded; try again".into(),
+        });
+    }
+    let mut body = json!({ "request_id": id, "tenant": tenant });
+    if let Some(conn) = conn {
+        body["conn_id"] = json!(conn);
+    }
+    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+}

@@ -1,0 +1,797 @@
+//! The SIP Server core (B2BUA) without a network: SIP messages, commands and the clock go
+//! in; the SIP it sends and the events it reports come out. Virtual time drives the timers.
+
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use switchboard_events::{ConnId, Event};
+use switchboard_services::sip_node::core::{
+    Directory, NodeCommand, NodeOutput, NodeSettings, SipNode,
+};
+use switchboard_services::sip_node::model::{Dest, ModelSettings, PartyState, Request, Resolved};
+use switchboard_sip::transaction::Timers;
+use switchboard_sip::{response_to, HeaderName, Message, Method, Peer, Transmit};
+use switchboard_sip_net::{Controlled, Core};
+
+const NODE: &str = "127.0.0.1:5070";
+const EDGE: &str = "127.0.0.1:5060";
+const TRUNK: &str = "127.0.0.1:5090";
+/// The phone's contact behind the edge.
+const PHONE: &str = "127.0.0.1:6001";
+const RING_MS: u64 = 20_000;
+
+const OFFER: &str = "v=0\r\no=carrier 111 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+const ANSWER: &str = "v=0\r\no=phone 222 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+struct Net {
+    node: SipNode,
+    now: Instant,
+}
+
+type Out = Vec<(Peer, Message)>;
+
+fn parse(b: Bytes) -> Message {
+    let m = Message::parse(b).expect("the node writes parseable messages");
+    if let Err(e) = m.validate() {
+        panic!(
+            "invalid message sent: {e}\n{}",
+            String::from_utf8_lossy(m.as_bytes())
+        );
+    }
+    m
+}
+
+fn body(m: &Message) -> String {
+    String::from_utf8_lossy(m.body()).into_owned()
+}
+
+impl Net {
+    fn new() -> Net {
+        let now = Instant::now();
+        let settings = NodeSettings {
+            local: addr(NODE),
+            edge: addr(EDGE),
+            trunks: vec![addr(TRUNK)],
+            timers: Timers::default(),
+            model: ModelSettings {
+                ring_timeout_ms: RING_MS,
+                node: 1,
+            },
+        };
+        let dir = Directory::new([(
+            "demo".to_string(),
+            "switchboard".to_string(),
+            vec!["1001".to_string(), "1002".to_string()],
+        )]);
+        Net {
+            node: SipNode::new(settings, dir, 7, now, 1_800_000_000_000),
+            now,
+        }
+    }
+
+    fn sent(&mut self) -> Out {
+        std::iter::from_fn(|| self.node.poll_transmit())
+            .map(|Transmit { peer, payload }| (peer, parse(payload)))
+            .collect()
+    }
+
+    fn events(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.node.poll_output())
+            .filter_map(|o| match o {
+                NodeOutput::Event(e) => Some(*e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn feed(&mut self, text: &str, from: &str) -> Out {
+        self.feed_bytes(Bytes::copy_from_slice(text.as_bytes()), from)
+    }
+
+    fn feed_bytes(&mut self, b: Bytes, from: &str) -> Out {
+        let msg = Message::parse(b).expect("test messages parse");
+        self.node
+            .handle_message(msg, Peer::udp(addr(from)), self.now);
+        self.sent()
+    }
+
+    fn advance(&mut self, ms: u64) -> Out {
+        let until = self.now + Duration::from_millis(ms);
+        let mut out = Vec::new();
+        while let Some(t) = self.node.poll_timeout().filter(|t| *t <= until) {
+            self.now = t.max(self.now);
+            self.node.handle_timeout(self.now);
+            out.extend(self.sent());
+        }
+        self.now = until;
+        out
+    }
+
+    /// The phone (behind the edge) answers the node's INVITE `inv`.
+    fn phone_reply(&mut self, inv: &Message, code: u16, sdp: Option<&str>) -> Out {
+        let b = response_to(inv, code, Some("phonetag"))
+            .header("Record-Route", format_args!("<sip:{EDGE};lr>"))
+            .header("Contact", format_args!("<sip:1001@{PHONE}>"));
+        let bytes = match sdp {
+            Some(s) => b.body("application/sdp", s.as_bytes()),
+            None => b.finish(),
+        };
+        self.feed_bytes(bytes, EDGE)
+    }
+}
+
+fn to(out: &Out, port: u16) -> Vec<&Message> {
+    out.iter()
+        .filter(|(p, _)| p.addr.port() == port)
+        .map(|(_, m)| m)
+        .collect()
+}
+
+fn one<'a>(out: &'a Out, port: u16, what: &str) -> &'a Message {
+    let v: Vec<_> = to(out, port)
+        .into_iter()
+        .filter(|m| {
+            m.method().map(|x| x.as_str()) == Some(what)
+                || m.status().map(|s| s.to_string()).as_deref() == Some(what)
+        })
+        .collect();
+    assert_eq!(v.len(), 1, "one {what} to port {port} in {out:#?}");
+    v[0]
+}
+
+fn names(ev: &[Event]) -> Vec<(&'static str, String)> {
+    ev.iter()
+        .map(|e| (e.name(), e.this_dn().unwrap_or("").to_string()))
+        .collect()
+}
+
+fn carrier_invite(call_id: &str) -> String {
+    format!(
+        "INVITE sip:1001@{NODE} SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bK{call_id}\r\nMax-Forwards: 70\r\nFrom: <sip:+15551234567@carrier>;tag=c1\r\nTo: <sip:1001@switchboard>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:carrier@{TRUNK}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
+        OFFER.len()
+    )
+}
+
+fn carrier_in_dialog(method: &str, call_id: &str, cseq: u32, to_tag: &str, branch: &str) -> String {
+    format!(
+        "{method} sip:sipnode@{NODE} SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\nFrom: <sip:+15551234567@carrier>;tag=c1\r\nTo: <sip:1001@switchboard>;tag={to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// A carrier call answered by 1001's phone: returns the node's INVITE to the edge and its
+/// 200 to the carrier.
+fn answered_call(n: &mut Net, call_id: &str) -> (Message, Message) {
+    let out = n.feed(&carrier_invite(call_id), TRUNK);
+    one(&out, 5090, "100");
+    let inv = one(&out, 5060, "INVITE").clone();
+    n.phone_reply(&inv, 180, None);
+    let out = n.phone_reply(&inv, 200, Some(ANSWER));
+    let ok = one(&out, 5090, "200").clone();
+    let tag = ok.to().unwrap().tag().unwrap().to_string();
+    let out = n.feed(&carrier_in_dialog("ACK", call_id, 1, &tag, "ack1"), TRUNK);
+    assert!(out.is_empty(), "{out:?}");
+    (inv, ok)
+}
+
+#[test]
+fn inbound_call_is_bridged_to_the_dn_through_the_edge() {
+    let mut n = Net::new();
+    let out = n.feed(&carrier_invite("in-1"), TRUNK);
+    one(&out, 5090, "100");
+    let inv = one(&out, 5060, "INVITE");
+    assert_eq!(inv.request_uri_str(), Some("sip:1001@switchboard"));
+    assert_ne!(
+        inv.call_id().unwrap(),
+        "in-1",
+        "a B2BUA leg has its own Call-ID"
+    );
+    assert!(inv.from().unwrap().uri.to_string().contains("+15551234567"));
+    let offer = body(inv);
+    assert!(
+        offer.contains("c=IN IP4 10.0.0.1") && offer.contains("m=audio 4000"),
+        "{offer}"
+    );
+    assert!(
+        !offer.contains("o=carrier 111 "),
+        "our own origin on the leg: {offer}"
+    );
+    let inv = inv.clone();
+    let ev = n.events();
+    assert_eq!(names(&ev), vec![("EventRinging", "1001".into())]);
+    let ringing = ev[0].call().unwrap();
+    assert_eq!(
+        ringing.call_id.as_deref(),
+        Some(inv.call_id().unwrap()),
+        "the DN leg's Call-ID"
+    );
+    assert_eq!(ringing.ts_ms, 1_800_000_000_000);
+
+    // 180 is relayed.
+    let out = n.phone_reply(&inv, 180, None);
+    one(&out, 5090, "180");
+    // 200 with the phone's SDP: ACK to the phone through the edge's Record-Route, 200 to the
+    // carrier with that SDP.
+    let out = n.phone_reply(&inv, 200, Some(ANSWER));
+    let ack = one(&out, 5060, "ACK");
+    assert_eq!(
+        ack.request_uri_str(),
+        Some(format!("sip:1001@{PHONE}").as_str())
+    );
+    assert!(ack.get(HeaderName::Route).unwrap().contains(EDGE));
+    let ok = one(&out, 5090, "200").clone();
+    let answer = body(&ok);
+    assert!(
+        answer.contains("m=audio 5000") && answer.contains("c=IN IP4 10.0.0.2"),
+        "{answer}"
+    );
+    assert!(ok.get(HeaderName::Contact).unwrap().contains(NODE));
+    assert_eq!(
+        names(&n.events()),
+        vec![("EventEstablished", "1001".into())]
+    );
+
+    // Without the carrier's ACK the 200 is retransmitted; the ACK stops that.
+    let out = n.advance(600);
+    one(&out, 5090, "200");
+    let tag = ok.to().unwrap().tag().unwrap().to_string();
+    assert!(n
+        .feed(&carrier_in_dialog("ACK", "in-1", 1, &tag, "ack1"), TRUNK)
+        .is_empty());
+    assert!(to(&n.advance(5_000), 5090).is_empty(), "no more 200s");
+
+    // The carrier hangs up: 200 to it, BYE to the phone through the edge.
+    let out = n.feed(&carrier_in_dialog("BYE", "in-1", 2, &tag, "bye1"), TRUNK);
+    one(&out, 5090, "200");
+    let bye = one(&out, 5060, "BYE").clone();
+    assert_eq!(bye.call_id().unwrap(), inv.call_id().unwrap());
+    assert_eq!(names(&n.events()), vec![("EventReleased", "1001".into())]);
+    let out = n.feed_bytes(response_to(&bye, 200, None).finish(), EDGE);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(n.node.leg_count(), 0);
+    assert!(n.node.model().is_empty());
+    n.advance(40_000);
+    assert!(n.node.is_idle(n.now));
+}
+
+#[test]
+fn the_phone_hangs_up_first() {
+    let mut n = Net::new();
+    let (inv, _) = answered_call(&mut n, "in-2");
+    n.events();
+    let bye = format!(
+        "BYE sip:sipnode@{NODE} SIP/2.0\r\nVia: SIP/2.0/UDP {EDGE};branch=z9hG4bKpb\r\nMax-Forwards: 69\r\nFrom: <sip:1001@switchboard>;tag=phonetag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n",
+        inv.get(HeaderName::From).unwrap(),
+        inv.call_id().unwrap()
+    );
+    let out = n.feed(&bye, EDGE);
+    one(&out, 5060, "200");
+    let bye = one(&out, 5090, "BYE");
+    assert_eq!(bye.call_id().unwrap(), "in-2");
+    assert_eq!(
+        bye.request_uri_str(),
+        Some(format!("sip:carrier@{TRUNK}").as_str())
+    );
+    assert_eq!(names(&n.events()), vec![("EventReleased", "1001".into())]);
+}
+
+#[test]
+fn cancel_before_answer_cancels_the_dn_leg() {
+    let mut n = Net::new();
+    let out = n.feed(&carrier_invite("in-3"), TRUNK);
+    let inv = one(&out, 5060, "INVITE").clone();
+    n.phone_reply(&inv, 180, None);
+    n.events();
+    let cancel = carrier_invite("in-3")
+        .replacen("INVITE sip", "CANCEL sip", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let cancel = format!(
+        "{}\r\n\r\n",
+        cancel.split("\r\nContent-Type").next().unwrap()
+    )
+    .replace("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n");
+    let out = n.feed(&cancel, TRUNK);
+    assert_eq!(
+        to(&out, 5090)
+            .iter()
+            .filter_map(|m| m.status())
+            .collect::<Vec<_>>(),
+        vec![200, 487]
+    );
+    let c = one(&out, 5060, "CANCEL");
+    assert_eq!(c.call_id().unwrap(), inv.call_id().unwrap());
+    assert_eq!(names(&n.events()), vec![("EventReleased", "1001".into())]);
+    // The phone's 487 is ACKed by the transaction layer; nothing reaches the carrier.
+    let out = n.phone_reply(&inv, 487, None);
+    one(&out, 5060, "ACK");
+    assert!(to(&out, 5090).is_empty());
+    assert_eq!(n.node.leg_count(), 0);
+}
+
+#[test]
+fn busy_phone_gives_the_carrier_486() {
+    let mut n = Net::new();
+    let out = n.feed(&carrier_invite("in-4"), TRUNK);
+    let inv = one(&out, 5060, "INVITE").clone();
+    let out = n.phone_reply(&inv, 486, None);
+    one(&out, 5060, "ACK");
+    one(&out, 5090, "486");
+    assert_eq!(
+        names(&n.events()),
+        vec![
+            ("EventRinging", "1001".into()),
+            ("EventReleased", "1001".into())
+        ]
+    );
+    assert_eq!(n.node.leg_count(), 0);
+}
+
+#[test]
+fn ring_no_answer_cancels_and_gives_480() {
+    let mut n = Net::new();
+    let out = n.feed(&carrier_invite("in-5"), TRUNK);
+    let inv = one(&out, 5060, "INVITE").clone();
+    n.phone_reply(&inv, 180, None);
+    n.events();
+    let out = n.advance(RING_MS - 100);
+    assert!(
+        to(&out, 5090).is_empty()
+            && to(&out, 5060)
+                .iter()
+                .all(|m| m.method() != Some(&Method::Cancel))
+    );
+    let out = n.advance(200);
+    one(&out, 5060, "CANCEL");
+    one(&out, 5090, "480");
+    assert_eq!(names(&n.events()), vec![("EventReleased", "1001".into())]);
+}
+
+#[test]
+fn hold_and_retrieve_reinvite_the_carrier() {
+    let mut n = Net::new();
+    let (_, ok) = answered_call(&mut n, "in-6");
+    let ev = n.events();
+    let conn = ev.last().unwrap().call().unwrap().conn_id.unwrap();
+    n.node.handle_command(
+        NodeCommand {
+            id: 41,
+            tenant: "demo".into(),
+            request: Request::Hold {
+                conn,
+                dn: "1001".into(),
+            },
+        },
+        n.now,
+    );
+    let out = n.sent();
+    let re = one(&out, 5090, "INVITE").clone();
+    assert_eq!(re.call_id().unwrap(), "in-6");
+    assert_eq!(
+        re.to().unwrap().tag(),
+        Some("c1"),
+        "in the carrier's dialog"
+    );
+    let offer = body(&re);
+    assert!(
+        offer.contains("a=sendonly") && offer.contains("m=audio 5000"),
+        "{offer}"
+    );
+    let sess = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("o="))
+            .unwrap()
+            .split(' ')
+            .nth(2)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        sess(&offer).parse::<u64>().unwrap(),
+        sess(&body(&ok)).parse::<u64>().unwrap() + 1,
+        "the o= version rises"
+    );
+    assert!(n.events().is_empty(), "EventHeld waits for the answer");
+    let held = OFFER.replace("t=0 0\r\n", "t=0 0\r\na=recvonly\r\n");
+    let resp = response_to(&re, 200, None)
+        .header("Contact", format_args!("<sip:carrier@{TRUNK}>"))
+        .body("application/sdp", held.as_bytes());
+    let out = n.feed_bytes(resp, TRUNK);
+    one(&out, 5090, "ACK");
+    let ev = n.events();
+    assert_eq!(names(&ev), vec![("EventHeld", "1001".into())]);
+    assert_eq!(ev[0].call().unwrap().request_id, Some(41));
+
+    n.node.handle_command(
+        NodeCommand {
+            id: 42,
+            tenant: "demo".into(),
+            request: Request::Retrieve {
+                conn,
+                dn: "1001".into(),
+            },
+        },
+        n.now,
+    );
+    let out = n.sent();
+    let re = one(&out, 5090, "INVITE").clone();
+    assert!(body(&re).contains("a=sendrecv"));
+    let out = n.feed_bytes(
+        response_to(&re, 200, None)
+            .header("Contact", format_args!("<sip:carrier@{TRUNK}>"))
+            .body("application/sdp", OFFER.as_bytes()),
+        TRUNK,
+    );
+    one(&out, 5090, "ACK");
+    assert_eq!(names(&n.events()), vec![("EventRetrieved", "1001".into())]);
+}
+
+#[test]
+fn release_request_byes_both_legs_and_unknown_call_is_an_error_event() {
+    let mut n = Net::new();
+    answered_call(&mut n, "in-7");
+    let conn = n.events().last().unwrap().call().unwrap().conn_id.unwrap();
+    n.node.handle_command(
+        NodeCommand {
+            id: 7,
+            tenant: "demo".into(),
+            request: Request::Release {
+                conn: ConnId(conn.0 + 100),
+                dn: "1001".into(),
+            },
+        },
+        n.now,
+    );
+    assert!(n.sent().is_empty());
+    match n.events().as_slice() {
+        [Event::EventError(e)] => {
+            assert_eq!((e.request_id, e.error_code.as_str()), (7, "no_such_call"))
+        }
+        other => panic!("{other:?}"),
+    }
+    n.node.handle_command(
+        NodeCommand {
+            id: 8,
+            tenant: "demo".into(),
+            request: Request::Release {
+                conn,
+                dn: "1001".into(),
+            },
+        },
+        n.now,
+    );
+    let out = n.sent();
+    one(&out, 5060, "BYE");
+    one(&out, 5090, "BYE");
+    assert_eq!(names(&n.events()), vec![("EventReleased", "1001".into())]);
+}
+
+#[test]
+fn make_call_auto_answers_the_origin_then_calls_the_destination_with_its_offer() {
+    let mut n = Net::new();
+    n.node.handle_command(
+        NodeCommand {
+            id: 1,
+            tenant: "demo".into(),
+            request: Request::MakeCall {
+                dn: "1001".into(),
+                to: Resolved::Ok(Dest::External("+15550001111".into())),
+            },
+        },
+        n.now,
+    );
+    let out = n.sent();
+    let inv = one(&out, 5060, "INVITE").clone();
+    assert_eq!(inv.request_uri_str(), Some("sip:1001@switchboard"));
+    assert!(inv.body().is_empty(), "offerless INVITE to the origin");
+    assert!(inv
+        .get_by_name("Call-Info")
+        .unwrap()
+        .contains("answer-after=0"));
+    let out = n.phone_reply(&inv, 200, Some(ANSWER));
+    let ack = one(&out, 5060, "ACK");
+    assert!(
+        body(ack).contains("a=inactive"),
+        "the ACK answers the phone's offer: {}",
+        body(ack)
+    );
+    let ext = one(&out, 5090, "INVITE");
+    assert_eq!(
+        ext.request_uri_str(),
+        Some(format!("sip:+15550001111@{TRUNK}").as_str())
+    );
+    assert!(
+        body(ext).contains("m=audio 5000"),
+        "the phone's offer goes to the trunk"
+    );
+    assert_eq!(names(&n.events()), vec![("EventDialing", "1001".into())]);
+}
+
+#[test]
+fn malformed_and_unknown_requests_get_errors_not_panics() {
+    let mut n = Net::new();
+    // The CSeq method is not the request's.
+    let bad = carrier_invite("x").replace("CSeq: 1 INVITE", "CSeq: 1 BYE");
+    let out = n.feed(&bad, TRUNK);
+    assert_eq!(
+        to(&out, 5090).first().and_then(|m| m.status()),
+        Some(400),
+        "{out:?}"
+    );
+    // BYE for a dialog we do not know.
+    let out = n.feed(&carrier_in_dialog("BYE", "nope", 2, "zz", "b9"), TRUNK);
+    one(&out, 5090, "481");
+    // A number that is not a DN.
+    let out = n.feed(
+        &carrier_invite("in-8").replacen("sip:1001@", "sip:12@", 1),
+        TRUNK,
+    );
+    one(&out, 5090, "404");
+    assert_eq!(n.node.leg_count(), 0);
+    // OPTIONS is answered.
+    let out = n.feed(
+        &carrier_in_dialog("OPTIONS", "o1", 1, "", "o1").replace(";tag=\r\n", "\r\n"),
+        TRUNK,
+    );
+    one(&out, 5090, "200");
+}
+
+#[test]
+fn a_device_that_holds_us_gets_a_recvonly_answer() {
+    let mut n = Net::new();
+    let (_, ok) = answered_call(&mut n, "in-9");
+    let tag = ok.to().unwrap().tag().unwrap().to_string();
+    let held = OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n");
+    let reinvite = carrier_in_dialog("INVITE", "in-9", 2, &tag, "re9").replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{held}",
+            held.len()
+        ),
+    );
+    let out = n.feed(&reinvite, TRUNK);
+    let answer = body(one(&out, 5090, "200"));
+    assert!(
+        answer.contains("a=recvonly") && answer.contains("m=audio 5000"),
+        "{answer}"
+    );
+    assert!(to(&out, 5060).is_empty(), "the phone's leg is undisturbed");
+}
+
+#[test]
+fn a_2xx_never_acked_ends_the_call() {
+    let mut n = Net::new();
+    let out = n.feed(&carrier_invite("in-10"), TRUNK);
+    let inv = one(&out, 5060, "INVITE").clone();
+    n.phone_reply(&inv, 200, Some(ANSWER));
+    n.events();
+    // No ACK from the carrier: 200s are retransmitted, then both legs get a BYE.
+    let out = n.advance(40_000);
+    assert!(
+        to(&out, 5090)
+            .iter()
+            .filter(|m| m.status() == Some(200))
+            .count()
+            >= 5,
+        "{out:#?}"
+    );
+    // (retransmitted, as nobody answers them)
+    let byes = |port| {
+        to(&out, port)
+            .iter()
+            .filter(|m| m.method() == Some(&Method::Bye))
+            .count()
+    };
+    assert!(byes(5090) >= 1 && byes(5060) >= 1, "{out:#?}");
+    assert_eq!(names(&n.events()), vec![("EventReleased", "1001".into())]);
+    assert!(n.node.model().is_empty());
+}
+
+/// Every party the model has is a leg the core has (a MakeCall destination not placed yet
+/// excepted).
+fn consistent(node: &SipNode) {
+    for c in node.model().calls() {
+        for p in &c.parties {
+            let placed = p.auto || p.leg.is_incoming() || p.state != PartyState::Dialing;
+            assert!(
+                !placed || node.has_leg(p.leg),
+                "{p:?} of {c:?} has no SIP leg"
+            );
+        }
+    }
+}
+
+/// Bad input never takes the core down: mutated carrier INVITEs, CANCELs, in-dialog
+/// requests, phone responses and BYEs, interleaved with call-control requests on live and
+/// dead calls and timer runs, in a fixed pseudo-random order. Nothing may panic, and once
+/// every DN releases, no call with a DN is left.
+#[test]
+fn mutated_messages_and_requests_never_panic() {
+    let mut n = Net::new();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    // What the node sent lately: INVITEs to the edge (for phone answers) and the carrier's
+    // dialog tags (for in-dialog requests), and the calls it reported.
+    let mut node_invites: Vec<Message> = Vec::new();
+    let mut carrier_tags: Vec<(String, String)> = Vec::new();
+    let mut conns: Vec<ConnId> = Vec::new();
+    let (mut oks, mut events, mut calls) = (0, 0, 0);
+    for i in 0..20_000u32 {
+        let mut text: Option<Vec<u8>> = None;
+        let mut from = TRUNK;
+        match rnd() % 12 {
+            0..=2 => {
+                calls += 1;
+                let cid = format!("fz-{}", rnd() % 64);
+                text = Some(carrier_invite(&cid).into_bytes());
+            }
+            3 => {
+                let cid = format!("fz-{}", rnd() % 64);
+                let c = carrier_invite(&cid)
+                    .replacen("INVITE sip", "CANCEL sip", 1)
+                    .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+                text = Some(c.into_bytes());
+            }
+            4 | 5 => {
+                if let Some((cid, tag)) = carrier_tags.get((rnd() % 8) as usize).cloned() {
+                    let m = ["BYE", "ACK", "INVITE", "INFO"][(rnd() % 4) as usize];
+                    text = Some(
+                        carrier_in_dialog(m, &cid, 2 + i, &tag, &format!("d{i}")).into_bytes(),
+                    );
+                }
+            }
+            6 | 7 => {
+                if let Some(inv) = node_invites.get((rnd() % 6) as usize).cloned() {
+                    let code = [180, 200, 200, 486, 487, 603][(rnd() % 6) as usize];
+                    let b = response_to(&inv, code, Some("phonetag"))
+                        .header("Contact", format_args!("<sip:1001@{PHONE}>"));
+                    let b = if code == 200 {
+                        b.body("application/sdp", ANSWER.as_bytes())
+                    } else {
+                        b.finish()
+                    };
+                    text = Some(b.to_vec());
+                    from = EDGE;
+                }
+            }
+            8 | 9 => {
+                let conn = conns
+                    .get((rnd() % 4) as usize)
+                    .copied()
+                    .unwrap_or(ConnId(rnd()));
+                let dn = ["1001", "1002"][(rnd() % 2) as usize].to_string();
+                let to = Resolved::Ok(match rnd() % 3 {
+                    0 => Dest::Dn("1002".into()),
+                    1 => Dest::Dn("1001".into()),
+                    _ => Dest::External("+15550001111".into()),
+                });
+                let request = match rnd() % 9 {
+                    0 => Request::Hold { conn, dn },
+                    1 => Request::Retrieve { conn, dn },
+                    2 => Request::Release { conn, dn },
+                    3 => Request::SingleStepTransfer { conn, dn, to },
+                    4 => Request::InitiateTransfer { conn, dn, to },
+                    5 => Request::CompleteTransfer { conn, dn },
+                    6 => Request::Answer { conn, dn },
+                    7 => Request::SendDtmf {
+                        conn,
+                        dn,
+                        digits: "1#".into(),
+                    },
+                    _ => Request::MakeCall { dn, to },
+                };
+                n.node.handle_command(
+                    NodeCommand {
+                        id: i as u64,
+                        tenant: "demo".into(),
+                        request,
+                    },
+                    n.now,
+                );
+            }
+            _ => {
+                n.now += Duration::from_millis(rnd() % 4000);
+                n.node.handle_timeout(n.now);
+            }
+        }
+        if let Some(mut m) = text {
+            for _ in 0..(rnd() % 4).saturating_sub(1) {
+                let at = (rnd() % m.len() as u64) as usize;
+                match rnd() % 3 {
+                    0 => m[at] = rnd() as u8,
+                    1 => {
+                        m.remove(at);
+                    }
+                    _ => m.insert(at, b"\r\n:;<>@=0 "[(rnd() % 10) as usize]),
+                }
+            }
+            if let Ok(msg) = Message::parse(Bytes::from(m)) {
+                n.node.handle_message(msg, Peer::udp(addr(from)), n.now);
+            }
+        }
+        while let Some(t) = n.node.poll_transmit() {
+            let Ok(m) = Message::parse(t.payload) else {
+                panic!("the node sent something unparseable");
+            };
+            if t.peer.addr.port() == 5060 && m.method() == Some(&Method::Invite) {
+                node_invites.insert(0, m);
+                node_invites.truncate(6);
+            } else if t.peer.addr.port() == 5090 && m.status() == Some(200) {
+                oks += 1;
+                if let (Ok(cid), Some(tag)) = (
+                    m.call_id(),
+                    m.to().ok().and_then(|t| t.tag().map(str::to_string)),
+                ) {
+                    carrier_tags.insert(0, (cid.to_string(), tag));
+                    carrier_tags.truncate(8);
+                }
+            }
+        }
+        if i % 97 == 0 {
+            consistent(&n.node);
+        }
+        while let Some(o) = n.node.poll_output() {
+            match o {
+                NodeOutput::CallStarted { conn, .. } => {
+                    conns.insert(0, conn);
+                    conns.truncate(4);
+                }
+                NodeOutput::Event(_) => events += 1,
+                NodeOutput::CallEnded { .. } => {}
+            }
+        }
+    }
+    eprintln!("exercised: {calls} INVITEs, {oks} 200s to the carrier, {events} events");
+    assert!(
+        oks > 50 && events > 500,
+        "exercised: {oks} 200s, {events} events"
+    );
+    consistent(&n.node);
+    // Every DN hangs up: no call with a DN is left.
+    let live: Vec<(ConnId, Vec<String>)> = n
+        .node
+        .model()
+        .calls()
+        .map(|c| (c.conn, c.parties.iter().map(|p| p.dn.clone()).collect()))
+        .collect();
+    for (conn, dns) in live {
+        for dn in dns {
+            n.node.handle_command(
+                NodeCommand {
+                    id: 0,
+                    tenant: "demo".into(),
+                    request: Request::Release { conn, dn },
+                },
+                n.now,
+            );
+        }
+    }
+    // Timers run out (responses to malformed requests echo them, so no validation here).
+    let until = n.now + Duration::from_secs(600);
+    while let Some(t) = n.node.poll_timeout().filter(|t| *t <= until) {
+        n.now = t.max(n.now);
+        n.node.handle_timeout(n.now);
+        while n.node.poll_transmit().is_some() {}
+    }
+    let parties: usize = n.node.model().calls().map(|c| c.parties.len()).sum();
+    assert!(
+        n.node.leg_count() <= parties,
+        "legs without a party leak: {} legs, {parties} parties",
+        n.node.leg_count()
+    );
+    assert!(
+        n.node
+            .model()
+            .calls()
+            .all(|c| c.parties.iter().all(|p| !p.internal)),
+        "{:?}",
+        n.node.model().calls().collect::<Vec<_>>()
+    );
+}
