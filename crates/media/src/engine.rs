@@ -606,7 +606,11 @@ impl Stream {
         }
         if pushed != PushResult::Held {
             self.in_order(rx.ssrc, rx.timestamp, rx.payload, scratch);
+            return;
         }
+        // At once, not after the whole receive batch: a late tick may find more packets
+        // waiting on the socket than the buffer holds, and overflowing it loses audio.
+        self.drain_received(false, scratch);
     }
 
     /// Hands on what the reorder buffer lets out (everything, with `flush`). A lost packet
