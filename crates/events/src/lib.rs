@@ -175,6 +175,29 @@ pub struct DnAttrs {
     pub ts_ms: u64,
 }
 
+/// The `CallAttrs` of every call event, by reference or by mutable reference.
+macro_rules! call_attrs {
+    ($e:expr) => {
+        match $e {
+            Event::EventDialing(c)
+            | Event::EventRinging(c)
+            | Event::EventEstablished(c)
+            | Event::EventReleased(c)
+            | Event::EventHeld(c)
+            | Event::EventRetrieved(c)
+            | Event::EventPartyChanged(c)
+            | Event::EventPartyAdded(c)
+            | Event::EventPartyDeleted(c)
+            | Event::EventAttachedDataChanged(c)
+            | Event::EventRouteRequest(c)
+            | Event::EventQueued(c)
+            | Event::EventDiverted(c)
+            | Event::EventAbandoned(c) => Some(c),
+            _ => None,
+        }
+    };
+}
+
 impl Event {
     /// The TLib name, e.g. `EventRinging`.
     pub fn name(&self) -> &'static str {
@@ -224,23 +247,12 @@ impl Event {
 
     /// The call attributes of a call event.
     pub fn call(&self) -> Option<&CallAttrs> {
-        match self {
-            Event::EventDialing(c)
-            | Event::EventRinging(c)
-            | Event::EventEstablished(c)
-            | Event::EventReleased(c)
-            | Event::EventHeld(c)
-            | Event::EventRetrieved(c)
-            | Event::EventPartyChanged(c)
-            | Event::EventPartyAdded(c)
-            | Event::EventPartyDeleted(c)
-            | Event::EventAttachedDataChanged(c)
-            | Event::EventRouteRequest(c)
-            | Event::EventQueued(c)
-            | Event::EventDiverted(c)
-            | Event::EventAbandoned(c) => Some(c),
-            _ => None,
-        }
+        call_attrs!(self)
+    }
+
+    /// The call attributes of a call event, to fill in (e.g. the SIP Call-ID of the leg).
+    pub fn call_mut(&mut self) -> Option<&mut CallAttrs> {
+        call_attrs!(self)
     }
 
     /// The DN the event is about (its `ThisDN`), for per-DN and per-agent streams.

@@ -288,7 +288,7 @@ impl SipNode {
     fn apply(&mut self, a: Action, now: Instant) {
         match a {
             Action::Publish { mut event, leg } => {
-                if let (Some(leg), Some(c)) = (leg, event_call_mut(&mut event)) {
+                if let (Some(leg), Some(c)) = (leg, event.call_mut()) {
                     if let Some(l) = self.legs.get(&leg) {
                         c.call_id = Some(l.call_id.clone());
                     }
@@ -1029,26 +1029,6 @@ impl SipNode {
         while let Some(ev) = self.tx.poll_event() {
             self.on_tx_event(ev, now);
         }
-    }
-}
-
-fn event_call_mut(e: &mut Event) -> Option<&mut switchboard_events::CallAttrs> {
-    match e {
-        Event::EventDialing(c)
-        | Event::EventRinging(c)
-        | Event::EventEstablished(c)
-        | Event::EventReleased(c)
-        | Event::EventHeld(c)
-        | Event::EventRetrieved(c)
-        | Event::EventPartyChanged(c)
-        | Event::EventPartyAdded(c)
-        | Event::EventPartyDeleted(c)
-        | Event::EventAttachedDataChanged(c)
-        | Event::EventRouteRequest(c)
-        | Event::EventQueued(c)
-        | Event::EventDiverted(c)
-        | Event::EventAbandoned(c) => Some(c),
-        _ => None,
     }
 }
 
