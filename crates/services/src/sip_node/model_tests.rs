@@ -977,3 +977,49 @@ fn outbound_call_to_an_external_number() {
     });
     assert_eq!(names(&out), vec![("EventEstablished", "1001".into())]);
 }
+
+#[test]
+fn caller_abandons_while_the_dn_rings() {
+    let mut s = Sim::new();
+    let (a, conn, b, _) = s.incoming(1, "1001", true, Dest::Dn("1002".into()));
+    s.step(Input::Ringing { leg: b });
+    let out = s.step(Input::HungUp { leg: a });
+    assert!(
+        has(&out, &Action::Hangup { leg: b }),
+        "the ringing leg is cancelled"
+    );
+    assert!(has(&out, &Action::CancelRingTimer { leg: b }));
+    assert_eq!(
+        events(&out),
+        vec![
+            seen("EventReleased", "1001", "1002", (O, D)),
+            seen("EventReleased", "1002", "1001", (D, O)),
+        ]
+    );
+    assert!(has(&out, &Action::CallEnded { conn }));
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn release_of_a_held_call_and_a_late_reinvite_answer() {
+    let mut s = Sim::new();
+    let (a, conn, _) = s.established_inbound("1001");
+    s.request(Request::Hold {
+        conn,
+        dn: "1001".into(),
+    });
+    let (_, out) = s.request(Request::Release {
+        conn,
+        dn: "1001".into(),
+    });
+    assert!(has(&out, &Action::CallEnded { conn }));
+    // The carrier's answer to the hold re-INVITE arrives after the call ended: nothing.
+    assert!(s
+        .step(Input::ReofferDone {
+            leg: a,
+            ok: true,
+            sdp: None
+        })
+        .is_empty());
+    assert!(s.m.is_empty());
+}
