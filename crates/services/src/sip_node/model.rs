@@ -247,6 +247,10 @@ pub enum Input {
     },
     /// The ring-no-answer timer of a leg fired.
     RingTimeout { leg: LegId },
+    /// A device sent a re-INVITE with an offer on an established leg (its own hold or
+    /// retrieve, a media change): relayed to the other party, answered with
+    /// [`Action::AnswerReoffer`].
+    DeviceReoffer { leg: LegId, sdp: Bytes },
     Request {
         id: u64,
         tenant: String,
@@ -298,6 +302,14 @@ pub enum Action {
         sdp: Option<Bytes>,
         direction: Direction,
     },
+    /// Answer a device's re-INVITE ([`Input::DeviceReoffer`]): `200` with `sdp`, or, when
+    /// `sdp` is `None`, with the media last sent on the leg in the mirrored direction; any
+    /// other code refuses it (`491` while another media change is in progress).
+    AnswerReoffer {
+        leg: LegId,
+        code: u16,
+        sdp: Option<Bytes>,
+    },
     /// Ask a ringing phone to answer (NOTIFY Event: talk).
     AnswerRemote {
         leg: LegId,
@@ -339,6 +351,11 @@ enum LegOp {
     },
     /// Media re-bridging after a transfer or 3pcc answer: no event.
     Bridge,
+    /// A device's re-INVITE on `from`, relayed to this leg; `direction` is what it offered.
+    Relay {
+        from: LegId,
+        direction: Direction,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -451,6 +468,7 @@ impl Model {
                 }
             }
             Input::ReofferDone { leg, ok, sdp } => self.reoffer_done(leg, ok, sdp, now_ms, out),
+            Input::DeviceReoffer { leg, sdp } => self.device_reoffer(leg, sdp, out),
             Input::Request { id, tenant, req } => self.request(id, tenant, req, now_ms, out),
         }
     }
@@ -714,6 +732,9 @@ impl Model {
         let (conn, dn, req, held) = match op {
             Some(LegOp::Hold { conn, dn, req }) => (conn, dn, req, true),
             Some(LegOp::Retrieve { conn, dn, req }) => (conn, dn, req, false),
+            Some(LegOp::Relay { from, direction }) => {
+                return self.relay_done(leg, from, direction, ok, now, out)
+            }
             _ => return,
         };
         let Some(call) = self.calls.get_mut(&conn) else {
@@ -745,6 +766,97 @@ impl Model {
         };
         let call = &self.calls[&conn];
         ev(out, call, i, e, now, Some(req), None);
+    }
+
+    /// A device's re-INVITE goes to the other party when that one is up and not busy with
+    /// another media change; otherwise it is answered on the spot.
+    fn device_reoffer(&mut self, leg: LegId, sdp: Bytes, out: &mut Out) {
+        let local = Action::AnswerReoffer {
+            leg,
+            code: 200,
+            sdp: None,
+        };
+        let Some((call, _)) = self.party_of(leg) else {
+            return out.push(local);
+        };
+        let other = call
+            .other(call.by_leg(leg).unwrap_or(0))
+            .map(|o| &call.parties[o]);
+        let Some(other) = other
+            .filter(|o| matches!(o.state, PartyState::Established | PartyState::Held) && !o.auto)
+        else {
+            return out.push(local);
+        };
+        let other = other.leg;
+        if self.ops.contains_key(&other) || self.ops.contains_key(&leg) {
+            return out.push(Action::AnswerReoffer {
+                leg,
+                code: 491,
+                sdp: None,
+            });
+        }
+        let direction = super::sdp::direction_of(&sdp);
+        let conn = call.conn;
+        if let Some(call) = self.calls.get_mut(&conn) {
+            if let Some(i) = call.by_leg(leg) {
+                call.parties[i].sdp = Some(sdp.clone());
+            }
+        }
+        out.push(Action::Reoffer {
+            leg: other,
+            sdp: Some(sdp),
+            direction,
+        });
+        self.ops.insert(
+            other,
+            LegOp::Relay {
+                from: leg,
+                direction,
+            },
+        );
+    }
+
+    /// The other party answered a relayed re-INVITE: the device gets that answer, and a DN
+    /// that put the call on hold (or took it back) from its phone gets EventHeld
+    /// (EventRetrieved).
+    fn relay_done(
+        &mut self,
+        leg: LegId,
+        from: LegId,
+        direction: Direction,
+        ok: bool,
+        now: u64,
+        out: &mut Out,
+    ) {
+        if !ok {
+            return out.push(Action::AnswerReoffer {
+                leg: from,
+                code: 488,
+                sdp: None,
+            });
+        }
+        let answer = self.party_of(leg).and_then(|(_, p)| p.sdp.clone());
+        out.push(Action::AnswerReoffer {
+            leg: from,
+            code: 200,
+            sdp: answer,
+        });
+        let Some(conn) = self.legs.get(&from).copied() else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&conn) else {
+            return;
+        };
+        let Some(i) = call.by_leg(from) else { return };
+        let held = matches!(direction, Direction::SendOnly | Direction::Inactive);
+        let (state, event): (_, fn(CallAttrs) -> Event) = match (held, call.parties[i].state) {
+            (true, PartyState::Established) => (PartyState::Held, Event::EventHeld),
+            (false, PartyState::Held) => (PartyState::Established, Event::EventRetrieved),
+            _ => return,
+        };
+        call.parties[i].state = state;
+        let call = &self.calls[&conn];
+        ev(out, call, i, event, now, None, None);
     }
 
     fn request(&mut self, id: u64, tenant: String, req: Request, now: u64, out: &mut Out) {
