@@ -722,6 +722,18 @@ impl Model {
 
     fn reoffer_done(&mut self, leg: LegId, ok: bool, sdp: Option<Bytes>, now: u64, out: &mut Out) {
         let op = self.ops.remove(&leg);
+        // An answer to a hold (recvonly or inactive) is not the party's media for later
+        // offers: a transfer would offer a new party one-way media.
+        let holding = matches!(
+            op,
+            Some(LegOp::Hold { .. })
+                | Some(LegOp::Relay {
+                    direction: Direction::SendOnly | Direction::Inactive,
+                    ..
+                })
+        );
+        let answer = sdp.clone();
+        let sdp = sdp.filter(|_| !holding);
         if let (Some(sdp), Some(conn)) = (sdp, self.legs.get(&leg)) {
             if let Some(call) = self.calls.get_mut(conn) {
                 if let Some(i) = call.by_leg(leg) {
@@ -733,7 +745,7 @@ impl Model {
             Some(LegOp::Hold { conn, dn, req }) => (conn, dn, req, true),
             Some(LegOp::Retrieve { conn, dn, req }) => (conn, dn, req, false),
             Some(LegOp::Relay { from, direction }) => {
-                return self.relay_done(leg, from, direction, ok, now, out)
+                return self.relay_done(from, direction, ok, answer, now, out)
             }
             _ => return,
         };
@@ -797,7 +809,12 @@ impl Model {
         }
         let direction = super::sdp::direction_of(&sdp);
         let conn = call.conn;
-        if let Some(call) = self.calls.get_mut(&conn) {
+        // Only full-duplex media is kept for later offers (see `reoffer_done`).
+        if let Some(call) = self
+            .calls
+            .get_mut(&conn)
+            .filter(|_| direction == Direction::SendRecv)
+        {
             if let Some(i) = call.by_leg(leg) {
                 call.parties[i].sdp = Some(sdp.clone());
             }
@@ -821,10 +838,10 @@ impl Model {
     /// (EventRetrieved).
     fn relay_done(
         &mut self,
-        leg: LegId,
         from: LegId,
         direction: Direction,
         ok: bool,
+        answer: Option<Bytes>,
         now: u64,
         out: &mut Out,
     ) {
@@ -835,7 +852,6 @@ impl Model {
                 sdp: None,
             });
         }
-        let answer = self.party_of(leg).and_then(|(_, p)| p.sdp.clone());
         out.push(Action::AnswerReoffer {
             leg: from,
             code: 200,

@@ -1122,3 +1122,24 @@ fn a_re_invite_before_the_other_party_answered_is_answered_locally() {
         }]
     );
 }
+
+#[test]
+fn a_transfer_after_hold_offers_the_callers_full_media() {
+    let mut s = Sim::new();
+    let (a, conn, _) = s.established_inbound("1001");
+    s.request(Request::Hold {
+        conn,
+        dn: "1001".into(),
+    });
+    s.step(Input::ReofferDone {
+        leg: a,
+        ok: true,
+        sdp: sdp("carrier recvonly"),
+    });
+    let (_, out) = s.request(Request::SingleStepTransfer {
+        conn,
+        dn: "1001".into(),
+        to: Resolved::Ok(Dest::Dn("1002".into())),
+    });
+    assert_eq!(placed(&out)[0].2, sdp("caller"), "not the hold answer");
+}
