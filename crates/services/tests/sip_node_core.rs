@@ -867,3 +867,61 @@ fn mutated_messages_and_requests_never_panic() {
         n.node.model().calls().collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn answer_request_notifies_the_ringing_phone_and_dtmf_goes_as_info() {
+    let mut n = Net::new();
+    let out = n.feed(&carrier_invite("in-12"), TRUNK);
+    let inv = one(&out, 5060, "INVITE").clone();
+    n.phone_reply(&inv, 180, None);
+    let conn = n.events()[0].call().unwrap().conn_id.unwrap();
+    let cmd = |id, request| NodeCommand {
+        id,
+        tenant: "demo".into(),
+        request,
+    };
+    n.node.handle_command(
+        cmd(
+            1,
+            Request::Answer {
+                conn,
+                dn: "1001".into(),
+            },
+        ),
+        n.now,
+    );
+    let out = n.sent();
+    let notify = one(&out, 5060, "NOTIFY");
+    assert_eq!(notify.get_by_name("Event"), Some("talk"));
+    assert_eq!(
+        notify.call_id().unwrap(),
+        inv.call_id().unwrap(),
+        "in the early dialog"
+    );
+    assert_eq!(notify.to().unwrap().tag(), Some("phonetag"));
+    n.phone_reply(&inv, 200, Some(ANSWER));
+    n.events();
+    // 1001 sends DTMF to the carrier: one INFO per digit in the carrier's dialog.
+    n.node.handle_command(
+        cmd(
+            2,
+            Request::SendDtmf {
+                conn,
+                dn: "1001".into(),
+                digits: "4#".into(),
+            },
+        ),
+        n.now,
+    );
+    let out = n.sent();
+    let infos: Vec<_> = to(&out, 5090)
+        .into_iter()
+        .filter(|m| m.method() == Some(&Method::Info))
+        .collect();
+    assert_eq!(infos.len(), 2, "{out:#?}");
+    assert_eq!(infos[0].call_id().unwrap(), "in-12");
+    assert_eq!(infos[0].content_type(), Some("application/dtmf-relay"));
+    assert!(body(infos[0]).starts_with("Signal=4\r\n"));
+    assert!(body(infos[1]).starts_with("Signal=#\r\n"));
+    assert!(infos[1].cseq().unwrap().seq > infos[0].cseq().unwrap().seq);
+}
