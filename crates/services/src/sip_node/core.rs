@@ -1077,6 +1077,51 @@ impl SipNode {
         }
     }
 
+    fn fire_ring_timers(&mut self, now: Instant) {
+        while let Some(&(at, leg)) = self.ring_timers.first() {
+            if at > now {
+                break;
+            }
+            self.ring_timers.remove(&(at, leg));
+            self.ring_deadline.remove(&leg);
+            tracing::debug!(leg = leg.0, "ring-no-answer timeout");
+            self.feed(Input::RingTimeout { leg }, now);
+        }
+    }
+
+    /// Our 2xx to an incoming INVITE goes out again, T1 doubling up to T2, until its ACK
+    /// (RFC 3261 §13.3.1.4).
+    fn retransmit_2xx(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.retransmits.first() {
+            if at > now {
+                break;
+            }
+            self.retransmits.remove(&(at, id));
+            let t2 = self.settings.timers.t2;
+            let Some(leg) = self.legs.get_mut(&id) else {
+                continue;
+            };
+            let Some((bytes, peer, interval, until)) = leg.unacked_2xx.clone() else {
+                continue;
+            };
+            if now >= until {
+                // No ACK within 64*T1: the session is not up; end it (RFC 3261 §13.3.1.4).
+                leg.unacked_2xx = None;
+                tracing::info!(leg = id.0, call_id = %leg.call_id, "no ACK for our 2xx: hanging up");
+                self.send_in_dialog(id, Method::Bye, &[], None, Purpose::Bye, now);
+                self.drop_leg(id);
+                self.feed(Input::HungUp { leg: id }, now);
+                continue;
+            }
+            self.tx.send_stateless(bytes.clone(), peer);
+            let next = (interval * 2).min(t2);
+            if let Some(leg) = self.legs.get_mut(&id) {
+                leg.unacked_2xx = Some((bytes, peer, next, until));
+            }
+            self.retransmits.insert((now + next, id));
+        }
+    }
+
     fn drain_tx_events(&mut self, now: Instant) {
         while let Some(ev) = self.tx.poll_event() {
             self.on_tx_event(ev, now);
@@ -1141,43 +1186,8 @@ impl Core for SipNode {
     fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
         self.drain_tx_events(now);
-        while let Some(&(at, leg)) = self.ring_timers.first() {
-            if at > now {
-                break;
-            }
-            self.ring_timers.remove(&(at, leg));
-            self.ring_deadline.remove(&leg);
-            tracing::debug!(leg = leg.0, "ring-no-answer timeout");
-            self.feed(Input::RingTimeout { leg }, now);
-        }
-        while let Some(&(at, id)) = self.retransmits.first() {
-            if at > now {
-                break;
-            }
-            self.retransmits.remove(&(at, id));
-            let t2 = self.settings.timers.t2;
-            let Some(leg) = self.legs.get_mut(&id) else {
-                continue;
-            };
-            let Some((bytes, peer, interval, until)) = leg.unacked_2xx.clone() else {
-                continue;
-            };
-            if now >= until {
-                // No ACK within 64*T1: the session is not up; end it (RFC 3261 §13.3.1.4).
-                leg.unacked_2xx = None;
-                tracing::info!(leg = id.0, call_id = %leg.call_id, "no ACK for our 2xx: hanging up");
-                self.send_in_dialog(id, Method::Bye, &[], None, Purpose::Bye, now);
-                self.drop_leg(id);
-                self.feed(Input::HungUp { leg: id }, now);
-                continue;
-            }
-            self.tx.send_stateless(bytes.clone(), peer);
-            let next = (interval * 2).min(t2);
-            if let Some(leg) = self.legs.get_mut(&id) {
-                leg.unacked_2xx = Some((bytes, peer, next, until));
-            }
-            self.retransmits.insert((now + next, id));
-        }
+        self.fire_ring_timers(now);
+        self.retransmit_2xx(now);
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
