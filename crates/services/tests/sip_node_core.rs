@@ -539,9 +539,10 @@ fn malformed_and_unknown_requests_get_errors_not_panics() {
 }
 
 #[test]
-fn a_device_that_holds_us_gets_a_recvonly_answer() {
+fn a_carrier_re_invite_is_relayed_to_the_phone() {
     let mut n = Net::new();
-    let (_, ok) = answered_call(&mut n, "in-9");
+    let (inv, ok) = answered_call(&mut n, "in-9");
+    n.events();
     let tag = ok.to().unwrap().tag().unwrap().to_string();
     let held = OFFER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n");
     let reinvite = carrier_in_dialog("INVITE", "in-9", 2, &tag, "re9").replace(
@@ -552,12 +553,83 @@ fn a_device_that_holds_us_gets_a_recvonly_answer() {
         ),
     );
     let out = n.feed(&reinvite, TRUNK);
-    let answer = body(one(&out, 5090, "200"));
     assert!(
-        answer.contains("a=recvonly") && answer.contains("m=audio 5000"),
-        "{answer}"
+        to(&out, 5090).iter().all(|m| m.status() != Some(200)),
+        "no answer before the phone's"
     );
-    assert!(to(&out, 5060).is_empty(), "the phone's leg is undisturbed");
+    let re = one(&out, 5060, "INVITE").clone();
+    assert_eq!(
+        re.call_id().unwrap(),
+        inv.call_id().unwrap(),
+        "in the phone's dialog"
+    );
+    assert!(
+        body(&re).contains("a=sendonly") && body(&re).contains("m=audio 4000"),
+        "{}",
+        body(&re)
+    );
+    // The phone answers recvonly; the carrier gets that answer.
+    let answer = ANSWER.replace("t=0 0\r\n", "t=0 0\r\na=recvonly\r\n");
+    let resp = response_to(&re, 200, None)
+        .header("Contact", format_args!("<sip:1001@{PHONE}>"))
+        .body("application/sdp", answer.as_bytes());
+    let out = n.feed_bytes(resp, EDGE);
+    one(&out, 5060, "ACK");
+    let ok = one(&out, 5090, "200");
+    assert!(
+        body(ok).contains("a=recvonly") && body(ok).contains("m=audio 5000"),
+        "{}",
+        body(ok)
+    );
+    assert!(n.events().is_empty(), "the carrier is no DN: no event");
+    // An offerless re-INVITE (a refresh) is answered on the spot with our last SDP.
+    let out = n.feed(&carrier_in_dialog("INVITE", "in-9", 3, &tag, "re10"), TRUNK);
+    assert!(body(one(&out, 5090, "200")).contains("m=audio 5000"));
+    assert!(to(&out, 5060).is_empty());
+}
+
+#[test]
+fn a_phone_that_holds_the_call_gives_event_held() {
+    let mut n = Net::new();
+    let (inv, _) = answered_call(&mut n, "in-11");
+    n.events();
+    let phone_reinvite = |cseq: u32, dir: &str| {
+        let sdp = ANSWER.replace("t=0 0\r\n", &format!("t=0 0\r\na={dir}\r\n"));
+        format!(
+            "INVITE sip:sipnode@{NODE} SIP/2.0\r\nVia: SIP/2.0/UDP {EDGE};branch=z9hG4bKph{cseq}\r\nMax-Forwards: 69\r\nFrom: <sip:1001@switchboard>;tag=phonetag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:1001@{PHONE}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            inv.get(HeaderName::From).unwrap(),
+            inv.call_id().unwrap(),
+            sdp.len()
+        )
+    };
+    let carrier_answers = |n: &mut Net, re: &Message, dir: &str| {
+        let sdp = OFFER.replace("t=0 0\r\n", &format!("t=0 0\r\na={dir}\r\n"));
+        let resp = response_to(re, 200, None)
+            .header("Contact", format_args!("<sip:carrier@{TRUNK}>"))
+            .body("application/sdp", sdp.as_bytes());
+        n.feed_bytes(resp, TRUNK)
+    };
+    let out = n.feed(&phone_reinvite(5, "sendonly"), EDGE);
+    let re = one(&out, 5090, "INVITE").clone();
+    assert!(body(&re).contains("a=sendonly"));
+    // Another re-INVITE from the phone meanwhile: 491.
+    let out = n.feed(&phone_reinvite(6, "sendonly"), EDGE);
+    one(&out, 5060, "491");
+    let out = carrier_answers(&mut n, &re, "recvonly");
+    one(&out, 5090, "ACK");
+    assert!(body(one(&out, 5060, "200")).contains("a=recvonly"));
+    let ev = n.events();
+    assert_eq!(names(&ev), vec![("EventHeld", "1001".into())]);
+    assert_eq!(
+        ev[0].call().unwrap().request_id,
+        None,
+        "held from the phone, not by a request"
+    );
+
+    let out = n.feed(&phone_reinvite(7, "sendrecv"), EDGE);
+    let re = one(&out, 5090, "INVITE").clone();
+    carrier_answers(&mut n, &re, "sendrecv");
+    assert_eq!(names(&n.events()), vec![("EventRetrieved", "1001".into())]);
 }
 
 #[test]
@@ -794,4 +866,62 @@ fn mutated_messages_and_requests_never_panic() {
         "{:?}",
         n.node.model().calls().collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn answer_request_notifies_the_ringing_phone_and_dtmf_goes_as_info() {
+    let mut n = Net::new();
+    let out = n.feed(&carrier_invite("in-12"), TRUNK);
+    let inv = one(&out, 5060, "INVITE").clone();
+    n.phone_reply(&inv, 180, None);
+    let conn = n.events()[0].call().unwrap().conn_id.unwrap();
+    let cmd = |id, request| NodeCommand {
+        id,
+        tenant: "demo".into(),
+        request,
+    };
+    n.node.handle_command(
+        cmd(
+            1,
+            Request::Answer {
+                conn,
+                dn: "1001".into(),
+            },
+        ),
+        n.now,
+    );
+    let out = n.sent();
+    let notify = one(&out, 5060, "NOTIFY");
+    assert_eq!(notify.get_by_name("Event"), Some("talk"));
+    assert_eq!(
+        notify.call_id().unwrap(),
+        inv.call_id().unwrap(),
+        "in the early dialog"
+    );
+    assert_eq!(notify.to().unwrap().tag(), Some("phonetag"));
+    n.phone_reply(&inv, 200, Some(ANSWER));
+    n.events();
+    // 1001 sends DTMF to the carrier: one INFO per digit in the carrier's dialog.
+    n.node.handle_command(
+        cmd(
+            2,
+            Request::SendDtmf {
+                conn,
+                dn: "1001".into(),
+                digits: "4#".into(),
+            },
+        ),
+        n.now,
+    );
+    let out = n.sent();
+    let infos: Vec<_> = to(&out, 5090)
+        .into_iter()
+        .filter(|m| m.method() == Some(&Method::Info))
+        .collect();
+    assert_eq!(infos.len(), 2, "{out:#?}");
+    assert_eq!(infos[0].call_id().unwrap(), "in-12");
+    assert_eq!(infos[0].content_type(), Some("application/dtmf-relay"));
+    assert!(body(infos[0]).starts_with("Signal=4\r\n"));
+    assert!(body(infos[1]).starts_with("Signal=#\r\n"));
+    assert!(infos[1].cseq().unwrap().seq > infos[0].cseq().unwrap().seq);
 }

@@ -29,6 +29,12 @@ fn serves_health_ready_metrics_and_drains_on_sigterm() {
 
     let ready = sb.get("/readyz").expect("GET /readyz");
     assert_eq!(ready.status, 200, "{}", ready.body);
+    // `up` runs the SIP Server too: ready means it is bound.
+    assert!(
+        sb.addr("sip_node_udp").is_some_and(|a| a.port() != 0),
+        "{:?}",
+        sb.addrs()
+    );
 
     let metrics = sb.get("/metrics").expect("GET /metrics");
     assert_eq!(metrics.status, 200);

@@ -155,6 +155,8 @@ struct Leg {
     unacked_2xx: Option<(Bytes, Peer, Duration, Instant)>,
     /// Our pending re-INVITE.
     reinvite: Option<ClientTxId>,
+    /// The device's re-INVITE waiting for the other party's answer.
+    pending_reinvite: Option<(ServerTxId, Message)>,
     /// The model hung the leg up; responses that still arrive only finish it off.
     gone: bool,
 }
@@ -323,6 +325,7 @@ impl SipNode {
                 sdp,
                 direction,
             } => self.reoffer(leg, sdp, direction, now),
+            Action::AnswerReoffer { leg, code, sdp } => self.answer_reoffer(leg, code, sdp, now),
             Action::AnswerRemote { leg } => {
                 self.in_dialog(leg, Method::Notify, &[("Event", "talk".into())], None, now)
             }
@@ -446,6 +449,7 @@ impl SipNode {
                 last_ack: None,
                 unacked_2xx: None,
                 reinvite: None,
+                pending_reinvite: None,
                 gone: false,
             },
         );
@@ -747,6 +751,7 @@ impl SipNode {
                 last_ack: None,
                 unacked_2xx: None,
                 reinvite: None,
+                pending_reinvite: None,
                 gone: false,
             },
         );
@@ -806,25 +811,72 @@ impl SipNode {
                 self.feed(Input::HungUp { leg: id }, now);
             }
             Method::Invite => {
-                // A re-INVITE from the device (its own hold, a session refresh): answer with
-                // the media we last sent it, in the direction that mirrors its offer, so the
-                // other leg is undisturbed.
-                let dir =
-                    (!req.body().is_empty()).then(|| answer_direction(direction_of(req.body())));
-                let body = match (leg.sdp.last.clone(), dir) {
-                    (Some(last), Some(d)) => Some(leg.sdp.prepare(&last, Some(d))),
-                    (last, _) => last,
-                };
-                let contact = self.contact();
-                let mut b = response_to(&req, 200, None).header("Contact", &contact);
-                b = b.copy_lines(&req, HeaderName::RecordRoute);
-                let bytes = match body {
-                    Some(s) => b.body("application/sdp", &s),
-                    None => b.finish(),
-                };
-                let _ = self.tx.send_response_bytes(stx, 200, bytes, now);
+                // A re-INVITE from the device (its own hold, a media change): with an offer
+                // the model relays it to the other party; an offerless one (a session
+                // refresh) gets the media we last sent.
+                if leg.pending_reinvite.is_some() {
+                    return self.reply(stx, &req, 491, now);
+                }
+                if req.body().is_empty() || self.model.call_of_leg(id).is_none() {
+                    return self.reinvite_ok(id, stx, &req, None, now);
+                }
+                let sdp = req.body_bytes();
+                leg.pending_reinvite = Some((stx, req));
+                self.feed(Input::DeviceReoffer { leg: id, sdp }, now);
             }
             _ => self.reply(stx, &req, 200, now),
+        }
+    }
+
+    /// The model's answer to a device's re-INVITE.
+    fn answer_reoffer(&mut self, id: LegId, code: u16, sdp: Option<Bytes>, now: Instant) {
+        let Some((stx, req)) = self
+            .legs
+            .get_mut(&id)
+            .and_then(|l| l.pending_reinvite.take())
+        else {
+            return;
+        };
+        if code != 200 {
+            return self.reply(stx, &req, code, now);
+        }
+        self.reinvite_ok(id, stx, &req, sdp, now);
+    }
+
+    /// 200 to a device's re-INVITE with `sdp` (the other party's answer), or, without it, the
+    /// media we last sent the device in the direction that mirrors its offer.
+    fn reinvite_ok(
+        &mut self,
+        id: LegId,
+        stx: ServerTxId,
+        req: &Message,
+        sdp: Option<Bytes>,
+        now: Instant,
+    ) {
+        let contact = self.contact();
+        let Some(leg) = self.legs.get_mut(&id) else {
+            return;
+        };
+        let body = match sdp {
+            Some(s) => Some(leg.sdp.prepare(&s, None)),
+            None => {
+                let offer = req.body();
+                let dir = (!offer.is_empty()).then(|| answer_direction(direction_of(offer)));
+                match (leg.sdp.last.clone(), dir) {
+                    (Some(last), Some(d)) => Some(leg.sdp.prepare(&last, Some(d))),
+                    (last, _) => last,
+                }
+            }
+        };
+        let b = response_to(req, 200, None)
+            .header("Contact", &contact)
+            .copy_lines(req, HeaderName::RecordRoute);
+        let bytes = match body {
+            Some(s) => b.body("application/sdp", &s),
+            None => b.finish(),
+        };
+        if let Err(e) = self.tx.send_response_bytes(stx, 200, bytes, now) {
+            tracing::debug!(error = %e, "200 to a re-INVITE not sent");
         }
     }
 
@@ -1025,6 +1077,51 @@ impl SipNode {
         }
     }
 
+    fn fire_ring_timers(&mut self, now: Instant) {
+        while let Some(&(at, leg)) = self.ring_timers.first() {
+            if at > now {
+                break;
+            }
+            self.ring_timers.remove(&(at, leg));
+            self.ring_deadline.remove(&leg);
+            tracing::debug!(leg = leg.0, "ring-no-answer timeout");
+            self.feed(Input::RingTimeout { leg }, now);
+        }
+    }
+
+    /// Our 2xx to an incoming INVITE goes out again, T1 doubling up to T2, until its ACK
+    /// (RFC 3261 §13.3.1.4).
+    fn retransmit_2xx(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.retransmits.first() {
+            if at > now {
+                break;
+            }
+            self.retransmits.remove(&(at, id));
+            let t2 = self.settings.timers.t2;
+            let Some(leg) = self.legs.get_mut(&id) else {
+                continue;
+            };
+            let Some((bytes, peer, interval, until)) = leg.unacked_2xx.clone() else {
+                continue;
+            };
+            if now >= until {
+                // No ACK within 64*T1: the session is not up; end it (RFC 3261 §13.3.1.4).
+                leg.unacked_2xx = None;
+                tracing::info!(leg = id.0, call_id = %leg.call_id, "no ACK for our 2xx: hanging up");
+                self.send_in_dialog(id, Method::Bye, &[], None, Purpose::Bye, now);
+                self.drop_leg(id);
+                self.feed(Input::HungUp { leg: id }, now);
+                continue;
+            }
+            self.tx.send_stateless(bytes.clone(), peer);
+            let next = (interval * 2).min(t2);
+            if let Some(leg) = self.legs.get_mut(&id) {
+                leg.unacked_2xx = Some((bytes, peer, next, until));
+            }
+            self.retransmits.insert((now + next, id));
+        }
+    }
+
     fn drain_tx_events(&mut self, now: Instant) {
         while let Some(ev) = self.tx.poll_event() {
             self.on_tx_event(ev, now);
@@ -1069,43 +1166,8 @@ impl Core for SipNode {
     fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
         self.drain_tx_events(now);
-        while let Some(&(at, leg)) = self.ring_timers.first() {
-            if at > now {
-                break;
-            }
-            self.ring_timers.remove(&(at, leg));
-            self.ring_deadline.remove(&leg);
-            tracing::debug!(leg = leg.0, "ring-no-answer timeout");
-            self.feed(Input::RingTimeout { leg }, now);
-        }
-        while let Some(&(at, id)) = self.retransmits.first() {
-            if at > now {
-                break;
-            }
-            self.retransmits.remove(&(at, id));
-            let t2 = self.settings.timers.t2;
-            let Some(leg) = self.legs.get_mut(&id) else {
-                continue;
-            };
-            let Some((bytes, peer, interval, until)) = leg.unacked_2xx.clone() else {
-                continue;
-            };
-            if now >= until {
-                // No ACK within 64*T1: the session is not up; end it (RFC 3261 §13.3.1.4).
-                leg.unacked_2xx = None;
-                tracing::info!(leg = id.0, call_id = %leg.call_id, "no ACK for our 2xx: hanging up");
-                self.send_in_dialog(id, Method::Bye, &[], None, Purpose::Bye, now);
-                self.drop_leg(id);
-                self.feed(Input::HungUp { leg: id }, now);
-                continue;
-            }
-            self.tx.send_stateless(bytes.clone(), peer);
-            let next = (interval * 2).min(t2);
-            if let Some(leg) = self.legs.get_mut(&id) {
-                leg.unacked_2xx = Some((bytes, peer, next, until));
-            }
-            self.retransmits.insert((now + next, id));
-        }
+        self.fire_ring_timers(now);
+        self.retransmit_2xx(now);
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {

@@ -247,6 +247,10 @@ pub enum Input {
     },
     /// The ring-no-answer timer of a leg fired.
     RingTimeout { leg: LegId },
+    /// A device sent a re-INVITE with an offer on an established leg (its own hold or
+    /// retrieve, a media change): relayed to the other party, answered with
+    /// [`Action::AnswerReoffer`].
+    DeviceReoffer { leg: LegId, sdp: Bytes },
     Request {
         id: u64,
         tenant: String,
@@ -298,6 +302,14 @@ pub enum Action {
         sdp: Option<Bytes>,
         direction: Direction,
     },
+    /// Answer a device's re-INVITE ([`Input::DeviceReoffer`]): `200` with `sdp`, or, when
+    /// `sdp` is `None`, with the media last sent on the leg in the mirrored direction; any
+    /// other code refuses it (`491` while another media change is in progress).
+    AnswerReoffer {
+        leg: LegId,
+        code: u16,
+        sdp: Option<Bytes>,
+    },
     /// Ask a ringing phone to answer (NOTIFY Event: talk).
     AnswerRemote {
         leg: LegId,
@@ -339,6 +351,11 @@ enum LegOp {
     },
     /// Media re-bridging after a transfer or 3pcc answer: no event.
     Bridge,
+    /// A device's re-INVITE on `from`, relayed to this leg; `direction` is what it offered.
+    Relay {
+        from: LegId,
+        direction: Direction,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -380,6 +397,58 @@ pub mod codes {
 }
 
 type Out = Vec<Action>;
+
+/// A validated request on an existing call: who asks (`party`, index `i`) and the other
+/// party, for the request's own checks and its EventError.
+struct ReqCtx {
+    id: u64,
+    tenant: String,
+    dn: String,
+    conn: ConnId,
+    i: usize,
+    party: Party,
+    other: Option<Party>,
+    now: u64,
+}
+
+impl ReqCtx {
+    fn err(&self, out: &mut Out, code: &str, reason: &str) {
+        error(
+            out,
+            &self.tenant,
+            Some(self.conn),
+            &self.dn,
+            self.id,
+            code,
+            reason,
+            self.now,
+        )
+    }
+
+    fn bad_state(&self, out: &mut Out, what: &str) {
+        let reason = format!("{what} (the party is {:?})", self.party.state).to_lowercase();
+        self.err(out, codes::BAD_STATE, &reason)
+    }
+
+    /// A transfer destination: a resolved number other than the acting DN.
+    fn destination(&self, to: Resolved, out: &mut Out) -> Option<Dest> {
+        match to {
+            Resolved::Invalid(why) => {
+                self.err(out, codes::INVALID_DESTINATION, &why);
+                None
+            }
+            Resolved::Ok(d) if d.number() == self.dn => {
+                self.err(
+                    out,
+                    codes::INVALID_DESTINATION,
+                    "cannot transfer a call to the transferring DN",
+                );
+                None
+            }
+            Resolved::Ok(d) => Some(d),
+        }
+    }
+}
 
 impl Model {
     pub fn new(settings: ModelSettings) -> Model {
@@ -451,6 +520,7 @@ impl Model {
                 }
             }
             Input::ReofferDone { leg, ok, sdp } => self.reoffer_done(leg, ok, sdp, now_ms, out),
+            Input::DeviceReoffer { leg, sdp } => self.device_reoffer(leg, sdp, out),
             Input::Request { id, tenant, req } => self.request(id, tenant, req, now_ms, out),
         }
     }
@@ -704,6 +774,18 @@ impl Model {
 
     fn reoffer_done(&mut self, leg: LegId, ok: bool, sdp: Option<Bytes>, now: u64, out: &mut Out) {
         let op = self.ops.remove(&leg);
+        // An answer to a hold (recvonly or inactive) is not the party's media for later
+        // offers: a transfer would offer a new party one-way media.
+        let holding = matches!(
+            op,
+            Some(LegOp::Hold { .. })
+                | Some(LegOp::Relay {
+                    direction: Direction::SendOnly | Direction::Inactive,
+                    ..
+                })
+        );
+        let answer = sdp.clone();
+        let sdp = sdp.filter(|_| !holding);
         if let (Some(sdp), Some(conn)) = (sdp, self.legs.get(&leg)) {
             if let Some(call) = self.calls.get_mut(conn) {
                 if let Some(i) = call.by_leg(leg) {
@@ -714,6 +796,9 @@ impl Model {
         let (conn, dn, req, held) = match op {
             Some(LegOp::Hold { conn, dn, req }) => (conn, dn, req, true),
             Some(LegOp::Retrieve { conn, dn, req }) => (conn, dn, req, false),
+            Some(LegOp::Relay { from, direction }) => {
+                return self.relay_done(from, direction, ok, answer, now, out)
+            }
             _ => return,
         };
         let Some(call) = self.calls.get_mut(&conn) else {
@@ -747,11 +832,103 @@ impl Model {
         ev(out, call, i, e, now, Some(req), None);
     }
 
+    /// A device's re-INVITE goes to the other party when that one is up and not busy with
+    /// another media change; otherwise it is answered on the spot.
+    fn device_reoffer(&mut self, leg: LegId, sdp: Bytes, out: &mut Out) {
+        let local = Action::AnswerReoffer {
+            leg,
+            code: 200,
+            sdp: None,
+        };
+        let Some((call, _)) = self.party_of(leg) else {
+            return out.push(local);
+        };
+        let other = call
+            .other(call.by_leg(leg).unwrap_or(0))
+            .map(|o| &call.parties[o]);
+        let Some(other) = other
+            .filter(|o| matches!(o.state, PartyState::Established | PartyState::Held) && !o.auto)
+        else {
+            return out.push(local);
+        };
+        let other = other.leg;
+        if self.ops.contains_key(&other) || self.ops.contains_key(&leg) {
+            return out.push(Action::AnswerReoffer {
+                leg,
+                code: 491,
+                sdp: None,
+            });
+        }
+        let direction = super::sdp::direction_of(&sdp);
+        let conn = call.conn;
+        // Only full-duplex media is kept for later offers (see `reoffer_done`).
+        if let Some(call) = self
+            .calls
+            .get_mut(&conn)
+            .filter(|_| direction == Direction::SendRecv)
+        {
+            if let Some(i) = call.by_leg(leg) {
+                call.parties[i].sdp = Some(sdp.clone());
+            }
+        }
+        out.push(Action::Reoffer {
+            leg: other,
+            sdp: Some(sdp),
+            direction,
+        });
+        self.ops.insert(
+            other,
+            LegOp::Relay {
+                from: leg,
+                direction,
+            },
+        );
+    }
+
+    /// The other party answered a relayed re-INVITE: the device gets that answer, and a DN
+    /// that put the call on hold (or took it back) from its phone gets EventHeld
+    /// (EventRetrieved).
+    fn relay_done(
+        &mut self,
+        from: LegId,
+        direction: Direction,
+        ok: bool,
+        answer: Option<Bytes>,
+        now: u64,
+        out: &mut Out,
+    ) {
+        if !ok {
+            return out.push(Action::AnswerReoffer {
+                leg: from,
+                code: 488,
+                sdp: None,
+            });
+        }
+        out.push(Action::AnswerReoffer {
+            leg: from,
+            code: 200,
+            sdp: answer,
+        });
+        let Some(conn) = self.legs.get(&from).copied() else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&conn) else {
+            return;
+        };
+        let Some(i) = call.by_leg(from) else { return };
+        let held = matches!(direction, Direction::SendOnly | Direction::Inactive);
+        let (state, event): (_, fn(CallAttrs) -> Event) = match (held, call.parties[i].state) {
+            (true, PartyState::Established) => (PartyState::Held, Event::EventHeld),
+            (false, PartyState::Held) => (PartyState::Established, Event::EventRetrieved),
+            _ => return,
+        };
+        call.parties[i].state = state;
+        let call = &self.calls[&conn];
+        ev(out, call, i, event, now, None, None);
+    }
+
     fn request(&mut self, id: u64, tenant: String, req: Request, now: u64, out: &mut Out) {
         let dn = req.dn().to_string();
-        let err = |out: &mut Out, conn: Option<ConnId>, code: &str, reason: &str| {
-            error(out, &tenant, conn, &dn, id, code, reason, now)
-        };
         if let Request::MakeCall { to, .. } = &req {
             return match to {
                 Resolved::Ok(d) => self.three_pcc(
@@ -764,213 +941,230 @@ impl Model {
                     now,
                     out,
                 ),
-                Resolved::Invalid(why) => err(out, None, codes::INVALID_DESTINATION, why),
+                Resolved::Invalid(why) => error(
+                    out,
+                    &tenant,
+                    None,
+                    &dn,
+                    id,
+                    codes::INVALID_DESTINATION,
+                    why,
+                    now,
+                ),
             };
         }
         let Some(conn) = req.conn() else { return };
-        let Some(call) = self.calls.get(&conn).filter(|c| c.tenant == tenant) else {
-            return err(out, Some(conn), codes::NO_SUCH_CALL, "no such call");
-        };
-        let Some(i) = call.party(&dn) else {
-            return err(
-                out,
-                Some(conn),
-                codes::NO_SUCH_PARTY,
-                "the DN is not a party of the call",
-            );
-        };
-        let party = call.parties[i].clone();
-        let other = call.other(i).map(|o| call.parties[o].clone());
-        let bad_state = |out: &mut Out, what: &str| {
-            err(
-                out,
-                Some(conn),
-                codes::BAD_STATE,
-                &format!("{what} (the party is {:?})", party.state).to_lowercase(),
-            )
+        let Some(c) = self.context(id, tenant, dn, conn, now, out) else {
+            return;
         };
         match req {
             Request::MakeCall { .. } => {}
             Request::Answer { .. } => {
-                if party.state != PartyState::Ringing || party.role == PartyRole::Origination {
-                    return bad_state(out, "only a ringing destination can answer");
+                if c.party.state != PartyState::Ringing || c.party.role == PartyRole::Origination {
+                    return c.bad_state(out, "only a ringing destination can answer");
                 }
-                out.push(Action::AnswerRemote { leg: party.leg });
+                out.push(Action::AnswerRemote { leg: c.party.leg });
             }
             Request::Release { .. } => {
-                out.push(Action::Hangup { leg: party.leg });
-                self.release_party(conn, party.leg, Some(id), now, out);
+                out.push(Action::Hangup { leg: c.party.leg });
+                self.release_party(conn, c.party.leg, Some(id), now, out);
             }
-            Request::Hold { .. } | Request::Retrieve { .. } => {
-                let hold = matches!(req, Request::Hold { .. });
-                let want = if hold {
-                    PartyState::Established
-                } else {
-                    PartyState::Held
-                };
-                if party.state != want {
-                    return bad_state(
-                        out,
-                        if hold {
-                            "only an established party can hold"
-                        } else {
-                            "only a held party can retrieve"
-                        },
-                    );
-                }
-                let Some(other) = other.filter(|o| o.state != PartyState::Ringing) else {
-                    return bad_state(out, "nobody to hold");
-                };
-                if self.ops.contains_key(&other.leg) {
-                    return bad_state(out, "another media change is in progress");
-                }
-                out.push(Action::Reoffer {
-                    leg: other.leg,
-                    sdp: None,
-                    direction: if hold {
-                        Direction::SendOnly
-                    } else {
-                        Direction::SendRecv
-                    },
-                });
-                let op = if hold {
-                    LegOp::Hold { conn, dn, req: id }
-                } else {
-                    LegOp::Retrieve { conn, dn, req: id }
-                };
-                self.ops.insert(other.leg, op);
-            }
-            Request::SingleStepTransfer { to, .. } => {
-                let dest = match to {
-                    Resolved::Ok(d) => d,
-                    Resolved::Invalid(why) => {
-                        return err(out, Some(conn), codes::INVALID_DESTINATION, &why)
-                    }
-                };
-                if dest.number() == dn {
-                    return err(
-                        out,
-                        Some(conn),
-                        codes::INVALID_DESTINATION,
-                        "cannot transfer a call to the transferring DN",
-                    );
-                }
-                if !matches!(party.state, PartyState::Established | PartyState::Held) {
-                    return bad_state(out, "only an established or held party can transfer");
-                }
-                let Some(other) = other.filter(|o| o.state == PartyState::Established) else {
-                    return bad_state(out, "no established party to transfer");
-                };
-                self.single_step(conn, i, other, dest, id, now, out);
-            }
-            Request::InitiateTransfer { to, .. } => {
-                let dest = match to {
-                    Resolved::Ok(d) => d,
-                    Resolved::Invalid(why) => {
-                        return err(out, Some(conn), codes::INVALID_DESTINATION, &why)
-                    }
-                };
-                if party.state != PartyState::Established {
-                    return bad_state(out, "only an established party can consult");
-                }
-                let Some(other) = other.filter(|o| o.state == PartyState::Established) else {
-                    return bad_state(out, "no established party to hold");
-                };
-                if self
-                    .calls
-                    .values()
-                    .any(|c| c.consult_of == Some((conn, dn.clone())))
-                {
-                    return bad_state(out, "a consult call is already in progress");
-                }
-                // Hold the other party, then call the destination from the DN's phone.
-                out.push(Action::Reoffer {
-                    leg: other.leg,
-                    sdp: None,
-                    direction: Direction::SendOnly,
-                });
-                self.ops.insert(
-                    other.leg,
-                    LegOp::Hold {
-                        conn,
-                        dn: dn.clone(),
-                        req: id,
-                    },
-                );
-                self.three_pcc(
-                    &tenant,
-                    &dn,
-                    dest,
-                    CallType::Consult,
-                    Some(conn),
-                    id,
-                    now,
-                    out,
-                );
-            }
-            Request::CompleteTransfer { .. } => self.complete(conn, &dn, id, now, out),
+            Request::Hold { .. } => self.hold(&c, true, out),
+            Request::Retrieve { .. } => self.hold(&c, false, out),
+            Request::SingleStepTransfer { to, .. } => self.transfer(&c, to, out),
+            Request::InitiateTransfer { to, .. } => self.consult(&c, to, out),
+            Request::CompleteTransfer { .. } => self.complete(conn, &c.dn, id, now, out),
             Request::AttachUserData { data, .. } | Request::UpdateUserData { data, .. } => {
                 if data.is_empty() {
-                    return err(out, Some(conn), codes::BAD_ARGUMENT, "no user data given");
+                    return c.err(out, codes::BAD_ARGUMENT, "no user data given");
                 }
-                if let Some(call) = self.calls.get_mut(&conn) {
-                    call.user_data.extend(data);
-                    ev(
-                        out,
-                        &self.calls[&conn],
-                        i,
-                        Event::EventAttachedDataChanged,
-                        now,
-                        Some(id),
-                        None,
-                    );
-                }
+                self.change_user_data(&c, out, |u| u.extend(data));
             }
             Request::DeleteUserData { keys, .. } => {
-                if let Some(call) = self.calls.get_mut(&conn) {
+                self.change_user_data(&c, out, |u| {
                     if keys.is_empty() {
-                        call.user_data.clear();
-                    } else {
-                        for k in &keys {
-                            call.user_data.remove(k);
-                        }
+                        u.clear();
                     }
-                    ev(
-                        out,
-                        &self.calls[&conn],
-                        i,
-                        Event::EventAttachedDataChanged,
-                        now,
-                        Some(id),
-                        None,
-                    );
-                }
-            }
-            Request::SendDtmf { digits, .. } => {
-                if digits.is_empty()
-                    || !digits
-                        .chars()
-                        .all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D'))
-                {
-                    return err(
-                        out,
-                        Some(conn),
-                        codes::BAD_ARGUMENT,
-                        "digits must be 0-9, *, #, A-D",
-                    );
-                }
-                if party.state != PartyState::Established {
-                    return bad_state(out, "only an established party can send DTMF");
-                }
-                let Some(other) = other else {
-                    return bad_state(out, "nobody to send DTMF to");
-                };
-                out.push(Action::SendDtmf {
-                    leg: other.leg,
-                    digits,
+                    for k in &keys {
+                        u.remove(k);
+                    }
                 });
             }
+            Request::SendDtmf { digits, .. } => Self::dtmf(&c, digits, out),
         }
+    }
+
+    /// The call and the acting party of a request, or EventError when there is none.
+    fn context(
+        &self,
+        id: u64,
+        tenant: String,
+        dn: String,
+        conn: ConnId,
+        now: u64,
+        out: &mut Out,
+    ) -> Option<ReqCtx> {
+        let fail = |out: &mut Out, code: &str, reason: &str| {
+            error(out, &tenant, Some(conn), &dn, id, code, reason, now)
+        };
+        let Some(call) = self.calls.get(&conn).filter(|c| c.tenant == tenant) else {
+            fail(out, codes::NO_SUCH_CALL, "no such call");
+            return None;
+        };
+        let Some(i) = call.party(&dn) else {
+            fail(
+                out,
+                codes::NO_SUCH_PARTY,
+                "the DN is not a party of the call",
+            );
+            return None;
+        };
+        Some(ReqCtx {
+            party: call.parties[i].clone(),
+            other: call.other(i).map(|o| call.parties[o].clone()),
+            i,
+            id,
+            tenant,
+            dn,
+            conn,
+            now,
+        })
+    }
+
+    /// HoldCall / RetrieveCall: a re-INVITE of the other party; the event comes with its
+    /// answer.
+    fn hold(&mut self, c: &ReqCtx, hold: bool, out: &mut Out) {
+        let (want, what) = if hold {
+            (
+                PartyState::Established,
+                "only an established party can hold",
+            )
+        } else {
+            (PartyState::Held, "only a held party can retrieve")
+        };
+        if c.party.state != want {
+            return c.bad_state(out, what);
+        }
+        let Some(other) = c.other.as_ref().filter(|o| o.state != PartyState::Ringing) else {
+            return c.bad_state(out, "nobody to hold");
+        };
+        if self.ops.contains_key(&other.leg) {
+            return c.bad_state(out, "another media change is in progress");
+        }
+        out.push(Action::Reoffer {
+            leg: other.leg,
+            sdp: None,
+            direction: if hold {
+                Direction::SendOnly
+            } else {
+                Direction::SendRecv
+            },
+        });
+        let (conn, dn, req) = (c.conn, c.dn.clone(), c.id);
+        let op = if hold {
+            LegOp::Hold { conn, dn, req }
+        } else {
+            LegOp::Retrieve { conn, dn, req }
+        };
+        self.ops.insert(other.leg, op);
+    }
+
+    fn transfer(&mut self, c: &ReqCtx, to: Resolved, out: &mut Out) {
+        let Some(dest) = c.destination(to, out) else {
+            return;
+        };
+        if !matches!(c.party.state, PartyState::Established | PartyState::Held) {
+            return c.bad_state(out, "only an established or held party can transfer");
+        }
+        let Some(other) = c
+            .other
+            .clone()
+            .filter(|o| o.state == PartyState::Established)
+        else {
+            return c.bad_state(out, "no established party to transfer");
+        };
+        self.single_step(c.conn, c.i, other, dest, c.id, c.now, out);
+    }
+
+    /// InitiateTransfer: hold the other party, then call the destination from the DN's phone.
+    fn consult(&mut self, c: &ReqCtx, to: Resolved, out: &mut Out) {
+        let Some(dest) = c.destination(to, out) else {
+            return;
+        };
+        if c.party.state != PartyState::Established {
+            return c.bad_state(out, "only an established party can consult");
+        }
+        let Some(other) = c
+            .other
+            .as_ref()
+            .filter(|o| o.state == PartyState::Established)
+        else {
+            return c.bad_state(out, "no established party to hold");
+        };
+        if self.ops.contains_key(&other.leg) {
+            return c.bad_state(out, "another media change is in progress");
+        }
+        let key = Some((c.conn, c.dn.clone()));
+        if self.calls.values().any(|x| x.consult_of == key) {
+            return c.bad_state(out, "a consult call is already in progress");
+        }
+        out.push(Action::Reoffer {
+            leg: other.leg,
+            sdp: None,
+            direction: Direction::SendOnly,
+        });
+        self.ops.insert(
+            other.leg,
+            LegOp::Hold {
+                conn: c.conn,
+                dn: c.dn.clone(),
+                req: c.id,
+            },
+        );
+        self.three_pcc(
+            &c.tenant,
+            &c.dn,
+            dest,
+            CallType::Consult,
+            Some(c.conn),
+            c.id,
+            c.now,
+            out,
+        );
+    }
+
+    fn change_user_data(&mut self, c: &ReqCtx, out: &mut Out, change: impl FnOnce(&mut UserData)) {
+        let Some(call) = self.calls.get_mut(&c.conn) else {
+            return;
+        };
+        change(&mut call.user_data);
+        let call = &self.calls[&c.conn];
+        ev(
+            out,
+            call,
+            c.i,
+            Event::EventAttachedDataChanged,
+            c.now,
+            Some(c.id),
+            None,
+        );
+    }
+
+    fn dtmf(c: &ReqCtx, digits: String, out: &mut Out) {
+        let valid = |ch: char| ch.is_ascii_digit() || matches!(ch, '*' | '#' | 'A'..='D');
+        if digits.is_empty() || !digits.chars().all(valid) {
+            return c.err(out, codes::BAD_ARGUMENT, "digits must be 0-9, *, #, A-D");
+        }
+        if c.party.state != PartyState::Established {
+            return c.bad_state(out, "only an established party can send DTMF");
+        }
+        let Some(other) = &c.other else {
+            return c.bad_state(out, "nobody to send DTMF to");
+        };
+        out.push(Action::SendDtmf {
+            leg: other.leg,
+            digits,
+        });
     }
 
     /// A party leaves on request: events for it, and the call ends if one party is left.

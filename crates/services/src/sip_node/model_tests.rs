@@ -977,3 +977,169 @@ fn outbound_call_to_an_external_number() {
     });
     assert_eq!(names(&out), vec![("EventEstablished", "1001".into())]);
 }
+
+#[test]
+fn caller_abandons_while_the_dn_rings() {
+    let mut s = Sim::new();
+    let (a, conn, b, _) = s.incoming(1, "1001", true, Dest::Dn("1002".into()));
+    s.step(Input::Ringing { leg: b });
+    let out = s.step(Input::HungUp { leg: a });
+    assert!(
+        has(&out, &Action::Hangup { leg: b }),
+        "the ringing leg is cancelled"
+    );
+    assert!(has(&out, &Action::CancelRingTimer { leg: b }));
+    assert_eq!(
+        events(&out),
+        vec![
+            seen("EventReleased", "1001", "1002", (O, D)),
+            seen("EventReleased", "1002", "1001", (D, O)),
+        ]
+    );
+    assert!(has(&out, &Action::CallEnded { conn }));
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn release_of_a_held_call_and_a_late_reinvite_answer() {
+    let mut s = Sim::new();
+    let (a, conn, _) = s.established_inbound("1001");
+    s.request(Request::Hold {
+        conn,
+        dn: "1001".into(),
+    });
+    let (_, out) = s.request(Request::Release {
+        conn,
+        dn: "1001".into(),
+    });
+    assert!(has(&out, &Action::CallEnded { conn }));
+    // The carrier's answer to the hold re-INVITE arrives after the call ended: nothing.
+    assert!(s
+        .step(Input::ReofferDone {
+            leg: a,
+            ok: true,
+            sdp: None
+        })
+        .is_empty());
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn a_phone_hold_is_relayed_and_reported() {
+    let mut s = Sim::new();
+    let (a, conn, b) = s.established_inbound("1001");
+    let held = Bytes::from_static(b"v=0\r\nm=audio 5000 RTP/AVP 0\r\na=sendonly\r\n");
+    let out = s.step(Input::DeviceReoffer {
+        leg: b,
+        sdp: held.clone(),
+    });
+    assert_eq!(
+        out,
+        vec![Action::Reoffer {
+            leg: a,
+            sdp: Some(held.clone()),
+            direction: Direction::SendOnly
+        }]
+    );
+    // A second offer from either side while the first is out: 491.
+    let out = s.step(Input::DeviceReoffer { leg: a, sdp: held });
+    assert_eq!(
+        out,
+        vec![Action::AnswerReoffer {
+            leg: a,
+            code: 491,
+            sdp: None
+        }]
+    );
+    let out = s.step(Input::ReofferDone {
+        leg: a,
+        ok: true,
+        sdp: sdp("carrier recvonly"),
+    });
+    assert!(has(
+        &out,
+        &Action::AnswerReoffer {
+            leg: b,
+            code: 200,
+            sdp: sdp("carrier recvonly")
+        }
+    ));
+    assert_eq!(
+        events(&out),
+        vec![seen("EventHeld", "1001", CARRIER, (D, O))]
+    );
+    assert_eq!(s.m.call(conn).unwrap().parties[1].state, PartyState::Held);
+    // Retrieve from the phone.
+    let back = Bytes::from_static(b"v=0\r\nm=audio 5000 RTP/AVP 0\r\na=sendrecv\r\n");
+    s.step(Input::DeviceReoffer { leg: b, sdp: back });
+    let out = s.step(Input::ReofferDone {
+        leg: a,
+        ok: true,
+        sdp: sdp("carrier"),
+    });
+    assert_eq!(
+        events(&out),
+        vec![seen("EventRetrieved", "1001", CARRIER, (D, O))]
+    );
+    // Refused by the other side: the phone gets 488 and the state stays.
+    s.step(Input::DeviceReoffer {
+        leg: b,
+        sdp: Bytes::from_static(b"v=0\r\na=inactive\r\n"),
+    });
+    let out = s.step(Input::ReofferDone {
+        leg: a,
+        ok: false,
+        sdp: None,
+    });
+    assert_eq!(
+        out,
+        vec![Action::AnswerReoffer {
+            leg: b,
+            code: 488,
+            sdp: None
+        }]
+    );
+    assert_eq!(
+        s.m.call(conn).unwrap().parties[1].state,
+        PartyState::Established
+    );
+}
+
+#[test]
+fn a_re_invite_before_the_other_party_answered_is_answered_locally() {
+    let mut s = Sim::new();
+    let (a, _, _, _) = s.incoming(1, CARRIER, false, Dest::Dn("1001".into()));
+    let out = s.step(Input::DeviceReoffer {
+        leg: a,
+        sdp: Bytes::from_static(b"v=0\r\n"),
+    });
+    assert_eq!(
+        out,
+        vec![Action::AnswerReoffer {
+            leg: a,
+            code: 200,
+            sdp: None
+        }]
+    );
+}
+
+#[test]
+fn a_transfer_after_hold_offers_the_callers_full_media() {
+    let mut s = Sim::new();
+    let (a, conn, _) = s.established_inbound("1001");
+    s.request(Request::Hold {
+        conn,
+        dn: "1001".into(),
+    });
+    s.step(Input::ReofferDone {
+        leg: a,
+        ok: true,
+        sdp: sdp("carrier recvonly"),
+    });
+    let (_, out) = s.request(Request::SingleStepTransfer {
+        conn,
+        dn: "1001".into(),
+        to: Resolved::Ok(Dest::Dn("1002".into())),
+    });
+    assert_eq!(placed(&out)[0].2, sdp("caller"), "not the hold answer");
+}

@@ -145,7 +145,9 @@ pub async fn start(
         },
         commands,
         calls,
-        next_id: AtomicU64::new(1),
+        // Request ids from the clock (1000 per ms of the start time), so that ids of an
+        // earlier run still in the event stream are never reused.
+        next_id: AtomicU64::new(unix_ms().saturating_mul(1000)),
     });
     let task = tokio::spawn(async move {
         let driven = driver.await;
