@@ -294,3 +294,21 @@ fn with_call_control_new_calls_go_to_the_sip_server_and_its_legs_reach_the_phone
     let out = feed(&mut e, &b_leg, "127.0.0.1:7100", t0);
     assert_eq!(to(&out, 6001)[0].method(), Some(&Method::Invite));
 }
+
+#[test]
+fn with_call_control_a_number_with_a_configured_route_still_goes_to_its_nodes() {
+    let t0 = Instant::now();
+    let mut e = edge(t0);
+    e.handle_command(
+        EdgeCommand::SetCallControl(vec![addr("127.0.0.1:7100")]),
+        t0,
+    );
+    // 5xxx has a route of its own (to 7001/7002): call control is not asked.
+    let out = feed(&mut e, &invite("5000", "cc-route"), "127.0.0.1:6000", t0);
+    let to_nodes = to(&out, 7001).len() + to(&out, 7002).len();
+    assert_eq!(to_nodes, 1, "{out:?}");
+    assert!(to(&out, 7100).is_empty(), "{out:?}");
+    // Without a route, a new call still goes to the SIP Server.
+    let out = feed(&mut e, &invite("1002", "cc-user"), "127.0.0.1:6000", t0);
+    assert_eq!(to(&out, 7100).len(), 1, "{out:?}");
+}

@@ -202,9 +202,14 @@ impl SipEdge {
         if method == Method::Invite {
             self.reply(stx, &req, 100, &[], now);
         }
+        // A number with a route of its own in `proxy.routes` goes where the operator sent
+        // it; call control (the SIP Server) takes every other new call.
         let to_call_control = method == Method::Invite
             && !in_dialog
             && next_hop.is_none()
+            && !user
+                .as_deref()
+                .is_some_and(|u| self.routes.route_for(u).is_some())
             && self.needs_call_control(from);
         let mut ctx = Context {
             request: req,
