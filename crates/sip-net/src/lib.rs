@@ -61,12 +61,24 @@ pub struct Sockets {
     pub local_tcp: Option<SocketAddr>,
 }
 
+/// Socket buffer size asked for the SIP UDP socket, both ways.
+const UDP_BUFFER_BYTES: usize = 4 << 20;
+
 impl Sockets {
     pub async fn bind(cfg: &NetConfig) -> io::Result<Sockets> {
         let udp = match cfg.udp {
             Some(a) => Some(UdpSocket::bind(a).await?),
             None => None,
         };
+        if let Some(u) = &udp {
+            // A burst that arrives while the driver is busy waits in the kernel: the default
+            // buffer (~200 KB, some 400 messages) overflows within a few ms at 10k messages/s,
+            // and every datagram lost there costs a retransmission 500 ms later. The kernel
+            // caps the request at net.core.rmem_max / wmem_max.
+            let sock = socket2::SockRef::from(u);
+            sock.set_recv_buffer_size(UDP_BUFFER_BYTES)?;
+            sock.set_send_buffer_size(UDP_BUFFER_BYTES)?;
+        }
         // With port 0 for both, let TCP take the same port as UDP when it is free, so a single
         // "host:port" reaches both transports like a classic SIP server.
         let tcp_addr = match (cfg.tcp, &udp) {
