@@ -1,0 +1,344 @@
+//! DTMF grammars: the builtin `digits` and `boolean` types, SRGS XML DTMF grammars and menu
+//! choices, matched against the digits collected so far.
+
+use crate::dom::{Elem, Node};
+use serde_json::Value as Json;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A compiled DTMF grammar.
+#[derive(Debug, Clone)]
+pub enum Grammar {
+    /// `builtin:dtmf/digits` with its length limits.
+    Digits { min: usize, max: usize },
+    /// `builtin:dtmf/boolean`: 1 is true, 2 is false.
+    Boolean,
+    /// An SRGS grammar in DTMF mode.
+    Srgs(Rc<Srgs>),
+    /// One fixed key sequence with the value it yields (a menu `<choice dtmf>`).
+    Sequence { keys: String, value: Json },
+}
+
+/// How far the collected digits match a grammar.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Match {
+    /// No continuation of the input can match.
+    Dead,
+    /// The input is a prefix of a match.
+    Prefix,
+    /// The input matches; `more` says whether longer input could match too.
+    Complete { value: Json, more: bool },
+}
+
+/// SRGS rules by id and the root rule.
+#[derive(Debug)]
+pub struct Srgs {
+    rules: HashMap<String, Rc<Elem>>,
+    root: Rc<Elem>,
+}
+
+impl Grammar {
+    /// A builtin type such as `digits?minlength=2;maxlength=4` or `boolean`.
+    pub fn builtin(spec: &str) -> Option<Grammar> {
+        let spec = spec
+            .trim()
+            .trim_start_matches("builtin:")
+            .trim_start_matches("dtmf/");
+        let (name, params) = match spec.find('?') {
+            Some(i) => (&spec[..i], &spec[i + 1..]),
+            None => (spec, ""),
+        };
+        match name {
+            "digits" => Some(digits(params)),
+            "boolean" => Some(Grammar::Boolean),
+            _ => None,
+        }
+    }
+
+    /// Compiles an SRGS `<grammar>` element; `None` when it is not a DTMF grammar.
+    pub fn srgs(grammar: &Rc<Elem>) -> Result<Option<Grammar>, String> {
+        if grammar.attr("mode").unwrap_or("voice") != "dtmf" {
+            return Ok(None);
+        }
+        let mut rules = HashMap::new();
+        for r in grammar.children("rule") {
+            if let Some(id) = r.attr("id") {
+                rules.insert(id.to_string(), r.clone());
+            }
+        }
+        let root = match grammar.attr("root") {
+            Some(id) => rules.get(id).cloned(),
+            None => grammar.children("rule").next().cloned(),
+        }
+        .ok_or("grammar has no root rule")?;
+        Ok(Some(Grammar::Srgs(Rc::new(Srgs { rules, root }))))
+    }
+
+    /// A short description for the Listen command.
+    pub fn describe(&self) -> String {
+        match self {
+            Grammar::Digits { min, max } => format!("digits({min}..{max})"),
+            Grammar::Boolean => "boolean".into(),
+            Grammar::Srgs(_) => "srgs".into(),
+            Grammar::Sequence { keys, .. } => format!("dtmf {keys}"),
+        }
+    }
+
+    /// Matches the digits collected so far.
+    pub fn check(&self, input: &str) -> Match {
+        match self {
+            Grammar::Digits { min, max } => check_digits(input, *min, *max),
+            Grammar::Boolean => match input {
+                "1" => complete(Json::Bool(true), false),
+                "2" => complete(Json::Bool(false), false),
+                "" => Match::Prefix,
+                _ => Match::Dead,
+            },
+            Grammar::Sequence { keys, value } => {
+                if keys == input {
+                    complete(value.clone(), false)
+                } else if keys.starts_with(input) {
+                    Match::Prefix
+                } else {
+                    Match::Dead
+                }
+            }
+            Grammar::Srgs(g) => g.check(input),
+        }
+    }
+}
+
+fn complete(value: Json, more: bool) -> Match {
+    Match::Complete { value, more }
+}
+
+fn digits(params: &str) -> Grammar {
+    let (mut min, mut max) = (1, usize::MAX);
+    for p in params.split(';') {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        let n: usize = v.trim().parse().unwrap_or(0);
+        match k.trim() {
+            "minlength" => min = n,
+            "maxlength" => max = n,
+            "length" => (min, max) = (n, n),
+            _ => {}
+        }
+    }
+    Grammar::Digits { min, max }
+}
+
+fn check_digits(input: &str, min: usize, max: usize) -> Match {
+    if !input.chars().all(|c| c.is_ascii_digit()) || input.len() > max {
+        return Match::Dead;
+    }
+    if input.len() >= min.max(1) {
+        complete(Json::String(input.to_string()), input.len() < max)
+    } else {
+        Match::Prefix
+    }
+}
+
+/// Keys as SRGS tokens: DTMF grammars write `1`, `*`, `#` or `star`/`pound`.
+fn token_keys(tok: &str) -> String {
+    tok.split_whitespace()
+        .map(|t| match t {
+            "star" => "*".to_string(),
+            "pound" => "#".to_string(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// The matcher walks expansions over the input keys, collecting every end position reached;
+/// `hungry` records that some path wanted more keys than were given (so a longer input could
+/// still match).
+struct Walk<'a> {
+    g: &'a Srgs,
+    keys: Vec<char>,
+    hungry: bool,
+    depth: usize,
+}
+
+impl Srgs {
+    fn check(&self, input: &str) -> Match {
+        let mut w = Walk {
+            g: self,
+            keys: input.chars().collect(),
+            hungry: false,
+            depth: 0,
+        };
+        let ends = w.rule(&self.root, 0);
+        let n = w.keys.len();
+        if ends.contains(&n) {
+            complete(Json::String(input.to_string()), w.hungry)
+        } else if w.hungry {
+            Match::Prefix
+        } else {
+            Match::Dead
+        }
+    }
+}
+
+impl Walk<'_> {
+    fn rule(&mut self, rule: &Elem, pos: usize) -> Vec<usize> {
+        // Recursive rules are cut off rather than overflowing the stack.
+        if self.depth > 64 {
+            return Vec::new();
+        }
+        self.depth += 1;
+        let r = self.seq(&rule.kids, pos);
+        self.depth -= 1;
+        r
+    }
+
+    /// A sequence of nodes: each one continues from every end position of the previous.
+    fn seq(&mut self, nodes: &[Node], pos: usize) -> Vec<usize> {
+        let mut cur = vec![pos];
+        for n in nodes {
+            let mut next = Vec::new();
+            for p in cur {
+                for e in self.node(n, p) {
+                    if !next.contains(&e) {
+                        next.push(e);
+                    }
+                }
+            }
+            if next.is_empty() {
+                return next;
+            }
+            cur = next;
+        }
+        cur
+    }
+
+    fn node(&mut self, n: &Node, pos: usize) -> Vec<usize> {
+        match n {
+            Node::Text(t) => self.tokens(&token_keys(t), pos),
+            Node::Elem(e) => match e.name.as_str() {
+                "item" => self.item(e, pos),
+                "one-of" => {
+                    let mut out = Vec::new();
+                    for alt in e.children("item") {
+                        for p in self.item(alt, pos) {
+                            if !out.contains(&p) {
+                                out.push(p);
+                            }
+                        }
+                    }
+                    out
+                }
+                "ruleref" => self.ruleref(e, pos),
+                "token" => self.tokens(&token_keys(&e.text()), pos),
+                // tags carry semantics, not keys; the value is the utterance
+                _ => vec![pos],
+            },
+        }
+    }
+
+    fn tokens(&mut self, keys: &str, pos: usize) -> Vec<usize> {
+        let mut p = pos;
+        for k in keys.chars() {
+            if p == self.keys.len() {
+                self.hungry = true;
+                return Vec::new();
+            }
+            if self.keys[p] != k {
+                return Vec::new();
+            }
+            p += 1;
+        }
+        vec![p]
+    }
+
+    fn ruleref(&mut self, e: &Elem, pos: usize) -> Vec<usize> {
+        let target = e.attr("uri").unwrap_or("").trim_start_matches('#');
+        match self.g.rules.get(target).cloned() {
+            Some(r) => self.rule(&r, pos),
+            None => Vec::new(),
+        }
+    }
+
+    /// An item, repeated per its `repeat` attribute (`n`, `m-n`, `m-`).
+    fn item(&mut self, e: &Elem, pos: usize) -> Vec<usize> {
+        let (min, max) = repeat_bounds(e.attr("repeat"));
+        // More repetitions than keys cannot consume anything new.
+        let max = max.min(self.keys.len() - pos.min(self.keys.len()) + 1);
+        let mut out = Vec::new();
+        let mut cur = vec![pos];
+        for i in 0..=max {
+            if i >= min {
+                for p in &cur {
+                    if !out.contains(p) {
+                        out.push(*p);
+                    }
+                }
+            }
+            if i == max {
+                break;
+            }
+            let mut next = Vec::new();
+            for p in cur {
+                for q in self.seq(&e.kids, p) {
+                    // an empty repetition would loop forever
+                    if q > p && !next.contains(&q) {
+                        next.push(q);
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            cur = next;
+        }
+        out
+    }
+}
+
+fn repeat_bounds(r: Option<&str>) -> (usize, usize) {
+    let Some(r) = r else { return (1, 1) };
+    let r = r.trim();
+    match r.split_once('-') {
+        Some((a, b)) => {
+            let min = a.trim().parse().unwrap_or(0);
+            let max = b.trim().parse().unwrap_or(usize::MAX);
+            (min, max)
+        }
+        None => {
+            let n = r.parse().unwrap_or(1);
+            (n, n)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dom::parse;
+
+    #[test]
+    fn digits_lengths() {
+        let g = Grammar::builtin("digits?maxlength=3").unwrap();
+        assert!(matches!(g.check("12"), Match::Complete { more: true, .. }));
+        assert!(matches!(
+            g.check("123"),
+            Match::Complete { more: false, .. }
+        ));
+        assert_eq!(g.check("1234"), Match::Dead);
+        let g = Grammar::builtin("builtin:dtmf/digits?length=2").unwrap();
+        assert_eq!(g.check("1"), Match::Prefix);
+    }
+
+    #[test]
+    fn srgs_repeat_and_ruleref() {
+        let x = parse(
+            "<grammar mode='dtmf' root='r'><rule id='d'><one-of><item>1</item><item>2</item></one-of></rule>\
+             <rule id='r'><item repeat='2-3'><ruleref uri='#d'/></item><item>#</item></rule></grammar>",
+        )
+        .unwrap();
+        let g = Grammar::srgs(&x).unwrap().unwrap();
+        assert_eq!(g.check("1"), Match::Prefix);
+        assert_eq!(g.check("12"), Match::Prefix);
+        assert!(matches!(g.check("12#"), Match::Complete { .. }));
+        assert_eq!(g.check("3"), Match::Dead);
+    }
+}

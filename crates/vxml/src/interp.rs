@@ -1,0 +1,1232 @@
+//! The interpreter state and the Form Interpretation Algorithm (select, collect, process).
+
+use crate::dom::{self, Elem};
+use crate::exec::{self, Jump};
+use crate::grammar::{Grammar, Match};
+use crate::{Command, Config, FetchError, Input, Method, PromptPart};
+use serde_json::{json, Value as Json};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use switchboard_ecma::{EcmaError, Engine, Scope};
+
+/// Elements that are form items (they have a guard variable and are visited by the FIA).
+const FORM_ITEMS: &[&str] = &[
+    "field",
+    "block",
+    "initial",
+    "record",
+    "transfer",
+    "subdialog",
+    "object",
+];
+
+/// Events handled in a row without waiting for anything: past this an application is looping
+/// on its own events (e.g. a catch that rethrows) and the call is ended.
+const MAX_EVENTS_IN_A_ROW: u32 = 100;
+
+/// One VoiceXML session (one call).
+pub struct Interpreter {
+    pub(crate) engine: Engine,
+    pub(crate) cmds: VecDeque<Command>,
+    pub(crate) prompts: Vec<PromptPart>,
+    pub(crate) now: u64,
+    pub(crate) app_scope: Scope,
+    pub(crate) doc_scope: Scope,
+    session_scope: Scope,
+    pub(crate) app_url: Option<String>,
+    pub(crate) app_root: Option<Rc<Elem>>,
+    pub(crate) doc_url: String,
+    pub(crate) doc_root: Option<Rc<Elem>>,
+    pub(crate) form: Option<FormState>,
+    wait: Wait,
+    done: bool,
+    hung_up: bool,
+    /// Set by `<reprompt>` in the catch being run.
+    pub(crate) reprompt: bool,
+    /// The last FIA iteration ended with a catch without `<reprompt>`: skip prompts once.
+    suppress_prompts: bool,
+    events_in_a_row: u32,
+}
+
+/// The dialog being run: a form, or a menu (one implicit item).
+pub(crate) struct FormState {
+    pub elem: Rc<Elem>,
+    pub scope: Scope,
+    pub items: Vec<Item>,
+    pub prompt_counts: Vec<u32>,
+    pub event_counts: HashMap<(Option<usize>, String), u32>,
+    pub current: Option<usize>,
+    pub next_item: Option<usize>,
+}
+
+pub(crate) struct Item {
+    pub elem: Rc<Elem>,
+    pub var: String,
+}
+
+/// What the interpreter waits for.
+enum Wait {
+    Nothing,
+    Fetch(Fetching),
+    Input(Collect),
+    Record(usize),
+    Transfer(usize),
+    Done,
+}
+
+enum Fetching {
+    Document {
+        url: String,
+    },
+    /// The leaf was fetched and names an application root that is being fetched.
+    Root {
+        leaf_url: String,
+        leaf: Rc<Elem>,
+        root_url: String,
+    },
+}
+
+/// DTMF collection for a field, initial or menu.
+struct Collect {
+    item: usize,
+    grammars: Vec<Grammar>,
+    buf: String,
+    deadline: Option<u64>,
+    timeout: u64,
+    interdigit: u64,
+    termtimeout: u64,
+    termchar: Option<char>,
+}
+
+/// The next thing the FIA does.
+pub(crate) enum Step {
+    Select,
+    Jump(Jump),
+    Wait,
+}
+
+/// The combined result of all active grammars on the digits so far.
+enum Eval {
+    Dead,
+    Prefix,
+    Complete {
+        grammar: usize,
+        value: Json,
+        more: bool,
+    },
+}
+
+impl Interpreter {
+    /// Creates the interpreter and queues the fetch of the first document.
+    pub fn new(config: Config) -> Result<Interpreter, EcmaError> {
+        let engine = Engine::new(config.limits.clone())?;
+        let session_scope = engine.new_scope(None)?;
+        engine.alias_scope(session_scope, "session")?;
+        engine.alias_scope(session_scope, exec::SELF)?;
+        if let Json::Object(m) = &config.session {
+            for (k, v) in m {
+                engine.declare_in_scope(session_scope, k, Some(v))?;
+            }
+        }
+        let app_scope = new_named_scope(&engine, session_scope, "application")?;
+        let doc_scope = new_named_scope(&engine, app_scope, "document")?;
+        let mut vx = Interpreter {
+            engine,
+            cmds: VecDeque::new(),
+            prompts: Vec::new(),
+            now: 0,
+            app_scope,
+            doc_scope,
+            session_scope,
+            app_url: None,
+            app_root: None,
+            doc_url: config.url.clone(),
+            doc_root: None,
+            form: None,
+            wait: Wait::Nothing,
+            done: false,
+            hung_up: false,
+            reprompt: false,
+            suppress_prompts: false,
+            events_in_a_row: 0,
+        };
+        vx.fetch(config.url, Method::Get, Vec::new());
+        Ok(vx)
+    }
+
+    /// The next command for the host.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.cmds.pop_front()
+    }
+
+    /// Whether the session has ended (after `Exit`).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// When [`Interpreter::handle_timeout`] must be called next.
+    pub fn next_deadline(&self) -> Option<u64> {
+        match &self.wait {
+            Wait::Input(c) => c.deadline,
+            _ => None,
+        }
+    }
+
+    /// Fires a due timer (noinput, interdigit, termtimeout).
+    pub fn handle_timeout(&mut self, now: u64) {
+        self.now = now;
+        let due = matches!(self.next_deadline(), Some(d) if d <= now);
+        if due {
+            let step = self.on_timeout();
+            self.drive(step);
+        }
+    }
+
+    /// Handles one input.
+    pub fn handle(&mut self, input: Input, now: u64) {
+        self.now = now;
+        if self.done {
+            return;
+        }
+        let step = match input {
+            Input::DocumentFetched { url, result } => self.on_fetched(url, result),
+            Input::PromptsDone => self.on_prompts_done(),
+            Input::Dtmf(k) => self.on_dtmf(k),
+            Input::RecordingDone {
+                url,
+                duration_ms,
+                termchar,
+            } => self.on_recording(url, duration_ms, termchar),
+            Input::TransferResult { status } => self.on_transfer(status),
+            Input::Hangup => self.on_hangup(),
+        };
+        self.drive(step);
+    }
+
+    /// Runs the FIA until it has to wait.
+    fn drive(&mut self, mut step: Step) {
+        loop {
+            step = match step {
+                Step::Wait => return,
+                Step::Select => self.select(),
+                Step::Jump(j) => self.jump(j),
+            };
+            if self.done {
+                return;
+            }
+        }
+    }
+
+    fn jump(&mut self, j: Jump) -> Step {
+        match j {
+            Jump::Goto(url) => self.goto(url),
+            Jump::GotoItem(name) => self.goto_item(&name),
+            Jump::Submit {
+                url,
+                method,
+                params,
+            } => {
+                self.fetch(url, method, params);
+                Step::Wait
+            }
+            Jump::Throw { event, message } => self.throw(&event, &message),
+            Jump::Exit(values) => {
+                self.exit(values);
+                Step::Wait
+            }
+            Jump::Disconnect => {
+                self.flush_prompts();
+                self.cmds.push_back(Command::Hangup);
+                self.hung_up = true;
+                self.throw("connection.disconnect.hangup", "")
+            }
+        }
+    }
+
+    pub(crate) fn exit(&mut self, values: Json) {
+        self.flush_prompts();
+        self.cmds.push_back(Command::Exit { values });
+        self.wait = Wait::Done;
+        self.done = true;
+    }
+
+    /// Emits the queued prompts as one Play; returns whether there were any.
+    fn flush_prompts(&mut self) -> bool {
+        if self.prompts.is_empty() {
+            return false;
+        }
+        let prompts = std::mem::take(&mut self.prompts);
+        let bargein = self.prop(None, "bargein").as_deref() != Some("false");
+        self.cmds.push_back(Command::Play { prompts, bargein });
+        true
+    }
+
+    fn fetch(&mut self, url: String, method: Method, params: Vec<(String, String)>) {
+        self.flush_prompts();
+        self.cmds.push_back(Command::Fetch {
+            url: url.clone(),
+            method,
+            params,
+        });
+        self.wait = Wait::Fetch(Fetching::Document { url });
+    }
+
+    // ---- documents ----
+
+    fn goto(&mut self, url: String) -> Step {
+        let (doc, frag) = dom::split_fragment(&url);
+        if doc == dom::split_fragment(&self.doc_url).0 && frag.is_some() && self.doc_root.is_some()
+        {
+            return self.start_dialog_by_id(frag);
+        }
+        self.fetch(url, Method::Get, Vec::new());
+        Step::Wait
+    }
+
+    fn on_fetched(&mut self, _url: String, result: Result<String, FetchError>) -> Step {
+        let fetching = match std::mem::replace(&mut self.wait, Wait::Nothing) {
+            Wait::Fetch(f) => f,
+            other => {
+                // Not waiting for a document: a stray answer is dropped.
+                self.wait = other;
+                return Step::Wait;
+            }
+        };
+        let text = match result {
+            Ok(t) => t,
+            Err(e) => return self.throw("error.badfetch", &fetch_reason(&e)),
+        };
+        let root = match parse_vxml(&text) {
+            Ok(r) => r,
+            Err(m) => return self.throw("error.badfetch", &m),
+        };
+        match fetching {
+            Fetching::Document { url } => self.document_fetched(url, root),
+            Fetching::Root {
+                leaf_url,
+                leaf,
+                root_url,
+            } => {
+                if let Err(j) = self.load_root(root_url, root) {
+                    return Step::Jump(j);
+                }
+                self.load_document(leaf_url, leaf)
+            }
+        }
+    }
+
+    /// A leaf arrived: fetch its application root first when it names a new one.
+    fn document_fetched(&mut self, url: String, root: Rc<Elem>) -> Step {
+        let app = root.attr("application").map(|a| dom::resolve(&url, a));
+        let app_doc = app.as_deref().map(|a| dom::split_fragment(a).0.to_string());
+        if app_doc.is_some() && app_doc != self.app_url {
+            let root_url = app_doc.unwrap_or_default();
+            self.flush_prompts();
+            self.cmds.push_back(Command::Fetch {
+                url: root_url.clone(),
+                method: Method::Get,
+                params: Vec::new(),
+            });
+            self.wait = Wait::Fetch(Fetching::Root {
+                leaf_url: url,
+                leaf: root,
+                root_url,
+            });
+            return Step::Wait;
+        }
+        if app_doc.is_none() && self.app_url.is_some() {
+            // Leaving the application: its variables go.
+            if let Err(j) = self.reset_app_scope() {
+                return Step::Jump(j);
+            }
+        }
+        self.load_document(url, root)
+    }
+
+    fn reset_app_scope(&mut self) -> Result<(), Jump> {
+        self.engine.drop_scope(self.app_scope);
+        self.app_scope = new_named_scope(&self.engine, self.session_scope, "application")
+            .map_err(exec::semantic)?;
+        self.app_url = None;
+        self.app_root = None;
+        Ok(())
+    }
+
+    /// A new application root: fresh application scope with the root's variables and scripts.
+    fn load_root(&mut self, url: String, root: Rc<Elem>) -> Result<(), Jump> {
+        self.reset_app_scope()?;
+        self.app_url = Some(url);
+        self.app_root = Some(root.clone());
+        let scope = self.app_scope;
+        self.init_vars(&root, scope)
+    }
+
+    /// Runs the `<var>` and `<script>` children of `e` in `scope`, in document order.
+    fn init_vars(&mut self, e: &Elem, scope: Scope) -> Result<(), Jump> {
+        for c in e.elems() {
+            match c.name.as_str() {
+                "var" => self.exec_var(c, scope)?,
+                "script" => self.exec_script(c, scope)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn load_document(&mut self, url: String, root: Rc<Elem>) -> Step {
+        self.leave_form();
+        self.engine.drop_scope(self.doc_scope);
+        self.doc_scope = match new_named_scope(&self.engine, self.app_scope, "document") {
+            Ok(s) => s,
+            Err(e) => return Step::Jump(exec::semantic(e)),
+        };
+        let frag = dom::split_fragment(&url).1.map(str::to_string);
+        self.doc_url = url;
+        self.doc_root = Some(root.clone());
+        let scope = self.doc_scope;
+        if let Err(j) = self.init_vars(&root, scope) {
+            return Step::Jump(j);
+        }
+        self.start_dialog_by_id(frag.as_deref())
+    }
+
+    fn leave_form(&mut self) {
+        if let Some(f) = self.form.take() {
+            self.engine.drop_scope(f.scope);
+        }
+    }
+
+    fn start_dialog_by_id(&mut self, id: Option<&str>) -> Step {
+        let Some(root) = self.doc_root.clone() else {
+            return self.throw("error.badfetch", "no document");
+        };
+        let mut dialogs = root
+            .elems()
+            .filter(|e| e.name == "form" || e.name == "menu");
+        let found = match id {
+            Some(id) => dialogs.find(|e| e.attr("id") == Some(id)),
+            None => dialogs.next(),
+        };
+        match found {
+            Some(d) => self.start_dialog(d.clone()),
+            None if id.is_some() => self.throw("error.badfetch", "no dialog with that id"),
+            None => {
+                // A document without dialogs ends the session.
+                self.exit(Json::Null);
+                Step::Wait
+            }
+        }
+    }
+
+    // ---- dialogs ----
+
+    fn start_dialog(&mut self, elem: Rc<Elem>) -> Step {
+        self.leave_form();
+        let scope = match new_named_scope(&self.engine, self.doc_scope, "dialog") {
+            Ok(s) => s,
+            Err(e) => return Step::Jump(exec::semantic(e)),
+        };
+        let items = dialog_items(&elem);
+        self.form = Some(FormState {
+            elem: elem.clone(),
+            scope,
+            prompt_counts: vec![0; items.len()],
+            items,
+            event_counts: HashMap::new(),
+            current: None,
+            next_item: None,
+        });
+        self.suppress_prompts = false;
+        match self.init_dialog(&elem, scope) {
+            Ok(()) => Step::Select,
+            Err(j) => Step::Jump(j),
+        }
+    }
+
+    /// Declares the form's variables and item guards, runs its scripts, in document order.
+    fn init_dialog(&mut self, elem: &Elem, scope: Scope) -> Result<(), Jump> {
+        let items: Vec<(String, Rc<Elem>)> = match &self.form {
+            Some(f) => f
+                .items
+                .iter()
+                .map(|i| (i.var.clone(), i.elem.clone()))
+                .collect(),
+            None => Vec::new(),
+        };
+        for c in elem.elems() {
+            match c.name.as_str() {
+                "var" => self.exec_var(c, scope)?,
+                "script" => self.exec_script(c, scope)?,
+                _ => {}
+            }
+            if let Some((var, _)) = items.iter().find(|(_, e)| Rc::ptr_eq(e, c)) {
+                let value = match c.attr("expr") {
+                    Some(x) => self.eval(scope, x)?,
+                    None => None,
+                };
+                self.declare(scope, var, value.as_ref())?;
+            }
+        }
+        if elem.name == "menu" {
+            self.declare(scope, exec::MENU_VAR, None)?;
+        }
+        Ok(())
+    }
+
+    /// FIA select phase: the forced item, or the first with an undefined guard and a true cond.
+    fn select(&mut self) -> Step {
+        let Some(form) = &mut self.form else {
+            self.exit(Json::Null);
+            return Step::Wait;
+        };
+        if let Some(i) = form.next_item.take() {
+            return self.collect(i);
+        }
+        let scope = form.scope;
+        let cands: Vec<(usize, String, Option<String>)> = form
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| (i, it.var.clone(), it.elem.attr("cond").map(str::to_string)))
+            .collect();
+        for (i, var, cond) in cands {
+            let free = self.guard_free(scope, &var);
+            match free {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(j) => return Step::Jump(j),
+            }
+            match cond.map(|c| self.cond(scope, &c)).unwrap_or(Ok(true)) {
+                Ok(true) => return self.collect(i),
+                Ok(false) => {}
+                Err(j) => return Step::Jump(j),
+            }
+        }
+        // Every item is filled: the form is done and, with nowhere to go, so is the session.
+        self.exit(Json::Null);
+        Step::Wait
+    }
+
+    fn guard_free(&self, scope: Scope, var: &str) -> Result<bool, Jump> {
+        let code = format!("{}[{}] === undefined", exec::SELF, Json::String(var.into()));
+        self.cond(scope, &code)
+    }
+
+    fn goto_item(&mut self, name: &str) -> Step {
+        let idx = self
+            .form
+            .as_ref()
+            .and_then(|f| f.items.iter().position(|i| i.var == name));
+        match (idx, self.form.as_mut()) {
+            (Some(i), Some(f)) => {
+                f.next_item = Some(i);
+                Step::Select
+            }
+            _ => self.throw("error.badfetch", &format!("no form item {name}")),
+        }
+    }
+
+    /// FIA collect phase for item `i`.
+    fn collect(&mut self, i: usize) -> Step {
+        let Some(form) = self.form.as_mut() else {
+            return Step::Wait;
+        };
+        form.current = Some(i);
+        form.prompt_counts[i] += 1;
+        let item = form.items[i].elem.clone();
+        let var = form.items[i].var.clone();
+        let scope = form.scope;
+        if self.hung_up {
+            self.exit(Json::Null);
+            return Step::Wait;
+        }
+        match item.name.as_str() {
+            "block" => self.run_block(&item, &var, scope),
+            "field" | "initial" | "menu" => self.start_listen(i, &item),
+            "record" => self.start_record(i, &item),
+            "transfer" => self.start_transfer(i, &item),
+            "subdialog" => self.throw("error.unsupported.subdialog", "subdialog not supported"),
+            _ => self.throw("error.unsupported.objectname", "object not supported"),
+        }
+    }
+
+    fn run_block(&mut self, item: &Elem, var: &str, scope: Scope) -> Step {
+        if let Err(j) = self.declare(scope, var, Some(&Json::Bool(true))) {
+            return Step::Jump(j);
+        }
+        match self.exec_in_anon(&item.kids, scope, &[]) {
+            Ok(()) => Step::Select,
+            Err(j) => Step::Jump(j),
+        }
+    }
+
+    /// Queues the item's prompts selected by its prompt counter (VoiceXML 2.0 §4.1.6).
+    fn queue_item_prompts(&mut self, i: usize, item: &Elem) -> Result<(), Jump> {
+        if std::mem::take(&mut self.suppress_prompts) {
+            return Ok(());
+        }
+        let Some(form) = &self.form else {
+            return Ok(());
+        };
+        let (count, scope) = (form.prompt_counts[i], form.scope);
+        let mut chosen: Vec<(u32, Rc<Elem>)> = Vec::new();
+        for p in item.children("prompt") {
+            let c: u32 = p.attr("count").and_then(|c| c.parse().ok()).unwrap_or(1);
+            let ok = match p.attr("cond") {
+                Some(x) => self.cond(scope, x)?,
+                None => true,
+            };
+            if ok && c <= count {
+                chosen.push((c, p.clone()));
+            }
+        }
+        let best = chosen.iter().map(|(c, _)| *c).max().unwrap_or(0);
+        for (c, p) in chosen {
+            if c == best {
+                self.queue_prompt(&p, scope)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn start_listen(&mut self, i: usize, item: &Rc<Elem>) -> Step {
+        if let Err(j) = self.queue_item_prompts(i, item) {
+            return Step::Jump(j);
+        }
+        let grammars = match self.item_grammars(item) {
+            Ok(g) => g,
+            Err(j) => return Step::Jump(j),
+        };
+        let ms = |s: Option<String>, d: u64| s.and_then(|v| parse_time(&v)).unwrap_or(d);
+        let timeout = ms(self.prop(Some(item), "timeout"), 5000);
+        let interdigit = ms(self.prop(Some(item), "interdigittimeout"), 3000);
+        let termtimeout = ms(self.prop(Some(item), "termtimeout"), 0);
+        let termchar = match self.prop(Some(item), "termchar") {
+            Some(t) => t.chars().next(),
+            None => Some('#'),
+        };
+        let played = self.flush_prompts();
+        self.cmds.push_back(Command::Listen {
+            grammars: grammars.iter().map(Grammar::describe).collect(),
+            timeout_ms: timeout,
+            interdigit_ms: interdigit,
+            termtimeout_ms: termtimeout,
+            termchar,
+        });
+        self.events_in_a_row = 0;
+        // The noinput timer starts when the prompts have been played.
+        let deadline = (!played).then_some(self.now + timeout);
+        self.wait = Wait::Input(Collect {
+            item: i,
+            grammars,
+            buf: String::new(),
+            deadline,
+            timeout,
+            interdigit,
+            termtimeout,
+            termchar,
+        });
+        Step::Wait
+    }
+
+    /// The DTMF grammars active for an item.
+    fn item_grammars(&mut self, item: &Elem) -> Result<Vec<Grammar>, Jump> {
+        if item.name == "menu" {
+            return Ok(menu_grammars(item));
+        }
+        let mut out = Vec::new();
+        if let Some(t) = item.attr("type") {
+            let t = if t.starts_with("number") { "digits" } else { t };
+            match Grammar::builtin(t) {
+                Some(g) => out.push(g),
+                None => return Err(exec::throw("error.unsupported.builtin", t)),
+            }
+        }
+        let source: &Elem = if item.name == "initial" {
+            match &self.form {
+                Some(f) => &f.elem.clone(),
+                None => item,
+            }
+        } else {
+            item
+        };
+        for g in source.children("grammar") {
+            if let Some(src) = g.attr("src").filter(|s| s.starts_with("builtin:")) {
+                // Only the DTMF builtins apply to key presses.
+                if src.starts_with("builtin:dtmf/") {
+                    out.extend(Grammar::builtin(src));
+                }
+                continue;
+            }
+            if let Some(c) = Grammar::srgs(g).map_err(|m| exec::throw("error.badfetch", &m))? {
+                out.push(c);
+            }
+        }
+        for (n, o) in item.children("option").enumerate() {
+            let value = o
+                .attr("value")
+                .map(str::to_string)
+                .unwrap_or_else(|| o.text().trim().to_string());
+            let keys = o.attr("dtmf").map(str::to_string);
+            let keys = keys.unwrap_or_else(|| (n + 1).to_string());
+            out.push(Grammar::Sequence {
+                keys,
+                value: Json::String(value),
+            });
+        }
+        Ok(out)
+    }
+
+    fn start_record(&mut self, i: usize, item: &Rc<Elem>) -> Step {
+        if let Err(j) = self.queue_item_prompts(i, item) {
+            return Step::Jump(j);
+        }
+        let ms = |a: Option<&str>, d| a.and_then(parse_time).unwrap_or(d);
+        let cmd = Command::Record {
+            beep: item.attr("beep") == Some("true"),
+            maxtime_ms: ms(item.attr("maxtime"), 60_000),
+            finalsilence_ms: ms(item.attr("finalsilence"), 3_000),
+            dtmfterm: item.attr("dtmfterm") != Some("false"),
+            mime: item.attr("type").unwrap_or("audio/x-wav").to_string(),
+        };
+        self.flush_prompts();
+        self.cmds.push_back(cmd);
+        self.wait = Wait::Record(i);
+        Step::Wait
+    }
+
+    fn start_transfer(&mut self, i: usize, item: &Rc<Elem>) -> Step {
+        if let Err(j) = self.queue_item_prompts(i, item) {
+            return Step::Jump(j);
+        }
+        let scope = self
+            .form
+            .as_ref()
+            .map(|f| f.scope)
+            .unwrap_or(self.doc_scope);
+        let dest = match (item.attr("dest"), item.attr("destexpr")) {
+            (Some(d), _) => Ok(d.to_string()),
+            (None, Some(x)) => self.string(scope, x),
+            (None, None) => Err(exec::throw("error.badfetch", "transfer without dest")),
+        };
+        let dest = match dest {
+            Ok(d) => d,
+            Err(j) => return Step::Jump(j),
+        };
+        let ms = |a: Option<&str>, d| a.and_then(parse_time).unwrap_or(d);
+        let cmd = Command::Transfer {
+            dest,
+            bridge: item.attr("bridge") == Some("true") || item.attr("type") == Some("bridge"),
+            connect_timeout_ms: ms(item.attr("connecttimeout"), 30_000),
+            maxtime_ms: ms(item.attr("maxtime"), 0),
+        };
+        self.flush_prompts();
+        self.cmds.push_back(cmd);
+        self.wait = Wait::Transfer(i);
+        Step::Wait
+    }
+
+    // ---- input ----
+
+    fn on_prompts_done(&mut self) -> Step {
+        if let Wait::Input(c) = &mut self.wait {
+            if c.deadline.is_none() && c.buf.is_empty() {
+                c.deadline = Some(self.now + c.timeout);
+            }
+        }
+        Step::Wait
+    }
+
+    fn on_dtmf(&mut self, key: char) -> Step {
+        let now = self.now;
+        let Wait::Input(c) = &mut self.wait else {
+            return Step::Wait;
+        };
+        if Some(key) == c.termchar {
+            return self.finish_input();
+        }
+        c.buf.push(key);
+        match evaluate(&c.grammars, &c.buf) {
+            Eval::Dead => self.end_input_with("nomatch"),
+            Eval::Complete { more: false, .. } if c.termchar.is_none() || c.termtimeout == 0 => {
+                self.finish_input()
+            }
+            Eval::Complete { more: false, .. } => {
+                c.deadline = Some(now + c.termtimeout);
+                Step::Wait
+            }
+            Eval::Complete { .. } | Eval::Prefix => {
+                c.deadline = Some(now + c.interdigit);
+                Step::Wait
+            }
+        }
+    }
+
+    fn on_timeout(&mut self) -> Step {
+        match &self.wait {
+            Wait::Input(c) if c.buf.is_empty() => self.end_input_with("noinput"),
+            Wait::Input(_) => self.finish_input(),
+            _ => Step::Wait,
+        }
+    }
+
+    /// Input ended (termchar, timeout or a complete match): recognize or nomatch.
+    fn finish_input(&mut self) -> Step {
+        let Wait::Input(c) = std::mem::replace(&mut self.wait, Wait::Nothing) else {
+            return Step::Wait;
+        };
+        self.cmds.push_back(Command::StopListening);
+        match evaluate(&c.grammars, &c.buf) {
+            Eval::Complete { grammar, value, .. } => {
+                self.recognized(c.item, grammar, value, &c.buf)
+            }
+            _ => self.throw("nomatch", ""),
+        }
+    }
+
+    fn end_input_with(&mut self, event: &str) -> Step {
+        self.wait = Wait::Nothing;
+        self.cmds.push_back(Command::StopListening);
+        self.throw(event, "")
+    }
+
+    /// FIA process phase for recognized input.
+    fn recognized(&mut self, i: usize, grammar: usize, value: Json, utterance: &str) -> Step {
+        let Some(form) = &self.form else {
+            return Step::Wait;
+        };
+        let (scope, item, var) = (
+            form.scope,
+            form.items[i].elem.clone(),
+            form.items[i].var.clone(),
+        );
+        let result = json!({
+            "utterance": utterance, "interpretation": value.clone(),
+            "inputmode": "dtmf", "confidence": 1.0,
+        });
+        let app = self.app_scope;
+        if let Err(e) = self
+            .engine
+            .declare_in_scope(app, "lastresult$", Some(&json!([result])))
+        {
+            return Step::Jump(exec::semantic(e));
+        }
+        if item.name == "menu" {
+            return self.menu_choice(&item, grammar);
+        }
+        self.fill(i, scope, &var, Some(value), result)
+    }
+
+    /// Sets an item's variable and its shadow `name$`, then runs the `<filled>` actions.
+    fn fill(
+        &mut self,
+        i: usize,
+        scope: Scope,
+        var: &str,
+        value: Option<Json>,
+        shadow: Json,
+    ) -> Step {
+        let r = self
+            .declare(scope, var, value.as_ref())
+            .and_then(|_| self.declare(scope, &format!("{var}$"), Some(&shadow)));
+        if let Err(j) = r {
+            return Step::Jump(j);
+        }
+        match self.run_filled(i) {
+            Ok(()) => Step::Select,
+            Err(j) => Step::Jump(j),
+        }
+    }
+
+    fn menu_choice(&mut self, menu: &Elem, grammar: usize) -> Step {
+        let Some(choice) = menu.children("choice").nth(grammar).cloned() else {
+            return self.throw("nomatch", "");
+        };
+        let scope = self
+            .form
+            .as_ref()
+            .map(|f| f.scope)
+            .unwrap_or(self.doc_scope);
+        let r = exec::choice_target(self, &choice, scope);
+        match r {
+            Ok(j) => Step::Jump(j),
+            Err(j) => Step::Jump(j),
+        }
+    }
+
+    /// Runs the item's `<filled>` then the form-level ones whose mode and namelist apply.
+    fn run_filled(&mut self, i: usize) -> Result<(), Jump> {
+        let Some(form) = &self.form else {
+            return Ok(());
+        };
+        let (scope, item, var, felem) = (
+            form.scope,
+            form.items[i].elem.clone(),
+            form.items[i].var.clone(),
+            form.elem.clone(),
+        );
+        let inputs: Vec<String> = form
+            .items
+            .iter()
+            .filter(|it| it.elem.name != "block")
+            .map(|it| it.var.clone())
+            .collect();
+        for f in item.children("filled") {
+            self.exec_in_anon(&f.kids, scope, &[])?;
+        }
+        for f in felem.children("filled") {
+            let names: Vec<String> = match f.attr("namelist") {
+                Some(n) => n.split_whitespace().map(str::to_string).collect(),
+                None => inputs.clone(),
+            };
+            if !names.contains(&var) {
+                continue;
+            }
+            if f.attr("mode") != Some("any") && !self.all_filled(scope, &names)? {
+                continue;
+            }
+            self.exec_in_anon(&f.kids, scope, &[])?;
+        }
+        Ok(())
+    }
+
+    fn all_filled(&self, scope: Scope, names: &[String]) -> Result<bool, Jump> {
+        for n in names {
+            if self.guard_free(scope, n)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn on_recording(&mut self, url: Option<String>, duration: u64, term: Option<char>) -> Step {
+        let Wait::Record(i) = self.wait else {
+            return Step::Wait;
+        };
+        self.wait = Wait::Nothing;
+        let Some(url) = url else {
+            return self.throw("noinput", "");
+        };
+        let Some((scope, var)) = self.item_var(i) else {
+            return Step::Wait;
+        };
+        let shadow =
+            json!({"duration": duration, "termchar": term.map(String::from), "maxtime": false});
+        self.fill(i, scope, &var, Some(Json::String(url)), shadow)
+    }
+
+    fn on_transfer(&mut self, status: String) -> Step {
+        let Wait::Transfer(i) = self.wait else {
+            return Step::Wait;
+        };
+        self.wait = Wait::Nothing;
+        if status == "near_party_disconnect" || status == "far_end_disconnect" {
+            self.hung_up = status == "near_party_disconnect";
+        }
+        let Some((scope, var)) = self.item_var(i) else {
+            return Step::Wait;
+        };
+        self.fill(i, scope, &var, Some(Json::String(status)), json!({}))
+    }
+
+    fn item_var(&self, i: usize) -> Option<(Scope, String)> {
+        let f = self.form.as_ref()?;
+        Some((f.scope, f.items.get(i)?.var.clone()))
+    }
+
+    fn on_hangup(&mut self) -> Step {
+        self.hung_up = true;
+        if matches!(self.wait, Wait::Input(_)) {
+            self.cmds.push_back(Command::StopListening);
+        }
+        self.wait = Wait::Nothing;
+        self.throw("connection.disconnect.hangup", "")
+    }
+
+    // ---- events ----
+
+    /// Throws an event: the best catch from the item outwards to the application root, or the
+    /// default handler.
+    pub(crate) fn throw(&mut self, event: &str, message: &str) -> Step {
+        self.wait = Wait::Nothing;
+        self.events_in_a_row += 1;
+        if self.events_in_a_row > MAX_EVENTS_IN_A_ROW {
+            self.log_error(&format!("event loop stopped at {event}"));
+            self.exit(Json::Null);
+            return Step::Wait;
+        }
+        let count = self.bump_event_count(event);
+        match self.find_catch(event, count) {
+            Ok(Some(handler)) => self.run_catch(&handler, event, message),
+            Ok(None) => self.default_handler(event, message),
+            Err(j) => match j {
+                // A failing cond in a catch is itself an error; avoid recursing on it.
+                Jump::Throw { event: e, .. } if e == event => self.default_handler(event, message),
+                j => Step::Jump(j),
+            },
+        }
+    }
+
+    fn bump_event_count(&mut self, event: &str) -> u32 {
+        let Some(f) = self.form.as_mut() else {
+            return 1;
+        };
+        let c = f
+            .event_counts
+            .entry((f.current, event.to_string()))
+            .or_insert(0);
+        *c += 1;
+        *c
+    }
+
+    /// The scopes searched for a catch, innermost first.
+    fn catch_levels(&self) -> Vec<Rc<Elem>> {
+        let mut out = Vec::new();
+        if let Some(f) = &self.form {
+            if let Some(i) = f.current {
+                if !Rc::ptr_eq(&f.items[i].elem, &f.elem) {
+                    out.push(f.items[i].elem.clone());
+                }
+            }
+            out.push(f.elem.clone());
+        }
+        out.extend(self.doc_root.clone());
+        out.extend(self.app_root.clone());
+        out
+    }
+
+    fn find_catch(&mut self, event: &str, count: u32) -> Result<Option<Rc<Elem>>, Jump> {
+        let scope = self
+            .form
+            .as_ref()
+            .map(|f| f.scope)
+            .unwrap_or(self.doc_scope);
+        for level in self.catch_levels() {
+            let mut best: Option<(u32, Rc<Elem>)> = None;
+            for h in level.elems() {
+                let Some(names) = catch_events(h) else {
+                    continue;
+                };
+                if !names.is_empty() && !names.iter().any(|n| event_matches(n, event)) {
+                    continue;
+                }
+                let c: u32 = h.attr("count").and_then(|c| c.parse().ok()).unwrap_or(1);
+                if c > count || best.as_ref().is_some_and(|(b, _)| *b >= c) {
+                    continue;
+                }
+                if let Some(x) = h.attr("cond") {
+                    if !self.cond(scope, x)? {
+                        continue;
+                    }
+                }
+                best = Some((c, h.clone()));
+            }
+            if let Some((_, h)) = best {
+                return Ok(Some(h));
+            }
+        }
+        Ok(None)
+    }
+
+    fn run_catch(&mut self, handler: &Elem, event: &str, message: &str) -> Step {
+        let scope = self
+            .form
+            .as_ref()
+            .map(|f| f.scope)
+            .unwrap_or(self.doc_scope);
+        self.reprompt = false;
+        let vars = [
+            ("_event", Json::String(event.to_string())),
+            ("_message", Json::String(message.to_string())),
+        ];
+        match self.exec_in_anon(&handler.kids, scope, &vars) {
+            Ok(()) => self.after_catch(),
+            Err(j) => Step::Jump(j),
+        }
+    }
+
+    /// A catch ended without a transition: the FIA goes on, without prompts unless it reprompted.
+    fn after_catch(&mut self) -> Step {
+        if self.form.is_none() {
+            self.exit(Json::Null);
+            return Step::Wait;
+        }
+        self.suppress_prompts = !std::mem::take(&mut self.reprompt);
+        Step::Select
+    }
+
+    /// The default handlers of VoiceXML 2.0 §5.2.5.
+    fn default_handler(&mut self, event: &str, message: &str) -> Step {
+        let reprompting = ["noinput", "nomatch", "help", "maxspeechtimeout"];
+        if reprompting.iter().any(|e| event_matches(e, event)) && self.form.is_some() {
+            self.suppress_prompts = false;
+            return Step::Select;
+        }
+        if event_matches("cancel", event) && self.form.is_some() {
+            self.suppress_prompts = true;
+            return Step::Select;
+        }
+        if !event_matches("connection.disconnect", event) && !event_matches("exit", event) {
+            self.log_error(&format!("{event}: {message}"));
+        }
+        self.exit(Json::Null);
+        Step::Wait
+    }
+
+    pub(crate) fn log_error(&mut self, text: &str) {
+        self.cmds.push_back(Command::Log {
+            label: Some("error".into()),
+            text: text.to_string(),
+        });
+    }
+
+    // ---- properties ----
+
+    /// A property from the item outwards to the application root.
+    pub(crate) fn prop(&self, item: Option<&Elem>, name: &str) -> Option<String> {
+        let form = self.form.as_ref().map(|f| f.elem.clone());
+        let levels = item
+            .into_iter()
+            .chain(form.as_deref())
+            .chain(self.doc_root.as_deref())
+            .chain(self.app_root.as_deref());
+        for l in levels {
+            let v = l
+                .children("property")
+                .filter(|p| p.attr("name") == Some(name))
+                .filter_map(|p| p.attr("value"))
+                .last();
+            if let Some(v) = v {
+                return Some(v.to_string());
+            }
+        }
+        None
+    }
+}
+
+fn new_named_scope(engine: &Engine, parent: Scope, name: &str) -> Result<Scope, EcmaError> {
+    let s = engine.new_scope(Some(parent))?;
+    engine.alias_scope(s, name)?;
+    engine.alias_scope(s, exec::SELF)?;
+    Ok(s)
+}
+
+fn fetch_reason(e: &FetchError) -> String {
+    match e.status {
+        Some(s) => format!("HTTP {s}: {}", e.reason),
+        None => e.reason.clone(),
+    }
+}
+
+fn parse_vxml(text: &str) -> Result<Rc<Elem>, String> {
+    let root = dom::parse(text)?;
+    if root.name != "vxml" {
+        return Err(format!("root element is <{}>, not <vxml>", root.name));
+    }
+    Ok(root)
+}
+
+/// The form items of a dialog with their guard variable names (generated when unnamed).
+fn dialog_items(elem: &Rc<Elem>) -> Vec<Item> {
+    if elem.name == "menu" {
+        return vec![Item {
+            elem: elem.clone(),
+            var: exec::MENU_VAR.to_string(),
+        }];
+    }
+    elem.elems()
+        .filter(|e| FORM_ITEMS.contains(&e.name.as_str()))
+        .enumerate()
+        .map(|(n, e)| Item {
+            elem: e.clone(),
+            var: e
+                .attr("name")
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("__vx_item{n}")),
+        })
+        .collect()
+}
+
+/// A menu's choices as DTMF sequences (`dtmf="true"` numbers the unnumbered ones 1..9).
+fn menu_grammars(menu: &Elem) -> Vec<Grammar> {
+    let auto = menu.attr("dtmf") == Some("true");
+    let mut next = 1;
+    let mut out = Vec::new();
+    for (n, c) in menu.children("choice").enumerate() {
+        let keys = match c.attr("dtmf") {
+            Some(k) => k.replace(' ', ""),
+            None if auto && next <= 9 => {
+                next += 1;
+                (next - 1).to_string()
+            }
+            // A speech-only choice cannot be selected by keys.
+            None => String::from("\u{0}"),
+        };
+        out.push(Grammar::Sequence {
+            keys,
+            value: json!(n),
+        });
+    }
+    out
+}
+
+fn evaluate(grammars: &[Grammar], buf: &str) -> Eval {
+    let mut prefix = false;
+    let mut first: Option<(usize, Json, bool)> = None;
+    for (i, g) in grammars.iter().enumerate() {
+        match g.check(buf) {
+            Match::Dead => {}
+            Match::Prefix => prefix = true,
+            Match::Complete { value, more } => {
+                prefix |= more;
+                if first.is_none() {
+                    first = Some((i, value, more));
+                }
+            }
+        }
+    }
+    match first {
+        Some((grammar, value, _)) => Eval::Complete {
+            grammar,
+            value,
+            more: prefix,
+        },
+        None if prefix => Eval::Prefix,
+        None => Eval::Dead,
+    }
+}
+
+/// The event names a handler element catches (empty: all); `None` when it is not a handler.
+fn catch_events(h: &Elem) -> Option<Vec<String>> {
+    match h.name.as_str() {
+        "catch" => Some(
+            h.attr("event")
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+        ),
+        "noinput" | "nomatch" | "help" | "error" => Some(vec![h.name.clone()]),
+        _ => None,
+    }
+}
+
+/// Prefix matching on whole name components: `error` catches `error.badfetch.http.404`.
+pub(crate) fn event_matches(handler: &str, event: &str) -> bool {
+    let h = handler.trim_end_matches('.');
+    h == "." || event == h || (event.starts_with(h) && event[h.len()..].starts_with('.'))
+}
+
+/// CSS2 times: `5s`, `250ms`, `1.5s`; a bare number is milliseconds.
+pub(crate) fn parse_time(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (v >= 0.0).then_some((v * mult) as u64)
+}
