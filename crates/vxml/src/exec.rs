@@ -90,7 +90,7 @@ impl Interpreter {
         };
         self.declare(scope, name, None)?;
         if let Some(x) = e.attr("expr") {
-            let code = format!("{SELF}[{}] = ({}\n)", js_str(name), x.trim());
+            let code = format!("{SELF}[{}] = ({}\n); void 0", js_str(name), x.trim());
             self.engine.eval_in_scope(scope, &code).map_err(semantic)?;
         }
         Ok(())
@@ -116,6 +116,8 @@ impl Interpreter {
         for f in &funcs {
             code.push_str(&format!("\n;{SELF}[{}] = {f};", js_str(f)));
         }
+        // The script's completion value is not needed (and may not be JSON).
+        code.push_str("\n;void 0");
         self.engine.eval_in_scope(scope, &code).map_err(semantic)?;
         Ok(())
     }
@@ -198,8 +200,9 @@ impl Interpreter {
         };
         let first = name.split(['.', '[']).next().unwrap_or(name).trim();
         // Reading the root name throws a ReferenceError when it was never declared.
-        self.engine.eval_in_scope(scope, first).map_err(semantic)?;
-        let code = format!("{name} = ({}\n)", expr.trim());
+        let probe = format!("void ({first})");
+        self.engine.eval_in_scope(scope, &probe).map_err(semantic)?;
+        let code = format!("{name} = ({}\n); void 0", expr.trim());
         self.engine.eval_in_scope(scope, &code).map_err(semantic)?;
         Ok(())
     }

@@ -1,0 +1,285 @@
+//! The interpreter driven by a scripted host: fetches from a map, DTMF, timers.
+
+mod common;
+
+use common::Host;
+use serde_json::json;
+use std::time::Duration;
+use switchboard_vxml::{Command, Input, Limits, Method};
+
+const START: &str = "http://app/start.vxml";
+
+fn vxml(body: &str) -> String {
+    format!("<?xml version='1.0'?><vxml version='2.1' xmlns='http://www.w3.org/2001/vxml'>{body}</vxml>")
+}
+
+#[test]
+fn menu_dtmf_choice_goes_to_the_right_form() {
+    let doc = vxml(
+        "<menu id='main' dtmf='true'><prompt>Say one of <enumerate/></prompt>\
+           <choice next='#sales'>sales</choice><choice next='#support'>support</choice></menu>\
+         <form id='sales'><block>welcome to sales<exit expr=\"'sales'\"/></block></form>\
+         <form id='support'><block>welcome to support<exit expr=\"'support'\"/></block></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    assert!(
+        h.spoken().contains("Say one of sales support"),
+        "{}",
+        h.spoken()
+    );
+    assert!(h.log.iter().any(|c| matches!(c, Command::Listen { .. })));
+    h.input(Input::PromptsDone);
+    h.keys("2");
+    assert!(h.spoken().ends_with("welcome to support"), "{}", h.spoken());
+    assert_eq!(h.exit_values(), Some(json!("support")));
+    assert!(h.vx.is_done());
+}
+
+fn digits_doc() -> String {
+    vxml(
+        "<form><field name='pin' type='digits?maxlength=4'><prompt>pin please</prompt>\
+           <filled><exit namelist='pin'/></filled></field></form>",
+    )
+}
+
+#[test]
+fn digits_field_completes_on_termchar() {
+    let mut h = Host::new(START, &[(START, &digits_doc())]);
+    h.input(Input::PromptsDone);
+    h.keys("12#");
+    assert_eq!(h.exit_values(), Some(json!({"pin": "12"})));
+}
+
+#[test]
+fn digits_field_completes_on_interdigit_timeout() {
+    let mut h = Host::new(START, &[(START, &digits_doc())]);
+    h.input(Input::PromptsDone);
+    h.keys("123");
+    assert_eq!(h.exit_values(), None);
+    let before = h.now;
+    h.timeout();
+    assert_eq!(h.now - before, 3000, "default interdigittimeout");
+    assert_eq!(h.exit_values(), Some(json!({"pin": "123"})));
+}
+
+#[test]
+fn digits_field_completes_at_maxlength() {
+    let mut h = Host::new(START, &[(START, &digits_doc())]);
+    h.input(Input::PromptsDone);
+    h.keys("1234");
+    assert_eq!(h.exit_values(), Some(json!({"pin": "1234"})));
+}
+
+#[test]
+fn nomatch_noinput_counters_reprompt_and_third_strike() {
+    let doc = vxml(
+        "<form><property name='timeout' value='2s'/>\
+           <field name='ok' type='boolean'><prompt count='1'>first</prompt><prompt count='2'>second</prompt>\
+           <nomatch>bad key<reprompt/></nomatch>\
+           <noinput>nothing heard<reprompt/></noinput>\
+           <catch event='nomatch noinput' count='3'>goodbye<exit expr=\"'strikes'\"/></catch>\
+           <filled><exit namelist='ok'/></filled></field></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    h.input(Input::PromptsDone);
+    h.keys("7");
+    assert_eq!(h.spoken(), "first|bad key second");
+    h.input(Input::PromptsDone);
+    h.timeout();
+    assert_eq!(h.spoken(), "first|bad key second|nothing heard second");
+    h.input(Input::PromptsDone);
+    h.keys("9");
+    // nomatch counter is 2 (below 3): still the nomatch handler
+    assert!(h.spoken().ends_with("bad key second"), "{}", h.spoken());
+    h.input(Input::PromptsDone);
+    h.keys("8");
+    assert!(h.spoken().ends_with("goodbye"), "{}", h.spoken());
+    assert_eq!(h.exit_values(), Some(json!("strikes")));
+}
+
+#[test]
+fn default_nomatch_handler_reprompts_and_filled_gets_value() {
+    let doc = vxml(
+        "<form><field name='ok' type='boolean'><prompt>yes or no</prompt>\
+           <filled><exit namelist='ok'/></filled></field></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    h.input(Input::PromptsDone);
+    h.keys("5");
+    assert_eq!(h.spoken(), "yes or no|yes or no");
+    h.input(Input::PromptsDone);
+    h.keys("2");
+    assert_eq!(h.exit_values(), Some(json!({"ok": false})));
+}
+
+#[test]
+fn submit_produces_a_fetch_with_the_namelist() {
+    let doc = vxml(
+        "<form><var name='lang' expr=\"'en'\"/><field name='acct' type='digits?length=3'>\
+           <filled><submit next='/cgi/acct' method='post' namelist='acct lang'/></filled></field></form>",
+    );
+    let next = vxml("<form><block>thanks<exit/></block></form>");
+    let mut h = Host::new(START, &[(START, &doc), ("http://app/cgi/acct", &next)]);
+    h.input(Input::PromptsDone);
+    h.keys("123");
+    let f = h.fetches();
+    assert_eq!(
+        f[1],
+        Command::Fetch {
+            url: "http://app/cgi/acct".into(),
+            method: Method::Post,
+            params: vec![("acct".into(), "123".into()), ("lang".into(), "en".into())],
+        }
+    );
+    assert_eq!(h.spoken(), "thanks");
+    assert!(h.vx.is_done());
+}
+
+#[test]
+fn exit_returns_namelist_values_and_scopes_chain() {
+    let app = vxml("<var name='tenant' expr=\"'demo'\"/><script>function twice(x) { return 2 * x; } var seen = 1;</script>");
+    let doc = vxml(
+        "<form><var name='n' expr='twice(21)'/><block>\
+           <assign name='application.seen' expr='seen + 1'/>\
+           <var name='t' expr='application.tenant + document.d'/>\
+           <exit namelist='n t seen'/></block></form><var name='d' expr=\"'!'\"/>",
+    )
+    .replace("<vxml ", "<vxml application='root.vxml' ");
+    let h = Host::new(START, &[(START, &doc), ("http://app/root.vxml", &app)]);
+    assert_eq!(h.fetches().len(), 2, "{:?}", h.log);
+    assert_eq!(
+        h.exit_values(),
+        Some(json!({"n": 42, "t": "demo!", "seen": 2})),
+        "{:?}",
+        h.log
+    );
+}
+
+#[test]
+fn fetch_failure_raises_badfetch_caught_by_the_document() {
+    let doc = vxml(
+        "<catch event='error.badfetch'><exit expr='_event + \":\" + _message'/></catch>\
+         <form><block><goto next='missing.vxml'/></block></form>",
+    );
+    let h = Host::new(START, &[(START, &doc)]);
+    assert_eq!(
+        h.exit_values(),
+        Some(json!("error.badfetch:HTTP 404: Not Found"))
+    );
+}
+
+#[test]
+fn unfetchable_or_broken_first_page_ends_with_default_error_handling() {
+    let h = Host::new(START, &[]);
+    assert!(h.vx.is_done());
+    assert!(h.logs()[0].starts_with("error.badfetch"), "{:?}", h.logs());
+    assert_eq!(h.exit_values(), Some(serde_json::Value::Null));
+
+    let h = Host::new(
+        START,
+        &[(START, "<vxml><form><block>unclosed</form></vxml>")],
+    );
+    assert!(h.vx.is_done());
+    assert!(h.logs()[0].starts_with("error.badfetch"));
+}
+
+#[test]
+fn bad_expression_raises_error_semantic() {
+    let doc = vxml(
+        "<error>oops <value expr='_event'/><exit/></error>\
+         <form><block><assign name='undeclared' expr='1'/></block></form>",
+    );
+    let h = Host::new(START, &[(START, &doc)]);
+    assert_eq!(h.spoken(), "oops error.semantic");
+}
+
+#[test]
+fn looping_script_raises_an_error_in_that_interpreter_only() {
+    let looping = vxml(
+        "<catch event='error'><exit expr='_event'/></catch>\
+         <form><block><script>while(true){}</script></block></form>",
+    );
+    let fine = vxml("<form><block><exit expr='1+1'/></block></form>");
+    let limits = Limits {
+        time_budget: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    let mut a = Host::with_limits(START, &[(START, &looping)], limits);
+    let mut b = Host::new(START, &[(START, &fine)]);
+    a.pump();
+    b.pump();
+    assert_eq!(a.exit_values(), Some(json!("error.semantic")));
+    assert_eq!(b.exit_values(), Some(json!(2)));
+}
+
+#[test]
+fn srgs_dtmf_grammar_and_goto_nextitem() {
+    let doc = vxml(
+        "<form><field name='code'><grammar mode='dtmf' root='r' version='1.0' xmlns='http://www.w3.org/2001/06/grammar'>\
+           <rule id='r'><item repeat='2'><ruleref uri='#d'/></item><item>*</item></rule>\
+           <rule id='d'><one-of><item>4</item><item>5</item></one-of></rule></grammar>\
+           <filled><if cond=\"code == '45*'\"><goto nextitem='done'/><else/><exit expr=\"'wrong'\"/></if></filled></field>\
+           <block name='skipped'>never</block>\
+           <block name='done'><exit expr='code$.utterance'/></block></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    h.keys("45*");
+    assert_eq!(h.exit_values(), Some(json!("45*")));
+    assert!(!h.spoken().contains("never"));
+}
+
+#[test]
+fn audio_with_fallback_break_and_log() {
+    let doc = vxml(
+        "<form><block><prompt><audio src='hello.wav'>hello</audio><break time='300ms'/>\
+           <value expr='1+2'/></prompt><log label='trace'>n=<value expr='7'/></log><disconnect/></block></form>",
+    );
+    let h = Host::new(START, &[(START, &doc)]);
+    assert_eq!(h.spoken(), "[http://app/hello.wav:hello] <300> 3");
+    assert!(h.log.contains(&Command::Log {
+        label: Some("trace".into()),
+        text: "n=7".into()
+    }));
+    assert!(h.log.contains(&Command::Hangup));
+    assert!(h.vx.is_done());
+}
+
+#[test]
+fn record_and_transfer_are_handed_to_the_host() {
+    let doc = vxml(
+        "<form><record name='msg' maxtime='10s'><prompt>speak</prompt></record>\
+           <transfer name='xfer' dest='sip:agent@x' connecttimeout='5s'/>\
+           <block><exit namelist='msg xfer'/></block></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    assert!(h.log.iter().any(|c| matches!(
+        c,
+        Command::Record {
+            maxtime_ms: 10_000,
+            ..
+        }
+    )));
+    h.input(Input::RecordingDone {
+        url: Some("file:///r.wav".into()),
+        duration_ms: 1200,
+        termchar: None,
+    });
+    assert!(h.log.iter().any(
+        |c| matches!(c, Command::Transfer { dest, connect_timeout_ms: 5000, .. } if dest == "sip:agent@x")
+    ));
+    h.input(Input::TransferResult {
+        status: "busy".into(),
+    });
+    assert_eq!(
+        h.exit_values(),
+        Some(json!({"msg": "file:///r.wav", "xfer": "busy"}))
+    );
+}
+
+#[test]
+fn caller_hangup_throws_disconnect_and_ends() {
+    let mut h = Host::new(START, &[(START, &digits_doc())]);
+    h.input(Input::Hangup);
+    assert!(h.vx.is_done());
+    assert_eq!(h.vx.next_deadline(), None);
+}
