@@ -27,6 +27,11 @@ pub(crate) enum Jump {
         message: String,
     },
     Exit(Json),
+    /// `<return>`: values for the caller, or an event to throw there.
+    Return {
+        values: Json,
+        event: Option<(String, String)>,
+    },
     Disconnect,
 }
 
@@ -181,7 +186,7 @@ impl Interpreter {
             "goto" => Err(self.exec_goto(e, scope)?),
             "submit" => Err(self.exec_submit(e, scope)?),
             "exit" => Err(self.exec_exit(e, scope)?),
-            "return" => Err(throw("error.semantic", "<return> outside a subdialog")),
+            "return" => Err(self.exec_return(e, scope)?),
             "disconnect" => Err(Jump::Disconnect),
             "throw" => Err(self.exec_throw(e, scope)?),
             "reprompt" => {
@@ -443,6 +448,27 @@ impl Interpreter {
             m.insert(n, v);
         }
         Ok(Jump::Exit(Json::Object(m)))
+    }
+
+    fn exec_return(&mut self, e: &Elem, scope: Scope) -> Result<Jump, Jump> {
+        if e.attr("event").is_some() || e.attr("eventexpr").is_some() {
+            let Jump::Throw { event, message } = self.exec_throw(e, scope)? else {
+                return Err(throw("error.semantic", "bad <return> event"));
+            };
+            return Ok(Jump::Return {
+                values: Json::Null,
+                event: Some((event, message)),
+            });
+        }
+        let mut m = Map::new();
+        for n in self.namelist(e) {
+            let v = self.eval(scope, &n)?.unwrap_or(Json::Null);
+            m.insert(n, v);
+        }
+        Ok(Jump::Return {
+            values: Json::Object(m),
+            event: None,
+        })
     }
 
     fn exec_throw(&mut self, e: &Elem, scope: Scope) -> Result<Jump, Jump> {

@@ -32,15 +32,19 @@ pub struct Interpreter {
     pub(crate) now: u64,
     pub(crate) app_scope: Scope,
     pub(crate) doc_scope: Scope,
-    session_scope: Scope,
+    pub(crate) session_scope: Scope,
     pub(crate) app_url: Option<String>,
     pub(crate) app_root: Option<Rc<Elem>>,
     pub(crate) doc_url: String,
     pub(crate) doc_root: Option<Rc<Elem>>,
     pub(crate) form: Option<FormState>,
-    wait: Wait,
+    pub(crate) wait: Wait,
     done: bool,
     hung_up: bool,
+    /// Callers of the running subdialogs, innermost last.
+    pub(crate) stack: Vec<crate::subdialog::Frame>,
+    /// `<param>` values for the first dialog of a subdialog being started.
+    pub(crate) sub_params: Option<Vec<(String, Json)>>,
     /// Set by `<reprompt>` in the catch being run.
     pub(crate) reprompt: bool,
     /// The last FIA iteration ended with a catch without `<reprompt>`: skip prompts once.
@@ -65,7 +69,7 @@ pub(crate) struct Item {
 }
 
 /// What the interpreter waits for.
-enum Wait {
+pub(crate) enum Wait {
     Nothing,
     Fetch(Fetching),
     Input(Collect),
@@ -74,7 +78,7 @@ enum Wait {
     Done,
 }
 
-enum Fetching {
+pub(crate) enum Fetching {
     Document {
         url: String,
     },
@@ -87,7 +91,7 @@ enum Fetching {
 }
 
 /// DTMF collection for a field, initial or menu.
-struct Collect {
+pub(crate) struct Collect {
     item: usize,
     grammars: Vec<Grammar>,
     buf: String,
@@ -146,6 +150,8 @@ impl Interpreter {
             wait: Wait::Nothing,
             done: false,
             hung_up: false,
+            stack: Vec::new(),
+            sub_params: None,
             reprompt: false,
             suppress_prompts: false,
             events_in_a_row: 0,
@@ -234,6 +240,7 @@ impl Interpreter {
                 self.exit(values);
                 Step::Wait
             }
+            Jump::Return { values, event } => self.return_from_subdialog(values, event),
             Jump::Disconnect => {
                 self.flush_prompts();
                 self.cmds.push_back(Command::Hangup);
@@ -261,7 +268,7 @@ impl Interpreter {
         true
     }
 
-    fn fetch(&mut self, url: String, method: Method, params: Vec<(String, String)>) {
+    pub(crate) fn fetch(&mut self, url: String, method: Method, params: Vec<(String, String)>) {
         self.flush_prompts();
         self.cmds.push_back(Command::Fetch {
             url: url.clone(),
@@ -294,11 +301,11 @@ impl Interpreter {
         };
         let text = match result {
             Ok(t) => t,
-            Err(e) => return self.throw("error.badfetch", &fetch_reason(&e)),
+            Err(e) => return self.fetch_failed(&fetch_reason(&e)),
         };
         let root = match parse_vxml(&text) {
             Ok(r) => r,
-            Err(m) => return self.throw("error.badfetch", &m),
+            Err(m) => return self.fetch_failed(&m),
         };
         match fetching {
             Fetching::Document { url } => self.document_fetched(url, root),
@@ -316,7 +323,7 @@ impl Interpreter {
     }
 
     /// A leaf arrived: fetch its application root first when it names a new one.
-    fn document_fetched(&mut self, url: String, root: Rc<Elem>) -> Step {
+    pub(crate) fn document_fetched(&mut self, url: String, root: Rc<Elem>) -> Step {
         let app = root.attr("application").map(|a| dom::resolve(&url, a));
         let app_doc = app.as_deref().map(|a| dom::split_fragment(a).0.to_string());
         if app_doc.is_some() && app_doc != self.app_url {
@@ -343,7 +350,7 @@ impl Interpreter {
         self.load_document(url, root)
     }
 
-    fn reset_app_scope(&mut self) -> Result<(), Jump> {
+    pub(crate) fn reset_app_scope(&mut self) -> Result<(), Jump> {
         self.engine.drop_scope(self.app_scope);
         self.app_scope = new_named_scope(&self.engine, self.session_scope, "application")
             .map_err(exec::semantic)?;
@@ -373,7 +380,7 @@ impl Interpreter {
         Ok(())
     }
 
-    fn load_document(&mut self, url: String, root: Rc<Elem>) -> Step {
+    pub(crate) fn load_document(&mut self, url: String, root: Rc<Elem>) -> Step {
         self.leave_form();
         self.engine.drop_scope(self.doc_scope);
         self.doc_scope = match new_named_scope(&self.engine, self.app_scope, "document") {
@@ -390,7 +397,7 @@ impl Interpreter {
         self.start_dialog_by_id(frag.as_deref())
     }
 
-    fn leave_form(&mut self) {
+    pub(crate) fn leave_form(&mut self) {
         if let Some(f) = self.form.take() {
             self.engine.drop_scope(f.scope);
         }
@@ -445,6 +452,7 @@ impl Interpreter {
 
     /// Declares the form's variables and item guards, runs its scripts, in document order.
     fn init_dialog(&mut self, elem: &Elem, scope: Scope) -> Result<(), Jump> {
+        let params = self.sub_params.take().unwrap_or_default();
         let items: Vec<(String, Rc<Elem>)> = match &self.form {
             Some(f) => f
                 .items
@@ -454,9 +462,14 @@ impl Interpreter {
             None => Vec::new(),
         };
         for c in elem.elems() {
-            match c.name.as_str() {
-                "var" => self.exec_var(c, scope)?,
-                "script" => self.exec_script(c, scope)?,
+            let param = c
+                .attr("name")
+                .and_then(|n| params.iter().find(|(p, _)| p == n));
+            match (c.name.as_str(), param) {
+                // A subdialog's <param> replaces the initial value of the <var> it names.
+                ("var", Some((n, v))) => self.declare(scope, n, Some(v))?,
+                ("var", None) => self.exec_var(c, scope)?,
+                ("script", _) => self.exec_script(c, scope)?,
                 _ => {}
             }
             if let Some((var, _)) = items.iter().find(|(_, e)| Rc::ptr_eq(e, c)) {
@@ -545,7 +558,7 @@ impl Interpreter {
             "field" | "initial" | "menu" => self.start_listen(i, &item),
             "record" => self.start_record(i, &item),
             "transfer" => self.start_transfer(i, &item),
-            "subdialog" => self.throw("error.unsupported.subdialog", "subdialog not supported"),
+            "subdialog" => self.start_subdialog(i, &item, scope),
             _ => self.throw("error.unsupported.objectname", "object not supported"),
         }
     }
@@ -818,7 +831,7 @@ impl Interpreter {
     }
 
     /// Sets an item's variable and its shadow `name$`, then runs the `<filled>` actions.
-    fn fill(
+    pub(crate) fn fill(
         &mut self,
         i: usize,
         scope: Scope,
@@ -1104,7 +1117,11 @@ impl Interpreter {
     }
 }
 
-fn new_named_scope(engine: &Engine, parent: Scope, name: &str) -> Result<Scope, EcmaError> {
+pub(crate) fn new_named_scope(
+    engine: &Engine,
+    parent: Scope,
+    name: &str,
+) -> Result<Scope, EcmaError> {
     let s = engine.new_scope(Some(parent))?;
     engine.alias_scope(s, name)?;
     engine.alias_scope(s, exec::SELF)?;

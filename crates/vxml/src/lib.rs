@@ -21,6 +21,7 @@ mod exec;
 mod grammar;
 mod interp;
 mod script;
+mod subdialog;
 
 pub use interp::Interpreter;
 pub use switchboard_ecma::{Json, Limits};

@@ -283,3 +283,17 @@ fn caller_hangup_throws_disconnect_and_ends() {
     assert!(h.vx.is_done());
     assert_eq!(h.vx.next_deadline(), None);
 }
+
+#[test]
+fn subdialog_gets_params_and_returns_values() {
+    let doc = vxml(
+        "<var name='x' expr='1'/><form><subdialog name='r' src='sub.vxml'><param name='n' expr='20'/>\
+           <filled><exit expr='r.doubled + x'/></filled></subdialog></form>",
+    );
+    let sub = vxml(
+        "<form><var name='n' expr='0'/><block><if cond='typeof x == \"undefined\"'>\
+           <var name='doubled' expr='n * 2'/><return namelist='doubled'/></if><exit expr=\"'leaked'\"/></block></form>",
+    );
+    let h = Host::new(START, &[(START, &doc), ("http://app/sub.vxml", &sub)]);
+    assert_eq!(h.exit_values(), Some(json!(41)));
+}
