@@ -1140,6 +1140,7 @@ fn parse_vxml(text: &str) -> Result<Rc<Elem>, String> {
     if root.name != "vxml" {
         return Err(format!("root element is <{}>, not <vxml>", root.name));
     }
+    crate::validate::validate(&root)?;
     Ok(root)
 }
 

@@ -22,6 +22,7 @@ mod grammar;
 mod interp;
 mod script;
 mod subdialog;
+mod validate;
 
 pub use interp::Interpreter;
 pub use switchboard_ecma::{Json, Limits};
