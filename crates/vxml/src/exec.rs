@@ -103,10 +103,14 @@ impl Interpreter {
 
     /// `<script>`: inline source run in `scope`; its top-level declarations land in `scope`.
     pub(crate) fn exec_script(&mut self, e: &Elem, scope: Scope) -> Result<(), Jump> {
-        if e.attr("src").is_some() || e.attr("srcexpr").is_some() {
-            return Err(throw("error.badfetch", "<script src> is not supported"));
-        }
-        let src = e.text();
+        let src = match (e.attr("src"), e.attr("srcexpr")) {
+            (Some(s), _) => self.resource(&dom::resolve(&self.doc_url, s))?,
+            (None, Some(x)) => {
+                let url = dom::resolve(&self.doc_url, &self.string(scope, x)?);
+                self.resource(&url)?
+            }
+            (None, None) => e.text(),
+        };
         let (vars, funcs) = script::declarations(&src);
         for v in &vars {
             // Pre-declared names make the initializers assign into the scope object.

@@ -41,6 +41,8 @@ pub struct Interpreter {
     pub(crate) wait: Wait,
     done: bool,
     hung_up: bool,
+    /// Fetched scripts and grammars by URL (an `Err` is the fetch failure's reason).
+    pub(crate) resources: HashMap<String, Result<String, String>>,
     /// Callers of the running subdialogs, innermost last.
     pub(crate) stack: Vec<crate::subdialog::Frame>,
     /// `<param>` values for the first dialog of a subdialog being started.
@@ -79,6 +81,11 @@ pub(crate) enum Wait {
 }
 
 pub(crate) enum Fetching {
+    /// A script or grammar a document or field needs before it can go on.
+    Resource {
+        url: String,
+        resume: Box<crate::resources::Resume>,
+    },
     Document {
         url: String,
     },
@@ -150,6 +157,7 @@ impl Interpreter {
             wait: Wait::Nothing,
             done: false,
             hung_up: false,
+            resources: HashMap::new(),
             stack: Vec::new(),
             sub_params: None,
             reprompt: false,
@@ -299,6 +307,10 @@ impl Interpreter {
                 return Step::Wait;
             }
         };
+        if let Fetching::Resource { url, resume } = fetching {
+            let r = result.map_err(|e| fetch_reason(&e));
+            return self.resource_fetched(url, r, *resume);
+        }
         let text = match result {
             Ok(t) => t,
             Err(e) => return self.fetch_failed(&fetch_reason(&e)),
@@ -307,7 +319,22 @@ impl Interpreter {
             Ok(r) => r,
             Err(m) => return self.fetch_failed(&m),
         };
+        self.process_document(fetching, root)
+    }
+
+    /// A parsed document: once its scripts and grammars are fetched, load it.
+    pub(crate) fn process_document(&mut self, fetching: Fetching, root: Rc<Elem>) -> Step {
+        let base = match &fetching {
+            Fetching::Document { url } => url.clone(),
+            Fetching::Root { root_url, .. } => root_url.clone(),
+            Fetching::Resource { .. } => return Step::Wait,
+        };
+        if let Some(src) = self.missing_resource(&root, &base) {
+            let resume = crate::resources::Resume::Document(fetching, root);
+            return self.fetch_resource(src, resume);
+        }
         match fetching {
+            Fetching::Resource { .. } => Step::Wait,
             Fetching::Document { url } => self.document_fetched(url, root),
             Fetching::Root {
                 leaf_url,
@@ -540,7 +567,7 @@ impl Interpreter {
     }
 
     /// FIA collect phase for item `i`.
-    fn collect(&mut self, i: usize) -> Step {
+    pub(crate) fn collect(&mut self, i: usize) -> Step {
         let Some(form) = self.form.as_mut() else {
             return Step::Wait;
         };
@@ -603,6 +630,11 @@ impl Interpreter {
     }
 
     fn start_listen(&mut self, i: usize, item: &Rc<Elem>) -> Step {
+        match self.missing_expr_grammar(item) {
+            Ok(Some(url)) => return self.fetch_resource(url, crate::resources::Resume::Collect(i)),
+            Ok(None) => {}
+            Err(j) => return Step::Jump(j),
+        }
         if let Err(j) = self.queue_item_prompts(i, item) {
             return Step::Jump(j);
         }
@@ -671,7 +703,8 @@ impl Interpreter {
                 }
                 continue;
             }
-            if let Some(c) = Grammar::srgs(g).map_err(|m| exec::throw("error.badfetch", &m))? {
+            let g = self.grammar_element(g)?;
+            if let Some(c) = Grammar::srgs(&g).map_err(|m| exec::throw("error.badfetch", &m))? {
                 out.push(c);
             }
         }

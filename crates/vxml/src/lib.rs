@@ -20,6 +20,7 @@ mod dom;
 mod exec;
 mod grammar;
 mod interp;
+mod resources;
 mod script;
 mod subdialog;
 mod validate;

@@ -297,3 +297,26 @@ fn subdialog_gets_params_and_returns_values() {
     let h = Host::new(START, &[(START, &doc), ("http://app/sub.vxml", &sub)]);
     assert_eq!(h.exit_values(), Some(json!(41)));
 }
+
+#[test]
+fn external_script_and_grammar_are_fetched_before_use() {
+    let doc = vxml(
+        "<script src='lib.js'/><form><field name='k'><grammar src='keys.grxml'/>\
+           <filled><exit expr='label(k)'/></filled></field></form>",
+    );
+    let lib = "function label(k) { return 'key ' + k; }";
+    let grxml =
+        "<grammar xmlns='http://www.w3.org/2001/06/grammar' mode='dtmf' root='r' version='1.0'>\
+                 <rule id='r'><one-of><item>7</item><item>9</item></one-of></rule></grammar>";
+    let mut h = Host::new(
+        START,
+        &[
+            (START, &doc),
+            ("http://app/lib.js", lib),
+            ("http://app/keys.grxml", grxml),
+        ],
+    );
+    assert_eq!(h.fetches().len(), 3);
+    h.keys("9");
+    assert_eq!(h.exit_values(), Some(json!("key 9")));
+}
