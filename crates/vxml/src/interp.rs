@@ -580,6 +580,11 @@ impl Interpreter {
             self.exit(Json::Null);
             return Step::Wait;
         }
+        match self.missing_expr_resource(&item) {
+            Ok(Some(url)) => return self.fetch_resource(url, crate::resources::Resume::Collect(i)),
+            Ok(None) => {}
+            Err(j) => return Step::Jump(j),
+        }
         match item.name.as_str() {
             "block" => self.run_block(&item, &var, scope),
             "field" | "initial" | "menu" => self.start_listen(i, &item),
@@ -630,11 +635,6 @@ impl Interpreter {
     }
 
     fn start_listen(&mut self, i: usize, item: &Rc<Elem>) -> Step {
-        match self.missing_expr_grammar(item) {
-            Ok(Some(url)) => return self.fetch_resource(url, crate::resources::Resume::Collect(i)),
-            Ok(None) => {}
-            Err(j) => return Step::Jump(j),
-        }
         if let Err(j) = self.queue_item_prompts(i, item) {
             return Step::Jump(j);
         }

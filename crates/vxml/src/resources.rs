@@ -65,8 +65,10 @@ impl Interpreter {
         e.elems().find_map(|c| self.missing_resource(c, base))
     }
 
-    /// The first `srcexpr` grammar URL of a field that has not been fetched yet.
-    pub(crate) fn missing_expr_grammar(&self, item: &Elem) -> Result<Option<String>, Jump> {
+    /// The first `srcexpr` URL of an item's grammars, or of the scripts inside it, that has not
+    /// been fetched yet. Script expressions are evaluated ahead of time in the dialog scope;
+    /// one that fails here is left to fail (with its own error) when the script runs.
+    pub(crate) fn missing_expr_resource(&self, item: &Elem) -> Result<Option<String>, Jump> {
         let scope = self
             .form
             .as_ref()
@@ -75,6 +77,16 @@ impl Interpreter {
         for g in item.children("grammar") {
             if let Some(x) = g.attr("srcexpr") {
                 let url = dom::resolve(&self.doc_url, &self.string(scope, x)?);
+                if !self.resources.contains_key(&url) {
+                    return Ok(Some(url));
+                }
+            }
+        }
+        let mut scripts = Vec::new();
+        scripts_with_srcexpr(item, &mut scripts);
+        for x in scripts {
+            if let Ok(u) = self.string(scope, &x) {
+                let url = dom::resolve(&self.doc_url, &u);
                 if !self.resources.contains_key(&url) {
                     return Ok(Some(url));
                 }
@@ -114,5 +126,14 @@ impl Interpreter {
             return Err(exec::throw("error.badfetch", "not an SRGS grammar"));
         }
         Ok(root)
+    }
+}
+
+fn scripts_with_srcexpr(e: &Elem, out: &mut Vec<String>) {
+    for c in e.elems() {
+        match c.attr("srcexpr") {
+            Some(x) if c.name == "script" => out.push(x.to_string()),
+            _ => scripts_with_srcexpr(c, out),
+        }
     }
 }
