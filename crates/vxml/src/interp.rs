@@ -766,8 +766,15 @@ impl Interpreter {
             connect_timeout_ms: ms(item.attr("connecttimeout"), 30_000),
             maxtime_ms: ms(item.attr("maxtime"), 0),
         };
+        let blind = matches!(cmd, Command::Transfer { bridge: false, .. });
         self.flush_prompts();
         self.cmds.push_back(cmd);
+        if blind {
+            // A blind transfer hands the caller over: the session is disconnected from it
+            // (VoiceXML 2.0 §2.3.7.1) and no result comes back.
+            self.hung_up = true;
+            return self.throw("connection.disconnect.transfer", "");
+        }
         self.wait = Wait::Transfer(i);
         Step::Wait
     }

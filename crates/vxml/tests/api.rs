@@ -248,7 +248,7 @@ fn audio_with_fallback_break_and_log() {
 fn record_and_transfer_are_handed_to_the_host() {
     let doc = vxml(
         "<form><record name='msg' maxtime='10s'><prompt>speak</prompt></record>\
-           <transfer name='xfer' dest='sip:agent@x' connecttimeout='5s'/>\
+           <transfer name='xfer' dest='sip:agent@x' bridge='true' connecttimeout='5s'/>\
            <block><exit namelist='msg xfer'/></block></form>",
     );
     let mut h = Host::new(START, &[(START, &doc)]);
