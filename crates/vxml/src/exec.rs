@@ -123,7 +123,10 @@ impl Interpreter {
         }
         let mut code = src;
         for f in &funcs {
-            code.push_str(&format!("\n;{SELF}[{}] = {f};", js_str(f)));
+            code.push_str(&format!(
+                "\n;if (typeof {f} === 'function') {SELF}[{}] = {f};",
+                js_str(f)
+            ));
         }
         // The script's completion value is not needed (and may not be JSON).
         code.push_str("\n;void 0");

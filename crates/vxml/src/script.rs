@@ -18,7 +18,8 @@ pub fn declarations(src: &str) -> (Vec<String>, Vec<String>) {
             "{" | "(" | "[" => depth += 1,
             "}" | ")" | "]" => depth -= 1,
             "var" if depth == 0 => i = var_names(&toks, i + 1, &mut vars),
-            "function" if depth == 0 => {
+            // after `=`, `(` or `,` it is a function expression, not a declaration
+            "function" if depth == 0 && (i == 0 || [";", "}"].contains(&toks[i - 1].as_str())) => {
                 if let Some(n) = toks.get(i + 1).filter(|t| is_ident(t)) {
                     funcs.push(n.clone());
                 }
@@ -116,7 +117,7 @@ mod tests {
     #[test]
     fn finds_top_level_declarations() {
         let (v, f) = declarations(
-            "var a = 1, b = f(2, 3), c; function g(x) { var inner = '}'; } /* var no */ var d=[1,2];",
+            "var a = 1, b = f(2, 3), c; function g(x) { var inner = '}'; } /* var no */ var d=[1,2]; x = function h() {};",
         );
         assert_eq!(v, vec!["a", "b", "c", "d"]);
         assert_eq!(f, vec!["g"]);

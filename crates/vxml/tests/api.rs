@@ -320,3 +320,16 @@ fn external_script_and_grammar_are_fetched_before_use() {
     h.keys("9");
     assert_eq!(h.exit_values(), Some(json!("key 9")));
 }
+
+#[test]
+fn script_function_declarations_and_expressions() {
+    let doc = vxml(
+        "<error><exit expr='_message'/></error><form><block><script><![CDATA[
+        application.funct = function sum(n) { return (n == 0)? 0 : n + sum(n-1); }
+        function sum2(n) { return (n == 0)? 0 : n + sum2(n-1); }
+        application.funct2 = sum2;
+    ]]></script></block><block><exit expr='application.funct2(4)'/></block></form>",
+    );
+    let h = Host::new(START, &[(START, &doc)]);
+    assert_eq!(h.exit_values(), Some(json!(10)));
+}
