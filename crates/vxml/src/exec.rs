@@ -391,6 +391,10 @@ impl Interpreter {
             (None, Some(x)) => self.string(scope, x)?,
             (None, None) => return Ok(None),
         };
+        // A bare fragment stays a move inside the current document.
+        if raw.trim().starts_with('#') {
+            return Ok(Some(raw.trim().to_string()));
+        }
         Ok(Some(dom::resolve(&self.doc_url, &raw)))
     }
 

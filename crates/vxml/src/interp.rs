@@ -88,6 +88,8 @@ pub(crate) enum Fetching {
     },
     Document {
         url: String,
+        /// Fetched by `<submit>`: the target is always loaded afresh.
+        submitted: bool,
     },
     /// The leaf was fetched and names an application root that is being fetched.
     Root {
@@ -241,6 +243,9 @@ impl Interpreter {
                 params,
             } => {
                 self.fetch(url, method, params);
+                if let Wait::Fetch(Fetching::Document { submitted, .. }) = &mut self.wait {
+                    *submitted = true;
+                }
                 Step::Wait
             }
             Jump::Throw { event, message } => self.throw(&event, &message),
@@ -283,16 +288,19 @@ impl Interpreter {
             method,
             params,
         });
-        self.wait = Wait::Fetch(Fetching::Document { url });
+        self.wait = Wait::Fetch(Fetching::Document {
+            url,
+            submitted: false,
+        });
     }
 
     // ---- documents ----
 
+    /// `#id` moves within the current document; any other URL (even the current document's
+    /// own) loads the document again.
     fn goto(&mut self, url: String) -> Step {
-        let (doc, frag) = dom::split_fragment(&url);
-        if doc == dom::split_fragment(&self.doc_url).0 && frag.is_some() && self.doc_root.is_some()
-        {
-            return self.start_dialog_by_id(frag);
+        if let Some(id) = url.strip_prefix('#') {
+            return self.start_dialog_by_id(Some(id));
         }
         self.fetch(url, Method::Get, Vec::new());
         Step::Wait
@@ -325,7 +333,7 @@ impl Interpreter {
     /// A parsed document: once its scripts and grammars are fetched, load it.
     pub(crate) fn process_document(&mut self, fetching: Fetching, root: Rc<Elem>) -> Step {
         let base = match &fetching {
-            Fetching::Document { url } => url.clone(),
+            Fetching::Document { url, .. } => url.clone(),
             Fetching::Root { root_url, .. } => root_url.clone(),
             Fetching::Resource { .. } => return Step::Wait,
         };
@@ -335,7 +343,18 @@ impl Interpreter {
         }
         match fetching {
             Fetching::Resource { .. } => Step::Wait,
-            Fetching::Document { url } => self.document_fetched(url, root),
+            Fetching::Document { url, submitted } => {
+                let doc_part = dom::split_fragment(&url).0;
+                if !submitted
+                    && self.app_url.as_deref() == Some(doc_part)
+                    && root.attr("application").is_none()
+                {
+                    // Going to the application root itself: its variables live on in the
+                    // application scope, which is not initialized again (VoiceXML 2.0 §1.5.2).
+                    return self.enter_document(url, root, false);
+                }
+                self.document_fetched(url, root)
+            }
             Fetching::Root {
                 leaf_url,
                 leaf,
@@ -408,6 +427,12 @@ impl Interpreter {
     }
 
     pub(crate) fn load_document(&mut self, url: String, root: Rc<Elem>) -> Step {
+        self.enter_document(url, root, true)
+    }
+
+    /// Makes `root` the current document (with a fresh document scope) and starts its dialog;
+    /// `init` runs its variables and scripts.
+    fn enter_document(&mut self, url: String, root: Rc<Elem>, init: bool) -> Step {
         self.leave_form();
         self.engine.drop_scope(self.doc_scope);
         self.doc_scope = match new_named_scope(&self.engine, self.app_scope, "document") {
@@ -418,8 +443,10 @@ impl Interpreter {
         self.doc_url = url;
         self.doc_root = Some(root.clone());
         let scope = self.doc_scope;
-        if let Err(j) = self.init_vars(&root, scope) {
-            return Step::Jump(j);
+        if init {
+            if let Err(j) = self.init_vars(&root, scope) {
+                return Step::Jump(j);
+            }
         }
         self.start_dialog_by_id(frag.as_deref())
     }
