@@ -417,6 +417,8 @@ impl Interpreter {
         let Some(url) = self.target(e, "next", "expr", scope)? else {
             return Err(throw("error.badfetch", "<submit> without a target"));
         };
+        // A submit always fetches, even to a fragment of the current document.
+        let url = dom::resolve(&self.doc_url, &url);
         let method = match e.attr("method").map(|m| m.to_ascii_lowercase()) {
             Some(m) if m == "post" => Method::Post,
             _ => Method::Get,
