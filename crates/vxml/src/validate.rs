@@ -15,7 +15,7 @@ const RULES: &[Rule] = &[
     rule("goto", &["next", "expr", "nextitem", "expritem"], true),
     rule("submit", &["next", "expr"], true),
     rule("subdialog", &["src", "srcexpr"], true),
-    rule("audio", &["src", "expr"], false),
+    rule("audio", &["src", "expr"], true),
     rule("throw", &["event", "eventexpr"], true),
     rule("choice", &["next", "expr", "event", "eventexpr"], false),
     rule("exit", &["expr", "namelist"], false),
