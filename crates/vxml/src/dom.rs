@@ -67,7 +67,19 @@ pub fn parse(text: &str) -> Result<Rc<Elem>, String> {
         ..Default::default()
     };
     let doc = roxmltree::Document::parse_with_options(text, opts).map_err(|e| e.to_string())?;
+    if too_deep(doc.root_element()) {
+        return Err(format!("elements nested deeper than {MAX_DEPTH}"));
+    }
     Ok(convert(doc.root_element()))
+}
+
+/// The tree is walked recursively (conversion, validation, execution): deeper documents are
+/// refused so that a hostile page cannot overflow the stack.
+const MAX_DEPTH: usize = 200;
+
+fn too_deep(root: roxmltree::Node<'_, '_>) -> bool {
+    root.descendants()
+        .any(|n| n.is_element() && n.ancestors().count() > MAX_DEPTH)
 }
 
 fn convert(n: roxmltree::Node<'_, '_>) -> Rc<Elem> {
@@ -169,6 +181,12 @@ mod tests {
         assert_eq!(resolve("http://h/a/b.vxml", "#f"), "http://h/a/b.vxml#f");
         assert_eq!(resolve("http://h/a/b.vxml", "../c"), "http://h/c");
         assert_eq!(resolve("http://h/a/b.vxml", "http://o/z"), "http://o/z");
+    }
+
+    #[test]
+    fn refuses_deep_nesting() {
+        let deep = format!("{}{}", "<a>".repeat(300), "</a>".repeat(300));
+        assert!(parse(&deep).is_err());
     }
 
     #[test]

@@ -157,6 +157,8 @@ struct Walk<'a> {
     keys: Vec<char>,
     hungry: bool,
     depth: usize,
+    /// Work left: a grammar whose rules branch into each other could take exponential time.
+    budget: u32,
 }
 
 impl Srgs {
@@ -166,6 +168,7 @@ impl Srgs {
             keys: input.chars().collect(),
             hungry: false,
             depth: 0,
+            budget: 200_000,
         };
         let ends = w.rule(&self.root, 0);
         let n = w.keys.len();
@@ -212,6 +215,10 @@ impl Walk<'_> {
     }
 
     fn node(&mut self, n: &Node, pos: usize) -> Vec<usize> {
+        if self.budget == 0 {
+            return Vec::new();
+        }
+        self.budget -= 1;
         match n {
             Node::Text(t) => self.tokens(&token_keys(t), pos),
             Node::Elem(e) => match e.name.as_str() {
@@ -340,5 +347,16 @@ mod tests {
         assert_eq!(g.check("12"), Match::Prefix);
         assert!(matches!(g.check("12#"), Match::Complete { .. }));
         assert_eq!(g.check("3"), Match::Dead);
+    }
+
+    #[test]
+    fn branching_recursive_rules_end() {
+        let x = parse(
+            "<grammar mode='dtmf' root='r'><rule id='r'><one-of><item><ruleref uri='#r'/></item>\
+             <item><ruleref uri='#r'/></item><item>1</item></one-of></rule></grammar>",
+        )
+        .unwrap();
+        let g = Grammar::srgs(&x).unwrap().unwrap();
+        assert!(matches!(g.check("1"), Match::Complete { .. }));
     }
 }

@@ -24,6 +24,10 @@ const FORM_ITEMS: &[&str] = &[
 /// on its own events (e.g. a catch that rethrows) and the call is ended.
 const MAX_EVENTS_IN_A_ROW: u32 = 100;
 
+/// FIA iterations in one `handle` call past which the application is taken to be looping
+/// on its own (goto to itself, clear in a loop) and the call is ended.
+const MAX_STEPS_WITHOUT_WAITING: u32 = 10_000;
+
 /// One VoiceXML session (one call).
 pub struct Interpreter {
     pub(crate) engine: Engine,
@@ -221,7 +225,15 @@ impl Interpreter {
 
     /// Runs the FIA until it has to wait.
     fn drive(&mut self, mut step: Step) {
+        let mut steps = 0u32;
         loop {
+            steps += 1;
+            if steps > MAX_STEPS_WITHOUT_WAITING {
+                // e.g. a block that goes to itself: no input, no fetch, no end.
+                self.log_error("the application loops without waiting for anything");
+                self.exit(Json::Null);
+                return;
+            }
             step = match step {
                 Step::Wait => return,
                 Step::Select => self.select(),
@@ -687,7 +699,7 @@ impl Interpreter {
         });
         self.events_in_a_row = 0;
         // The noinput timer starts when the prompts have been played.
-        let deadline = (!played).then_some(self.now + timeout);
+        let deadline = (!played).then_some(self.now.saturating_add(timeout));
         self.wait = Wait::Input(Collect {
             item: i,
             grammars,
@@ -811,7 +823,7 @@ impl Interpreter {
     fn on_prompts_done(&mut self) -> Step {
         if let Wait::Input(c) = &mut self.wait {
             if c.deadline.is_none() && c.buf.is_empty() {
-                c.deadline = Some(self.now + c.timeout);
+                c.deadline = Some(self.now.saturating_add(c.timeout));
             }
         }
         Step::Wait
@@ -832,11 +844,11 @@ impl Interpreter {
                 self.finish_input()
             }
             Eval::Complete { more: false, .. } => {
-                c.deadline = Some(now + c.termtimeout);
+                c.deadline = Some(now.saturating_add(c.termtimeout));
                 Step::Wait
             }
             Eval::Complete { .. } | Eval::Prefix => {
-                c.deadline = Some(now + c.interdigit);
+                c.deadline = Some(now.saturating_add(c.interdigit));
                 Step::Wait
             }
         }

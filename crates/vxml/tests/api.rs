@@ -333,3 +333,17 @@ fn script_function_declarations_and_expressions() {
     let h = Host::new(START, &[(START, &doc)]);
     assert_eq!(h.exit_values(), Some(json!(10)));
 }
+
+#[test]
+fn applications_that_loop_on_their_own_are_ended() {
+    let rethrow = vxml(
+        "<catch event='error'><throw event='error.again'/></catch><form><block><throw event='error.x'/></block></form>",
+    );
+    let h = Host::new(START, &[(START, &rethrow)]);
+    assert!(h.vx.is_done());
+    let selfloop =
+        vxml("<form><block name='b'><clear namelist='b'/><goto nextitem='b'/></block></form>");
+    let h = Host::new(START, &[(START, &selfloop)]);
+    assert!(h.vx.is_done());
+    assert!(h.logs()[0].contains("loops"), "{:?}", h.logs());
+}
