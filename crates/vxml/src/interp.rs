@@ -107,6 +107,9 @@ pub(crate) enum Fetching {
 pub(crate) struct Collect {
     item: usize,
     grammars: Vec<Grammar>,
+    /// `grammars[link_base..]` belong to `links`, in order.
+    link_base: usize,
+    links: Vec<Rc<Elem>>,
     buf: String,
     deadline: Option<u64>,
     timeout: u64,
@@ -677,8 +680,13 @@ impl Interpreter {
         if let Err(j) = self.queue_item_prompts(i, item) {
             return Step::Jump(j);
         }
-        let grammars = match self.item_grammars(item) {
+        let mut grammars = match self.item_grammars(item) {
             Ok(g) => g,
+            Err(j) => return Step::Jump(j),
+        };
+        let link_base = grammars.len();
+        let links = match self.link_grammars(item, &mut grammars) {
+            Ok(l) => l,
             Err(j) => return Step::Jump(j),
         };
         let ms = |s: Option<String>, d: u64| s.and_then(|v| parse_time(&v)).unwrap_or(d);
@@ -703,6 +711,8 @@ impl Interpreter {
         self.wait = Wait::Input(Collect {
             item: i,
             grammars,
+            link_base,
+            links,
             buf: String::new(),
             deadline,
             timeout,
@@ -869,6 +879,12 @@ impl Interpreter {
         };
         self.cmds.push_back(Command::StopListening);
         match evaluate(&c.grammars, &c.buf) {
+            Eval::Complete { grammar, .. } if grammar >= c.link_base => {
+                match c.links.get(grammar - c.link_base).cloned() {
+                    Some(link) => self.link_chosen(&link),
+                    None => self.throw("nomatch", ""),
+                }
+            }
             Eval::Complete { grammar, value, .. } => {
                 self.recognized(c.item, grammar, value, &c.buf)
             }
@@ -930,6 +946,57 @@ impl Interpreter {
         }
     }
 
+    /// The DTMF grammars of the `<link>`s in scope (item, form, document, application root),
+    /// appended to `out`; returns the links in the same order.
+    fn link_grammars(
+        &mut self,
+        item: &Elem,
+        out: &mut Vec<Grammar>,
+    ) -> Result<Vec<Rc<Elem>>, Jump> {
+        let mut links = Vec::new();
+        for level in self.catch_levels() {
+            if !std::ptr::eq(level.as_ref(), item)
+                && level.name != "form"
+                && level.name != "menu"
+                && level.name != "vxml"
+            {
+                continue;
+            }
+            for l in level.children("link") {
+                if let Some(keys) = l.attr("dtmf") {
+                    let keys = keys.replace(' ', "");
+                    out.push(Grammar::Sequence {
+                        value: Json::String(keys.clone()),
+                        keys,
+                    });
+                    links.push(l.clone());
+                }
+                for g in l.children("grammar") {
+                    let g = self.grammar_element(g)?;
+                    if let Some(c) =
+                        Grammar::srgs(&g).map_err(|m| exec::throw("error.badfetch", &m))?
+                    {
+                        out.push(c);
+                        links.push(l.clone());
+                    }
+                }
+            }
+        }
+        Ok(links)
+    }
+
+    /// A `<link>` matched: it goes where it says or throws its event, from anywhere.
+    fn link_chosen(&mut self, link: &Elem) -> Step {
+        let scope = self
+            .form
+            .as_ref()
+            .map(|f| f.scope)
+            .unwrap_or(self.doc_scope);
+        match exec::choice_target(self, link, scope) {
+            Ok(j) | Err(j) => Step::Jump(j),
+        }
+    }
+
     fn menu_choice(&mut self, menu: &Elem, grammar: usize) -> Step {
         let Some(choice) = menu.children("choice").nth(grammar).cloned() else {
             return self.throw("nomatch", "");
@@ -939,10 +1006,8 @@ impl Interpreter {
             .as_ref()
             .map(|f| f.scope)
             .unwrap_or(self.doc_scope);
-        let r = exec::choice_target(self, &choice, scope);
-        match r {
-            Ok(j) => Step::Jump(j),
-            Err(j) => Step::Jump(j),
+        match exec::choice_target(self, &choice, scope) {
+            Ok(j) | Err(j) => Step::Jump(j),
         }
     }
 

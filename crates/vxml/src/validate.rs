@@ -18,6 +18,7 @@ const RULES: &[Rule] = &[
     rule("audio", &["src", "expr"], true),
     rule("throw", &["event", "eventexpr"], true),
     rule("choice", &["next", "expr", "event", "eventexpr"], false),
+    rule("link", &["next", "expr", "event", "eventexpr"], true),
     rule("exit", &["expr", "namelist"], false),
     rule("return", &["event", "eventexpr", "namelist"], false),
     rule("log", &["label", "labelexpr"], false),

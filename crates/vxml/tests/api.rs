@@ -347,3 +347,21 @@ fn applications_that_loop_on_their_own_are_ended() {
     assert!(h.vx.is_done());
     assert!(h.logs()[0].contains("loops"), "{:?}", h.logs());
 }
+
+#[test]
+fn document_link_is_active_in_every_field() {
+    let doc = vxml(
+        "<link dtmf='0' next='#operator'/><link dtmf='9' event='help'/>\
+         <form><field name='pin' type='digits?length=4'><prompt>pin</prompt><help>no help<reprompt/></help>\
+           <filled><exit namelist='pin'/></filled></field></form>\
+         <form id='operator'><block><exit expr=\"'operator'\"/></block></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    // "9" could also start a pin: the link wins when the interdigit timeout ends the input
+    h.keys("9");
+    h.timeout();
+    assert_eq!(h.spoken(), "pin|no help pin");
+    h.keys("0");
+    h.timeout();
+    assert_eq!(h.exit_values(), Some(json!("operator")));
+}
