@@ -190,6 +190,14 @@ impl Interpreter {
                 Ok(())
             }
             "log" => self.exec_log(e, scope),
+            "foreach" => {
+                let n = self.foreach_start(e, scope)?;
+                for i in 0..n {
+                    self.foreach_item(e, scope, i)?;
+                    self.exec(&e.kids, scope)?;
+                }
+                Ok(())
+            }
             "goto" => Err(self.exec_goto(e, scope)?),
             "submit" => Err(self.exec_submit(e, scope)?),
             "exit" => Err(self.exec_exit(e, scope)?),
@@ -203,6 +211,30 @@ impl Interpreter {
             // Marks, cancels and metadata have no effect in DTMF-only execution.
             _ => Ok(()),
         }
+    }
+
+    /// `<foreach array item>`: evaluates the array once into a hidden variable of `scope` and
+    /// declares `item` there when needed; returns the length.
+    fn foreach_start(&mut self, e: &Elem, scope: Scope) -> Result<usize, Jump> {
+        let (Some(array), Some(item)) = (e.attr("array"), e.attr("item")) else {
+            return Err(throw("error.badfetch", "<foreach> needs array and item"));
+        };
+        let tmp = js_str(&foreach_tmp(e));
+        let item = js_str(item);
+        let code = format!(
+            "{SELF}[{tmp}] = ({array}\n); if (!Array.isArray({SELF}[{tmp}])) throw new TypeError('foreach array is not an array'); \
+             if (!({item} in {SELF})) {SELF}[{item}] = undefined; {SELF}[{tmp}].length"
+        );
+        let n = self.engine.eval_in_scope(scope, &code).map_err(semantic)?;
+        Ok(n.and_then(|v| v.as_u64()).unwrap_or(0) as usize)
+    }
+
+    fn foreach_item(&mut self, e: &Elem, scope: Scope, i: usize) -> Result<(), Jump> {
+        let tmp = js_str(&foreach_tmp(e));
+        let item = e.attr("item").unwrap_or("");
+        let code = format!("{item} = {SELF}[{tmp}][{i}]; void 0");
+        self.engine.eval_in_scope(scope, &code).map_err(semantic)?;
+        Ok(())
     }
 
     /// `<assign>`: the variable must already be declared (else error.semantic).
@@ -316,6 +348,13 @@ impl Interpreter {
             "enumerate" => {
                 for c in self.enumerate_choices() {
                     push_text(out, &c);
+                }
+            }
+            "foreach" => {
+                let n = self.foreach_start(e, scope)?;
+                for i in 0..n {
+                    self.foreach_item(e, scope, i)?;
+                    self.prompt_kids(e, scope, out)?;
                 }
             }
             // Other SSML (say-as, emphasis, prosody, s, p, voice) passes its text through.
@@ -535,4 +574,9 @@ fn break_ms(e: &Elem) -> u64 {
         "x-strong" => 2000,
         _ => 500,
     }
+}
+
+/// A hidden variable name for one `<foreach>` element (nested loops get different ones).
+fn foreach_tmp(e: &Elem) -> String {
+    format!("__vx_foreach_{:x}", e as *const Elem as usize)
 }

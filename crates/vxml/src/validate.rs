@@ -26,6 +26,8 @@ const RULES: &[Rule] = &[
     rule("param", &["expr", "value"], false),
     rule("data", &["src", "srcexpr"], true),
     rule("var", &["name"], true),
+    rule("foreach", &["array"], true),
+    rule("foreach", &["item"], true),
     rule("assign", &["name"], true),
 ];
 

@@ -365,3 +365,15 @@ fn document_link_is_active_in_every_field() {
     h.timeout();
     assert_eq!(h.exit_values(), Some(json!("operator")));
 }
+
+#[test]
+fn foreach_in_prompts_and_executable_content() {
+    let doc = vxml(
+        "<form><var name='sum' expr='0'/><block><prompt><foreach array='[1, 2]' item='n'>item <value expr='n'/></foreach></prompt>\
+           <foreach array='[10, 20, 30]' item='v'><assign name='sum' expr='sum + v'/></foreach>\
+           <exit namelist='sum'/></block></form>",
+    );
+    let h = Host::new(START, &[(START, &doc)]);
+    assert_eq!(h.spoken(), "item 1 item 2");
+    assert_eq!(h.exit_values(), Some(json!({"sum": 60})));
+}
