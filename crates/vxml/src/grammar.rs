@@ -13,6 +13,12 @@ pub enum Grammar {
     Digits { min: usize, max: usize },
     /// `builtin:dtmf/boolean`: 1 is true, 2 is false.
     Boolean,
+    /// `builtin:dtmf/number`: digits with `*` as the decimal point; the value is a number.
+    Number,
+    /// `builtin:dtmf/date`: `yyyymmdd`.
+    Date,
+    /// `builtin:dtmf/phone`: digits with `*` before an extension (`x` in the value).
+    Phone,
     /// An SRGS grammar in DTMF mode.
     Srgs(Rc<Srgs>),
     /// One fixed key sequence with the value it yields (a menu `<choice dtmf>`).
@@ -51,6 +57,9 @@ impl Grammar {
         match name {
             "digits" => Some(digits(params)),
             "boolean" => Some(Grammar::Boolean),
+            "number" => Some(Grammar::Number),
+            "date" => Some(Grammar::Date),
+            "phone" => Some(Grammar::Phone),
             _ => None,
         }
     }
@@ -79,6 +88,9 @@ impl Grammar {
         match self {
             Grammar::Digits { min, max } => format!("digits({min}..{max})"),
             Grammar::Boolean => "boolean".into(),
+            Grammar::Number => "number".into(),
+            Grammar::Date => "date".into(),
+            Grammar::Phone => "phone".into(),
             Grammar::Srgs(_) => "srgs".into(),
             Grammar::Sequence { keys, .. } => format!("dtmf {keys}"),
         }
@@ -94,6 +106,18 @@ impl Grammar {
                 "" => Match::Prefix,
                 _ => Match::Dead,
             },
+            Grammar::Number => check_star_number(input, '.').map_or(Match::Dead, |v| match v {
+                Some(t) => match t.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+                    Some(n) => complete(Json::Number(n), true),
+                    None => Match::Dead,
+                },
+                None => Match::Prefix,
+            }),
+            Grammar::Phone => check_star_number(input, 'x').map_or(Match::Dead, |v| match v {
+                Some(t) => complete(Json::String(t), true),
+                None => Match::Prefix,
+            }),
+            Grammar::Date => check_date(input),
             Grammar::Sequence { keys, value } => {
                 if keys == input {
                     complete(value.clone(), false)
@@ -135,6 +159,35 @@ fn check_digits(input: &str, min: usize, max: usize) -> Match {
         complete(Json::String(input.to_string()), input.len() < max)
     } else {
         Match::Prefix
+    }
+}
+
+/// Digits with at most one `*` (written as `star_as` in the value): `None` outside the
+/// language, `Some(None)` for a prefix, `Some(Some(text))` when complete.
+fn check_star_number(input: &str, star_as: char) -> Option<Option<String>> {
+    let ok_chars = input.chars().all(|c| c.is_ascii_digit() || c == '*');
+    if !ok_chars || input.matches('*').count() > 1 || input.starts_with('*') {
+        return None;
+    }
+    if input.is_empty() || input.ends_with('*') {
+        return Some(None);
+    }
+    Some(Some(input.replace('*', &star_as.to_string())))
+}
+
+fn check_date(input: &str) -> Match {
+    if !input.chars().all(|c| c.is_ascii_digit()) || input.len() > 8 {
+        return Match::Dead;
+    }
+    if input.len() < 8 {
+        return Match::Prefix;
+    }
+    let month: u32 = input[4..6].parse().unwrap_or(0);
+    let day: u32 = input[6..8].parse().unwrap_or(0);
+    if (1..=12).contains(&month) && (1..=31).contains(&day) {
+        complete(Json::String(input.to_string()), false)
+    } else {
+        Match::Dead
     }
 }
 
@@ -333,6 +386,26 @@ mod tests {
         assert_eq!(g.check("1234"), Match::Dead);
         let g = Grammar::builtin("builtin:dtmf/digits?length=2").unwrap();
         assert_eq!(g.check("1"), Match::Prefix);
+    }
+
+    #[test]
+    fn number_date_phone() {
+        let n = Grammar::builtin("number").unwrap();
+        assert_eq!(n.check("12*5"), complete(serde_json::json!(12.5), true));
+        assert_eq!(n.check("12*"), Match::Prefix);
+        assert_eq!(n.check("1**"), Match::Dead);
+        let d = Grammar::builtin("date").unwrap();
+        assert_eq!(d.check("2026120"), Match::Prefix);
+        assert!(matches!(
+            d.check("20261203"),
+            Match::Complete { more: false, .. }
+        ));
+        assert_eq!(d.check("20261303"), Match::Dead);
+        let p = Grammar::builtin("phone").unwrap();
+        assert_eq!(
+            p.check("555*12"),
+            complete(Json::String("555x12".into()), true)
+        );
     }
 
     #[test]

@@ -730,7 +730,6 @@ impl Interpreter {
         }
         let mut out = Vec::new();
         if let Some(t) = item.attr("type") {
-            let t = if t.starts_with("number") { "digits" } else { t };
             match Grammar::builtin(t) {
                 Some(g) => out.push(g),
                 None => return Err(exec::throw("error.unsupported.builtin", t)),
