@@ -599,6 +599,9 @@ mod tests {
         e.eval_in_scope(b, "x = 11").unwrap();
         assert_eq!(e.eval_in_scope(a, "x").unwrap(), Some(json!(11)));
         assert!(e.eval_in_scope(a, "y").is_err());
+        e.alias_scope(a, "outer").unwrap();
+        e.eval_in_scope(b, "outer.x = 12").unwrap();
+        assert_eq!(e.eval_in_scope(b, "x").unwrap(), Some(json!(12)));
     }
 
     #[test]

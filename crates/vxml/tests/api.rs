@@ -377,3 +377,34 @@ fn foreach_in_prompts_and_executable_content() {
     assert_eq!(h.spoken(), "item 1 item 2");
     assert_eq!(h.exit_values(), Some(json!({"sum": 60})));
 }
+
+#[test]
+fn session_variables_and_termchar_property() {
+    let mut cfg = switchboard_vxml::Config::new(START);
+    cfg.session = json!({"connection": {"remote": {"uri": "sip:alice@x"}}});
+    let mut vx = switchboard_vxml::Interpreter::new(cfg).unwrap();
+    let Some(Command::Fetch { url, .. }) = vx.poll_command() else {
+        panic!("first command is the fetch")
+    };
+    let doc = vxml(
+        "<property name='termchar' value='*'/><form><field name='d' type='digits'>\
+           <filled><exit expr='session.connection.remote.uri + \" \" + d'/></filled></field></form>",
+    );
+    vx.handle(
+        Input::DocumentFetched {
+            url,
+            result: Ok(doc),
+        },
+        0,
+    );
+    for k in "42*".chars() {
+        vx.handle(Input::Dtmf(k), 10);
+    }
+    let exit = std::iter::from_fn(|| vx.poll_command()).find(|c| matches!(c, Command::Exit { .. }));
+    assert_eq!(
+        exit,
+        Some(Command::Exit {
+            values: json!("sip:alice@x 42")
+        })
+    );
+}
