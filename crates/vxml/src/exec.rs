@@ -190,6 +190,7 @@ impl Interpreter {
                 Ok(())
             }
             "log" => self.exec_log(e, scope),
+            "data" => self.exec_data(e, scope),
             "foreach" => {
                 let n = self.foreach_start(e, scope)?;
                 for i in 0..n {
@@ -211,6 +212,35 @@ impl Interpreter {
             // Marks, cancels and metadata have no effect in DTMF-only execution.
             _ => Ok(()),
         }
+    }
+
+    /// `<data>` (VoiceXML 2.1): the fetched XML (fetched ahead, see `resources`) becomes a
+    /// read-only DOM-like object in variable `name`: `name.documentElement` with `tagName`,
+    /// `attributes`, `getAttribute`, `childNodes`, `getElementsByTagName`, `textContent`.
+    fn exec_data(&mut self, e: &Elem, scope: Scope) -> Result<(), Jump> {
+        let url = match (e.attr("src"), e.attr("srcexpr")) {
+            (Some(s), _) => dom::resolve(&self.doc_url, s),
+            (None, Some(x)) => dom::resolve(&self.doc_url, &self.string(scope, x)?),
+            (None, None) => return Err(throw("error.badfetch", "<data> without src")),
+        };
+        let text = self.resource(&url)?;
+        let root = dom::parse(&text).map_err(|m| throw("error.badfetch", &m))?;
+        let value =
+            serde_json::json!({ switchboard_ecma::TAG: "x", "v": xml_tree(&root), "s": text });
+        self.engine
+            .set_global_tagged("__vx_data", &value)
+            .map_err(semantic)?;
+        let Some(name) = e.attr("name") else {
+            return Ok(());
+        };
+        self.declare(scope, name, None)?;
+        let code = format!(
+            "{name} = {{ documentElement: __vx_data, getElementsByTagName: function (n) {{ \
+               var d = this.documentElement; var r = d.getElementsByTagName(n); \
+               return (n === '*' || d.tagName === n) ? [d].concat(r) : r; }} }}; void 0"
+        );
+        self.engine.eval_in_scope(scope, &code).map_err(semantic)?;
+        Ok(())
     }
 
     /// `<foreach array item>`: evaluates the array once into a hidden variable of `scope` and
@@ -579,4 +609,23 @@ fn break_ms(e: &Elem) -> u64 {
 /// A hidden variable name for one `<foreach>` element (nested loops get different ones).
 fn foreach_tmp(e: &Elem) -> String {
     format!("__vx_foreach_{:x}", e as *const Elem as usize)
+}
+
+/// An element as the tree `crates/ecma` turns into its XML DOM objects.
+fn xml_tree(e: &Elem) -> Json {
+    let attrs: Map<String, Json> = e
+        .attrs
+        .iter()
+        .map(|(k, v)| (k.clone(), Json::String(v.clone())))
+        .collect();
+    let kids: Vec<Json> = e
+        .kids
+        .iter()
+        .filter_map(|k| match k {
+            Node::Elem(c) => Some(xml_tree(c)),
+            Node::Text(t) if !t.trim().is_empty() => Some(Json::String(t.clone())),
+            Node::Text(_) => None,
+        })
+        .collect();
+    serde_json::json!({ "n": e.name, "a": attrs, "c": kids })
 }

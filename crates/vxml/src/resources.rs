@@ -1,4 +1,4 @@
-//! External scripts and grammars (`src`, `srcexpr`).
+//! External scripts, grammars and `<data>` (`src`, `srcexpr`).
 //!
 //! The interpreter cannot stop in the middle of executable content to wait for a fetch, so a
 //! document's static `src` URLs are fetched before the document is initialized, and a field's
@@ -53,7 +53,7 @@ impl Interpreter {
 
     /// The first static script or grammar URL of a document that has not been fetched yet.
     pub(crate) fn missing_resource(&self, e: &Elem, base: &str) -> Option<String> {
-        if e.name == "script" || e.name == "grammar" {
+        if e.name == "script" || e.name == "grammar" || e.name == "data" {
             if let Some(src) = e.attr("src").filter(|s| !s.starts_with("builtin:")) {
                 let url = dom::resolve(base, src);
                 let url = dom::split_fragment(&url).0.to_string();
@@ -65,7 +65,7 @@ impl Interpreter {
         e.elems().find_map(|c| self.missing_resource(c, base))
     }
 
-    /// The first `srcexpr` URL of an item's grammars, or of the scripts inside it, that has not
+    /// The first `srcexpr` URL of an item's grammars, or of the scripts and data inside it, that has not
     /// been fetched yet. Script expressions are evaluated ahead of time in the dialog scope;
     /// one that fails here is left to fail (with its own error) when the script runs.
     pub(crate) fn missing_expr_resource(&self, item: &Elem) -> Result<Option<String>, Jump> {
@@ -132,7 +132,7 @@ impl Interpreter {
 fn scripts_with_srcexpr(e: &Elem, out: &mut Vec<String>) {
     for c in e.elems() {
         match c.attr("srcexpr") {
-            Some(x) if c.name == "script" => out.push(x.to_string()),
+            Some(x) if c.name == "script" || c.name == "data" => out.push(x.to_string()),
             _ => scripts_with_srcexpr(c, out),
         }
     }

@@ -408,3 +408,15 @@ fn session_variables_and_termchar_property() {
         })
     );
 }
+
+#[test]
+fn data_exposes_fetched_xml() {
+    let doc = vxml(
+        "<form><block><data name='q' src='queue.xml'/>\
+           <exit expr=\"q.documentElement.getAttribute('name') + ':' + q.getElementsByTagName('agent').length + ':' + q.documentElement.getElementsByTagName('agent')[1].textContent\"/>\
+         </block></form>",
+    );
+    let xml = "<queue name='sales'><agent>ann</agent><agent>bob</agent></queue>";
+    let h = Host::new(START, &[(START, &doc), ("http://app/queue.xml", xml)]);
+    assert_eq!(h.exit_values(), Some(json!("sales:2:bob")));
+}
