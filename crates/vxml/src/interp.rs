@@ -2,7 +2,7 @@
 
 use crate::dom::{self, Elem};
 use crate::exec::{self, Jump};
-use crate::grammar::{Grammar, Match};
+use crate::grammar::Grammar;
 use crate::{Command, Config, FetchError, Input, Method, PromptPart};
 use serde_json::{json, Value as Json};
 use std::collections::{HashMap, VecDeque};
@@ -22,7 +22,7 @@ const FORM_ITEMS: &[&str] = &[
 
 /// Events handled in a row without waiting for anything: past this an application is looping
 /// on its own events (e.g. a catch that rethrows) and the call is ended.
-const MAX_EVENTS_IN_A_ROW: u32 = 100;
+pub(crate) const MAX_EVENTS_IN_A_ROW: u32 = 100;
 
 /// FIA iterations in one `handle` call past which the application is taken to be looping
 /// on its own (goto to itself, clear in a loop) and the call is ended.
@@ -43,8 +43,8 @@ pub struct Interpreter {
     pub(crate) doc_root: Option<Rc<Elem>>,
     pub(crate) form: Option<FormState>,
     pub(crate) wait: Wait,
-    done: bool,
-    hung_up: bool,
+    pub(crate) done: bool,
+    pub(crate) hung_up: bool,
     /// Fetched scripts and grammars by URL (an `Err` is the fetch failure's reason).
     pub(crate) resources: HashMap<String, Result<String, String>>,
     /// Callers of the running subdialogs, innermost last.
@@ -54,8 +54,8 @@ pub struct Interpreter {
     /// Set by `<reprompt>` in the catch being run.
     pub(crate) reprompt: bool,
     /// The last FIA iteration ended with a catch without `<reprompt>`: skip prompts once.
-    suppress_prompts: bool,
-    events_in_a_row: u32,
+    pub(crate) suppress_prompts: bool,
+    pub(crate) events_in_a_row: u32,
 }
 
 /// The dialog being run: a form, or a menu (one implicit item).
@@ -105,17 +105,17 @@ pub(crate) enum Fetching {
 
 /// DTMF collection for a field, initial or menu.
 pub(crate) struct Collect {
-    item: usize,
-    grammars: Vec<Grammar>,
+    pub(crate) item: usize,
+    pub(crate) grammars: Vec<Grammar>,
     /// `grammars[link_base..]` belong to `links`, in order.
-    link_base: usize,
-    links: Vec<Rc<Elem>>,
-    buf: String,
-    deadline: Option<u64>,
-    timeout: u64,
-    interdigit: u64,
-    termtimeout: u64,
-    termchar: Option<char>,
+    pub(crate) link_base: usize,
+    pub(crate) links: Vec<Rc<Elem>>,
+    pub(crate) buf: String,
+    pub(crate) deadline: Option<u64>,
+    pub(crate) timeout: u64,
+    pub(crate) interdigit: u64,
+    pub(crate) termtimeout: u64,
+    pub(crate) termchar: Option<char>,
 }
 
 /// The next thing the FIA does.
@@ -126,7 +126,7 @@ pub(crate) enum Step {
 }
 
 /// The combined result of all active grammars on the digits so far.
-enum Eval {
+pub(crate) enum Eval {
     Dead,
     Prefix,
     Complete {
@@ -589,7 +589,7 @@ impl Interpreter {
         Step::Wait
     }
 
-    fn guard_free(&self, scope: Scope, var: &str) -> Result<bool, Jump> {
+    pub(crate) fn guard_free(&self, scope: Scope, var: &str) -> Result<bool, Jump> {
         let code = format!("{}[{}] === undefined", exec::SELF, Json::String(var.into()));
         self.cond(scope, &code)
     }
@@ -827,415 +827,6 @@ impl Interpreter {
         Step::Wait
     }
 
-    // ---- input ----
-
-    fn on_prompts_done(&mut self) -> Step {
-        if let Wait::Input(c) = &mut self.wait {
-            if c.deadline.is_none() && c.buf.is_empty() {
-                c.deadline = Some(self.now.saturating_add(c.timeout));
-            }
-        }
-        Step::Wait
-    }
-
-    fn on_dtmf(&mut self, key: char) -> Step {
-        let now = self.now;
-        let Wait::Input(c) = &mut self.wait else {
-            return Step::Wait;
-        };
-        if Some(key) == c.termchar {
-            return self.finish_input();
-        }
-        c.buf.push(key);
-        match evaluate(&c.grammars, &c.buf) {
-            Eval::Dead => self.end_input_with("nomatch"),
-            Eval::Complete { more: false, .. } if c.termchar.is_none() || c.termtimeout == 0 => {
-                self.finish_input()
-            }
-            Eval::Complete { more: false, .. } => {
-                c.deadline = Some(now.saturating_add(c.termtimeout));
-                Step::Wait
-            }
-            Eval::Complete { .. } | Eval::Prefix => {
-                c.deadline = Some(now.saturating_add(c.interdigit));
-                Step::Wait
-            }
-        }
-    }
-
-    fn on_timeout(&mut self) -> Step {
-        match &self.wait {
-            Wait::Input(c) if c.buf.is_empty() => self.end_input_with("noinput"),
-            Wait::Input(_) => self.finish_input(),
-            _ => Step::Wait,
-        }
-    }
-
-    /// Input ended (termchar, timeout or a complete match): recognize or nomatch.
-    fn finish_input(&mut self) -> Step {
-        let Wait::Input(c) = std::mem::replace(&mut self.wait, Wait::Nothing) else {
-            return Step::Wait;
-        };
-        self.cmds.push_back(Command::StopListening);
-        match evaluate(&c.grammars, &c.buf) {
-            Eval::Complete { grammar, .. } if grammar >= c.link_base => {
-                match c.links.get(grammar - c.link_base).cloned() {
-                    Some(link) => self.link_chosen(&link),
-                    None => self.throw("nomatch", ""),
-                }
-            }
-            Eval::Complete { grammar, value, .. } => {
-                self.recognized(c.item, grammar, value, &c.buf)
-            }
-            _ => self.throw("nomatch", ""),
-        }
-    }
-
-    fn end_input_with(&mut self, event: &str) -> Step {
-        self.wait = Wait::Nothing;
-        self.cmds.push_back(Command::StopListening);
-        self.throw(event, "")
-    }
-
-    /// FIA process phase for recognized input.
-    fn recognized(&mut self, i: usize, grammar: usize, value: Json, utterance: &str) -> Step {
-        let Some(form) = &self.form else {
-            return Step::Wait;
-        };
-        let (scope, item, var) = (
-            form.scope,
-            form.items[i].elem.clone(),
-            form.items[i].var.clone(),
-        );
-        let result = json!({
-            "utterance": utterance, "interpretation": value.clone(),
-            "inputmode": "dtmf", "confidence": 1.0,
-        });
-        let app = self.app_scope;
-        if let Err(e) = self
-            .engine
-            .declare_in_scope(app, "lastresult$", Some(&json!([result])))
-        {
-            return Step::Jump(exec::semantic(e));
-        }
-        if item.name == "menu" {
-            return self.menu_choice(&item, grammar);
-        }
-        self.fill(i, scope, &var, Some(value), result)
-    }
-
-    /// Sets an item's variable and its shadow `name$`, then runs the `<filled>` actions.
-    pub(crate) fn fill(
-        &mut self,
-        i: usize,
-        scope: Scope,
-        var: &str,
-        value: Option<Json>,
-        shadow: Json,
-    ) -> Step {
-        let r = self
-            .declare(scope, var, value.as_ref())
-            .and_then(|_| self.declare(scope, &format!("{var}$"), Some(&shadow)));
-        if let Err(j) = r {
-            return Step::Jump(j);
-        }
-        match self.run_filled(i) {
-            Ok(()) => Step::Select,
-            Err(j) => Step::Jump(j),
-        }
-    }
-
-    /// The DTMF grammars of the `<link>`s in scope (item, form, document, application root),
-    /// appended to `out`; returns the links in the same order.
-    fn link_grammars(
-        &mut self,
-        item: &Elem,
-        out: &mut Vec<Grammar>,
-    ) -> Result<Vec<Rc<Elem>>, Jump> {
-        let mut links = Vec::new();
-        for level in self.catch_levels() {
-            if !std::ptr::eq(level.as_ref(), item)
-                && level.name != "form"
-                && level.name != "menu"
-                && level.name != "vxml"
-            {
-                continue;
-            }
-            for l in level.children("link") {
-                if let Some(keys) = l.attr("dtmf") {
-                    let keys = keys.replace(' ', "");
-                    out.push(Grammar::Sequence {
-                        value: Json::String(keys.clone()),
-                        keys,
-                    });
-                    links.push(l.clone());
-                }
-                for g in l.children("grammar") {
-                    let g = self.grammar_element(g)?;
-                    if let Some(c) =
-                        Grammar::srgs(&g).map_err(|m| exec::throw("error.badfetch", &m))?
-                    {
-                        out.push(c);
-                        links.push(l.clone());
-                    }
-                }
-            }
-        }
-        Ok(links)
-    }
-
-    /// A `<link>` matched: it goes where it says or throws its event, from anywhere.
-    fn link_chosen(&mut self, link: &Elem) -> Step {
-        let scope = self
-            .form
-            .as_ref()
-            .map(|f| f.scope)
-            .unwrap_or(self.doc_scope);
-        match exec::choice_target(self, link, scope) {
-            Ok(j) | Err(j) => Step::Jump(j),
-        }
-    }
-
-    fn menu_choice(&mut self, menu: &Elem, grammar: usize) -> Step {
-        let Some(choice) = menu.children("choice").nth(grammar).cloned() else {
-            return self.throw("nomatch", "");
-        };
-        let scope = self
-            .form
-            .as_ref()
-            .map(|f| f.scope)
-            .unwrap_or(self.doc_scope);
-        match exec::choice_target(self, &choice, scope) {
-            Ok(j) | Err(j) => Step::Jump(j),
-        }
-    }
-
-    /// Runs the item's `<filled>` then the form-level ones whose mode and namelist apply.
-    fn run_filled(&mut self, i: usize) -> Result<(), Jump> {
-        let Some(form) = &self.form else {
-            return Ok(());
-        };
-        let (scope, item, var, felem) = (
-            form.scope,
-            form.items[i].elem.clone(),
-            form.items[i].var.clone(),
-            form.elem.clone(),
-        );
-        let inputs: Vec<String> = form
-            .items
-            .iter()
-            .filter(|it| it.elem.name != "block")
-            .map(|it| it.var.clone())
-            .collect();
-        for f in item.children("filled") {
-            self.exec_in_anon(&f.kids, scope, &[])?;
-        }
-        for f in felem.children("filled") {
-            let names: Vec<String> = match f.attr("namelist") {
-                Some(n) => n.split_whitespace().map(str::to_string).collect(),
-                None => inputs.clone(),
-            };
-            if !names.contains(&var) {
-                continue;
-            }
-            if f.attr("mode") != Some("any") && !self.all_filled(scope, &names)? {
-                continue;
-            }
-            self.exec_in_anon(&f.kids, scope, &[])?;
-        }
-        Ok(())
-    }
-
-    fn all_filled(&self, scope: Scope, names: &[String]) -> Result<bool, Jump> {
-        for n in names {
-            if self.guard_free(scope, n)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    fn on_recording(&mut self, url: Option<String>, duration: u64, term: Option<char>) -> Step {
-        let Wait::Record(i) = self.wait else {
-            return Step::Wait;
-        };
-        self.wait = Wait::Nothing;
-        let Some(url) = url else {
-            return self.throw("noinput", "");
-        };
-        let Some((scope, var)) = self.item_var(i) else {
-            return Step::Wait;
-        };
-        let shadow =
-            json!({"duration": duration, "termchar": term.map(String::from), "maxtime": false});
-        self.fill(i, scope, &var, Some(Json::String(url)), shadow)
-    }
-
-    fn on_transfer(&mut self, status: String) -> Step {
-        let Wait::Transfer(i) = self.wait else {
-            return Step::Wait;
-        };
-        self.wait = Wait::Nothing;
-        if status == "near_party_disconnect" || status == "far_end_disconnect" {
-            self.hung_up = status == "near_party_disconnect";
-        }
-        let Some((scope, var)) = self.item_var(i) else {
-            return Step::Wait;
-        };
-        self.fill(i, scope, &var, Some(Json::String(status)), json!({}))
-    }
-
-    fn item_var(&self, i: usize) -> Option<(Scope, String)> {
-        let f = self.form.as_ref()?;
-        Some((f.scope, f.items.get(i)?.var.clone()))
-    }
-
-    fn on_hangup(&mut self) -> Step {
-        self.hung_up = true;
-        if matches!(self.wait, Wait::Input(_)) {
-            self.cmds.push_back(Command::StopListening);
-        }
-        self.wait = Wait::Nothing;
-        self.throw("connection.disconnect.hangup", "")
-    }
-
-    // ---- events ----
-
-    /// Throws an event: the best catch from the item outwards to the application root, or the
-    /// default handler.
-    pub(crate) fn throw(&mut self, event: &str, message: &str) -> Step {
-        self.wait = Wait::Nothing;
-        self.events_in_a_row += 1;
-        if self.events_in_a_row > MAX_EVENTS_IN_A_ROW {
-            self.log_error(&format!("event loop stopped at {event}"));
-            self.exit(Json::Null);
-            return Step::Wait;
-        }
-        let count = self.bump_event_count(event);
-        match self.find_catch(event, count) {
-            Ok(Some(handler)) => self.run_catch(&handler, event, message),
-            Ok(None) => self.default_handler(event, message),
-            Err(j) => match j {
-                // A failing cond in a catch is itself an error; avoid recursing on it.
-                Jump::Throw { event: e, .. } if e == event => self.default_handler(event, message),
-                j => Step::Jump(j),
-            },
-        }
-    }
-
-    fn bump_event_count(&mut self, event: &str) -> u32 {
-        let Some(f) = self.form.as_mut() else {
-            return 1;
-        };
-        let c = f
-            .event_counts
-            .entry((f.current, event.to_string()))
-            .or_insert(0);
-        *c += 1;
-        *c
-    }
-
-    /// The scopes searched for a catch, innermost first.
-    fn catch_levels(&self) -> Vec<Rc<Elem>> {
-        let mut out = Vec::new();
-        if let Some(f) = &self.form {
-            if let Some(i) = f.current {
-                if !Rc::ptr_eq(&f.items[i].elem, &f.elem) {
-                    out.push(f.items[i].elem.clone());
-                }
-            }
-            out.push(f.elem.clone());
-        }
-        out.extend(self.doc_root.clone());
-        out.extend(self.app_root.clone());
-        out
-    }
-
-    fn find_catch(&mut self, event: &str, count: u32) -> Result<Option<Rc<Elem>>, Jump> {
-        let scope = self
-            .form
-            .as_ref()
-            .map(|f| f.scope)
-            .unwrap_or(self.doc_scope);
-        for level in self.catch_levels() {
-            let mut best: Option<(u32, Rc<Elem>)> = None;
-            for h in level.elems() {
-                let Some(names) = catch_events(h) else {
-                    continue;
-                };
-                if !names.is_empty() && !names.iter().any(|n| event_matches(n, event)) {
-                    continue;
-                }
-                let c: u32 = h.attr("count").and_then(|c| c.parse().ok()).unwrap_or(1);
-                if c > count || best.as_ref().is_some_and(|(b, _)| *b >= c) {
-                    continue;
-                }
-                if let Some(x) = h.attr("cond") {
-                    if !self.cond(scope, x)? {
-                        continue;
-                    }
-                }
-                best = Some((c, h.clone()));
-            }
-            if let Some((_, h)) = best {
-                return Ok(Some(h));
-            }
-        }
-        Ok(None)
-    }
-
-    fn run_catch(&mut self, handler: &Elem, event: &str, message: &str) -> Step {
-        let scope = self
-            .form
-            .as_ref()
-            .map(|f| f.scope)
-            .unwrap_or(self.doc_scope);
-        self.reprompt = false;
-        let vars = [
-            ("_event", Json::String(event.to_string())),
-            ("_message", Json::String(message.to_string())),
-        ];
-        match self.exec_in_anon(&handler.kids, scope, &vars) {
-            Ok(()) => self.after_catch(),
-            Err(j) => Step::Jump(j),
-        }
-    }
-
-    /// A catch ended without a transition: the FIA goes on, without prompts unless it reprompted.
-    fn after_catch(&mut self) -> Step {
-        if self.form.is_none() {
-            self.exit(Json::Null);
-            return Step::Wait;
-        }
-        self.suppress_prompts = !std::mem::take(&mut self.reprompt);
-        Step::Select
-    }
-
-    /// The default handlers of VoiceXML 2.0 §5.2.5.
-    fn default_handler(&mut self, event: &str, message: &str) -> Step {
-        let reprompting = ["noinput", "nomatch", "help", "maxspeechtimeout"];
-        if reprompting.iter().any(|e| event_matches(e, event)) && self.form.is_some() {
-            self.suppress_prompts = false;
-            return Step::Select;
-        }
-        if event_matches("cancel", event) && self.form.is_some() {
-            self.suppress_prompts = true;
-            return Step::Select;
-        }
-        if !event_matches("connection.disconnect", event) && !event_matches("exit", event) {
-            self.log_error(&format!("{event}: {message}"));
-        }
-        self.exit(Json::Null);
-        Step::Wait
-    }
-
-    pub(crate) fn log_error(&mut self, text: &str) {
-        self.cmds.push_back(Command::Log {
-            label: Some("error".into()),
-            text: text.to_string(),
-        });
-    }
-
     // ---- properties ----
 
     /// A property from the item outwards to the application root.
@@ -1329,53 +920,6 @@ fn menu_grammars(menu: &Elem) -> Vec<Grammar> {
         });
     }
     out
-}
-
-fn evaluate(grammars: &[Grammar], buf: &str) -> Eval {
-    let mut prefix = false;
-    let mut first: Option<(usize, Json, bool)> = None;
-    for (i, g) in grammars.iter().enumerate() {
-        match g.check(buf) {
-            Match::Dead => {}
-            Match::Prefix => prefix = true,
-            Match::Complete { value, more } => {
-                prefix |= more;
-                if first.is_none() {
-                    first = Some((i, value, more));
-                }
-            }
-        }
-    }
-    match first {
-        Some((grammar, value, _)) => Eval::Complete {
-            grammar,
-            value,
-            more: prefix,
-        },
-        None if prefix => Eval::Prefix,
-        None => Eval::Dead,
-    }
-}
-
-/// The event names a handler element catches (empty: all); `None` when it is not a handler.
-fn catch_events(h: &Elem) -> Option<Vec<String>> {
-    match h.name.as_str() {
-        "catch" => Some(
-            h.attr("event")
-                .unwrap_or("")
-                .split_whitespace()
-                .map(str::to_string)
-                .collect(),
-        ),
-        "noinput" | "nomatch" | "help" | "error" => Some(vec![h.name.clone()]),
-        _ => None,
-    }
-}
-
-/// Prefix matching on whole name components: `error` catches `error.badfetch.http.404`.
-pub(crate) fn event_matches(handler: &str, event: &str) -> bool {
-    let h = handler.trim_end_matches('.');
-    h == "." || event == h || (event.starts_with(h) && event[h.len()..].starts_with('.'))
 }
 
 /// CSS2 times: `5s`, `250ms`, `1.5s`; a bare number is milliseconds.

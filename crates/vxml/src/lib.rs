@@ -17,8 +17,10 @@
 //! and when idle call [`Interpreter::handle_timeout`] at [`Interpreter::next_deadline`].
 
 mod dom;
+mod events;
 mod exec;
 mod grammar;
+mod input;
 mod interp;
 mod resources;
 mod script;
