@@ -338,6 +338,9 @@ impl Interpreter {
 
     /// Queues a `<prompt>`'s content.
     pub(crate) fn queue_prompt(&mut self, e: &Elem, scope: Scope) -> Result<(), Jump> {
+        if let Some(b) = e.attr("bargein") {
+            self.prompt_bargein = Some(b != "false");
+        }
         let mut parts = Vec::new();
         for k in &e.kids {
             match k {
@@ -375,11 +378,7 @@ impl Interpreter {
                     out.push(PromptPart::Audio { url, fallback });
                 }
             }
-            "enumerate" => {
-                for c in self.enumerate_choices() {
-                    push_text(out, &c);
-                }
-            }
+            "enumerate" => self.enumerate(e, scope, out)?,
             "foreach" => {
                 let n = self.foreach_start(e, scope)?;
                 for i in 0..n {
@@ -408,20 +407,54 @@ impl Interpreter {
         Ok(())
     }
 
-    /// The texts of the current menu's choices (or field's options), in document order.
-    fn enumerate_choices(&self) -> Vec<String> {
+    /// The current menu's choices (or field's options) in document order: text and keys.
+    fn enumerate_choices(&self) -> Vec<(String, Option<String>)> {
         let Some(f) = &self.form else {
             return Vec::new();
         };
-        let source = match f.current {
-            Some(i) if f.items[i].elem.name == "field" => f.items[i].elem.clone(),
-            _ => f.elem.clone(),
-        };
-        source
-            .elems()
-            .filter(|c| c.name == "choice" || c.name == "option")
-            .map(|c| c.text().split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect()
+        let text = |c: &Elem| c.text().split_whitespace().collect::<Vec<_>>().join(" ");
+        match f.current {
+            Some(i) if f.items[i].elem.name == "field" => f.items[i]
+                .elem
+                .children("option")
+                .enumerate()
+                .map(|(n, o)| {
+                    let keys = o.attr("dtmf").map(str::to_string);
+                    (text(o), Some(keys.unwrap_or_else(|| (n + 1).to_string())))
+                })
+                .collect(),
+            _ => f
+                .elem
+                .children("choice")
+                .map(|c| text(c))
+                .zip(crate::interp::choice_keys(&f.elem))
+                .collect(),
+        }
+    }
+
+    /// `<enumerate>`: the choice texts, or its content rendered once per choice with
+    /// `_prompt` and `_dtmf` set.
+    fn enumerate(&mut self, e: &Elem, scope: Scope, out: &mut Vec<PromptPart>) -> Result<(), Jump> {
+        let choices = self.enumerate_choices();
+        if e.kids.is_empty() {
+            for (t, _) in choices {
+                push_text(out, &t);
+            }
+            return Ok(());
+        }
+        for (t, keys) in choices {
+            let anon = self.engine.new_scope(Some(scope)).map_err(semantic)?;
+            let vars = [
+                ("_prompt", Json::String(t)),
+                ("_dtmf", keys.map(Json::String).unwrap_or(Json::Null)),
+            ];
+            let r = self
+                .init_anon(anon, &vars)
+                .and_then(|_| self.prompt_kids(e, anon, out));
+            self.engine.drop_scope(anon);
+            r?;
+        }
+        Ok(())
     }
 
     fn exec_log(&mut self, e: &Elem, scope: Scope) -> Result<(), Jump> {

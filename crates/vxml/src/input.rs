@@ -13,6 +13,7 @@ use switchboard_ecma::Scope;
 impl Interpreter {
     pub(crate) fn on_prompts_done(&mut self) -> Step {
         if let Wait::Input(c) = &mut self.wait {
+            c.playing = false;
             if c.deadline.is_none() && c.buf.is_empty() {
                 c.deadline = Some(self.now.saturating_add(c.timeout));
             }
@@ -25,6 +26,9 @@ impl Interpreter {
         let Wait::Input(c) = &mut self.wait else {
             return Step::Wait;
         };
+        if c.playing && !c.bargein {
+            return Step::Wait;
+        }
         if Some(key) == c.termchar {
             return self.finish_input();
         }

@@ -56,6 +56,10 @@ pub struct Interpreter {
     /// The last FIA iteration ended with a catch without `<reprompt>`: skip prompts once.
     pub(crate) suppress_prompts: bool,
     pub(crate) events_in_a_row: u32,
+    /// A `bargein` attribute on a queued prompt (wins over the property).
+    pub(crate) prompt_bargein: Option<bool>,
+    /// Whether the last Play could be interrupted by keys.
+    pub(crate) last_bargein: bool,
 }
 
 /// The dialog being run: a form, or a menu (one implicit item).
@@ -116,6 +120,10 @@ pub(crate) struct Collect {
     pub(crate) interdigit: u64,
     pub(crate) termtimeout: u64,
     pub(crate) termchar: Option<char>,
+    /// Prompts are still playing (no PromptsDone yet).
+    pub(crate) playing: bool,
+    /// Keys may interrupt the prompts; if not, keys pressed while they play are dropped.
+    pub(crate) bargein: bool,
 }
 
 /// The next thing the FIA does.
@@ -172,6 +180,8 @@ impl Interpreter {
             reprompt: false,
             suppress_prompts: false,
             events_in_a_row: 0,
+            prompt_bargein: None,
+            last_bargein: true,
         };
         vx.fetch(config.url, Method::Get, Vec::new());
         Ok(vx)
@@ -291,7 +301,11 @@ impl Interpreter {
             return false;
         }
         let prompts = std::mem::take(&mut self.prompts);
-        let bargein = self.prop(None, "bargein").as_deref() != Some("false");
+        let bargein = match self.prompt_bargein.take() {
+            Some(b) => b,
+            None => self.prop(None, "bargein").as_deref() != Some("false"),
+        };
+        self.last_bargein = bargein;
         self.cmds.push_back(Command::Play { prompts, bargein });
         true
     }
@@ -719,6 +733,8 @@ impl Interpreter {
             interdigit,
             termtimeout,
             termchar,
+            playing: played,
+            bargein: self.last_bargein,
         });
         Step::Wait
     }
@@ -901,22 +917,31 @@ fn dialog_items(elem: &Rc<Elem>) -> Vec<Item> {
 
 /// A menu's choices as DTMF sequences (`dtmf="true"` numbers the unnumbered ones 1..9).
 fn menu_grammars(menu: &Elem) -> Vec<Grammar> {
+    choice_keys(menu)
+        .into_iter()
+        .enumerate()
+        .map(|(n, keys)| Grammar::Sequence {
+            // A speech-only choice cannot be selected by keys.
+            keys: keys.unwrap_or_else(|| String::from("\u{0}")),
+            value: json!(n),
+        })
+        .collect()
+}
+
+/// The keys of each `<choice>` of a menu: its `dtmf`, or 1..9 in order when the menu has
+/// `dtmf="true"`.
+pub(crate) fn choice_keys(menu: &Elem) -> Vec<Option<String>> {
     let auto = menu.attr("dtmf") == Some("true");
     let mut next = 1;
     let mut out = Vec::new();
-    for (n, c) in menu.children("choice").enumerate() {
-        let keys = match c.attr("dtmf") {
-            Some(k) => k.replace(' ', ""),
+    for c in menu.children("choice") {
+        out.push(match c.attr("dtmf") {
+            Some(k) => Some(k.replace(' ', "")),
             None if auto && next <= 9 => {
                 next += 1;
-                (next - 1).to_string()
+                Some((next - 1).to_string())
             }
-            // A speech-only choice cannot be selected by keys.
-            None => String::from("\u{0}"),
-        };
-        out.push(Grammar::Sequence {
-            keys,
-            value: json!(n),
+            None => None,
         });
     }
     out

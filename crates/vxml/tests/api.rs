@@ -420,3 +420,20 @@ fn data_exposes_fetched_xml() {
     let h = Host::new(START, &[(START, &doc), ("http://app/queue.xml", xml)]);
     assert_eq!(h.exit_values(), Some(json!("sales:2:bob")));
 }
+
+#[test]
+fn enumerate_template_and_bargein_false() {
+    let doc = vxml(
+        "<menu dtmf='true'><prompt bargein='false'><enumerate>for <value expr='_prompt'/> press <value expr='_dtmf'/>,</enumerate></prompt>\
+           <choice next='#a'>sales</choice><choice next='#b'>support</choice></menu>\
+         <form id='a'><block><exit expr=\"'a'\"/></block></form><form id='b'><block><exit expr=\"'b'\"/></block></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    assert_eq!(h.spoken(), "for sales press 1 , for support press 2 ,");
+    assert!(matches!(h.log[1], Command::Play { bargein: false, .. }));
+    h.keys("2"); // dropped: the prompt cannot be interrupted
+    assert_eq!(h.exit_values(), None);
+    h.input(Input::PromptsDone);
+    h.keys("2");
+    assert_eq!(h.exit_values(), Some(json!("b")));
+}
