@@ -41,6 +41,8 @@ pub enum Match {
 pub struct Srgs {
     rules: HashMap<String, Rc<Elem>>,
     root: Rc<Elem>,
+    /// `tag-format="semantics/1.0-literals"`: a tag is a string value, not a script.
+    literals: bool,
 }
 
 impl Grammar {
@@ -80,7 +82,14 @@ impl Grammar {
             None => grammar.children("rule").next().cloned(),
         }
         .ok_or("grammar has no root rule")?;
-        Ok(Some(Grammar::Srgs(Rc::new(Srgs { rules, root }))))
+        let literals = grammar
+            .attr("tag-format")
+            .is_some_and(|f| f.contains("literals"));
+        Ok(Some(Grammar::Srgs(Rc::new(Srgs {
+            rules,
+            root,
+            literals,
+        }))))
     }
 
     /// A short description for the Listen command.
@@ -93,6 +102,15 @@ impl Grammar {
             Grammar::Phone => "phone".into(),
             Grammar::Srgs(_) => "srgs".into(),
             Grammar::Sequence { keys, .. } => format!("dtmf {keys}"),
+        }
+    }
+
+    /// The ECMAScript program giving the semantic interpretation of a complete `input`, for
+    /// SRGS grammars whose parse runs tags.
+    pub fn semantics(&self, input: &str) -> Option<String> {
+        match self {
+            Grammar::Srgs(g) => g.semantics(input),
+            _ => None,
         }
     }
 
@@ -202,6 +220,27 @@ fn token_keys(tok: &str) -> String {
         .collect()
 }
 
+/// What a parse did, in order: the semantic side of a match (SISR tags and rule boundaries).
+#[derive(Debug, Clone)]
+enum Ev {
+    Tag(String),
+    Enter,
+    /// Leaving rule `id` whose match started at key `from`.
+    Leave {
+        id: String,
+        from: usize,
+    },
+}
+
+/// End positions reached, each with the trace of the first parse that reached it.
+type Ends = Vec<(usize, Vec<Ev>)>;
+
+fn push_end(out: &mut Ends, pos: usize, trace: Vec<Ev>) {
+    if !out.iter().any(|(p, _)| *p == pos) {
+        out.push((pos, trace));
+    }
+}
+
 /// The matcher walks expansions over the input keys, collecting every end position reached;
 /// `hungry` records that some path wanted more keys than were given (so a longer input could
 /// still match).
@@ -215,7 +254,7 @@ struct Walk<'a> {
 }
 
 impl Srgs {
-    fn check(&self, input: &str) -> Match {
+    fn walk(&self, input: &str) -> (Ends, bool, usize) {
         let mut w = Walk {
             g: self,
             keys: input.chars().collect(),
@@ -223,40 +262,98 @@ impl Srgs {
             depth: 0,
             budget: 200_000,
         };
-        let ends = w.rule(&self.root, 0);
-        let n = w.keys.len();
-        if ends.contains(&n) {
-            complete(Json::String(input.to_string()), w.hungry)
-        } else if w.hungry {
+        let root_id = self.root.attr("id").unwrap_or("root").to_string();
+        let ends = w.rule(&self.root, &root_id, 0, Vec::new());
+        (ends, w.hungry, w.keys.len())
+    }
+
+    fn check(&self, input: &str) -> Match {
+        let (ends, hungry, n) = self.walk(input);
+        if ends.iter().any(|(p, _)| *p == n) {
+            complete(Json::String(input.to_string()), hungry)
+        } else if hungry {
             Match::Prefix
         } else {
             Match::Dead
         }
     }
+
+    /// An ECMAScript program computing the semantic interpretation of `input` from the tags
+    /// on its parse (a subset of SISR 1.0: `out` per rule, `rules.id`, `rules.latest()`, a rule
+    /// without tags yields the keys it matched); `None` when the parse ran no tags.
+    fn semantics(&self, input: &str) -> Option<String> {
+        let (ends, _, n) = self.walk(input);
+        let (_, trace) = ends.into_iter().find(|(p, _)| *p == n)?;
+        if !trace.iter().any(|e| matches!(e, Ev::Tag(_))) {
+            return None;
+        }
+        let keys: Vec<char> = input.chars().collect();
+        let mut js = String::from(
+            "(function () { var __st = [], __v, out = {}, __tagged = false, rules = {};\n\
+             function __latest() { return rules.__latest; }\n",
+        );
+        for e in trace {
+            js.push_str(&ev_js(&e, &keys, self.literals));
+        }
+        // The last rule left is the root: its value is the interpretation.
+        js.push_str("return __v; })()");
+        Some(js)
+    }
+}
+
+/// One trace step as ECMAScript.
+fn ev_js(e: &Ev, keys: &[char], literals: bool) -> String {
+    match e {
+        Ev::Enter => "__st.push([out, __tagged, rules]); out = {}; __tagged = false; \
+                      rules = { latest: __latest };\n"
+            .into(),
+        Ev::Tag(t) if literals => format!(
+            "out = {}; __tagged = true;\n",
+            Json::String(t.trim().to_string())
+        ),
+        Ev::Tag(t) => format!("__tagged = true; {t}\n;\n"),
+        Ev::Leave { id, from } => {
+            let text: String = keys.iter().skip(*from).collect();
+            format!(
+                "var __v = __tagged ? out : {text}; var __p = __st.pop(); out = __p[0]; \
+                 __tagged = __p[1]; rules = __p[2]; rules[{id}] = __v; rules.__latest = __v;\n",
+                text = Json::String(text),
+                id = Json::String(id.clone()),
+            )
+        }
+    }
 }
 
 impl Walk<'_> {
-    fn rule(&mut self, rule: &Elem, pos: usize) -> Vec<usize> {
+    fn rule(&mut self, rule: &Elem, id: &str, pos: usize, trace: Vec<Ev>) -> Ends {
         // Recursive rules are cut off rather than overflowing the stack.
         if self.depth > 64 {
             return Vec::new();
         }
         self.depth += 1;
-        let r = self.seq(&rule.kids, pos);
+        let mut start = trace;
+        start.push(Ev::Enter);
+        let ends = self.seq(&rule.kids, pos, start);
         self.depth -= 1;
-        r
+        ends.into_iter()
+            .map(|(p, mut t)| {
+                t.push(Ev::Leave {
+                    id: id.to_string(),
+                    from: pos,
+                });
+                (p, t)
+            })
+            .collect()
     }
 
     /// A sequence of nodes: each one continues from every end position of the previous.
-    fn seq(&mut self, nodes: &[Node], pos: usize) -> Vec<usize> {
-        let mut cur = vec![pos];
+    fn seq(&mut self, nodes: &[Node], pos: usize, trace: Vec<Ev>) -> Ends {
+        let mut cur = vec![(pos, trace)];
         for n in nodes {
             let mut next = Vec::new();
-            for p in cur {
-                for e in self.node(n, p) {
-                    if !next.contains(&e) {
-                        next.push(e);
-                    }
+            for (p, t) in cur {
+                for (e, t2) in self.node(n, p, t) {
+                    push_end(&mut next, e, t2);
                 }
             }
             if next.is_empty() {
@@ -267,35 +364,37 @@ impl Walk<'_> {
         cur
     }
 
-    fn node(&mut self, n: &Node, pos: usize) -> Vec<usize> {
+    fn node(&mut self, n: &Node, pos: usize, trace: Vec<Ev>) -> Ends {
         if self.budget == 0 {
             return Vec::new();
         }
         self.budget -= 1;
         match n {
-            Node::Text(t) => self.tokens(&token_keys(t), pos),
+            Node::Text(t) => self.tokens(&token_keys(t), pos, trace),
             Node::Elem(e) => match e.name.as_str() {
-                "item" => self.item(e, pos),
+                "item" => self.item(e, pos, trace),
                 "one-of" => {
                     let mut out = Vec::new();
                     for alt in e.children("item") {
-                        for p in self.item(alt, pos) {
-                            if !out.contains(&p) {
-                                out.push(p);
-                            }
+                        for (p, t) in self.item(alt, pos, trace.clone()) {
+                            push_end(&mut out, p, t);
                         }
                     }
                     out
                 }
-                "ruleref" => self.ruleref(e, pos),
-                "token" => self.tokens(&token_keys(&e.text()), pos),
-                // tags carry semantics, not keys; the value is the utterance
-                _ => vec![pos],
+                "ruleref" => self.ruleref(e, pos, trace),
+                "token" => self.tokens(&token_keys(&e.text()), pos, trace),
+                "tag" => {
+                    let mut t = trace;
+                    t.push(Ev::Tag(e.text()));
+                    vec![(pos, t)]
+                }
+                _ => vec![(pos, trace)],
             },
         }
     }
 
-    fn tokens(&mut self, keys: &str, pos: usize) -> Vec<usize> {
+    fn tokens(&mut self, keys: &str, pos: usize, trace: Vec<Ev>) -> Ends {
         let mut p = pos;
         for k in keys.chars() {
             if p == self.keys.len() {
@@ -307,41 +406,39 @@ impl Walk<'_> {
             }
             p += 1;
         }
-        vec![p]
+        vec![(p, trace)]
     }
 
-    fn ruleref(&mut self, e: &Elem, pos: usize) -> Vec<usize> {
+    fn ruleref(&mut self, e: &Elem, pos: usize, trace: Vec<Ev>) -> Ends {
         let target = e.attr("uri").unwrap_or("").trim_start_matches('#');
         match self.g.rules.get(target).cloned() {
-            Some(r) => self.rule(&r, pos),
+            Some(r) => self.rule(&r, target, pos, trace),
             None => Vec::new(),
         }
     }
 
     /// An item, repeated per its `repeat` attribute (`n`, `m-n`, `m-`).
-    fn item(&mut self, e: &Elem, pos: usize) -> Vec<usize> {
+    fn item(&mut self, e: &Elem, pos: usize, trace: Vec<Ev>) -> Ends {
         let (min, max) = repeat_bounds(e.attr("repeat"));
         // More repetitions than keys cannot consume anything new.
         let max = max.min(self.keys.len() - pos.min(self.keys.len()) + 1);
         let mut out = Vec::new();
-        let mut cur = vec![pos];
+        let mut cur = vec![(pos, trace)];
         for i in 0..=max {
             if i >= min {
-                for p in &cur {
-                    if !out.contains(p) {
-                        out.push(*p);
-                    }
+                for (p, t) in &cur {
+                    push_end(&mut out, *p, t.clone());
                 }
             }
             if i == max {
                 break;
             }
             let mut next = Vec::new();
-            for p in cur {
-                for q in self.seq(&e.kids, p) {
+            for (p, t) in cur {
+                for (q, t2) in self.seq(&e.kids, p, t) {
                     // an empty repetition would loop forever
-                    if q > p && !next.contains(&q) {
-                        next.push(q);
+                    if q > p {
+                        push_end(&mut next, q, t2);
                     }
                 }
             }
@@ -420,6 +517,20 @@ mod tests {
         assert_eq!(g.check("12"), Match::Prefix);
         assert!(matches!(g.check("12#"), Match::Complete { .. }));
         assert_eq!(g.check("3"), Match::Dead);
+    }
+
+    #[test]
+    fn tags_build_a_program() {
+        let x = parse(
+            "<grammar mode='dtmf' root='r'><rule id='d'><one-of><item>1<tag>out = 'one';</tag></item>\
+             <item>2</item></one-of></rule><rule id='r'><ruleref uri='#d'/><ruleref uri='#d'/>\
+             <tag>out.a = rules.d; out.b = rules.latest();</tag></rule></grammar>",
+        )
+        .unwrap();
+        let g = Grammar::srgs(&x).unwrap().unwrap();
+        assert!(g.semantics("12").unwrap().contains("out = 'one'"));
+        let plain = Grammar::builtin("digits").unwrap();
+        assert_eq!(plain.semantics("12"), None);
     }
 
     #[test]

@@ -71,6 +71,13 @@ impl Interpreter {
                 }
             }
             Eval::Complete { grammar, value, .. } => {
+                let value = match c.grammars.get(grammar).and_then(|g| g.semantics(&c.buf)) {
+                    Some(js) => match self.interpret(&js) {
+                        Ok(v) => v,
+                        Err(j) => return Step::Jump(j),
+                    },
+                    None => value,
+                };
                 self.recognized(c.item, grammar, value, &c.buf)
             }
             _ => self.throw("nomatch", ""),
@@ -81,6 +88,16 @@ impl Interpreter {
         self.wait = Wait::Nothing;
         self.cmds.push_back(Command::StopListening);
         self.throw(event, "")
+    }
+
+    /// Runs a grammar's tags (see `Grammar::semantics`) in the dialog scope.
+    fn interpret(&self, js: &str) -> Result<Json, Jump> {
+        let scope = self
+            .form
+            .as_ref()
+            .map(|f| f.scope)
+            .unwrap_or(self.doc_scope);
+        Ok(self.eval(scope, js)?.unwrap_or(Json::Null))
     }
 
     /// FIA process phase for recognized input.
@@ -113,6 +130,12 @@ impl Interpreter {
         if item.name == "menu" {
             return self.menu_choice(&item, grammar);
         }
+        // An interpretation with a property named after the field's slot fills it with that.
+        let slot = item.attr("slot").unwrap_or(&var).to_string();
+        let value = match value {
+            Json::Object(mut m) if m.contains_key(&slot) => m.remove(&slot).unwrap_or(Json::Null),
+            v => v,
+        };
         self.fill(i, scope, &var, Some(value), result)
     }
 

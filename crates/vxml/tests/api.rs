@@ -437,3 +437,17 @@ fn enumerate_template_and_bargein_false() {
     h.keys("2");
     assert_eq!(h.exit_values(), Some(json!("b")));
 }
+
+#[test]
+fn srgs_tags_give_the_interpretation() {
+    let doc = vxml(
+        "<form><field name='dept'><grammar mode='dtmf' root='r' version='1.0' xmlns='http://www.w3.org/2001/06/grammar'>\
+           <rule id='r'><one-of><item>1<tag>out.dept = 'sales';</tag></item><item>2<tag>out.dept = 'support';</tag></item></one-of>\
+           <ruleref uri='#n'/><tag>out.n = rules.n;</tag></rule>\
+           <rule id='n'><item repeat='1-2'><one-of><item>0</item><item>5</item></one-of></item></rule></grammar>\
+           <filled><exit expr=\"dept + ' ' + dept$.interpretation.n\"/></filled></field></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    h.keys("205#");
+    assert_eq!(h.exit_values(), Some(json!("support 05")));
+}
