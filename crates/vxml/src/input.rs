@@ -78,6 +78,9 @@ impl Interpreter {
                     },
                     None => value,
                 };
+                if grammar >= c.form_base {
+                    return self.form_recognized(value, &c.buf);
+                }
                 self.recognized(c.item, grammar, value, &c.buf)
             }
             _ => self.throw("nomatch", ""),
@@ -88,6 +91,69 @@ impl Interpreter {
         self.wait = Wait::Nothing;
         self.cmds.push_back(Command::StopListening);
         self.throw(event, "")
+    }
+
+    /// A form-level grammar matched: its interpretation's properties fill the fields whose
+    /// slot they name, and the `<initial>` items are done.
+    fn form_recognized(&mut self, value: Json, utterance: &str) -> Step {
+        let Some(form) = &self.form else {
+            return Step::Wait;
+        };
+        let Json::Object(m) = &value else {
+            return self.throw("nomatch", "no field slot in the interpretation");
+        };
+        let scope = form.scope;
+        let mut filled = Vec::new();
+        let mut initials = Vec::new();
+        for (i, it) in form.items.iter().enumerate() {
+            let slot = it.elem.attr("slot").unwrap_or(&it.var);
+            match it.elem.name.as_str() {
+                "field" => {
+                    if let Some(v) = m.get(slot) {
+                        filled.push((i, it.var.clone(), v.clone()));
+                    }
+                }
+                "initial" => initials.push(it.var.clone()),
+                _ => {}
+            }
+        }
+        if filled.is_empty() {
+            return self.throw("nomatch", "no field slot in the interpretation");
+        }
+        let shadow = json!({
+            "utterance": utterance, "interpretation": value.clone(),
+            "inputmode": "dtmf", "confidence": 1.0,
+        });
+        let r = self.set_form_slots(scope, &filled, &initials, &shadow);
+        if let Err(j) = r {
+            return Step::Jump(j);
+        }
+        let idx: Vec<usize> = filled.iter().map(|(i, _, _)| *i).collect();
+        match self.run_filled_many(&idx) {
+            Ok(()) => Step::Select,
+            Err(j) => Step::Jump(j),
+        }
+    }
+
+    fn set_form_slots(
+        &mut self,
+        scope: Scope,
+        filled: &[(usize, String, Json)],
+        initials: &[String],
+        shadow: &Json,
+    ) -> Result<(), Jump> {
+        let app = self.app_scope;
+        self.engine
+            .declare_in_scope(app, "lastresult$", Some(&json!([shadow])))
+            .map_err(exec::semantic)?;
+        for (_, var, v) in filled {
+            self.declare(scope, var, Some(v))?;
+            self.declare(scope, &format!("{var}$"), Some(shadow))?;
+        }
+        for var in initials {
+            self.declare(scope, var, Some(&Json::Bool(true)))?;
+        }
+        Ok(())
     }
 
     /// Runs a grammar's tags (see `Grammar::semantics`) in the dialog scope.
@@ -227,30 +293,38 @@ impl Interpreter {
 
     /// Runs the item's `<filled>` then the form-level ones whose mode and namelist apply.
     pub(crate) fn run_filled(&mut self, i: usize) -> Result<(), Jump> {
+        self.run_filled_many(&[i])
+    }
+
+    /// `<filled>` after one input filled several items: each item's own, then the form's whose
+    /// namelist includes one of them.
+    fn run_filled_many(&mut self, filled: &[usize]) -> Result<(), Jump> {
         let Some(form) = &self.form else {
             return Ok(());
         };
-        let (scope, item, var, felem) = (
-            form.scope,
-            form.items[i].elem.clone(),
-            form.items[i].var.clone(),
-            form.elem.clone(),
-        );
+        let (scope, felem) = (form.scope, form.elem.clone());
+        let just: Vec<(Rc<Elem>, String)> = filled
+            .iter()
+            .filter_map(|i| form.items.get(*i))
+            .map(|it| (it.elem.clone(), it.var.clone()))
+            .collect();
         let inputs: Vec<String> = form
             .items
             .iter()
             .filter(|it| it.elem.name != "block")
             .map(|it| it.var.clone())
             .collect();
-        for f in item.children("filled") {
-            self.exec_in_anon(&f.kids, scope, &[])?;
+        for (item, _) in &just {
+            for f in item.children("filled") {
+                self.exec_in_anon(&f.kids, scope, &[])?;
+            }
         }
         for f in felem.children("filled") {
             let names: Vec<String> = match f.attr("namelist") {
                 Some(n) => n.split_whitespace().map(str::to_string).collect(),
                 None => inputs.clone(),
             };
-            if !names.contains(&var) {
+            if !just.iter().any(|(_, v)| names.contains(v)) {
                 continue;
             }
             if f.attr("mode") != Some("any") && !self.all_filled(scope, &names)? {

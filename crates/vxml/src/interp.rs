@@ -111,6 +111,8 @@ pub(crate) enum Fetching {
 pub(crate) struct Collect {
     pub(crate) item: usize,
     pub(crate) grammars: Vec<Grammar>,
+    /// `grammars[form_base..link_base]` are the form's own (mixed initiative).
+    pub(crate) form_base: usize,
     /// `grammars[link_base..]` belong to `links`, in order.
     pub(crate) link_base: usize,
     pub(crate) links: Vec<Rc<Elem>>,
@@ -698,6 +700,23 @@ impl Interpreter {
             Ok(g) => g,
             Err(j) => return Step::Jump(j),
         };
+        // Form-level grammars are active in every field unless it is modal (mixed initiative).
+        let form_base = grammars.len();
+        let form_grammars = match &self.form {
+            Some(f) if item.name == "initial" || item.attr("modal") != Some("true") => {
+                let felem = f.elem.clone();
+                if felem.name == "form" {
+                    self.grammar_children(&felem)
+                } else {
+                    Ok(Vec::new())
+                }
+            }
+            _ => Ok(Vec::new()),
+        };
+        match form_grammars {
+            Ok(g) => grammars.extend(g),
+            Err(j) => return Step::Jump(j),
+        }
         let link_base = grammars.len();
         let links = match self.link_grammars(item, &mut grammars) {
             Ok(l) => l,
@@ -725,6 +744,7 @@ impl Interpreter {
         self.wait = Wait::Input(Collect {
             item: i,
             grammars,
+            form_base,
             link_base,
             links,
             buf: String::new(),
@@ -739,26 +759,9 @@ impl Interpreter {
         Step::Wait
     }
 
-    /// The DTMF grammars active for an item.
-    fn item_grammars(&mut self, item: &Elem) -> Result<Vec<Grammar>, Jump> {
-        if item.name == "menu" {
-            return Ok(menu_grammars(item));
-        }
+    /// The DTMF grammars among the `<grammar>` children of an item or a form.
+    fn grammar_children(&self, source: &Elem) -> Result<Vec<Grammar>, Jump> {
         let mut out = Vec::new();
-        if let Some(t) = item.attr("type") {
-            match Grammar::builtin(t) {
-                Some(g) => out.push(g),
-                None => return Err(exec::throw("error.unsupported.builtin", t)),
-            }
-        }
-        let source: &Elem = if item.name == "initial" {
-            match &self.form {
-                Some(f) => &f.elem.clone(),
-                None => item,
-            }
-        } else {
-            item
-        };
         for g in source.children("grammar") {
             if let Some(src) = g.attr("src").filter(|s| s.starts_with("builtin:")) {
                 // Only the DTMF builtins apply to key presses.
@@ -772,6 +775,22 @@ impl Interpreter {
                 out.push(c);
             }
         }
+        Ok(out)
+    }
+
+    /// The DTMF grammars active for an item.
+    fn item_grammars(&mut self, item: &Elem) -> Result<Vec<Grammar>, Jump> {
+        if item.name == "menu" {
+            return Ok(menu_grammars(item));
+        }
+        let mut out = Vec::new();
+        if let Some(t) = item.attr("type") {
+            match Grammar::builtin(t) {
+                Some(g) => out.push(g),
+                None => return Err(exec::throw("error.unsupported.builtin", t)),
+            }
+        }
+        out.extend(self.grammar_children(item)?);
         for (n, o) in item.children("option").enumerate() {
             let value = o
                 .attr("value")

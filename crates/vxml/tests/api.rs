@@ -451,3 +451,23 @@ fn srgs_tags_give_the_interpretation() {
     h.keys("205#");
     assert_eq!(h.exit_values(), Some(json!("support 05")));
 }
+
+#[test]
+fn form_grammar_fills_several_fields() {
+    let doc = vxml(
+        "<form><grammar mode='dtmf' root='r' version='1.0' xmlns='http://www.w3.org/2001/06/grammar'>\
+           <rule id='r'><item repeat='2'><ruleref uri='#d'/></item><tag>out.from = rules.latest(); out.to = 'B';</tag></rule>\
+           <rule id='d'><one-of><item>1</item><item>2</item></one-of></rule></grammar>\
+           <initial name='start'><prompt>from and to?</prompt></initial>\
+           <field name='from' type='digits'><prompt>from?</prompt></field>\
+           <field name='to' type='digits'><prompt>to?</prompt></field>\
+           <filled mode='all'><exit namelist='start from to'/></filled></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    assert_eq!(h.spoken(), "from and to?");
+    h.keys("12");
+    assert_eq!(
+        h.exit_values(),
+        Some(json!({"start": true, "from": "2", "to": "B"}))
+    );
+}
