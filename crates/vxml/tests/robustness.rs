@@ -37,7 +37,7 @@ fn random_input(rng: &mut Rng) -> Option<Input> {
         0..=3 => Input::Dtmf(keys[(rng.next() % keys.len() as u64) as usize]),
         4 => Input::PromptsDone,
         5 => Input::RecordingDone {
-            url: (rng.next() % 2 == 0).then(|| "file:///r.wav".to_string()),
+            url: (rng.next() & 1 == 0).then(|| "file:///r.wav".to_string()),
             duration_ms: 5,
             termchar: None,
         },
