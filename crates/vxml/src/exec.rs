@@ -299,7 +299,8 @@ impl Interpreter {
             }
         }
         for n in &names {
-            let code = format!("{n} = undefined");
+            // An undeclared name is an error, not a new global.
+            let code = format!("void ({n}); {n} = undefined");
             self.engine.eval_in_scope(scope, &code).map_err(semantic)?;
         }
         Ok(())

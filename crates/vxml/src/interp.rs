@@ -212,6 +212,7 @@ impl Interpreter {
         self.now = now;
         let due = matches!(self.next_deadline(), Some(d) if d <= now);
         if due {
+            self.events_in_a_row = 0;
             let step = self.on_timeout();
             self.drive(step);
         }
@@ -223,6 +224,8 @@ impl Interpreter {
         if self.done {
             return;
         }
+        // The loop guard counts events between two inputs.
+        self.events_in_a_row = 0;
         let step = match input {
             Input::DocumentFetched { url, result } => self.on_fetched(url, result),
             Input::PromptsDone => self.on_prompts_done(),

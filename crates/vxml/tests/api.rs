@@ -471,3 +471,13 @@ fn form_grammar_fills_several_fields() {
         Some(json!({"start": true, "from": "2", "to": "B"}))
     );
 }
+
+#[test]
+fn clear_of_an_undeclared_name_is_error_semantic() {
+    let doc = vxml(
+        "<catch event='error.semantic'><exit expr='typeof nosuch'/></catch>\
+         <form><block><clear namelist='nosuch'/></block></form>",
+    );
+    let h = Host::new(START, &[(START, &doc)]);
+    assert_eq!(h.exit_values(), Some(json!("undefined")));
+}
