@@ -16,6 +16,7 @@
 //! The host loop: feed [`Input`]s with [`Interpreter::handle`], drain [`Interpreter::poll_command`],
 //! and when idle call [`Interpreter::handle_timeout`] at [`Interpreter::next_deadline`].
 
+mod abnf;
 mod dom;
 mod events;
 mod exec;

@@ -118,9 +118,15 @@ impl Interpreter {
         let url = match (g.attr("src"), g.attr("srcexpr")) {
             (Some(s), _) => dom::resolve(&self.doc_url, s),
             (None, Some(x)) => dom::resolve(&self.doc_url, &self.string(scope, x)?),
+            (None, None) if g.elems().next().is_none() && g.text().trim().starts_with("#ABNF") => {
+                return abnf_grammar(&g.text(), Some(g));
+            }
             (None, None) => return Ok(g.clone()),
         };
         let text = self.resource(&url)?;
+        if text.trim_start().starts_with("#ABNF") {
+            return abnf_grammar(&text, None);
+        }
         let root = dom::parse(&text).map_err(|m| exec::throw("error.badfetch", &m))?;
         if root.name != "grammar" {
             return Err(exec::throw("error.badfetch", "not an SRGS grammar"));
@@ -135,5 +141,24 @@ fn scripts_with_srcexpr(e: &Elem, out: &mut Vec<String>) {
             Some(x) if c.name == "script" || c.name == "data" => out.push(x.to_string()),
             _ => scripts_with_srcexpr(c, out),
         }
+    }
+}
+
+/// An ABNF grammar as an SRGS element; the `mode` of an enclosing `<grammar>` applies when
+/// the ABNF header declares none.
+fn abnf_grammar(text: &str, outer: Option<&Elem>) -> Result<Rc<Elem>, Jump> {
+    let g = crate::abnf::parse(text).map_err(|m| exec::throw("error.badfetch", &m))?;
+    let outer_mode = outer.and_then(|o| o.attr("mode"));
+    match outer_mode {
+        Some(mode) if g.attr("mode").is_none() => {
+            let mut attrs = g.attrs.clone();
+            attrs.push(("mode".into(), mode.to_string()));
+            Ok(Rc::new(Elem {
+                name: g.name.clone(),
+                attrs,
+                kids: g.kids.clone(),
+            }))
+        }
+        _ => Ok(g),
     }
 }

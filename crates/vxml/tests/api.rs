@@ -481,3 +481,14 @@ fn clear_of_an_undeclared_name_is_error_semantic() {
     let h = Host::new(START, &[(START, &doc)]);
     assert_eq!(h.exit_values(), Some(json!("undefined")));
 }
+
+#[test]
+fn abnf_grammar_inline() {
+    let doc = vxml(
+        "<form><field name='c'><grammar mode='dtmf' type='application/srgs'>#ABNF 1.0; root $r; $r = 7 (8 | 9) {out = 'ok'};</grammar>\
+           <filled><exit expr='c'/></filled></field></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    h.keys("79");
+    assert_eq!(h.exit_values(), Some(json!("ok")));
+}
