@@ -3,7 +3,9 @@
 //! c</item></one-of></rule>`. Covered: the header and declarations (`mode`, `root`,
 //! `tag-format`; others skipped), public/private rules, alternatives (weights skipped),
 //! sequences, tokens (bare or quoted), `$rule` references, `$NULL`, `$VOID`, `$GARBAGE`,
-//! groups, `[optional]`, repeats `<n>`, `<m-n>`, `<m->` and tags `{...}` / `{!{...}!}`.
+//! groups, `[optional]`, repeats `<n>`, `<m-n>`, `<m->`, tags `{...}` / `{!{...}!}` and
+//! language attachments (skipped). `$<uri>` references to other grammars parse but match
+//! nothing.
 
 use crate::dom::{Elem, Node};
 use std::rc::Rc;
@@ -134,10 +136,32 @@ impl Parser {
         self.c[start..self.i].iter().collect()
     }
 
+    /// The text up to an unquoted `;` (consumed): declarations such as `meta "a" is "b;c";`.
+    fn until_semicolon(&mut self) -> Result<String, String> {
+        let start = self.i;
+        let mut quote: Option<char> = None;
+        while let Some(c) = self.peek() {
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == '"' || c == '\'' => quote = Some(c),
+                None if c == ';' => break,
+                None => {}
+            }
+            self.i += 1;
+        }
+        if self.done() {
+            return Err("missing ';'".into());
+        }
+        let s: String = self.c[start..self.i].iter().collect();
+        self.i += 1;
+        Ok(s)
+    }
+
     /// `mode dtmf;`, `root $r;`, `tag-format <...>;`; other declarations are skipped.
     fn declaration(&mut self, attrs: &mut Vec<(String, String)>) -> Result<(), String> {
         let key = self.name();
-        let value = self.until(';')?;
+        let value = self.until_semicolon()?;
         let value = value.trim().trim_start_matches('$');
         let value = value.trim_start_matches('<').trim_end_matches('>');
         if matches!(key.as_str(), "mode" | "root" | "tag-format") {
@@ -231,7 +255,7 @@ impl Parser {
                 let start = self.i;
                 while self
                     .peek()
-                    .is_some_and(|c| !c.is_whitespace() && !"|;()[]{}<>\"$/".contains(c))
+                    .is_some_and(|c| !c.is_whitespace() && !"|;()[]{}<>\"$/!".contains(c))
                 {
                     self.i += 1;
                 }
@@ -241,6 +265,14 @@ impl Parser {
                 Ok(Node::Text(self.c[start..self.i].iter().collect()))
             }
             None => Err("unexpected end".into()),
+        }
+    }
+
+    /// A language attachment (`!en-US`) says nothing about DTMF keys.
+    fn skip_language(&mut self) {
+        if self.peek() == Some('!') && self.c.get(self.i + 1).is_some_and(|c| c.is_alphabetic()) {
+            self.i += 1;
+            self.name();
         }
     }
 
@@ -276,11 +308,14 @@ impl Parser {
         Ok(elem("tag", Vec::new(), vec![Node::Text(body)]))
     }
 
-    /// `$name`, `$NULL` (matches nothing), `$VOID` (never matches), `$GARBAGE`.
+    /// `$name`, `$<uri>`, `$NULL` (matches nothing), `$VOID` (never matches), `$GARBAGE`.
     fn reference(&mut self) -> Result<Node, String> {
         self.i += 1;
         if self.peek() == Some('<') {
-            return Err("references to other grammars are not supported".into());
+            // A reference to another grammar parses, but only local rules are matched.
+            self.i += 1;
+            let uri = self.until('>')?;
+            return Ok(elem("ruleref", vec![("uri".into(), uri)], Vec::new()));
         }
         let name = self.name();
         Ok(match name.as_str() {
@@ -294,8 +329,9 @@ impl Parser {
         })
     }
 
-    /// A `<m-n>` suffix wraps the unit in a repeated item.
+    /// A `<m-n>` suffix wraps the unit in a repeated item; a `!lang` attachment is skipped.
     fn repeat(&mut self, unit: Node) -> Result<Node, String> {
+        self.skip_language();
         self.skip();
         if self.peek() != Some('<') {
             return Ok(unit);
@@ -330,6 +366,28 @@ mod tests {
         ));
         assert_eq!(g.check("5"), Match::Dead);
         assert!(g.semantics("12").is_some());
+    }
+
+    /// The SRGS 1.0 conformance grammars in ABNF (speech grammars: only parsing is checked).
+    #[test]
+    fn srgs_conformance_abnf_grammars_parse() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/conformance/vxml-w3c/jvoicexml-irp/irp_srgs10"
+        );
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            println!("!!!!!!!! SKIPPING the SRGS ABNF grammars: {dir} is absent !!!!!!!!");
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "gram") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                if let Err(m) = parse(&text) {
+                    panic!("{}: {m}", p.display());
+                }
+            }
+        }
     }
 
     #[test]
