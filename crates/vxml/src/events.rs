@@ -12,6 +12,7 @@ impl Interpreter {
     /// Throws an event: the best catch from the item outwards to the application root, or the
     /// default handler.
     pub(crate) fn throw(&mut self, event: &str, message: &str) -> Step {
+        self.trace(|| format!("event {event} {message}").trim_end().to_string());
         self.wait = Wait::Nothing;
         self.events_in_a_row += 1;
         if self.events_in_a_row > MAX_EVENTS_IN_A_ROW {

@@ -56,6 +56,8 @@ pub struct Interpreter {
     /// The last FIA iteration ended with a catch without `<reprompt>`: skip prompts once.
     pub(crate) suppress_prompts: bool,
     pub(crate) events_in_a_row: u32,
+    /// See [`Config::trace`].
+    pub(crate) tracing: bool,
     /// A `bargein` attribute on a queued prompt (wins over the property).
     pub(crate) prompt_bargein: Option<bool>,
     /// Whether the last Play could be interrupted by keys.
@@ -182,6 +184,7 @@ impl Interpreter {
             reprompt: false,
             suppress_prompts: false,
             events_in_a_row: 0,
+            tracing: config.trace,
             prompt_bargein: None,
             last_bargein: true,
         };
@@ -315,7 +318,18 @@ impl Interpreter {
         true
     }
 
+    /// A step of the FIA for the per-call trace (see [`Config::trace`]).
+    pub(crate) fn trace(&mut self, text: impl FnOnce() -> String) {
+        if self.tracing {
+            self.cmds.push_back(Command::Log {
+                label: Some("fia".into()),
+                text: text(),
+            });
+        }
+    }
+
     pub(crate) fn fetch(&mut self, url: String, method: Method, params: Vec<(String, String)>) {
+        self.trace(|| format!("fetch {url}"));
         self.flush_prompts();
         self.cmds.push_back(Command::Fetch {
             url: url.clone(),
@@ -467,6 +481,7 @@ impl Interpreter {
     /// Makes `root` the current document (with a fresh document scope) and starts its dialog;
     /// `init` runs its variables and scripts.
     fn enter_document(&mut self, url: String, root: Rc<Elem>, init: bool) -> Step {
+        self.trace(|| format!("document {url}"));
         self.leave_form();
         self.engine.drop_scope(self.doc_scope);
         self.doc_scope = match new_named_scope(&self.engine, self.app_scope, "document") {
@@ -516,6 +531,10 @@ impl Interpreter {
     // ---- dialogs ----
 
     fn start_dialog(&mut self, elem: Rc<Elem>) -> Step {
+        self.trace(|| {
+            let id = elem.attr("id").unwrap_or("(anonymous)");
+            format!("{} {id}", elem.name)
+        });
         self.leave_form();
         let scope = match new_named_scope(&self.engine, self.doc_scope, "dialog") {
             Ok(s) => s,
@@ -637,6 +656,7 @@ impl Interpreter {
         let item = form.items[i].elem.clone();
         let var = form.items[i].var.clone();
         let scope = form.scope;
+        self.trace(|| format!("collect <{}> {var}", item.name));
         if self.hung_up {
             self.exit(Json::Null);
             return Step::Wait;

@@ -40,6 +40,9 @@ pub struct Config {
     pub session: Json,
     /// ECMAScript limits for this call.
     pub limits: Limits,
+    /// Emit a `Log` labelled `fia` for each step (fetch, document, dialog, item, event) so
+    /// that a host can keep a per-call trace.
+    pub trace: bool,
 }
 
 impl Config {
@@ -49,6 +52,7 @@ impl Config {
             url: url.to_string(),
             session: Json::Object(Default::default()),
             limits: Limits::default(),
+            trace: false,
         }
     }
 }

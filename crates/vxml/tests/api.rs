@@ -492,3 +492,39 @@ fn abnf_grammar_inline() {
     h.keys("79");
     assert_eq!(h.exit_values(), Some(json!("ok")));
 }
+
+#[test]
+fn trace_logs_the_fia_steps() {
+    let mut cfg = switchboard_vxml::Config::new(START);
+    cfg.trace = true;
+    let mut vx = switchboard_vxml::Interpreter::new(cfg).unwrap();
+    let doc = vxml("<form id='f'><field name='b' type='boolean'/></form>");
+    vx.handle(
+        Input::DocumentFetched {
+            url: START.into(),
+            result: Ok(doc),
+        },
+        0,
+    );
+    vx.handle(Input::Dtmf('7'), 0);
+    let trace: Vec<String> = std::iter::from_fn(|| vx.poll_command())
+        .filter_map(|c| match c {
+            Command::Log {
+                label: Some(l),
+                text,
+            } if l == "fia" => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        trace,
+        [
+            "fetch http://app/start.vxml",
+            "document http://app/start.vxml",
+            "form f",
+            "collect <field> b",
+            "event nomatch",
+            "collect <field> b"
+        ]
+    );
+}
