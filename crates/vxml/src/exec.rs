@@ -32,7 +32,7 @@ pub(crate) enum Jump {
         values: Json,
         event: Option<(String, String)>,
     },
-    Disconnect,
+    Disconnect(Json),
 }
 
 pub(crate) fn throw(event: &str, message: &str) -> Jump {
@@ -203,7 +203,7 @@ impl Interpreter {
             "submit" => Err(self.exec_submit(e, scope)?),
             "exit" => Err(self.exec_exit(e, scope)?),
             "return" => Err(self.exec_return(e, scope)?),
-            "disconnect" => Err(Jump::Disconnect),
+            "disconnect" => Err(Jump::Disconnect(self.namelist_values(e, scope)?)),
             "throw" => Err(self.exec_throw(e, scope)?),
             "reprompt" => {
                 self.reprompt = true;
@@ -554,16 +554,21 @@ impl Interpreter {
         if let Some(x) = e.attr("expr") {
             return Ok(Jump::Exit(self.eval(scope, x)?.unwrap_or(Json::Null)));
         }
+        Ok(Jump::Exit(self.namelist_values(e, scope)?))
+    }
+
+    /// The `namelist` variables as a JSON object (null without a namelist).
+    fn namelist_values(&mut self, e: &Elem, scope: Scope) -> Result<Json, Jump> {
         let names = self.namelist(e);
         if names.is_empty() {
-            return Ok(Jump::Exit(Json::Null));
+            return Ok(Json::Null);
         }
         let mut m = Map::new();
         for n in names {
             let v = self.eval(scope, &n)?.unwrap_or(Json::Null);
             m.insert(n, v);
         }
-        Ok(Jump::Exit(Json::Object(m)))
+        Ok(Json::Object(m))
     }
 
     fn exec_return(&mut self, e: &Elem, scope: Scope) -> Result<Jump, Jump> {

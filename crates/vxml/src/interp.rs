@@ -287,9 +287,9 @@ impl Interpreter {
                 Step::Wait
             }
             Jump::Return { values, event } => self.return_from_subdialog(values, event),
-            Jump::Disconnect => {
+            Jump::Disconnect(values) => {
                 self.flush_prompts();
-                self.cmds.push_back(Command::Hangup);
+                self.cmds.push_back(Command::Hangup { values });
                 self.hung_up = true;
                 self.throw("connection.disconnect.hangup", "")
             }

@@ -154,7 +154,10 @@ pub enum Command {
         maxtime_ms: u64,
     },
     /// Hang up the caller.
-    Hangup,
+    Hangup {
+        /// The `<disconnect namelist>` values (RFC 5552 reports them with the BYE), or null.
+        values: Json,
+    },
     /// The application ended; `values` is the `<exit>` namelist object or expression value.
     Exit { values: Json },
     /// A `<log>` (or an interpreter diagnostic, label `error`).

@@ -232,7 +232,7 @@ fn srgs_dtmf_grammar_and_goto_nextitem() {
 fn audio_with_fallback_break_and_log() {
     let doc = vxml(
         "<form><block><prompt><audio src='hello.wav'>hello</audio><break time='300ms'/>\
-           <value expr='1+2'/></prompt><log label='trace'>n=<value expr='7'/></log><disconnect/></block></form>",
+           <value expr='1+2'/></prompt><log label='trace'>n=<value expr='7'/></log><var name='x' expr='7'/><disconnect namelist='x'/></block></form>",
     );
     let h = Host::new(START, &[(START, &doc)]);
     assert_eq!(h.spoken(), "[http://app/hello.wav:hello] <300> 3");
@@ -240,7 +240,9 @@ fn audio_with_fallback_break_and_log() {
         label: Some("trace".into()),
         text: "n=7".into()
     }));
-    assert!(h.log.contains(&Command::Hangup));
+    assert!(h.log.contains(&Command::Hangup {
+        values: json!({"x": 7})
+    }));
     assert!(h.vx.is_done());
 }
 

@@ -222,7 +222,7 @@ fn run_test(root: &Path, rel: &str) -> Result<(), String> {
                 ),
                 Command::Log { text, .. } => logs.push(text),
                 Command::Exit { .. } => return verdict(&said, &logs),
-                Command::Hangup | Command::StopListening => {}
+                Command::Hangup { .. } | Command::StopListening => {}
             }
         }
         if vx.is_done() {
