@@ -342,6 +342,9 @@ impl Interpreter {
         if let Some(b) = e.attr("bargein") {
             self.prompt_bargein = Some(b != "false");
         }
+        if let Some(t) = e.attr("timeout").and_then(parse_time) {
+            self.prompt_timeout = Some(t);
+        }
         let mut parts = Vec::new();
         for k in &e.kids {
             match k {

@@ -10,6 +10,9 @@ use serde_json::{json, Value as Json};
 use std::rc::Rc;
 use switchboard_ecma::Scope;
 
+/// Keys kept while no input is being collected.
+const MAX_TYPEAHEAD: usize = 32;
+
 impl Interpreter {
     pub(crate) fn on_prompts_done(&mut self) -> Step {
         if let Wait::Input(c) = &mut self.wait {
@@ -24,6 +27,11 @@ impl Interpreter {
     pub(crate) fn on_dtmf(&mut self, key: char) -> Step {
         let now = self.now;
         let Wait::Input(c) = &mut self.wait else {
+            // Type-ahead: keys pressed while fetching or playing without a listen wait for the
+            // next input collection.
+            if self.typeahead.chars().count() < MAX_TYPEAHEAD {
+                self.typeahead.push(key);
+            }
             return Step::Wait;
         };
         if c.playing && !c.bargein {
@@ -154,6 +162,20 @@ impl Interpreter {
             self.declare(scope, var, Some(&Json::Bool(true)))?;
         }
         Ok(())
+    }
+
+    /// Feeds the type-ahead keys to the collection that just started; keys after the one that
+    /// ended it stay buffered.
+    pub(crate) fn replay_typeahead(&mut self) -> Step {
+        let keys: Vec<char> = std::mem::take(&mut self.typeahead).chars().collect();
+        for (n, k) in keys.iter().enumerate() {
+            let step = self.on_dtmf(*k);
+            if !matches!(step, Step::Wait) || !matches!(self.wait, Wait::Input(_)) {
+                self.typeahead = keys[n + 1..].iter().collect();
+                return step;
+            }
+        }
+        Step::Wait
     }
 
     /// Runs a grammar's tags (see `Grammar::semantics`) in the dialog scope.

@@ -56,6 +56,10 @@ pub struct Interpreter {
     /// The last FIA iteration ended with a catch without `<reprompt>`: skip prompts once.
     pub(crate) suppress_prompts: bool,
     pub(crate) events_in_a_row: u32,
+    /// Keys pressed while no input was being collected.
+    pub(crate) typeahead: String,
+    /// The `timeout` attribute of the last queued prompt.
+    pub(crate) prompt_timeout: Option<u64>,
     /// See [`Config::trace`].
     pub(crate) tracing: bool,
     /// A `bargein` attribute on a queued prompt (wins over the property).
@@ -184,6 +188,8 @@ impl Interpreter {
             reprompt: false,
             suppress_prompts: false,
             events_in_a_row: 0,
+            typeahead: String::new(),
+            prompt_timeout: None,
             tracing: config.trace,
             prompt_bargein: None,
             last_bargein: true,
@@ -746,7 +752,11 @@ impl Interpreter {
             Err(j) => return Step::Jump(j),
         };
         let ms = |s: Option<String>, d: u64| s.and_then(|v| parse_time(&v)).unwrap_or(d);
-        let timeout = ms(self.prop(Some(item), "timeout"), 5000);
+        // A queued prompt's own timeout wins over the property.
+        let timeout = match self.prompt_timeout.take() {
+            Some(t) => t,
+            None => ms(self.prop(Some(item), "timeout"), 5000),
+        };
         let interdigit = ms(self.prop(Some(item), "interdigittimeout"), 3000);
         let termtimeout = ms(self.prop(Some(item), "termtimeout"), 0);
         let termchar = match self.prop(Some(item), "termchar") {
@@ -779,7 +789,7 @@ impl Interpreter {
             playing: played,
             bargein: self.last_bargein,
         });
-        Step::Wait
+        self.replay_typeahead()
     }
 
     /// The DTMF grammars among the `<grammar>` children of an item or a form.

@@ -530,3 +530,42 @@ fn trace_logs_the_fia_steps() {
         ]
     );
 }
+
+#[test]
+fn typeahead_during_a_fetch_and_prompt_timeout() {
+    let first = vxml("<form><block>one moment<goto next='menu.vxml'/></block></form>");
+    let menu = vxml(
+        "<form><field name='a' type='digits?length=2'><prompt timeout='7s'>code?</prompt>\
+           <filled><exit namelist='a'/></filled></field></form>",
+    );
+    let mut vx = switchboard_vxml::Interpreter::new(switchboard_vxml::Config::new(START)).unwrap();
+    vx.handle(
+        Input::DocumentFetched {
+            url: START.into(),
+            result: Ok(first),
+        },
+        0,
+    );
+    // the caller types while the next page is being fetched
+    vx.handle(Input::Dtmf('4'), 0);
+    vx.handle(Input::Dtmf('2'), 0);
+    let url = "http://app/menu.vxml".to_string();
+    vx.handle(
+        Input::DocumentFetched {
+            url,
+            result: Ok(menu),
+        },
+        0,
+    );
+    let cmds: Vec<Command> = std::iter::from_fn(|| vx.poll_command()).collect();
+    assert!(cmds.iter().any(|c| matches!(
+        c,
+        Command::Listen {
+            timeout_ms: 7000,
+            ..
+        }
+    )));
+    assert!(cmds.contains(&Command::Exit {
+        values: json!({"a": "42"})
+    }));
+}
