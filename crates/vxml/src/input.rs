@@ -37,7 +37,13 @@ impl Interpreter {
         if c.playing && !c.bargein {
             return Step::Wait;
         }
-        if Some(key) == c.termchar {
+        // The termchar ends the input, unless a grammar spells it out (`12#`).
+        if Some(key) == c.termchar
+            && matches!(
+                evaluate(&c.grammars, &format!("{}{key}", c.buf)),
+                Eval::Dead
+            )
+        {
             return self.finish_input();
         }
         c.buf.push(key);

@@ -569,3 +569,14 @@ fn typeahead_during_a_fetch_and_prompt_timeout() {
         values: json!({"a": "42"})
     }));
 }
+
+#[test]
+fn a_grammar_that_spells_the_termchar_gets_it() {
+    let doc = vxml(
+        "<form><field name='k'><grammar mode='dtmf' root='r'><rule id='r'>1 #</rule></grammar>\
+           <filled><exit expr='k'/></filled></field></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    h.keys("1#");
+    assert_eq!(h.exit_values(), Some(json!("1#")));
+}
