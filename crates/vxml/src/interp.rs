@@ -134,6 +134,14 @@ pub(crate) struct Collect {
     pub(crate) bargein: bool,
 }
 
+/// The grammars listening in a field (see `Collect` for the ranges).
+struct Active {
+    grammars: Vec<Grammar>,
+    form_base: usize,
+    link_base: usize,
+    links: Vec<Rc<Elem>>,
+}
+
 /// The next thing the FIA does.
 pub(crate) enum Step {
     Select,
@@ -725,44 +733,17 @@ impl Interpreter {
         if let Err(j) = self.queue_item_prompts(i, item) {
             return Step::Jump(j);
         }
-        let mut grammars = match self.item_grammars(item) {
-            Ok(g) => g,
+        let active = match self.active_grammars(item) {
+            Ok(a) => a,
             Err(j) => return Step::Jump(j),
         };
-        // Form-level grammars are active in every field unless it is modal (mixed initiative).
-        let form_base = grammars.len();
-        let form_grammars = match &self.form {
-            Some(f) if item.name == "initial" || item.attr("modal") != Some("true") => {
-                let felem = f.elem.clone();
-                if felem.name == "form" {
-                    self.grammar_children(&felem)
-                } else {
-                    Ok(Vec::new())
-                }
-            }
-            _ => Ok(Vec::new()),
-        };
-        match form_grammars {
-            Ok(g) => grammars.extend(g),
-            Err(j) => return Step::Jump(j),
-        }
-        let link_base = grammars.len();
-        let links = match self.link_grammars(item, &mut grammars) {
-            Ok(l) => l,
-            Err(j) => return Step::Jump(j),
-        };
-        let ms = |s: Option<String>, d: u64| s.and_then(|v| parse_time(&v)).unwrap_or(d);
-        // A queued prompt's own timeout wins over the property.
-        let timeout = match self.prompt_timeout.take() {
-            Some(t) => t,
-            None => ms(self.prop(Some(item), "timeout"), 5000),
-        };
-        let interdigit = ms(self.prop(Some(item), "interdigittimeout"), 3000);
-        let termtimeout = ms(self.prop(Some(item), "termtimeout"), 0);
-        let termchar = match self.prop(Some(item), "termchar") {
-            Some(t) => t.chars().next(),
-            None => Some('#'),
-        };
+        let Active {
+            grammars,
+            form_base,
+            link_base,
+            links,
+        } = active;
+        let (timeout, interdigit, termtimeout, termchar) = self.listen_props(item);
         let played = self.flush_prompts();
         self.cmds.push_back(Command::Listen {
             grammars: grammars.iter().map(Grammar::describe).collect(),
@@ -790,6 +771,45 @@ impl Interpreter {
             bargein: self.last_bargein,
         });
         self.replay_typeahead()
+    }
+
+    /// The item's grammars, then the form's (unless the item is modal), then the links', with
+    /// where the form's and the links' start.
+    fn active_grammars(&mut self, item: &Elem) -> Result<Active, Jump> {
+        let mut grammars = self.item_grammars(item)?;
+        let form_base = grammars.len();
+        let form = self.form.as_ref().map(|f| f.elem.clone());
+        if let Some(felem) = form.filter(|f| f.name == "form") {
+            // Mixed initiative: the form's grammars listen in every non-modal field.
+            if item.name == "initial" || item.attr("modal") != Some("true") {
+                grammars.extend(self.grammar_children(&felem)?);
+            }
+        }
+        let link_base = grammars.len();
+        let links = self.link_grammars(item, &mut grammars)?;
+        Ok(Active {
+            grammars,
+            form_base,
+            link_base,
+            links,
+        })
+    }
+
+    /// timeout (a queued prompt's own wins over the property), interdigittimeout,
+    /// termtimeout and termchar for an item.
+    fn listen_props(&mut self, item: &Elem) -> (u64, u64, u64, Option<char>) {
+        let ms = |s: Option<String>, d: u64| s.and_then(|v| parse_time(&v)).unwrap_or(d);
+        let timeout = match self.prompt_timeout.take() {
+            Some(t) => t,
+            None => ms(self.prop(Some(item), "timeout"), 5000),
+        };
+        let interdigit = ms(self.prop(Some(item), "interdigittimeout"), 3000);
+        let termtimeout = ms(self.prop(Some(item), "termtimeout"), 0);
+        let termchar = match self.prop(Some(item), "termchar") {
+            Some(t) => t.chars().next(),
+            None => Some('#'),
+        };
+        (timeout, interdigit, termtimeout, termchar)
     }
 
     /// The DTMF grammars among the `<grammar>` children of an item or a form.
