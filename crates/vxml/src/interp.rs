@@ -786,7 +786,20 @@ impl Interpreter {
             }
         }
         let link_base = grammars.len();
-        let links = self.link_grammars(item, &mut grammars)?;
+        let mut links = self.link_grammars(item, &mut grammars)?;
+        // `inputmodes` without dtmf: keys match nothing (and end as nomatch).
+        if let Some(modes) = self.prop(Some(item), "inputmodes") {
+            if !modes.split_whitespace().any(|m| m == "dtmf") {
+                grammars.clear();
+                links.clear();
+                return Ok(Active {
+                    grammars,
+                    form_base: 0,
+                    link_base: 0,
+                    links,
+                });
+            }
+        }
         Ok(Active {
             grammars,
             form_base,

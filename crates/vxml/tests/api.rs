@@ -580,3 +580,14 @@ fn a_grammar_that_spells_the_termchar_gets_it() {
     h.keys("1#");
     assert_eq!(h.exit_values(), Some(json!("1#")));
 }
+
+#[test]
+fn inputmodes_voice_disables_keys() {
+    let doc = vxml(
+        "<property name='inputmodes' value='voice'/><form><field name='b' type='boolean'>\
+           <nomatch><exit expr=\"'nomatch'\"/></nomatch></field></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    h.keys("1");
+    assert_eq!(h.exit_values(), Some(json!("nomatch")));
+}
