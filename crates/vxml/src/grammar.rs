@@ -19,6 +19,12 @@ pub enum Grammar {
     Date,
     /// `builtin:dtmf/phone`: digits with `*` before an extension (`x` in the value).
     Phone,
+    /// `builtin:dtmf/time`: `hhmm`; the value is `hhmmx` with `x` = `h` (unambiguously
+    /// 24-hour) or `?` (could be a.m. or p.m.).
+    Time,
+    /// `builtin:dtmf/currency`: digits with `*` as the decimal point; the value is `d.cc`
+    /// (no currency indicator: keys cannot give one).
+    Currency,
     /// An SRGS grammar in DTMF mode.
     Srgs(Rc<Srgs>),
     /// One fixed key sequence with the value it yields (a menu `<choice dtmf>`).
@@ -62,6 +68,8 @@ impl Grammar {
             "number" => Some(Grammar::Number),
             "date" => Some(Grammar::Date),
             "phone" => Some(Grammar::Phone),
+            "time" => Some(Grammar::Time),
+            "currency" => Some(Grammar::Currency),
             _ => None,
         }
     }
@@ -100,6 +108,8 @@ impl Grammar {
             Grammar::Number => "number".into(),
             Grammar::Date => "date".into(),
             Grammar::Phone => "phone".into(),
+            Grammar::Time => "time".into(),
+            Grammar::Currency => "currency".into(),
             Grammar::Srgs(_) => "srgs".into(),
             Grammar::Sequence { keys, .. } => format!("dtmf {keys}"),
         }
@@ -136,6 +146,11 @@ impl Grammar {
                 None => Match::Prefix,
             }),
             Grammar::Date => check_date(input),
+            Grammar::Time => check_time(input),
+            Grammar::Currency => check_star_number(input, '.').map_or(Match::Dead, |v| match v {
+                Some(t) => currency(&t),
+                None => Match::Prefix,
+            }),
             Grammar::Sequence { keys, value } => {
                 if keys == input {
                     complete(value.clone(), false)
@@ -191,6 +206,32 @@ fn check_star_number(input: &str, star_as: char) -> Option<Option<String>> {
         return Some(None);
     }
     Some(Some(input.replace('*', &star_as.to_string())))
+}
+
+fn check_time(input: &str) -> Match {
+    if !input.chars().all(|c| c.is_ascii_digit()) || input.len() > 4 {
+        return Match::Dead;
+    }
+    if input.len() < 4 {
+        return Match::Prefix;
+    }
+    let hh: u32 = input[..2].parse().unwrap_or(99);
+    let mm: u32 = input[2..].parse().unwrap_or(99);
+    if hh > 23 || mm > 59 {
+        return Match::Dead;
+    }
+    let x = if (1..=12).contains(&hh) { '?' } else { 'h' };
+    complete(Json::String(format!("{input}{x}")), false)
+}
+
+/// At most two decimals, written with two (`12.5` is `12.50`).
+fn currency(t: &str) -> Match {
+    let (units, cents) = t.split_once('.').unwrap_or((t, ""));
+    if cents.len() > 2 {
+        return Match::Dead;
+    }
+    let value = format!("{units}.{cents:0<2}");
+    complete(Json::String(value), cents.len() < 2)
 }
 
 fn check_date(input: &str) -> Match {
@@ -498,6 +539,22 @@ mod tests {
             Match::Complete { more: false, .. }
         ));
         assert_eq!(d.check("20261303"), Match::Dead);
+        let t = Grammar::builtin("time").unwrap();
+        assert_eq!(
+            t.check("0930"),
+            complete(Json::String("0930?".into()), false)
+        );
+        assert_eq!(
+            t.check("1745"),
+            complete(Json::String("1745h".into()), false)
+        );
+        assert_eq!(t.check("2460"), Match::Dead);
+        let c = Grammar::builtin("currency").unwrap();
+        assert_eq!(
+            c.check("12*5"),
+            complete(Json::String("12.50".into()), true)
+        );
+        assert_eq!(c.check("12*505"), Match::Dead);
         let p = Grammar::builtin("phone").unwrap();
         assert_eq!(
             p.check("555*12"),
