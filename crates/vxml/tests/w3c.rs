@@ -199,6 +199,9 @@ fn run_test(root: &Path, rel: &str) -> Result<(), String> {
             match c {
                 Command::Fetch { url, .. } => {
                     let result = serve(root, rel, &url);
+                    if result.is_err() {
+                        logs.push(format!("not in the folder: {url}"));
+                    }
                     vx.handle(Input::DocumentFetched { url, result }, now);
                 }
                 Command::Play { prompts, .. } => {
@@ -214,12 +217,15 @@ fn run_test(root: &Path, rel: &str) -> Result<(), String> {
                     },
                     now,
                 ),
-                Command::Transfer { .. } => vx.handle(
-                    Input::TransferResult {
-                        status: "noanswer".into(),
-                    },
-                    now,
-                ),
+                Command::Transfer { .. } => {
+                    logs.push("transfer answered noanswer".into());
+                    vx.handle(
+                        Input::TransferResult {
+                            status: "noanswer".into(),
+                        },
+                        now,
+                    )
+                }
                 Command::Log { text, .. } => logs.push(text),
                 Command::Exit { .. } => return verdict(&said, &logs),
                 Command::Hangup { .. } | Command::StopListening => {}
