@@ -383,11 +383,18 @@ impl Interpreter {
         }
         let text = match result {
             Ok(t) => t,
-            Err(e) => return self.fetch_failed(&fetch_reason(&e)),
+            Err(e) => {
+                // VoiceXML 2.1 names the HTTP status: error.badfetch.http.404
+                let event = match e.status {
+                    Some(s) => format!("error.badfetch.http.{s}"),
+                    None => "error.badfetch".to_string(),
+                };
+                return self.fetch_failed(&event, &fetch_reason(&e));
+            }
         };
         let root = match parse_vxml(&text) {
             Ok(r) => r,
-            Err(m) => return self.fetch_failed(&m),
+            Err(m) => return self.fetch_failed("error.badfetch", &m),
         };
         self.process_document(fetching, root)
     }

@@ -136,10 +136,10 @@ impl Interpreter {
 
     /// A fetch failed: error.badfetch, thrown in the caller when a subdialog could not even
     /// load its document.
-    pub(crate) fn fetch_failed(&mut self, reason: &str) -> Step {
+    pub(crate) fn fetch_failed(&mut self, event: &str, reason: &str) -> Step {
         if self.doc_root.is_none() && !self.stack.is_empty() {
             self.pop_frame();
         }
-        self.throw("error.badfetch", reason)
+        self.throw(event, reason)
     }
 }

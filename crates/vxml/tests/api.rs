@@ -164,7 +164,7 @@ fn fetch_failure_raises_badfetch_caught_by_the_document() {
     let h = Host::new(START, &[(START, &doc)]);
     assert_eq!(
         h.exit_values(),
-        Some(json!("error.badfetch:HTTP 404: Not Found"))
+        Some(json!("error.badfetch.http.404:HTTP 404: Not Found"))
     );
 }
 

@@ -21,7 +21,7 @@ const ROOT: &str = concat!(
 );
 const BASE: &str = "http://ir.test/";
 /// The number of tests passing when this runner was last updated; it may only go up.
-const FLOOR: usize = 115;
+const FLOOR: usize = 116;
 
 #[test]
 fn w3c_ir_tests_without_speech() {
