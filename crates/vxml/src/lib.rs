@@ -15,6 +15,18 @@
 //!
 //! The host loop: feed [`Input`]s with [`Interpreter::handle`], drain [`Interpreter::poll_command`],
 //! and when idle call [`Interpreter::handle_timeout`] at [`Interpreter::next_deadline`].
+//!
+//! Every fetch goes through the host ([`Command::Fetch`] answered by [`Input::DocumentFetched`]):
+//! documents, application roots, and the scripts, grammars and `<data>` a document or item
+//! needs, which are fetched before it runs. Bad pages and bad scripts become VoiceXML events
+//! (error.badfetch, error.semantic) in that call; nothing from outside panics. An
+//! `Interpreter` owns a QuickJS runtime (`switchboard-ecma`) and is not `Send`: run each call
+//! on one thread.
+//!
+//! Modules: `interp` (state, documents, dialogs, the select and collect phases), `input` (DTMF,
+//! timers, the process phase), `events` (catch selection and default handlers), `exec`
+//! (executable content and prompts), `subdialog`, `resources` (fetch-ahead), `grammar` and
+//! `abnf` (DTMF grammars), `validate` (load-time checks), `dom`, `script`.
 
 mod abnf;
 mod dom;
