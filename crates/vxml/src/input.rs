@@ -393,18 +393,21 @@ impl Interpreter {
         self.fill(i, scope, &var, Some(Json::String(url)), shadow)
     }
 
-    pub(crate) fn on_transfer(&mut self, status: String) -> Step {
+    pub(crate) fn on_transfer(&mut self, status: String, duration_ms: u64) -> Step {
         let Wait::Transfer(i) = self.wait else {
             return Step::Wait;
         };
         self.wait = Wait::Nothing;
-        if status == "near_party_disconnect" || status == "far_end_disconnect" {
-            self.hung_up = status == "near_party_disconnect";
+        if status == "near_party_disconnect" {
+            // The caller hung up during the bridge: the item stays unfilled (VoiceXML 2.0
+            // §2.3.7.2.2).
+            return self.on_hangup();
         }
         let Some((scope, var)) = self.item_var(i) else {
             return Step::Wait;
         };
-        self.fill(i, scope, &var, Some(Json::String(status)), json!({}))
+        let shadow = json!({ "duration": duration_ms / 1000 });
+        self.fill(i, scope, &var, Some(Json::String(status)), shadow)
     }
 
     pub(crate) fn item_var(&self, i: usize) -> Option<(Scope, String)> {

@@ -252,7 +252,10 @@ impl Interpreter {
                 duration_ms,
                 termchar,
             } => self.on_recording(url, duration_ms, termchar),
-            Input::TransferResult { status } => self.on_transfer(status),
+            Input::TransferResult {
+                status,
+                duration_ms,
+            } => self.on_transfer(status, duration_ms),
             Input::Hangup => self.on_hangup(),
         };
         self.drive(step);

@@ -99,7 +99,11 @@ pub enum Input {
         termchar: Option<char>,
     },
     /// The answer to a [`Command::Transfer`]: `busy`, `noanswer`, `near_party_disconnect`, ...
-    TransferResult { status: String },
+    TransferResult {
+        status: String,
+        /// How long the bridged call lasted.
+        duration_ms: u64,
+    },
     /// The caller hung up.
     Hangup,
 }

@@ -270,6 +270,7 @@ fn record_and_transfer_are_handed_to_the_host() {
         |c| matches!(c, Command::Transfer { dest, connect_timeout_ms: 5000, .. } if dest == "sip:agent@x")
     ));
     h.input(Input::TransferResult {
+        duration_ms: 0,
         status: "busy".into(),
     });
     assert_eq!(
@@ -590,4 +591,18 @@ fn inputmodes_voice_disables_keys() {
     let mut h = Host::new(START, &[(START, &doc)]);
     h.keys("1");
     assert_eq!(h.exit_values(), Some(json!("nomatch")));
+}
+
+#[test]
+fn caller_hangup_during_a_bridge_leaves_the_transfer_unfilled() {
+    let doc = vxml(
+        "<catch event='connection.disconnect.hangup'><exit expr='typeof x'/></catch>\
+         <form><transfer name='x' dest='sip:agent@x' bridge='true'><filled><exit expr=\"'filled'\"/></filled></transfer></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    h.input(Input::TransferResult {
+        status: "near_party_disconnect".into(),
+        duration_ms: 3000,
+    });
+    assert_eq!(h.exit_values(), Some(json!("undefined")));
 }

@@ -42,6 +42,7 @@ fn random_input(rng: &mut Rng) -> Option<Input> {
             termchar: None,
         },
         6 => Input::TransferResult {
+            duration_ms: 1000,
             status: "busy".into(),
         },
         7 => Input::DocumentFetched {

@@ -221,6 +221,7 @@ fn run_test(root: &Path, rel: &str) -> Result<(), String> {
                     logs.push("transfer answered noanswer".into());
                     vx.handle(
                         Input::TransferResult {
+                            duration_ms: 0,
                             status: "noanswer".into(),
                         },
                         now,
