@@ -40,7 +40,7 @@ impl Interpreter {
             .event_counts
             .entry((f.current, event.to_string()))
             .or_insert(0);
-        *c += 1;
+        *c = c.saturating_add(1);
         *c
     }
 

@@ -676,7 +676,7 @@ impl Interpreter {
             return Step::Wait;
         };
         form.current = Some(i);
-        form.prompt_counts[i] += 1;
+        form.prompt_counts[i] = form.prompt_counts[i].saturating_add(1);
         let item = form.items[i].elem.clone();
         let var = form.items[i].var.clone();
         let scope = form.scope;
