@@ -308,6 +308,17 @@ impl Engine {
         });
     }
 
+    /// Makes `name` inside `scope` a reference to the scope object itself, so that a scope can
+    /// be named from expressions (VoiceXML's `document.x`, `dialog.x`, `application.x`).
+    pub fn alias_scope(&self, scope: Scope, name: &str) -> Result<(), EcmaError> {
+        let src = format!(
+            "__sb.scopes[{id}][{n}] = __sb.scopes[{id}]",
+            id = scope.0,
+            n = Json::String(name.to_string())
+        );
+        self.run_script(&src)
+    }
+
     fn chain(&self, scope: Scope) -> Vec<u32> {
         let parents = self.scope_parents.borrow();
         let mut out = vec![scope.0];
@@ -588,6 +599,9 @@ mod tests {
         e.eval_in_scope(b, "x = 11").unwrap();
         assert_eq!(e.eval_in_scope(a, "x").unwrap(), Some(json!(11)));
         assert!(e.eval_in_scope(a, "y").is_err());
+        e.alias_scope(a, "outer").unwrap();
+        e.eval_in_scope(b, "outer.x = 12").unwrap();
+        assert_eq!(e.eval_in_scope(b, "x").unwrap(), Some(json!(12)));
     }
 
     #[test]
