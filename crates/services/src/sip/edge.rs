@@ -207,9 +207,9 @@ impl SipEdge {
         let to_call_control = method == Method::Invite
             && !in_dialog
             && next_hop.is_none()
-            && !user
+            && user
                 .as_deref()
-                .is_some_and(|u| self.routes.route_for(u).is_some())
+                .is_none_or(|u| self.routes.route_for(u).is_none())
             && self.needs_call_control(from);
         let mut ctx = Context {
             request: req,
