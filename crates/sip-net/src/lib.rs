@@ -11,7 +11,8 @@ mod tcp;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_sip::{Message, Peer, Transmit, Transport};
@@ -154,108 +155,265 @@ pub(crate) enum NetEvent {
     Closed(SocketAddr),
 }
 
+/// Wakes the driver thread, which sleeps in a blocking `recv_from` on its wake socket (the SIP
+/// UDP socket, or a private loopback one when there is none), by sending it an empty datagram.
+/// The driver drops empty datagrams (like keep-alive CRLFs) and then looks at its queues. One
+/// nudge is in flight at a time: later ones are folded into it until the driver has woken.
+pub(crate) struct Nudge {
+    socket: std::net::UdpSocket,
+    target: SocketAddr,
+    pending: AtomicBool,
+}
+
+impl Nudge {
+    fn new(target: SocketAddr) -> io::Result<Nudge> {
+        let target = match target.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), target.port())
+            }
+            IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), target.port())
+            }
+            _ => target,
+        };
+        let local: SocketAddr = if target.is_ipv4() {
+            (Ipv4Addr::LOCALHOST, 0).into()
+        } else {
+            (Ipv6Addr::LOCALHOST, 0).into()
+        };
+        Ok(Nudge {
+            socket: std::net::UdpSocket::bind(local)?,
+            target,
+            pending: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn wake(&self) {
+        if !self.pending.swap(true, Ordering::SeqCst) {
+            if let Err(e) = self.socket.send_to(&[], self.target) {
+                tracing::warn!(error = %e, "cannot wake the SIP driver");
+            }
+        }
+    }
+
+    /// Called by the driver before it looks at its queues.
+    fn rearm(&self) {
+        self.pending.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The sending half connection tasks use to reach the driver.
+#[derive(Clone)]
+pub(crate) struct Inbox {
+    tx: mpsc::Sender<NetEvent>,
+    nudge: Arc<Nudge>,
+}
+
+impl Inbox {
+    /// False when the driver is gone.
+    pub(crate) async fn send(&self, ev: NetEvent) -> bool {
+        let ok = self.tx.send(ev).await.is_ok();
+        self.nudge.wake();
+        ok
+    }
+}
+
+/// Drives a [`Core`]: UDP and the core's timers on a thread of its own in a blocking
+/// `recv_from` (one system call per datagram in, one per datagram out, which is what a
+/// Kamailio worker does; the readiness loop of an async socket costs two more per wake-up:
+/// `epoll_wait` and the `recv_from` that finds the socket empty). TCP connections are tasks on
+/// the tokio runtime that created the driver; they and the rest of the process reach the thread
+/// through queues and a [`Nudge`].
 pub struct Driver<C: Core> {
     core: C,
-    udp: Option<Arc<UdpSocket>>,
-    events_tx: mpsc::Sender<NetEvent>,
+    udp: Option<std::net::UdpSocket>,
+    /// What the thread sleeps on: `udp`, or a private socket when there is no UDP.
+    wake: std::net::UdpSocket,
+    nudge: Arc<Nudge>,
+    inbox: Inbox,
     events: mpsc::Receiver<NetEvent>,
     conns: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
     connecting: HashMap<SocketAddr, Vec<Bytes>>,
+    runtime: tokio::runtime::Handle,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     cfg: NetConfig,
+    counters: Counters,
 }
 
-impl<C: Core> Driver<C> {
-    /// Takes the sockets into the current runtime; must be called from within it.
-    pub fn new(core: C, sockets: Sockets, cfg: NetConfig) -> io::Result<Self> {
-        let (events_tx, events) = mpsc::channel(4096);
-        if let Some(listener) = sockets.tcp {
-            tokio::spawn(tcp::accept_loop(
-                TcpListener::from_std(listener)?,
-                events_tx.clone(),
-                cfg.max_message_bytes,
-            ));
+/// The per-message counters, looked up once rather than per message.
+struct Counters {
+    received: metrics::Counter,
+    sent: metrics::Counter,
+    malformed: metrics::Counter,
+}
+
+impl Counters {
+    fn new() -> Counters {
+        Counters {
+            received: metrics::counter!("sip_messages_received_total"),
+            sent: metrics::counter!("sip_messages_sent_total"),
+            malformed: metrics::counter!("sip_malformed_total"),
         }
-        let udp = sockets.udp.map(UdpSocket::from_std).transpose()?;
+    }
+}
+
+/// Timers fire within this much of their deadline: the receive timeout is kept in whole steps
+/// of it so that it is not reset for every message.
+const TIMER_STEP: Duration = Duration::from_millis(2);
+/// The longest the thread sleeps without looking at the clock.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+impl<C: Core + 'static> Driver<C> {
+    /// Takes the sockets; must be called from within a tokio runtime, which then runs the TCP
+    /// connection tasks.
+    pub fn new(core: C, sockets: Sockets, cfg: NetConfig) -> io::Result<Self> {
+        let runtime = tokio::runtime::Handle::current();
+        let udp = sockets.udp;
+        let wake = match &udp {
+            Some(u) => u.try_clone()?,
+            None => std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?,
+        };
+        wake.set_nonblocking(false)?;
+        let nudge = Arc::new(Nudge::new(wake.local_addr()?)?);
+        let (tx, events) = mpsc::channel(4096);
+        let inbox = Inbox {
+            tx,
+            nudge: nudge.clone(),
+        };
+        let mut tasks = Vec::new();
+        if let Some(listener) = sockets.tcp {
+            tasks.push(runtime.spawn(tcp::accept_loop(
+                TcpListener::from_std(listener)?,
+                inbox.clone(),
+                cfg.max_message_bytes,
+            )));
+        }
         Ok(Driver {
             core,
-            udp: udp.map(Arc::new),
-            events_tx,
+            udp,
+            wake,
+            nudge,
+            inbox,
             events,
             conns: HashMap::new(),
             connecting: HashMap::new(),
+            runtime,
+            tasks,
             cfg,
+            counters: Counters::new(),
         })
     }
 
     /// Runs until `drain` is cancelled and the core is idle (or the grace time is over).
     pub async fn run(self, drain: CancellationToken) -> C {
-        self.run_inner(drain, Never).await
+        self.spawn(drain, Never).await
     }
 
-    async fn run_inner<S: Side<C>>(mut self, drain: CancellationToken, mut side: S) -> C {
+    /// Starts the thread and resolves with the core when it ends.
+    async fn spawn<S: Side<C> + 'static>(mut self, drain: CancellationToken, side: S) -> C {
+        let nudge = self.nudge.clone();
+        let on_drain = drain.clone();
+        self.tasks.push(self.runtime.spawn(async move {
+            on_drain.cancelled().await;
+            nudge.wake();
+        }));
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("sip-driver".into())
+            .spawn(move || {
+                let _ = done_tx.send(self.run_blocking(drain, side));
+            });
+        if let Err(e) = spawned {
+            // Without a thread there is no SIP: the role fails to start rather than run deaf.
+            panic!("cannot start the SIP driver thread: {e}");
+        }
+        match done_rx.await {
+            Ok(core) => core,
+            Err(_) => panic!("the SIP driver thread panicked"),
+        }
+    }
+
+    fn run_blocking<S: Side<C>>(mut self, drain: CancellationToken, mut side: S) -> C {
         let mut buf = vec![0u8; 65_536];
         let mut drain_deadline: Option<Instant> = None;
+        let mut sleep: Option<Duration> = None;
         loop {
-            self.flush().await;
+            self.flush();
             side.forward(&mut self.core);
+            let now = Instant::now();
             if let Some(d) = drain_deadline {
-                let now = Instant::now();
                 if self.core.is_idle(now) || now >= d {
                     break;
                 }
+            } else if drain.is_cancelled() {
+                tracing::info!("draining: no new transactions");
+                self.core.start_drain(now);
+                drain_deadline = Some(now + self.cfg.drain_grace);
+                continue;
+            }
+            self.nudge.rearm();
+            let mut busy = false;
+            while let Ok(ev) = self.events.try_recv() {
+                self.net_event(ev);
+                busy = true;
+            }
+            busy |= side.take(&mut self.core);
+            if busy {
+                continue;
             }
             let wake = earliest(self.core.poll_timeout(), drain_deadline);
-            let sleep = tokio::time::sleep_until(
-                wake.map(tokio::time::Instant::from_std)
-                    .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600)),
-            );
-            let udp = self.udp.clone();
-            tokio::select! {
-                r = recv(udp.as_deref(), &mut buf) => {
-                    if let Some((n, from)) = r {
-                        self.datagram(&buf[..n], from);
-                        self.drain_ready_datagrams(&mut buf);
-                    }
-                }
-                Some(ev) = self.events.recv() => self.net_event(ev),
-                Some(()) = side.next(&mut self.core) => {}
-                _ = sleep => self.core.handle_timeout(Instant::now()),
-                _ = drain.cancelled(), if drain_deadline.is_none() => {
-                    let now = Instant::now();
-                    tracing::info!("draining: no new transactions");
-                    self.core.start_drain(now);
-                    drain_deadline = Some(now + self.cfg.drain_grace);
-                }
+            if wake.is_some_and(|w| w <= now) {
+                self.core.handle_timeout(now);
+                continue;
             }
+            self.set_sleep(&mut sleep, wake.map(|w| w - now));
+            match self.wake.recv_from(&mut buf) {
+                Ok((n, from)) => self.datagram(&buf[..n], from),
+                Err(e) if is_timeout(&e) => {}
+                // ICMP port unreachable from an earlier send shows up here on some systems.
+                Err(e) => tracing::trace!(error = %e, "UDP receive error"),
+            }
+        }
+        for t in &self.tasks {
+            t.abort();
         }
         self.core
     }
 
-    /// Reads what is already queued on the socket before writing, to batch the work.
-    fn drain_ready_datagrams(&mut self, buf: &mut [u8]) {
-        let Some(udp) = self.udp.clone() else { return };
-        for _ in 0..32 {
-            match udp.try_recv_from(buf) {
-                Ok((n, from)) => self.datagram(&buf[..n], from),
-                Err(_) => break,
+    /// Sets the receive timeout to `until` rounded up to a [`TIMER_STEP`], when that changed.
+    fn set_sleep(&self, current: &mut Option<Duration>, until: Option<Duration>) {
+        let step = TIMER_STEP.as_nanos();
+        let want = until.map_or(MAX_SLEEP, |d| {
+            let steps = d.as_nanos().div_ceil(step).max(1);
+            MAX_SLEEP.min(Duration::from_nanos((steps * step) as u64))
+        });
+        if *current != Some(want) {
+            if let Err(e) = self.wake.set_read_timeout(Some(want)) {
+                tracing::warn!(error = %e, "cannot set the SIP socket's receive timeout");
             }
+            *current = Some(want);
         }
     }
 
     fn datagram(&mut self, data: &[u8], from: SocketAddr) {
-        // Keep-alive CRLFs (RFC 5626) and stray empty datagrams carry no message.
+        // Keep-alive CRLFs (RFC 5626), stray empty datagrams and our own nudges carry no
+        // message.
         if data.iter().all(|&c| c == b'\r' || c == b'\n') {
+            return;
+        }
+        if self.udp.is_none() {
+            // The private wake socket takes nothing but nudges.
             return;
         }
         self.message(Bytes::copy_from_slice(data), Peer::udp(from));
     }
 
     fn message(&mut self, data: Bytes, from: Peer) {
-        metrics::counter!("sip_messages_received_total").increment(1);
+        self.counters.received.increment(1);
         match Message::parse(data) {
             Ok(msg) => self.core.handle_message(msg, from, Instant::now()),
             Err(e) => {
-                metrics::counter!("sip_malformed_total").increment(1);
+                self.counters.malformed.increment(1);
                 tracing::debug!(peer = %from, error = %e, "dropped unparseable message");
             }
         }
@@ -282,28 +440,23 @@ impl<C: Core> Driver<C> {
         }
     }
 
-    async fn flush(&mut self) {
+    fn flush(&mut self) {
         while let Some(t) = self.core.poll_transmit() {
-            metrics::counter!("sip_messages_sent_total").increment(1);
+            self.counters.sent.increment(1);
             match t.peer.transport {
-                Transport::Udp => self.send_udp(t).await,
+                Transport::Udp => self.send_udp(t),
                 _ => self.send_stream(t),
             }
         }
     }
 
-    async fn send_udp(&self, t: Transmit) {
+    /// A blocking send: it waits only when the 4 MiB send buffer is full.
+    fn send_udp(&self, t: Transmit) {
         let Some(udp) = &self.udp else {
             tracing::warn!(peer = %t.peer, "no UDP socket to send on");
             return;
         };
-        let r = match udp.try_send_to(&t.payload, t.peer.addr) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                udp.send_to(&t.payload, t.peer.addr).await
-            }
-            other => other,
-        };
-        if let Err(e) = r {
+        if let Err(e) = udp.send_to(&t.payload, t.peer.addr) {
             metrics::counter!("sip_send_errors_total").increment(1);
             tracing::debug!(peer = %t.peer, error = %e, "UDP send failed");
         }
@@ -322,58 +475,76 @@ impl<C: Core> Driver<C> {
             return;
         }
         self.connecting.insert(addr, vec![t.payload]);
-        tokio::spawn(tcp::connect(
+        self.runtime.spawn(tcp::connect(
             addr,
-            self.events_tx.clone(),
+            self.inbox.clone(),
             self.cfg.max_message_bytes,
         ));
     }
 }
 
-impl<C: Controlled> Driver<C> {
+impl<C: Controlled + 'static> Driver<C> {
     /// Like [`Driver::run`], also feeding `commands` to the core and sending its outputs to
     /// `outputs` (dropped outputs are counted if the receiver is gone).
     pub async fn run_controlled(
-        self,
+        mut self,
         drain: CancellationToken,
-        commands: mpsc::Receiver<C::Command>,
+        mut commands: mpsc::Receiver<C::Command>,
         outputs: mpsc::UnboundedSender<C::Output>,
     ) -> C {
-        self.run_inner(drain, Commands { commands, outputs }).await
+        // Whoever sends commands does not know the driver sleeps in a system call: a task
+        // moves them to a queue of the thread's and wakes it.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let nudge = self.nudge.clone();
+        self.tasks.push(self.runtime.spawn(async move {
+            while let Some(cmd) = commands.recv().await {
+                if tx.send(cmd).is_err() {
+                    break;
+                }
+                nudge.wake();
+            }
+        }));
+        self.spawn(
+            drain,
+            Commands {
+                commands: rx,
+                outputs,
+            },
+        )
+        .await
     }
 }
 
 /// What the driver does besides SIP: nothing, or commands and outputs of a [`Controlled`] core.
-trait Side<C: Core> {
-    /// Waits for the next command and hands it to the core; `None` when there will be none.
-    fn next(&mut self, core: &mut C) -> impl std::future::Future<Output = Option<()>> + Send;
+trait Side<C: Core>: Send {
+    /// Hands the core the commands that are waiting; true if there were any.
+    fn take(&mut self, core: &mut C) -> bool;
     fn forward(&mut self, core: &mut C);
 }
 
 struct Never;
 
 impl<C: Core> Side<C> for Never {
-    async fn next(&mut self, _core: &mut C) -> Option<()> {
-        std::future::pending().await
+    fn take(&mut self, _core: &mut C) -> bool {
+        false
     }
 
     fn forward(&mut self, _core: &mut C) {}
 }
 
 struct Commands<C: Controlled> {
-    commands: mpsc::Receiver<C::Command>,
+    commands: mpsc::UnboundedReceiver<C::Command>,
     outputs: mpsc::UnboundedSender<C::Output>,
 }
 
 impl<C: Controlled> Side<C> for Commands<C> {
-    async fn next(&mut self, core: &mut C) -> Option<()> {
-        match self.commands.recv().await {
-            Some(cmd) => {
-                core.handle_command(cmd, Instant::now());
-                Some(())
-            }
-            None => std::future::pending().await,
+    fn take(&mut self, core: &mut C) -> bool {
+        let mut any = false;
+        while let Ok(cmd) = self.commands.try_recv() {
+            core.handle_command(cmd, Instant::now());
+            any = true;
         }
+        any
     }
 
     fn forward(&mut self, core: &mut C) {
@@ -385,18 +556,11 @@ impl<C: Controlled> Side<C> for Commands<C> {
     }
 }
 
-async fn recv(udp: Option<&UdpSocket>, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
-    match udp {
-        Some(u) => match u.recv_from(buf).await {
-            Ok(r) => Some(r),
-            // ICMP port unreachable from an earlier send shows up here on some systems.
-            Err(e) => {
-                tracing::trace!(error = %e, "UDP receive error");
-                None
-            }
-        },
-        None => std::future::pending().await,
-    }
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

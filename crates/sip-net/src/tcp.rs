@@ -1,7 +1,7 @@
 //! TCP connections: a reader that frames messages by Content-Length and a writer fed by a
 //! channel, both reported to the driver by peer address (connection reuse, RFC 3261 §18).
 
-use crate::NetEvent;
+use crate::{Inbox, NetEvent};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use switchboard_sip::framing::StreamFramer;
@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-pub(crate) async fn accept_loop(listener: TcpListener, events: mpsc::Sender<NetEvent>, max: usize) {
+pub(crate) async fn accept_loop(listener: TcpListener, events: Inbox, max: usize) {
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
@@ -25,7 +25,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, events: mpsc::Sender<NetE
     }
 }
 
-pub(crate) async fn connect(addr: SocketAddr, events: mpsc::Sender<NetEvent>, max: usize) {
+pub(crate) async fn connect(addr: SocketAddr, events: Inbox, max: usize) {
     match TcpStream::connect(addr).await {
         Ok(stream) => {
             let _ = stream.set_nodelay(true);
@@ -33,16 +33,16 @@ pub(crate) async fn connect(addr: SocketAddr, events: mpsc::Sender<NetEvent>, ma
         }
         Err(e) => {
             tracing::debug!(%addr, error = %e, "TCP connect failed");
-            let _ = events.send(NetEvent::ConnectFailed(addr)).await;
+            events.send(NetEvent::ConnectFailed(addr)).await;
         }
     }
 }
 
 /// Registers the connection with the driver and starts its reader and writer tasks.
-async fn serve(stream: TcpStream, addr: SocketAddr, events: mpsc::Sender<NetEvent>, max: usize) {
+async fn serve(stream: TcpStream, addr: SocketAddr, events: Inbox, max: usize) {
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Bytes>(256);
-    if events.send(NetEvent::Connected(addr, tx)).await.is_err() {
+    if !events.send(NetEvent::Connected(addr, tx)).await {
         return;
     }
     tokio::spawn(async move {
@@ -68,7 +68,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, events: mpsc::Sender<NetEven
             loop {
                 match framer.next_message() {
                     Ok(Some(msg)) => {
-                        if events.send(NetEvent::Message(msg, peer)).await.is_err() {
+                        if !events.send(NetEvent::Message(msg, peer)).await {
                             break 'read;
                         }
                     }
@@ -81,6 +81,6 @@ async fn serve(stream: TcpStream, addr: SocketAddr, events: mpsc::Sender<NetEven
                 }
             }
         }
-        let _ = events.send(NetEvent::Closed(addr)).await;
+        events.send(NetEvent::Closed(addr)).await;
     });
 }

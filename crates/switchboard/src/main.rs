@@ -14,6 +14,9 @@ use switchboard_config::Config;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Switchboard: SIP proxy, registrar, B2BUA and media server for contact centers.
 ///
 /// Without --config, the built-in demo configuration is used: tenant `demo` with users 1001 to

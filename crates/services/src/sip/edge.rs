@@ -66,6 +66,8 @@ pub struct SipEdge {
     draining: bool,
     /// When a 2xx to an INVITE was last relayed (drain waits for its ACK).
     last_2xx: Option<Instant>,
+    /// `sip_requests_total`, looked up once.
+    requests: metrics::Counter,
 }
 
 /// Commands from the rest of the process.
@@ -105,6 +107,7 @@ impl SipEdge {
             next_purge: now + Duration::from_secs(10),
             draining: false,
             last_2xx: None,
+            requests: metrics::counter!("sip_requests_total"),
             settings,
         }
     }
@@ -132,7 +135,7 @@ impl SipEdge {
     }
 
     fn on_request(&mut self, stx: ServerTxId, req: Message, from: Peer, now: Instant) {
-        metrics::counter!("sip_requests_total").increment(1);
+        self.requests.increment(1);
         if let Err(e) = req.validate() {
             metrics::counter!("sip_bad_requests_total").increment(1);
             tracing::debug!(peer = %from, error = %e, "refusing malformed request");

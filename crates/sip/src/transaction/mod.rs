@@ -312,21 +312,14 @@ impl Transactions {
         self.transmits.push_back(Transmit { peer, payload });
     }
 
-    fn is_live(&self, due: &Due) -> bool {
-        is_live(&self.servers, &self.clients, due)
-    }
-
     /// Drops cancelled entries from the head of the queue so that `poll_timeout` does not wake
     /// the runtime for nothing, and compacts the queue when cancelled entries (a 3-minute
     /// Timer C left behind by every answered call) outnumber live ones; each transaction has
     /// at most two live entries, so the rebuild is amortised O(1) per entry.
     fn prune(&mut self) {
-        while let Some(due) = self.queue.peek() {
-            if self.is_live(due) {
-                break;
-            }
-            self.queue.pop();
-        }
+        let (servers, clients) = (&self.servers, &self.clients);
+        self.queue
+            .drop_stale_head(|due| is_live(servers, clients, due));
         let live_max = 2 * (self.servers.len() + self.clients.len());
         if self.queue.len() > 2 * live_max + 1024 {
             let (servers, clients) = (&self.servers, &self.clients);
