@@ -169,12 +169,18 @@ impl TenantInfo {
 
     /// Parses and checks a JSON body (`{"name", "domain"}`).
     pub fn parse_json(body: &[u8]) -> Result<TenantInfo, FieldError> {
-        let t: TenantInfo = record::from_json(body)?;
+        let t = TenantInfo::from_json(body)?;
         t.check()?;
         Ok(t)
     }
 
-    fn check(&self) -> Result<(), FieldError> {
+    /// Parses a JSON body, checking only its shape (types, required and unknown fields).
+    pub fn from_json(body: &[u8]) -> Result<TenantInfo, FieldError> {
+        record::from_json(body)
+    }
+
+    /// Checks the values: the name is a name, the domain a host name.
+    pub fn check(&self) -> Result<(), FieldError> {
         if !is_name(&self.name) {
             return Err(FieldError::new(
                 "name",
