@@ -434,7 +434,9 @@ fn resolution_table() {
 fn unroutable_numbers_say_why() {
     use Ingress::*;
     let p = plan();
-    let cases: Vec<(Option<&str>, Ingress, &str, &str, bool, &str)> = vec![
+    // (tenant, ingress, calling, called, default gateway, why)
+    type Case<'a> = (Option<&'a str>, Ingress<'a>, &'a str, &'a str, bool, &'a str);
+    let cases: Vec<Case> = vec![
         (
             Some("demo"),
             Device,
