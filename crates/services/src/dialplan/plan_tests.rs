@@ -435,7 +435,14 @@ fn unroutable_numbers_say_why() {
     use Ingress::*;
     let p = plan();
     // (tenant, ingress, calling, called, default gateway, why)
-    type Case<'a> = (Option<&'a str>, Ingress<'a>, &'a str, &'a str, bool, &'a str);
+    type Case<'a> = (
+        Option<&'a str>,
+        Ingress<'a>,
+        &'a str,
+        &'a str,
+        bool,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
         (
             Some("demo"),
