@@ -757,6 +757,7 @@ impl SipNode {
         };
         let (tenant, caller_internal, to) = match plan.resolve(&query) {
             Ok(r) => {
+                metrics::counter!("sipnode_dialplan_total", "result" => "routed").increment(1);
                 tracing::debug!(tenant = %r.tenant, called, number = %r.number, rule = ?r.rule, target = ?r.target, "dial plan");
                 let internal = r.caller_internal;
                 (
@@ -770,6 +771,7 @@ impl SipNode {
                     ResolveError::NoRoute { tenant, .. } => tenant.clone(),
                     _ => host_tenant.to_string(),
                 };
+                metrics::counter!("sipnode_dialplan_total", "result" => "no_route").increment(1);
                 tracing::info!(tenant, called, caller, reason = %e, "no route for an incoming call");
                 let internal = plan.is_dn(&tenant, &caller)
                     && !matches!(ingress, Ingress::Trunk(_) | Ingress::Gateway);
