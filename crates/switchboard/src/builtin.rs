@@ -32,9 +32,16 @@ async fn dialplan_cell(ctx: &RoleContext) -> anyhow::Result<Arc<DialplanCell>> {
 /// `GET /v1/tenants/{t}/dialplan/resolve`.
 async fn start_dialplan(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     let cell = dialplan_cell(&ctx).await?;
+    // The registered contacts of devices, when the SIP edge runs in this process (it starts
+    // before the dial plan).
+    let location = ctx
+        .shared()
+        .get::<switchboard_services::sip::role::SharedLocation>()
+        .map(|l| (*l).clone());
     ctx.add_routes(switchboard_services::dialplan::role::routes(
         cell,
         &ctx.config,
+        location,
     ));
     Ok(RoleHandle::idle())
 }
@@ -76,6 +83,8 @@ async fn start_sip_edge(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
             commands: edge.control.clone(),
             udp: edge.udp,
         });
+    let location = edge.location.clone();
+    ctx.shared().get_or_init(move || location);
     let mut handle = RoleHandle::from_task(edge.task);
     if let Some(a) = edge.udp {
         handle = handle.bound("sip_udp", a);

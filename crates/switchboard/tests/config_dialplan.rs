@@ -556,6 +556,18 @@ password = "secret"
     .run()
     .expect("sipp runs");
     assert!(reg.success(), "REGISTER:\n{}", reg.report());
+    // Device resolution shows the registered contact (the edge runs in this process).
+    let r = call(&sb, "GET", q, None);
+    let registered = &r.body["device"]["registered"];
+    assert_eq!(registered.as_array().map(Vec::len), Some(1), "{}", r.body);
+    assert!(
+        registered[0]["contact"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&contact),
+        "{}",
+        r.body
+    );
     let callee = background(scenario("callee", &[]), None, phone);
     let carrier = background(
         scenario(

@@ -169,31 +169,47 @@ fn schemas() -> Value {
                 "max_messages": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 100 },
                 "retention_days": { "type": "integer", "minimum": 1, "maximum": 3650, "default": 30 }
             }
-        },
-        "Resolution": {
-            "type": "object",
-            "required": ["tenant", "called", "scope", "caller_internal", "target", "number"],
-            "properties": {
-                "tenant": { "type": "string" },
-                "called": { "type": "string" },
-                "from": { "type": "string" },
-                "ingress": { "type": "string", "description": "device, gateway or trunk:NAME" },
-                "scope": { "type": "string", "enum": ["internal", "inbound"] },
-                "caller_internal": { "type": "boolean" },
-                "target": { "type": "string", "enum": ["extension", "route_point", "queue", "voicemail", "external"] },
-                "number": { "type": "string", "description": "the DN, or the translated external number" },
-                "rule": { "type": "string", "nullable": true },
-                "did_trunk": { "type": "string", "nullable": true },
-                "trunk": { "type": "string", "nullable": true, "description": "external: the trunk (null: the node's default gateway)" },
-                "gateway": { "type": "string", "nullable": true },
-                "device": { "type": "object", "properties": {
-                    "tenant": { "type": "string" },
-                    "contact": { "type": "string" },
-                    "dn": reference("Dn"),
-                    "agent": { "type": "string", "nullable": true } } }
-            }
         }
     })
+}
+
+fn resolution_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["tenant", "called", "scope", "caller_internal", "target", "number"],
+        "properties": {
+            "tenant": { "type": "string" },
+            "called": { "type": "string" },
+            "from": { "type": "string" },
+            "ingress": { "type": "string", "description": "device, gateway or trunk:NAME" },
+            "scope": { "type": "string", "enum": ["internal", "inbound"] },
+            "caller_internal": { "type": "boolean" },
+            "target": { "type": "string", "enum": ["extension", "route_point", "queue", "voicemail", "external"] },
+            "number": { "type": "string", "description": "the DN, or the translated external number" },
+            "rule": { "type": "string", "nullable": true },
+            "did_trunk": { "type": "string", "nullable": true },
+            "trunk": { "type": "string", "nullable": true, "description": "external: the trunk (null: the node's default gateway)" },
+            "gateway": { "type": "string", "nullable": true },
+            "device": { "type": "object", "properties": {
+                "tenant": { "type": "string" },
+                "contact": { "type": "string" },
+                "dn": reference("Dn"),
+                "agent": { "type": "string", "nullable": true },
+                "registered": { "type": "array", "description": "live registrations (when the SIP edge runs in the same process)",
+                    "items": { "type": "object", "properties": {
+                        "contact": { "type": "string" },
+                        "expires_in": { "type": "integer" },
+                        "source": { "type": "string" } } } } } }
+        }
+    })
+}
+
+fn all_schemas() -> Value {
+    let mut s = schemas();
+    if let Some(o) = s.as_object_mut() {
+        o.insert("Resolution".into(), resolution_schema());
+    }
+    s
 }
 
 /// The whole document.
@@ -307,7 +323,7 @@ pub fn document() -> Value {
             "description": "Tenants and their contact-center entities (config role) and number resolution (dialplan role). Errors are application/problem+json (RFC 9457)."
         },
         "paths": Value::Object(paths),
-        "components": { "schemas": schemas() }
+        "components": { "schemas": all_schemas() }
     })
 }
 

@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::{Dialplan, Ingress, Query, ResolveError, Target};
 use crate::problem::ApiProblem;
+use crate::sip::role::SharedLocation;
+use std::time::Instant;
 
 /// The current dial plan, swapped whole on every change; readers take an `Arc` and never
 /// wait for a rebuild.
@@ -139,14 +141,22 @@ async fn start(
 
 struct RestState {
     cell: Arc<DialplanCell>,
+    /// The registrar's bindings, when the SIP edge runs in this process.
+    location: Option<SharedLocation>,
     /// Whether the node has unnamed gateways (`sip_node.trunks`).
     default_gateway: bool,
 }
 
-/// `GET /v1/tenants/{tenant}/dialplan/resolve?number=..&from=..&ingress=..`
-pub fn routes(cell: Arc<DialplanCell>, config: &Config) -> Router {
+/// `GET /v1/tenants/{tenant}/dialplan/resolve?number=..&from=..&ingress=..`; with
+/// `location`, devices carry their registered contacts.
+pub fn routes(
+    cell: Arc<DialplanCell>,
+    config: &Config,
+    location: Option<SharedLocation>,
+) -> Router {
     let state = Arc::new(RestState {
         cell,
+        location,
         default_gateway: !config.sip_node.trunks.is_empty(),
     });
     Router::new()
@@ -270,6 +280,17 @@ fn answer(
             .map(|a| a.to_string()));
     } else if let Some(device) = plan.device(&r.tenant, &r.number) {
         body["device"] = json!(device);
+        if let Some(location) = &state.location {
+            let aor = format!("{}@{}", r.number, plan.domain(&r.tenant).unwrap_or(""));
+            let registered: Vec<serde_json::Value> = location
+                .contacts(&aor, Instant::now())
+                .into_iter()
+                .map(|(contact, expires_in, source)| {
+                    json!({ "contact": contact, "expires_in": expires_in, "source": source })
+                })
+                .collect();
+            body["device"]["registered"] = json!(registered);
+        }
     }
     Ok(body)
 }
