@@ -213,7 +213,11 @@ pub struct DialRule {
     /// `any` (default), `internal` (from devices) or `inbound` (from trunks).
     #[serde(default)]
     pub applies_to: RuleScope,
-    /// Pattern: the called number starts with this. Exactly one of `prefix`, `range`, `regex`.
+    /// Pattern: the called number is exactly this. Exactly one of `exact`, `prefix`, `range`,
+    /// `regex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// Pattern: the called number starts with this.
     #[serde(default)]
     pub prefix: Option<String>,
     /// Pattern: `"2000-2999"`, numbers as long as the bounds and between them.
@@ -321,6 +325,8 @@ impl Dn {
 /// The pattern of a rule, once checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RulePattern<'a> {
+    /// `exact`
+    Exact(&'a str),
     /// `prefix`
     Prefix(&'a str),
     /// `range`, split into its bounds.
@@ -330,16 +336,17 @@ pub enum RulePattern<'a> {
 }
 
 impl DialRule {
-    /// The rule's pattern, when exactly one of `prefix`, `range`, `regex` is set and a range
-    /// is written `first-last`.
+    /// The rule's pattern, when exactly one of `exact`, `prefix`, `range`, `regex` is set and
+    /// a range is written `first-last`.
     pub fn pattern(&self) -> Option<RulePattern<'_>> {
-        match (&self.prefix, &self.range, &self.regex) {
-            (Some(p), None, None) => Some(RulePattern::Prefix(p)),
-            (None, Some(r), None) => {
+        match (&self.exact, &self.prefix, &self.range, &self.regex) {
+            (Some(e), None, None, None) => Some(RulePattern::Exact(e)),
+            (None, Some(p), None, None) => Some(RulePattern::Prefix(p)),
+            (None, None, Some(r), None) => {
                 let (a, b) = r.split_once('-')?;
                 Some(RulePattern::Range(a.trim(), b.trim()))
             }
-            (None, None, Some(x)) => Some(RulePattern::Regex(x)),
+            (None, None, None, Some(x)) => Some(RulePattern::Regex(x)),
             _ => None,
         }
     }
@@ -781,23 +788,32 @@ pub(crate) fn validate_entities(t: &Tenant, prefix: &str, out: &mut Vec<Found>) 
                 format!("rule {:?} is defined twice", r.name),
             );
         }
-        let set = [r.prefix.is_some(), r.range.is_some(), r.regex.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let set = [
+            r.exact.is_some(),
+            r.prefix.is_some(),
+            r.range.is_some(),
+            r.regex.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if set != 1 {
             let field = if r.range.is_some() {
                 "range"
             } else if r.regex.is_some() {
                 "regex"
+            } else if r.exact.is_some() {
+                "exact"
             } else {
                 "prefix"
             };
             bad(
                 out,
                 format!("{key}.{field}"),
-                "a rule needs exactly one pattern: prefix, range or regex",
+                "a rule needs exactly one pattern: exact, prefix, range or regex",
             );
+        } else if let Some(e) = &r.exact {
+            check_number(out, format!("{key}.exact"), e);
         } else if let Some(p) = &r.prefix {
             if !p.is_empty() && !is_number(p) {
                 bad(

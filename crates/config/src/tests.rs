@@ -494,3 +494,26 @@ fn entity_problems_are_relative_to_the_tenant() {
     assert_eq!(p[0].key.as_deref(), Some("agents[2].dn"));
     assert_eq!(p[0].line, None);
 }
+
+#[test]
+fn dial_rule_exact_pattern() {
+    let text = tenant_with(
+        "[[tenants.dialplan]]\nname = \"op\"\npriority = 1\nexact = \"0\"\nadd_prefix = \"1001\"\nroute = \"local\"\n",
+    );
+    let c = Config::from_toml_str(&text).expect("valid");
+    assert_eq!(
+        c.tenants[0].dialplan[0].pattern(),
+        Some(RulePattern::Exact("0"))
+    );
+    let text = tenant_with(
+        "[[tenants.dialplan]]\nname = \"op\"\npriority = 1\nexact = \"0\"\nprefix = \"0\"\nroute = \"local\"\n",
+    );
+    let p = one_problem(&text);
+    assert_eq!(p.key.as_deref(), Some("tenants[0].dialplan[0].exact"));
+    assert!(p.message.contains("exactly one pattern"), "{p:?}");
+    let text = tenant_with(
+        "[[tenants.dialplan]]\nname = \"op\"\npriority = 1\nexact = \"0x\"\nroute = \"local\"\n",
+    );
+    let p = one_problem(&text);
+    assert_eq!(p.key.as_deref(), Some("tenants[0].dialplan[0].exact"));
+}

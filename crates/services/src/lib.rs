@@ -3,6 +3,10 @@
 
 pub mod bus;
 pub mod call_state;
+pub mod config_api;
+pub mod dialplan;
 pub mod mcp;
+pub mod problem;
 pub mod sip;
 pub mod sip_node;
+pub mod store;

@@ -925,3 +925,157 @@ fn answer_request_notifies_the_ringing_phone_and_dtmf_goes_as_info() {
     assert!(body(infos[1]).starts_with("Signal=#\r\n"));
     assert!(infos[1].cseq().unwrap().seq > infos[0].cseq().unwrap().seq);
 }
+
+// ---- the dial plan decides where calls go ----
+
+const SBC: &str = "127.0.0.1:5091";
+
+/// A node whose directory is a dial plan with a named trunk `sbc` (DIDs +1555010xxxx reach
+/// 1002) and a rule sending `9` + number out on it as `+1` + number.
+fn net_with_plan() -> Net {
+    let mut n = Net::new();
+    let mut t = switchboard_config::Tenant::new("demo", "switchboard");
+    t.dns = ["1001", "1002"]
+        .iter()
+        .map(|d| switchboard_config::Dn::new(*d, switchboard_config::DnKind::Extension))
+        .collect();
+    t.trunks = vec![switchboard_config::Trunk {
+        name: "sbc".into(),
+        addresses: vec![SBC.into()],
+        dids: vec![switchboard_config::DidRange {
+            first: "+15550100000".into(),
+            last: "+15550100099".into(),
+            target: Some("1002".into()),
+        }],
+    }];
+    t.dialplan = vec![switchboard_config::DialRule {
+        name: "out".into(),
+        priority: 1,
+        applies_to: switchboard_config::RuleScope::Internal,
+        exact: None,
+        prefix: Some("9".into()),
+        range: None,
+        regex: None,
+        strip: 1,
+        replace: None,
+        add_prefix: "+1".into(),
+        route: switchboard_config::RuleRoute::External,
+        trunk: Some("sbc".into()),
+    }];
+    assert!(t.entity_problems().is_empty(), "{:?}", t.entity_problems());
+    let cell = std::sync::Arc::new(switchboard_services::dialplan::role::DialplanCell::new(
+        switchboard_services::dialplan::Dialplan::build([&t]),
+    ));
+    let settings = NodeSettings {
+        local: addr(NODE),
+        edge: addr(EDGE),
+        trunks: vec![addr(TRUNK)],
+        timers: Timers::default(),
+        model: ModelSettings {
+            ring_timeout_ms: RING_MS,
+            node: 1,
+        },
+    };
+    n.node = SipNode::new(settings, Directory::live(cell), 7, n.now, 1_800_000_000_000);
+    n
+}
+
+fn invite_from(src: &str, from: &str, called: &str, call_id: &str) -> String {
+    format!(
+        "INVITE sip:{called}@{NODE} SIP/2.0\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bK{call_id}\r\nMax-Forwards: 70\r\nFrom: <sip:{from}@switchboard>;tag=f1\r\nTo: <sip:{called}@switchboard>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:{from}@{src}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
+        OFFER.len()
+    )
+}
+
+#[test]
+fn a_did_on_a_named_trunk_reaches_its_target_dn() {
+    let mut n = net_with_plan();
+    let out = n.feed(
+        &invite_from(SBC, "+447700900123", "+15550100042", "did-1"),
+        SBC,
+    );
+    one(&out, 5091, "100");
+    let inv = one(&out, 5060, "INVITE");
+    assert_eq!(inv.request_uri_str(), Some("sip:1002@switchboard"));
+    let ev = n.events();
+    assert_eq!(names(&ev), vec![("EventRinging", "1002".into())]);
+    let c = ev[0].call().unwrap();
+    assert_eq!(c.other_dn.as_deref(), Some("+447700900123"));
+    assert_eq!(c.call_type, Some(switchboard_events::CallType::Inbound));
+
+    // Outside the DID ranges and no inbound rule: 404, no leg.
+    let out = n.feed(
+        &invite_from(SBC, "+447700900123", "+15559990000", "did-2"),
+        SBC,
+    );
+    one(&out, 5091, "404");
+    assert!(to(&out, 5060).is_empty());
+}
+
+#[test]
+fn a_rule_sends_an_internal_call_out_on_its_trunk_translated() {
+    let mut n = net_with_plan();
+    // 1001's phone, through the edge, dials 9 + a national number.
+    let out = n.feed(&invite_from(EDGE, "1001", "92125551234", "out-1"), EDGE);
+    one(&out, 5060, "100");
+    let inv = one(&out, 5091, "INVITE");
+    assert_eq!(
+        inv.request_uri_str(),
+        Some(format!("sip:+12125551234@{SBC}").as_str())
+    );
+    assert!(to(&out, 5090).is_empty(), "not the default gateway");
+    let ev = n.events();
+    assert_eq!(names(&ev), vec![("EventDialing", "1001".into())]);
+    let c = ev[0].call().unwrap();
+    assert_eq!(c.other_dn.as_deref(), Some("+12125551234"));
+    assert_eq!(c.call_type, Some(switchboard_events::CallType::Outbound));
+
+    // Without the rule's prefix a long number still goes to the default gateway.
+    let out = n.feed(&invite_from(EDGE, "1001", "+442079460000", "out-2"), EDGE);
+    let inv = one(&out, 5090, "INVITE");
+    assert_eq!(
+        inv.request_uri_str(),
+        Some(format!("sip:+442079460000@{TRUNK}").as_str())
+    );
+    // And DN to DN stays internal through the edge.
+    let out = n.feed(&invite_from(EDGE, "1001", "1002", "int-1"), EDGE);
+    let inv = one(&out, 5060, "INVITE");
+    assert_eq!(inv.request_uri_str(), Some("sip:1002@switchboard"));
+}
+
+#[test]
+fn a_rest_transfer_to_a_rule_number_goes_out_on_the_trunk() {
+    let mut n = net_with_plan();
+    let dir = n.node.directory().clone();
+    match dir.resolve("demo", "1001", "92125551234", true) {
+        Resolved::Ok(Dest::Trunk { number, trunk }) => {
+            assert_eq!((number.as_str(), trunk.as_str()), ("+12125551234", "sbc"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        dir.resolve("demo", "1001", "77", true),
+        Resolved::Invalid(_)
+    ));
+    // A MakeCall to it: the origin's phone first, then the destination on the trunk.
+    n.node.handle_command(
+        NodeCommand {
+            id: 9,
+            tenant: "demo".into(),
+            request: Request::MakeCall {
+                dn: "1001".into(),
+                to: dir.resolve("demo", "1001", "92125551234", true),
+            },
+        },
+        n.now,
+    );
+    let out = n.sent();
+    let inv = one(&out, 5060, "INVITE").clone();
+    n.phone_reply(&inv, 180, None);
+    let out = n.phone_reply(&inv, 200, Some(ANSWER));
+    let leg = one(&out, 5091, "INVITE");
+    assert_eq!(
+        leg.request_uri_str(),
+        Some(format!("sip:+12125551234@{SBC}").as_str())
+    );
+}

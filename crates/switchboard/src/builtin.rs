@@ -8,6 +8,62 @@ use crate::role::{Registry, RoleContext, RoleHandle, RoleKind};
 use switchboard_services::bus::BusSlot;
 use tokio::sync::Mutex;
 
+// The configuration store (`[store]`), opened and seeded by the first role that needs it
+// (`sip-node`, `dialplan` or `config`), and the dial plan built from it, kept current by a
+// task that follows the store's changes. `sip-node` resolves calls with the same plan that
+// `GET /v1/tenants/{t}/dialplan/resolve` answers from.
+use std::sync::Arc;
+use switchboard_services::dialplan::role::{DialplanCell, DialplanSlot};
+use switchboard_services::store::StoreSlot;
+
+async fn dialplan_cell(ctx: &RoleContext) -> anyhow::Result<Arc<DialplanCell>> {
+    let store = ctx
+        .shared()
+        .get_or_init(StoreSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    ctx.shared()
+        .get_or_init(DialplanSlot::default)
+        .get_or_start(ctx.config.clone(), store, ctx.drain.clone())
+        .await
+}
+
+/// `dialplan`: the dial plan of the store (shared with `sip-node` in this process) and
+/// `GET /v1/tenants/{t}/dialplan/resolve`.
+async fn start_dialplan(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let cell = dialplan_cell(&ctx).await?;
+    // The registered contacts of devices, when the SIP edge runs in this process (it starts
+    // before the dial plan).
+    let location = ctx
+        .shared()
+        .get::<switchboard_services::sip::role::SharedLocation>()
+        .map(|l| (*l).clone());
+    ctx.add_routes(switchboard_services::dialplan::role::routes(
+        cell,
+        &ctx.config,
+        location,
+    ));
+    Ok(RoleHandle::idle())
+}
+
+/// `config`: REST CRUD of tenants and entities on the store, `/openapi.json`, and every
+/// change published on the bus (`config:{tenant}`).
+async fn start_config(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let store = ctx
+        .shared()
+        .get_or_init(StoreSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let role = switchboard_services::config_api::start(store, Some(bus), ctx.drain.clone());
+    ctx.add_routes(role.router);
+    Ok(RoleHandle::from_task(role.task))
+}
+
 /// The SIP edge serves both `sip-proxy` and `registrar` from one core (one set of sockets, one
 /// location service); whichever of the two starts first starts it, the other shares it.
 struct EdgeOnce(Mutex<bool>);
@@ -27,6 +83,8 @@ async fn start_sip_edge(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
             commands: edge.control.clone(),
             udp: edge.udp,
         });
+    let location = edge.location.clone();
+    ctx.shared().get_or_init(move || location);
     let mut handle = RoleHandle::from_task(edge.task);
     if let Some(a) = edge.udp {
         handle = handle.bound("sip_udp", a);
@@ -67,10 +125,13 @@ async fn start_sip_node(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         .shared()
         .get::<switchboard_services::sip::role::EdgeControl>()
         .map(|e| (*e).clone());
+    let directory =
+        switchboard_services::sip_node::core::Directory::live(dialplan_cell(&ctx).await?);
     let node = switchboard_services::sip_node::role::start(
         ctx.config.clone(),
         bus,
         edge,
+        directory,
         ctx.drain.clone(),
     )
     .await?;
@@ -99,6 +160,8 @@ pub fn registry() -> Registry {
     r.register(RoleKind::SipProxy, start_sip_edge);
     r.register(RoleKind::Registrar, start_sip_edge);
     r.register(RoleKind::SipNode, start_sip_node);
+    r.register(RoleKind::Dialplan, start_dialplan);
+    r.register(RoleKind::Config, start_config);
     r.register(RoleKind::Mcp, start_mcp);
     r.register(RoleKind::CallState, start_call_state);
     r

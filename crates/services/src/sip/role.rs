@@ -37,6 +37,32 @@ pub struct EdgeRunning {
     pub task: JoinHandle<anyhow::Result<()>>,
     /// Commands to the running edge (e.g. the SIP Server's address for call control).
     pub control: tokio::sync::mpsc::Sender<super::edge::EdgeCommand>,
+    /// The registrar's location service (read by the dial plan's device resolution).
+    pub location: SharedLocation,
+}
+
+/// The location service of the SIP edge running in this process, for readers in other roles.
+#[derive(Clone)]
+pub struct SharedLocation(pub Arc<Mutex<Location>>);
+
+impl SharedLocation {
+    /// The live contacts of `user@domain`, best first: `(contact, seconds left, source)`.
+    pub fn contacts(&self, aor: &str, now: Instant) -> Vec<(String, u64, String)> {
+        match self.0.lock() {
+            Ok(l) => l
+                .lookup(aor, now)
+                .into_iter()
+                .map(|b| {
+                    (
+                        b.contact.clone(),
+                        super::location::remaining(b, now),
+                        b.source.addr.to_string(),
+                    )
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
 }
 
 pub fn tenants(cfg: &Config) -> Vec<Tenant> {
@@ -101,6 +127,7 @@ pub async fn start(cfg: Arc<Config>, drain: CancellationToken) -> anyhow::Result
         },
     };
     let location = Arc::new(Mutex::new(Location::default()));
+    let shared_location = SharedLocation(location.clone());
     let registrar = Registrar::new(
         registrar_settings(&cfg),
         tenants(&cfg),
@@ -153,5 +180,6 @@ pub async fn start(cfg: Arc<Config>, drain: CancellationToken) -> anyhow::Result
         tcp,
         task,
         control,
+        location: shared_location,
     })
 }

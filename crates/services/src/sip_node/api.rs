@@ -126,7 +126,10 @@ impl Api {
             .to
             .as_deref()
             .ok_or_else(|| bad("\"to\" (the number to call) is required"))?;
-        match self.directory.resolve(tenant, to, self.have_trunk) {
+        match self
+            .directory
+            .resolve(tenant, &body.dn, to, self.have_trunk)
+        {
             Resolved::Invalid(why) => Err(problem(422, "Invalid destination", why)),
             ok => Ok(ok),
         }

@@ -12,11 +12,15 @@ use super::model::{
     Action, Dest, Direction, Input, LegId, Model, ModelSettings, Request, Resolved,
 };
 use super::sdp::{answer_direction, direction_of, LegSdp};
+use crate::dialplan::role::DialplanCell;
+use crate::dialplan::{Dialplan, Ingress, Query, ResolveError, Target};
 use crate::sip::target::uri_peer;
 use bytes::Bytes;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use switchboard_config::{Dn, DnKind, Tenant};
 use switchboard_events::{ConnId, Event};
 use switchboard_sip::build::{cancel_for, response_to, Builder};
 use switchboard_sip::transaction::{
@@ -25,76 +29,85 @@ use switchboard_sip::transaction::{
 use switchboard_sip::{Dialog, DialogState, HeaderName, Message, Method, Peer, Transmit, Uri};
 use switchboard_sip_net::{Controlled, Core};
 
-/// Tenants and their DNs, for classifying calls and resolving destinations. Built from the
-/// configuration; the dialplan role will provide it when it lands.
-#[derive(Clone, Debug, Default)]
-pub struct Directory {
-    tenants: Vec<TenantDns>,
-}
-
+/// Tenants, DNs, trunks and number translation, for classifying calls and resolving
+/// destinations: a view of the dial plan (`crate::dialplan`), which the `dialplan` role keeps
+/// current as the configuration changes. Lookups read memory only.
 #[derive(Clone, Debug)]
-struct TenantDns {
-    name: String,
-    domain: String,
-    dns: HashSet<String>,
+pub struct Directory {
+    cell: Arc<DialplanCell>,
 }
 
 impl Directory {
-    /// `(tenant, domain, DNs)`; the first tenant is the default for requests addressed to an
-    /// IP address.
+    /// A fixed directory: `(tenant, domain, DNs)`, every DN an extension, no rules or trunks;
+    /// the first tenant is the default for requests addressed to an IP address.
     pub fn new(tenants: impl IntoIterator<Item = (String, String, Vec<String>)>) -> Directory {
-        Directory {
-            tenants: tenants
-                .into_iter()
-                .map(|(name, domain, dns)| TenantDns {
-                    name,
-                    domain,
-                    dns: dns.into_iter().collect(),
-                })
-                .collect(),
-        }
+        let tenants: Vec<Tenant> = tenants
+            .into_iter()
+            .map(|(name, domain, dns)| {
+                let mut t = Tenant::new(name, domain);
+                t.dns = dns
+                    .into_iter()
+                    .map(|d| Dn::new(d, DnKind::Extension))
+                    .collect();
+                t
+            })
+            .collect();
+        Directory::live(Arc::new(DialplanCell::new(Dialplan::build(&tenants))))
+    }
+
+    /// The dial plan in `cell`, as it is at each lookup.
+    pub fn live(cell: Arc<DialplanCell>) -> Directory {
+        Directory { cell }
+    }
+
+    /// The plan in force.
+    pub fn plan(&self) -> Arc<Dialplan> {
+        self.cell.current()
     }
 
     pub fn has_tenant(&self, tenant: &str) -> bool {
-        self.tenants.iter().any(|t| t.name == tenant)
+        self.plan().has_tenant(tenant)
     }
 
     pub fn is_dn(&self, tenant: &str, dn: &str) -> bool {
-        self.tenants
-            .iter()
-            .any(|t| t.name == tenant && t.dns.contains(dn))
+        self.plan().is_dn(tenant, dn)
     }
 
-    pub fn domain(&self, tenant: &str) -> Option<&str> {
-        self.tenants
-            .iter()
-            .find(|t| t.name == tenant)
-            .map(|t| t.domain.as_str())
+    pub fn domain(&self, tenant: &str) -> Option<String> {
+        self.plan().domain(tenant).map(str::to_owned)
     }
 
     /// The tenant of a Request-URI host: by domain, else the default tenant.
-    pub fn tenant_for_host(&self, host: &str) -> Option<&str> {
-        self.tenants
-            .iter()
-            .find(|t| t.domain.eq_ignore_ascii_case(host))
-            .or_else(|| self.tenants.first())
-            .map(|t| t.name.as_str())
+    pub fn tenant_for_host(&self, host: &str) -> Option<String> {
+        self.plan().tenant_for_host(host).map(str::to_owned)
     }
 
-    /// A dialled number: a DN of the tenant, else an external number (digits, optionally with
-    /// a leading `+`, at least 5 of them) when the node has a trunk, else invalid.
-    pub fn resolve(&self, tenant: &str, number: &str, have_trunk: bool) -> Resolved {
-        if self.is_dn(tenant, number) {
-            return Resolved::Ok(Dest::Dn(number.to_string()));
+    /// A number dialled for DN `from` of `tenant` (a call-control request): a DN, or an
+    /// external number by a dial-plan rule, or, when the node has a default gateway
+    /// (`have_trunk`), any number of five or more digits; else invalid.
+    pub fn resolve(&self, tenant: &str, from: &str, number: &str, have_trunk: bool) -> Resolved {
+        let q = Query {
+            tenant: Some(tenant),
+            called: number,
+            calling: from,
+            ingress: Ingress::Device,
+            default_gateway: have_trunk,
+        };
+        match self.plan().resolve(&q) {
+            Ok(r) => Resolved::Ok(dest_of(r.target, r.number)),
+            Err(e) => Resolved::Invalid(e.to_string()),
         }
-        let digits = number.strip_prefix('+').unwrap_or(number);
-        if digits.len() >= 5 && digits.chars().all(|c| c.is_ascii_digit()) {
-            if have_trunk {
-                return Resolved::Ok(Dest::External(number.to_string()));
-            }
-            return Resolved::Invalid(format!("{number} is external and no trunk is configured"));
+    }
+}
+
+/// The model's destination for a dial-plan target.
+pub fn dest_of(target: Target, number: String) -> Dest {
+    match target {
+        Target::External { trunk: Some(trunk) } => Dest::Trunk { number, trunk },
+        Target::External { trunk: None } => Dest::External(number),
+        Target::Extension | Target::RoutePoint | Target::Queue | Target::Voicemail => {
+            Dest::Dn(number)
         }
-        Resolved::Invalid(format!("{number:?} is not a DN of tenant {tenant}"))
     }
 }
 
@@ -369,20 +382,22 @@ impl SipNode {
         auto_answer: bool,
         now: Instant,
     ) {
-        let domain = self
-            .directory
-            .domain(&tenant)
-            .unwrap_or("switchboard")
-            .to_string();
-        let (ruri, peer) = match &dest {
-            Dest::Dn(dn) => (format!("sip:{dn}@{domain}"), Peer::udp(self.settings.edge)),
-            Dest::External(n) => match self.settings.trunks.first() {
-                Some(t) => (format!("sip:{n}@{t}"), Peer::udp(*t)),
-                None => {
-                    self.inputs.push_back(Input::Failed { leg: id, code: 503 });
-                    return;
-                }
-            },
+        let plan = self.directory.plan();
+        let domain = plan.domain(&tenant).unwrap_or("switchboard").to_string();
+        let gateway = match &dest {
+            Dest::Dn(_) => Some(self.settings.edge),
+            Dest::External(_) => self.settings.trunks.first().copied(),
+            Dest::Trunk { trunk, .. } => plan.trunk_gateway(&tenant, trunk),
+        };
+        drop(plan);
+        let (ruri, peer) = match (&dest, gateway) {
+            (Dest::Dn(dn), Some(edge)) => (format!("sip:{dn}@{domain}"), Peer::udp(edge)),
+            (_, Some(gw)) => (format!("sip:{}@{gw}", dest.number()), Peer::udp(gw)),
+            (_, None) => {
+                tracing::warn!(tenant, dest = dest.number(), trunk = ?dest.trunk(), "no gateway for an external leg");
+                self.inputs.push_back(Input::Failed { leg: id, code: 503 });
+                return;
+            }
         };
         let call_id = format!("{}@sipnode", self.ids.call_id());
         let tag = self.ids.tag();
@@ -712,7 +727,8 @@ impl SipNode {
         let Some(called) = called else {
             return self.reply(stx, &req, 404, now);
         };
-        let Some(tenant) = self.directory.tenant_for_host(&host).map(str::to_string) else {
+        let plan = self.directory.plan();
+        let Some(host_tenant) = plan.tenant_for_host(&host) else {
             return self.reply(stx, &req, 404, now);
         };
         let caller = req
@@ -720,11 +736,49 @@ impl SipNode {
             .ok()
             .and_then(|f| user_of(&f.uri))
             .unwrap_or_else(|| "anonymous".to_string());
-        let from_trunk = self.settings.trunks.contains(&from.addr);
-        let caller_internal = !from_trunk && self.directory.is_dn(&tenant, &caller);
-        let to = self
-            .directory
-            .resolve(&tenant, &called, !self.settings.trunks.is_empty());
+        // The node's unnamed gateways first, then the edge (its calls come from devices),
+        // then the tenants' named trunks by address.
+        let ingress = if self.settings.trunks.contains(&from.addr) {
+            Ingress::Gateway
+        } else if from.addr == self.settings.edge {
+            Ingress::Device
+        } else {
+            match plan.trunk_at(from.addr) {
+                Some((_, trunk)) => Ingress::Trunk(trunk),
+                None => Ingress::Device,
+            }
+        };
+        let query = Query {
+            tenant: Some(host_tenant),
+            called: &called,
+            calling: &caller,
+            ingress,
+            default_gateway: !self.settings.trunks.is_empty(),
+        };
+        let (tenant, caller_internal, to) = match plan.resolve(&query) {
+            Ok(r) => {
+                metrics::counter!("sipnode_dialplan_total", "result" => "routed").increment(1);
+                tracing::debug!(tenant = %r.tenant, called, number = %r.number, rule = ?r.rule, target = ?r.target, "dial plan");
+                let internal = r.caller_internal;
+                (
+                    r.tenant,
+                    internal,
+                    Resolved::Ok(dest_of(r.target, r.number)),
+                )
+            }
+            Err(e) => {
+                let tenant = match &e {
+                    ResolveError::NoRoute { tenant, .. } => tenant.clone(),
+                    _ => host_tenant.to_string(),
+                };
+                metrics::counter!("sipnode_dialplan_total", "result" => "no_route").increment(1);
+                tracing::info!(tenant, called, caller, reason = %e, "no route for an incoming call");
+                let internal = plan.is_dn(&tenant, &caller)
+                    && !matches!(ingress, Ingress::Trunk(_) | Ingress::Gateway);
+                (tenant, internal, Resolved::Invalid(e.to_string()))
+            }
+        };
+        drop(plan);
         let id = LegId::incoming(self.next_incoming);
         self.next_incoming += 1;
         let call_id = req.call_id().unwrap_or("").to_string();

@@ -37,15 +37,30 @@ impl LegId {
 pub enum Dest {
     /// An internal DN of the tenant (a registered device, through the SIP edge).
     Dn(String),
-    /// An external number, through a trunk.
+    /// An external number, through the node's default gateway (`sip_node.trunks`).
     External(String),
+    /// An external number, out on a named trunk of the tenant (chosen by the dial plan).
+    Trunk { number: String, trunk: String },
 }
 
 impl Dest {
     pub fn number(&self) -> &str {
         match self {
-            Dest::Dn(n) | Dest::External(n) => n,
+            Dest::Dn(n) | Dest::External(n) | Dest::Trunk { number: n, .. } => n,
         }
+    }
+
+    /// The named trunk of an external destination, if it has one.
+    pub fn trunk(&self) -> Option<&str> {
+        match self {
+            Dest::Trunk { trunk, .. } => Some(trunk),
+            _ => None,
+        }
+    }
+
+    /// Whether the destination is a DN of the tenant.
+    pub fn is_dn(&self) -> bool {
+        matches!(self, Dest::Dn(_))
     }
 }
 
@@ -86,6 +101,8 @@ pub struct Party {
     pub sdp: Option<Bytes>,
     /// Placed by us with auto-answer (the origin of a MakeCall or consult call).
     pub auto: bool,
+    /// The named trunk an external party is reached on (`None`: the default gateway).
+    pub trunk: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -104,6 +121,18 @@ impl Party {
     /// answered yet: no INVITE went out and no event named it.
     fn placed(&self) -> bool {
         self.auto || self.leg.is_incoming() || self.state != PartyState::Dialing
+    }
+
+    /// Where a new leg to this party goes.
+    fn dest(&self) -> Dest {
+        match (self.internal, &self.trunk) {
+            (true, _) => Dest::Dn(self.dn.clone()),
+            (false, Some(trunk)) => Dest::Trunk {
+                number: self.dn.clone(),
+                trunk: trunk.clone(),
+            },
+            (false, None) => Dest::External(self.dn.clone()),
+        }
     }
 }
 
@@ -553,7 +582,7 @@ impl Model {
         let conn = self.new_conn();
         let call_type = match (caller_internal, &dest) {
             (true, Dest::Dn(_)) => CallType::Internal,
-            (true, Dest::External(_)) => CallType::Outbound,
+            (true, _) => CallType::Outbound,
             (false, _) => CallType::Inbound,
         };
         let b = self.new_leg();
@@ -565,6 +594,7 @@ impl Model {
                 Party {
                     dn: caller.clone(),
                     internal: caller_internal,
+                    trunk: None,
                     role: PartyRole::Origination,
                     state: PartyState::Dialing,
                     leg,
@@ -573,7 +603,8 @@ impl Model {
                 },
                 Party {
                     dn: dest.number().to_string(),
-                    internal: matches!(dest, Dest::Dn(_)),
+                    internal: dest.is_dn(),
+                    trunk: dest.trunk().map(str::to_owned),
                     role: PartyRole::Destination,
                     state: PartyState::Ringing,
                     leg: b,
@@ -649,11 +680,7 @@ impl Model {
             out.push(Action::PlaceLeg {
                 leg: dest.leg,
                 tenant,
-                dest: if dest.internal {
-                    Dest::Dn(dest.dn.clone())
-                } else {
-                    Dest::External(dest.dn.clone())
-                },
+                dest: dest.dest(),
                 from,
                 sdp,
                 auto_answer: false,
@@ -1212,7 +1239,7 @@ impl Model {
         let conn = self.new_conn();
         let (a, b) = (self.new_leg(), self.new_leg());
         let call_type = match (&dest, call_type) {
-            (Dest::External(_), CallType::Internal) => CallType::Outbound,
+            (Dest::External(_) | Dest::Trunk { .. }, CallType::Internal) => CallType::Outbound,
             (_, t) => t,
         };
         let call = Call {
@@ -1223,6 +1250,7 @@ impl Model {
                 Party {
                     dn: dn.to_string(),
                     internal: true,
+                    trunk: None,
                     role: PartyRole::Origination,
                     state: PartyState::Dialing,
                     leg: a,
@@ -1231,7 +1259,8 @@ impl Model {
                 },
                 Party {
                     dn: dest.number().to_string(),
-                    internal: matches!(dest, Dest::Dn(_)),
+                    internal: dest.is_dn(),
+                    trunk: dest.trunk().map(str::to_owned),
                     role: PartyRole::Destination,
                     state: PartyState::Dialing,
                     leg: b,
@@ -1301,7 +1330,8 @@ impl Model {
         );
         call.parties[i] = Party {
             dn: dest.number().to_string(),
-            internal: matches!(dest, Dest::Dn(_)),
+            internal: dest.is_dn(),
+            trunk: dest.trunk().map(str::to_owned),
             role: PartyRole::Destination,
             state: PartyState::Ringing,
             leg: c,

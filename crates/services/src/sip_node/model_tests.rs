@@ -1143,3 +1143,47 @@ fn a_transfer_after_hold_offers_the_callers_full_media() {
     });
     assert_eq!(placed(&out)[0].2, sdp("caller"), "not the hold answer");
 }
+
+#[test]
+fn calls_on_a_named_trunk_keep_their_trunk() {
+    let mut s = Sim::new();
+    let trunk = Dest::Trunk {
+        number: "+12125551234".into(),
+        trunk: "sbc".into(),
+    };
+    let (_, conn, _, out) = s.incoming(1, "1001", true, trunk.clone());
+    assert_eq!(placed(&out)[0].1, trunk);
+    assert_eq!(
+        event_list(&out)[0].call().unwrap().call_type,
+        Some(CallType::Outbound)
+    );
+    let party = &s.m.call(conn).unwrap().parties[1];
+    assert_eq!(
+        (party.internal, party.trunk.as_deref()),
+        (false, Some("sbc"))
+    );
+
+    // A transfer of an inbound call to a number on a named trunk places the leg there.
+    let mut s = Sim::new();
+    let (_, conn, _) = s.established_inbound("1002");
+    let (_, out) = s.request(Request::SingleStepTransfer {
+        conn,
+        dn: "1002".into(),
+        to: Resolved::Ok(trunk.clone()),
+    });
+    let p = placed(&out);
+    assert_eq!(p.len(), 1, "{out:?}");
+    assert_eq!(p[0].1, trunk);
+    // And a MakeCall to it rings the origin first, then calls out on the trunk.
+    let mut s = Sim::new();
+    let (_, out) = s.request(Request::MakeCall {
+        dn: "1001".into(),
+        to: Resolved::Ok(trunk.clone()),
+    });
+    let origin = placed(&out)[0].0;
+    let out = s.step(Input::Answered {
+        leg: origin,
+        sdp: sdp("1001"),
+    });
+    assert_eq!(placed(&out)[0].1, trunk, "{out:?}");
+}

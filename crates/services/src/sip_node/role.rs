@@ -49,17 +49,6 @@ struct RestState {
     next_id: AtomicU64,
 }
 
-/// The tenants of the configuration with their SIP users as DNs.
-pub fn directory(cfg: &Config) -> Directory {
-    Directory::new(cfg.tenants.iter().map(|t| {
-        (
-            t.name.clone(),
-            t.domain.clone(),
-            t.users.iter().map(|u| u.user.clone()).collect(),
-        )
-    }))
-}
-
 /// `sip_node.edge` when set, else the edge running in this process, else `sip.udp`.
 fn edge_address(cfg: &Config, edge: Option<&EdgeControl>) -> anyhow::Result<SocketAddr> {
     cfg.sip_node
@@ -76,10 +65,14 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Starts the SIP Server. `directory` is the dial plan it resolves calls with (see
+/// [`crate::dialplan`]); it follows the configuration store while the `dialplan` role keeps it
+/// current.
 pub async fn start(
     cfg: Arc<Config>,
     bus: SharedBus,
     edge: Option<EdgeControl>,
+    dir: Directory,
     drain: CancellationToken,
 ) -> anyhow::Result<SipNodeRunning> {
     let net = NetConfig {
@@ -95,7 +88,6 @@ pub async fn start(
         .local_udp
         .context("the SIP Server's UDP socket has no address")?;
     let edge_addr = edge_address(&cfg, edge.as_ref())?;
-    let dir = directory(&cfg);
     let settings = NodeSettings {
         local: udp,
         edge: edge_addr,
