@@ -55,6 +55,11 @@ pub struct Config {
     /// Emit a `Log` labelled `fia` for each step (fetch, document, dialog, item, event) so
     /// that a host can keep a per-call trace.
     pub trace: bool,
+    /// Whether the host can do blind and bridge `<transfer>`s. One it cannot do throws
+    /// `error.unsupported.transfer.blind` (or `.bridge`) in the item instead of a
+    /// [`Command::Transfer`].
+    pub blind_transfer: bool,
+    pub bridge_transfer: bool,
 }
 
 impl Config {
@@ -65,6 +70,8 @@ impl Config {
             session: Json::Object(Default::default()),
             limits: Limits::default(),
             trace: false,
+            blind_transfer: true,
+            bridge_transfer: true,
         }
     }
 }
@@ -99,6 +106,8 @@ pub enum Input {
         termchar: Option<char>,
     },
     /// The answer to a [`Command::Transfer`]: `busy`, `noanswer`, `near_party_disconnect`, ...
+    /// A status starting with `error.` (e.g. `error.unsupported.transfer.blind`) is thrown as
+    /// that event instead of filling the item.
     TransferResult {
         status: String,
         /// How long the bridged call lasted.
