@@ -7,6 +7,9 @@
 //! * [`role`]: the async glue: sockets, the media engine, prompts, REST, metrics.
 
 pub mod dialog;
+pub mod fetch;
+pub mod rfc5552;
 pub mod role;
 pub mod service;
 pub mod ua;
+pub mod vxml;

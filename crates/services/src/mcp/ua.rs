@@ -76,6 +76,8 @@ pub enum McpOutput {
         service: Service,
         call_id: String,
         caller: String,
+        /// For dialogs: the RFC 5552 `session` variables read from the INVITE (else null).
+        session_vars: serde_json::Value,
     },
     /// The call is over (BYE either way, CANCEL, no ACK, failure): free its stream.
     Release {
@@ -93,8 +95,13 @@ pub enum McpCommand {
         session: SessionId,
         result: Result<(StreamId, SocketAddr), String>,
     },
-    /// Hang up the call of this stream (announcement over, dialog finished, RTP timeout).
-    Hangup { stream: StreamId, reason: String },
+    /// Hang up the call of this stream (announcement over, dialog finished, RTP timeout);
+    /// `body` (content type, bytes) goes in the BYE (RFC 5552 `<exit namelist>` results).
+    Hangup {
+        stream: StreamId,
+        reason: String,
+        body: Option<(String, Vec<u8>)>,
+    },
 }
 
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO";
@@ -138,6 +145,7 @@ struct Session {
     answer_in_ack: bool,
     started: bool,
     caller: String,
+    session_vars: serde_json::Value,
 }
 
 /// The media server's SIP UA core.
@@ -387,6 +395,10 @@ impl McpUa {
             remote_tag: from_hdr.tag().unwrap_or("").to_owned(),
         };
         let caller = from_hdr.uri.to_string();
+        let session_vars = match &service {
+            Service::Dialog { .. } => super::rfc5552::session_variables(&req),
+            _ => serde_json::Value::Null,
+        };
         let id = self.next_session;
         self.next_session += 1;
         let affinity = match &service {
@@ -415,6 +427,7 @@ impl McpUa {
                 answer_in_ack: false,
                 started: false,
                 caller,
+                session_vars,
             },
         );
         self.update_gauge();
@@ -774,6 +787,7 @@ impl McpUa {
                     service: s.service.clone(),
                     call_id: s.dialog_id.call_id.clone(),
                     caller: s.caller.clone(),
+                    session_vars: std::mem::take(&mut s.session_vars),
                 });
             }
         }
@@ -786,6 +800,17 @@ impl McpUa {
 
     /// Sends BYE for an established call and frees its media.
     fn hangup(&mut self, id: SessionId, reason: &str, now: Instant) {
+        self.hangup_with(id, reason, None, now)
+    }
+
+    /// Sends BYE (with `body`, content type and bytes, when given) and frees the media.
+    fn hangup_with(
+        &mut self,
+        id: SessionId,
+        reason: &str,
+        body: Option<(String, Vec<u8>)>,
+        now: Instant,
+    ) {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -819,9 +844,14 @@ impl McpUa {
             .filter(|p| p.transport == transport)
             .unwrap_or(fallback);
         let bye = match dialog.request(&Method::Bye, &via) {
-            Ok(b) => b
-                .header("Reason", format_args!("SIP;cause=200;text=\"{reason}\""))
-                .finish(),
+            Ok(b) => {
+                let text = reason.replace(['"', '\\', '\r', '\n'], "'");
+                let b = b.header("Reason", format_args!("SIP;cause=200;text=\"{text}\""));
+                match &body {
+                    Some((content_type, bytes)) => b.body(content_type, bytes),
+                    None => b.finish(),
+                }
+            }
             Err(e) => {
                 tracing::debug!(session = id, error = %e, "cannot build BYE");
                 self.release(id, "no dialog");
@@ -1021,9 +1051,13 @@ impl Controlled for McpUa {
     fn handle_command(&mut self, cmd: McpCommand, now: Instant) {
         match cmd {
             McpCommand::Allocated { session, result } => self.on_allocated(session, result, now),
-            McpCommand::Hangup { stream, reason } => {
+            McpCommand::Hangup {
+                stream,
+                reason,
+                body,
+            } => {
                 if let Some(&id) = self.by_stream.get(&stream) {
-                    self.hangup(id, &reason, now);
+                    self.hangup_with(id, &reason, body, now);
                 }
             }
         }
@@ -1165,6 +1199,7 @@ mod tests {
             McpCommand::Hangup {
                 stream,
                 reason: "done".into(),
+                body: None,
             },
             now,
         );
@@ -1174,6 +1209,41 @@ mod tests {
         assert_eq!(bye.method(), Some(&Method::Bye));
         assert_eq!(bye.cseq().unwrap().seq, 1);
         assert!(matches!(&outputs(&mut ua)[..], [McpOutput::Release { .. }]));
+    }
+
+    #[test]
+    fn a_dialog_gets_its_session_variables_and_its_results_go_in_the_bye() {
+        let mut ua = ua(true);
+        let now = Instant::now();
+        let (to, stream) = answered(&mut ua, "dialog@mcp;voicexml=http://as/a.vxml;aai=x1", now);
+        ua.handle_message(request("ACK", &to, 1, "z9hG4bK-ack1"), phone(), now);
+        let out = outputs(&mut ua);
+        let [McpOutput::Start { session_vars, .. }] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(session_vars["connection"]["aai"], "x1");
+        assert_eq!(
+            session_vars["connection"]["protocol"]["sip"]["headers"]["call-id"],
+            "c1"
+        );
+        let (ct, body) =
+            super::super::rfc5552::bye_body(&serde_json::json!({"pin": "42"})).unwrap();
+        ua.handle_command(
+            McpCommand::Hangup {
+                stream,
+                reason: "dialog \"exit\"".into(),
+                body: Some((ct.clone(), body.clone())),
+            },
+            now,
+        );
+        let bye = Message::parse(ua.poll_transmit().expect("BYE").payload).unwrap();
+        assert_eq!(bye.method(), Some(&Method::Bye));
+        assert_eq!(bye.content_type(), Some(ct.as_str()));
+        assert_eq!(bye.body(), &body[..]);
+        assert_eq!(
+            bye.get_by_name("Reason"),
+            Some("SIP;cause=200;text=\"dialog 'exit'\"")
+        );
     }
 
     #[test]
@@ -1481,6 +1551,7 @@ mod tests {
                     McpCommand::Hangup {
                         stream: StreamId((rnd() % (streams + 1)) << 8),
                         reason: "test".into(),
+                        body: None,
                     },
                     now,
                 ),

@@ -1,0 +1,259 @@
+//! Document fetches of the VoiceXML browser: HTTP GET and POST through the prompt cache's
+//! HTTP client (its timeout and size limit), with a shared cache of GET answers kept for the
+//! `max-age` their `Cache-Control` gives (so a menu page is fetched once per max-age, whatever
+//! the number of calls running it).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use switchboard_media::{HttpRequest, PromptCache};
+use switchboard_vxml::{FetchError, Method};
+
+/// Documents kept at most; the cache is emptied of expired entries, then cleared, when full.
+const MAX_CACHED: usize = 1024;
+
+/// The shared cache of fetched documents.
+#[derive(Default)]
+pub struct DocumentCache {
+    entries: Mutex<HashMap<String, (Instant, String)>>,
+}
+
+/// Whether a fetch was answered from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cached {
+    Hit,
+    Miss,
+}
+
+impl Cached {
+    pub fn label(self) -> &'static str {
+        match self {
+            Cached::Hit => "hit",
+            Cached::Miss => "miss",
+        }
+    }
+}
+
+/// How long a response may be reused: `max-age` (or `s-maxage`) of its `Cache-Control`;
+/// `None` for `no-store`, `no-cache`, a zero or missing max-age.
+pub fn max_age(cache_control: Option<&str>) -> Option<Duration> {
+    let cc = cache_control?;
+    let mut age = None;
+    for d in cc.split(',') {
+        let d = d.trim().to_ascii_lowercase();
+        if d == "no-store" || d == "no-cache" {
+            return None;
+        }
+        let value = d
+            .strip_prefix("max-age=")
+            .or_else(|| d.strip_prefix("s-maxage="));
+        if let Some(v) = value {
+            if let Ok(n) = v.trim_matches('"').parse::<u64>() {
+                age = Some(n);
+            }
+        }
+    }
+    age.filter(|&n| n > 0).map(Duration::from_secs)
+}
+
+/// `application/x-www-form-urlencoded` (spaces as `+`).
+pub fn form_encode(params: &[(String, String)]) -> String {
+    fn enc(s: &str, out: &mut String) {
+        for b in s.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                    out.push(b as char)
+                }
+                b' ' => out.push('+'),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+    }
+    let mut out = String::new();
+    for (i, (k, v)) in params.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        enc(k, &mut out);
+        out.push('=');
+        enc(v, &mut out);
+    }
+    out
+}
+
+/// The HTTP request for a VoiceXML fetch: GET with the parameters in the query, POST with
+/// them as a form body. The fragment is dropped. Only `http:` is fetched.
+pub fn request_for(
+    url: &str,
+    method: Method,
+    params: &[(String, String)],
+) -> Result<HttpRequest, FetchError> {
+    let url = url.split('#').next().unwrap_or(url);
+    if !url
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+    {
+        return Err(FetchError {
+            status: None,
+            reason: format!("cannot fetch {url:?}: only http:// URLs are fetched"),
+        });
+    }
+    Ok(match method {
+        Method::Get => {
+            let mut u = url.to_owned();
+            if !params.is_empty() {
+                u.push(if u.contains('?') { '&' } else { '?' });
+                u.push_str(&form_encode(params));
+            }
+            HttpRequest {
+                post: false,
+                url: u,
+                body: None,
+            }
+        }
+        Method::Post => HttpRequest {
+            post: true,
+            url: url.to_owned(),
+            body: Some((
+                "application/x-www-form-urlencoded".to_owned(),
+                Bytes::from(form_encode(params)),
+            )),
+        },
+    })
+}
+
+impl DocumentCache {
+    fn lookup(&self, key: &str, now: Instant) -> Option<String> {
+        let c = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        c.get(key)
+            .filter(|(expires, _)| *expires > now)
+            .map(|(_, text)| text.clone())
+    }
+
+    fn store(&self, key: String, text: String, expires: Instant, now: Instant) {
+        let mut c = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() >= MAX_CACHED {
+            c.retain(|_, (exp, _)| *exp > now);
+            if c.len() >= MAX_CACHED {
+                c.clear();
+            }
+        }
+        c.insert(key, (expires, text));
+    }
+
+    /// Fetches a document (from the cache when a GET's answer is still fresh). A non-2xx
+    /// answer is an error with its status (the interpreter throws
+    /// `error.badfetch.http.<status>`); a body that is not UTF-8 is an error too.
+    pub async fn fetch(
+        &self,
+        http: &PromptCache,
+        url: &str,
+        method: Method,
+        params: &[(String, String)],
+    ) -> (Result<String, FetchError>, Cached) {
+        let req = match request_for(url, method, params) {
+            Ok(r) => r,
+            Err(e) => return (Err(e), Cached::Miss),
+        };
+        let cacheable = !req.post;
+        if cacheable {
+            if let Some(text) = self.lookup(&req.url, Instant::now()) {
+                return (Ok(text), Cached::Hit);
+            }
+        }
+        let key = req.url.clone();
+        let resp = match http.http(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    Err(FetchError {
+                        status: None,
+                        reason: e.to_string(),
+                    }),
+                    Cached::Miss,
+                )
+            }
+        };
+        if !(200..300).contains(&resp.status) {
+            return (
+                Err(FetchError {
+                    status: Some(resp.status),
+                    reason: format!("HTTP status {} from {key}", resp.status),
+                }),
+                Cached::Miss,
+            );
+        }
+        let text = match String::from_utf8(resp.body.to_vec()) {
+            Ok(t) => t,
+            Err(_) => {
+                return (
+                    Err(FetchError {
+                        status: None,
+                        reason: format!("{key} is not UTF-8 text"),
+                    }),
+                    Cached::Miss,
+                )
+            }
+        };
+        if cacheable {
+            if let Some(age) = max_age(resp.cache_control.as_deref()) {
+                let now = Instant::now();
+                self.store(key, text.clone(), now + age, now);
+            }
+        }
+        (Ok(text), Cached::Miss)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_of_cache_control() {
+        assert_eq!(max_age(None), None);
+        assert_eq!(
+            max_age(Some("public, max-age=60")),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(max_age(Some("s-maxage=5")), Some(Duration::from_secs(5)));
+        assert_eq!(max_age(Some("max-age=0")), None);
+        assert_eq!(max_age(Some("max-age=60, no-store")), None);
+        assert_eq!(max_age(Some("no-cache")), None);
+        assert_eq!(max_age(Some("max-age=soon")), None);
+    }
+
+    #[test]
+    fn requests_for_get_and_post() {
+        let p = vec![
+            ("pin".to_owned(), "12 3#".to_owned()),
+            ("a&b".to_owned(), "é".to_owned()),
+        ];
+        let r = request_for("http://as/next.vxml#f", Method::Get, &p).unwrap();
+        assert!(!r.post);
+        assert_eq!(r.url, "http://as/next.vxml?pin=12+3%23&a%26b=%C3%A9");
+        let r = request_for("http://as/n?x=1", Method::Get, &p[..1]).unwrap();
+        assert_eq!(r.url, "http://as/n?x=1&pin=12+3%23");
+        let r = request_for("http://as/n", Method::Post, &p[..1]).unwrap();
+        assert!(r.post);
+        assert_eq!(r.url, "http://as/n");
+        let (ct, body) = r.body.unwrap();
+        assert_eq!(ct, "application/x-www-form-urlencoded");
+        assert_eq!(&body[..], b"pin=12+3%23");
+        let e = request_for("https://as/n", Method::Get, &[]).unwrap_err();
+        assert_eq!(e.status, None);
+        assert!(request_for("ftp://x", Method::Get, &[]).is_err());
+    }
+
+    #[test]
+    fn the_cache_serves_fresh_entries_only() {
+        let c = DocumentCache::default();
+        let now = Instant::now();
+        c.store("u".into(), "doc".into(), now + Duration::from_secs(5), now);
+        assert_eq!(c.lookup("u", now).as_deref(), Some("doc"));
+        assert_eq!(c.lookup("u", now + Duration::from_secs(6)), None);
+        assert_eq!(c.lookup("v", now), None);
+    }
+}
