@@ -190,6 +190,10 @@ struct Call {
     last_error: Option<String>,
     /// When the application is stopped once the caller is gone.
     stop_at: Option<tokio::time::Instant>,
+    /// The application exited or disconnected (`true`): reported once the prompts it queued
+    /// before have played.
+    ending: Option<(DialogOutcome, bool)>,
+    after_hangup: Duration,
 }
 
 async fn session(
@@ -235,21 +239,25 @@ async fn session(
         fetch: None,
         last_error: None,
         stop_at: None,
+        ending: None,
+        after_hangup: settings.after_hangup,
     };
     let mut events_open = true;
+    let mut interpreter_done = false;
     loop {
+        if interpreter_done && call.ending.is_none() {
+            break;
+        }
         tokio::select! {
-            batch = out_rx.recv() => {
+            batch = out_rx.recv(), if !interpreter_done => {
                 let Some(batch) = batch else {
                     call.finish(DialogOutcome::Error("the interpreter stopped".into()));
                     break;
                 };
                 for c in batch.cmds {
-                    call.perform(c, settings.after_hangup).await;
+                    call.perform(c).await;
                 }
-                if batch.done {
-                    break;
-                }
+                interpreter_done = batch.done;
             }
             ev = call.ctx.events.recv(), if events_open => match ev {
                 Some(ev) => call.on_media(ev).await,
@@ -275,7 +283,8 @@ async fn session(
             } => {
                 // The caller hung up (the runner's future was dropped).
                 call.done = None;
-                call.hung_up(settings.after_hangup);
+                call.ending = None;
+                call.hung_up();
                 call.send(Input::Hangup);
             }
             _ = async {
@@ -311,17 +320,17 @@ impl Call {
     }
 
     /// The caller is gone (hung up, or `<disconnect>`): no more media.
-    fn hung_up(&mut self, after_hangup: Duration) {
+    fn hung_up(&mut self) {
         if self.media {
             self.media = false;
             self.queued.clear();
             self.playing = None;
             self.pending_record = None;
-            self.stop_at = Some(tokio::time::Instant::now() + after_hangup);
+            self.stop_at = Some(tokio::time::Instant::now() + self.after_hangup);
         }
     }
 
-    async fn perform(&mut self, cmd: Command, after_hangup: Duration) {
+    async fn perform(&mut self, cmd: Command) {
         match cmd {
             Command::Fetch {
                 url,
@@ -402,12 +411,9 @@ impl Call {
                 });
             }
             Command::Hangup { values } => {
-                if self.media {
-                    let _ = self.ctx.media.stop_play(self.ctx.stream);
-                }
-                self.hung_up(after_hangup);
                 self.ctx.log.push("fia", None, "disconnect");
-                self.finish(DialogOutcome::Disconnect(values));
+                self.ending = Some((DialogOutcome::Disconnect(values), true));
+                self.when_idle();
             }
             Command::Exit { values } => {
                 let outcome = match (&values, self.last_error.take()) {
@@ -415,7 +421,9 @@ impl Call {
                     _ => DialogOutcome::Exit(values),
                 };
                 if self.done.is_some() {
-                    self.finish(outcome);
+                    // The prompts queued before the exit play first.
+                    self.ending = Some((outcome, false));
+                    self.when_idle();
                 } else {
                     // Already disconnected: the outcome was reported; keep the exit in the log.
                     self.ctx.log.push("fia", None, "exit");
@@ -546,6 +554,13 @@ impl Call {
         if self.owe_prompts_done {
             self.owe_prompts_done = false;
             self.send(Input::PromptsDone);
+        }
+        if let Some((outcome, disconnect)) = self.ending.take() {
+            if disconnect {
+                self.hung_up();
+            }
+            self.finish(outcome);
+            return;
         }
         if let Some(params) = self.pending_record.take() {
             match self.ctx.media.record(self.ctx.stream, params) {
