@@ -288,7 +288,7 @@ fn a_transfer_the_platform_cannot_do_throws_its_error_event() {
     );
     let mut cfg = switchboard_vxml::Config::new(START);
     cfg.blind_transfer = false;
-    let mut h = Host::with_config(cfg, &[(START, &doc)]);
+    let h = Host::with_config(cfg, &[(START, &doc)]);
     assert!(!h.log.iter().any(|c| matches!(c, Command::Transfer { .. })));
     assert_eq!(
         h.exit_values(),
