@@ -519,3 +519,51 @@ fn broken_pages_end_their_own_call_while_another_call_completes() {
     // mcp is still healthy.
     assert_eq!(m.sb.get("/healthz").expect("healthz").status, 200);
 }
+
+#[test]
+fn disconnect_reports_its_namelist_in_the_bye_and_the_hangup_handler_still_runs() {
+    let Some(m) = mcp() else { return };
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/bye.vxml" => page(
+                vxml(
+                    "<form><var name='reason' expr=\"'done here'\"/>\
+                     <catch event='connection.disconnect.hangup'>\
+                       <submit next='after.vxml' namelist='reason' method='post'/></catch>\
+                     <block><disconnect namelist='reason'/></block></form>",
+                ),
+                None,
+            ),
+            "/after.vxml" => page(vxml("<form><block><exit/></block></form>"), None),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/bye.vxml");
+    let checks = bye_must_match("hdr", Some("Reason:"), "dialog disconnect", "why")
+        + &bye_must_match(
+            "body",
+            None,
+            "form-data; name=.reason.[[:space:]]+done here[[:space:]]",
+            "reason",
+        );
+    let out = dialog_calls(&m, &url, 1, "", &checks);
+    assert!(
+        out.success(),
+        "mcp's BYE carries the disconnect namelist:\n{}\n--- switchboard ---\n{}",
+        out.report(),
+        m.sb.logs()
+    );
+    // After the BYE the application's hangup handler ran and posted to the server.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.requests("/after.vxml").is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let after = app.requests("/after.vxml");
+    assert_eq!(after.len(), 1, "{:?}", app.seen());
+    assert_eq!(after[0].method, "POST");
+    assert_eq!(after[0].body, "reason=done+here");
+    let calls = m.ended(&url, 1);
+    let log = m.log(calls[0]["call_id"].as_str().expect("call id"));
+    assert_eq!(log["outcome"]["end"], "disconnect", "{log}");
+    assert_eq!(log["outcome"]["values"]["reason"], "done here", "{log}");
+}
