@@ -567,3 +567,66 @@ fn disconnect_reports_its_namelist_in_the_bye_and_the_hangup_handler_still_runs(
     assert_eq!(log["outcome"]["end"], "disconnect", "{log}");
     assert_eq!(log["outcome"]["values"]["reason"], "done here", "{log}");
 }
+
+#[test]
+fn a_caller_hanging_up_mid_menu_runs_the_applications_hangup_handler() {
+    let Some(m) = mcp() else { return };
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/wait.vxml" => page(
+                vxml(
+                    "<form><field name='pin' type='digits'><property name='timeout' value='30s'/>\
+                       <prompt><break time='200ms'/></prompt></field>\
+                     <catch event='connection.disconnect.hangup'>\
+                       <submit next='gone.vxml' namelist='pin' method='get'/></catch></form>",
+                ),
+                None,
+            ),
+            "/gone.vxml" => page(vxml("<form><block><exit/></block></form>"), None),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/wait.vxml");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/mcp_call.xml");
+    let xml = std::fs::read_to_string(&path)
+        .expect("scenario")
+        .replace("{{RURI}}", &format!("dialog@{};voicexml={url}", m.addr()))
+        .replace("{{SDP_PORT}}", "[media_port]")
+        .replace("{{PTS}}", PCMA_TE.0)
+        .replace("{{RTPMAPS}}", PCMA_TE.1)
+        .replace("{{DURING}}", &(play_pcap("7") + &pause(800)));
+    let out = Sipp::scenario(&xml)
+        .remote(m.addr())
+        .arg("-p")
+        .arg(&free_udp_port().expect("port").to_string())
+        .arg("-mp")
+        .arg(&free_udp_port().expect("port").to_string())
+        .timeout(Duration::from_secs(20))
+        .run()
+        .expect("sipp runs");
+    assert!(out.success(), "{}", out.report());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.requests("/gone.vxml").is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The field had heard "7" but not its end; the handler submits what it has (nothing).
+    let gone = app.requests("/gone.vxml");
+    assert_eq!(
+        gone.len(),
+        1,
+        "the hangup handler's submit: {:?}",
+        app.seen()
+    );
+    let calls = m.ended(&url, 1);
+    assert_eq!(calls[0]["digits"], "7", "{}", calls[0]);
+    let log = m.log(calls[0]["call_id"].as_str().expect("call id"));
+    assert!(
+        log["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["kind"] == "event" && e["text"] == "connection.disconnect.hangup"),
+        "{log}"
+    );
+    assert_eq!(m.metric("vxml_sessions_active"), 0.0);
+}

@@ -130,7 +130,7 @@ fn interpreter_thread(
         }
         let input = match vx.next_deadline() {
             Some(d) if d <= ms() => None,
-            Some(d) => match inputs.recv_timeout(Duration::from_millis(d - ms())) {
+            Some(d) => match inputs.recv_timeout(Duration::from_millis(d.saturating_sub(ms()))) {
                 Ok(i) => Some(i),
                 Err(std_mpsc::RecvTimeoutError::Timeout) => None,
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
