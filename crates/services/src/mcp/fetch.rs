@@ -247,6 +247,85 @@ mod tests {
         assert!(request_for("ftp://x", Method::Get, &[]).is_err());
     }
 
+    /// A loopback HTTP server answering `/page` (cacheable for 60 s), `/nocache`, `/slow`
+    /// (never) and anything else with 404; returns its address and the request lines seen.
+    async fn server() -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = c.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let line = req.lines().next().unwrap_or("").to_owned();
+                    log.lock().unwrap().push(line.clone());
+                    let (status, extra, body) = if line.starts_with("GET /page ") {
+                        ("200 OK", "Cache-Control: max-age=60\r\n", "<vxml/>")
+                    } else if line.starts_with("GET /nocache ") {
+                        ("200 OK", "Cache-Control: no-cache\r\n", "<vxml/>")
+                    } else if line.starts_with("GET /slow ") {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        ("200 OK", "", "")
+                    } else {
+                        ("404 Not Found", "", "no")
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = c.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn fetches_are_cached_for_max_age_and_fail_with_status_or_timeout() {
+        let (addr, seen) = server().await;
+        let http = PromptCache::new(switchboard_media::PromptSettings {
+            timeout: Duration::from_millis(300),
+            ..Default::default()
+        });
+        let docs = DocumentCache::default();
+        let url = |p: &str| format!("http://{addr}{p}");
+        let count = |p: &str| {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.starts_with(&format!("GET {p} ")))
+                .count()
+        };
+        for expect in [Cached::Miss, Cached::Hit, Cached::Hit] {
+            let (r, c) = docs.fetch(&http, &url("/page#f"), Method::Get, &[]).await;
+            assert_eq!(r.unwrap(), "<vxml/>");
+            assert_eq!(c, expect);
+        }
+        assert_eq!(count("/page"), 1, "fetched once per max-age");
+        for _ in 0..2 {
+            let (r, c) = docs.fetch(&http, &url("/nocache"), Method::Get, &[]).await;
+            assert!(r.is_ok());
+            assert_eq!(c, Cached::Miss);
+        }
+        assert_eq!(count("/nocache"), 2);
+        let (r, _) = docs.fetch(&http, &url("/missing"), Method::Get, &[]).await;
+        assert_eq!(r.unwrap_err().status, Some(404));
+        let started = Instant::now();
+        let (r, _) = docs.fetch(&http, &url("/slow"), Method::Get, &[]).await;
+        let e = r.unwrap_err();
+        assert_eq!(e.status, None);
+        assert!(e.reason.contains("timed out"), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
     #[test]
     fn the_cache_serves_fresh_entries_only() {
         let c = DocumentCache::default();
