@@ -221,7 +221,8 @@ fn mcp() -> Option<Mcp> {
 
 fn scenario(during: &str, bye_checks: &str, ruri: &str) -> String {
     // The variables the checks assign (SIPp wants each referenced).
-    let vars: Vec<&str> = bye_checks
+    let all = format!("{during}{bye_checks}");
+    let vars: Vec<&str> = all
         .split("assign_to=\"")
         .skip(1)
         .filter_map(|s| s.split('"').next())
@@ -629,4 +630,83 @@ fn a_caller_hanging_up_mid_menu_runs_the_applications_hangup_handler() {
         "{log}"
     );
     assert_eq!(m.metric("vxml_sessions_active"), 0.0);
+}
+
+/// SIPp's side of a REFER: check its Refer-To, answer `status`.
+fn answer_refer(status: &str) -> String {
+    format!(
+        r#"  <recv request="REFER">
+    <action>
+      <ereg regexp="Refer-To: &lt;sip:agent@example.com&gt;" search_in="msg" check_it="true" assign_to="rt"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+SIP/2.0 {status}
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:caller@[local_ip]:[local_port]>
+Content-Length: 0
+
+]]></send>
+"#
+    )
+}
+
+#[test]
+fn blind_transfer_is_a_refer_then_the_bye() {
+    let Some(m) = mcp() else { return };
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/transfer.vxml" => page(
+                vxml(
+                    "<form><transfer name='t' dest='sip:agent@example.com' bridge='false'/>\
+                     <catch event='connection.disconnect.transfer'>\
+                       <var name='how' expr=\"'transferred'\"/><exit namelist='how'/></catch></form>",
+                ),
+                None,
+            ),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/transfer.vxml");
+    for (n, (status, logged)) in [
+        ("202 Accepted", "transfer accepted (202)"),
+        ("403 Forbidden", "transfer refused (403)"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let checks = bye_must_match("hdr", Some("Reason:"), "dialog exit", "why")
+            + &bye_must_match(
+                "body",
+                None,
+                "form-data; name=.how.[[:space:]]+transferred[[:space:]]",
+                "how",
+            );
+        let out = dialog_calls(&m, &url, 1, &answer_refer(status), &checks);
+        assert!(
+            out.success(),
+            "{status}: REFER to the target, then BYE with the exit namelist:\n{}\n--- switchboard ---\n{}",
+            out.report(),
+            m.sb.logs()
+        );
+        let calls = m.ended(&url, n + 1);
+        assert_eq!(calls.len(), n + 1, "{calls:?}");
+        let call = calls.last().expect("a call");
+        let log = m.log(call["call_id"].as_str().expect("call id"));
+        assert!(
+            log["entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .any(|e| e["text"] == logged),
+            "{status}: {log}"
+        );
+        assert_eq!(log["outcome"]["values"]["how"], "transferred", "{log}");
+    }
+    assert!(m.metric("vxml_transfers_total{result=\"accepted\"}") >= 1.0);
+    assert!(m.metric("vxml_transfers_total{result=\"refused\"}") >= 1.0);
 }

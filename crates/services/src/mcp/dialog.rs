@@ -35,7 +35,14 @@ pub struct DialogContext {
     pub recordings_dir: PathBuf,
     /// The call's log, served by `GET /v1/mcp/sessions/{call_id}/log`.
     pub log: DialogLog,
+    /// Blind transfer, when the media server can do it (REFER in the call's dialog).
+    pub transfer: Option<Transferrer>,
 }
+
+/// Asks the caller's side to call a target instead (RFC 3515 REFER with `Refer-To: target`);
+/// resolves to the REFER's final status (2xx: accepted).
+pub type Transferrer =
+    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = u16> + Send>> + Send + Sync>;
 
 /// How a dialog ended; the call is hung up either way.
 #[derive(Debug, Clone, PartialEq)]

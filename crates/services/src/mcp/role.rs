@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::dialog::{DialogContext, DialogLog, DialogOutcome, DialogRunner};
+use super::dialog::{DialogContext, DialogLog, DialogOutcome, DialogRunner, Transferrer};
 use super::service::{valid_conference_id, Announcement, Service};
 use super::ua::{McpCommand, McpOutput, McpUa, SessionId, StreamSetup, UaSettings};
 
@@ -120,11 +120,37 @@ struct Glue {
     calls: Mutex<Calls>,
     commands: mpsc::Sender<McpCommand>,
     runner: Option<Arc<dyn DialogRunner>>,
+    /// Dialogs' REFERs waiting for their answer, by stream.
+    refers: Mutex<HashMap<StreamId, tokio::sync::oneshot::Sender<u16>>>,
 }
 
 impl Glue {
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<StreamId, tokio::sync::oneshot::Sender<u16>>> {
+        self.refers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A dialog's blind transfer: REFER on `stream`, resolved with its final status.
+    fn transferrer(self: &Arc<Self>, stream: StreamId) -> Transferrer {
+        let glue = Arc::downgrade(self);
+        Arc::new(move |target: String| {
+            let glue = glue.clone();
+            Box::pin(async move {
+                let Some(glue) = glue.upgrade() else {
+                    return 503;
+                };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                glue.refers().insert(stream, tx);
+                glue.command(McpCommand::Refer { stream, target }).await;
+                drop(glue);
+                rx.await.unwrap_or(481)
+            })
+        })
     }
 
     async fn command(&self, cmd: McpCommand) {
@@ -176,12 +202,19 @@ impl Glue {
                 caller,
                 session_vars,
             } => self.start_service(session, stream, service, call_id, caller, session_vars),
+            McpOutput::ReferResult { stream, status } => {
+                tracing::info!(%stream, status, "transfer answered");
+                if let Some(tx) = self.refers().remove(&stream) {
+                    let _ = tx.send(status);
+                }
+            }
             McpOutput::Release {
                 session,
                 stream,
                 reason,
             } => {
                 let Some(stream) = stream else { return };
+                self.refers().remove(&stream);
                 let mut calls = self.calls();
                 if let Some((_, task)) = calls.dialogs.remove(&stream) {
                     task.abort();
@@ -277,6 +310,7 @@ impl Glue {
                     events: rx,
                     recordings_dir: self.recordings_dir.clone(),
                     log,
+                    transfer: Some(self.transferrer(stream)),
                 };
                 let glue = self.clone();
                 let task = tokio::spawn(async move {
@@ -728,6 +762,7 @@ pub async fn start(
         calls: Mutex::new(Calls::default()),
         commands: commands_tx,
         runner,
+        refers: Mutex::new(HashMap::new()),
     });
     let router = Router::new()
         .route("/v1/mcp/calls", get(list_calls))

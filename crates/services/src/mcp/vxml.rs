@@ -7,8 +7,10 @@
 //! [`PromptCache`] and the media engine (with barge-in), DTMF from the stream's events,
 //! recordings to WAV, document fetches through the [`DocumentCache`], and the log.
 //!
-//! Transfers are not done: the interpreter is told so and throws
-//! `error.unsupported.transfer.blind` / `.bridge` in the application.
+//! Blind transfers are a REFER in the call's dialog (RFC 3515; the interpreter has already
+//! thrown `connection.disconnect.transfer`, as VoiceXML 2.0 says, so a refused REFER is only
+//! logged); the BYE follows once the REFER is answered. Bridge transfers are not done: the
+//! interpreter is told so and throws `error.unsupported.transfer.bridge`.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -194,6 +196,8 @@ struct Call {
     /// before have played.
     ending: Option<(DialogOutcome, bool)>,
     after_hangup: Duration,
+    /// A blind transfer's REFER, until it is answered (the BYE waits for it).
+    transferring: Option<JoinHandle<u16>>,
 }
 
 async fn session(
@@ -207,7 +211,7 @@ async fn session(
     config.session = ctx.session_vars.clone();
     config.limits = settings.limits.clone();
     config.trace = true;
-    config.blind_transfer = false;
+    config.blind_transfer = ctx.transfer.is_some();
     config.bridge_transfer = false;
     let (in_tx, in_rx) = std_mpsc::channel();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
@@ -241,6 +245,7 @@ async fn session(
         stop_at: None,
         ending: None,
         after_hangup: settings.after_hangup,
+        transferring: None,
     };
     let mut events_open = true;
     let mut interpreter_done = false;
@@ -287,6 +292,15 @@ async fn session(
                 call.hung_up();
                 call.send(Input::Hangup);
             }
+            status = async {
+                match call.transferring.as_mut() {
+                    Some(t) => t.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                call.transferring = None;
+                call.transferred(status.unwrap_or(500));
+            }
             _ = async {
                 match call.stop_at {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -301,6 +315,9 @@ async fn session(
     }
     if let Some(f) = call.fetch.take() {
         f.abort();
+    }
+    if let Some(t) = call.transferring.take() {
+        t.abort();
     }
     // Dropping `call` closes the interpreter's input: its thread ends.
 }
@@ -317,6 +334,28 @@ impl Call {
         if let Some(done) = self.done.take() {
             let _ = done.send(outcome);
         }
+    }
+
+    /// The REFER of a blind transfer was answered.
+    fn transferred(&mut self, status: u16) {
+        if (200..300).contains(&status) {
+            tracing::info!(status, "transfer accepted");
+            self.ctx
+                .log
+                .push("fia", None, &format!("transfer accepted ({status})"));
+        } else {
+            tracing::info!(status, "transfer refused");
+            self.ctx
+                .log
+                .push("error", None, &format!("transfer refused ({status})"));
+        }
+        let result = if (200..300).contains(&status) {
+            "accepted"
+        } else {
+            "refused"
+        };
+        metrics::counter!("vxml_transfers_total", "result" => result).increment(1);
+        self.when_idle();
     }
 
     /// The caller is gone (hung up, or `<disconnect>`): no more media.
@@ -402,14 +441,23 @@ impl Call {
                 });
                 self.when_idle();
             }
-            Command::Transfer { bridge, .. } => {
-                // Not reached: the interpreter knows that transfers are not done here.
-                let kind = if bridge { "bridge" } else { "blind" };
-                self.send(Input::TransferResult {
-                    status: format!("error.unsupported.transfer.{kind}"),
-                    duration_ms: 0,
-                });
-            }
+            Command::Transfer { bridge, dest, .. } => match (&self.ctx.transfer, bridge) {
+                (Some(transfer), false) if self.media => {
+                    // The caller leaves the application: no more prompts or input.
+                    let _ = self.ctx.media.stop_play(self.ctx.stream);
+                    self.ctx.log.push("fia", None, &format!("transfer {dest}"));
+                    self.transferring = Some(tokio::spawn(transfer(dest)));
+                    self.hung_up();
+                }
+                _ => {
+                    // Not reached for bridges: the interpreter knows they are not done here.
+                    let kind = if bridge { "bridge" } else { "blind" };
+                    self.send(Input::TransferResult {
+                        status: format!("error.unsupported.transfer.{kind}"),
+                        duration_ms: 0,
+                    });
+                }
+            },
             Command::Hangup { values } => {
                 self.ctx.log.push("fia", None, "disconnect");
                 self.ending = Some((DialogOutcome::Disconnect(values), true));
@@ -554,6 +602,10 @@ impl Call {
         if self.owe_prompts_done {
             self.owe_prompts_done = false;
             self.send(Input::PromptsDone);
+        }
+        if self.transferring.is_some() {
+            // The BYE waits for the REFER's answer.
+            return;
         }
         if let Some((outcome, disconnect)) = self.ending.take() {
             if disconnect {
