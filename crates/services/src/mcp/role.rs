@@ -5,7 +5,8 @@
 //! `POST /v1/conferences/{id}/participants/{call_id}/mode` with `{"mode": "normal" | "muted" |
 //! "listen" | "whisper", "to": "<call-id>"}` for supervisors (listen: hears everyone, heard by
 //! nobody; whisper: heard only by the participant `to`), and
-//! `POST /v1/mcp/sessions/{call_id}/dtmf` with `{"digits": "123#"}` to send DTMF to a caller.
+//! `POST /v1/mcp/sessions/{call_id}/dtmf` with `{"digits": "123#"}` to send DTMF to a caller,
+//! and `GET /v1/mcp/sessions/{call_id}/log` for a VoiceXML dialog's log.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
