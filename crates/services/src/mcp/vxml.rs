@@ -4,7 +4,7 @@
 //! `Send`; a script that loops until its time budget runs out blocks only that thread). The
 //! thread only feeds inputs to the interpreter, fires its timers at its deadlines and hands
 //! its commands over; this module's async task performs them: prompts through the
-//! [`PromptCache`] and the media engine (with barge-in), DTMF from the stream's events,
+//! [`switchboard_media::PromptCache`] and the media engine (with barge-in), DTMF from the stream's events,
 //! recordings to WAV, document fetches through the [`DocumentCache`], and the log.
 //!
 //! Blind transfers are a REFER in the call's dialog (RFC 3515; the interpreter has already
