@@ -710,3 +710,95 @@ fn blind_transfer_is_a_refer_then_the_bye() {
     assert!(m.metric("vxml_transfers_total{result=\"accepted\"}") >= 1.0);
     assert!(m.metric("vxml_transfers_total{result=\"refused\"}") >= 1.0);
 }
+
+#[test]
+fn record_saves_the_callers_audio_and_session_variables_come_from_the_invite() {
+    let Some(m) = mcp() else { return };
+    let pcap = Path::new(PCAPS).join("g711a.pcap");
+    assert!(pcap.exists(), "{} is missing", pcap.display());
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/record.vxml" => page(
+                vxml(
+                    "<form><record name='msg' maxtime='3s' finalsilence='5s' dtmfterm='false'/>\
+                     <block><var name='file' expr='msg'/><var name='ms' expr='msg$.duration'/>\
+                       <var name='aai' expr='session.connection.aai'/>\
+                       <var name='ani' expr='session.telephone.ani'/>\
+                       <var name='proto' expr=\"session.connection.protocol.name + '/' + session.connection.protocol.version\"/>\
+                       <var name='callid' expr=\"session.connection.protocol.sip.headers['call-id']\"/>\
+                       <exit namelist='file ms aai ani proto callid'/></block></form>",
+                ),
+                None,
+            ),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = format!("{};aai=case-42", app.url("/record.vxml"));
+    let checks = bye_must_match(
+        "body",
+        None,
+        "name=.file.[[:space:]]+file://[^[:space:]]+vxml-[^[:space:]]+-1\\.wav[[:space:]]",
+        "file",
+    ) + &bye_must_match(
+        "body",
+        None,
+        "name=.aai.[[:space:]]+case-42[[:space:]]",
+        "aai",
+    ) + &bye_must_match(
+        "body",
+        None,
+        "name=.ani.[[:space:]]+caller[[:space:]]",
+        "ani",
+    ) + &bye_must_match(
+        "body",
+        None,
+        "name=.proto.[[:space:]]+sip/2.0[[:space:]]",
+        "proto",
+    ) + &bye_must_match(
+        "body",
+        None,
+        "name=.callid.[[:space:]]+[0-9]+-[0-9]+@",
+        "callid",
+    );
+    let out = {
+        // The voicexml URL and aai are two Request-URI parameters: the ';' is not escaped.
+        let ruri = format!("dialog@{};voicexml={url}", m.addr());
+        let sip_port = free_udp_port().expect("free port");
+        let media_port = free_udp_port().expect("free port");
+        Sipp::scenario(&scenario(
+            &format!(
+                "  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>\n",
+                pcap.display()
+            ),
+            &checks,
+            &ruri,
+        ))
+        .remote(m.addr())
+        .arg("-p")
+        .arg(&sip_port.to_string())
+        .arg("-mp")
+        .arg(&media_port.to_string())
+        .timeout(Duration::from_secs(20))
+        .run()
+        .expect("sipp runs")
+    };
+    assert!(
+        out.success(),
+        "the recording's file and the session variables come back in the BYE:\n{}\n--- switchboard ---\n{}",
+        out.report(),
+        m.sb.logs()
+    );
+    let calls = m.ended(&app.url("/record.vxml"), 1);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let log = m.log(calls[0]["call_id"].as_str().expect("call id"));
+    let values = &log["outcome"]["values"];
+    let file = values["file"]
+        .as_str()
+        .expect("file")
+        .trim_start_matches("file://");
+    let wav = std::fs::read(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let ms: f64 = values["ms"].as_f64().expect("duration");
+    // maxtime 3 s of 8 kHz 16-bit audio.
+    assert!((2900.0..=3100.0).contains(&ms), "{values}");
+    assert!(wav.len() > 40_000, "{} bytes", wav.len());
+}
