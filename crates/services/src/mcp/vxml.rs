@@ -487,16 +487,8 @@ impl Call {
                 Some(ev) => {
                     let name = ev.split_whitespace().next().unwrap_or_default();
                     if name.starts_with("error.") {
-                        // Bounded label set: at most four name components, 64 characters.
-                        let short: String = name
-                            .split('.')
-                            .take(4)
-                            .collect::<Vec<_>>()
-                            .join(".")
-                            .chars()
-                            .take(64)
-                            .collect();
-                        metrics::counter!("vxml_errors_total", "event" => short).increment(1);
+                        metrics::counter!("vxml_errors_total", "event" => error_label(name))
+                            .increment(1);
                         tracing::info!(event = %ev, "error event");
                     } else {
                         tracing::debug!(event = %ev, "event");
@@ -696,6 +688,37 @@ impl Call {
     }
 }
 
+/// The `event` label of `vxml_errors_total`: the platform's error events (VoiceXML 2.0 §5.2.6)
+/// by name, cut to four components (`error.badfetch.http.404`,
+/// `error.unsupported.transfer.bridge`); events an application makes up are all
+/// `error.application`, so that no application can grow the label set without bound.
+fn error_label(name: &str) -> String {
+    const PLATFORM: [&str; 6] = [
+        "error.badfetch",
+        "error.semantic",
+        "error.noauthorization",
+        "error.noresource",
+        "error.unsupported",
+        "error.connection",
+    ];
+    let known = PLATFORM
+        .iter()
+        .any(|p| name == *p || name.strip_prefix(p).is_some_and(|r| r.starts_with('.')));
+    if !known {
+        return "error.application".to_owned();
+    }
+    name.split('.')
+        .take(4)
+        .map(|c| {
+            c.chars()
+                .filter(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-'))
+                .take(24)
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 async fn save(path: &PathBuf, wav: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await?;
@@ -711,6 +734,25 @@ fn recording_file(call_id: &str, n: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_labels_are_bounded() {
+        assert_eq!(
+            error_label("error.badfetch.http.404"),
+            "error.badfetch.http.404"
+        );
+        assert_eq!(error_label("error.semantic"), "error.semantic");
+        assert_eq!(
+            error_label("error.unsupported.transfer.bridge.extra"),
+            "error.unsupported.transfer.bridge"
+        );
+        assert_eq!(error_label("error.myapp.x1"), "error.application");
+        assert_eq!(error_label("error.semanticx"), "error.application");
+        assert_eq!(
+            error_label("error.badfetch.http.4\"04"),
+            "error.badfetch.http.404"
+        );
+    }
 
     #[test]
     fn recording_files_are_safe_names() {
