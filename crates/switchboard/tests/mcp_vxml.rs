@@ -802,3 +802,52 @@ fn record_saves_the_callers_audio_and_session_variables_come_from_the_invite() {
     assert!((2900.0..=3100.0).contains(&ms), "{values}");
     assert!(wav.len() > 40_000, "{} bytes", wav.len());
 }
+
+#[test]
+fn the_request_uri_can_post_the_first_fetch_and_bypass_the_cache() {
+    let Some(m) = mcp() else { return };
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/start.vxml" => page(
+                vxml("<form><block><exit expr=\"'ok'\"/></block></form>"),
+                Some("max-age=600"),
+            ),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let checks = bye_must_match("body", None, "name=.expr.[[:space:]]+ok[[:space:]]", "r");
+    let run = |params: &str| {
+        let ruri = format!(
+            "dialog@{};voicexml={}{params}",
+            m.addr(),
+            app.url("/start.vxml")
+        );
+        Sipp::scenario(&scenario("", &checks, &ruri))
+            .remote(m.addr())
+            .arg("-p")
+            .arg(&free_udp_port().expect("port").to_string())
+            .arg("-mp")
+            .arg(&free_udp_port().expect("port").to_string())
+            .timeout(Duration::from_secs(20))
+            .run()
+            .expect("sipp runs")
+    };
+    // RFC 5552 method=post with a postbody.
+    let out = run(";method=post;postbody=case%3D42%26lang%3Den");
+    assert!(out.success(), "{}", out.report());
+    let seen = app.requests("/start.vxml");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].body, "case=42&lang=en");
+    // GET twice: the second from the cache (max-age=600), then maxage=0 fetches again.
+    for params in ["", "", ";maxage=0"] {
+        let out = run(params);
+        assert!(out.success(), "{params}: {}", out.report());
+    }
+    let gets: Vec<_> = app
+        .requests("/start.vxml")
+        .into_iter()
+        .filter(|s| s.method == "GET")
+        .collect();
+    assert_eq!(gets.len(), 2, "{:?}", app.seen());
+}

@@ -205,7 +205,7 @@ impl Interpreter {
             prompt_bargein: None,
             last_bargein: true,
         };
-        vx.fetch(config.url, Method::Get, Vec::new());
+        vx.fetch(config.url, config.method, config.params);
         Ok(vx)
     }
 

@@ -48,6 +48,9 @@ pub use switchboard_ecma::{Json, Limits};
 pub struct Config {
     /// The first document's URL.
     pub url: String,
+    /// How the first document is fetched (RFC 5552 `method` and `postbody`): GET by default.
+    pub method: Method,
+    pub params: Vec<(String, String)>,
     /// The `session` variables (e.g. `{"connection": {"remote": {"uri": ".."}}}`).
     pub session: Json,
     /// ECMAScript limits for this call.
@@ -67,6 +70,8 @@ impl Config {
     pub fn new(url: &str) -> Config {
         Config {
             url: url.to_string(),
+            method: Method::Get,
+            params: Vec::new(),
             session: Json::Object(Default::default()),
             limits: Limits::default(),
             trace: false,

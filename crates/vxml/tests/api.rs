@@ -317,6 +317,22 @@ fn a_host_may_fail_a_bridge_transfer_with_an_error_event() {
 }
 
 #[test]
+fn the_first_document_may_be_posted() {
+    let mut cfg = switchboard_vxml::Config::new(START);
+    cfg.method = Method::Post;
+    cfg.params = vec![("case".into(), "42".into())];
+    let mut vx = switchboard_vxml::Interpreter::new(cfg).expect("engine");
+    assert_eq!(
+        vx.poll_command(),
+        Some(Command::Fetch {
+            url: START.into(),
+            method: Method::Post,
+            params: vec![("case".into(), "42".into())],
+        })
+    );
+}
+
+#[test]
 fn session_variables_from_the_host_are_readable() {
     let mut cfg = switchboard_vxml::Config::new(START);
     cfg.session = json!({

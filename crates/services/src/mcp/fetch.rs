@@ -17,7 +17,23 @@ const MAX_CACHED: usize = 1024;
 /// The shared cache of fetched documents.
 #[derive(Default)]
 pub struct DocumentCache {
-    entries: Mutex<HashMap<String, (Instant, String)>>,
+    /// By URL: when fetched, when it expires, the text.
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+struct Entry {
+    fetched: Instant,
+    expires: Instant,
+    text: String,
+}
+
+/// What a fetch accepts from the cache (VoiceXML `maxage`/`maxstale`, RFC 5552's Request-URI
+/// parameters of the same names): a copy at most `maxage` old, used up to `maxstale` past
+/// its expiry. The default takes any fresh copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Freshness {
+    pub maxage: Option<Duration>,
+    pub maxstale: Option<Duration>,
 }
 
 /// Whether a fetch was answered from the cache.
@@ -125,22 +141,32 @@ pub fn request_for(
 }
 
 impl DocumentCache {
-    fn lookup(&self, key: &str, now: Instant) -> Option<String> {
+    fn lookup(&self, key: &str, now: Instant, f: Freshness) -> Option<String> {
         let c = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        c.get(key)
-            .filter(|(expires, _)| *expires > now)
-            .map(|(_, text)| text.clone())
+        let e = c.get(key)?;
+        let usable_until = e.expires + f.maxstale.unwrap_or_default();
+        let young_enough = f
+            .maxage
+            .is_none_or(|age| now.saturating_duration_since(e.fetched) <= age);
+        (usable_until > now && young_enough).then(|| e.text.clone())
     }
 
     fn store(&self, key: String, text: String, expires: Instant, now: Instant) {
         let mut c = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if c.len() >= MAX_CACHED {
-            c.retain(|_, (exp, _)| *exp > now);
+            c.retain(|_, e| e.expires > now);
             if c.len() >= MAX_CACHED {
                 c.clear();
             }
         }
-        c.insert(key, (expires, text));
+        c.insert(
+            key,
+            Entry {
+                fetched: now,
+                expires,
+                text,
+            },
+        );
     }
 
     /// Fetches a document (from the cache when a GET's answer is still fresh). A non-2xx
@@ -152,6 +178,7 @@ impl DocumentCache {
         url: &str,
         method: Method,
         params: &[(String, String)],
+        freshness: Freshness,
     ) -> (Result<String, FetchError>, Cached) {
         let req = match request_for(url, method, params) {
             Ok(r) => r,
@@ -159,7 +186,7 @@ impl DocumentCache {
         };
         let cacheable = !req.post;
         if cacheable {
-            if let Some(text) = self.lookup(&req.url, Instant::now()) {
+            if let Some(text) = self.lookup(&req.url, Instant::now(), freshness) {
                 return (Ok(text), Cached::Hit);
             }
         }
@@ -305,21 +332,59 @@ mod tests {
                 .count()
         };
         for expect in [Cached::Miss, Cached::Hit, Cached::Hit] {
-            let (r, c) = docs.fetch(&http, &url("/page#f"), Method::Get, &[]).await;
+            let (r, c) = docs
+                .fetch(
+                    &http,
+                    &url("/page#f"),
+                    Method::Get,
+                    &[],
+                    Freshness::default(),
+                )
+                .await;
             assert_eq!(r.unwrap(), "<vxml/>");
             assert_eq!(c, expect);
         }
         assert_eq!(count("/page"), 1, "fetched once per max-age");
+        // maxage=0 (RFC 5552's Request-URI parameter) asks for a fresh copy.
+        let zero = Freshness {
+            maxage: Some(Duration::ZERO),
+            maxstale: None,
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (r, c) = docs
+            .fetch(&http, &url("/page"), Method::Get, &[], zero)
+            .await;
+        assert!(r.is_ok());
+        assert_eq!(c, Cached::Miss);
+        assert_eq!(count("/page"), 2);
         for _ in 0..2 {
-            let (r, c) = docs.fetch(&http, &url("/nocache"), Method::Get, &[]).await;
+            let (r, c) = docs
+                .fetch(
+                    &http,
+                    &url("/nocache"),
+                    Method::Get,
+                    &[],
+                    Freshness::default(),
+                )
+                .await;
             assert!(r.is_ok());
             assert_eq!(c, Cached::Miss);
         }
         assert_eq!(count("/nocache"), 2);
-        let (r, _) = docs.fetch(&http, &url("/missing"), Method::Get, &[]).await;
+        let (r, _) = docs
+            .fetch(
+                &http,
+                &url("/missing"),
+                Method::Get,
+                &[],
+                Freshness::default(),
+            )
+            .await;
         assert_eq!(r.unwrap_err().status, Some(404));
         let started = Instant::now();
-        let (r, _) = docs.fetch(&http, &url("/slow"), Method::Get, &[]).await;
+        let (r, _) = docs
+            .fetch(&http, &url("/slow"), Method::Get, &[], Freshness::default())
+            .await;
         let e = r.unwrap_err();
         assert_eq!(e.status, None);
         assert!(e.reason.contains("timed out"), "{e:?}");
@@ -330,9 +395,23 @@ mod tests {
     fn the_cache_serves_fresh_entries_only() {
         let c = DocumentCache::default();
         let now = Instant::now();
-        c.store("u".into(), "doc".into(), now + Duration::from_secs(5), now);
-        assert_eq!(c.lookup("u", now).as_deref(), Some("doc"));
-        assert_eq!(c.lookup("u", now + Duration::from_secs(6)), None);
-        assert_eq!(c.lookup("v", now), None);
+        let any = Freshness::default();
+        let s = Duration::from_secs;
+        c.store("u".into(), "doc".into(), now + s(5), now);
+        assert_eq!(c.lookup("u", now, any).as_deref(), Some("doc"));
+        assert_eq!(c.lookup("u", now + s(6), any), None);
+        assert_eq!(c.lookup("v", now, any), None);
+        let stale_ok = Freshness {
+            maxage: None,
+            maxstale: Some(s(10)),
+        };
+        assert_eq!(c.lookup("u", now + s(6), stale_ok).as_deref(), Some("doc"));
+        assert_eq!(c.lookup("u", now + s(16), stale_ok), None);
+        let young = Freshness {
+            maxage: Some(s(2)),
+            maxstale: None,
+        };
+        assert_eq!(c.lookup("u", now + s(1), young).as_deref(), Some("doc"));
+        assert_eq!(c.lookup("u", now + s(3), young), None);
     }
 }

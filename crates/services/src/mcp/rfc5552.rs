@@ -84,6 +84,44 @@ pub fn session_variables(invite: &Message) -> Value {
     })
 }
 
+/// How the first document is fetched, from the Request-URI parameters of RFC 5552 §2.1:
+/// `method` (`get` or `post`), `postbody` (the POST's `application/x-www-form-urlencoded`
+/// body), `maxage` and `maxstale` (seconds: how old a cached copy may be, how long past its
+/// expiry it may still be used).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InitialFetch {
+    pub post: bool,
+    pub params: Vec<(String, String)>,
+    pub maxage: Option<u64>,
+    pub maxstale: Option<u64>,
+}
+
+/// Reads [`InitialFetch`] from the `session` variables of [`session_variables`]. Values that
+/// do not parse are ignored (a GET with the server's caching).
+pub fn initial_fetch(session_vars: &Value) -> InitialFetch {
+    let p = &session_vars["connection"]["protocol"]["sip"]["requesturi"];
+    let text = |k: &str| p[k].as_str().map(str::trim);
+    let post = text("method").is_some_and(|m| m.eq_ignore_ascii_case("post"));
+    let params = match (post, text("postbody")) {
+        (true, Some(body)) => body
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                let dec = |s: &str| percent_decode(&s.replace('+', " "));
+                (dec(k), dec(v))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    InitialFetch {
+        post,
+        params,
+        maxage: text("maxage").and_then(|v| v.parse().ok()),
+        maxstale: text("maxstale").and_then(|v| v.parse().ok()),
+    }
+}
+
 /// The boundary of BYE bodies (not found in values: they are checked).
 const BOUNDARY: &str = "switchboard-vxml-exit";
 
@@ -166,6 +204,36 @@ mod tests {
         assert_eq!(sip["headers"]["x-case"], "1, 2");
         assert_eq!(s["telephone"]["ani"], "+15551234");
         assert_eq!(s["telephone"]["dnis"], "5000");
+    }
+
+    #[test]
+    fn initial_fetch_from_the_request_uri() {
+        let s = session_variables(&invite());
+        assert_eq!(initial_fetch(&s), InitialFetch::default());
+        let vars = |params: &str| {
+            let text = format!(
+                "INVITE sip:dialog@mcp;voicexml=http://as/a.vxml{params} SIP/2.0\r\n\
+                 Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n\
+                 To: <sip:dialog@mcp>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+            );
+            session_variables(&Message::parse(Bytes::from(text)).expect("invite"))
+        };
+        assert_eq!(
+            initial_fetch(&vars(
+                ";method=POST;postbody=case%3D42%26who%3Da%2Bb%2520c;maxage=0;maxstale=30"
+            )),
+            InitialFetch {
+                post: true,
+                params: vec![("case".into(), "42".into()), ("who".into(), "a b c".into())],
+                maxage: Some(0),
+                maxstale: Some(30),
+            }
+        );
+        // A postbody without method=post is not sent; bad numbers are ignored.
+        assert_eq!(
+            initial_fetch(&vars(";postbody=a%3D1;maxage=soon")),
+            InitialFetch::default()
+        );
     }
 
     #[test]

@@ -30,7 +30,8 @@ use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 use super::dialog::{DialogContext, DialogOutcome, DialogRunner};
-use super::fetch::DocumentCache;
+use super::fetch::{DocumentCache, Freshness};
+use super::rfc5552::initial_fetch;
 
 /// Settings of the VoiceXML browser.
 #[derive(Debug, Clone)]
@@ -198,6 +199,8 @@ struct Call {
     after_hangup: Duration,
     /// A blind transfer's REFER, until it is answered (the BYE waits for it).
     transferring: Option<JoinHandle<u16>>,
+    /// The cache rules of the first fetch (RFC 5552 `maxage`/`maxstale`), then the default.
+    freshness: Option<Freshness>,
 }
 
 async fn session(
@@ -208,6 +211,16 @@ async fn session(
 ) {
     let _active = Active::new();
     let mut config = Config::new(&ctx.url);
+    // RFC 5552 §2.1: the Request-URI may say how to fetch the first document.
+    let first = initial_fetch(&ctx.session_vars);
+    if first.post {
+        config.method = switchboard_vxml::Method::Post;
+        config.params = first.params.clone();
+    }
+    let first_freshness = Freshness {
+        maxage: first.maxage.map(Duration::from_secs),
+        maxstale: first.maxstale.map(Duration::from_secs),
+    };
     config.session = ctx.session_vars.clone();
     config.limits = settings.limits.clone();
     config.trace = true;
@@ -246,6 +259,7 @@ async fn session(
         ending: None,
         after_hangup: settings.after_hangup,
         transferring: None,
+        freshness: Some(first_freshness),
     };
     let mut events_open = true;
     let mut interpreter_done = false;
@@ -381,9 +395,11 @@ impl Call {
                 }
                 let docs = self.documents.clone();
                 let http = self.ctx.prompts.clone();
+                let freshness = self.freshness.take().unwrap_or_default();
                 let task = async move {
                     let started = Instant::now();
-                    let (result, cached) = docs.fetch(&http, &url, method, &params).await;
+                    let (result, cached) =
+                        docs.fetch(&http, &url, method, &params, freshness).await;
                     metrics::counter!("vxml_documents_fetched_total", "cache" => cached.label())
                         .increment(1);
                     match &result {
