@@ -84,6 +84,37 @@ pub fn session_variables(invite: &Message) -> Value {
     })
 }
 
+/// `session.connection.protocol.sip.media`: the call's one audio stream as negotiated from
+/// the offer, `[{"type": "audio", "direction", "format"}]`; `direction` is the SDP direction
+/// from the media server's side (`sendrecv`, `sendonly`, `recvonly`, `inactive`), `format`
+/// the media type of the codec (`audio/PCMU`, `audio/PCMA`, `audio/G722`, `audio/L16`), with
+/// `audio/telephone-event` when DTMF events were negotiated.
+pub fn media_variable(
+    codec: switchboard_media::Encoding,
+    send: bool,
+    receive: bool,
+    telephone_event: bool,
+) -> Value {
+    use switchboard_media::Encoding;
+    let format = match codec {
+        Encoding::Pcmu => "audio/PCMU",
+        Encoding::Pcma => "audio/PCMA",
+        Encoding::G722 => "audio/G722",
+        Encoding::L16 => "audio/L16",
+    };
+    let direction = match (send, receive) {
+        (true, true) => "sendrecv",
+        (true, false) => "sendonly",
+        (false, true) => "recvonly",
+        (false, false) => "inactive",
+    };
+    let mut formats = vec![format];
+    if telephone_event {
+        formats.push("audio/telephone-event");
+    }
+    json!([{ "type": "audio", "direction": direction, "format": formats.join(" ") }])
+}
+
 /// How the first document is fetched, from the Request-URI parameters of RFC 5552 §2.1:
 /// `method` (`get` or `post`), `postbody` (the POST's `application/x-www-form-urlencoded`
 /// body), `maxage` and `maxstale` (seconds: how old a cached copy may be, how long past its
@@ -233,6 +264,18 @@ mod tests {
         assert_eq!(
             initial_fetch(&vars(";postbody=a%3D1;maxage=soon")),
             InitialFetch::default()
+        );
+    }
+
+    #[test]
+    fn media_of_a_call() {
+        assert_eq!(
+            media_variable(switchboard_media::Encoding::Pcma, true, true, true),
+            json!([{"type": "audio", "direction": "sendrecv", "format": "audio/PCMA audio/telephone-event"}])
+        );
+        assert_eq!(
+            media_variable(switchboard_media::Encoding::G722, false, true, false)[0]["direction"],
+            "recvonly"
         );
     }
 

@@ -405,7 +405,16 @@ impl McpUa {
         };
         let caller = from_hdr.uri.to_string();
         let session_vars = match &service {
-            Service::Dialog { .. } => super::rfc5552::session_variables(&req),
+            Service::Dialog { .. } => {
+                let mut v = super::rfc5552::session_variables(&req);
+                v["connection"]["protocol"]["sip"]["media"] = super::rfc5552::media_variable(
+                    setup.codec.encoding,
+                    setup.send,
+                    setup.receive,
+                    setup.telephone_event.is_some(),
+                );
+                v
+            }
             _ => serde_json::Value::Null,
         };
         let id = self.next_session;
@@ -1324,6 +1333,10 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!(session_vars["connection"]["aai"], "x1");
+        assert_eq!(
+            session_vars["connection"]["protocol"]["sip"]["media"][0]["format"],
+            "audio/PCMA audio/telephone-event"
+        );
         assert_eq!(
             session_vars["connection"]["protocol"]["sip"]["headers"]["call-id"],
             "c1"
