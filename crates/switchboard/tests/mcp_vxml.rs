@@ -299,7 +299,8 @@ fn bye_must_match(search_in: &str, header: Option<&str>, regexp: &str, var: &str
     )
 }
 
-/// The menu application: `menu.vxml` (cacheable for 60 s) plays `menu.wav` and collects two
+/// The menu application: `menu.vxml` (cacheable for 60 s) plays `menu.wav` (3 s, barged in)
+/// and collects two
 /// digits, submits them to `next.vxml`, which plays `next.wav` and exits with them.
 fn menu_app() -> AppServer {
     let menu = vxml(
@@ -310,7 +311,7 @@ fn menu_app() -> AppServer {
            <noinput><log>no input</log><reprompt/></noinput>\
          </field></form>",
     );
-    let menu_wav = tone_wav(440.0, 400);
+    let menu_wav = tone_wav(440.0, 3000);
     let next_wav = tone_wav(1000.0, 1200);
     AppServer::start(Arc::new(move |req: &Seen| {
         let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
@@ -412,6 +413,13 @@ fn menu_collects_dtmf_submits_it_plays_the_next_page_and_reports_the_exit_in_the
         assert!(
             entries.iter().any(|e| e["kind"] == "fia"
                 && e["text"].as_str().is_some_and(|t| t.contains("next.vxml"))),
+            "{log}"
+        );
+        // The first key stopped the 3 s menu prompt.
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["kind"] == "fia" && e["text"] == "barge-in 1"),
             "{log}"
         );
         assert_eq!(log["outcome"]["end"], "exit", "{log}");

@@ -647,6 +647,7 @@ impl Call {
                     // Barge-in: the key stops the prompts queued so far.
                     self.queued.clear();
                     let _ = self.ctx.media.stop_play(self.ctx.stream);
+                    self.ctx.log.push("fia", None, &format!("barge-in {digit}"));
                 }
                 self.send(Input::Dtmf(digit));
             }
