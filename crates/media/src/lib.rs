@@ -36,5 +36,7 @@ pub use engine::{
 };
 pub use mixer::ParticipantMode;
 pub use player::{PlayItem, Playlist};
-pub use prompt::{PromptCache, PromptError, PromptSettings, PromptSource};
+pub use prompt::{
+    HttpRequest, HttpResponse, PromptCache, PromptError, PromptSettings, PromptSource,
+};
 pub use recorder::{RecordEnd, RecordParams, Recording};

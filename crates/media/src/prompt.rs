@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use switchboard_rtp::tone::{ToneSpec, MAX_CADENCE};
@@ -225,10 +225,30 @@ impl Default for PromptSettings {
     }
 }
 
+/// An HTTP request made with [`PromptCache::http`] (the VoiceXML browser's document fetches).
+#[derive(Debug, Clone, Default)]
+pub struct HttpRequest {
+    /// `GET` or `POST`.
+    pub post: bool,
+    /// An `http://` URL (no fragment).
+    pub url: String,
+    /// Request body and its content type (POST).
+    pub body: Option<(String, Bytes)>,
+}
+
+/// The answer to an [`HttpRequest`], whatever its status.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// `Cache-Control`, when present.
+    pub cache_control: Option<String>,
+    pub body: Bytes,
+}
+
 /// Loads prompts, caching HTTP and TTS results.
 pub struct PromptCache {
     settings: PromptSettings,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     cache: Mutex<HashMap<String, Audio>>,
 }
 
@@ -346,22 +366,65 @@ impl PromptCache {
     }
 
     async fn fetch(&self, url: &str) -> Result<Bytes, PromptError> {
+        let resp = self
+            .http(HttpRequest {
+                url: url.to_owned(),
+                ..HttpRequest::default()
+            })
+            .await?;
+        if !(200..300).contains(&resp.status) {
+            return Err(PromptError::Fetch(
+                url.to_owned(),
+                format!("HTTP status {}", resp.status),
+            ));
+        }
+        Ok(resp.body)
+    }
+
+    /// Makes an HTTP/1.1 request with this cache's client, timeout and body size limit, and
+    /// returns the response whatever its status.
+    pub async fn http(&self, req: HttpRequest) -> Result<HttpResponse, PromptError> {
+        let url = req.url.as_str();
         let err = |e: String| PromptError::Fetch(url.to_owned(), e);
         let uri: hyper::Uri = url.parse().map_err(|e| err(format!("{e}")))?;
+        let mut builder = hyper::Request::builder()
+            .method(if req.post {
+                hyper::Method::POST
+            } else {
+                hyper::Method::GET
+            })
+            .uri(uri);
+        let body = match req.body {
+            Some((content_type, bytes)) => {
+                builder = builder.header(hyper::header::CONTENT_TYPE, content_type);
+                Full::new(bytes)
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let request = builder.body(body).map_err(|e| err(format!("{e}")))?;
         let work = async {
             let resp = self
                 .client
-                .get(uri)
+                .request(request)
                 .await
                 .map_err(|e| err(format!("{e}")))?;
-            if !resp.status().is_success() {
-                return Err(err(format!("HTTP status {}", resp.status())));
-            }
+            let status = resp.status().as_u16();
+            let cache_control = resp
+                .headers()
+                .get(hyper::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let body = Limited::new(resp.into_body(), self.settings.max_fetch_bytes);
-            body.collect()
+            let body = body
+                .collect()
                 .await
                 .map(|c| c.to_bytes())
-                .map_err(|e| err(format!("{e}")))
+                .map_err(|e| err(format!("{e}")))?;
+            Ok(HttpResponse {
+                status,
+                cache_control,
+                body,
+            })
         };
         tokio::time::timeout(self.settings.timeout, work)
             .await

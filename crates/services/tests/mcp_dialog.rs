@@ -46,7 +46,7 @@ impl DialogRunner for ToneRunner {
                 }
             }
             let _ = seen.send(ctx.url.clone());
-            DialogOutcome::Exit(Some("done".into()))
+            DialogOutcome::Exit(serde_json::json!("done"))
         })
     }
 }

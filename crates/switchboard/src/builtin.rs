@@ -96,11 +96,16 @@ async fn start_sip_edge(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
 }
 
 /// The media server (`mcp`): its own SIP sockets (`[mcp] udp/tcp`), reported as `mcp_udp` and
-/// `mcp_tcp` in the `listening` line. No VoiceXML dialog runner is wired in this build yet, so
-/// `sip:dialog@` calls get 488.
+/// `mcp_tcp` in the `listening` line, with the built-in VoiceXML browser behind
+/// `sip:dialog@HOST;voicexml=URL` (RFC 5552).
 async fn start_mcp(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    use switchboard_services::mcp::dialog::DialogRunner;
+    use switchboard_services::mcp::vxml::{VxmlRunner, VxmlSettings};
+    let runner: std::sync::Arc<dyn DialogRunner> =
+        std::sync::Arc::new(VxmlRunner::new(VxmlSettings::default()));
     let mcp =
-        switchboard_services::mcp::role::start(ctx.config.clone(), ctx.drain.clone(), None).await?;
+        switchboard_services::mcp::role::start(ctx.config.clone(), ctx.drain.clone(), Some(runner))
+            .await?;
     ctx.add_routes(mcp.router);
     let mut handle = RoleHandle::from_task(mcp.task);
     if let Some(a) = mcp.udp {

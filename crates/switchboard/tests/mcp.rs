@@ -398,7 +398,7 @@ fn unreachable_prompt_plays_the_fallback_and_the_call_goes_on() {
 }
 
 #[test]
-fn refusals_no_common_codec_no_dialog_runner_unknown_service() {
+fn refusals_no_common_codec_dialog_without_url_unknown_service() {
     let Some(m) = mcp("") else { return };
     let a = m.addr();
     let cases = [
@@ -408,12 +408,7 @@ fn refusals_no_common_codec_no_dialog_runner_unknown_service() {
             "a=rtpmap:18 G729/8000",
             "488",
         ),
-        (
-            format!("dialog@{a};voicexml=http://127.0.0.1:1/app.vxml"),
-            "0",
-            PCMU.1,
-            "488",
-        ),
+        (format!("dialog@{a}"), "0", PCMU.1, "400"),
         (format!("nobody@{a}"), "0", PCMU.1, "404"),
     ];
     for (ruri, pts, maps, status) in &cases {

@@ -398,6 +398,11 @@ impl Interpreter {
             return Step::Wait;
         };
         self.wait = Wait::Nothing;
+        if status.starts_with("error.") {
+            // The platform could not transfer (e.g. error.unsupported.transfer.blind): the
+            // event is thrown in the transfer item (VoiceXML 2.0 §2.3.7.2.3).
+            return self.throw(&status, "");
+        }
         if status == "near_party_disconnect" {
             // The caller hung up during the bridge: the item stays unfilled (VoiceXML 2.0
             // §2.3.7.2.2).

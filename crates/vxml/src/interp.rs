@@ -62,6 +62,8 @@ pub struct Interpreter {
     pub(crate) prompt_timeout: Option<u64>,
     /// See [`Config::trace`].
     pub(crate) tracing: bool,
+    /// Whether the host does (blind, bridge) transfers.
+    pub(crate) transfers: (bool, bool),
     /// A `bargein` attribute on a queued prompt (wins over the property).
     pub(crate) prompt_bargein: Option<bool>,
     /// Whether the last Play could be interrupted by keys.
@@ -199,10 +201,11 @@ impl Interpreter {
             typeahead: String::new(),
             prompt_timeout: None,
             tracing: config.trace,
+            transfers: (config.blind_transfer, config.bridge_transfer),
             prompt_bargein: None,
             last_bargein: true,
         };
-        vx.fetch(config.url, Method::Get, Vec::new());
+        vx.fetch(config.url, config.method, config.params);
         Ok(vx)
     }
 
@@ -926,6 +929,13 @@ impl Interpreter {
             maxtime_ms: ms(item.attr("maxtime"), 0),
         };
         let blind = matches!(cmd, Command::Transfer { bridge: false, .. });
+        if (blind && !self.transfers.0) || (!blind && !self.transfers.1) {
+            let kind = if blind { "blind" } else { "bridge" };
+            return Step::Jump(exec::throw(
+                &format!("error.unsupported.transfer.{kind}"),
+                "this platform does not transfer calls",
+            ));
+        }
         self.flush_prompts();
         self.cmds.push_back(cmd);
         if blind {

@@ -48,6 +48,9 @@ pub use switchboard_ecma::{Json, Limits};
 pub struct Config {
     /// The first document's URL.
     pub url: String,
+    /// How the first document is fetched (RFC 5552 `method` and `postbody`): GET by default.
+    pub method: Method,
+    pub params: Vec<(String, String)>,
     /// The `session` variables (e.g. `{"connection": {"remote": {"uri": ".."}}}`).
     pub session: Json,
     /// ECMAScript limits for this call.
@@ -55,6 +58,11 @@ pub struct Config {
     /// Emit a `Log` labelled `fia` for each step (fetch, document, dialog, item, event) so
     /// that a host can keep a per-call trace.
     pub trace: bool,
+    /// Whether the host can do blind and bridge `<transfer>`s. One it cannot do throws
+    /// `error.unsupported.transfer.blind` (or `.bridge`) in the item instead of a
+    /// [`Command::Transfer`].
+    pub blind_transfer: bool,
+    pub bridge_transfer: bool,
 }
 
 impl Config {
@@ -62,9 +70,13 @@ impl Config {
     pub fn new(url: &str) -> Config {
         Config {
             url: url.to_string(),
+            method: Method::Get,
+            params: Vec::new(),
             session: Json::Object(Default::default()),
             limits: Limits::default(),
             trace: false,
+            blind_transfer: true,
+            bridge_transfer: true,
         }
     }
 }
@@ -99,6 +111,8 @@ pub enum Input {
         termchar: Option<char>,
     },
     /// The answer to a [`Command::Transfer`]: `busy`, `noanswer`, `near_party_disconnect`, ...
+    /// A status starting with `error.` (e.g. `error.unsupported.transfer.blind`) is thrown as
+    /// that event instead of filling the item.
     TransferResult {
         status: String,
         /// How long the bridged call lasted.

@@ -280,6 +280,95 @@ fn record_and_transfer_are_handed_to_the_host() {
 }
 
 #[test]
+fn a_transfer_the_platform_cannot_do_throws_its_error_event() {
+    let doc = vxml(
+        "<form><transfer name='xfer' dest='sip:agent@x' bridge='false'>\
+           <catch event='error.unsupported.transfer.blind'><exit expr=\"'no blind: ' + _event\"/></catch>\
+           <filled><exit expr=\"'filled'\"/></filled></transfer></form>",
+    );
+    let mut cfg = switchboard_vxml::Config::new(START);
+    cfg.blind_transfer = false;
+    let h = Host::with_config(cfg, &[(START, &doc)]);
+    assert!(!h.log.iter().any(|c| matches!(c, Command::Transfer { .. })));
+    assert_eq!(
+        h.exit_values(),
+        Some(json!("no blind: error.unsupported.transfer.blind")),
+        "{:?}",
+        h.log
+    );
+}
+
+#[test]
+fn a_host_may_fail_a_bridge_transfer_with_an_error_event() {
+    let doc = vxml(
+        "<form><transfer name='xfer' dest='sip:agent@x' bridge='true'>\
+           <catch event='error.connection.baddestination'><exit expr=\"'bad: ' + _event\"/></catch>\
+           <filled><exit expr=\"'filled'\"/></filled></transfer></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    h.input(Input::TransferResult {
+        duration_ms: 0,
+        status: "error.connection.baddestination".into(),
+    });
+    assert_eq!(
+        h.exit_values(),
+        Some(json!("bad: error.connection.baddestination"))
+    );
+}
+
+#[test]
+fn the_first_document_may_be_posted() {
+    let mut cfg = switchboard_vxml::Config::new(START);
+    cfg.method = Method::Post;
+    cfg.params = vec![("case".into(), "42".into())];
+    let mut vx = switchboard_vxml::Interpreter::new(cfg).expect("engine");
+    assert_eq!(
+        vx.poll_command(),
+        Some(Command::Fetch {
+            url: START.into(),
+            method: Method::Post,
+            params: vec![("case".into(), "42".into())],
+        })
+    );
+}
+
+#[test]
+fn session_variables_from_the_host_are_readable() {
+    let mut cfg = switchboard_vxml::Config::new(START);
+    cfg.session = json!({
+        "connection": {
+            "local": {"uri": "sip:dialog@mcp"},
+            "remote": {"uri": "sip:alice@example.com"},
+            "protocol": {"name": "sip", "version": "2.0",
+                         "sip": {"headers": {"call-id": "c1"}, "requesturi": {"aai": "x"}}},
+            "aai": "x"
+        }
+    });
+    let doc = vxml(
+        "<form><block><exit expr=\"session.connection.protocol.name + ' ' + session.connection.remote.uri + ' ' \
+           + session.connection.protocol.sip.headers['call-id'] + ' ' + session.connection.aai\"/></block></form>",
+    );
+    let mut vx = switchboard_vxml::Interpreter::new(cfg).expect("engine");
+    let Some(Command::Fetch { url, .. }) = vx.poll_command() else {
+        panic!("no fetch")
+    };
+    vx.handle(
+        Input::DocumentFetched {
+            url,
+            result: Ok(doc),
+        },
+        0,
+    );
+    let mut exit = None;
+    while let Some(c) = vx.poll_command() {
+        if let Command::Exit { values } = c {
+            exit = Some(values);
+        }
+    }
+    assert_eq!(exit, Some(json!("sip sip:alice@example.com c1 x")));
+}
+
+#[test]
 fn caller_hangup_throws_disconnect_and_ends() {
     let mut h = Host::new(START, &[(START, &digits_doc())]);
     h.input(Input::Hangup);

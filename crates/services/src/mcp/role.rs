@@ -5,7 +5,8 @@
 //! `POST /v1/conferences/{id}/participants/{call_id}/mode` with `{"mode": "normal" | "muted" |
 //! "listen" | "whisper", "to": "<call-id>"}` for supervisors (listen: hears everyone, heard by
 //! nobody; whisper: heard only by the participant `to`), and
-//! `POST /v1/mcp/sessions/{call_id}/dtmf` with `{"digits": "123#"}` to send DTMF to a caller.
+//! `POST /v1/mcp/sessions/{call_id}/dtmf` with `{"digits": "123#"}` to send DTMF to a caller,
+//! and `GET /v1/mcp/sessions/{call_id}/log` for a VoiceXML dialog's log.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -31,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::dialog::{DialogContext, DialogOutcome, DialogRunner};
+use super::dialog::{DialogContext, DialogLog, DialogOutcome, DialogRunner, Transferrer};
 use super::service::{valid_conference_id, Announcement, Service};
 use super::ua::{McpCommand, McpOutput, McpUa, SessionId, StreamSetup, UaSettings};
 
@@ -65,6 +66,8 @@ struct CallInfo {
     /// Set when the prompt could not be loaded and the fallback played instead.
     fallback: bool,
     end: Option<&'static str>,
+    /// Dialogs: the VoiceXML URL and the call's log.
+    dialog: Option<(String, DialogLog)>,
 }
 
 impl CallInfo {
@@ -80,6 +83,7 @@ impl CallInfo {
             "recording": self.recording,
             "fallback": self.fallback,
             "end": self.end,
+            "voicexml": self.dialog.as_ref().map(|(url, _)| url),
         })
     }
 }
@@ -117,11 +121,37 @@ struct Glue {
     calls: Mutex<Calls>,
     commands: mpsc::Sender<McpCommand>,
     runner: Option<Arc<dyn DialogRunner>>,
+    /// Dialogs' REFERs waiting for their answer, by stream.
+    refers: Mutex<HashMap<StreamId, tokio::sync::oneshot::Sender<u16>>>,
 }
 
 impl Glue {
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<StreamId, tokio::sync::oneshot::Sender<u16>>> {
+        self.refers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A dialog's blind transfer: REFER on `stream`, resolved with its final status.
+    fn transferrer(self: &Arc<Self>, stream: StreamId) -> Transferrer {
+        let glue = Arc::downgrade(self);
+        Arc::new(move |target: String| {
+            let glue = glue.clone();
+            Box::pin(async move {
+                let Some(glue) = glue.upgrade() else {
+                    return 503;
+                };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                glue.refers().insert(stream, tx);
+                glue.command(McpCommand::Refer { stream, target }).await;
+                drop(glue);
+                rx.await.unwrap_or(481)
+            })
+        })
     }
 
     async fn command(&self, cmd: McpCommand) {
@@ -171,13 +201,21 @@ impl Glue {
                 service,
                 call_id,
                 caller,
-            } => self.start_service(session, stream, service, call_id, caller),
+                session_vars,
+            } => self.start_service(session, stream, service, call_id, caller, session_vars),
+            McpOutput::ReferResult { stream, status } => {
+                tracing::info!(%stream, status, "transfer answered");
+                if let Some(tx) = self.refers().remove(&stream) {
+                    let _ = tx.send(status);
+                }
+            }
             McpOutput::Release {
                 session,
                 stream,
                 reason,
             } => {
                 let Some(stream) = stream else { return };
+                self.refers().remove(&stream);
                 let mut calls = self.calls();
                 if let Some((_, task)) = calls.dialogs.remove(&stream) {
                     task.abort();
@@ -205,7 +243,12 @@ impl Glue {
         service: Service,
         call_id: String,
         caller: String,
+        session_vars: serde_json::Value,
     ) {
+        let dialog = match &service {
+            Service::Dialog { voicexml } => Some((voicexml.clone(), DialogLog::default())),
+            _ => None,
+        };
         let info = CallInfo {
             session,
             stream,
@@ -219,6 +262,7 @@ impl Glue {
             recording: None,
             fallback: false,
             end: None,
+            dialog: dialog.clone(),
         };
         self.calls().active.insert(stream, info);
         tracing::info!(session, %stream, %call_id, service = service.kind(), "service starts");
@@ -255,24 +299,41 @@ impl Glue {
                     return;
                 };
                 let (tx, rx) = mpsc::unbounded_channel();
+                let log = dialog.map(|(_, log)| log).unwrap_or_default();
                 let ctx = DialogContext {
                     url: voicexml,
-                    call_id,
+                    call_id: call_id.clone(),
                     caller,
+                    session_vars,
                     stream,
                     media: self.engine.clone(),
                     prompts: self.prompts.clone(),
                     events: rx,
+                    recordings_dir: self.recordings_dir.clone(),
+                    log,
+                    transfer: Some(self.transferrer(stream)),
                 };
                 let glue = self.clone();
                 let task = tokio::spawn(async move {
                     let outcome = runner.run(ctx).await;
-                    tracing::info!(%stream, ?outcome, "dialog finished");
-                    let reason = match outcome {
-                        DialogOutcome::Exit(_) => "dialog finished".to_owned(),
-                        DialogOutcome::Error(e) => format!("dialog error: {e}"),
+                    tracing::info!(%stream, %call_id, ?outcome, "dialog finished");
+                    // RFC 5552: the results of <exit> and <disconnect> go in our BYE.
+                    let (reason, body) = match &outcome {
+                        DialogOutcome::Exit(v) => {
+                            ("dialog exit".to_owned(), super::rfc5552::bye_body(v))
+                        }
+                        DialogOutcome::Disconnect(v) => {
+                            ("dialog disconnect".to_owned(), super::rfc5552::bye_body(v))
+                        }
+                        DialogOutcome::Error(e) => (format!("dialog error: {e}"), None),
                     };
-                    glue.command(McpCommand::Hangup { stream, reason }).await;
+                    let reason: String = reason.chars().take(200).collect();
+                    glue.command(McpCommand::Hangup {
+                        stream,
+                        reason,
+                        body,
+                    })
+                    .await;
                 });
                 self.calls()
                     .dialogs
@@ -321,6 +382,7 @@ impl Glue {
             if let Some((tx, _)) = calls.dialogs.get(&stream) {
                 let _ = tx.send(ev.kind.clone());
             }
+            let is_dialog = calls.dialogs.contains_key(&stream);
             let call = calls.find_mut(stream);
             match &ev.kind {
                 MediaEventKind::Dtmf { digit, source } => {
@@ -349,6 +411,10 @@ impl Glue {
                     if running && rec.end != RecordEnd::Stopped {
                         hangup = Some(format!("recording complete ({:?})", rec.end));
                     }
+                    if is_dialog {
+                        // A dialog's recording: its runner saves it.
+                        return;
+                    }
                     let name = call
                         .map(|c| recording_name(&c.call_id, stream))
                         .unwrap_or_else(|| format!("{stream}.wav"));
@@ -362,7 +428,12 @@ impl Glue {
             self.save_recording(stream, path, wav, end).await;
         }
         if let Some(reason) = hangup {
-            self.command(McpCommand::Hangup { stream, reason }).await;
+            self.command(McpCommand::Hangup {
+                stream,
+                reason,
+                body: None,
+            })
+            .await;
         }
     }
 
@@ -389,7 +460,12 @@ impl Glue {
 
 /// `<call-id>-<stream>.wav` with anything but `[A-Za-z0-9._-]` replaced.
 fn recording_name(call_id: &str, stream: StreamId) -> String {
-    let safe: String = call_id
+    format!("{}-{stream}.wav", safe_file_stem(call_id))
+}
+
+/// A call id as a file name: at most 96 characters, anything but `[A-Za-z0-9._-]` replaced.
+pub(super) fn safe_file_stem(call_id: &str) -> String {
+    call_id
         .chars()
         .take(96)
         .map(|c| {
@@ -399,8 +475,7 @@ fn recording_name(call_id: &str, stream: StreamId) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("{safe}-{stream}.wav")
+        .collect()
 }
 
 fn problem(status: StatusCode, detail: &str) -> Response {
@@ -583,6 +658,33 @@ async fn send_dtmf(
         .into_response()
 }
 
+/// `GET /v1/mcp/sessions/{call_id}/log`: a dialog's log (running or recently ended).
+async fn dialog_log(State(glue): State<Arc<Glue>>, Path(call_id): Path<String>) -> Response {
+    let calls = glue.calls();
+    let found = calls
+        .active
+        .values()
+        .find(|c| c.call_id == call_id && c.dialog.is_some())
+        .or_else(|| {
+            calls
+                .ended
+                .iter()
+                .rev()
+                .find(|c| c.call_id == call_id && c.dialog.is_some())
+        });
+    let Some(c) = found else {
+        return problem(StatusCode::NOT_FOUND, "no such dialog");
+    };
+    let Some((url, log)) = &c.dialog else {
+        return problem(StatusCode::NOT_FOUND, "no such dialog");
+    };
+    let mut body = log.json();
+    body["call_id"] = json!(c.call_id);
+    body["voicexml"] = json!(url);
+    body["active"] = json!(c.end.is_none());
+    Json(body).into_response()
+}
+
 async fn mute(
     State(glue): State<Arc<Glue>>,
     Path((id, call_id)): Path<(String, String)>,
@@ -661,10 +763,12 @@ pub async fn start(
         calls: Mutex::new(Calls::default()),
         commands: commands_tx,
         runner,
+        refers: Mutex::new(HashMap::new()),
     });
     let router = Router::new()
         .route("/v1/mcp/calls", get(list_calls))
         .route("/v1/mcp/sessions/{call_id}/dtmf", post(send_dtmf))
+        .route("/v1/mcp/sessions/{call_id}/log", get(dialog_log))
         .route("/v1/conferences/{id}", get(get_conference))
         .route(
             "/v1/conferences/{id}/participants/{call_id}/mute",

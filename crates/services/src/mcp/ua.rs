@@ -76,7 +76,12 @@ pub enum McpOutput {
         service: Service,
         call_id: String,
         caller: String,
+        /// For dialogs: the RFC 5552 `session` variables read from the INVITE (else null).
+        session_vars: serde_json::Value,
     },
+    /// The final answer to a [`McpCommand::Refer`]: its status (408 when none came, 481 when
+    /// the call was gone).
+    ReferResult { stream: StreamId, status: u16 },
     /// The call is over (BYE either way, CANCEL, no ACK, failure): free its stream.
     Release {
         session: SessionId,
@@ -93,11 +98,19 @@ pub enum McpCommand {
         session: SessionId,
         result: Result<(StreamId, SocketAddr), String>,
     },
-    /// Hang up the call of this stream (announcement over, dialog finished, RTP timeout).
-    Hangup { stream: StreamId, reason: String },
+    /// Hang up the call of this stream (announcement over, dialog finished, RTP timeout);
+    /// `body` (content type, bytes) goes in the BYE (RFC 5552 `<exit namelist>` results).
+    Hangup {
+        stream: StreamId,
+        reason: String,
+        body: Option<(String, Vec<u8>)>,
+    },
+    /// Ask the caller to call `target` instead (blind transfer, RFC 3515 REFER in the call's
+    /// dialog); answered with [`McpOutput::ReferResult`].
+    Refer { stream: StreamId, target: String },
 }
 
-const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO";
+const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, NOTIFY";
 const TELEPHONE_EVENT_PT: u8 = 101;
 
 #[derive(Debug)]
@@ -138,6 +151,7 @@ struct Session {
     answer_in_ack: bool,
     started: bool,
     caller: String,
+    session_vars: serde_json::Value,
 }
 
 /// The media server's SIP UA core.
@@ -150,6 +164,8 @@ pub struct McpUa {
     by_invite: HashMap<ServerTxId, SessionId>,
     by_stream: HashMap<StreamId, SessionId>,
     byes: HashMap<ClientTxId, SessionId>,
+    /// REFERs sent, by transaction: the stream to answer for.
+    refers: HashMap<ClientTxId, StreamId>,
     retransmits: BTreeSet<(Instant, SessionId)>,
     outputs: std::collections::VecDeque<McpOutput>,
     next_session: SessionId,
@@ -208,6 +224,7 @@ impl McpUa {
             by_invite: HashMap::new(),
             by_stream: HashMap::new(),
             byes: HashMap::new(),
+            refers: HashMap::new(),
             retransmits: BTreeSet::new(),
             outputs: std::collections::VecDeque::new(),
             next_session: 1,
@@ -387,6 +404,19 @@ impl McpUa {
             remote_tag: from_hdr.tag().unwrap_or("").to_owned(),
         };
         let caller = from_hdr.uri.to_string();
+        let session_vars = match &service {
+            Service::Dialog { .. } => {
+                let mut v = super::rfc5552::session_variables(&req);
+                v["connection"]["protocol"]["sip"]["media"] = super::rfc5552::media_variable(
+                    setup.codec.encoding,
+                    setup.send,
+                    setup.receive,
+                    setup.telephone_event.is_some(),
+                );
+                v
+            }
+            _ => serde_json::Value::Null,
+        };
         let id = self.next_session;
         self.next_session += 1;
         let affinity = match &service {
@@ -415,6 +445,7 @@ impl McpUa {
                 answer_in_ack: false,
                 started: false,
                 caller,
+                session_vars,
             },
         );
         self.update_gauge();
@@ -639,6 +670,19 @@ impl McpUa {
             }
             Method::Invite => self.on_reinvite(id, stx, req, now),
             Method::Options | Method::Info => self.reply(stx, &req, 200, Some(&tag), &[], now),
+            Method::Notify => {
+                // The progress of a REFER we sent (RFC 3515 §2.4.5): a message/sipfrag status
+                // line; the transfer's outcome is the REFER's own answer.
+                let frag = std::str::from_utf8(req.body())
+                    .ok()
+                    .and_then(|b| b.lines().next())
+                    .unwrap_or("")
+                    .chars()
+                    .take(100)
+                    .collect::<String>();
+                tracing::info!(session = id, progress = %frag, "transfer progress");
+                self.reply(stx, &req, 200, Some(&tag), &[], now)
+            }
             _ => {
                 let allow = ALLOW.to_string();
                 self.reply(stx, &req, 405, Some(&tag), &[("Allow", allow)], now)
@@ -774,6 +818,7 @@ impl McpUa {
                     service: s.service.clone(),
                     call_id: s.dialog_id.call_id.clone(),
                     caller: s.caller.clone(),
+                    session_vars: std::mem::take(&mut s.session_vars),
                 });
             }
         }
@@ -786,6 +831,17 @@ impl McpUa {
 
     /// Sends BYE for an established call and frees its media.
     fn hangup(&mut self, id: SessionId, reason: &str, now: Instant) {
+        self.hangup_with(id, reason, None, now)
+    }
+
+    /// Sends BYE (with `body`, content type and bytes, when given) and frees the media.
+    fn hangup_with(
+        &mut self,
+        id: SessionId,
+        reason: &str,
+        body: Option<(String, Vec<u8>)>,
+        now: Instant,
+    ) {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -819,9 +875,14 @@ impl McpUa {
             .filter(|p| p.transport == transport)
             .unwrap_or(fallback);
         let bye = match dialog.request(&Method::Bye, &via) {
-            Ok(b) => b
-                .header("Reason", format_args!("SIP;cause=200;text=\"{reason}\""))
-                .finish(),
+            Ok(b) => {
+                let text = reason.replace(['"', '\\', '\r', '\n'], "'");
+                let b = b.header("Reason", format_args!("SIP;cause=200;text=\"{text}\""));
+                match &body {
+                    Some((content_type, bytes)) => b.body(content_type, bytes),
+                    None => b.finish(),
+                }
+            }
             Err(e) => {
                 tracing::debug!(session = id, error = %e, "cannot build BYE");
                 self.release(id, "no dialog");
@@ -881,9 +942,76 @@ impl McpUa {
     }
 
     fn on_response(&mut self, ctx: ClientTxId, msg: Message) {
-        if msg.status().is_some_and(|c| c >= 200) {
+        if let Some(status) = msg.status().filter(|&c| c >= 200) {
             if let Some(id) = self.byes.remove(&ctx) {
                 self.remove(id);
+            }
+            if let Some(stream) = self.refers.remove(&ctx) {
+                self.outputs
+                    .push_back(McpOutput::ReferResult { stream, status });
+            }
+        }
+    }
+
+    /// Sends REFER with `Refer-To: target` in the call's dialog.
+    fn refer(&mut self, stream: StreamId, target: &str, now: Instant) {
+        let fail = |ua: &mut McpUa, status| {
+            ua.outputs
+                .push_back(McpOutput::ReferResult { stream, status });
+        };
+        let Some(&id) = self.by_stream.get(&stream) else {
+            return fail(self, 481);
+        };
+        let Some(s) = self.sessions.get(&id) else {
+            return fail(self, 481);
+        };
+        if !matches!(s.phase, Phase::Established) {
+            return fail(self, 481);
+        }
+        // The target must be a URI that fits in a header: no line breaks, no angle brackets.
+        let target = target.trim();
+        if target.is_empty()
+            || target.contains(['\r', '\n', '<', '>'])
+            || Uri::parse(target).is_err()
+        {
+            return fail(self, 400);
+        }
+        let transport = s.peer.transport;
+        let Some(local) = self.local_addr(transport) else {
+            return fail(self, 503);
+        };
+        let via = format!(
+            "SIP/2.0/{} {local};branch={};rport",
+            transport.via_token(),
+            self.ids.branch()
+        );
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return fail(self, 481);
+        };
+        let fallback = s.peer;
+        let Some(dialog) = s.dialog.as_mut() else {
+            return fail(self, 481);
+        };
+        let peer = Uri::parse(dialog.next_hop())
+            .ok()
+            .and_then(|u| u.as_sip().and_then(uri_peer))
+            .filter(|p| p.transport == transport)
+            .unwrap_or(fallback);
+        let req = match dialog.request(&Method::Refer, &via) {
+            Ok(b) => b.header("Refer-To", format_args!("<{target}>")).finish(),
+            Err(e) => {
+                tracing::debug!(session = id, error = %e, "cannot build REFER");
+                return fail(self, 500);
+            }
+        };
+        match Message::parse(req).map(|m| self.tx.send_request(m, peer, now)) {
+            Ok(Ok(ctx)) => {
+                tracing::info!(session = id, %target, %peer, "transfer: REFER sent");
+                self.refers.insert(ctx, stream);
+            }
+            other => {
+                tracing::debug!(session = id, result = ?other.map(|r| r.map(|_| ())), "REFER not sent");
+                fail(self, 500);
             }
         }
     }
@@ -898,6 +1026,12 @@ impl McpUa {
         while let Some(ev) = self.tx.poll_event() {
             match ev {
                 TxEvent::Timeout(c) | TxEvent::TransportError(c) => {
+                    if let Some(stream) = self.refers.remove(&c) {
+                        self.outputs.push_back(McpOutput::ReferResult {
+                            stream,
+                            status: 408,
+                        });
+                    }
                     if let Some(id) = self.byes.remove(&c) {
                         tracing::debug!(session = id, "BYE got no answer");
                         self.remove(id);
@@ -907,6 +1041,12 @@ impl McpUa {
                     self.by_invite.remove(&s);
                 }
                 TxEvent::ClientTerminated(c) => {
+                    if let Some(stream) = self.refers.remove(&c) {
+                        self.outputs.push_back(McpOutput::ReferResult {
+                            stream,
+                            status: 408,
+                        });
+                    }
                     if let Some(id) = self.byes.remove(&c) {
                         self.remove(id);
                     }
@@ -1021,11 +1161,16 @@ impl Controlled for McpUa {
     fn handle_command(&mut self, cmd: McpCommand, now: Instant) {
         match cmd {
             McpCommand::Allocated { session, result } => self.on_allocated(session, result, now),
-            McpCommand::Hangup { stream, reason } => {
+            McpCommand::Hangup {
+                stream,
+                reason,
+                body,
+            } => {
                 if let Some(&id) = self.by_stream.get(&stream) {
-                    self.hangup(id, &reason, now);
+                    self.hangup_with(id, &reason, body, now);
                 }
             }
+            McpCommand::Refer { stream, target } => self.refer(stream, &target, now),
         }
         self.on_tx_events();
         self.run_hangups(now);
@@ -1165,6 +1310,7 @@ mod tests {
             McpCommand::Hangup {
                 stream,
                 reason: "done".into(),
+                body: None,
             },
             now,
         );
@@ -1174,6 +1320,118 @@ mod tests {
         assert_eq!(bye.method(), Some(&Method::Bye));
         assert_eq!(bye.cseq().unwrap().seq, 1);
         assert!(matches!(&outputs(&mut ua)[..], [McpOutput::Release { .. }]));
+    }
+
+    #[test]
+    fn a_dialog_gets_its_session_variables_and_its_results_go_in_the_bye() {
+        let mut ua = ua(true);
+        let now = Instant::now();
+        let (to, stream) = answered(&mut ua, "dialog@mcp;voicexml=http://as/a.vxml;aai=x1", now);
+        ua.handle_message(request("ACK", &to, 1, "z9hG4bK-ack1"), phone(), now);
+        let out = outputs(&mut ua);
+        let [McpOutput::Start { session_vars, .. }] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(session_vars["connection"]["aai"], "x1");
+        assert_eq!(
+            session_vars["connection"]["protocol"]["sip"]["media"][0]["format"],
+            "audio/PCMA audio/telephone-event"
+        );
+        assert_eq!(
+            session_vars["connection"]["protocol"]["sip"]["headers"]["call-id"],
+            "c1"
+        );
+        let (ct, body) =
+            super::super::rfc5552::bye_body(&serde_json::json!({"pin": "42"})).unwrap();
+        ua.handle_command(
+            McpCommand::Hangup {
+                stream,
+                reason: "dialog \"exit\"".into(),
+                body: Some((ct.clone(), body.clone())),
+            },
+            now,
+        );
+        let bye = Message::parse(ua.poll_transmit().expect("BYE").payload).unwrap();
+        assert_eq!(bye.method(), Some(&Method::Bye));
+        assert_eq!(bye.content_type(), Some(ct.as_str()));
+        assert_eq!(bye.body(), &body[..]);
+        assert_eq!(
+            bye.get_by_name("Reason"),
+            Some("SIP;cause=200;text=\"dialog 'exit'\"")
+        );
+    }
+
+    #[test]
+    fn refer_goes_in_the_dialog_and_its_answer_comes_back() {
+        let mut ua = ua(true);
+        let now = Instant::now();
+        let (to, stream) = answered(&mut ua, "dialog@mcp;voicexml=http://as/a.vxml", now);
+        ua.handle_message(request("ACK", &to, 1, "z9hG4bK-ack1"), phone(), now);
+        outputs(&mut ua);
+        // A bad target is refused without a REFER.
+        ua.handle_command(
+            McpCommand::Refer {
+                stream,
+                target: "sip:a@b>\r\nX: y".into(),
+            },
+            now,
+        );
+        assert!(ua.poll_transmit().is_none());
+        assert!(matches!(
+            &outputs(&mut ua)[..],
+            [McpOutput::ReferResult { status: 400, .. }]
+        ));
+        ua.handle_command(
+            McpCommand::Refer {
+                stream,
+                target: "sip:agent@example.com".into(),
+            },
+            now,
+        );
+        let t = ua.poll_transmit().expect("REFER");
+        assert_eq!(t.peer, phone());
+        let refer = Message::parse(t.payload).unwrap();
+        assert_eq!(refer.method(), Some(&Method::Refer));
+        assert_eq!(
+            refer.get_by_name("Refer-To"),
+            Some("<sip:agent@example.com>")
+        );
+        assert!(refer.get_by_name("Contact").is_some());
+        let via = refer.get_by_name("Via").unwrap().to_owned();
+        let resp = format!(
+            "SIP/2.0 202 Accepted\r\nVia: {via}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: c1\r\nCSeq: {} REFER\r\nContent-Length: 0\r\n\r\n",
+            refer.get_by_name("From").unwrap(),
+            refer.get_by_name("To").unwrap(),
+            refer.cseq().unwrap().seq
+        );
+        ua.handle_message(Message::parse(Bytes::from(resp)).unwrap(), phone(), now);
+        assert!(matches!(
+            &outputs(&mut ua)[..],
+            [McpOutput::ReferResult { status: 202, stream: s }] if *s == stream
+        ));
+        // The transfer's NOTIFY is answered 200.
+        let mut notify = request("NOTIFY", &to, 2, "z9hG4bK-n1");
+        notify = Message::parse(Bytes::from(
+            String::from_utf8_lossy(notify.as_bytes()).replace(
+                "Content-Length: 0\r\n\r\n",
+                "Content-Type: message/sipfrag\r\nContent-Length: 16\r\n\r\nSIP/2.0 200 OK\r\n",
+            ),
+        ))
+        .unwrap();
+        ua.handle_message(notify, phone(), now);
+        assert_eq!(sent(&mut ua)[0].status(), Some(200));
+        // A REFER for a call that is gone is answered 481 at once.
+        ua.handle_command(
+            McpCommand::Refer {
+                stream: StreamId(9999),
+                target: "sip:x@y".into(),
+            },
+            now,
+        );
+        assert!(matches!(
+            &outputs(&mut ua)[..],
+            [McpOutput::ReferResult { status: 481, .. }]
+        ));
     }
 
     #[test]
@@ -1481,6 +1739,7 @@ mod tests {
                     McpCommand::Hangup {
                         stream: StreamId((rnd() % (streams + 1)) << 8),
                         reason: "test".into(),
+                        body: None,
                     },
                     now,
                 ),

@@ -22,6 +22,10 @@ impl Host {
     pub fn with_limits(start: &str, docs: &[(&str, &str)], limits: Limits) -> Host {
         let mut cfg = Config::new(start);
         cfg.limits = limits;
+        Self::with_config(cfg, docs)
+    }
+
+    pub fn with_config(cfg: Config, docs: &[(&str, &str)]) -> Host {
         let mut h = Host {
             vx: Interpreter::new(cfg).expect("engine"),
             docs: docs

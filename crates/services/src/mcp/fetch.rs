@@ -1,0 +1,417 @@
+//! Document fetches of the VoiceXML browser: HTTP GET and POST through the prompt cache's
+//! HTTP client (its timeout and size limit), with a shared cache of GET answers kept for the
+//! `max-age` their `Cache-Control` gives (so a menu page is fetched once per max-age, whatever
+//! the number of calls running it).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use switchboard_media::{HttpRequest, PromptCache};
+use switchboard_vxml::{FetchError, Method};
+
+/// Documents kept at most; the cache is emptied of expired entries, then cleared, when full.
+const MAX_CACHED: usize = 1024;
+
+/// The shared cache of fetched documents.
+#[derive(Default)]
+pub struct DocumentCache {
+    /// By URL: when fetched, when it expires, the text.
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+struct Entry {
+    fetched: Instant,
+    expires: Instant,
+    text: String,
+}
+
+/// What a fetch accepts from the cache (VoiceXML `maxage`/`maxstale`, RFC 5552's Request-URI
+/// parameters of the same names): a copy at most `maxage` old, used up to `maxstale` past
+/// its expiry. The default takes any fresh copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Freshness {
+    pub maxage: Option<Duration>,
+    pub maxstale: Option<Duration>,
+}
+
+/// Whether a fetch was answered from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cached {
+    Hit,
+    Miss,
+}
+
+impl Cached {
+    pub fn label(self) -> &'static str {
+        match self {
+            Cached::Hit => "hit",
+            Cached::Miss => "miss",
+        }
+    }
+}
+
+/// How long a response may be reused: `max-age` (or `s-maxage`) of its `Cache-Control`;
+/// `None` for `no-store`, `no-cache`, a zero or missing max-age.
+pub fn max_age(cache_control: Option<&str>) -> Option<Duration> {
+    let cc = cache_control?;
+    let mut age = None;
+    for d in cc.split(',') {
+        let d = d.trim().to_ascii_lowercase();
+        if d == "no-store" || d == "no-cache" {
+            return None;
+        }
+        let value = d
+            .strip_prefix("max-age=")
+            .or_else(|| d.strip_prefix("s-maxage="));
+        if let Some(v) = value {
+            if let Ok(n) = v.trim_matches('"').parse::<u64>() {
+                age = Some(n);
+            }
+        }
+    }
+    age.filter(|&n| n > 0).map(Duration::from_secs)
+}
+
+/// `application/x-www-form-urlencoded` (spaces as `+`).
+pub fn form_encode(params: &[(String, String)]) -> String {
+    fn enc(s: &str, out: &mut String) {
+        for b in s.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                    out.push(b as char)
+                }
+                b' ' => out.push('+'),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+    }
+    let mut out = String::new();
+    for (i, (k, v)) in params.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        enc(k, &mut out);
+        out.push('=');
+        enc(v, &mut out);
+    }
+    out
+}
+
+/// The HTTP request for a VoiceXML fetch: GET with the parameters in the query, POST with
+/// them as a form body. The fragment is dropped. Only `http:` is fetched.
+pub fn request_for(
+    url: &str,
+    method: Method,
+    params: &[(String, String)],
+) -> Result<HttpRequest, FetchError> {
+    let url = url.split('#').next().unwrap_or(url);
+    if !url
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+    {
+        return Err(FetchError {
+            status: None,
+            reason: format!("cannot fetch {url:?}: only http:// URLs are fetched"),
+        });
+    }
+    Ok(match method {
+        Method::Get => {
+            let mut u = url.to_owned();
+            if !params.is_empty() {
+                u.push(if u.contains('?') { '&' } else { '?' });
+                u.push_str(&form_encode(params));
+            }
+            HttpRequest {
+                post: false,
+                url: u,
+                body: None,
+            }
+        }
+        Method::Post => HttpRequest {
+            post: true,
+            url: url.to_owned(),
+            body: Some((
+                "application/x-www-form-urlencoded".to_owned(),
+                Bytes::from(form_encode(params)),
+            )),
+        },
+    })
+}
+
+impl DocumentCache {
+    fn lookup(&self, key: &str, now: Instant, f: Freshness) -> Option<String> {
+        let c = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let e = c.get(key)?;
+        let usable_until = e.expires + f.maxstale.unwrap_or_default();
+        let young_enough = f
+            .maxage
+            .is_none_or(|age| now.saturating_duration_since(e.fetched) <= age);
+        (usable_until > now && young_enough).then(|| e.text.clone())
+    }
+
+    fn store(&self, key: String, text: String, expires: Instant, now: Instant) {
+        let mut c = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() >= MAX_CACHED {
+            c.retain(|_, e| e.expires > now);
+            if c.len() >= MAX_CACHED {
+                c.clear();
+            }
+        }
+        c.insert(
+            key,
+            Entry {
+                fetched: now,
+                expires,
+                text,
+            },
+        );
+    }
+
+    /// Fetches a document (from the cache when a GET's answer is still fresh). A non-2xx
+    /// answer is an error with its status (the interpreter throws
+    /// `error.badfetch.http.<status>`); a body that is not UTF-8 is an error too.
+    pub async fn fetch(
+        &self,
+        http: &PromptCache,
+        url: &str,
+        method: Method,
+        params: &[(String, String)],
+        freshness: Freshness,
+    ) -> (Result<String, FetchError>, Cached) {
+        let req = match request_for(url, method, params) {
+            Ok(r) => r,
+            Err(e) => return (Err(e), Cached::Miss),
+        };
+        let cacheable = !req.post;
+        if cacheable {
+            if let Some(text) = self.lookup(&req.url, Instant::now(), freshness) {
+                return (Ok(text), Cached::Hit);
+            }
+        }
+        let key = req.url.clone();
+        let resp = match http.http(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    Err(FetchError {
+                        status: None,
+                        reason: e.to_string(),
+                    }),
+                    Cached::Miss,
+                )
+            }
+        };
+        if !(200..300).contains(&resp.status) {
+            return (
+                Err(FetchError {
+                    status: Some(resp.status),
+                    reason: format!("HTTP status {} from {key}", resp.status),
+                }),
+                Cached::Miss,
+            );
+        }
+        let text = match String::from_utf8(resp.body.to_vec()) {
+            Ok(t) => t,
+            Err(_) => {
+                return (
+                    Err(FetchError {
+                        status: None,
+                        reason: format!("{key} is not UTF-8 text"),
+                    }),
+                    Cached::Miss,
+                )
+            }
+        };
+        if cacheable {
+            if let Some(age) = max_age(resp.cache_control.as_deref()) {
+                let now = Instant::now();
+                self.store(key, text.clone(), now + age, now);
+            }
+        }
+        (Ok(text), Cached::Miss)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_of_cache_control() {
+        assert_eq!(max_age(None), None);
+        assert_eq!(
+            max_age(Some("public, max-age=60")),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(max_age(Some("s-maxage=5")), Some(Duration::from_secs(5)));
+        assert_eq!(max_age(Some("max-age=0")), None);
+        assert_eq!(max_age(Some("max-age=60, no-store")), None);
+        assert_eq!(max_age(Some("no-cache")), None);
+        assert_eq!(max_age(Some("max-age=soon")), None);
+    }
+
+    #[test]
+    fn requests_for_get_and_post() {
+        let p = vec![
+            ("pin".to_owned(), "12 3#".to_owned()),
+            ("a&b".to_owned(), "é".to_owned()),
+        ];
+        let r = request_for("http://as/next.vxml#f", Method::Get, &p).unwrap();
+        assert!(!r.post);
+        assert_eq!(r.url, "http://as/next.vxml?pin=12+3%23&a%26b=%C3%A9");
+        let r = request_for("http://as/n?x=1", Method::Get, &p[..1]).unwrap();
+        assert_eq!(r.url, "http://as/n?x=1&pin=12+3%23");
+        let r = request_for("http://as/n", Method::Post, &p[..1]).unwrap();
+        assert!(r.post);
+        assert_eq!(r.url, "http://as/n");
+        let (ct, body) = r.body.unwrap();
+        assert_eq!(ct, "application/x-www-form-urlencoded");
+        assert_eq!(&body[..], b"pin=12+3%23");
+        let e = request_for("https://as/n", Method::Get, &[]).unwrap_err();
+        assert_eq!(e.status, None);
+        assert!(request_for("ftp://x", Method::Get, &[]).is_err());
+    }
+
+    /// A loopback HTTP server answering `/page` (cacheable for 60 s), `/nocache`, `/slow`
+    /// (never) and anything else with 404; returns its address and the request lines seen.
+    async fn server() -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = c.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let line = req.lines().next().unwrap_or("").to_owned();
+                    log.lock().unwrap().push(line.clone());
+                    let (status, extra, body) = if line.starts_with("GET /page ") {
+                        ("200 OK", "Cache-Control: max-age=60\r\n", "<vxml/>")
+                    } else if line.starts_with("GET /nocache ") {
+                        ("200 OK", "Cache-Control: no-cache\r\n", "<vxml/>")
+                    } else if line.starts_with("GET /slow ") {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        ("200 OK", "", "")
+                    } else {
+                        ("404 Not Found", "", "no")
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = c.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn fetches_are_cached_for_max_age_and_fail_with_status_or_timeout() {
+        let (addr, seen) = server().await;
+        let http = PromptCache::new(switchboard_media::PromptSettings {
+            timeout: Duration::from_millis(300),
+            ..Default::default()
+        });
+        let docs = DocumentCache::default();
+        let url = |p: &str| format!("http://{addr}{p}");
+        let count = |p: &str| {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.starts_with(&format!("GET {p} ")))
+                .count()
+        };
+        for expect in [Cached::Miss, Cached::Hit, Cached::Hit] {
+            let (r, c) = docs
+                .fetch(
+                    &http,
+                    &url("/page#f"),
+                    Method::Get,
+                    &[],
+                    Freshness::default(),
+                )
+                .await;
+            assert_eq!(r.unwrap(), "<vxml/>");
+            assert_eq!(c, expect);
+        }
+        assert_eq!(count("/page"), 1, "fetched once per max-age");
+        // maxage=0 (RFC 5552's Request-URI parameter) asks for a fresh copy.
+        let zero = Freshness {
+            maxage: Some(Duration::ZERO),
+            maxstale: None,
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (r, c) = docs
+            .fetch(&http, &url("/page"), Method::Get, &[], zero)
+            .await;
+        assert!(r.is_ok());
+        assert_eq!(c, Cached::Miss);
+        assert_eq!(count("/page"), 2);
+        for _ in 0..2 {
+            let (r, c) = docs
+                .fetch(
+                    &http,
+                    &url("/nocache"),
+                    Method::Get,
+                    &[],
+                    Freshness::default(),
+                )
+                .await;
+            assert!(r.is_ok());
+            assert_eq!(c, Cached::Miss);
+        }
+        assert_eq!(count("/nocache"), 2);
+        let (r, _) = docs
+            .fetch(
+                &http,
+                &url("/missing"),
+                Method::Get,
+                &[],
+                Freshness::default(),
+            )
+            .await;
+        assert_eq!(r.unwrap_err().status, Some(404));
+        let started = Instant::now();
+        let (r, _) = docs
+            .fetch(&http, &url("/slow"), Method::Get, &[], Freshness::default())
+            .await;
+        let e = r.unwrap_err();
+        assert_eq!(e.status, None);
+        assert!(e.reason.contains("timed out"), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_cache_serves_fresh_entries_only() {
+        let c = DocumentCache::default();
+        let now = Instant::now();
+        let any = Freshness::default();
+        let s = Duration::from_secs;
+        c.store("u".into(), "doc".into(), now + s(5), now);
+        assert_eq!(c.lookup("u", now, any).as_deref(), Some("doc"));
+        assert_eq!(c.lookup("u", now + s(6), any), None);
+        assert_eq!(c.lookup("v", now, any), None);
+        let stale_ok = Freshness {
+            maxage: None,
+            maxstale: Some(s(10)),
+        };
+        assert_eq!(c.lookup("u", now + s(6), stale_ok).as_deref(), Some("doc"));
+        assert_eq!(c.lookup("u", now + s(16), stale_ok), None);
+        let young = Freshness {
+            maxage: Some(s(2)),
+            maxstale: None,
+        };
+        assert_eq!(c.lookup("u", now + s(1), young).as_deref(), Some("doc"));
+        assert_eq!(c.lookup("u", now + s(3), young), None);
+    }
+}

@@ -1,0 +1,778 @@
+//! The VoiceXML browser of the media server: a [`DialogRunner`] on `switchboard-vxml`.
+//!
+//! Each call's interpreter runs on a thread of its own (it owns a QuickJS runtime and is not
+//! `Send`; a script that loops until its time budget runs out blocks only that thread). The
+//! thread only feeds inputs to the interpreter, fires its timers at its deadlines and hands
+//! its commands over; this module's async task performs them: prompts through the
+//! [`switchboard_media::PromptCache`] and the media engine (with barge-in), DTMF from the stream's events,
+//! recordings to WAV, document fetches through the [`DocumentCache`], and the log.
+//!
+//! Blind transfers are a REFER in the call's dialog (RFC 3515; the interpreter has already
+//! thrown `connection.disconnect.transfer`, as VoiceXML 2.0 says, so a refused REFER is only
+//! logged); the BYE follows once the REFER is answered. Bridge transfers are not done: the
+//! interpreter is told so and throws `error.unsupported.transfer.bridge`.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use switchboard_media::{
+    MediaEventKind, PlayItem, Playlist, PromptSource, RecordEnd, RecordParams, Recording,
+};
+use switchboard_vxml::{Command, Config, Input, Interpreter, Limits, PromptPart};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+use super::dialog::{DialogContext, DialogOutcome, DialogRunner};
+use super::fetch::{DocumentCache, Freshness};
+use super::rfc5552::initial_fetch;
+
+/// Settings of the VoiceXML browser.
+#[derive(Debug, Clone)]
+pub struct VxmlSettings {
+    /// ECMAScript limits of each call (memory, time budget of one script or expression).
+    pub limits: Limits,
+    /// How long an application may go on after the caller is gone (its
+    /// `connection.disconnect.hangup` handlers, a last `<submit>`), before it is stopped.
+    pub after_hangup: Duration,
+    /// Stack of each call's interpreter thread, bytes.
+    pub thread_stack: usize,
+}
+
+impl Default for VxmlSettings {
+    fn default() -> Self {
+        VxmlSettings {
+            limits: Limits::default(),
+            after_hangup: Duration::from_secs(10),
+            thread_stack: 2 << 20,
+        }
+    }
+}
+
+/// The built-in [`DialogRunner`]: runs VoiceXML 2.1 applications.
+pub struct VxmlRunner {
+    settings: VxmlSettings,
+    documents: Arc<DocumentCache>,
+}
+
+impl VxmlRunner {
+    pub fn new(settings: VxmlSettings) -> VxmlRunner {
+        VxmlRunner {
+            settings,
+            documents: Arc::new(DocumentCache::default()),
+        }
+    }
+}
+
+impl DialogRunner for VxmlRunner {
+    fn run(&self, ctx: DialogContext) -> Pin<Box<dyn Future<Output = DialogOutcome> + Send>> {
+        let (done_tx, done_rx) = oneshot::channel();
+        let span = tracing::info_span!("vxml", call_id = %ctx.call_id);
+        let settings = self.settings.clone();
+        let documents = self.documents.clone();
+        // The session outlives this future when the caller hangs up first: the application
+        // then runs its hangup handlers without media.
+        tokio::spawn(session(ctx, settings, documents, done_tx).instrument(span));
+        Box::pin(async move {
+            done_rx
+                .await
+                .unwrap_or_else(|_| DialogOutcome::Error("the dialog stopped".into()))
+        })
+    }
+}
+
+/// Commands of one step of the interpreter.
+struct Batch {
+    cmds: Vec<Command>,
+    done: bool,
+}
+
+/// The interpreter's thread: inputs in, batches of commands out, timers at the deadlines.
+fn interpreter_thread(
+    config: Config,
+    inputs: std_mpsc::Receiver<Input>,
+    out: mpsc::UnboundedSender<Batch>,
+) {
+    let started = Instant::now();
+    let ms = || started.elapsed().as_millis() as u64;
+    let mut vx = match Interpreter::new(config) {
+        Ok(vx) => vx,
+        Err(e) => {
+            let _ = out.send(Batch {
+                cmds: vec![
+                    Command::Log {
+                        label: Some("error".into()),
+                        text: format!("cannot start the interpreter: {e}"),
+                    },
+                    Command::Exit {
+                        values: Value::Null,
+                    },
+                ],
+                done: true,
+            });
+            return;
+        }
+    };
+    loop {
+        let mut cmds = Vec::new();
+        while let Some(c) = vx.poll_command() {
+            cmds.push(c);
+        }
+        let done = vx.is_done();
+        if (!cmds.is_empty() || done) && out.send(Batch { cmds, done }).is_err() {
+            return;
+        }
+        if done {
+            return;
+        }
+        let input = match vx.next_deadline() {
+            Some(d) if d <= ms() => None,
+            Some(d) => match inputs.recv_timeout(Duration::from_millis(d.saturating_sub(ms()))) {
+                Ok(i) => Some(i),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            },
+            None => match inputs.recv() {
+                Ok(i) => Some(i),
+                Err(_) => return,
+            },
+        };
+        match input {
+            Some(i) => vx.handle(i, ms()),
+            None => vx.handle_timeout(ms()),
+        }
+    }
+}
+
+/// Decrements `vxml_sessions_active` when a session ends, however it ends.
+struct Active;
+
+impl Active {
+    fn new() -> Active {
+        metrics::gauge!("vxml_sessions_active").increment(1.0);
+        Active
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        metrics::gauge!("vxml_sessions_active").decrement(1.0);
+    }
+}
+
+/// Longest `<break>` played, ms.
+const MAX_BREAK_MS: u64 = 60_000;
+
+/// One call's dialog, on the async side.
+struct Call {
+    ctx: DialogContext,
+    documents: Arc<DocumentCache>,
+    input: std_mpsc::Sender<Input>,
+    /// The runner's future, until the outcome is reported.
+    done: Option<oneshot::Sender<DialogOutcome>>,
+    /// The caller is still there (prompts, DTMF and recordings are possible).
+    media: bool,
+    next_play: u64,
+    /// The play running on the stream and whether it may be barged in.
+    playing: Option<(u64, bool)>,
+    queued: VecDeque<(Playlist, bool)>,
+    /// A `Listen` waits for the prompts to end before its noinput timer starts.
+    owe_prompts_done: bool,
+    /// A `Record` waits for the prompts before it starts.
+    pending_record: Option<RecordParams>,
+    recording: bool,
+    recordings: u32,
+    fetch: Option<JoinHandle<Input>>,
+    /// The last unhandled error the interpreter reported.
+    last_error: Option<String>,
+    /// When the application is stopped once the caller is gone.
+    stop_at: Option<tokio::time::Instant>,
+    /// The application exited or disconnected (`true`): reported once the prompts it queued
+    /// before have played.
+    ending: Option<(DialogOutcome, bool)>,
+    after_hangup: Duration,
+    /// A blind transfer's REFER, until it is answered (the BYE waits for it).
+    transferring: Option<JoinHandle<u16>>,
+    /// The cache rules of the first fetch (RFC 5552 `maxage`/`maxstale`), then the default.
+    freshness: Option<Freshness>,
+}
+
+async fn session(
+    ctx: DialogContext,
+    settings: VxmlSettings,
+    documents: Arc<DocumentCache>,
+    done: oneshot::Sender<DialogOutcome>,
+) {
+    let _active = Active::new();
+    let mut config = Config::new(&ctx.url);
+    // RFC 5552 §2.1: the Request-URI may say how to fetch the first document.
+    let first = initial_fetch(&ctx.session_vars);
+    if first.post {
+        config.method = switchboard_vxml::Method::Post;
+        config.params = first.params.clone();
+    }
+    let first_freshness = Freshness {
+        maxage: first.maxage.map(Duration::from_secs),
+        maxstale: first.maxstale.map(Duration::from_secs),
+    };
+    config.session = ctx.session_vars.clone();
+    config.limits = settings.limits.clone();
+    config.trace = true;
+    config.blind_transfer = ctx.transfer.is_some();
+    config.bridge_transfer = false;
+    let (in_tx, in_rx) = std_mpsc::channel();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let spawned = std::thread::Builder::new()
+        .name("vxml".into())
+        .stack_size(settings.thread_stack)
+        .spawn(move || interpreter_thread(config, in_rx, out_tx));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the interpreter thread");
+        let outcome = DialogOutcome::Error(format!("cannot start the interpreter thread: {e}"));
+        ctx.log.set_outcome(&outcome);
+        let _ = done.send(outcome);
+        return;
+    }
+    tracing::info!(url = %ctx.url, "dialog starts");
+    let mut call = Call {
+        ctx,
+        documents,
+        input: in_tx,
+        done: Some(done),
+        media: true,
+        next_play: 1,
+        playing: None,
+        queued: VecDeque::new(),
+        owe_prompts_done: false,
+        pending_record: None,
+        recording: false,
+        recordings: 0,
+        fetch: None,
+        last_error: None,
+        stop_at: None,
+        ending: None,
+        after_hangup: settings.after_hangup,
+        transferring: None,
+        freshness: Some(first_freshness),
+    };
+    let mut events_open = true;
+    let mut interpreter_done = false;
+    loop {
+        if interpreter_done && call.ending.is_none() {
+            break;
+        }
+        tokio::select! {
+            batch = out_rx.recv(), if !interpreter_done => {
+                let Some(batch) = batch else {
+                    call.finish(DialogOutcome::Error("the interpreter stopped".into()));
+                    break;
+                };
+                for c in batch.cmds {
+                    call.perform(c).await;
+                }
+                interpreter_done = batch.done;
+            }
+            ev = call.ctx.events.recv(), if events_open => match ev {
+                Some(ev) => call.on_media(ev).await,
+                None => events_open = false,
+            },
+            fetched = async {
+                match call.fetch.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                call.fetch = None;
+                match fetched {
+                    Ok(input) => call.send(input),
+                    Err(e) => tracing::debug!(error = %e, "fetch task ended"),
+                }
+            }
+            _ = async {
+                match call.done.as_mut() {
+                    Some(d) => d.closed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // The caller hung up (the runner's future was dropped).
+                call.done = None;
+                call.ending = None;
+                call.hung_up();
+                call.send(Input::Hangup);
+            }
+            status = async {
+                match call.transferring.as_mut() {
+                    Some(t) => t.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                call.transferring = None;
+                call.transferred(status.unwrap_or(500));
+            }
+            _ = async {
+                match call.stop_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::info!("the application did not end after the caller left: stopped");
+                call.ctx.log.push("error", None, "stopped: the application did not end after the caller left");
+                break;
+            }
+        }
+    }
+    if let Some(f) = call.fetch.take() {
+        f.abort();
+    }
+    if let Some(t) = call.transferring.take() {
+        t.abort();
+    }
+    // Dropping `call` closes the interpreter's input: its thread ends.
+}
+
+impl Call {
+    fn send(&self, input: Input) {
+        // The thread has ended when the session is done; nothing to tell it then.
+        let _ = self.input.send(input);
+    }
+
+    fn finish(&mut self, outcome: DialogOutcome) {
+        tracing::info!(?outcome, "dialog ends");
+        self.ctx.log.set_outcome(&outcome);
+        if let Some(done) = self.done.take() {
+            let _ = done.send(outcome);
+        }
+    }
+
+    /// The REFER of a blind transfer was answered.
+    fn transferred(&mut self, status: u16) {
+        if (200..300).contains(&status) {
+            tracing::info!(status, "transfer accepted");
+            self.ctx
+                .log
+                .push("fia", None, &format!("transfer accepted ({status})"));
+        } else {
+            tracing::info!(status, "transfer refused");
+            self.ctx
+                .log
+                .push("error", None, &format!("transfer refused ({status})"));
+        }
+        let result = if (200..300).contains(&status) {
+            "accepted"
+        } else {
+            "refused"
+        };
+        metrics::counter!("vxml_transfers_total", "result" => result).increment(1);
+        self.when_idle();
+    }
+
+    /// The caller is gone (hung up, or `<disconnect>`): no more media.
+    fn hung_up(&mut self) {
+        if self.media {
+            self.media = false;
+            self.queued.clear();
+            self.playing = None;
+            self.pending_record = None;
+            self.stop_at = Some(tokio::time::Instant::now() + self.after_hangup);
+        }
+    }
+
+    async fn perform(&mut self, cmd: Command) {
+        match cmd {
+            Command::Fetch {
+                url,
+                method,
+                params,
+            } => {
+                if let Some(f) = self.fetch.take() {
+                    f.abort();
+                }
+                let docs = self.documents.clone();
+                let http = self.ctx.prompts.clone();
+                let freshness = self.freshness.take().unwrap_or_default();
+                let task = async move {
+                    let started = Instant::now();
+                    let (result, cached) =
+                        docs.fetch(&http, &url, method, &params, freshness).await;
+                    metrics::counter!("vxml_documents_fetched_total", "cache" => cached.label())
+                        .increment(1);
+                    match &result {
+                        Ok(text) => {
+                            tracing::debug!(%url, cache = cached.label(), bytes = text.len(), ms = started.elapsed().as_millis() as u64, "document fetched")
+                        }
+                        Err(e) => {
+                            tracing::info!(%url, status = ?e.status, reason = %e.reason, "fetch failed")
+                        }
+                    }
+                    Input::DocumentFetched { url, result }
+                };
+                self.fetch = Some(tokio::spawn(task.in_current_span()));
+            }
+            Command::Play { prompts, bargein } => {
+                if !self.media {
+                    return;
+                }
+                let mut items = Vec::new();
+                for p in &prompts {
+                    self.load_part(p, &mut items).await;
+                }
+                if !items.is_empty() {
+                    self.queued.push_back((Playlist::once(items), bargein));
+                    self.play_next();
+                }
+            }
+            Command::Listen { .. } => {
+                self.owe_prompts_done = true;
+                self.when_idle();
+            }
+            Command::StopListening => self.owe_prompts_done = false,
+            Command::Record {
+                beep,
+                maxtime_ms,
+                finalsilence_ms,
+                dtmfterm,
+                ..
+            } => {
+                if !self.media {
+                    self.send(Input::RecordingDone {
+                        url: None,
+                        duration_ms: 0,
+                        termchar: None,
+                    });
+                    return;
+                }
+                let to_u32 = |ms: u64| u32::try_from(ms).unwrap_or(u32::MAX);
+                self.pending_record = Some(RecordParams {
+                    beep,
+                    max_time_ms: to_u32(if maxtime_ms == 0 { 60_000 } else { maxtime_ms }),
+                    final_silence_ms: (finalsilence_ms > 0).then(|| to_u32(finalsilence_ms)),
+                    dtmf_term: dtmfterm,
+                    ..RecordParams::default()
+                });
+                self.when_idle();
+            }
+            Command::Transfer { bridge, dest, .. } => match (&self.ctx.transfer, bridge) {
+                (Some(transfer), false) if self.media => {
+                    // The caller leaves the application: no more prompts or input.
+                    let _ = self.ctx.media.stop_play(self.ctx.stream);
+                    self.ctx.log.push("fia", None, &format!("transfer {dest}"));
+                    self.transferring = Some(tokio::spawn(transfer(dest)));
+                    self.hung_up();
+                }
+                _ => {
+                    // Not reached for bridges: the interpreter knows they are not done here.
+                    let kind = if bridge { "bridge" } else { "blind" };
+                    self.send(Input::TransferResult {
+                        status: format!("error.unsupported.transfer.{kind}"),
+                        duration_ms: 0,
+                    });
+                }
+            },
+            Command::Hangup { values } => {
+                self.ctx.log.push("fia", None, "disconnect");
+                self.ending = Some((DialogOutcome::Disconnect(values), true));
+                self.when_idle();
+            }
+            Command::Exit { values } => {
+                let outcome = match (&values, self.last_error.take()) {
+                    (Value::Null, Some(e)) => DialogOutcome::Error(e),
+                    _ => DialogOutcome::Exit(values),
+                };
+                if self.done.is_some() {
+                    // The prompts queued before the exit play first.
+                    self.ending = Some((outcome, false));
+                    self.when_idle();
+                } else {
+                    // Already disconnected: the outcome was reported; keep the exit in the log.
+                    self.ctx.log.push("fia", None, "exit");
+                }
+            }
+            Command::Log { label, text } => self.log(label.as_deref(), &text),
+        }
+    }
+
+    fn log(&mut self, label: Option<&str>, text: &str) {
+        match label {
+            Some("fia") => match text.strip_prefix("event ") {
+                Some(ev) => {
+                    let name = ev.split_whitespace().next().unwrap_or_default();
+                    if name.starts_with("error.") {
+                        metrics::counter!("vxml_errors_total", "event" => error_label(name))
+                            .increment(1);
+                        tracing::info!(event = %ev, "error event");
+                    } else {
+                        tracing::debug!(event = %ev, "event");
+                    }
+                    self.ctx.log.push("event", None, ev);
+                }
+                None => {
+                    tracing::debug!(step = %text, "fia");
+                    self.ctx.log.push("fia", None, text);
+                }
+            },
+            Some("error") => {
+                tracing::info!(error = %text, "application error");
+                self.last_error = Some(text.to_owned());
+                self.ctx.log.push("error", None, text);
+            }
+            _ => {
+                tracing::info!(label = label.unwrap_or(""), %text, "log");
+                self.ctx.log.push("log", label, text);
+            }
+        }
+    }
+
+    /// Turns a prompt part into playable items (TTS for text, the fallback for audio that
+    /// cannot be loaded).
+    fn load_part<'a>(
+        &'a mut self,
+        part: &'a PromptPart,
+        items: &'a mut Vec<PlayItem>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            match part {
+                PromptPart::Text(t) => {
+                    let t = t.trim();
+                    if t.is_empty() {
+                        return;
+                    }
+                    match self
+                        .ctx
+                        .prompts
+                        .load(&PromptSource::Tts(t.to_owned()), None)
+                        .await
+                    {
+                        Ok(item) => items.push(item),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "TTS failed");
+                            self.ctx
+                                .log
+                                .push("error", None, &format!("TTS failed: {e}"));
+                        }
+                    }
+                }
+                PromptPart::Audio { url, fallback } => {
+                    match self.ctx.prompts.load_url(url, None).await {
+                        Ok(item) => items.push(item),
+                        Err(e) => {
+                            tracing::info!(%url, error = %e, "audio unavailable: its fallback plays");
+                            self.ctx.log.push(
+                                "error",
+                                None,
+                                &format!("audio {url} unavailable: {e}"),
+                            );
+                            for f in fallback {
+                                self.load_part(f, items).await;
+                            }
+                        }
+                    }
+                }
+                PromptPart::Break { ms } => {
+                    let ms = (*ms).min(MAX_BREAK_MS) as u32;
+                    if ms > 0 {
+                        items.push(PlayItem::Silence { ms });
+                    }
+                }
+            }
+        })
+    }
+
+    /// Starts the next queued prompt list when nothing plays.
+    fn play_next(&mut self) {
+        if self.playing.is_some() {
+            return;
+        }
+        while let Some((list, bargein)) = self.queued.pop_front() {
+            let id = self.next_play;
+            self.next_play += 1;
+            match self.ctx.media.play(self.ctx.stream, id, list) {
+                Ok(()) => {
+                    self.playing = Some((id, bargein));
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "play failed"),
+            }
+        }
+        self.when_idle();
+    }
+
+    /// Nothing plays: a waiting listen starts its timer, a waiting recording starts.
+    fn when_idle(&mut self) {
+        if self.playing.is_some() || !self.queued.is_empty() {
+            return;
+        }
+        if self.owe_prompts_done {
+            self.owe_prompts_done = false;
+            self.send(Input::PromptsDone);
+        }
+        if self.transferring.is_some() {
+            // The BYE waits for the REFER's answer.
+            return;
+        }
+        if let Some((outcome, disconnect)) = self.ending.take() {
+            if disconnect {
+                self.hung_up();
+            }
+            self.finish(outcome);
+            return;
+        }
+        if let Some(params) = self.pending_record.take() {
+            match self.ctx.media.record(self.ctx.stream, params) {
+                Ok(()) => self.recording = true,
+                Err(e) => {
+                    tracing::info!(error = %e, "record failed");
+                    self.send(Input::RecordingDone {
+                        url: None,
+                        duration_ms: 0,
+                        termchar: None,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn on_media(&mut self, ev: MediaEventKind) {
+        if !self.media {
+            return;
+        }
+        match ev {
+            MediaEventKind::Dtmf { digit, .. } => {
+                if let Some((_, true)) = self.playing {
+                    // Barge-in: the key stops the prompts queued so far.
+                    self.queued.clear();
+                    let _ = self.ctx.media.stop_play(self.ctx.stream);
+                    self.ctx.log.push("fia", None, &format!("barge-in {digit}"));
+                }
+                self.send(Input::Dtmf(digit));
+            }
+            MediaEventKind::PlayDone { play, .. } => {
+                if self.playing.is_some_and(|(id, _)| id == play) {
+                    self.playing = None;
+                    self.play_next();
+                }
+            }
+            MediaEventKind::RecordDone(rec) => {
+                if self.recording {
+                    self.recording = false;
+                    self.recorded(rec).await;
+                }
+            }
+            MediaEventKind::RtpTimeout => {}
+        }
+    }
+
+    async fn recorded(&mut self, rec: Recording) {
+        let duration_ms = rec.samples.len() as u64 / 8;
+        let termchar = match rec.end {
+            RecordEnd::Dtmf(c) => Some(c),
+            _ => None,
+        };
+        if !rec.heard_speech {
+            self.send(Input::RecordingDone {
+                url: None,
+                duration_ms,
+                termchar,
+            });
+            return;
+        }
+        self.recordings += 1;
+        let path = self
+            .ctx
+            .recordings_dir
+            .join(recording_file(&self.ctx.call_id, self.recordings));
+        let wav = switchboard_media::audio::write_wav(&rec.samples, 8000);
+        let url = match save(&path, &wav).await {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), duration_ms, "recording saved");
+                Some(format!("file://{}", path.display()))
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot save the recording");
+                None
+            }
+        };
+        self.send(Input::RecordingDone {
+            url,
+            duration_ms,
+            termchar,
+        });
+    }
+}
+
+/// The `event` label of `vxml_errors_total`: the platform's error events (VoiceXML 2.0 §5.2.6)
+/// by name, cut to four components (`error.badfetch.http.404`,
+/// `error.unsupported.transfer.bridge`); events an application makes up are all
+/// `error.application`, so that no application can grow the label set without bound.
+fn error_label(name: &str) -> String {
+    const PLATFORM: [&str; 6] = [
+        "error.badfetch",
+        "error.semantic",
+        "error.noauthorization",
+        "error.noresource",
+        "error.unsupported",
+        "error.connection",
+    ];
+    let known = PLATFORM
+        .iter()
+        .any(|p| name == *p || name.strip_prefix(p).is_some_and(|r| r.starts_with('.')));
+    if !known {
+        return "error.application".to_owned();
+    }
+    name.split('.')
+        .take(4)
+        .map(|c| {
+            c.chars()
+                .filter(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-'))
+                .take(24)
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+async fn save(path: &PathBuf, wav: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    tokio::fs::write(path, wav).await
+}
+
+/// `vxml-<call-id>-<n>.wav`, the call id made safe for a file name.
+fn recording_file(call_id: &str, n: u32) -> String {
+    format!("vxml-{}-{n}.wav", super::role::safe_file_stem(call_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_labels_are_bounded() {
+        assert_eq!(
+            error_label("error.badfetch.http.404"),
+            "error.badfetch.http.404"
+        );
+        assert_eq!(error_label("error.semantic"), "error.semantic");
+        assert_eq!(
+            error_label("error.unsupported.transfer.bridge.extra"),
+            "error.unsupported.transfer.bridge"
+        );
+        assert_eq!(error_label("error.myapp.x1"), "error.application");
+        assert_eq!(error_label("error.semanticx"), "error.application");
+        assert_eq!(
+            error_label("error.badfetch.http.4\"04"),
+            "error.badfetch.http.404"
+        );
+    }
+
+    #[test]
+    fn recording_files_are_safe_names() {
+        assert_eq!(recording_file("a/b@c", 2), "vxml-a_b_c-2.wav");
+    }
+}

@@ -1,0 +1,861 @@
+//! The VoiceXML browser of the media server (RFC 5552), end to end: `switchboard run --roles
+//! mcp` on port 0, SIPp as the caller (signalling, and the DTMF pcaps of the `sip-tester`
+//! package), and a small HTTP server of the test on a random loopback port serving the
+//! application and recording every request it gets.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use switchboard_testkit::{free_udp_port, require_program, Sipp, SippOutcome, Switchboard};
+
+const PCAPS: &str = "/usr/share/sip-tester";
+const PCMA_TE: (&str, &str) = (
+    "8 101",
+    "a=rtpmap:8 PCMA/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-16",
+);
+
+/// A request the application server got.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    /// Path and query.
+    target: String,
+    body: String,
+    at: Instant,
+}
+
+/// What the application server answers for a path (without the query): status, extra
+/// headers, body.
+type Page = (u16, Vec<(String, String)>, Vec<u8>);
+type Handler = dyn Fn(&Seen) -> Page + Send + Sync;
+
+/// A minimal HTTP/1.1 server on 127.0.0.1 (one thread per connection, `Connection: close`).
+struct AppServer {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl AppServer {
+    fn start(handler: Arc<Handler>) -> AppServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let handler = handler.clone();
+                let log = log.clone();
+                thread::spawn(move || serve(conn, &*handler, &log));
+            }
+        });
+        AppServer { addr, seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    /// The requests whose target starts with `prefix`.
+    fn requests(&self, prefix: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.target.starts_with(prefix))
+            .collect()
+    }
+}
+
+fn serve(conn: TcpStream, handler: &Handler, log: &Mutex<Vec<Seen>>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(match conn.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_owned();
+    let target = parts.next().unwrap_or("").to_owned();
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" || h == "\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    let _ = reader.read_exact(&mut body);
+    let seen = Seen {
+        method,
+        target,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        at: Instant::now(),
+    };
+    log.lock().expect("lock").push(seen.clone());
+    let (status, headers, body) = handler(&seen);
+    let mut out = format!(
+        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut conn = conn;
+    let _ = conn.write_all(out.as_bytes());
+    let _ = conn.write_all(&body);
+}
+
+fn vxml(body: &str) -> Vec<u8> {
+    format!("<?xml version=\"1.0\"?>\n<vxml version=\"2.1\" xmlns=\"http://www.w3.org/2001/vxml\">{body}</vxml>")
+        .into_bytes()
+}
+
+fn page(body: Vec<u8>, cache: Option<&str>) -> Page {
+    let mut headers = vec![(
+        "Content-Type".to_owned(),
+        "application/voicexml+xml".to_owned(),
+    )];
+    if let Some(c) = cache {
+        headers.push(("Cache-Control".to_owned(), c.to_owned()));
+    }
+    (200, headers, body)
+}
+
+/// `ms` of a sine at `freq` Hz as an 8 kHz WAV.
+fn tone_wav(freq: f64, ms: usize) -> Vec<u8> {
+    let n = ms * 8;
+    let s: Vec<i16> = (0..n)
+        .map(|i| (8000.0 * (2.0 * std::f64::consts::PI * freq * i as f64 / 8000.0).sin()) as i16)
+        .collect();
+    switchboard_media::audio::write_wav(&s, 8000)
+}
+
+struct Mcp {
+    sb: Switchboard,
+    _dir: tempfile::TempDir,
+}
+
+impl Mcp {
+    fn addr(&self) -> SocketAddr {
+        self.sb
+            .addr("mcp_udp")
+            .expect("mcp_udp in the listening line")
+    }
+
+    fn json(&self, path: &str) -> (u16, serde_json::Value, Option<String>) {
+        let r = self.sb.get(path).expect("GET");
+        let ct = r.header("content-type").map(str::to_owned);
+        (
+            r.status,
+            serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null),
+            ct,
+        )
+    }
+
+    /// The ended calls of a VoiceXML URL, waiting up to 5 s for `n` of them.
+    fn ended(&self, url: &str, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, calls, _) = self.json("/v1/mcp/calls");
+            let found: Vec<_> = calls["ended"]
+                .as_array()
+                .map(|a| a.iter().filter(|c| c["voicexml"] == url).cloned().collect())
+                .unwrap_or_default();
+            if found.len() >= n || Instant::now() > deadline {
+                return found;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The dialog log of a call.
+    fn log(&self, call_id: &str) -> serde_json::Value {
+        let (status, body, _) = self.json(&format!("/v1/mcp/sessions/{call_id}/log"));
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    fn metric(&self, name_and_labels: &str) -> f64 {
+        let page = self.sb.get("/metrics").expect("metrics").body;
+        page.lines()
+            .filter(|l| l.starts_with(name_and_labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+fn mcp() -> Option<Mcp> {
+    if !require_program("sipp") {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "data_dir = {:?}\n[mcp]\nfallback_prompt = \"tone:440/300\"\n",
+        dir.path().display().to_string()
+    );
+    let sb = Switchboard::builder()
+        .config(&config)
+        .roles(&["mcp"])
+        .log("info,switchboard_services=debug")
+        .spawn()
+        .expect("switchboard starts");
+    Some(Mcp { sb, _dir: dir })
+}
+
+fn scenario(during: &str, bye_checks: &str, ruri: &str) -> String {
+    // The variables the checks assign (SIPp wants each referenced).
+    let all = format!("{during}{bye_checks}");
+    let vars: Vec<&str> = all
+        .split("assign_to=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .collect();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/mcp_dialog.xml");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("{{RURI}}", ruri)
+        .replace("{{SDP_PORT}}", "[media_port]")
+        .replace("{{PTS}}", PCMA_TE.0)
+        .replace("{{RTPMAPS}}", PCMA_TE.1)
+        .replace("{{DURING}}", during)
+        .replace("{{BYE_CHECKS}}", bye_checks)
+        .replace("{{VARS}}", &vars.join(","))
+}
+
+/// `calls` calls from SIPp to `sip:dialog@mcp;voicexml=<url>` (%-escaped), doing `during`
+/// after the ACK, then waiting for mcp's BYE and checking it with `bye_checks`.
+fn dialog_calls(m: &Mcp, url: &str, calls: u32, during: &str, bye_checks: &str) -> SippOutcome {
+    run_dialog_at(m.addr(), url, calls, during, bye_checks)
+}
+
+/// [`dialog_calls`] to the media server at `mcp`.
+fn run_dialog_at(
+    mcp: SocketAddr,
+    url: &str,
+    calls: u32,
+    during: &str,
+    bye_checks: &str,
+) -> SippOutcome {
+    let escaped = url
+        .replace('%', "%25")
+        .replace(';', "%3B")
+        .replace('?', "%3F");
+    let ruri = format!("dialog@{mcp};voicexml={escaped}");
+    let sip_port = free_udp_port().expect("free port");
+    let media_port = free_udp_port().expect("free port");
+    Sipp::scenario(&scenario(during, bye_checks, &ruri))
+        .remote(mcp)
+        .calls(calls)
+        .arg("-p")
+        .arg(&sip_port.to_string())
+        .arg("-mp")
+        .arg(&media_port.to_string())
+        .timeout(Duration::from_secs(30))
+        .run()
+        .expect("sipp runs")
+}
+
+fn pause(ms: u64) -> String {
+    format!("  <pause milliseconds=\"{ms}\"/>\n")
+}
+
+fn play_pcap(digit: &str) -> String {
+    let path = Path::new(PCAPS).join(format!("dtmf_2833_{digit}.pcap"));
+    assert!(
+        path.exists(),
+        "{} is missing although sipp is installed (package sip-tester ships it)",
+        path.display()
+    );
+    format!(
+        "  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>\n",
+        path.display()
+    )
+}
+
+/// An ereg on the BYE that fails the call unless it matches.
+fn bye_must_match(search_in: &str, header: Option<&str>, regexp: &str, var: &str) -> String {
+    let header = header
+        .map(|h| format!(" header=\"{h}\""))
+        .unwrap_or_default();
+    format!(
+        "      <ereg regexp=\"{regexp}\" search_in=\"{search_in}\"{header} check_it=\"true\" assign_to=\"{var}\"/>\n"
+    )
+}
+
+/// The menu application: `menu.vxml` (cacheable for 60 s) plays `menu.wav` (3 s, barged in)
+/// and collects two
+/// digits, submits them to `next.vxml`, which plays `next.wav` and exits with them.
+fn menu_app() -> AppServer {
+    let menu = vxml(
+        "<form id='main'><field name='choice' type='digits?length=2'>\
+           <prompt><audio src='menu.wav'/></prompt>\
+           <filled><log label='menu' expr=\"'chose ' + choice\"/>\
+             <submit next='next.vxml' namelist='choice' method='get'/></filled>\
+           <noinput><log>no input</log><reprompt/></noinput>\
+         </field></form>",
+    );
+    let menu_wav = tone_wav(440.0, 3000);
+    let next_wav = tone_wav(1000.0, 1200);
+    AppServer::start(Arc::new(move |req: &Seen| {
+        let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+        let params: HashMap<&str, &str> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        match path {
+            "/menu.vxml" => page(menu.clone(), Some("max-age=60")),
+            "/next.vxml" => {
+                let choice: String = params
+                    .get("choice")
+                    .unwrap_or(&"")
+                    .chars()
+                    .filter(char::is_ascii_digit)
+                    .collect();
+                page(
+                    vxml(&format!(
+                        "<form><var name='result' expr=\"'{choice}'\"/><var name='via' expr=\"'menu'\"/>\
+                         <block><prompt><audio src='next.wav'/></prompt><exit namelist='result via'/></block></form>"
+                    )),
+                    None,
+                )
+            }
+            "/menu.wav" => (200, vec![], menu_wav.clone()),
+            "/next.wav" => (200, vec![], next_wav.clone()),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }))
+}
+
+#[test]
+fn menu_collects_dtmf_submits_it_plays_the_next_page_and_reports_the_exit_in_the_bye() {
+    let Some(m) = mcp() else { return };
+    let app = menu_app();
+    let url = app.url("/menu.vxml");
+    let during = pause(300) + &play_pcap("1") + &pause(500) + &play_pcap("2") + &pause(200);
+    // RFC 5552: the namelist comes back in mcp's BYE as multipart/form-data.
+    let checks = bye_must_match(
+        "hdr",
+        Some("Content-Type:"),
+        "multipart/form-data; boundary=",
+        "ct",
+    ) + &bye_must_match(
+        "body",
+        None,
+        "form-data; name=.result.[[:space:]]+12[[:space:]]",
+        "result",
+    ) + &bye_must_match(
+        "body",
+        None,
+        "form-data; name=.via.[[:space:]]+menu[[:space:]]",
+        "via",
+    );
+    let started = Instant::now();
+    let out = dialog_calls(&m, &url, 2, &during, &checks);
+    let ended = started.elapsed();
+    assert!(
+        out.success(),
+        "both calls end with mcp's BYE carrying the exit namelist:\n{}\n--- switchboard ---\n{}",
+        out.report(),
+        m.sb.logs()
+    );
+
+    // The application server saw each call submit the digits, and the next page and its
+    // prompt were fetched for each.
+    let submits = app.requests("/next.vxml");
+    assert_eq!(submits.len(), 2, "{:?}", app.seen());
+    for s in &submits {
+        assert_eq!(s.method, "GET");
+        assert!(s.body.is_empty(), "{s:?}");
+        assert_eq!(s.target, "/next.vxml?choice=12", "{s:?}");
+    }
+    // The BYE follows the next page's 1.2 s prompt.
+    let last_submit = submits.iter().map(|s| s.at).max().expect("a submit");
+    assert!(
+        started + ended >= last_submit + Duration::from_millis(1100),
+        "the BYE came {:?} after the last submit, before the next prompt could play",
+        (started + ended).saturating_duration_since(last_submit)
+    );
+    // The menu page is cacheable (max-age=60): fetched once for both calls.
+    assert_eq!(app.requests("/menu.vxml").len(), 1, "{:?}", app.seen());
+    assert!(m.metric("vxml_documents_fetched_total{cache=\"hit\"}") >= 1.0);
+    assert!(m.metric("vxml_documents_fetched_total{cache=\"miss\"}") >= 3.0);
+
+    // The per-call log: the <log>, the FIA's steps, the outcome.
+    let calls = m.ended(&url, 2);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    for c in &calls {
+        assert_eq!(c["digits"], "12", "{c}");
+        let log = m.log(c["call_id"].as_str().expect("call id"));
+        let entries = log["entries"].as_array().expect("entries");
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["kind"] == "log" && e["label"] == "menu" && e["text"] == "chose 12"),
+            "{log}"
+        );
+        assert!(
+            entries.iter().any(|e| e["kind"] == "fia"
+                && e["text"].as_str().is_some_and(|t| t.contains("next.vxml"))),
+            "{log}"
+        );
+        // The first key stopped the 3 s menu prompt.
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["kind"] == "fia" && e["text"] == "barge-in 1"),
+            "{log}"
+        );
+        assert_eq!(log["outcome"]["end"], "exit", "{log}");
+        assert_eq!(log["outcome"]["values"]["result"], "12", "{log}");
+        assert_eq!(log["active"], false);
+    }
+    // An unknown call: 404 as problem+json.
+    let (status, body, ct) = m.json("/v1/mcp/sessions/no-such-call/log");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(ct.as_deref(), Some("application/problem+json"));
+    assert_eq!(m.metric("vxml_sessions_active"), 0.0);
+}
+
+#[test]
+fn broken_pages_end_their_own_call_while_another_call_completes() {
+    let Some(m) = mcp() else { return };
+    let long_wav = tone_wav(700.0, 3500);
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.as_str() {
+        "/broken.vxml" => page(b"<vxml version='2.1'><form><block>hi</form></vxml>".to_vec(), None),
+        "/loop.vxml" => page(
+            vxml("<form><block><script>while (true) {}</script><exit expr=\"'unreachable'\"/></block></form>"),
+            None,
+        ),
+        "/good.vxml" => page(
+            vxml("<form><block><prompt><audio src='long.wav'/></prompt><exit expr=\"'good'\"/></block></form>"),
+            None,
+        ),
+        "/long.wav" => (200, vec![], long_wav.clone()),
+        _ => (404, vec![], b"not found".to_vec()),
+    }
+    }));
+    let error_bye = bye_must_match("hdr", Some("Reason:"), "dialog error", "reason");
+    let good_bye = bye_must_match(
+        "body",
+        None,
+        "form-data; name=.expr.[[:space:]]+good[[:space:]]",
+        "result",
+    );
+    let good_url = app.url("/good.vxml");
+    let good_started = Instant::now();
+    let good_thread = {
+        let url = good_url.clone();
+        let checks = good_bye.clone();
+        let addr = m.addr();
+        thread::spawn(move || run_dialog_at(addr, &url, 1, &pause(100), &checks))
+    };
+    thread::sleep(Duration::from_millis(300));
+    let mut bad = Vec::new();
+    for path in ["/missing.vxml", "/broken.vxml", "/loop.vxml"] {
+        let url = app.url(path);
+        let checks = error_bye.clone();
+        let addr = m.addr();
+        bad.push((
+            path,
+            thread::spawn(move || run_dialog_at(addr, &url, 1, "", &checks)),
+        ));
+    }
+    for (path, t) in bad {
+        let out = t.join().expect("sipp thread");
+        assert!(
+            out.success(),
+            "{path}: mcp ends the call with BYE (Reason: dialog error):\n{}\n--- switchboard ---\n{}",
+            out.report(),
+            m.sb.logs()
+        );
+    }
+    let out = good_thread.join().expect("sipp thread");
+    assert!(
+        out.success(),
+        "the good call completes with its result:\n{}\n--- switchboard ---\n{}",
+        out.report(),
+        m.sb.logs()
+    );
+    assert!(
+        good_started.elapsed() >= Duration::from_millis(3400),
+        "the good call's prompt played to its end"
+    );
+
+    // Each failure is in its call's log, with the event thrown.
+    let expect = [
+        ("/missing.vxml", "error.badfetch.http.404"),
+        ("/broken.vxml", "error.badfetch"),
+        ("/loop.vxml", "error.semantic"),
+    ];
+    for (path, event) in expect {
+        let calls = m.ended(&app.url(path), 1);
+        assert_eq!(calls.len(), 1, "{path}: {calls:?}");
+        let log = m.log(calls[0]["call_id"].as_str().expect("call id"));
+        assert_eq!(log["outcome"]["end"], "error", "{path}: {log}");
+        assert!(
+            log["entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .any(|e| e["kind"] == "event"
+                    && e["text"].as_str().is_some_and(|t| t.starts_with(event))),
+            "{path}: {log}"
+        );
+    }
+    let good_calls = m.ended(&good_url, 1);
+    let log = m.log(good_calls[0]["call_id"].as_str().expect("call id"));
+    assert_eq!(log["outcome"]["values"], "good", "{log}");
+    assert!(m.metric("vxml_errors_total{event=\"error.badfetch.http.404\"}") >= 1.0);
+    assert!(m.metric("vxml_errors_total{event=\"error.semantic\"}") >= 1.0);
+    // mcp is still healthy.
+    assert_eq!(m.sb.get("/healthz").expect("healthz").status, 200);
+}
+
+#[test]
+fn disconnect_reports_its_namelist_in_the_bye_and_the_hangup_handler_still_runs() {
+    let Some(m) = mcp() else { return };
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/bye.vxml" => page(
+                vxml(
+                    "<form><var name='reason' expr=\"'done here'\"/>\
+                     <catch event='connection.disconnect.hangup'>\
+                       <submit next='after.vxml' namelist='reason' method='post'/></catch>\
+                     <block><disconnect namelist='reason'/></block></form>",
+                ),
+                None,
+            ),
+            "/after.vxml" => page(vxml("<form><block><exit/></block></form>"), None),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/bye.vxml");
+    let checks = bye_must_match("hdr", Some("Reason:"), "dialog disconnect", "why")
+        + &bye_must_match(
+            "body",
+            None,
+            "form-data; name=.reason.[[:space:]]+done here[[:space:]]",
+            "reason",
+        );
+    let out = dialog_calls(&m, &url, 1, "", &checks);
+    assert!(
+        out.success(),
+        "mcp's BYE carries the disconnect namelist:\n{}\n--- switchboard ---\n{}",
+        out.report(),
+        m.sb.logs()
+    );
+    // After the BYE the application's hangup handler ran and posted to the server.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.requests("/after.vxml").is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let after = app.requests("/after.vxml");
+    assert_eq!(after.len(), 1, "{:?}", app.seen());
+    assert_eq!(after[0].method, "POST");
+    assert_eq!(after[0].body, "reason=done+here");
+    let calls = m.ended(&url, 1);
+    let log = m.log(calls[0]["call_id"].as_str().expect("call id"));
+    assert_eq!(log["outcome"]["end"], "disconnect", "{log}");
+    assert_eq!(log["outcome"]["values"]["reason"], "done here", "{log}");
+}
+
+#[test]
+fn a_caller_hanging_up_mid_menu_runs_the_applications_hangup_handler() {
+    let Some(m) = mcp() else { return };
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/wait.vxml" => page(
+                vxml(
+                    "<form><field name='pin' type='digits'><property name='timeout' value='30s'/>\
+                       <prompt><break time='200ms'/></prompt></field>\
+                     <catch event='connection.disconnect.hangup'>\
+                       <submit next='gone.vxml' namelist='pin' method='get'/></catch></form>",
+                ),
+                None,
+            ),
+            "/gone.vxml" => page(vxml("<form><block><exit/></block></form>"), None),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/wait.vxml");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/mcp_call.xml");
+    let xml = std::fs::read_to_string(&path)
+        .expect("scenario")
+        .replace("{{RURI}}", &format!("dialog@{};voicexml={url}", m.addr()))
+        .replace("{{SDP_PORT}}", "[media_port]")
+        .replace("{{PTS}}", PCMA_TE.0)
+        .replace("{{RTPMAPS}}", PCMA_TE.1)
+        .replace("{{DURING}}", &(play_pcap("7") + &pause(800)));
+    let out = Sipp::scenario(&xml)
+        .remote(m.addr())
+        .arg("-p")
+        .arg(&free_udp_port().expect("port").to_string())
+        .arg("-mp")
+        .arg(&free_udp_port().expect("port").to_string())
+        .timeout(Duration::from_secs(20))
+        .run()
+        .expect("sipp runs");
+    assert!(out.success(), "{}", out.report());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.requests("/gone.vxml").is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The field had heard "7" but not its end; the handler submits what it has (nothing).
+    let gone = app.requests("/gone.vxml");
+    assert_eq!(
+        gone.len(),
+        1,
+        "the hangup handler's submit: {:?}",
+        app.seen()
+    );
+    let calls = m.ended(&url, 1);
+    assert_eq!(calls[0]["digits"], "7", "{}", calls[0]);
+    let log = m.log(calls[0]["call_id"].as_str().expect("call id"));
+    assert!(
+        log["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["kind"] == "event" && e["text"] == "connection.disconnect.hangup"),
+        "{log}"
+    );
+    assert_eq!(m.metric("vxml_sessions_active"), 0.0);
+}
+
+/// SIPp's side of a REFER: check its Refer-To, answer `status`.
+fn answer_refer(status: &str) -> String {
+    format!(
+        r#"  <recv request="REFER">
+    <action>
+      <ereg regexp="Refer-To: &lt;sip:agent@example.com&gt;" search_in="msg" check_it="true" assign_to="rt"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+SIP/2.0 {status}
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:caller@[local_ip]:[local_port]>
+Content-Length: 0
+
+]]></send>
+"#
+    )
+}
+
+#[test]
+fn blind_transfer_is_a_refer_then_the_bye() {
+    let Some(m) = mcp() else { return };
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/transfer.vxml" => page(
+                vxml(
+                    "<form><transfer name='t' dest='sip:agent@example.com' bridge='false'/>\
+                     <catch event='connection.disconnect.transfer'>\
+                       <var name='how' expr=\"'transferred'\"/><exit namelist='how'/></catch></form>",
+                ),
+                None,
+            ),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/transfer.vxml");
+    for (n, (status, logged)) in [
+        ("202 Accepted", "transfer accepted (202)"),
+        ("403 Forbidden", "transfer refused (403)"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let checks = bye_must_match("hdr", Some("Reason:"), "dialog exit", "why")
+            + &bye_must_match(
+                "body",
+                None,
+                "form-data; name=.how.[[:space:]]+transferred[[:space:]]",
+                "how",
+            );
+        let out = dialog_calls(&m, &url, 1, &answer_refer(status), &checks);
+        assert!(
+            out.success(),
+            "{status}: REFER to the target, then BYE with the exit namelist:\n{}\n--- switchboard ---\n{}",
+            out.report(),
+            m.sb.logs()
+        );
+        let calls = m.ended(&url, n + 1);
+        assert_eq!(calls.len(), n + 1, "{calls:?}");
+        let call = calls.last().expect("a call");
+        let log = m.log(call["call_id"].as_str().expect("call id"));
+        assert!(
+            log["entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .any(|e| e["text"] == logged),
+            "{status}: {log}"
+        );
+        assert_eq!(log["outcome"]["values"]["how"], "transferred", "{log}");
+    }
+    assert!(m.metric("vxml_transfers_total{result=\"accepted\"}") >= 1.0);
+    assert!(m.metric("vxml_transfers_total{result=\"refused\"}") >= 1.0);
+}
+
+#[test]
+fn record_saves_the_callers_audio_and_session_variables_come_from_the_invite() {
+    let Some(m) = mcp() else { return };
+    let pcap = Path::new(PCAPS).join("g711a.pcap");
+    assert!(pcap.exists(), "{} is missing", pcap.display());
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/record.vxml" => page(
+                vxml(
+                    "<form><record name='msg' maxtime='3s' finalsilence='5s' dtmfterm='false'/>\
+                     <block><var name='file' expr='msg'/><var name='ms' expr='msg$.duration'/>\
+                       <var name='aai' expr='session.connection.aai'/>\
+                       <var name='ani' expr='session.telephone.ani'/>\
+                       <var name='proto' expr=\"session.connection.protocol.name + '/' + session.connection.protocol.version\"/>\
+                       <var name='callid' expr=\"session.connection.protocol.sip.headers['call-id']\"/>\
+                       <exit namelist='file ms aai ani proto callid'/></block></form>",
+                ),
+                None,
+            ),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = format!("{};aai=case-42", app.url("/record.vxml"));
+    let checks = bye_must_match(
+        "body",
+        None,
+        "name=.file.[[:space:]]+file://[^[:space:]]+vxml-[^[:space:]]+-1\\.wav[[:space:]]",
+        "file",
+    ) + &bye_must_match(
+        "body",
+        None,
+        "name=.aai.[[:space:]]+case-42[[:space:]]",
+        "aai",
+    ) + &bye_must_match(
+        "body",
+        None,
+        "name=.ani.[[:space:]]+caller[[:space:]]",
+        "ani",
+    ) + &bye_must_match(
+        "body",
+        None,
+        "name=.proto.[[:space:]]+sip/2.0[[:space:]]",
+        "proto",
+    ) + &bye_must_match(
+        "body",
+        None,
+        "name=.callid.[[:space:]]+[0-9]+-[0-9]+@",
+        "callid",
+    );
+    let out = {
+        // The voicexml URL and aai are two Request-URI parameters: the ';' is not escaped.
+        let ruri = format!("dialog@{};voicexml={url}", m.addr());
+        let sip_port = free_udp_port().expect("free port");
+        let media_port = free_udp_port().expect("free port");
+        Sipp::scenario(&scenario(
+            &format!(
+                "  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>\n",
+                pcap.display()
+            ),
+            &checks,
+            &ruri,
+        ))
+        .remote(m.addr())
+        .arg("-p")
+        .arg(&sip_port.to_string())
+        .arg("-mp")
+        .arg(&media_port.to_string())
+        .timeout(Duration::from_secs(20))
+        .run()
+        .expect("sipp runs")
+    };
+    assert!(
+        out.success(),
+        "the recording's file and the session variables come back in the BYE:\n{}\n--- switchboard ---\n{}",
+        out.report(),
+        m.sb.logs()
+    );
+    let calls = m.ended(&app.url("/record.vxml"), 1);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let log = m.log(calls[0]["call_id"].as_str().expect("call id"));
+    let values = &log["outcome"]["values"];
+    let file = values["file"]
+        .as_str()
+        .expect("file")
+        .trim_start_matches("file://");
+    let wav = std::fs::read(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let ms: f64 = values["ms"].as_f64().expect("duration");
+    // maxtime 3 s of 8 kHz 16-bit audio.
+    assert!((2900.0..=3100.0).contains(&ms), "{values}");
+    assert!(wav.len() > 40_000, "{} bytes", wav.len());
+}
+
+#[test]
+fn the_request_uri_can_post_the_first_fetch_and_bypass_the_cache() {
+    let Some(m) = mcp() else { return };
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/start.vxml" => page(
+                vxml("<form><block><exit expr=\"'ok'\"/></block></form>"),
+                Some("max-age=600"),
+            ),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let checks = bye_must_match("body", None, "name=.expr.[[:space:]]+ok[[:space:]]", "r");
+    let run = |params: &str| {
+        let ruri = format!(
+            "dialog@{};voicexml={}{params}",
+            m.addr(),
+            app.url("/start.vxml")
+        );
+        Sipp::scenario(&scenario("", &checks, &ruri))
+            .remote(m.addr())
+            .arg("-p")
+            .arg(&free_udp_port().expect("port").to_string())
+            .arg("-mp")
+            .arg(&free_udp_port().expect("port").to_string())
+            .timeout(Duration::from_secs(20))
+            .run()
+            .expect("sipp runs")
+    };
+    // RFC 5552 method=post with a postbody.
+    let out = run(";method=post;postbody=case%3D42%26lang%3Den");
+    assert!(out.success(), "{}", out.report());
+    let seen = app.requests("/start.vxml");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].body, "case=42&lang=en");
+    // GET twice: the second from the cache (max-age=600), then maxage=0 fetches again.
+    for params in ["", "", ";maxage=0"] {
+        let out = run(params);
+        assert!(out.success(), "{params}: {}", out.report());
+    }
+    let gets: Vec<_> = app
+        .requests("/start.vxml")
+        .into_iter()
+        .filter(|s| s.method == "GET")
+        .collect();
+    assert_eq!(gets.len(), 2, "{:?}", app.seen());
+}
