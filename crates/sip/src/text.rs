@@ -4,6 +4,10 @@
 
 /// `token` characters (RFC 3261 §25.1).
 pub fn is_token_char(c: u8) -> bool {
+    TOKEN[c as usize]
+}
+
+const fn token_char(c: u8) -> bool {
     c.is_ascii_alphanumeric()
         || matches!(
             c,
@@ -18,7 +22,11 @@ pub fn is_lws(c: u8) -> bool {
 /// Characters of a generic parameter value that is not quoted: token, host (IPv4, names, IPv6
 /// references with or without brackets) and the URI punctuation that shows up in the wild.
 pub fn is_param_value_char(c: u8) -> bool {
-    is_token_char(c)
+    PARAM_VALUE[c as usize]
+}
+
+const fn param_value_char(c: u8) -> bool {
+    token_char(c)
         || matches!(
             c,
             b':' | b'['
@@ -36,6 +44,23 @@ pub fn is_param_value_char(c: u8) -> bool {
         )
         || c >= 0x80
 }
+
+/// Byte classes as tables: parameters are scanned a byte at a time in every Via, URI and
+/// name-addr of every message, and a load beats a chain of comparisons.
+macro_rules! byte_table {
+    ($class:ident) => {{
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = $class(i as u8);
+            i += 1;
+        }
+        t
+    }};
+}
+
+static TOKEN: [bool; 256] = byte_table!(token_char);
+static PARAM_VALUE: [bool; 256] = byte_table!(param_value_char);
 
 /// A forward-only reader over one header value.
 #[derive(Clone, Copy)]

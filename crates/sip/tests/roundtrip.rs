@@ -81,10 +81,16 @@ fn parts() -> impl Strategy<Value = Parts> {
                 call_id,
                 cseq,
                 max_forwards,
+                // One header per name (case-insensitive, as SIP compares them): the check
+                // below looks a value up by its name.
                 extra: extra
                     .into_iter()
-                    .map(|(n, v)| (n, v.trim().to_string()))
-                    .collect(),
+                    .fold(Vec::<(String, String)>::new(), |mut acc, (n, v)| {
+                        if !acc.iter().any(|(m, _)| m.eq_ignore_ascii_case(&n)) {
+                            acc.push((n, v.trim().to_string()));
+                        }
+                        acc
+                    }),
                 body,
                 compact,
             },
