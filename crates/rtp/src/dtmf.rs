@@ -124,7 +124,10 @@ pub struct DtmfDetector {
     /// Leakage of column c into the second-harmonic filter of row r.
     row_h_leak: [[f32; 4]; 4],
     min_power: f32,
-    ring: [f32; WINDOW],
+    /// The last `WINDOW` samples, each written twice (at `i` and `i + WINDOW`) so that the
+    /// window, oldest first, is always the contiguous `ring[pos..pos + WINDOW]`: the filters
+    /// then run over a plain slice, which the compiler vectorises.
+    ring: [f32; 2 * WINDOW],
     pos: usize,
     since: usize,
     total: u64,
@@ -159,7 +162,7 @@ impl DtmfDetector {
             col_h_coeff: COLS.map(|f| coeff(2.0 * f)),
             row_h_leak,
             min_power: amp * amp / 2.0,
-            ring: [0.0; WINDOW],
+            ring: [0.0; 2 * WINDOW],
             pos: 0,
             since: 0,
             total: 0,
@@ -180,6 +183,7 @@ impl DtmfDetector {
     pub fn process(&mut self, samples: &[i16], mut on_digit: impl FnMut(DtmfDetection)) {
         for &s in samples {
             self.ring[self.pos] = s as f32;
+            self.ring[self.pos + WINDOW] = s as f32;
             self.pos = if self.pos + 1 == WINDOW {
                 0
             } else {
@@ -210,9 +214,18 @@ impl DtmfDetector {
         out
     }
 
-    /// All eight DTMF filters in one pass (independent recurrences pipeline well), plus the
-    /// mean power of the window.
-    fn bank(&self) -> ([f32; 8], f32) {
+    /// The analysis window, oldest sample first.
+    fn window(&self) -> &[f32] {
+        &self.ring[self.pos..self.pos + WINDOW]
+    }
+
+    /// The mean power of the window.
+    fn power(&self) -> f32 {
+        self.window().iter().map(|x| x * x).sum::<f32>() / WINDOW as f32
+    }
+
+    /// All eight DTMF filters in one pass (independent recurrences pipeline well).
+    fn bank(&self) -> [f32; 8] {
         let coeffs = [
             self.row_coeff[0],
             self.row_coeff[1],
@@ -225,10 +238,7 @@ impl DtmfDetector {
         ];
         let mut s1 = [0f32; 8];
         let mut s2 = [0f32; 8];
-        let mut energy = 0f32;
-        let (a, b) = self.ring.split_at(self.pos);
-        for &x in b.iter().chain(a.iter()) {
-            energy += x * x;
+        for &x in self.window() {
             for k in 0..8 {
                 let s0 = x + coeffs[k] * s1[k] - s2[k];
                 s2[k] = s1[k];
@@ -240,13 +250,12 @@ impl DtmfDetector {
         for k in 0..8 {
             out[k] = (s1[k] * s1[k] + s2[k] * s2[k] - coeffs[k] * s1[k] * s2[k]) * scale;
         }
-        (out, energy / WINDOW as f32)
+        out
     }
 
     fn goertzel(&self, c: f32) -> f32 {
         let (mut s1, mut s2) = (0f32, 0f32);
-        let (a, b) = self.ring.split_at(self.pos);
-        for &x in b.iter().chain(a.iter()) {
+        for &x in self.window() {
             let s0 = x + c * s1 - s2;
             s2 = s1;
             s1 = s0;
@@ -258,11 +267,13 @@ impl DtmfDetector {
 
     fn analyse(&mut self) -> Result<char, Reject> {
         let cfg = &self.cfg;
-        let (bank, energy) = self.bank();
+        // Silence and quiet speech, most windows of a call, cost one pass of squares.
+        let energy = self.power();
         if energy < self.min_power {
             self.last_pair = None;
             return Err(Reject::Quiet);
         }
+        let bank = self.bank();
         let rows = [bank[0], bank[1], bank[2], bank[3]];
         let cols = [bank[4], bank[5], bank[6], bank[7]];
         let argmax = |v: &[f32; 4]| (0..4).fold(0, |best, i| if v[i] > v[best] { i } else { best });
