@@ -457,8 +457,11 @@ impl Call {
                 });
                 self.when_idle();
             }
-            Command::Transfer { bridge, dest, .. } => match (&self.ctx.transfer, bridge) {
-                (Some(transfer), false) if self.media => {
+            Command::Transfer { kind, dest, .. } => match (
+                &self.ctx.transfer,
+                kind == switchboard_vxml::TransferKind::Blind,
+            ) {
+                (Some(transfer), true) if self.media => {
                     // The caller leaves the application: no more prompts or input.
                     let _ = self.ctx.media.stop_play(self.ctx.stream);
                     self.ctx.log.push("fia", None, &format!("transfer {dest}"));
@@ -467,7 +470,7 @@ impl Call {
                 }
                 _ => {
                     // Not reached for bridges: the interpreter knows they are not done here.
-                    let kind = if bridge { "bridge" } else { "blind" };
+                    let kind = kind.as_str();
                     self.send(Input::TransferResult {
                         status: format!("error.unsupported.transfer.{kind}"),
                         duration_ms: 0,
