@@ -42,6 +42,9 @@ pub enum Service {
     Conference(String),
     Record(RecordOptions),
     Dialog { voicexml: String },
+    /// Not asked for by a Request-URI: a call mcp places itself (the far leg of a VoiceXML
+    /// bridge or consultation transfer), which runs no service of its own.
+    Outgoing,
 }
 
 impl Service {
@@ -52,6 +55,7 @@ impl Service {
             Service::Conference(_) => "conf",
             Service::Record(_) => "record",
             Service::Dialog { .. } => "dialog",
+            Service::Outgoing => "outgoing",
         }
     }
 }
