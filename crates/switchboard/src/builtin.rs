@@ -117,7 +117,8 @@ async fn start_mcp(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
             config = std::sync::Arc::new(c);
         }
     }
-    let mcp = switchboard_services::mcp::role::start(config, ctx.drain.clone(), Some(runner)).await?;
+    let mcp =
+        switchboard_services::mcp::role::start(config, ctx.drain.clone(), Some(runner)).await?;
     ctx.add_routes(mcp.router);
     let mut handle = RoleHandle::from_task(mcp.task);
     if let Some(a) = mcp.udp {

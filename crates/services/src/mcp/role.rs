@@ -281,10 +281,15 @@ impl Glue {
                 session_vars,
             } => self.start_service(session, stream, service, call_id, caller, session_vars),
             McpOutput::Leg { leg, event } => {
-                let last = matches!(event, LegEvent::Failed { .. } | LegEvent::Ended { .. });
+                let last = matches!(
+                    event,
+                    LegEvent::Failed { .. } | LegEvent::Ended { .. } | LegEvent::BadDestination
+                );
                 let delivered = {
                     let mut legs = self.legs();
-                    let delivered = legs.get(&leg).is_some_and(|tx| tx.send(event.clone()).is_ok());
+                    let delivered = legs
+                        .get(&leg)
+                        .is_some_and(|tx| tx.send(event.clone()).is_ok());
                     if last || !delivered {
                         legs.remove(&leg);
                     }

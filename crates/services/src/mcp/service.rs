@@ -41,7 +41,9 @@ pub enum Service {
     Announcement(Announcement),
     Conference(String),
     Record(RecordOptions),
-    Dialog { voicexml: String },
+    Dialog {
+        voicexml: String,
+    },
     /// Not asked for by a Request-URI: a call mcp places itself (the far leg of a VoiceXML
     /// bridge or consultation transfer), which runs no service of its own.
     Outgoing,

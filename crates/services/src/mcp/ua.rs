@@ -60,6 +60,9 @@ pub enum LegEvent {
     Failed { status: u16 },
     /// The call ended after the answer: by the far end's BYE, or by us.
     Ended { by_far_end: bool },
+    /// Nothing was sent: the destination is no `sip:` URI with an IP host or `tel:`
+    /// number, or a `tel:` number has no gateway to go to.
+    BadDestination,
 }
 
 /// Why an outgoing call cannot be placed to a destination.
@@ -330,7 +333,6 @@ fn sdp_body(msg: &Message) -> Result<Option<SessionDescription>, String> {
         .map_err(|e| format!("bad SDP: {e}"))
 }
 
-
 /// `remote-target?Replaces=call-id;to-tag=REMOTE;from-tag=LOCAL`, %-escaped as a URI header
 /// (RFC 3891 §3, RFC 3261 §19.1.1), or `None` when the remote target cannot carry it.
 fn replaces_target(d: &Dialog) -> Option<String> {
@@ -350,7 +352,12 @@ fn replaces_target(d: &Dialog) -> Option<String> {
     let escaped: String = value
         .bytes()
         .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')') {
+            if b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+                )
+            {
                 (b as char).to_string()
             } else {
                 format!("%{b:02X}")
@@ -1201,7 +1208,6 @@ impl McpUa {
         }
     }
 
-
     // ---- outgoing calls (the far leg of bridge and consultation transfers) ----
 
     fn dial(
@@ -1228,8 +1234,11 @@ impl McpUa {
                 tracing::info!(leg, dest, error = ?e, "cannot place the outgoing call");
                 metrics::counter!("mcp_outgoing_calls_total", "result" => "bad_destination")
                     .increment(1);
-                // 404 for a destination that is no SIP/tel URI, 503 for no route to a number.
-                return fail(self, if e == DialError::NoGateway { 503 } else { 404 });
+                self.outputs.push_back(McpOutput::Leg {
+                    leg,
+                    event: LegEvent::BadDestination,
+                });
+                return;
             }
         };
         if self.local_addr(peer.transport).is_none() {
@@ -1503,11 +1512,11 @@ impl McpUa {
             return self.hangup(id, "cancelled", now);
         }
         let setup = match sdp_body(&resp) {
-            Ok(Some(answer)) => s
-                .oa
-                .as_mut()
-                .and_then(|oa| oa.handle_answer(&answer).ok())
-                .and_then(|n| setup_of(&n)),
+            Ok(Some(answer)) => {
+                s.oa.as_mut()
+                    .and_then(|oa| oa.handle_answer(&answer).ok())
+                    .and_then(|n| setup_of(&n))
+            }
             _ => None,
         };
         let (Some(setup), Some(stream)) = (setup, s.stream) else {
@@ -1535,7 +1544,11 @@ impl McpUa {
         let Some(did) = DialogId::of_response(msg) else {
             return;
         };
-        let Some(s) = self.by_dialog.get(&did).and_then(|id| self.sessions.get(id)) else {
+        let Some(s) = self
+            .by_dialog
+            .get(&did)
+            .and_then(|id| self.sessions.get(id))
+        else {
             return;
         };
         if let Some((b, p)) = s.leg.as_ref().and_then(|l| l.last_ack.clone()) {
@@ -1623,7 +1636,10 @@ impl McpUa {
                 self.leg_invites.retain(|_, v| *v != id);
                 self.leg_failed(id, 408);
             } else {
-                tracing::info!(session = id, "outgoing call not answered in time: cancelling");
+                tracing::info!(
+                    session = id,
+                    "outgoing call not answered in time: cancelling"
+                );
                 self.cancel_leg(id, Some(408), now);
             }
         }
@@ -1926,6 +1942,8 @@ mod tests {
 
     const US: &str = "127.0.0.1:5080";
     const PHONE: &str = "127.0.0.1:5062";
+    const GATEWAY: &str = "127.0.0.1:5090";
+    const AGENT: &str = "127.0.0.1:5070";
 
     fn ua(dialog_runner: bool) -> McpUa {
         McpUa::new(
@@ -1935,6 +1953,7 @@ mod tests {
                 rtp_ip: "127.0.0.1".parse().unwrap(),
                 timers: Timers::default(),
                 dialog_runner,
+                transfer_gateway: Some(GATEWAY.parse().unwrap()),
             },
             7,
         )
@@ -2406,6 +2425,394 @@ mod tests {
         assert_eq!(sent(&mut ua)[0].status(), Some(503));
     }
 
+    // ---- outgoing calls ----
+
+    #[test]
+    fn dial_targets() {
+        let gw: SocketAddr = GATEWAY.parse().unwrap();
+        assert_eq!(
+            dial_target("sip:agent@127.0.0.1:5070", None).unwrap(),
+            (
+                "sip:agent@127.0.0.1:5070".to_owned(),
+                Peer::udp(AGENT.parse().unwrap())
+            )
+        );
+        assert_eq!(
+            dial_target("tel:+1-800-555-1212", Some(gw)).unwrap(),
+            (format!("sip:+18005551212@{gw}"), Peer::udp(gw))
+        );
+        assert_eq!(
+            dial_target("tel:+18005551212", None),
+            Err(DialError::NoGateway)
+        );
+        for bad in [
+            "",
+            "tel:",
+            "tel:+1x",
+            "mailto:a@b",
+            "sip:agent@example.com",
+            "sip:a@1.2.3.4\r\nX: y",
+            "sip:a@<1.2.3.4>",
+        ] {
+            assert!(
+                matches!(
+                    dial_target(bad, Some(gw)),
+                    Err(DialError::BadDestination(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// A message from the far end of an outgoing call, answering `invite`.
+    fn far_response(invite: &Message, code: u16, sdp: Option<&str>) -> Message {
+        let mut b = response_to(invite, code, Some("far1"));
+        if code < 300 && code > 100 {
+            b = b.header("Contact", format_args!("<sip:agent@{AGENT}>"));
+        }
+        let bytes = match sdp {
+            Some(sdp) => b.body("application/sdp", sdp.as_bytes()),
+            None => b.finish(),
+        };
+        Message::parse(bytes).unwrap()
+    }
+
+    const FAR_SDP: &str = "v=0\r\no=- 5 5 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7100 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+    /// Dials leg 9 from the call on `near`; returns the INVITE sent and the leg's stream.
+    fn dialed(ua: &mut McpUa, near: StreamId, dest: &str, now: Instant) -> (Message, StreamId) {
+        ua.handle_command(
+            McpCommand::Dial {
+                leg: 9,
+                dest: dest.into(),
+                caller: format!("sip:alice@{PHONE}"),
+                affinity: near.0 & 0xff,
+                ring_timeout: Duration::from_secs(5),
+                aai: Some("case=1".into()),
+            },
+            now,
+        );
+        let out = outputs(ua);
+        let [McpOutput::Allocate {
+            session,
+            affinity: Some(a),
+            setup,
+        }] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*a, near.0 & 0xff);
+        assert_eq!(setup.remote, None);
+        let stream = StreamId(1024);
+        ua.handle_command(
+            McpCommand::Allocated {
+                session: *session,
+                result: Ok((stream, "127.0.0.1:20010".parse().unwrap())),
+            },
+            now,
+        );
+        let msgs = sent(ua);
+        let inv = msgs
+            .into_iter()
+            .find(|m| m.method() == Some(&Method::Invite))
+            .expect("INVITE");
+        (inv, stream)
+    }
+
+    #[test]
+    fn an_outgoing_call_rings_is_answered_bridged_and_ended_by_the_far_end() {
+        let mut ua = ua(true);
+        let now = Instant::now();
+        let (_, near) = answered(&mut ua, "dialog@mcp;voicexml=http://x/a.vxml", now);
+        outputs(&mut ua);
+        sent(&mut ua);
+        let (inv, stream) = dialed(&mut ua, near, &format!("sip:agent@{AGENT}"), now);
+        assert_eq!(
+            inv.request_uri().unwrap().to_string(),
+            format!("sip:agent@{AGENT}")
+        );
+        let text = String::from_utf8_lossy(inv.as_bytes()).to_string();
+        assert!(
+            text.contains(&format!("From: <sip:alice@{PHONE}>;tag=")),
+            "{text}"
+        );
+        assert!(
+            text.contains("User-to-User: 636173653d31;encoding=hex"),
+            "{text}"
+        );
+        let body = std::str::from_utf8(inv.body()).unwrap();
+        assert!(
+            body.contains("m=audio 20010 RTP/AVP 0 8 9 96 101"),
+            "{body}"
+        );
+
+        ua.handle_message(
+            far_response(&inv, 180, None),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        assert_eq!(
+            outputs(&mut ua),
+            vec![McpOutput::Leg {
+                leg: 9,
+                event: LegEvent::Ringing
+            }]
+        );
+        ua.handle_message(
+            far_response(&inv, 200, Some(FAR_SDP)),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        let acks: Vec<_> = sent(&mut ua)
+            .into_iter()
+            .filter(|m| m.method() == Some(&Method::Ack))
+            .collect();
+        assert_eq!(acks.len(), 1);
+        assert_eq!(
+            acks[0].request_uri().unwrap().to_string(),
+            format!("sip:agent@{AGENT}")
+        );
+        let out = outputs(&mut ua);
+        let [McpOutput::Update { stream: s, setup }, McpOutput::Leg {
+            leg: 9,
+            event: LegEvent::Answered { stream: s2 },
+        }] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!((*s, *s2), (stream, stream));
+        assert_eq!(setup.remote, Some("127.0.0.1:7100".parse().unwrap()));
+        assert_eq!(setup.codec, MediaCodec::PCMU);
+
+        // The far end hangs up: 200, the leg ends, its stream is released.
+        let bye = format!(
+            "BYE sip:mcp@{US} SIP/2.0\r\nVia: SIP/2.0/UDP {AGENT};branch=z9hG4bK-farbye\r\nFrom: <sip:agent@{AGENT}>;tag=far1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            inv.get(HeaderName::From).unwrap(),
+            inv.call_id().unwrap()
+        );
+        ua.handle_message(
+            Message::parse(Bytes::from(bye)).unwrap(),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        assert_eq!(sent(&mut ua)[0].status(), Some(200));
+        let out = outputs(&mut ua);
+        assert!(
+            out.contains(&McpOutput::Leg {
+                leg: 9,
+                event: LegEvent::Ended { by_far_end: true }
+            }),
+            "{out:?}"
+        );
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, McpOutput::Release { stream: Some(s), .. } if *s == stream)),
+            "{out:?}"
+        );
+        // The caller's call goes on.
+        assert_eq!(ua.session_count(), 1);
+    }
+
+    #[test]
+    fn a_busy_far_end_fails_the_leg_with_its_status() {
+        let mut ua = ua(true);
+        let now = Instant::now();
+        let (inv, stream) = dialed(&mut ua, StreamId(256), "tel:+18005551212", now);
+        assert_eq!(
+            inv.request_uri().unwrap().to_string(),
+            format!("sip:+18005551212@{GATEWAY}")
+        );
+        ua.handle_message(
+            far_response(&inv, 486, None),
+            Peer::udp(GATEWAY.parse().unwrap()),
+            now,
+        );
+        let out = outputs(&mut ua);
+        assert!(out.contains(&McpOutput::Leg {
+            leg: 9,
+            event: LegEvent::Failed { status: 486 }
+        }));
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, McpOutput::Release { stream: Some(s), .. } if *s == stream)));
+        assert!(
+            sent(&mut ua)
+                .iter()
+                .any(|m| m.method() == Some(&Method::Ack)),
+            "the 486 is ACKed"
+        );
+        assert_eq!(ua.session_count(), 0);
+    }
+
+    #[test]
+    fn an_unanswered_leg_is_cancelled_at_its_ring_timeout_as_no_answer() {
+        let mut ua = ua(true);
+        let now = Instant::now();
+        let (inv, _) = dialed(&mut ua, StreamId(256), &format!("sip:agent@{AGENT}"), now);
+        ua.handle_message(
+            far_response(&inv, 180, None),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        outputs(&mut ua);
+        let later = now + Duration::from_secs(5);
+        assert!(ua.poll_timeout().is_some_and(|t| t <= later));
+        ua.handle_timeout(later);
+        let cancel = sent(&mut ua);
+        assert!(
+            cancel.iter().any(|m| m.method() == Some(&Method::Cancel)),
+            "{cancel:?}"
+        );
+        ua.handle_message(
+            far_response(&inv, 487, None),
+            Peer::udp(AGENT.parse().unwrap()),
+            later,
+        );
+        assert!(outputs(&mut ua).contains(&McpOutput::Leg {
+            leg: 9,
+            event: LegEvent::Failed { status: 408 }
+        }));
+        assert_eq!(switchboard_vxml::transfer_failure(408), "noanswer");
+    }
+
+    #[test]
+    fn hanging_up_an_answered_leg_sends_bye_and_a_bad_destination_sends_nothing() {
+        let mut ua = ua(true);
+        let now = Instant::now();
+        let (inv, _) = dialed(&mut ua, StreamId(256), &format!("sip:agent@{AGENT}"), now);
+        ua.handle_message(
+            far_response(&inv, 200, Some(FAR_SDP)),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        sent(&mut ua);
+        outputs(&mut ua);
+        ua.handle_command(McpCommand::HangupLeg { leg: 9 }, now);
+        let bye = sent(&mut ua);
+        assert!(
+            bye.iter().any(|m| m.method() == Some(&Method::Bye)),
+            "{bye:?}"
+        );
+        assert!(outputs(&mut ua).contains(&McpOutput::Leg {
+            leg: 9,
+            event: LegEvent::Ended { by_far_end: false }
+        }));
+
+        ua.handle_command(
+            McpCommand::Dial {
+                leg: 10,
+                dest: "sip:agent@example.com".into(),
+                caller: String::new(),
+                affinity: 0,
+                ring_timeout: Duration::from_secs(5),
+                aai: None,
+            },
+            now,
+        );
+        assert_eq!(
+            outputs(&mut ua),
+            vec![McpOutput::Leg {
+                leg: 10,
+                event: LegEvent::BadDestination
+            }]
+        );
+        assert!(sent(&mut ua).is_empty());
+    }
+
+    #[test]
+    fn hanging_up_before_any_answer_cancels_after_the_first_provisional() {
+        let mut ua = ua(true);
+        let now = Instant::now();
+        let (inv, _) = dialed(&mut ua, StreamId(256), &format!("sip:agent@{AGENT}"), now);
+        ua.handle_command(McpCommand::HangupLeg { leg: 9 }, now);
+        assert!(
+            !sent(&mut ua)
+                .iter()
+                .any(|m| m.method() == Some(&Method::Cancel)),
+            "no CANCEL before a provisional response"
+        );
+        ua.handle_message(
+            far_response(&inv, 180, None),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        assert!(sent(&mut ua)
+            .iter()
+            .any(|m| m.method() == Some(&Method::Cancel)));
+        assert!(!outputs(&mut ua).contains(&McpOutput::Leg {
+            leg: 9,
+            event: LegEvent::Ringing
+        }));
+        // A 2xx that crossed the CANCEL: ACK and BYE, reported as a failure.
+        ua.handle_message(
+            far_response(&inv, 200, Some(FAR_SDP)),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        let msgs = sent(&mut ua);
+        assert!(
+            msgs.iter().any(|m| m.method() == Some(&Method::Ack)),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.method() == Some(&Method::Bye)),
+            "{msgs:?}"
+        );
+        assert!(outputs(&mut ua).contains(&McpOutput::Leg {
+            leg: 9,
+            event: LegEvent::Failed { status: 487 }
+        }));
+    }
+
+    #[test]
+    fn consultation_refers_the_caller_to_the_far_end_with_replaces() {
+        let mut ua = ua(true);
+        let now = Instant::now();
+        let (to, near) = answered(&mut ua, "dialog@mcp;voicexml=http://x/a.vxml", now);
+        ua.handle_message(request("ACK", &to, 1, "z9hG4bK-ack1"), phone(), now);
+        outputs(&mut ua);
+        sent(&mut ua);
+        let (inv, _) = dialed(&mut ua, near, &format!("sip:agent@{AGENT}"), now);
+        ua.handle_message(
+            far_response(&inv, 200, Some(FAR_SDP)),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        sent(&mut ua);
+        outputs(&mut ua);
+        ua.handle_command(
+            McpCommand::ReferToLeg {
+                stream: near,
+                leg: 9,
+            },
+            now,
+        );
+        let refer = sent(&mut ua)
+            .into_iter()
+            .find(|m| m.method() == Some(&Method::Refer))
+            .expect("REFER");
+        let from_tag = inv.from().unwrap().tag().unwrap().to_owned();
+        let text = String::from_utf8_lossy(refer.as_bytes()).to_string();
+        let expected = format!(
+            "Refer-To: <sip:agent@{AGENT}?Replaces={}%3Bto-tag%3Dfar1%3Bfrom-tag%3D{from_tag}>",
+            inv.call_id().unwrap().replace('@', "%40")
+        );
+        assert!(text.contains(&expected), "{text}");
+        // The REFER goes to the caller, in its dialog.
+        assert_eq!(refer.call_id().unwrap(), "c1");
+        ua.handle_command(
+            McpCommand::ReferToLeg {
+                stream: near,
+                leg: 77,
+            },
+            now,
+        );
+        assert!(outputs(&mut ua).contains(&McpOutput::ReferResult {
+            stream: near,
+            status: 481
+        }));
+    }
+
     /// Bad input never takes the core down: mutated INVITE/ACK/BYE/CANCEL/re-INVITE bytes,
     /// interleaved with stream allocations, hangups and timer runs, in a fixed pseudo-random
     /// order. Nothing may panic, and every session ends once the timers have run out.
@@ -2474,14 +2881,31 @@ mod tests {
                     };
                     ua.handle_command(McpCommand::Allocated { session, result }, now);
                 }
-                8 => ua.handle_command(
-                    McpCommand::Hangup {
-                        stream: StreamId((rnd() % (streams + 1)) << 8),
-                        reason: "test".into(),
-                        body: None,
-                    },
-                    now,
-                ),
+                8 => {
+                    let cmd = match rnd() % 5 {
+                        0 => McpCommand::Dial {
+                            leg: rnd() % 6,
+                            dest: ["sip:a@127.0.0.1:5070", "tel:+1555", "tel:", "sip:x@host"]
+                                [(rnd() % 4) as usize]
+                                .into(),
+                            caller: "sip:alice@127.0.0.1".into(),
+                            affinity: rnd() % 4,
+                            ring_timeout: Duration::from_millis(rnd() % 4000),
+                            aai: None,
+                        },
+                        1 => McpCommand::HangupLeg { leg: rnd() % 6 },
+                        2 => McpCommand::ReferToLeg {
+                            stream: StreamId((rnd() % (streams + 1)) << 8),
+                            leg: rnd() % 6,
+                        },
+                        _ => McpCommand::Hangup {
+                            stream: StreamId((rnd() % (streams + 1)) << 8),
+                            reason: "test".into(),
+                            body: None,
+                        },
+                    };
+                    ua.handle_command(cmd, now)
+                }
                 _ => {
                     now += Duration::from_millis(rnd() % 3000);
                     ua.handle_timeout(now);
