@@ -859,3 +859,242 @@ fn the_request_uri_can_post_the_first_fetch_and_bypass_the_cache() {
         .collect();
     assert_eq!(gets.len(), 2, "{:?}", app.seen());
 }
+
+/// The far end of a transfer, played by SIPp on `port`: takes the INVITE (which must carry
+/// mcp's offer and the caller as From), then `answer` (SIPp XML).
+fn transfer_target(answer: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="transfer target">
+  <recv request="INVITE">
+    <action>
+      <ereg regexp="m=audio [0-9]+ RTP/AVP 0 8 9 96 101" search_in="body" check_it="true" assign_to="offer"/>
+      <ereg regexp="sip:caller@" search_in="hdr" header="From:" check_it="true" assign_to="caller"/>
+      <ereg regexp=".*" search_in="hdr" header="From:" assign_to="remote"/>
+      <ereg regexp="sip:[^&gt;]*" search_in="hdr" header="Contact:" assign_to="contact"/>
+    </action>
+  </recv>
+{answer}
+  <Reference variables="offer,caller,remote,contact"/>
+</scenario>
+"#
+    )
+}
+
+/// Rings 500 ms, answers with its audio going to `rtp_port`, stays `stay_ms`, hangs up.
+fn answers_then_hangs_up(rtp_port: u16, stay_ms: u64) -> String {
+    format!(
+        r#"  <send><![CDATA[
+SIP/2.0 180 Ringing
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:agent@[local_ip]:[local_port]>
+Content-Length: 0
+
+]]></send>
+  <pause milliseconds="500"/>
+  <send retrans="500"><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:agent@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=agent 1 1 IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio {rtp_port} RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+
+]]></send>
+  <recv request="ACK"/>
+  <pause milliseconds="{stay_ms}"/>
+  <send retrans="500"><![CDATA[
+BYE [$contact] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:agent@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
+To:[$remote]
+Call-ID: [call_id]
+CSeq: 1 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+"#
+    )
+}
+
+const BUSY: &str = r#"  <send retrans="500"><![CDATA[
+SIP/2.0 486 Busy Here
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+  <recv request="ACK"/>
+"#;
+
+/// Counts the RTP packets arriving on a socket, and those whose PCMU payload is not silence
+/// (a segment above 2, i.e. louder than about -50 dBm0), until `stop`.
+fn rtp_sink() -> (u16, Arc<Mutex<(usize, usize)>>, Arc<std::sync::atomic::AtomicBool>) {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = sock.local_addr().expect("addr").port();
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
+    let counts = Arc::new(Mutex::new((0usize, 0usize)));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (c, s) = (counts.clone(), stop.clone());
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok(n) = sock.recv(&mut buf) else { continue };
+            if n < 12 || buf[0] >> 6 != 2 {
+                continue;
+            }
+            let cc = usize::from(buf[0] & 0x0f);
+            let payload = &buf[(12 + 4 * cc).min(n)..n];
+            // PCMU: the segment is bits 4-6 of the inverted byte.
+            let loud = payload.iter().filter(|&&b| ((!b) >> 4) & 7 > 2).count();
+            let mut g = c.lock().expect("lock");
+            g.0 += 1;
+            if buf[1] & 0x7f == 0 && loud * 4 > payload.len() {
+                g.1 += 1;
+            }
+        }
+    });
+    (port, counts, stop)
+}
+
+fn transfer_app(target: SocketAddr) -> AppServer {
+    AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/bridge.vxml" => page(
+                vxml(&format!(
+                    "<form><transfer name='t' dest='sip:agent@{target}' bridge='true' \
+                       connecttimeout='10s' transferaudio='tone:ringback'/>\
+                     <block><var name='how' expr='t'/><var name='secs' expr='t$.duration'/>\
+                       <exit namelist='how secs'/></block></form>"
+                )),
+                None,
+            ),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }))
+}
+
+#[test]
+fn bridge_transfer_connects_the_caller_to_the_far_end_until_it_hangs_up() {
+    let Some(m) = mcp() else { return };
+    let pcap = Path::new(PCAPS).join("g711a.pcap");
+    assert!(pcap.exists(), "{} is missing", pcap.display());
+    let (rtp_port, counts, stop) = rtp_sink();
+    let agent_port = free_udp_port().expect("free port");
+    let agent_addr: SocketAddr = format!("127.0.0.1:{agent_port}").parse().expect("addr");
+    let agent_xml = transfer_target(&answers_then_hangs_up(rtp_port, 1500));
+    let agent = thread::spawn(move || {
+        Sipp::scenario(&agent_xml)
+            .arg("-p")
+            .arg(&agent_port.to_string())
+            .timeout(Duration::from_secs(30))
+            .run()
+            .expect("sipp runs")
+    });
+    thread::sleep(Duration::from_millis(400));
+    let app = transfer_app(agent_addr);
+    let url = app.url("/bridge.vxml");
+    let during = format!(
+        "  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>\n",
+        pcap.display()
+    );
+    let checks = bye_must_match(
+        "body",
+        None,
+        "name=.how.[[:space:]]+far_end_disconnect[[:space:]]",
+        "how",
+    ) + &bye_must_match("body", None, "name=.secs.[[:space:]]+[12][[:space:]]", "secs");
+    let out = dialog_calls(&m, &url, 1, &during, &checks);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let agent = agent.join().expect("agent thread");
+    assert!(
+        agent.success(),
+        "the far end got the INVITE with mcp's offer and the caller as From, was ACKed and its BYE answered:\n{}\n--- switchboard ---\n{}",
+        agent.report(),
+        m.sb.logs()
+    );
+    assert!(
+        out.success(),
+        "the caller's BYE says far_end_disconnect after 1-2 s:\n{}\n--- switchboard ---\n{}",
+        out.report(),
+        m.sb.logs()
+    );
+    let (packets, loud) = *counts.lock().expect("lock");
+    eprintln!("far end: {packets} RTP packets, {loud} with the caller's audio");
+    // 1.5 s bridged: about 75 packets; the caller's speech in at least some of them.
+    assert!(packets >= 40, "{packets} RTP packets reached the far end");
+    assert!(
+        loud >= 10,
+        "{loud} of {packets} packets carried the caller's audio"
+    );
+    let calls = m.ended(&url, 1);
+    let log = m.log(calls[0]["call_id"].as_str().expect("call id"));
+    let texts: Vec<&str> = log["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    for step in ["transfer ringing", "transfer answered"] {
+        assert!(texts.contains(&step), "{step}: {log}");
+    }
+    assert!(
+        m.metric("vxml_transfers_total{kind=\"bridge\",result=\"far_end_disconnect\"}") >= 1.0
+    );
+    assert_eq!(m.metric("mcp_sessions"), 0.0, "both calls are gone");
+}
+
+#[test]
+fn bridge_transfer_to_a_busy_far_end_says_busy() {
+    let Some(m) = mcp() else { return };
+    let agent_port = free_udp_port().expect("free port");
+    let agent_addr: SocketAddr = format!("127.0.0.1:{agent_port}").parse().expect("addr");
+    let agent_xml = transfer_target(BUSY);
+    let agent = thread::spawn(move || {
+        Sipp::scenario(&agent_xml)
+            .arg("-p")
+            .arg(&agent_port.to_string())
+            .timeout(Duration::from_secs(30))
+            .run()
+            .expect("sipp runs")
+    });
+    thread::sleep(Duration::from_millis(400));
+    let app = transfer_app(agent_addr);
+    let url = app.url("/bridge.vxml");
+    let checks = bye_must_match(
+        "body",
+        None,
+        "name=.how.[[:space:]]+busy[[:space:]]",
+        "how",
+    ) + &bye_must_match("body", None, "name=.secs.[[:space:]]+0[[:space:]]", "secs");
+    let out = dialog_calls(&m, &url, 1, "", &checks);
+    let agent = agent.join().expect("agent thread");
+    assert!(agent.success(), "486 ACKed:\n{}", agent.report());
+    assert!(
+        out.success(),
+        "the caller's BYE says busy:\n{}\n--- switchboard ---\n{}",
+        out.report(),
+        m.sb.logs()
+    );
+    assert!(m.metric("vxml_transfers_total{kind=\"bridge\",result=\"busy\"}") >= 1.0);
+}
