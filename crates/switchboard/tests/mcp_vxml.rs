@@ -947,9 +947,12 @@ Content-Length: 0
   <recv request="ACK"/>
 "#;
 
+/// RTP packets received, and those carrying sound.
+type RtpCounts = Arc<Mutex<(usize, usize)>>;
+
 /// Counts the RTP packets arriving on a socket, and those whose PCMU payload is not silence
 /// (a segment above 2, i.e. louder than about -50 dBm0), until `stop`.
-fn rtp_sink() -> (u16, Arc<Mutex<(usize, usize)>>, Arc<std::sync::atomic::AtomicBool>) {
+fn rtp_sink() -> (u16, RtpCounts, Arc<std::sync::atomic::AtomicBool>) {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     let port = sock.local_addr().expect("addr").port();
     let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
@@ -1023,7 +1026,12 @@ fn bridge_transfer_connects_the_caller_to_the_far_end_until_it_hangs_up() {
         None,
         "name=.how.[[:space:]]+far_end_disconnect[[:space:]]",
         "how",
-    ) + &bye_must_match("body", None, "name=.secs.[[:space:]]+[12][[:space:]]", "secs");
+    ) + &bye_must_match(
+        "body",
+        None,
+        "name=.secs.[[:space:]]+[12][[:space:]]",
+        "secs",
+    );
     let out = dialog_calls(&m, &url, 1, &during, &checks);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let agent = agent.join().expect("agent thread");
@@ -1058,9 +1066,7 @@ fn bridge_transfer_connects_the_caller_to_the_far_end_until_it_hangs_up() {
     for step in ["transfer ringing", "transfer answered"] {
         assert!(texts.contains(&step), "{step}: {log}");
     }
-    assert!(
-        m.metric("vxml_transfers_total{kind=\"bridge\",result=\"far_end_disconnect\"}") >= 1.0
-    );
+    assert!(m.metric("vxml_transfers_total{kind=\"bridge\",result=\"far_end_disconnect\"}") >= 1.0);
     assert_eq!(m.metric("mcp_sessions"), 0.0, "both calls are gone");
 }
 
@@ -1081,12 +1087,8 @@ fn bridge_transfer_to_a_busy_far_end_says_busy() {
     thread::sleep(Duration::from_millis(400));
     let app = transfer_app(agent_addr);
     let url = app.url("/bridge.vxml");
-    let checks = bye_must_match(
-        "body",
-        None,
-        "name=.how.[[:space:]]+busy[[:space:]]",
-        "how",
-    ) + &bye_must_match("body", None, "name=.secs.[[:space:]]+0[[:space:]]", "secs");
+    let checks = bye_must_match("body", None, "name=.how.[[:space:]]+busy[[:space:]]", "how")
+        + &bye_must_match("body", None, "name=.secs.[[:space:]]+0[[:space:]]", "secs");
     let out = dialog_calls(&m, &url, 1, "", &checks);
     let agent = agent.join().expect("agent thread");
     assert!(agent.success(), "486 ACKed:\n{}", agent.report());
