@@ -1100,3 +1100,120 @@ fn bridge_transfer_to_a_busy_far_end_says_busy() {
     );
     assert!(m.metric("vxml_transfers_total{kind=\"bridge\",result=\"busy\"}") >= 1.0);
 }
+
+/// Answers at once (its audio going to a port nobody reads) and waits for mcp's BYE.
+const ANSWERS_AND_WAITS: &str = r#"  <send retrans="500"><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:agent@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=agent 1 1 IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio [media_port] RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+
+]]></send>
+  <recv request="ACK"/>
+  <recv request="BYE" timeout="15000"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+"#;
+
+#[test]
+fn a_caller_hanging_up_during_a_bridge_ends_the_far_call_and_leaves_the_item_unfilled() {
+    let Some(m) = mcp() else { return };
+    let agent_port = free_udp_port().expect("free port");
+    let agent_addr: SocketAddr = format!("127.0.0.1:{agent_port}").parse().expect("addr");
+    let agent_xml = transfer_target(ANSWERS_AND_WAITS);
+    let agent = thread::spawn(move || {
+        Sipp::scenario(&agent_xml)
+            .arg("-p")
+            .arg(&agent_port.to_string())
+            .arg("-mp")
+            .arg(&free_udp_port().expect("port").to_string())
+            .timeout(Duration::from_secs(30))
+            .run()
+            .expect("sipp runs")
+    });
+    thread::sleep(Duration::from_millis(400));
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/bridge.vxml" => page(
+                vxml(&format!(
+                    "<form><transfer name='t' dest='sip:agent@{agent_addr}' type='bridge'>\
+                       <filled><submit next='filled.vxml'/></filled></transfer>\
+                     <catch event='connection.disconnect.hangup'>\
+                       <var name='t_is' expr='typeof t'/>\
+                       <submit next='gone.vxml' namelist='t_is' method='get'/></catch></form>"
+                )),
+                None,
+            ),
+            "/gone.vxml" => page(vxml("<form><block><exit/></block></form>"), None),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/bridge.vxml");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/mcp_call.xml");
+    let xml = std::fs::read_to_string(&path)
+        .expect("scenario")
+        .replace("{{RURI}}", &format!("dialog@{};voicexml={url}", m.addr()))
+        .replace("{{SDP_PORT}}", "[media_port]")
+        .replace("{{PTS}}", PCMA_TE.0)
+        .replace("{{RTPMAPS}}", PCMA_TE.1)
+        .replace("{{DURING}}", &pause(1500));
+    let out = Sipp::scenario(&xml)
+        .remote(m.addr())
+        .arg("-p")
+        .arg(&free_udp_port().expect("port").to_string())
+        .arg("-mp")
+        .arg(&free_udp_port().expect("port").to_string())
+        .timeout(Duration::from_secs(20))
+        .run()
+        .expect("sipp runs");
+    assert!(out.success(), "{}", out.report());
+    let agent = agent.join().expect("agent thread");
+    assert!(
+        agent.success(),
+        "the far end gets mcp's BYE when the caller hangs up:\n{}\n--- switchboard ---\n{}",
+        agent.report(),
+        m.sb.logs()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.requests("/gone.vxml").is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let gone = app.requests("/gone.vxml");
+    assert_eq!(
+        gone.len(),
+        1,
+        "the hangup handler's submit: {:?}",
+        app.seen()
+    );
+    assert!(
+        gone[0].target.contains("t_is=undefined"),
+        "the transfer item stays unfilled: {}",
+        gone[0].target
+    );
+    assert!(app.requests("/filled.vxml").is_empty());
+    assert!(
+        m.metric("vxml_transfers_total{kind=\"bridge\",result=\"near_end_disconnect\"}") >= 1.0
+    );
+    assert_eq!(m.metric("mcp_sessions"), 0.0, "both calls are gone");
+}
