@@ -1217,3 +1217,82 @@ fn a_caller_hanging_up_during_a_bridge_ends_the_far_call_and_leaves_the_item_unf
     );
     assert_eq!(m.metric("mcp_sessions"), 0.0, "both calls are gone");
 }
+
+/// A bridge to a far end that answers and stays, ended by mcp: `transfer_attrs` and
+/// `grammar` go in the `<transfer>`, `during` is what the caller does, and the caller's BYE
+/// must match `checks`.
+fn bridge_ended_by_mcp(transfer_attrs: &str, grammar: &str, during: &str, checks: &str) {
+    let Some(m) = mcp() else { return };
+    let agent_port = free_udp_port().expect("free port");
+    let agent_addr: SocketAddr = format!("127.0.0.1:{agent_port}").parse().expect("addr");
+    let agent_xml = transfer_target(ANSWERS_AND_WAITS);
+    let agent = thread::spawn(move || {
+        Sipp::scenario(&agent_xml)
+            .arg("-p")
+            .arg(&agent_port.to_string())
+            .arg("-mp")
+            .arg(&free_udp_port().expect("port").to_string())
+            .timeout(Duration::from_secs(30))
+            .run()
+            .expect("sipp runs")
+    });
+    thread::sleep(Duration::from_millis(400));
+    let doc = vxml(&format!(
+        "<form><transfer name='t' dest='sip:agent@{agent_addr}' bridge='true' {transfer_attrs}>{grammar}</transfer>\
+         <block><var name='how' expr='t'/><var name='secs' expr='t$.duration'/>\
+           <var name='mode' expr='t$.inputmode'/><var name='keys' expr='t$.utterance'/>\
+           <exit namelist='how secs mode keys'/></block></form>"
+    ));
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/bridge.vxml" => page(doc.clone(), None),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/bridge.vxml");
+    let out = dialog_calls(&m, &url, 1, during, checks);
+    let agent = agent.join().expect("agent thread");
+    assert!(
+        agent.success(),
+        "the far end gets mcp's BYE:\n{}\n--- switchboard ---\n{}",
+        agent.report(),
+        m.sb.logs()
+    );
+    assert!(
+        out.success(),
+        "the caller's BYE has the result:\n{}\n--- switchboard ---\n{}",
+        out.report(),
+        m.sb.logs()
+    );
+    assert_eq!(m.metric("mcp_sessions"), 0.0, "both calls are gone");
+}
+
+#[test]
+fn bridge_transfer_ends_at_maxtime() {
+    let checks = bye_must_match(
+        "body",
+        None,
+        "name=.how.[[:space:]]+maxtime_disconnect[[:space:]]",
+        "how",
+    ) + &bye_must_match("body", None, "name=.secs.[[:space:]]+1[[:space:]]", "secs");
+    bridge_ended_by_mcp("maxtime='1500ms'", "", "", &checks);
+}
+
+#[test]
+fn a_key_matching_the_transfer_grammar_ends_the_bridge_as_near_end_disconnect() {
+    let grammar =
+        "<grammar mode='dtmf' version='1.0' root='r'><rule id='r'><item>5</item></rule></grammar>";
+    let during = pause(1500) + &play_pcap("5");
+    let checks = bye_must_match(
+        "body",
+        None,
+        "name=.how.[[:space:]]+near_end_disconnect[[:space:]]",
+        "how",
+    ) + &bye_must_match(
+        "body",
+        None,
+        "name=.mode.[[:space:]]+dtmf[[:space:]]",
+        "mode",
+    ) + &bye_must_match("body", None, "name=.keys.[[:space:]]+5[[:space:]]", "keys");
+    bridge_ended_by_mcp("maxtime='20s'", grammar, &during, &checks);
+}
