@@ -202,12 +202,17 @@ impl Mcp {
 }
 
 fn mcp() -> Option<Mcp> {
+    mcp_with("")
+}
+
+/// [`mcp`] with more `[mcp]` keys.
+fn mcp_with(mcp_keys: &str) -> Option<Mcp> {
     if !require_program("sipp") {
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let config = format!(
-        "data_dir = {:?}\n[mcp]\nfallback_prompt = \"tone:440/300\"\n",
+        "data_dir = {:?}\n[mcp]\nfallback_prompt = \"tone:440/300\"\n{mcp_keys}",
         dir.path().display().to_string()
     );
     let sb = Switchboard::builder()
@@ -863,6 +868,11 @@ fn the_request_uri_can_post_the_first_fetch_and_bypass_the_cache() {
 /// The far end of a transfer, played by SIPp on `port`: takes the INVITE (which must carry
 /// mcp's offer and the caller as From), then `answer` (SIPp XML).
 fn transfer_target(answer: &str) -> String {
+    transfer_target_checking("", answer)
+}
+
+/// [`transfer_target`] with more SIPp actions on the INVITE (`extra`).
+fn transfer_target_checking(extra: &str, answer: &str) -> String {
     format!(
         r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="transfer target">
@@ -872,7 +882,7 @@ fn transfer_target(answer: &str) -> String {
       <ereg regexp="sip:caller@" search_in="hdr" header="From:" check_it="true" assign_to="caller"/>
       <ereg regexp=".*" search_in="hdr" header="From:" assign_to="remote"/>
       <ereg regexp="sip:[^&gt;]*" search_in="hdr" header="Contact:" assign_to="contact"/>
-    </action>
+{extra}    </action>
   </recv>
 {answer}
   <Reference variables="offer,caller,remote,contact"/>
@@ -1295,4 +1305,68 @@ fn a_key_matching_the_transfer_grammar_ends_the_bridge_as_near_end_disconnect() 
         "mode",
     ) + &bye_must_match("body", None, "name=.keys.[[:space:]]+5[[:space:]]", "keys");
     bridge_ended_by_mcp("maxtime='20s'", grammar, &during, &checks);
+}
+
+#[test]
+fn a_tel_destination_goes_to_the_transfer_gateway_and_without_one_is_a_bad_destination() {
+    let agent_port = free_udp_port().expect("free port");
+    let Some(m) = mcp_with(&format!("transfer_gateway = \"127.0.0.1:{agent_port}\"\n")) else {
+        return;
+    };
+    let ruri = format!(
+        "      <ereg regexp=\"^INVITE sip:\\+15550100@127\\.0\\.0\\.1:{agent_port} SIP/2\\.0\" search_in=\"msg\" check_it=\"true\" assign_to=\"ruri\"/>\n"
+    );
+    let agent_xml = transfer_target_checking(&ruri, BUSY).replace(
+        "<Reference variables=\"offer,",
+        "<Reference variables=\"ruri,offer,",
+    );
+    let agent = thread::spawn(move || {
+        Sipp::scenario(&agent_xml)
+            .arg("-p")
+            .arg(&agent_port.to_string())
+            .timeout(Duration::from_secs(30))
+            .run()
+            .expect("sipp runs")
+    });
+    thread::sleep(Duration::from_millis(400));
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/tel.vxml" => page(
+                vxml(
+                    "<form><transfer name='t' dest='tel:+1-555-0100' type='bridge'/>\
+                     <block><var name='how' expr='t'/><exit namelist='how'/></block>\
+                     <catch event='error.connection.baddestination'>\
+                       <var name='how' expr='_event'/><exit namelist='how'/></catch></form>",
+                ),
+                None,
+            ),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/tel.vxml");
+    let busy = bye_must_match("body", None, "name=.how.[[:space:]]+busy[[:space:]]", "how");
+    let out = dialog_calls(&m, &url, 1, "", &busy);
+    let agent = agent.join().expect("agent thread");
+    assert!(
+        agent.success(),
+        "the gateway gets sip:+15550100@gateway:\n{}",
+        agent.report()
+    );
+    assert!(out.success(), "busy:\n{}\n{}", out.report(), m.sb.logs());
+
+    // `run --roles mcp` without the key and without a SIP edge: no route to a number.
+    let Some(m) = mcp() else { return };
+    let bad = bye_must_match(
+        "body",
+        None,
+        "name=.how.[[:space:]]+error\\.connection\\.baddestination[[:space:]]",
+        "how",
+    );
+    let out = dialog_calls(&m, &url, 1, "", &bad);
+    assert!(
+        out.success(),
+        "baddestination:\n{}\n{}",
+        out.report(),
+        m.sb.logs()
+    );
 }
