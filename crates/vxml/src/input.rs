@@ -453,9 +453,9 @@ impl Interpreter {
             // event is thrown in the transfer item (VoiceXML 2.0 §2.3.7.2.3).
             return self.throw(&status, "");
         }
-        if status == "near_party_disconnect" || status == "caller_hangup" {
+        if status == "near_party_disconnect" {
             // The caller hung up during the bridge: the item stays unfilled (VoiceXML 2.0
-            // §2.3.7.2.2); the host may say so with a status or with `Input::Hangup`.
+            // §2.3.7.2.2); the host may say so with this status or with `Input::Hangup`.
             return self.on_hangup();
         }
         if status == "transferred" && t.kind == TransferKind::Consultation {

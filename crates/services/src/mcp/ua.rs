@@ -6,6 +6,10 @@
 //! starts ([`McpOutput::Start`]) and ends ([`McpOutput::Release`]). The async glue in
 //! [`super::role`] turns those into media-engine calls.
 //!
+//! It also places calls itself ([`McpCommand::Dial`]): the far leg of a VoiceXML bridge or
+//! consultation transfer, an INVITE with our offer on a stream that shares the caller's media
+//! worker, cancelled at its ring timeout, reported as [`McpOutput::Leg`] events.
+//!
 //! A 2xx to an INVITE is retransmitted by this core (RFC 3261 §13.3.1.4: the transaction layer
 //! stops at the 2xx) until its ACK arrives; without an ACK after 64*T1 the call is hung up.
 
