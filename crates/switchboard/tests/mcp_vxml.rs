@@ -1370,3 +1370,82 @@ fn a_tel_destination_goes_to_the_transfer_gateway_and_without_one_is_a_bad_desti
         m.sb.logs()
     );
 }
+
+#[test]
+fn consultation_transfer_refers_the_caller_to_the_answered_far_end_with_replaces() {
+    let Some(m) = mcp() else { return };
+    let agent_port = free_udp_port().expect("free port");
+    let agent_addr: SocketAddr = format!("127.0.0.1:{agent_port}").parse().expect("addr");
+    // The far end answers, and hangs up 1.5 s later (as once replaced by the caller's call).
+    let agent_xml = transfer_target(&answers_then_hangs_up(free_udp_port().expect("port"), 1500));
+    let agent = thread::spawn(move || {
+        Sipp::scenario(&agent_xml)
+            .arg("-p")
+            .arg(&agent_port.to_string())
+            .timeout(Duration::from_secs(30))
+            .run()
+            .expect("sipp runs")
+    });
+    thread::sleep(Duration::from_millis(400));
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/consult.vxml" => page(
+                vxml(&format!(
+                    "<catch event='connection.disconnect.transfer'>\
+                       <var name='how' expr=\"'transferred'\"/><exit namelist='how'/></catch>\
+                     <form><transfer name='t' dest='sip:agent@{agent_addr}' type='consultation'/>\
+                       <block><var name='how' expr='t'/><exit namelist='how'/></block></form>"
+                )),
+                None,
+            ),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/consult.vxml");
+    // The caller gets a REFER to the far end's Contact replacing mcp's call to it.
+    let refer = format!(
+        r#"  <recv request="REFER">
+    <action>
+      <ereg regexp="Refer-To: &lt;sip:agent@127\.0\.0\.1:{agent_port}\?Replaces=[^&gt;;]+%3Bto-tag%3D[^&gt;;]+%3Bfrom-tag%3D[^&gt;;]+&gt;" search_in="msg" check_it="true" assign_to="rt"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+SIP/2.0 202 Accepted
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:caller@[local_ip]:[local_port]>
+Content-Length: 0
+
+]]></send>
+"#
+    );
+    let checks = bye_must_match(
+        "body",
+        None,
+        "name=.how.[[:space:]]+transferred[[:space:]]",
+        "how",
+    );
+    let out = dialog_calls(&m, &url, 1, &refer, &checks);
+    let agent = agent.join().expect("agent thread");
+    assert!(
+        out.success(),
+        "REFER with Replaces, then the BYE after connection.disconnect.transfer:\n{}\n--- switchboard ---\n{}",
+        out.report(),
+        m.sb.logs()
+    );
+    assert!(
+        agent.success(),
+        "the far end's call stays until it hangs up:\n{}\n--- switchboard ---\n{}",
+        agent.report(),
+        m.sb.logs()
+    );
+    assert!(m.metric("vxml_transfers_total{kind=\"consultation\",result=\"transferred\"}") >= 1.0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while m.metric("mcp_sessions") > 0.0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(m.metric("mcp_sessions"), 0.0, "both calls are gone");
+}
