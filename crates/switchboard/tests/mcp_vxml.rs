@@ -957,8 +957,8 @@ Content-Length: 0
   <recv request="ACK"/>
 "#;
 
-/// RTP packets received, and those carrying sound.
-type RtpCounts = Arc<Mutex<(usize, usize)>>;
+/// RTP packets received, those carrying sound, and RFC 4733 events (payload type 101).
+type RtpCounts = Arc<Mutex<(usize, usize, usize)>>;
 
 /// Counts the RTP packets arriving on a socket, and those whose PCMU payload is not silence
 /// (a segment above 2, i.e. louder than about -50 dBm0), until `stop`.
@@ -966,7 +966,7 @@ fn rtp_sink() -> (u16, RtpCounts, Arc<std::sync::atomic::AtomicBool>) {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     let port = sock.local_addr().expect("addr").port();
     let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
-    let counts = Arc::new(Mutex::new((0usize, 0usize)));
+    let counts = Arc::new(Mutex::new((0usize, 0usize, 0usize)));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (c, s) = (counts.clone(), stop.clone());
     thread::spawn(move || {
@@ -982,6 +982,9 @@ fn rtp_sink() -> (u16, RtpCounts, Arc<std::sync::atomic::AtomicBool>) {
             let loud = payload.iter().filter(|&&b| ((!b) >> 4) & 7 > 2).count();
             let mut g = c.lock().expect("lock");
             g.0 += 1;
+            if buf[1] & 0x7f == 101 {
+                g.2 += 1;
+            }
             if buf[1] & 0x7f == 0 && loud * 4 > payload.len() {
                 g.1 += 1;
             }
@@ -1057,7 +1060,7 @@ fn bridge_transfer_connects_the_caller_to_the_far_end_until_it_hangs_up() {
         out.report(),
         m.sb.logs()
     );
-    let (packets, loud) = *counts.lock().expect("lock");
+    let (packets, loud, _) = *counts.lock().expect("lock");
     eprintln!("far end: {packets} RTP packets, {loud} with the caller's audio");
     // 1.5 s bridged: about 75 packets; the caller's speech in at least some of them.
     assert!(packets >= 40, "{packets} RTP packets reached the far end");
@@ -1448,4 +1451,56 @@ Content-Length: 0
         thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(m.metric("mcp_sessions"), 0.0, "both calls are gone");
+}
+
+#[test]
+fn the_callers_rfc4733_keys_reach_the_far_end_of_a_bridge_without_grammars() {
+    let Some(m) = mcp() else { return };
+    let (rtp_port, counts, stop) = rtp_sink();
+    let agent_port = free_udp_port().expect("free port");
+    let agent_addr: SocketAddr = format!("127.0.0.1:{agent_port}").parse().expect("addr");
+    let answer = ANSWERS_AND_WAITS
+        .replace("m=audio [media_port] RTP/AVP 0\na=rtpmap:0 PCMU/8000", &format!(
+            "m=audio {rtp_port} RTP/AVP 0 101\na=rtpmap:0 PCMU/8000\na=rtpmap:101 telephone-event/8000"
+        ));
+    assert!(answer.contains("telephone-event"), "{answer}");
+    let agent_xml = transfer_target(&answer);
+    let agent = thread::spawn(move || {
+        Sipp::scenario(&agent_xml)
+            .arg("-p")
+            .arg(&agent_port.to_string())
+            .timeout(Duration::from_secs(30))
+            .run()
+            .expect("sipp runs")
+    });
+    thread::sleep(Duration::from_millis(400));
+    let doc = vxml(&format!(
+        "<form><transfer name='t' dest='sip:agent@{agent_addr}' bridge='true' maxtime='3s'/>\
+         <block><var name='how' expr='t'/><exit namelist='how'/></block></form>"
+    ));
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/bridge.vxml" => page(doc.clone(), None),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/bridge.vxml");
+    let during = pause(1000) + &play_pcap("5");
+    let checks = bye_must_match(
+        "body",
+        None,
+        "name=.how.[[:space:]]+maxtime_disconnect[[:space:]]",
+        "how",
+    );
+    let out = dialog_calls(&m, &url, 1, &during, &checks);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let agent = agent.join().expect("agent thread");
+    assert!(agent.success(), "{}\n{}", agent.report(), m.sb.logs());
+    assert!(out.success(), "{}\n{}", out.report(), m.sb.logs());
+    let (packets, _, events) = *counts.lock().expect("lock");
+    eprintln!("far end: {packets} RTP packets, {events} RFC 4733 event packets");
+    assert!(
+        events >= 3,
+        "{events} telephone-event packets reached the far end"
+    );
 }

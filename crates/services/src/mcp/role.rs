@@ -131,6 +131,8 @@ struct Glue {
     /// Dialogs' outgoing calls: where their events go, by leg.
     legs: Mutex<HashMap<LegId, mpsc::UnboundedSender<LegEvent>>>,
     next_leg: AtomicU64,
+    /// The streams of answered outgoing calls (hung up when their RTP stops).
+    leg_streams: Mutex<std::collections::HashSet<StreamId>>,
 }
 
 /// A dialog's view of the glue for outgoing calls.
@@ -281,6 +283,12 @@ impl Glue {
                 session_vars,
             } => self.start_service(session, stream, service, call_id, caller, session_vars),
             McpOutput::Leg { leg, event } => {
+                if let LegEvent::Answered { stream } = &event {
+                    self.leg_streams
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(*stream);
+                }
                 let last = matches!(
                     event,
                     LegEvent::Failed { .. } | LegEvent::Ended { .. } | LegEvent::BadDestination
@@ -314,6 +322,10 @@ impl Glue {
             } => {
                 let Some(stream) = stream else { return };
                 self.refers().remove(&stream);
+                self.leg_streams
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&stream);
                 let mut calls = self.calls();
                 if let Some((_, task)) = calls.dialogs.remove(&stream) {
                     task.abort();
@@ -500,7 +512,12 @@ impl Glue {
                     }
                 }
                 MediaEventKind::RtpTimeout => {
-                    if call.is_some_and(|c| c.end.is_none()) {
+                    let leg = self
+                        .leg_streams
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(&stream);
+                    if leg || call.is_some_and(|c| c.end.is_none()) {
                         tracing::info!(%stream, "no RTP received: hanging up");
                         hangup = Some("RTP timeout".to_owned());
                     }
@@ -869,6 +886,7 @@ pub async fn start(
         refers: Mutex::new(HashMap::new()),
         legs: Mutex::new(HashMap::new()),
         next_leg: AtomicU64::new(1),
+        leg_streams: Mutex::new(std::collections::HashSet::new()),
     });
     let router = Router::new()
         .route("/v1/mcp/calls", get(list_calls))

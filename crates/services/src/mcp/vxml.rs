@@ -28,10 +28,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use switchboard_media::{DtmfSource, PlayItem as MediaItem, StreamId};
 use switchboard_media::{
     MediaEventKind, PlayItem, Playlist, PromptSource, RecordEnd, RecordParams, Recording,
 };
-use switchboard_media::{PlayItem as MediaItem, StreamId};
 use switchboard_vxml::{
     transfer_failure, Command, Config, Input, Interpreter, Limits, PromptPart, TransferKind,
 };
@@ -227,6 +227,8 @@ struct BridgeRequest {
     /// `transferaudio`, loaded.
     audio: Option<MediaItem>,
     aai: Option<String>,
+    /// No grammar of the transfer listens: the caller's RFC 4733 keys go to the far end.
+    relay_dtmf: bool,
 }
 
 /// A bridge or consultation transfer in progress: its outgoing call.
@@ -246,6 +248,7 @@ struct Bridge {
     audio_play: Option<u64>,
     /// A consultation's REFER, until it is answered.
     handing_over: Option<JoinHandle<u16>>,
+    relay_dtmf: bool,
 }
 
 /// What woke a transfer in progress.
@@ -580,6 +583,7 @@ impl Call {
                 maxtime_ms,
                 transfer_audio,
                 aai,
+                grammars,
                 ..
             } => {
                 if self.ctx.outgoing.is_none() {
@@ -620,6 +624,7 @@ impl Call {
                     maxtime: (maxtime_ms > 0).then(|| Duration::from_millis(maxtime_ms)),
                     audio,
                     aai,
+                    relay_dtmf: grammars.is_empty(),
                 });
                 self.when_idle();
             }
@@ -845,6 +850,7 @@ impl Call {
             ending_as: None,
             audio_play,
             handing_over: None,
+            relay_dtmf: req.relay_dtmf,
         });
     }
 
@@ -1059,7 +1065,20 @@ impl Call {
             return;
         }
         match ev {
-            MediaEventKind::Dtmf { digit, .. } => {
+            MediaEventKind::Dtmf { digit, source } => {
+                // A bridge whose transfer has no grammar: the caller's keys are for the far
+                // end (in-band ones reach it with the audio already).
+                if let Some(b) = &self.bridge {
+                    if let (true, Some((far, _)), DtmfSource::Rfc4733) =
+                        (b.relay_dtmf, b.answered, source)
+                    {
+                        if b.kind == TransferKind::Bridge {
+                            if let Err(e) = self.ctx.media.send_dtmf(far, &digit.to_string()) {
+                                tracing::debug!(error = %e, "DTMF not relayed");
+                            }
+                        }
+                    }
+                }
                 if let Some((_, true)) = self.playing {
                     // Barge-in: the key stops the prompts queued so far.
                     self.queued.clear();
