@@ -387,10 +387,10 @@ async fn session(
                 call.done = None;
                 call.ending = None;
                 call.hung_up();
-                if call.end_bridge("caller hung up") {
+                if let Some(kind) = call.end_bridge("caller hung up") {
                     // VoiceXML 2.0 §2.3.7.2.2: the item stays unfilled, the hangup event is
                     // thrown.
-                    metrics::counter!("vxml_transfers_total", "kind" => "bridge", "result" => "near_end_disconnect").increment(1);
+                    metrics::counter!("vxml_transfers_total", "kind" => kind.as_str(), "result" => "near_end_disconnect").increment(1);
                 }
                 call.send(Input::Hangup);
             }
@@ -1044,12 +1044,10 @@ impl Call {
     }
 
     /// Hangs up the transfer's outgoing call, if one runs (the caller is gone or the dialog
-    /// ended); `true` if there was one.
-    fn end_bridge(&mut self, why: &str) -> bool {
+    /// ended); the transfer's kind if there was one.
+    fn end_bridge(&mut self, why: &str) -> Option<TransferKind> {
         self.pending_bridge = None;
-        let Some(b) = self.bridge.take() else {
-            return false;
-        };
+        let b = self.bridge.take()?;
         tracing::info!(why, "transfer: hanging up the outgoing call");
         if let Some(t) = &b.handing_over {
             t.abort();
@@ -1057,7 +1055,7 @@ impl Call {
         if let Some(out) = &self.ctx.outgoing {
             out.hang_up(b.leg);
         }
-        true
+        Some(b.kind)
     }
 
     async fn on_media(&mut self, ev: MediaEventKind) {
