@@ -59,8 +59,8 @@ pub enum LegEvent {
     /// A 2xx: the call is up and `stream` carries its media (already set to the answer).
     Answered { stream: StreamId },
     /// The call ended before it was answered, with the final status (408 when nothing or
-    /// the ring timeout ended it, 487 when it was hung up first, 503 without a stream or a
-    /// route, 488 when the answer's SDP was unusable).
+    /// the ring timeout ended it, 487 when it was hung up first, 503 without a stream or
+    /// while draining, 488 when the answer's SDP was unusable).
     Failed { status: u16 },
     /// The call ended after the answer: by the far end's BYE, or by us.
     Ended { by_far_end: bool },
