@@ -277,6 +277,11 @@ pub struct McpConfig {
     /// `SCHED_FIFO` priority (1..=99) of the media pacing threads; 0 (the default) keeps the
     /// normal scheduling policy.
     pub realtime_priority: u8,
+    /// Where VoiceXML bridge and consultation transfers to `tel:` numbers go (IP:port, as
+    /// `sip:NUMBER@gateway`). `""` (the default) means the SIP edge of this process when it
+    /// runs one, else `tel:` transfers fail (`error.connection.baddestination`).
+    #[serde(deserialize_with = "de_optional_addr")]
+    pub transfer_gateway: Option<SocketAddr>,
 }
 
 impl Default for McpConfig {
@@ -298,6 +303,7 @@ impl Default for McpConfig {
             fetch_timeout_ms: 10_000,
             rtp_timeout_s: 60,
             max_record_s: 300,
+            transfer_gateway: None,
             realtime_priority: 0,
         }
     }

@@ -480,6 +480,12 @@ impl MediaEngine {
         self.send(id.0, Command::Leave(id.0))
     }
 
+    /// The affinity to create a stream with so that it shares `id`'s worker (and can be
+    /// bridged or conferenced with it).
+    pub fn affinity_of(&self, id: StreamId) -> u64 {
+        self.worker_of(id.0) as u64
+    }
+
     /// Bridges two streams: each hears the other (a two-party conference named after them).
     pub fn bridge(&self, a: StreamId, b: StreamId) -> Result<(), EngineError> {
         if self.worker_of(a.0) != self.worker_of(b.0) {

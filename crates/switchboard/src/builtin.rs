@@ -103,9 +103,22 @@ async fn start_mcp(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     use switchboard_services::mcp::vxml::{VxmlRunner, VxmlSettings};
     let runner: std::sync::Arc<dyn DialogRunner> =
         std::sync::Arc::new(VxmlRunner::new(VxmlSettings::default()));
+    // Transfers to tel: numbers go to `mcp.transfer_gateway`, or else to the SIP edge of this
+    // process when it runs one (it starts before mcp).
+    let mut config = ctx.config.clone();
+    if config.mcp.transfer_gateway.is_none() {
+        let edge = ctx
+            .shared()
+            .get::<switchboard_services::sip::role::EdgeControl>()
+            .and_then(|e| e.udp);
+        if let Some(edge) = edge {
+            let mut c = (*config).clone();
+            c.mcp.transfer_gateway = Some(edge);
+            config = std::sync::Arc::new(c);
+        }
+    }
     let mcp =
-        switchboard_services::mcp::role::start(ctx.config.clone(), ctx.drain.clone(), Some(runner))
-            .await?;
+        switchboard_services::mcp::role::start(config, ctx.drain.clone(), Some(runner)).await?;
     ctx.add_routes(mcp.router);
     let mut handle = RoleHandle::from_task(mcp.task);
     if let Some(a) = mcp.udp {

@@ -202,12 +202,17 @@ impl Mcp {
 }
 
 fn mcp() -> Option<Mcp> {
+    mcp_with("")
+}
+
+/// [`mcp`] with more `[mcp]` keys.
+fn mcp_with(mcp_keys: &str) -> Option<Mcp> {
     if !require_program("sipp") {
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let config = format!(
-        "data_dir = {:?}\n[mcp]\nfallback_prompt = \"tone:440/300\"\n",
+        "data_dir = {:?}\n[mcp]\nfallback_prompt = \"tone:440/300\"\n{mcp_keys}",
         dir.path().display().to_string()
     );
     let sb = Switchboard::builder()
@@ -858,4 +863,644 @@ fn the_request_uri_can_post_the_first_fetch_and_bypass_the_cache() {
         .filter(|s| s.method == "GET")
         .collect();
     assert_eq!(gets.len(), 2, "{:?}", app.seen());
+}
+
+/// The far end of a transfer, played by SIPp on `port`: takes the INVITE (which must carry
+/// mcp's offer and the caller as From), then `answer` (SIPp XML).
+fn transfer_target(answer: &str) -> String {
+    transfer_target_checking("", answer)
+}
+
+/// [`transfer_target`] with more SIPp actions on the INVITE (`extra`).
+fn transfer_target_checking(extra: &str, answer: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="transfer target">
+  <recv request="INVITE">
+    <action>
+      <ereg regexp="m=audio [0-9]+ RTP/AVP 0 8 9 96 101" search_in="body" check_it="true" assign_to="offer"/>
+      <ereg regexp="sip:caller@" search_in="hdr" header="From:" check_it="true" assign_to="caller"/>
+      <ereg regexp=".*" search_in="hdr" header="From:" assign_to="remote"/>
+      <ereg regexp="sip:[^&gt;]*" search_in="hdr" header="Contact:" assign_to="contact"/>
+{extra}    </action>
+  </recv>
+{answer}
+  <Reference variables="offer,caller,remote,contact"/>
+</scenario>
+"#
+    )
+}
+
+/// Rings 500 ms, answers with its audio going to `rtp_port`, stays `stay_ms`, hangs up.
+fn answers_then_hangs_up(rtp_port: u16, stay_ms: u64) -> String {
+    format!(
+        r#"  <send><![CDATA[
+SIP/2.0 180 Ringing
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:agent@[local_ip]:[local_port]>
+Content-Length: 0
+
+]]></send>
+  <pause milliseconds="500"/>
+  <send retrans="500"><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:agent@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=agent 1 1 IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio {rtp_port} RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+
+]]></send>
+  <recv request="ACK"/>
+  <pause milliseconds="{stay_ms}"/>
+  <send retrans="500"><![CDATA[
+BYE [$contact] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:agent@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
+To:[$remote]
+Call-ID: [call_id]
+CSeq: 1 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+"#
+    )
+}
+
+const BUSY: &str = r#"  <send retrans="500"><![CDATA[
+SIP/2.0 486 Busy Here
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+  <recv request="ACK"/>
+"#;
+
+/// RTP packets received, those carrying sound, and RFC 4733 events (payload type 101).
+type RtpCounts = Arc<Mutex<(usize, usize, usize)>>;
+
+/// Counts the RTP packets arriving on a socket, and those whose PCMU payload is not silence
+/// (a segment above 2, i.e. louder than about -50 dBm0), until `stop`.
+fn rtp_sink() -> (u16, RtpCounts, Arc<std::sync::atomic::AtomicBool>) {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = sock.local_addr().expect("addr").port();
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
+    let counts = Arc::new(Mutex::new((0usize, 0usize, 0usize)));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (c, s) = (counts.clone(), stop.clone());
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok(n) = sock.recv(&mut buf) else { continue };
+            if n < 12 || buf[0] >> 6 != 2 {
+                continue;
+            }
+            let cc = usize::from(buf[0] & 0x0f);
+            let payload = &buf[(12 + 4 * cc).min(n)..n];
+            // PCMU: the segment is bits 4-6 of the inverted byte.
+            let loud = payload.iter().filter(|&&b| ((!b) >> 4) & 7 > 2).count();
+            let mut g = c.lock().expect("lock");
+            g.0 += 1;
+            if buf[1] & 0x7f == 101 {
+                g.2 += 1;
+            }
+            if buf[1] & 0x7f == 0 && loud * 4 > payload.len() {
+                g.1 += 1;
+            }
+        }
+    });
+    (port, counts, stop)
+}
+
+fn transfer_app(target: SocketAddr) -> AppServer {
+    AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/bridge.vxml" => page(
+                vxml(&format!(
+                    "<form><transfer name='t' dest='sip:agent@{target}' bridge='true' \
+                       connecttimeout='10s' transferaudio='tone:ringback'/>\
+                     <block><var name='how' expr='t'/><var name='secs' expr='t$.duration'/>\
+                       <exit namelist='how secs'/></block></form>"
+                )),
+                None,
+            ),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }))
+}
+
+#[test]
+fn bridge_transfer_connects_the_caller_to_the_far_end_until_it_hangs_up() {
+    let Some(m) = mcp() else { return };
+    let pcap = Path::new(PCAPS).join("g711a.pcap");
+    assert!(pcap.exists(), "{} is missing", pcap.display());
+    let (rtp_port, counts, stop) = rtp_sink();
+    let agent_port = free_udp_port().expect("free port");
+    let agent_addr: SocketAddr = format!("127.0.0.1:{agent_port}").parse().expect("addr");
+    let agent_xml = transfer_target(&answers_then_hangs_up(rtp_port, 1500));
+    let agent = thread::spawn(move || {
+        Sipp::scenario(&agent_xml)
+            .arg("-p")
+            .arg(&agent_port.to_string())
+            .timeout(Duration::from_secs(30))
+            .run()
+            .expect("sipp runs")
+    });
+    thread::sleep(Duration::from_millis(400));
+    let app = transfer_app(agent_addr);
+    let url = app.url("/bridge.vxml");
+    let during = format!(
+        "  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>\n",
+        pcap.display()
+    );
+    let checks = bye_must_match(
+        "body",
+        None,
+        "name=.how.[[:space:]]+far_end_disconnect[[:space:]]",
+        "how",
+    ) + &bye_must_match(
+        "body",
+        None,
+        "name=.secs.[[:space:]]+[12][[:space:]]",
+        "secs",
+    );
+    let out = dialog_calls(&m, &url, 1, &during, &checks);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let agent = agent.join().expect("agent thread");
+    assert!(
+        agent.success(),
+        "the far end got the INVITE with mcp's offer and the caller as From, was ACKed and its BYE answered:\n{}\n--- switchboard ---\n{}",
+        agent.report(),
+        m.sb.logs()
+    );
+    assert!(
+        out.success(),
+        "the caller's BYE says far_end_disconnect after 1-2 s:\n{}\n--- switchboard ---\n{}",
+        out.report(),
+        m.sb.logs()
+    );
+    let (packets, loud, _) = *counts.lock().expect("lock");
+    eprintln!("far end: {packets} RTP packets, {loud} with the caller's audio");
+    // 1.5 s bridged: about 75 packets; the caller's speech in at least some of them.
+    assert!(packets >= 40, "{packets} RTP packets reached the far end");
+    assert!(
+        loud >= 10,
+        "{loud} of {packets} packets carried the caller's audio"
+    );
+    let calls = m.ended(&url, 1);
+    let log = m.log(calls[0]["call_id"].as_str().expect("call id"));
+    let texts: Vec<&str> = log["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    for step in ["transfer ringing", "transfer answered"] {
+        assert!(texts.contains(&step), "{step}: {log}");
+    }
+    assert!(m.metric("vxml_transfers_total{kind=\"bridge\",result=\"far_end_disconnect\"}") >= 1.0);
+    assert_eq!(m.metric("mcp_sessions"), 0.0, "both calls are gone");
+}
+
+#[test]
+fn bridge_transfer_to_a_busy_far_end_says_busy() {
+    let Some(m) = mcp() else { return };
+    let agent_port = free_udp_port().expect("free port");
+    let agent_addr: SocketAddr = format!("127.0.0.1:{agent_port}").parse().expect("addr");
+    let agent_xml = transfer_target(BUSY);
+    let agent = thread::spawn(move || {
+        Sipp::scenario(&agent_xml)
+            .arg("-p")
+            .arg(&agent_port.to_string())
+            .timeout(Duration::from_secs(30))
+            .run()
+            .expect("sipp runs")
+    });
+    thread::sleep(Duration::from_millis(400));
+    let app = transfer_app(agent_addr);
+    let url = app.url("/bridge.vxml");
+    let checks = bye_must_match("body", None, "name=.how.[[:space:]]+busy[[:space:]]", "how")
+        + &bye_must_match("body", None, "name=.secs.[[:space:]]+0[[:space:]]", "secs");
+    let out = dialog_calls(&m, &url, 1, "", &checks);
+    let agent = agent.join().expect("agent thread");
+    assert!(agent.success(), "486 ACKed:\n{}", agent.report());
+    assert!(
+        out.success(),
+        "the caller's BYE says busy:\n{}\n--- switchboard ---\n{}",
+        out.report(),
+        m.sb.logs()
+    );
+    assert!(m.metric("vxml_transfers_total{kind=\"bridge\",result=\"busy\"}") >= 1.0);
+}
+
+/// Answers at once (its audio going to a port nobody reads) and waits for mcp's BYE.
+const ANSWERS_AND_WAITS: &str = r#"  <send retrans="500"><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:agent@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=agent 1 1 IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio [media_port] RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+
+]]></send>
+  <recv request="ACK"/>
+  <recv request="BYE" timeout="15000"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+"#;
+
+#[test]
+fn a_caller_hanging_up_during_a_bridge_ends_the_far_call_and_leaves_the_item_unfilled() {
+    let Some(m) = mcp() else { return };
+    let agent_port = free_udp_port().expect("free port");
+    let agent_addr: SocketAddr = format!("127.0.0.1:{agent_port}").parse().expect("addr");
+    let agent_xml = transfer_target(ANSWERS_AND_WAITS);
+    let agent = thread::spawn(move || {
+        Sipp::scenario(&agent_xml)
+            .arg("-p")
+            .arg(&agent_port.to_string())
+            .arg("-mp")
+            .arg(&free_udp_port().expect("port").to_string())
+            .timeout(Duration::from_secs(30))
+            .run()
+            .expect("sipp runs")
+    });
+    thread::sleep(Duration::from_millis(400));
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/bridge.vxml" => page(
+                vxml(&format!(
+                    "<form><transfer name='t' dest='sip:agent@{agent_addr}' type='bridge'>\
+                       <filled><submit next='filled.vxml'/></filled></transfer>\
+                     <catch event='connection.disconnect.hangup'>\
+                       <var name='t_is' expr='typeof t'/>\
+                       <submit next='gone.vxml' namelist='t_is' method='get'/></catch></form>"
+                )),
+                None,
+            ),
+            "/gone.vxml" => page(vxml("<form><block><exit/></block></form>"), None),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/bridge.vxml");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/mcp_call.xml");
+    let xml = std::fs::read_to_string(&path)
+        .expect("scenario")
+        .replace("{{RURI}}", &format!("dialog@{};voicexml={url}", m.addr()))
+        .replace("{{SDP_PORT}}", "[media_port]")
+        .replace("{{PTS}}", PCMA_TE.0)
+        .replace("{{RTPMAPS}}", PCMA_TE.1)
+        .replace("{{DURING}}", &pause(1500));
+    let out = Sipp::scenario(&xml)
+        .remote(m.addr())
+        .arg("-p")
+        .arg(&free_udp_port().expect("port").to_string())
+        .arg("-mp")
+        .arg(&free_udp_port().expect("port").to_string())
+        .timeout(Duration::from_secs(20))
+        .run()
+        .expect("sipp runs");
+    assert!(out.success(), "{}", out.report());
+    let agent = agent.join().expect("agent thread");
+    assert!(
+        agent.success(),
+        "the far end gets mcp's BYE when the caller hangs up:\n{}\n--- switchboard ---\n{}",
+        agent.report(),
+        m.sb.logs()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.requests("/gone.vxml").is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let gone = app.requests("/gone.vxml");
+    assert_eq!(
+        gone.len(),
+        1,
+        "the hangup handler's submit: {:?}",
+        app.seen()
+    );
+    assert!(
+        gone[0].target.contains("t_is=undefined"),
+        "the transfer item stays unfilled: {}",
+        gone[0].target
+    );
+    assert!(app.requests("/filled.vxml").is_empty());
+    assert!(
+        m.metric("vxml_transfers_total{kind=\"bridge\",result=\"near_end_disconnect\"}") >= 1.0
+    );
+    assert_eq!(m.metric("mcp_sessions"), 0.0, "both calls are gone");
+}
+
+/// A bridge to a far end that answers and stays, ended by mcp: `transfer_attrs` and
+/// `grammar` go in the `<transfer>`, `during` is what the caller does, and the caller's BYE
+/// must match `checks`.
+fn bridge_ended_by_mcp(transfer_attrs: &str, grammar: &str, during: &str, checks: &str) {
+    let Some(m) = mcp() else { return };
+    let agent_port = free_udp_port().expect("free port");
+    let agent_addr: SocketAddr = format!("127.0.0.1:{agent_port}").parse().expect("addr");
+    let agent_xml = transfer_target(ANSWERS_AND_WAITS);
+    let agent = thread::spawn(move || {
+        Sipp::scenario(&agent_xml)
+            .arg("-p")
+            .arg(&agent_port.to_string())
+            .arg("-mp")
+            .arg(&free_udp_port().expect("port").to_string())
+            .timeout(Duration::from_secs(30))
+            .run()
+            .expect("sipp runs")
+    });
+    thread::sleep(Duration::from_millis(400));
+    let doc = vxml(&format!(
+        "<form><transfer name='t' dest='sip:agent@{agent_addr}' bridge='true' {transfer_attrs}>{grammar}</transfer>\
+         <block><var name='how' expr='t'/><var name='secs' expr='t$.duration'/>\
+           <var name='mode' expr='t$.inputmode'/><var name='keys' expr='t$.utterance'/>\
+           <exit namelist='how secs mode keys'/></block></form>"
+    ));
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/bridge.vxml" => page(doc.clone(), None),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/bridge.vxml");
+    let out = dialog_calls(&m, &url, 1, during, checks);
+    let agent = agent.join().expect("agent thread");
+    assert!(
+        agent.success(),
+        "the far end gets mcp's BYE:\n{}\n--- switchboard ---\n{}",
+        agent.report(),
+        m.sb.logs()
+    );
+    assert!(
+        out.success(),
+        "the caller's BYE has the result:\n{}\n--- switchboard ---\n{}",
+        out.report(),
+        m.sb.logs()
+    );
+    assert_eq!(m.metric("mcp_sessions"), 0.0, "both calls are gone");
+}
+
+#[test]
+fn bridge_transfer_ends_at_maxtime() {
+    let checks = bye_must_match(
+        "body",
+        None,
+        "name=.how.[[:space:]]+maxtime_disconnect[[:space:]]",
+        "how",
+    ) + &bye_must_match("body", None, "name=.secs.[[:space:]]+1[[:space:]]", "secs");
+    bridge_ended_by_mcp("maxtime='1500ms'", "", "", &checks);
+}
+
+#[test]
+fn a_key_matching_the_transfer_grammar_ends_the_bridge_as_near_end_disconnect() {
+    let grammar =
+        "<grammar mode='dtmf' version='1.0' root='r'><rule id='r'><item>5</item></rule></grammar>";
+    let during = pause(1500) + &play_pcap("5");
+    let checks = bye_must_match(
+        "body",
+        None,
+        "name=.how.[[:space:]]+near_end_disconnect[[:space:]]",
+        "how",
+    ) + &bye_must_match(
+        "body",
+        None,
+        "name=.mode.[[:space:]]+dtmf[[:space:]]",
+        "mode",
+    ) + &bye_must_match("body", None, "name=.keys.[[:space:]]+5[[:space:]]", "keys");
+    bridge_ended_by_mcp("maxtime='20s'", grammar, &during, &checks);
+}
+
+#[test]
+fn a_tel_destination_goes_to_the_transfer_gateway_and_without_one_is_a_bad_destination() {
+    let agent_port = free_udp_port().expect("free port");
+    let Some(m) = mcp_with(&format!("transfer_gateway = \"127.0.0.1:{agent_port}\"\n")) else {
+        return;
+    };
+    let ruri = format!(
+        "      <ereg regexp=\"^INVITE sip:\\+15550100@127\\.0\\.0\\.1:{agent_port} SIP/2\\.0\" search_in=\"msg\" check_it=\"true\" assign_to=\"ruri\"/>\n"
+    );
+    let agent_xml = transfer_target_checking(&ruri, BUSY).replace(
+        "<Reference variables=\"offer,",
+        "<Reference variables=\"ruri,offer,",
+    );
+    let agent = thread::spawn(move || {
+        Sipp::scenario(&agent_xml)
+            .arg("-p")
+            .arg(&agent_port.to_string())
+            .timeout(Duration::from_secs(30))
+            .run()
+            .expect("sipp runs")
+    });
+    thread::sleep(Duration::from_millis(400));
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/tel.vxml" => page(
+                vxml(
+                    "<form><transfer name='t' dest='tel:+1-555-0100' type='bridge'/>\
+                     <block><var name='how' expr='t'/><exit namelist='how'/></block>\
+                     <catch event='error.connection.baddestination'>\
+                       <var name='how' expr='_event'/><exit namelist='how'/></catch></form>",
+                ),
+                None,
+            ),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/tel.vxml");
+    let busy = bye_must_match("body", None, "name=.how.[[:space:]]+busy[[:space:]]", "how");
+    let out = dialog_calls(&m, &url, 1, "", &busy);
+    let agent = agent.join().expect("agent thread");
+    assert!(
+        agent.success(),
+        "the gateway gets sip:+15550100@gateway:\n{}",
+        agent.report()
+    );
+    assert!(out.success(), "busy:\n{}\n{}", out.report(), m.sb.logs());
+
+    // `run --roles mcp` without the key and without a SIP edge: no route to a number.
+    let Some(m) = mcp() else { return };
+    let bad = bye_must_match(
+        "body",
+        None,
+        "name=.how.[[:space:]]+error\\.connection\\.baddestination[[:space:]]",
+        "how",
+    );
+    let out = dialog_calls(&m, &url, 1, "", &bad);
+    assert!(
+        out.success(),
+        "baddestination:\n{}\n{}",
+        out.report(),
+        m.sb.logs()
+    );
+}
+
+#[test]
+fn consultation_transfer_refers_the_caller_to_the_answered_far_end_with_replaces() {
+    let Some(m) = mcp() else { return };
+    let agent_port = free_udp_port().expect("free port");
+    let agent_addr: SocketAddr = format!("127.0.0.1:{agent_port}").parse().expect("addr");
+    // The far end answers, and hangs up 1.5 s later (as once replaced by the caller's call).
+    let agent_xml = transfer_target(&answers_then_hangs_up(free_udp_port().expect("port"), 1500));
+    let agent = thread::spawn(move || {
+        Sipp::scenario(&agent_xml)
+            .arg("-p")
+            .arg(&agent_port.to_string())
+            .timeout(Duration::from_secs(30))
+            .run()
+            .expect("sipp runs")
+    });
+    thread::sleep(Duration::from_millis(400));
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/consult.vxml" => page(
+                vxml(&format!(
+                    "<catch event='connection.disconnect.transfer'>\
+                       <var name='how' expr=\"'transferred'\"/><exit namelist='how'/></catch>\
+                     <form><transfer name='t' dest='sip:agent@{agent_addr}' type='consultation'/>\
+                       <block><var name='how' expr='t'/><exit namelist='how'/></block></form>"
+                )),
+                None,
+            ),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/consult.vxml");
+    // The caller gets a REFER to the far end's Contact replacing mcp's call to it.
+    let refer = format!(
+        r#"  <recv request="REFER">
+    <action>
+      <ereg regexp="Refer-To: &lt;sip:agent@127\.0\.0\.1:{agent_port}\?Replaces=[^&gt;;]+%3Bto-tag%3D[^&gt;;]+%3Bfrom-tag%3D[^&gt;;]+&gt;" search_in="msg" check_it="true" assign_to="rt"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+SIP/2.0 202 Accepted
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:caller@[local_ip]:[local_port]>
+Content-Length: 0
+
+]]></send>
+"#
+    );
+    let checks = bye_must_match(
+        "body",
+        None,
+        "name=.how.[[:space:]]+transferred[[:space:]]",
+        "how",
+    );
+    let out = dialog_calls(&m, &url, 1, &refer, &checks);
+    let agent = agent.join().expect("agent thread");
+    assert!(
+        out.success(),
+        "REFER with Replaces, then the BYE after connection.disconnect.transfer:\n{}\n--- switchboard ---\n{}",
+        out.report(),
+        m.sb.logs()
+    );
+    assert!(
+        agent.success(),
+        "the far end's call stays until it hangs up:\n{}\n--- switchboard ---\n{}",
+        agent.report(),
+        m.sb.logs()
+    );
+    assert!(m.metric("vxml_transfers_total{kind=\"consultation\",result=\"transferred\"}") >= 1.0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while m.metric("mcp_sessions") > 0.0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(m.metric("mcp_sessions"), 0.0, "both calls are gone");
+}
+
+#[test]
+fn the_callers_rfc4733_keys_reach_the_far_end_of_a_bridge_without_grammars() {
+    let Some(m) = mcp() else { return };
+    let (rtp_port, counts, stop) = rtp_sink();
+    let agent_port = free_udp_port().expect("free port");
+    let agent_addr: SocketAddr = format!("127.0.0.1:{agent_port}").parse().expect("addr");
+    let answer = ANSWERS_AND_WAITS
+        .replace("m=audio [media_port] RTP/AVP 0\na=rtpmap:0 PCMU/8000", &format!(
+            "m=audio {rtp_port} RTP/AVP 0 101\na=rtpmap:0 PCMU/8000\na=rtpmap:101 telephone-event/8000"
+        ));
+    assert!(answer.contains("telephone-event"), "{answer}");
+    let agent_xml = transfer_target(&answer);
+    let agent = thread::spawn(move || {
+        Sipp::scenario(&agent_xml)
+            .arg("-p")
+            .arg(&agent_port.to_string())
+            .timeout(Duration::from_secs(30))
+            .run()
+            .expect("sipp runs")
+    });
+    thread::sleep(Duration::from_millis(400));
+    let doc = vxml(&format!(
+        "<form><transfer name='t' dest='sip:agent@{agent_addr}' bridge='true' maxtime='3s'/>\
+         <block><var name='how' expr='t'/><exit namelist='how'/></block></form>"
+    ));
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/bridge.vxml" => page(doc.clone(), None),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/bridge.vxml");
+    let during = pause(1000) + &play_pcap("5");
+    let checks = bye_must_match(
+        "body",
+        None,
+        "name=.how.[[:space:]]+maxtime_disconnect[[:space:]]",
+        "how",
+    );
+    let out = dialog_calls(&m, &url, 1, &during, &checks);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let agent = agent.join().expect("agent thread");
+    assert!(agent.success(), "{}\n{}", agent.report(), m.sb.logs());
+    assert!(out.success(), "{}\n{}", out.report(), m.sb.logs());
+    let (packets, _, events) = *counts.lock().expect("lock");
+    eprintln!("far end: {packets} RTP packets, {events} RFC 4733 event packets");
+    assert!(
+        events >= 3,
+        "{events} telephone-event packets reached the far end"
+    );
 }

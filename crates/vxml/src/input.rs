@@ -5,7 +5,7 @@ use crate::dom::Elem;
 use crate::exec::{self, Jump};
 use crate::grammar::{Grammar, Match};
 use crate::interp::{Eval, Interpreter, Step, Wait};
-use crate::Command;
+use crate::{Command, TransferKind};
 use serde_json::{json, Value as Json};
 use std::rc::Rc;
 use switchboard_ecma::Scope;
@@ -26,6 +26,9 @@ impl Interpreter {
 
     pub(crate) fn on_dtmf(&mut self, key: char) -> Step {
         let now = self.now;
+        if let Wait::Transfer(t) = &mut self.wait {
+            return Self::transfer_key(t, key, now, &mut self.cmds);
+        }
         let Wait::Input(c) = &mut self.wait else {
             // Type-ahead: keys pressed while fetching or playing without a listen wait for the
             // next input collection.
@@ -64,11 +67,59 @@ impl Interpreter {
     }
 
     pub(crate) fn on_timeout(&mut self) -> Step {
-        match &self.wait {
+        match &mut self.wait {
             Wait::Input(c) if c.buf.is_empty() => self.end_input_with("noinput"),
             Wait::Input(_) => self.finish_input(),
+            Wait::Transfer(t) => {
+                t.deadline = None;
+                if t.hotword.is_none()
+                    && matches!(evaluate(&t.grammars, &t.buf), Eval::Complete { .. })
+                {
+                    t.hotword = Some(t.buf.clone());
+                    self.cmds.push_back(Command::EndTransfer);
+                } else {
+                    t.buf.clear();
+                }
+                Step::Wait
+            }
             _ => Step::Wait,
         }
+    }
+
+    /// A key during a bridge or consultation transfer: only the transfer's grammars listen
+    /// (hotword: a key that matches nothing starts over, no nomatch is thrown); a complete
+    /// match ends the transfer.
+    fn transfer_key(
+        t: &mut crate::interp::Transferring,
+        key: char,
+        now: u64,
+        cmds: &mut std::collections::VecDeque<Command>,
+    ) -> Step {
+        if t.grammars.is_empty() || t.hotword.is_some() {
+            return Step::Wait;
+        }
+        t.buf.push(key);
+        match evaluate(&t.grammars, &t.buf) {
+            Eval::Dead => {
+                t.buf.clear();
+                t.buf.push(key);
+                if matches!(evaluate(&t.grammars, &t.buf), Eval::Dead) {
+                    t.buf.clear();
+                    t.deadline = None;
+                }
+            }
+            Eval::Complete { more: false, .. } => {
+                t.deadline = None;
+                t.hotword = Some(std::mem::take(&mut t.buf));
+                cmds.push_back(Command::EndTransfer);
+                return Step::Wait;
+            }
+            Eval::Complete { .. } | Eval::Prefix => {}
+        }
+        if !t.buf.is_empty() {
+            t.deadline = Some(now.saturating_add(t.interdigit));
+        }
+        Step::Wait
     }
 
     /// Input ended (termchar, timeout or a complete match): recognize or nomatch.
@@ -394,25 +445,35 @@ impl Interpreter {
     }
 
     pub(crate) fn on_transfer(&mut self, status: String, duration_ms: u64) -> Step {
-        let Wait::Transfer(i) = self.wait else {
+        let Wait::Transfer(t) = std::mem::replace(&mut self.wait, Wait::Nothing) else {
             return Step::Wait;
         };
-        self.wait = Wait::Nothing;
         if status.starts_with("error.") {
-            // The platform could not transfer (e.g. error.unsupported.transfer.blind): the
+            // The platform could not transfer (e.g. error.connection.baddestination): the
             // event is thrown in the transfer item (VoiceXML 2.0 §2.3.7.2.3).
             return self.throw(&status, "");
         }
         if status == "near_party_disconnect" {
             // The caller hung up during the bridge: the item stays unfilled (VoiceXML 2.0
-            // §2.3.7.2.2).
+            // §2.3.7.2.2); the host may say so with this status or with `Input::Hangup`.
             return self.on_hangup();
         }
-        let Some((scope, var)) = self.item_var(i) else {
+        if status == "transferred" && t.kind == TransferKind::Consultation {
+            // The far end answered and the caller was handed over (VoiceXML 2.1 §2.3.7):
+            // like a blind transfer, the session has left the call.
+            self.hung_up = true;
+            return self.throw("connection.disconnect.transfer", "");
+        }
+        let Some((scope, var)) = self.item_var(t.item) else {
             return Step::Wait;
         };
-        let shadow = json!({ "duration": duration_ms / 1000 });
-        self.fill(i, scope, &var, Some(Json::String(status)), shadow)
+        let mut shadow = json!({ "duration": duration_ms / 1000 });
+        if let Some(keys) = t.hotword.filter(|_| status == "near_end_disconnect") {
+            // VoiceXML 2.0 §2.3.7.2.2: a grammar match ended the transfer.
+            shadow["inputmode"] = json!("dtmf");
+            shadow["utterance"] = json!(keys);
+        }
+        self.fill(t.item, scope, &var, Some(Json::String(status)), shadow)
     }
 
     pub(crate) fn item_var(&self, i: usize) -> Option<(Scope, String)> {

@@ -3,7 +3,7 @@
 use crate::dom::{self, Elem};
 use crate::exec::{self, Jump};
 use crate::grammar::Grammar;
-use crate::{Command, Config, FetchError, Input, Method, PromptPart};
+use crate::{Command, Config, FetchError, Input, Method, PromptPart, TransferKind};
 use serde_json::{json, Value as Json};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -92,8 +92,22 @@ pub(crate) enum Wait {
     Fetch(Fetching),
     Input(Collect),
     Record(usize),
-    Transfer(usize),
+    Transfer(Transferring),
     Done,
+}
+
+/// A bridge or consultation transfer in progress.
+pub(crate) struct Transferring {
+    pub(crate) item: usize,
+    pub(crate) kind: TransferKind,
+    /// The transfer's own grammars: a match ends the transfer (`near_end_disconnect`).
+    pub(crate) grammars: Vec<Grammar>,
+    pub(crate) buf: String,
+    /// Interdigit timer of a match that could go on.
+    pub(crate) deadline: Option<u64>,
+    pub(crate) interdigit: u64,
+    /// The keys that ended the transfer, once [`crate::Command::EndTransfer`] went out.
+    pub(crate) hotword: Option<String>,
 }
 
 pub(crate) enum Fetching {
@@ -223,6 +237,7 @@ impl Interpreter {
     pub fn next_deadline(&self) -> Option<u64> {
         match &self.wait {
             Wait::Input(c) => c.deadline,
+            Wait::Transfer(t) => t.deadline,
             _ => None,
         }
     }
@@ -922,13 +937,29 @@ impl Interpreter {
             Err(j) => return Step::Jump(j),
         };
         let ms = |a: Option<&str>, d| a.and_then(parse_time).unwrap_or(d);
-        let cmd = Command::Transfer {
-            dest,
-            bridge: item.attr("bridge") == Some("true") || item.attr("type") == Some("bridge"),
-            connect_timeout_ms: ms(item.attr("connecttimeout"), 30_000),
-            maxtime_ms: ms(item.attr("maxtime"), 0),
+        // VoiceXML 2.1 `type` wins over 2.0 `bridge` (whose default is false: blind).
+        let kind = match (item.attr("type"), item.attr("bridge")) {
+            (Some("bridge"), _) => TransferKind::Bridge,
+            (Some("consultation"), _) => TransferKind::Consultation,
+            (Some("blind"), _) => TransferKind::Blind,
+            (Some(other), _) => {
+                return Step::Jump(exec::throw(
+                    "error.badfetch",
+                    &format!("transfer type {other:?}"),
+                ))
+            }
+            (None, Some("true")) => TransferKind::Bridge,
+            (None, _) => TransferKind::Blind,
         };
-        let blind = matches!(cmd, Command::Transfer { bridge: false, .. });
+        let aai = match (item.attr("aai"), item.attr("aaiexpr")) {
+            (Some(a), _) => Some(a.to_string()),
+            (None, Some(x)) => match self.string(scope, x) {
+                Ok(a) => Some(a),
+                Err(j) => return Step::Jump(j),
+            },
+            (None, None) => None,
+        };
+        let blind = kind == TransferKind::Blind;
         if (blind && !self.transfers.0) || (!blind && !self.transfers.1) {
             let kind = if blind { "blind" } else { "bridge" };
             return Step::Jump(exec::throw(
@@ -936,6 +967,25 @@ impl Interpreter {
                 "this platform does not transfer calls",
             ));
         }
+        let grammars = if blind {
+            Vec::new()
+        } else {
+            // `type` names the transfer kind here, not a builtin grammar.
+            match self.grammar_children(item) {
+                Ok(g) => g,
+                Err(j) => return Step::Jump(j),
+            }
+        };
+        let (_, interdigit, _, _) = self.listen_props(item);
+        let cmd = Command::Transfer {
+            dest,
+            kind,
+            connect_timeout_ms: ms(item.attr("connecttimeout"), 30_000),
+            maxtime_ms: ms(item.attr("maxtime"), 0),
+            transfer_audio: item.attr("transferaudio").map(str::to_string),
+            aai,
+            grammars: grammars.iter().map(Grammar::describe).collect(),
+        };
         self.flush_prompts();
         self.cmds.push_back(cmd);
         if blind {
@@ -944,7 +994,16 @@ impl Interpreter {
             self.hung_up = true;
             return self.throw("connection.disconnect.transfer", "");
         }
-        self.wait = Wait::Transfer(i);
+        self.events_in_a_row = 0;
+        self.wait = Wait::Transfer(Transferring {
+            item: i,
+            kind,
+            grammars,
+            buf: String::new(),
+            deadline: None,
+            interdigit,
+            hotword: None,
+        });
         Step::Wait
     }
 

@@ -110,9 +110,14 @@ pub enum Input {
         /// The DTMF key that ended it, if any.
         termchar: Option<char>,
     },
-    /// The answer to a [`Command::Transfer`]: `busy`, `noanswer`, `near_party_disconnect`, ...
-    /// A status starting with `error.` (e.g. `error.unsupported.transfer.blind`) is thrown as
-    /// that event instead of filling the item.
+    /// The answer to a [`Command::Transfer`]: `busy`, `noanswer`, `network_busy`,
+    /// `near_end_disconnect`, `far_end_disconnect`, `maxtime_disconnect`,
+    /// `network_disconnect`, `unknown` (VoiceXML 2.0 §2.3.7.2.2), or for a consultation
+    /// transfer `transferred` once the caller has been handed over (the interpreter then
+    /// throws `connection.disconnect.transfer`). A status starting with `error.` (e.g.
+    /// `error.connection.baddestination`) is thrown as that event instead of filling the
+    /// item. When the caller hangs up during the transfer, send [`Input::Hangup`]: the item
+    /// stays unfilled and `connection.disconnect.hangup` is thrown.
     TransferResult {
         status: String,
         /// How long the bridged call lasted.
@@ -120,6 +125,44 @@ pub enum Input {
     },
     /// The caller hung up.
     Hangup,
+}
+
+/// The kind of a `<transfer>` (VoiceXML 2.0 `bridge`, VoiceXML 2.1 `type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferKind {
+    /// The caller is handed over and the session leaves the call.
+    Blind,
+    /// The platform calls the far end, connects the two and the application goes on when
+    /// the far end's call ends.
+    Bridge,
+    /// Like a bridge until the far end answers, then the caller is handed over (like a
+    /// blind transfer); the application only hears of failures to connect.
+    Consultation,
+}
+
+impl TransferKind {
+    /// A short name for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferKind::Blind => "blind",
+            TransferKind::Bridge => "bridge",
+            TransferKind::Consultation => "consultation",
+        }
+    }
+}
+
+/// The result of a bridge or consultation transfer whose outgoing call ended with SIP
+/// status `status` before it was answered (VoiceXML 2.0 §2.3.7.2.2): `busy` for 486 and
+/// 600, `noanswer` for 408 and 480 (and the platform's own `connecttimeout`),
+/// `network_busy` for the network's refusals (503, 502, 504, 403, 404, 484, 485, 488,
+/// 500, 603 and any other 5xx), `unknown` otherwise.
+pub fn transfer_failure(status: u16) -> &'static str {
+    match status {
+        486 | 600 => "busy",
+        408 | 480 | 487 => "noanswer",
+        403 | 404 | 410 | 484 | 485 | 488 | 603 | 500..=599 => "network_busy",
+        _ => "unknown",
+    }
 }
 
 /// HTTP method of a fetch.
@@ -176,13 +219,26 @@ pub enum Command {
         dtmfterm: bool,
         mime: String,
     },
-    /// Transfer the call; answer with [`Input::TransferResult`].
+    /// Transfer the call; answer with [`Input::TransferResult`] (not for blind transfers:
+    /// the interpreter has thrown `connection.disconnect.transfer` already).
     Transfer {
         dest: String,
-        bridge: bool,
+        kind: TransferKind,
+        /// `connecttimeout`: how long the far end may ring before the result is `noanswer`.
         connect_timeout_ms: u64,
+        /// `maxtime`: how long a bridged call may last (`maxtime_disconnect`); 0 is no limit.
         maxtime_ms: u64,
+        /// `transferaudio`: played to the caller while the far end rings.
+        transfer_audio: Option<String>,
+        /// `aai` / `aaiexpr`: application-to-application information for the far end.
+        aai: Option<String>,
+        /// The transfer's own DTMF grammars (descriptions): while they listen, a key that
+        /// completes one ends the transfer ([`Command::EndTransfer`]).
+        grammars: Vec<String>,
     },
+    /// The caller matched a grammar of the running bridge or consultation transfer: end the
+    /// outgoing call and answer the [`Command::Transfer`] with `near_end_disconnect`.
+    EndTransfer,
     /// Hang up the caller.
     Hangup {
         /// The `<disconnect namelist>` values (RFC 5552 reports them with the BYE), or null.

@@ -5,7 +5,7 @@ mod common;
 use common::Host;
 use serde_json::json;
 use std::time::Duration;
-use switchboard_vxml::{Command, Input, Limits, Method};
+use switchboard_vxml::{transfer_failure, Command, Input, Limits, Method, TransferKind};
 
 const START: &str = "http://app/start.vxml";
 
@@ -694,4 +694,118 @@ fn caller_hangup_during_a_bridge_leaves_the_transfer_unfilled() {
         duration_ms: 3000,
     });
     assert_eq!(h.exit_values(), Some(json!("undefined")));
+}
+
+#[test]
+fn a_bridge_transfer_says_what_the_host_needs_and_fills_the_result_with_its_duration() {
+    let doc = vxml(
+        "<form><transfer name='x' destexpr=\"'sip:agent@' + 'x'\" type='bridge' connecttimeout='7s' \
+           maxtime='60s' transferaudio='tone:ringback' aai='case=42'>\
+           <filled><exit expr=\"x + '/' + x$.duration\"/></filled></transfer></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    let cmd = h
+        .log
+        .iter()
+        .find(|c| matches!(c, Command::Transfer { .. }))
+        .cloned();
+    assert_eq!(
+        cmd,
+        Some(Command::Transfer {
+            dest: "sip:agent@x".into(),
+            kind: TransferKind::Bridge,
+            connect_timeout_ms: 7000,
+            maxtime_ms: 60_000,
+            transfer_audio: Some("tone:ringback".into()),
+            aai: Some("case=42".into()),
+            grammars: vec![],
+        })
+    );
+    // Keys during a bridge without grammars of its own are not input.
+    h.keys("12");
+    assert!(!h.log.iter().any(|c| matches!(c, Command::EndTransfer)));
+    h.input(Input::TransferResult {
+        status: "far_end_disconnect".into(),
+        duration_ms: 12_400,
+    });
+    assert_eq!(h.exit_values(), Some(json!("far_end_disconnect/12")));
+}
+
+#[test]
+fn a_key_matching_the_transfer_grammar_ends_the_bridge_as_near_end_disconnect() {
+    let doc = vxml(
+        "<form><transfer name='x' dest='sip:agent@x' bridge='true'>\
+           <grammar mode='dtmf' version='1.0' root='r'><rule id='r'><item>*9</item></rule></grammar>\
+           <filled><exit expr=\"[x, x$.inputmode, x$.utterance, x$.duration].join('/')\"/></filled></transfer></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    assert!(h
+        .log
+        .iter()
+        .any(|c| matches!(c, Command::Transfer { grammars, .. } if grammars.len() == 1)));
+    // A key that matches nothing starts over without a nomatch.
+    h.keys("5*");
+    assert!(!h.log.iter().any(|c| matches!(c, Command::EndTransfer)));
+    h.keys("9");
+    assert!(h.log.iter().any(|c| matches!(c, Command::EndTransfer)));
+    assert_eq!(h.exit_values(), None, "waits for the host to end the call");
+    h.input(Input::TransferResult {
+        status: "near_end_disconnect".into(),
+        duration_ms: 3000,
+    });
+    assert_eq!(
+        h.exit_values(),
+        Some(json!("near_end_disconnect/dtmf/*9/3"))
+    );
+}
+
+#[test]
+fn a_consultation_transfer_disconnects_once_transferred_and_reports_failures() {
+    let doc = vxml(
+        "<catch event='connection.disconnect.transfer'><exit expr=\"'gone: ' + typeof x\"/></catch>\
+         <form><transfer name='x' dest='sip:agent@x' type='consultation'>\
+           <filled><exit namelist='x'/></filled></transfer></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc)]);
+    assert!(h.log.iter().any(|c| matches!(
+        c,
+        Command::Transfer {
+            kind: TransferKind::Consultation,
+            ..
+        }
+    )));
+    h.input(Input::TransferResult {
+        status: "transferred".into(),
+        duration_ms: 0,
+    });
+    assert_eq!(h.exit_values(), Some(json!("gone: undefined")));
+
+    let mut h = Host::new(START, &[(START, &doc)]);
+    h.input(Input::TransferResult {
+        status: transfer_failure(486).into(),
+        duration_ms: 0,
+    });
+    assert_eq!(h.exit_values(), Some(json!({"x": "busy"})));
+}
+
+#[test]
+fn sip_failures_map_to_the_voicexml_transfer_results() {
+    assert_eq!(transfer_failure(486), "busy");
+    assert_eq!(transfer_failure(600), "busy");
+    assert_eq!(transfer_failure(408), "noanswer");
+    assert_eq!(transfer_failure(480), "noanswer");
+    assert_eq!(transfer_failure(503), "network_busy");
+    assert_eq!(transfer_failure(404), "network_busy");
+    assert_eq!(transfer_failure(302), "unknown");
+    assert_eq!(transfer_failure(0), "unknown");
+}
+
+#[test]
+fn an_unknown_transfer_type_is_a_badfetch() {
+    let doc = vxml(
+        "<catch event='error.badfetch'><exit expr=\"'bad'\"/></catch>\
+         <form><transfer name='x' dest='sip:agent@x' type='sideways'/></form>",
+    );
+    let h = Host::new(START, &[(START, &doc)]);
+    assert_eq!(h.exit_values(), Some(json!("bad")));
 }

@@ -8,12 +8,17 @@
 //!
 //! The harness answers fetches from the folder (`X.txml` is served from the converted
 //! `X.vxml`), presses the keys a prompt asks for, lets the noinput timer run otherwise, and
-//! answers records and transfers. A test passes when it exits having said "pass" and never
-//! "fail".
+//! answers records. Transfers are answered as the far end the test asks for in its "Test
+//! environment requirements" comment (busy, refusing network, no answer, answering and
+//! hanging up, answering and staying until `maxtime`, the originator hanging up): SIP
+//! statuses go through [`transfer_failure`], as `mcp` does. A test passes when it exits
+//! having said "pass" and never "fail".
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use switchboard_vxml::{Command, Config, FetchError, Input, Interpreter, PromptPart};
+use switchboard_vxml::{
+    transfer_failure, Command, Config, FetchError, Input, Interpreter, PromptPart, TransferKind,
+};
 
 const ROOT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -21,7 +26,7 @@ const ROOT: &str = concat!(
 );
 const BASE: &str = "http://ir.test/";
 /// The number of tests passing when this runner was last updated; it may only go up.
-const FLOOR: usize = 116;
+const FLOOR: usize = 120;
 
 #[test]
 fn w3c_ir_tests_without_speech() {
@@ -217,16 +222,37 @@ fn run_test(root: &Path, rel: &str) -> Result<(), String> {
                     },
                     now,
                 ),
-                Command::Transfer { .. } => {
-                    logs.push("transfer answered noanswer".into());
-                    vx.handle(
-                        Input::TransferResult {
+                Command::Transfer {
+                    kind: TransferKind::Blind,
+                    ..
+                } => {}
+                Command::Transfer { maxtime_ms, .. } => {
+                    let far = far_end(root, rel);
+                    logs.push(format!("transfer: far end {far:?}"));
+                    let input = match far {
+                        FarEnd::Status(code) => Input::TransferResult {
                             duration_ms: 0,
-                            status: "noanswer".into(),
+                            status: transfer_failure(code).into(),
                         },
-                        now,
-                    )
+                        FarEnd::HangsUp => Input::TransferResult {
+                            duration_ms: 2000,
+                            status: "far_end_disconnect".into(),
+                        },
+                        FarEnd::Stays if maxtime_ms > 0 => Input::TransferResult {
+                            duration_ms: maxtime_ms,
+                            status: "maxtime_disconnect".into(),
+                        },
+                        FarEnd::Stays | FarEnd::CallerHangsUp => Input::Hangup,
+                    };
+                    vx.handle(input, now)
                 }
+                Command::EndTransfer => vx.handle(
+                    Input::TransferResult {
+                        duration_ms: 1000,
+                        status: "near_end_disconnect".into(),
+                    },
+                    now,
+                ),
                 Command::Log { text, .. } => logs.push(text),
                 Command::Exit { .. } => return verdict(&said, &logs),
                 Command::Hangup { .. } | Command::StopListening => {}
@@ -254,6 +280,46 @@ fn run_test(root: &Path, rel: &str) -> Result<(), String> {
         }
     }
     Err("did not finish".into())
+}
+
+/// How the far end of a test's transfer behaves.
+#[derive(Debug)]
+enum FarEnd {
+    /// The call fails with this SIP status.
+    Status(u16),
+    /// It answers and hangs up first.
+    HangsUp,
+    /// It answers and stays (the platform's `maxtime` ends it).
+    Stays,
+    /// It answers, and the originator hangs up.
+    CallerHangsUp,
+}
+
+/// The far end a test's source asks for in its "Test environment requirements".
+fn far_end(root: &Path, rel: &str) -> FarEnd {
+    let source = std::fs::read_to_string(root.join(rel.replace(".vxml", ".txml")))
+        .unwrap_or_default()
+        .to_lowercase();
+    let Some(i) = source.find("test environment requirements") else {
+        return FarEnd::Status(408);
+    };
+    let req = &source[i..];
+    let req = &req[..req.find("-->").unwrap_or(req.len())];
+    if req.contains("is busy") {
+        FarEnd::Status(486)
+    } else if req.contains("refuses the call") {
+        FarEnd::Status(503)
+    } else if req.contains("does not answer") {
+        FarEnd::Status(408)
+    } else if req.contains("originator hangs up") {
+        FarEnd::CallerHangsUp
+    } else if req.contains("hangs up before originator") {
+        FarEnd::HangsUp
+    } else if req.contains("answers") {
+        FarEnd::Stays
+    } else {
+        FarEnd::Status(408)
+    }
 }
 
 fn verdict(said: &str, logs: &[String]) -> Result<(), String> {

@@ -9,11 +9,13 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchboard_media::{MediaEngine, MediaEventKind, PromptCache, StreamId};
 use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::ua::{LegEvent, LegId};
 
 /// Everything a dialog needs for one call.
 pub struct DialogContext {
@@ -37,6 +39,37 @@ pub struct DialogContext {
     pub log: DialogLog,
     /// Blind transfer, when the media server can do it (REFER in the call's dialog).
     pub transfer: Option<Transferrer>,
+    /// Outgoing calls (bridge and consultation transfers), when the media server can place
+    /// them.
+    pub outgoing: Option<Arc<dyn OutgoingCalls>>,
+}
+
+/// An outgoing call to place for a dialog ([`OutgoingCalls::dial`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialRequest {
+    /// `sip:` URI or `tel:` number (see [`super::ua::dial_target`]).
+    pub dest: String,
+    /// The dialog's own stream: the new call's stream can be bridged with it.
+    pub near: StreamId,
+    /// The caller's address, shown to the far end as From.
+    pub caller: String,
+    /// How long it may ring before it is cancelled (`Failed { status: 408 }`).
+    pub ring_timeout: Duration,
+    /// Application-to-application information for the far end.
+    pub aai: Option<String>,
+}
+
+/// Places and controls the outgoing calls of a dialog's bridge and consultation transfers
+/// (implemented by the media server's glue on the SIP UA core).
+pub trait OutgoingCalls: Send + Sync {
+    /// Places a call; its progress comes on the receiver, ending with `Failed` or `Ended`.
+    /// Dropping the receiver before then hangs the call up.
+    fn dial(&self, req: DialRequest) -> (LegId, UnboundedReceiver<LegEvent>);
+    /// Ends the call: CANCEL while it rings, BYE once answered.
+    fn hang_up(&self, leg: LegId);
+    /// Consultation transfer: asks the caller on `near` to replace our call with the far end
+    /// of `leg` (REFER with Replaces); resolves to the REFER's final status.
+    fn hand_over(&self, near: StreamId, leg: LegId) -> Pin<Box<dyn Future<Output = u16> + Send>>;
 }
 
 /// Asks the caller's side to call a target instead (RFC 3515 REFER with `Refer-To: target`);

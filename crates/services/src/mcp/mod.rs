@@ -4,7 +4,8 @@
 //!
 //! * [`service`]: what a call asks for, read from its Request-URI.
 //! * [`ua`]: the sans-I/O SIP UA core (INVITE with offer/answer, re-INVITE, BYE, CANCEL,
-//!   REFER for a dialog's blind transfer).
+//!   REFER for a dialog's blind transfer, outgoing calls for its bridge and consultation
+//!   transfers).
 //! * [`rfc5552`]: the session variables of a dialog and the body of the BYE that ends it.
 //! * [`dialog`]: the seam between the glue and a dialog runner, and the per-call log.
 //! * [`vxml`]: the VoiceXML browser (the interpreter of `switchboard-vxml` on the media engine).

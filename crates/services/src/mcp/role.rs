@@ -11,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,9 +33,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::dialog::{DialogContext, DialogLog, DialogOutcome, DialogRunner, Transferrer};
+use super::dialog::{
+    DialRequest, DialogContext, DialogLog, DialogOutcome, DialogRunner, OutgoingCalls, Transferrer,
+};
 use super::service::{valid_conference_id, Announcement, Service};
-use super::ua::{McpCommand, McpOutput, McpUa, SessionId, StreamSetup, UaSettings};
+use super::ua::{
+    LegEvent, LegId, McpCommand, McpOutput, McpUa, SessionId, StreamSetup, UaSettings,
+};
 
 /// A started media server.
 pub struct McpRunning {
@@ -123,6 +128,61 @@ struct Glue {
     runner: Option<Arc<dyn DialogRunner>>,
     /// Dialogs' REFERs waiting for their answer, by stream.
     refers: Mutex<HashMap<StreamId, tokio::sync::oneshot::Sender<u16>>>,
+    /// Dialogs' outgoing calls: where their events go, by leg.
+    legs: Mutex<HashMap<LegId, mpsc::UnboundedSender<LegEvent>>>,
+    next_leg: AtomicU64,
+    /// The streams of answered outgoing calls (hung up when their RTP stops).
+    leg_streams: Mutex<std::collections::HashSet<StreamId>>,
+}
+
+/// A dialog's view of the glue for outgoing calls.
+struct GlueCalls(std::sync::Weak<Glue>);
+
+impl OutgoingCalls for GlueCalls {
+    fn dial(&self, req: DialRequest) -> (LegId, mpsc::UnboundedReceiver<LegEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let Some(glue) = self.0.upgrade() else {
+            let _ = tx.send(LegEvent::Failed { status: 503 });
+            return (0, rx);
+        };
+        let leg = glue.next_leg.fetch_add(1, Ordering::Relaxed);
+        glue.legs().insert(leg, tx);
+        let affinity = glue.engine.affinity_of(req.near);
+        glue.command_now(McpCommand::Dial {
+            leg,
+            dest: req.dest,
+            caller: req.caller,
+            affinity,
+            ring_timeout: req.ring_timeout,
+            aai: req.aai,
+        });
+        (leg, rx)
+    }
+
+    fn hang_up(&self, leg: LegId) {
+        if let Some(glue) = self.0.upgrade() {
+            glue.command_now(McpCommand::HangupLeg { leg });
+        }
+    }
+
+    fn hand_over(
+        &self,
+        near: StreamId,
+        leg: LegId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>> {
+        let glue = self.0.clone();
+        Box::pin(async move {
+            let Some(glue) = glue.upgrade() else {
+                return 503;
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            glue.refers().insert(near, tx);
+            glue.command(McpCommand::ReferToLeg { stream: near, leg })
+                .await;
+            drop(glue);
+            rx.await.unwrap_or(481)
+        })
+    }
 }
 
 impl Glue {
@@ -152,6 +212,25 @@ impl Glue {
                 rx.await.unwrap_or(481)
             })
         })
+    }
+
+    fn legs(&self) -> std::sync::MutexGuard<'_, HashMap<LegId, mpsc::UnboundedSender<LegEvent>>> {
+        self.legs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a command from synchronous code: at once when the queue has room, else from a
+    /// task.
+    fn command_now(self: &Arc<Self>, cmd: McpCommand) {
+        match self.commands.try_send(cmd) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                let glue = self.clone();
+                tokio::spawn(async move { glue.command(cmd).await });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("the SIP core has stopped; command dropped");
+            }
+        }
     }
 
     async fn command(&self, cmd: McpCommand) {
@@ -203,6 +282,33 @@ impl Glue {
                 caller,
                 session_vars,
             } => self.start_service(session, stream, service, call_id, caller, session_vars),
+            McpOutput::Leg { leg, event } => {
+                if let LegEvent::Answered { stream } = &event {
+                    self.leg_streams
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(*stream);
+                }
+                let last = matches!(
+                    event,
+                    LegEvent::Failed { .. } | LegEvent::Ended { .. } | LegEvent::BadDestination
+                );
+                let delivered = {
+                    let mut legs = self.legs();
+                    let delivered = legs
+                        .get(&leg)
+                        .is_some_and(|tx| tx.send(event.clone()).is_ok());
+                    if last || !delivered {
+                        legs.remove(&leg);
+                    }
+                    delivered
+                };
+                if !delivered && !last {
+                    // Nobody waits for this call any more (the dialog ended): hang it up.
+                    tracing::info!(leg, ?event, "outgoing call without a dialog: hanging up");
+                    self.command(McpCommand::HangupLeg { leg }).await;
+                }
+            }
             McpOutput::ReferResult { stream, status } => {
                 tracing::info!(%stream, status, "transfer answered");
                 if let Some(tx) = self.refers().remove(&stream) {
@@ -216,6 +322,10 @@ impl Glue {
             } => {
                 let Some(stream) = stream else { return };
                 self.refers().remove(&stream);
+                self.leg_streams
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&stream);
                 let mut calls = self.calls();
                 if let Some((_, task)) = calls.dialogs.remove(&stream) {
                     task.abort();
@@ -293,6 +403,9 @@ impl Glue {
                     tracing::warn!(%stream, error = %e, "record failed");
                 }
             }
+            // Outgoing calls are never started as a service (the dialog that placed one
+            // bridges it).
+            Service::Outgoing => {}
             Service::Dialog { voicexml } => {
                 let Some(runner) = self.runner.clone() else {
                     // The core refuses dialogs without a runner; nothing to run.
@@ -312,6 +425,7 @@ impl Glue {
                     recordings_dir: self.recordings_dir.clone(),
                     log,
                     transfer: Some(self.transferrer(stream)),
+                    outgoing: Some(Arc::new(GlueCalls(Arc::downgrade(self)))),
                 };
                 let glue = self.clone();
                 let task = tokio::spawn(async move {
@@ -398,7 +512,12 @@ impl Glue {
                     }
                 }
                 MediaEventKind::RtpTimeout => {
-                    if call.is_some_and(|c| c.end.is_none()) {
+                    let leg = self
+                        .leg_streams
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(&stream);
+                    if leg || call.is_some_and(|c| c.end.is_none()) {
                         tracing::info!(%stream, "no RTP received: hanging up");
                         hangup = Some("RTP timeout".to_owned());
                     }
@@ -749,6 +868,7 @@ pub async fn start(
                 ..Timers::default()
             },
             dialog_runner: runner.is_some(),
+            transfer_gateway: m.transfer_gateway,
         },
         rand::random(),
     );
@@ -764,6 +884,9 @@ pub async fn start(
         commands: commands_tx,
         runner,
         refers: Mutex::new(HashMap::new()),
+        legs: Mutex::new(HashMap::new()),
+        next_leg: AtomicU64::new(1),
+        leg_streams: Mutex::new(std::collections::HashSet::new()),
     });
     let router = Router::new()
         .route("/v1/mcp/calls", get(list_calls))

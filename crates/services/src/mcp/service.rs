@@ -41,7 +41,12 @@ pub enum Service {
     Announcement(Announcement),
     Conference(String),
     Record(RecordOptions),
-    Dialog { voicexml: String },
+    Dialog {
+        voicexml: String,
+    },
+    /// Not asked for by a Request-URI: a call mcp places itself (the far leg of a VoiceXML
+    /// bridge or consultation transfer), which runs no service of its own.
+    Outgoing,
 }
 
 impl Service {
@@ -52,6 +57,7 @@ impl Service {
             Service::Conference(_) => "conf",
             Service::Record(_) => "record",
             Service::Dialog { .. } => "dialog",
+            Service::Outgoing => "outgoing",
         }
     }
 }

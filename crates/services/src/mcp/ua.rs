@@ -6,6 +6,10 @@
 //! starts ([`McpOutput::Start`]) and ends ([`McpOutput::Release`]). The async glue in
 //! [`super::role`] turns those into media-engine calls.
 //!
+//! It also places calls itself ([`McpCommand::Dial`]): the far leg of a VoiceXML bridge or
+//! consultation transfer, an INVITE with our offer on a stream that shares the caller's media
+//! worker, cancelled at its ring timeout, reported as [`McpOutput::Leg`] events.
+//!
 //! A 2xx to an INVITE is retransmitted by this core (RFC 3261 §13.3.1.4: the transaction layer
 //! stops at the 2xx) until its ACK arrives; without an ACK after 64*T1 the call is hung up.
 
@@ -18,7 +22,7 @@ use switchboard_media::{Codec as MediaCodec, StreamId};
 use switchboard_sdp::{
     Codec as SdpCodec, LocalMedia, Negotiated, NegotiationError, OfferAnswer, SessionDescription,
 };
-use switchboard_sip::build::response_to;
+use switchboard_sip::build::{cancel_for, response_to, Builder};
 use switchboard_sip::transaction::{
     ClientTxId, IdGen, Incoming, ServerTxId, Timers, Transactions, TxEvent,
 };
@@ -39,6 +43,79 @@ pub struct UaSettings {
     pub timers: Timers,
     /// Whether a VoiceXML dialog runner is configured; without one `sip:dialog@` gets 488.
     pub dialog_runner: bool,
+    /// Where outgoing calls to `tel:` numbers go (`mcp.transfer_gateway`); without one they
+    /// fail (a `sip:` URI is called at its own host).
+    pub transfer_gateway: Option<SocketAddr>,
+}
+
+/// An outgoing call's id, chosen by the glue ([`McpCommand::Dial`]).
+pub type LegId = u64;
+
+/// What happens to an outgoing call ([`McpOutput::Leg`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LegEvent {
+    /// A provisional response (180, 183): the far end rings.
+    Ringing,
+    /// A 2xx: the call is up and `stream` carries its media (already set to the answer).
+    Answered { stream: StreamId },
+    /// The call ended before it was answered, with the final status (408 when nothing or
+    /// the ring timeout ended it, 487 when it was hung up first, 503 without a stream or
+    /// while draining, 488 when the answer's SDP was unusable).
+    Failed { status: u16 },
+    /// The call ended after the answer: by the far end's BYE, or by us.
+    Ended { by_far_end: bool },
+    /// Nothing was sent: the destination is no `sip:` URI with an IP host or `tel:`
+    /// number, or a `tel:` number has no gateway to go to.
+    BadDestination,
+}
+
+/// Why an outgoing call cannot be placed to a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialError {
+    /// Not a `sip:` URI with an IP host or a `tel:` number.
+    BadDestination(String),
+    /// A `tel:` number and no `mcp.transfer_gateway`.
+    NoGateway,
+}
+
+/// Where an outgoing call to `dest` goes: its Request-URI and first hop. `sip:` URIs go to
+/// their host (an IP address or `localhost`; `maddr` and `transport` honoured), `tel:`
+/// numbers (global or local, visual separators dropped) to `gateway` as `sip:NUMBER@gateway`.
+pub fn dial_target(dest: &str, gateway: Option<SocketAddr>) -> Result<(String, Peer), DialError> {
+    let dest = dest.trim();
+    let bad = || DialError::BadDestination(dest.chars().take(200).collect());
+    if dest.is_empty() || dest.len() > 1024 || dest.contains(['\r', '\n', '<', '>', '"', ' ']) {
+        return Err(bad());
+    }
+    let lower = dest.to_ascii_lowercase();
+    if let Some(tel) = lower.strip_prefix("tel:") {
+        let number: String = tel
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .chars()
+            .filter(|c| !matches!(c, '-' | '.' | '(' | ')'))
+            .collect();
+        let plus = number.strip_prefix('+').unwrap_or(&number);
+        let ok = !plus.is_empty()
+            && plus.len() <= 32
+            && plus
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'a'..='d'));
+        if !ok {
+            return Err(bad());
+        }
+        let gw = gateway.ok_or(DialError::NoGateway)?;
+        let user = number.replace('#', "%23");
+        return Ok((format!("sip:{user}@{gw}"), Peer::udp(gw)));
+    }
+    let uri = Uri::parse(dest).map_err(|_| bad())?;
+    let sip = uri.as_sip().ok_or_else(bad)?;
+    let peer = uri_peer(sip).ok_or_else(bad)?;
+    if peer.transport != Transport::Udp && peer.transport != Transport::Tcp {
+        return Err(bad());
+    }
+    Ok((dest.to_owned(), peer))
 }
 
 /// A call's id inside the core.
@@ -79,9 +156,13 @@ pub enum McpOutput {
         /// For dialogs: the RFC 5552 `session` variables read from the INVITE (else null).
         session_vars: serde_json::Value,
     },
-    /// The final answer to a [`McpCommand::Refer`]: its status (408 when none came, 481 when
-    /// the call was gone).
+    /// The final answer to a [`McpCommand::Refer`] or [`McpCommand::ReferToLeg`]: its
+    /// status (408 when none came, 481 when the call was gone).
     ReferResult { stream: StreamId, status: u16 },
+    /// Progress of an outgoing call placed with [`McpCommand::Dial`]. After `Failed` or
+    /// `Ended` nothing more comes for the leg (its stream is released with
+    /// [`McpOutput::Release`]).
+    Leg { leg: LegId, event: LegEvent },
     /// The call is over (BYE either way, CANCEL, no ACK, failure): free its stream.
     Release {
         session: SessionId,
@@ -108,6 +189,26 @@ pub enum McpCommand {
     /// Ask the caller to call `target` instead (blind transfer, RFC 3515 REFER in the call's
     /// dialog); answered with [`McpOutput::ReferResult`].
     Refer { stream: StreamId, target: String },
+    /// Place an outgoing call (the far leg of a bridge or consultation transfer) to `dest`
+    /// (see [`dial_target`]) with our SDP offer on a new stream that shares a worker with
+    /// `affinity`; `caller` (a SIP URI) goes in the From. Progress comes as
+    /// [`McpOutput::Leg`]; the call is cancelled when `ring_timeout` passes without an
+    /// answer (`Failed { status: 408 }`). `aai` goes in a `User-to-User` header (RFC 7433,
+    /// hex).
+    Dial {
+        leg: LegId,
+        dest: String,
+        caller: String,
+        affinity: u64,
+        ring_timeout: Duration,
+        aai: Option<String>,
+    },
+    /// End an outgoing call: CANCEL while it rings, BYE once answered.
+    HangupLeg { leg: LegId },
+    /// Hand the caller of `stream` over to the far end of `leg` (consultation transfer):
+    /// REFER with `Refer-To: <leg's remote target?Replaces=leg's dialog>` (RFC 3515, RFC
+    /// 3891), answered with [`McpOutput::ReferResult`].
+    ReferToLeg { stream: StreamId, leg: LegId },
 }
 
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, NOTIFY";
@@ -115,8 +216,11 @@ const TELEPHONE_EVENT_PT: u8 = 101;
 
 #[derive(Debug)]
 enum Phase {
-    /// INVITE received, stream requested; no final response yet.
+    /// INVITE received (or, for an outgoing call, to be sent), stream requested; no final
+    /// response yet.
     Allocating { cancelled: bool },
+    /// An outgoing call's INVITE is out; no final response yet.
+    Dialing,
     /// 2xx sent (or being retransmitted) and the call runs; see `pending_2xx`.
     Established,
     /// We sent BYE; waiting for its response.
@@ -152,6 +256,28 @@ struct Session {
     started: bool,
     caller: String,
     session_vars: serde_json::Value,
+    /// Set for an outgoing call.
+    leg: Option<Outgoing>,
+}
+
+/// The state of an outgoing call (a session we placed).
+#[derive(Debug)]
+struct Outgoing {
+    id: LegId,
+    ruri: String,
+    aai: Option<String>,
+    ring_timeout: Duration,
+    client: Option<ClientTxId>,
+    got_provisional: bool,
+    /// We hung up (or the ring timeout did) before a final response: CANCEL sent or owed.
+    cancelled: bool,
+    /// Why the call failed, when we know better than the final response (408: no answer).
+    cause: Option<u16>,
+    answered: bool,
+    /// Our ACK of the 2xx and where it went (sent again for retransmitted 2xx).
+    last_ack: Option<(Bytes, Peer)>,
+    /// `Failed` or `Ended` was reported.
+    reported: bool,
 }
 
 /// The media server's SIP UA core.
@@ -172,6 +298,11 @@ pub struct McpUa {
     draining: bool,
     /// Calls to hang up once the current message or command is handled.
     hangup_queue: Vec<(SessionId, &'static str)>,
+    /// Outgoing calls by leg id, and their INVITE transactions.
+    legs: HashMap<LegId, SessionId>,
+    leg_invites: HashMap<ClientTxId, SessionId>,
+    /// Ring timeouts of outgoing calls, and the last chance of cancelled ones.
+    leg_timers: BTreeSet<(Instant, SessionId)>,
 }
 
 fn setup_of(n: &Negotiated) -> Option<StreamSetup> {
@@ -206,6 +337,40 @@ fn sdp_body(msg: &Message) -> Result<Option<SessionDescription>, String> {
         .map_err(|e| format!("bad SDP: {e}"))
 }
 
+/// `remote-target?Replaces=call-id;to-tag=REMOTE;from-tag=LOCAL`, %-escaped as a URI header
+/// (RFC 3891 §3, RFC 3261 §19.1.1), or `None` when the remote target cannot carry it.
+fn replaces_target(d: &Dialog) -> Option<String> {
+    let target = d.remote_target().trim();
+    let target = target
+        .strip_prefix('<')
+        .and_then(|t| t.strip_suffix('>'))
+        .unwrap_or(target);
+    if target.is_empty() || target.contains(['?', '<', '>', '\r', '\n', '"']) {
+        return None;
+    }
+    let id = d.id();
+    let value = format!(
+        "{};to-tag={};from-tag={}",
+        id.call_id, id.remote_tag, id.local_tag
+    );
+    let escaped: String = value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+                )
+            {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    Some(format!("{target}?Replaces={escaped}"))
+}
+
 /// FNV-1a of a conference id: the stream affinity of its members.
 fn affinity_of(id: &str) -> u64 {
     id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -230,6 +395,9 @@ impl McpUa {
             next_session: 1,
             draining: false,
             hangup_queue: Vec::new(),
+            legs: HashMap::new(),
+            leg_invites: HashMap::new(),
+            leg_timers: BTreeSet::new(),
         }
     }
 
@@ -446,6 +614,7 @@ impl McpUa {
                 started: false,
                 caller,
                 session_vars,
+                leg: None,
             },
         );
         self.update_gauge();
@@ -493,6 +662,9 @@ impl McpUa {
             return;
         };
         let cancelled = matches!(s.phase, Phase::Allocating { cancelled: true });
+        if s.leg.is_some() {
+            return self.leg_allocated(id, result, cancelled, now);
+        }
         let (stream, local) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -903,6 +1075,7 @@ impl McpUa {
         if let Some(st) = stream {
             self.by_stream.remove(&st);
         }
+        self.report_leg_end(id);
         self.outputs.push_back(McpOutput::Release {
             session: id,
             stream,
@@ -927,7 +1100,14 @@ impl McpUa {
     }
 
     fn remove(&mut self, id: SessionId) {
+        self.report_leg_end(id);
         if let Some(s) = self.sessions.remove(&id) {
+            if let Some(leg) = &s.leg {
+                self.legs.remove(&leg.id);
+                if let Some(c) = leg.client {
+                    self.leg_invites.remove(&c);
+                }
+            }
             self.by_dialog.remove(&s.dialog_id);
             self.by_invite.retain(|_, v| *v != id);
             if let Some(st) = s.stream {
@@ -941,7 +1121,10 @@ impl McpUa {
         self.update_gauge();
     }
 
-    fn on_response(&mut self, ctx: ClientTxId, msg: Message) {
+    fn on_response(&mut self, ctx: ClientTxId, msg: Message, now: Instant) {
+        if self.leg_invites.contains_key(&ctx) {
+            return self.leg_response(ctx, msg, now);
+        }
         if let Some(status) = msg.status().filter(|&c| c >= 200) {
             if let Some(id) = self.byes.remove(&ctx) {
                 self.remove(id);
@@ -976,6 +1159,19 @@ impl McpUa {
         {
             return fail(self, 400);
         }
+        self.send_refer(id, stream, target, now);
+    }
+
+    /// Sends REFER with `Refer-To: <target>` in session `id`'s dialog (the caller's, on
+    /// `stream`); its answer comes as [`McpOutput::ReferResult`].
+    fn send_refer(&mut self, id: SessionId, stream: StreamId, target: &str, now: Instant) {
+        let fail = |ua: &mut McpUa, status| {
+            ua.outputs
+                .push_back(McpOutput::ReferResult { stream, status });
+        };
+        let Some(s) = self.sessions.get(&id) else {
+            return fail(self, 481);
+        };
         let transport = s.peer.transport;
         let Some(local) = self.local_addr(transport) else {
             return fail(self, 503);
@@ -1016,15 +1212,551 @@ impl McpUa {
         }
     }
 
+    // ---- outgoing calls (the far leg of bridge and consultation transfers) ----
+
+    fn dial(
+        &mut self,
+        leg: LegId,
+        dest: &str,
+        caller: &str,
+        affinity: u64,
+        ring_timeout: Duration,
+        aai: Option<String>,
+    ) {
+        let fail = |ua: &mut McpUa, status| {
+            ua.outputs.push_back(McpOutput::Leg {
+                leg,
+                event: LegEvent::Failed { status },
+            });
+        };
+        if self.draining || self.legs.contains_key(&leg) {
+            return fail(self, 503);
+        }
+        let (ruri, peer) = match dial_target(dest, self.settings.transfer_gateway) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::info!(leg, dest, error = ?e, "cannot place the outgoing call");
+                metrics::counter!("mcp_outgoing_calls_total", "result" => "bad_destination")
+                    .increment(1);
+                self.outputs.push_back(McpOutput::Leg {
+                    leg,
+                    event: LegEvent::BadDestination,
+                });
+                return;
+            }
+        };
+        if self.local_addr(peer.transport).is_none() {
+            return fail(self, 503);
+        }
+        let id = self.next_session;
+        self.next_session += 1;
+        let call_id = format!("{}@mcp", self.ids.call_id());
+        let local_tag = self.ids.tag();
+        // From: the caller's address when it is a usable SIP URI (the far end sees who is
+        // calling), else ours.
+        let caller = caller.trim();
+        let caller = if !caller.is_empty()
+            && !caller.contains(['\r', '\n', '<', '>', '"'])
+            && Uri::parse(caller).is_ok_and(|u| u.as_sip().is_some())
+        {
+            caller.to_owned()
+        } else {
+            format!("sip:mcp@{}", self.settings.rtp_ip)
+        };
+        let aai = aai.filter(|a| !a.is_empty()).map(|a| {
+            a.bytes()
+                .take(128)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        });
+        tracing::info!(session = id, leg, %call_id, %ruri, %peer, "placing an outgoing call");
+        metrics::counter!("mcp_outgoing_calls_total", "result" => "placed").increment(1);
+        self.legs.insert(leg, id);
+        self.sessions.insert(
+            id,
+            Session {
+                phase: Phase::Allocating { cancelled: false },
+                service: Service::Outgoing,
+                invite: None,
+                local_tag: local_tag.clone(),
+                dialog_id: DialogId {
+                    call_id,
+                    local_tag,
+                    remote_tag: String::new(),
+                },
+                dialog: None,
+                peer,
+                offer: None,
+                oa: None,
+                stream: None,
+                local_rtp: None,
+                pending_2xx: None,
+                answer_in_ack: false,
+                started: true,
+                caller,
+                session_vars: serde_json::Value::Null,
+                leg: Some(Outgoing {
+                    id: leg,
+                    ruri,
+                    aai,
+                    ring_timeout,
+                    client: None,
+                    got_provisional: false,
+                    cancelled: false,
+                    cause: None,
+                    answered: false,
+                    last_ack: None,
+                    reported: false,
+                }),
+            },
+        );
+        self.update_gauge();
+        self.outputs.push_back(McpOutput::Allocate {
+            session: id,
+            setup: StreamSetup {
+                remote: None,
+                codec: MediaCodec::PCMU,
+                telephone_event: Some(TELEPHONE_EVENT_PT),
+                send: true,
+                receive: true,
+            },
+            affinity: Some(affinity),
+        });
+    }
+
+    /// The stream of an outgoing call exists: send the INVITE with our offer.
+    fn leg_allocated(
+        &mut self,
+        id: SessionId,
+        result: Result<(StreamId, SocketAddr), String>,
+        cancelled: bool,
+        now: Instant,
+    ) {
+        let (stream, local) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(session = id, error = %e, "no RTP stream for the outgoing call");
+                return self.leg_failed(id, 503);
+            }
+        };
+        let media = self.local_media_for(local);
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        s.stream = Some(stream);
+        s.local_rtp = Some(local);
+        self.by_stream.insert(stream, id);
+        if cancelled {
+            return self.leg_failed(id, 487);
+        }
+        let Some(s) = self.sessions.get(&id) else {
+            return;
+        };
+        let transport = s.peer.transport;
+        let contact = self.contact(transport);
+        let Some(local_sip) = self.local_addr(transport) else {
+            return self.leg_failed(id, 503);
+        };
+        let via = format!(
+            "SIP/2.0/{} {local_sip};branch={};rport",
+            transport.via_token(),
+            self.ids.branch()
+        );
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(leg) = s.leg.as_ref() else {
+            return;
+        };
+        let mut oa = OfferAnswer::new(media, (u64::from(local.port()) << 16) | (id & 0xffff));
+        let offer = match oa.create_offer() {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(session = id, error = %e, "cannot make an offer");
+                return self.leg_failed(id, 500);
+            }
+        };
+        s.oa = Some(oa);
+        let mut b = Builder::request(&Method::Invite, &leg.ruri)
+            .header("Via", &via)
+            .header("Max-Forwards", 70)
+            .header("From", format_args!("<{}>;tag={}", s.caller, s.local_tag))
+            .header("To", format_args!("<{}>", leg.ruri))
+            .header("Call-ID", &s.dialog_id.call_id)
+            .header("CSeq", "1 INVITE")
+            .header("Contact", &contact)
+            .header("Allow", ALLOW);
+        if let Some(hex) = &leg.aai {
+            b = b.header("User-to-User", format_args!("{hex};encoding=hex"));
+        }
+        let bytes = b.body("application/sdp", offer.to_string().as_bytes());
+        let peer = s.peer;
+        let ring_timeout = leg.ring_timeout;
+        let sent = Message::parse(bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                self.tx
+                    .send_request(m, peer, now)
+                    .map_err(|e| e.to_string())
+            });
+        let client = match sent {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(session = id, error = %e, "INVITE not sent");
+                return self.leg_failed(id, 500);
+            }
+        };
+        self.leg_invites.insert(client, id);
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.phase = Phase::Dialing;
+            if let Some(leg) = s.leg.as_mut() {
+                leg.client = Some(client);
+            }
+        }
+        self.leg_timers.insert((now + ring_timeout, id));
+        tracing::info!(session = id, %stream, rtp = %local, %peer, "INVITE sent");
+    }
+
+    fn leg_response(&mut self, client: ClientTxId, resp: Message, now: Instant) {
+        let Some(&id) = self.leg_invites.get(&client) else {
+            return;
+        };
+        let code = resp.status().unwrap_or(500);
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(leg) = s.leg.as_mut() else {
+            return;
+        };
+        if code < 200 {
+            if code > 100 && !leg.got_provisional && !leg.cancelled {
+                leg.got_provisional = true;
+                let leg_id = leg.id;
+                tracing::info!(session = id, code, "outgoing call rings");
+                self.outputs.push_back(McpOutput::Leg {
+                    leg: leg_id,
+                    event: LegEvent::Ringing,
+                });
+            } else {
+                leg.got_provisional = true;
+            }
+            if leg.cancelled && leg.client.is_some() {
+                // A CANCEL owed since before any provisional response (RFC 3261 §9.1).
+                self.send_cancel(id, now);
+            }
+            return;
+        }
+        if code >= 300 {
+            self.leg_invites.remove(&client);
+            tracing::info!(session = id, code, "outgoing call failed");
+            return self.leg_failed(id, code);
+        }
+        if leg.answered {
+            // A retransmitted 2xx: our ACK again.
+            if let Some((b, p)) = leg.last_ack.clone() {
+                self.tx.send_stateless(b, p);
+            }
+            return;
+        }
+        let Some(req) = self.tx.client_request(client).cloned() else {
+            return;
+        };
+        let mut dialog = match Dialog::uac(&req, &resp) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::info!(session = id, error = %e, "2xx without a usable dialog");
+                self.leg_invites.remove(&client);
+                return self.leg_failed(id, 502);
+            }
+        };
+        dialog.confirm();
+        let transport = s.peer.transport;
+        let next_hop = Uri::parse(dialog.next_hop())
+            .ok()
+            .and_then(|u| u.as_sip().and_then(uri_peer))
+            .filter(|p| p.transport == transport)
+            .unwrap_or(s.peer);
+        let via = format!(
+            "SIP/2.0/{} {};branch={};rport",
+            transport.via_token(),
+            self.local_addr(transport)
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            self.ids.branch()
+        );
+        let ack = dialog.ack(1, &via).finish();
+        self.tx.send_stateless(ack.clone(), next_hop);
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(leg) = s.leg.as_mut() else {
+            return;
+        };
+        leg.answered = true;
+        leg.last_ack = Some((ack, next_hop));
+        leg.client = None;
+        let cancelled = leg.cancelled;
+        let leg_id = leg.id;
+        self.leg_invites.remove(&client);
+        let did = dialog.id().clone();
+        s.dialog_id = DialogId {
+            call_id: did.call_id.clone(),
+            local_tag: did.local_tag.clone(),
+            remote_tag: did.remote_tag.clone(),
+        };
+        s.dialog = Some(dialog);
+        s.phase = Phase::Established;
+        self.by_dialog.insert(did, id);
+        if cancelled {
+            // Answered while our CANCEL was on its way: end it at once.
+            if let Some(leg) = s.leg.as_mut() {
+                leg.answered = false;
+                leg.cause.get_or_insert(487);
+            }
+            return self.hangup(id, "cancelled", now);
+        }
+        let setup = match sdp_body(&resp) {
+            Ok(Some(answer)) => {
+                s.oa.as_mut()
+                    .and_then(|oa| oa.handle_answer(&answer).ok())
+                    .and_then(|n| setup_of(&n))
+            }
+            _ => None,
+        };
+        let (Some(setup), Some(stream)) = (setup, s.stream) else {
+            tracing::info!(session = id, "no usable SDP answer in the 2xx: hanging up");
+            if let Some(leg) = s.leg.as_mut() {
+                leg.answered = false;
+                leg.cause = Some(488);
+            }
+            return self.hangup(id, "no usable SDP answer", now);
+        };
+        tracing::info!(session = id, remote = ?setup.remote, codec = ?setup.codec.encoding, "outgoing call answered");
+        metrics::counter!("mcp_outgoing_calls_total", "result" => "answered").increment(1);
+        self.outputs.push_back(McpOutput::Update { stream, setup });
+        self.outputs.push_back(McpOutput::Leg {
+            leg: leg_id,
+            event: LegEvent::Answered { stream },
+        });
+    }
+
+    /// A 2xx after the INVITE transaction ended: our ACK again (RFC 3261 §13.2.2.4).
+    fn stray_response(&mut self, msg: &Message) {
+        if !msg.status().is_some_and(|c| (200..300).contains(&c)) {
+            return;
+        }
+        let Some(did) = DialogId::of_response(msg) else {
+            return;
+        };
+        let Some(s) = self
+            .by_dialog
+            .get(&did)
+            .and_then(|id| self.sessions.get(id))
+        else {
+            return;
+        };
+        if let Some((b, p)) = s.leg.as_ref().and_then(|l| l.last_ack.clone()) {
+            self.tx.send_stateless(b, p);
+        }
+    }
+
+    fn send_cancel(&mut self, id: SessionId, now: Instant) {
+        let Some(client) = self
+            .sessions
+            .get_mut(&id)
+            .and_then(|s| s.leg.as_mut())
+            .and_then(|l| l.client.take())
+        else {
+            return;
+        };
+        // The INVITE transaction stays known (its final response ends the call).
+        self.leg_invites.insert(client, id);
+        let (Some(req), Some(peer)) = (self.tx.client_request(client), self.tx.client_peer(client))
+        else {
+            return;
+        };
+        match Message::parse(cancel_for(req)).map(|m| self.tx.send_request(m, peer, now)) {
+            Ok(Ok(_)) => tracing::info!(session = id, "CANCEL sent"),
+            other => {
+                tracing::debug!(session = id, result = ?other.map(|r| r.map(|_| ())), "CANCEL not sent")
+            }
+        }
+    }
+
+    /// Ends an outgoing call that is not answered yet: CANCEL once it has a provisional
+    /// response (owed until then), and give up on it 64*T1 later whatever comes.
+    fn cancel_leg(&mut self, id: SessionId, cause: Option<u16>, now: Instant) {
+        let t1x64 = self.settings.timers.t1x64();
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        match s.phase {
+            Phase::Allocating { .. } => {
+                s.phase = Phase::Allocating { cancelled: true };
+                if let Some(leg) = s.leg.as_mut() {
+                    leg.cancelled = true;
+                    leg.cause = leg.cause.or(cause);
+                }
+            }
+            Phase::Dialing => {
+                let Some(leg) = s.leg.as_mut() else {
+                    return;
+                };
+                if leg.cancelled {
+                    return;
+                }
+                leg.cancelled = true;
+                leg.cause = leg.cause.or(cause);
+                if leg.got_provisional {
+                    self.send_cancel(id, now);
+                }
+                self.leg_timers.insert((now + t1x64, id));
+            }
+            _ => {}
+        }
+    }
+
+    fn fire_leg_timers(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.leg_timers.first() {
+            if at > now {
+                break;
+            }
+            self.leg_timers.remove(&(at, id));
+            let Some(leg) = self.sessions.get(&id).and_then(|s| {
+                matches!(s.phase, Phase::Dialing)
+                    .then_some(s.leg.as_ref())
+                    .flatten()
+            }) else {
+                continue;
+            };
+            if leg.cancelled {
+                // The CANCEL took no effect in 64*T1: forget the call (a late 2xx gets its
+                // ACK and a BYE from the stray-response path of the transaction's owner).
+                tracing::info!(session = id, "no final response after CANCEL: giving up");
+                let client = leg.client;
+                if let Some(c) = client {
+                    self.leg_invites.remove(&c);
+                }
+                self.leg_invites.retain(|_, v| *v != id);
+                self.leg_failed(id, 408);
+            } else {
+                tracing::info!(
+                    session = id,
+                    "outgoing call not answered in time: cancelling"
+                );
+                self.cancel_leg(id, Some(408), now);
+            }
+        }
+    }
+
+    /// An outgoing call that was never answered is over: report it and free its stream.
+    fn leg_failed(&mut self, id: SessionId, status: u16) {
+        if let Some(leg) = self.sessions.get_mut(&id).and_then(|s| s.leg.as_mut()) {
+            leg.answered = false;
+            leg.cause = Some(leg.cause.unwrap_or(status));
+        }
+        self.release(id, "outgoing call failed");
+    }
+
+    /// Reports the end of an outgoing call once (`Failed` or `Ended`).
+    fn report_leg_end(&mut self, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let by_far_end = !matches!(s.phase, Phase::Ending);
+        let Some(leg) = s.leg.as_mut() else {
+            return;
+        };
+        if leg.reported {
+            return;
+        }
+        leg.reported = true;
+        let event = if leg.answered {
+            LegEvent::Ended { by_far_end }
+        } else {
+            let status = leg.cause.unwrap_or(487);
+            let label = switchboard_vxml::transfer_failure(status);
+            metrics::counter!("mcp_outgoing_calls_total", "result" => label).increment(1);
+            LegEvent::Failed { status }
+        };
+        tracing::info!(session = id, leg = leg.id, ?event, "outgoing call over");
+        let leg = leg.id;
+        self.legs.remove(&leg);
+        self.leg_timers.retain(|&(_, s)| s != id);
+        self.outputs.push_back(McpOutput::Leg { leg, event });
+    }
+
+    /// Consultation transfer: REFER the caller of `stream` to the far end of `leg` with
+    /// Replaces of our dialog with it (RFC 3891 §3: to-tag the far end's, from-tag ours).
+    fn refer_to_leg(&mut self, stream: StreamId, leg: LegId, now: Instant) {
+        let fail = |ua: &mut McpUa, status| {
+            ua.outputs
+                .push_back(McpOutput::ReferResult { stream, status });
+        };
+        let Some(&caller) = self.by_stream.get(&stream) else {
+            return fail(self, 481);
+        };
+        let Some(target) = self
+            .legs
+            .get(&leg)
+            .and_then(|id| self.sessions.get(id))
+            .filter(|s| matches!(s.phase, Phase::Established))
+            .and_then(|s| s.dialog.as_ref())
+            .map(replaces_target)
+        else {
+            return fail(self, 481);
+        };
+        let Some(target) = target else {
+            return fail(self, 400);
+        };
+        if !self
+            .sessions
+            .get(&caller)
+            .is_some_and(|s| matches!(s.phase, Phase::Established))
+        {
+            return fail(self, 481);
+        }
+        self.send_refer(caller, stream, &target, now);
+    }
+
     fn run_hangups(&mut self, now: Instant) {
         while let Some((id, reason)) = self.hangup_queue.pop() {
             self.hangup(id, reason, now);
         }
     }
 
-    fn on_tx_events(&mut self) {
+    fn on_tx_events(&mut self, now: Instant) {
         while let Some(ev) = self.tx.poll_event() {
             match ev {
+                TxEvent::Timeout(c) | TxEvent::TransportError(c)
+                    if self.leg_invites.contains_key(&c) =>
+                {
+                    let status = if matches!(ev, TxEvent::Timeout(_)) {
+                        408
+                    } else {
+                        503
+                    };
+                    if let Some(id) = self.leg_invites.remove(&c) {
+                        self.leg_failed(id, status);
+                    }
+                }
+                TxEvent::ProceedingTimeout(c) => {
+                    if let Some(&id) = self.leg_invites.get(&c) {
+                        self.cancel_leg(id, Some(408), now);
+                    }
+                }
+                TxEvent::ClientTerminated(c) if self.leg_invites.contains_key(&c) => {
+                    // Ended without a final response we acted on: the call cannot go on.
+                    if let Some(id) = self.leg_invites.remove(&c) {
+                        let waiting = self
+                            .sessions
+                            .get(&id)
+                            .is_some_and(|s| matches!(s.phase, Phase::Dialing));
+                        if waiting {
+                            self.leg_failed(id, 408);
+                        }
+                    }
+                }
                 TxEvent::Timeout(c) | TxEvent::TransportError(c) => {
                     if let Some(stream) = self.refers.remove(&c) {
                         self.outputs.push_back(McpOutput::ReferResult {
@@ -1089,9 +1821,10 @@ impl Core for McpUa {
     fn handle_message(&mut self, msg: Message, from: Peer, now: Instant) {
         match self.tx.handle_incoming(msg, from, now) {
             Incoming::Request { tx, msg } => self.on_request(tx, msg, from, now),
-            Incoming::Response { tx, msg } => self.on_response(tx, msg),
+            Incoming::Response { tx, msg } => self.on_response(tx, msg, now),
             Incoming::Ack { msg } => self.on_ack(msg),
-            Incoming::StrayResponse { .. } | Incoming::Absorbed => {}
+            Incoming::StrayResponse { msg } => self.stray_response(&msg),
+            Incoming::Absorbed => {}
             Incoming::Malformed { msg, error } => {
                 let error = msg.validate().err().unwrap_or(error);
                 metrics::counter!("sip_malformed_total").increment(1);
@@ -1104,14 +1837,15 @@ impl Core for McpUa {
                 }
             }
         }
-        self.on_tx_events();
+        self.on_tx_events(now);
         self.run_hangups(now);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
         self.retransmit_2xx(now);
-        self.on_tx_events();
+        self.fire_leg_timers(now);
+        self.on_tx_events(now);
         self.run_hangups(now);
     }
 
@@ -1120,7 +1854,13 @@ impl Core for McpUa {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        let ours = self.retransmits.first().map(|&(at, _)| at);
+        let ours = [
+            self.retransmits.first().map(|&(at, _)| at),
+            self.leg_timers.first().map(|&(at, _)| at),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         match (self.tx.poll_timeout(), ours) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -1133,6 +1873,7 @@ impl Core for McpUa {
         for id in ids {
             match self.sessions.get(&id).map(|s| &s.phase) {
                 Some(Phase::Established) => self.hangup(id, "shutting down", now),
+                Some(Phase::Dialing) => self.cancel_leg(id, None, now),
                 Some(Phase::Allocating { .. }) => {
                     let Some(s) = self.sessions.get_mut(&id) else {
                         continue;
@@ -1171,8 +1912,26 @@ impl Controlled for McpUa {
                 }
             }
             McpCommand::Refer { stream, target } => self.refer(stream, &target, now),
+            McpCommand::Dial {
+                leg,
+                dest,
+                caller,
+                affinity,
+                ring_timeout,
+                aai,
+            } => self.dial(leg, &dest, &caller, affinity, ring_timeout, aai),
+            McpCommand::HangupLeg { leg } => {
+                if let Some(&id) = self.legs.get(&leg) {
+                    match self.sessions.get(&id).map(|s| &s.phase) {
+                        Some(Phase::Established) => self.hangup(id, "transfer ended", now),
+                        Some(_) => self.cancel_leg(id, None, now),
+                        None => {}
+                    }
+                }
+            }
+            McpCommand::ReferToLeg { stream, leg } => self.refer_to_leg(stream, leg, now),
         }
-        self.on_tx_events();
+        self.on_tx_events(now);
         self.run_hangups(now);
     }
 
@@ -1187,6 +1946,8 @@ mod tests {
 
     const US: &str = "127.0.0.1:5080";
     const PHONE: &str = "127.0.0.1:5062";
+    const GATEWAY: &str = "127.0.0.1:5090";
+    const AGENT: &str = "127.0.0.1:5070";
 
     fn ua(dialog_runner: bool) -> McpUa {
         McpUa::new(
@@ -1196,6 +1957,7 @@ mod tests {
                 rtp_ip: "127.0.0.1".parse().unwrap(),
                 timers: Timers::default(),
                 dialog_runner,
+                transfer_gateway: Some(GATEWAY.parse().unwrap()),
             },
             7,
         )
@@ -1667,6 +2429,394 @@ mod tests {
         assert_eq!(sent(&mut ua)[0].status(), Some(503));
     }
 
+    // ---- outgoing calls ----
+
+    #[test]
+    fn dial_targets() {
+        let gw: SocketAddr = GATEWAY.parse().unwrap();
+        assert_eq!(
+            dial_target("sip:agent@127.0.0.1:5070", None).unwrap(),
+            (
+                "sip:agent@127.0.0.1:5070".to_owned(),
+                Peer::udp(AGENT.parse().unwrap())
+            )
+        );
+        assert_eq!(
+            dial_target("tel:+1-800-555-1212", Some(gw)).unwrap(),
+            (format!("sip:+18005551212@{gw}"), Peer::udp(gw))
+        );
+        assert_eq!(
+            dial_target("tel:+18005551212", None),
+            Err(DialError::NoGateway)
+        );
+        for bad in [
+            "",
+            "tel:",
+            "tel:+1x",
+            "mailto:a@b",
+            "sip:agent@example.com",
+            "sip:a@1.2.3.4\r\nX: y",
+            "sip:a@<1.2.3.4>",
+        ] {
+            assert!(
+                matches!(
+                    dial_target(bad, Some(gw)),
+                    Err(DialError::BadDestination(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// A message from the far end of an outgoing call, answering `invite`.
+    fn far_response(invite: &Message, code: u16, sdp: Option<&str>) -> Message {
+        let mut b = response_to(invite, code, Some("far1"));
+        if code < 300 && code > 100 {
+            b = b.header("Contact", format_args!("<sip:agent@{AGENT}>"));
+        }
+        let bytes = match sdp {
+            Some(sdp) => b.body("application/sdp", sdp.as_bytes()),
+            None => b.finish(),
+        };
+        Message::parse(bytes).unwrap()
+    }
+
+    const FAR_SDP: &str = "v=0\r\no=- 5 5 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7100 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+    /// Dials leg 9 from the call on `near`; returns the INVITE sent and the leg's stream.
+    fn dialed(ua: &mut McpUa, near: StreamId, dest: &str, now: Instant) -> (Message, StreamId) {
+        ua.handle_command(
+            McpCommand::Dial {
+                leg: 9,
+                dest: dest.into(),
+                caller: format!("sip:alice@{PHONE}"),
+                affinity: near.0 & 0xff,
+                ring_timeout: Duration::from_secs(5),
+                aai: Some("case=1".into()),
+            },
+            now,
+        );
+        let out = outputs(ua);
+        let [McpOutput::Allocate {
+            session,
+            affinity: Some(a),
+            setup,
+        }] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*a, near.0 & 0xff);
+        assert_eq!(setup.remote, None);
+        let stream = StreamId(1024);
+        ua.handle_command(
+            McpCommand::Allocated {
+                session: *session,
+                result: Ok((stream, "127.0.0.1:20010".parse().unwrap())),
+            },
+            now,
+        );
+        let msgs = sent(ua);
+        let inv = msgs
+            .into_iter()
+            .find(|m| m.method() == Some(&Method::Invite))
+            .expect("INVITE");
+        (inv, stream)
+    }
+
+    #[test]
+    fn an_outgoing_call_rings_is_answered_bridged_and_ended_by_the_far_end() {
+        let mut ua = ua(true);
+        let now = Instant::now();
+        let (_, near) = answered(&mut ua, "dialog@mcp;voicexml=http://x/a.vxml", now);
+        outputs(&mut ua);
+        sent(&mut ua);
+        let (inv, stream) = dialed(&mut ua, near, &format!("sip:agent@{AGENT}"), now);
+        assert_eq!(
+            inv.request_uri().unwrap().to_string(),
+            format!("sip:agent@{AGENT}")
+        );
+        let text = String::from_utf8_lossy(inv.as_bytes()).to_string();
+        assert!(
+            text.contains(&format!("From: <sip:alice@{PHONE}>;tag=")),
+            "{text}"
+        );
+        assert!(
+            text.contains("User-to-User: 636173653d31;encoding=hex"),
+            "{text}"
+        );
+        let body = std::str::from_utf8(inv.body()).unwrap();
+        assert!(
+            body.contains("m=audio 20010 RTP/AVP 0 8 9 96 101"),
+            "{body}"
+        );
+
+        ua.handle_message(
+            far_response(&inv, 180, None),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        assert_eq!(
+            outputs(&mut ua),
+            vec![McpOutput::Leg {
+                leg: 9,
+                event: LegEvent::Ringing
+            }]
+        );
+        ua.handle_message(
+            far_response(&inv, 200, Some(FAR_SDP)),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        let acks: Vec<_> = sent(&mut ua)
+            .into_iter()
+            .filter(|m| m.method() == Some(&Method::Ack))
+            .collect();
+        assert_eq!(acks.len(), 1);
+        assert_eq!(
+            acks[0].request_uri().unwrap().to_string(),
+            format!("sip:agent@{AGENT}")
+        );
+        let out = outputs(&mut ua);
+        let [McpOutput::Update { stream: s, setup }, McpOutput::Leg {
+            leg: 9,
+            event: LegEvent::Answered { stream: s2 },
+        }] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!((*s, *s2), (stream, stream));
+        assert_eq!(setup.remote, Some("127.0.0.1:7100".parse().unwrap()));
+        assert_eq!(setup.codec, MediaCodec::PCMU);
+
+        // The far end hangs up: 200, the leg ends, its stream is released.
+        let bye = format!(
+            "BYE sip:mcp@{US} SIP/2.0\r\nVia: SIP/2.0/UDP {AGENT};branch=z9hG4bK-farbye\r\nFrom: <sip:agent@{AGENT}>;tag=far1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            inv.get(HeaderName::From).unwrap(),
+            inv.call_id().unwrap()
+        );
+        ua.handle_message(
+            Message::parse(Bytes::from(bye)).unwrap(),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        assert_eq!(sent(&mut ua)[0].status(), Some(200));
+        let out = outputs(&mut ua);
+        assert!(
+            out.contains(&McpOutput::Leg {
+                leg: 9,
+                event: LegEvent::Ended { by_far_end: true }
+            }),
+            "{out:?}"
+        );
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, McpOutput::Release { stream: Some(s), .. } if *s == stream)),
+            "{out:?}"
+        );
+        // The caller's call goes on.
+        assert_eq!(ua.session_count(), 1);
+    }
+
+    #[test]
+    fn a_busy_far_end_fails_the_leg_with_its_status() {
+        let mut ua = ua(true);
+        let now = Instant::now();
+        let (inv, stream) = dialed(&mut ua, StreamId(256), "tel:+18005551212", now);
+        assert_eq!(
+            inv.request_uri().unwrap().to_string(),
+            format!("sip:+18005551212@{GATEWAY}")
+        );
+        ua.handle_message(
+            far_response(&inv, 486, None),
+            Peer::udp(GATEWAY.parse().unwrap()),
+            now,
+        );
+        let out = outputs(&mut ua);
+        assert!(out.contains(&McpOutput::Leg {
+            leg: 9,
+            event: LegEvent::Failed { status: 486 }
+        }));
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, McpOutput::Release { stream: Some(s), .. } if *s == stream)));
+        assert!(
+            sent(&mut ua)
+                .iter()
+                .any(|m| m.method() == Some(&Method::Ack)),
+            "the 486 is ACKed"
+        );
+        assert_eq!(ua.session_count(), 0);
+    }
+
+    #[test]
+    fn an_unanswered_leg_is_cancelled_at_its_ring_timeout_as_no_answer() {
+        let mut ua = ua(true);
+        let now = Instant::now();
+        let (inv, _) = dialed(&mut ua, StreamId(256), &format!("sip:agent@{AGENT}"), now);
+        ua.handle_message(
+            far_response(&inv, 180, None),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        outputs(&mut ua);
+        let later = now + Duration::from_secs(5);
+        assert!(ua.poll_timeout().is_some_and(|t| t <= later));
+        ua.handle_timeout(later);
+        let cancel = sent(&mut ua);
+        assert!(
+            cancel.iter().any(|m| m.method() == Some(&Method::Cancel)),
+            "{cancel:?}"
+        );
+        ua.handle_message(
+            far_response(&inv, 487, None),
+            Peer::udp(AGENT.parse().unwrap()),
+            later,
+        );
+        assert!(outputs(&mut ua).contains(&McpOutput::Leg {
+            leg: 9,
+            event: LegEvent::Failed { status: 408 }
+        }));
+        assert_eq!(switchboard_vxml::transfer_failure(408), "noanswer");
+    }
+
+    #[test]
+    fn hanging_up_an_answered_leg_sends_bye_and_a_bad_destination_sends_nothing() {
+        let mut ua = ua(true);
+        let now = Instant::now();
+        let (inv, _) = dialed(&mut ua, StreamId(256), &format!("sip:agent@{AGENT}"), now);
+        ua.handle_message(
+            far_response(&inv, 200, Some(FAR_SDP)),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        sent(&mut ua);
+        outputs(&mut ua);
+        ua.handle_command(McpCommand::HangupLeg { leg: 9 }, now);
+        let bye = sent(&mut ua);
+        assert!(
+            bye.iter().any(|m| m.method() == Some(&Method::Bye)),
+            "{bye:?}"
+        );
+        assert!(outputs(&mut ua).contains(&McpOutput::Leg {
+            leg: 9,
+            event: LegEvent::Ended { by_far_end: false }
+        }));
+
+        ua.handle_command(
+            McpCommand::Dial {
+                leg: 10,
+                dest: "sip:agent@example.com".into(),
+                caller: String::new(),
+                affinity: 0,
+                ring_timeout: Duration::from_secs(5),
+                aai: None,
+            },
+            now,
+        );
+        assert_eq!(
+            outputs(&mut ua),
+            vec![McpOutput::Leg {
+                leg: 10,
+                event: LegEvent::BadDestination
+            }]
+        );
+        assert!(sent(&mut ua).is_empty());
+    }
+
+    #[test]
+    fn hanging_up_before_any_answer_cancels_after_the_first_provisional() {
+        let mut ua = ua(true);
+        let now = Instant::now();
+        let (inv, _) = dialed(&mut ua, StreamId(256), &format!("sip:agent@{AGENT}"), now);
+        ua.handle_command(McpCommand::HangupLeg { leg: 9 }, now);
+        assert!(
+            !sent(&mut ua)
+                .iter()
+                .any(|m| m.method() == Some(&Method::Cancel)),
+            "no CANCEL before a provisional response"
+        );
+        ua.handle_message(
+            far_response(&inv, 180, None),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        assert!(sent(&mut ua)
+            .iter()
+            .any(|m| m.method() == Some(&Method::Cancel)));
+        assert!(!outputs(&mut ua).contains(&McpOutput::Leg {
+            leg: 9,
+            event: LegEvent::Ringing
+        }));
+        // A 2xx that crossed the CANCEL: ACK and BYE, reported as a failure.
+        ua.handle_message(
+            far_response(&inv, 200, Some(FAR_SDP)),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        let msgs = sent(&mut ua);
+        assert!(
+            msgs.iter().any(|m| m.method() == Some(&Method::Ack)),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.method() == Some(&Method::Bye)),
+            "{msgs:?}"
+        );
+        assert!(outputs(&mut ua).contains(&McpOutput::Leg {
+            leg: 9,
+            event: LegEvent::Failed { status: 487 }
+        }));
+    }
+
+    #[test]
+    fn consultation_refers_the_caller_to_the_far_end_with_replaces() {
+        let mut ua = ua(true);
+        let now = Instant::now();
+        let (to, near) = answered(&mut ua, "dialog@mcp;voicexml=http://x/a.vxml", now);
+        ua.handle_message(request("ACK", &to, 1, "z9hG4bK-ack1"), phone(), now);
+        outputs(&mut ua);
+        sent(&mut ua);
+        let (inv, _) = dialed(&mut ua, near, &format!("sip:agent@{AGENT}"), now);
+        ua.handle_message(
+            far_response(&inv, 200, Some(FAR_SDP)),
+            Peer::udp(AGENT.parse().unwrap()),
+            now,
+        );
+        sent(&mut ua);
+        outputs(&mut ua);
+        ua.handle_command(
+            McpCommand::ReferToLeg {
+                stream: near,
+                leg: 9,
+            },
+            now,
+        );
+        let refer = sent(&mut ua)
+            .into_iter()
+            .find(|m| m.method() == Some(&Method::Refer))
+            .expect("REFER");
+        let from_tag = inv.from().unwrap().tag().unwrap().to_owned();
+        let text = String::from_utf8_lossy(refer.as_bytes()).to_string();
+        let expected = format!(
+            "Refer-To: <sip:agent@{AGENT}?Replaces={}%3Bto-tag%3Dfar1%3Bfrom-tag%3D{from_tag}>",
+            inv.call_id().unwrap().replace('@', "%40")
+        );
+        assert!(text.contains(&expected), "{text}");
+        // The REFER goes to the caller, in its dialog.
+        assert_eq!(refer.call_id().unwrap(), "c1");
+        ua.handle_command(
+            McpCommand::ReferToLeg {
+                stream: near,
+                leg: 77,
+            },
+            now,
+        );
+        assert!(outputs(&mut ua).contains(&McpOutput::ReferResult {
+            stream: near,
+            status: 481
+        }));
+    }
+
     /// Bad input never takes the core down: mutated INVITE/ACK/BYE/CANCEL/re-INVITE bytes,
     /// interleaved with stream allocations, hangups and timer runs, in a fixed pseudo-random
     /// order. Nothing may panic, and every session ends once the timers have run out.
@@ -1735,14 +2885,31 @@ mod tests {
                     };
                     ua.handle_command(McpCommand::Allocated { session, result }, now);
                 }
-                8 => ua.handle_command(
-                    McpCommand::Hangup {
-                        stream: StreamId((rnd() % (streams + 1)) << 8),
-                        reason: "test".into(),
-                        body: None,
-                    },
-                    now,
-                ),
+                8 => {
+                    let cmd = match rnd() % 5 {
+                        0 => McpCommand::Dial {
+                            leg: rnd() % 6,
+                            dest: ["sip:a@127.0.0.1:5070", "tel:+1555", "tel:", "sip:x@host"]
+                                [(rnd() % 4) as usize]
+                                .into(),
+                            caller: "sip:alice@127.0.0.1".into(),
+                            affinity: rnd() % 4,
+                            ring_timeout: Duration::from_millis(rnd() % 4000),
+                            aai: None,
+                        },
+                        1 => McpCommand::HangupLeg { leg: rnd() % 6 },
+                        2 => McpCommand::ReferToLeg {
+                            stream: StreamId((rnd() % (streams + 1)) << 8),
+                            leg: rnd() % 6,
+                        },
+                        _ => McpCommand::Hangup {
+                            stream: StreamId((rnd() % (streams + 1)) << 8),
+                            reason: "test".into(),
+                            body: None,
+                        },
+                    };
+                    ua.handle_command(cmd, now)
+                }
                 _ => {
                     now += Duration::from_millis(rnd() % 3000);
                     ua.handle_timeout(now);

@@ -9,8 +9,15 @@
 //!
 //! Blind transfers are a REFER in the call's dialog (RFC 3515; the interpreter has already
 //! thrown `connection.disconnect.transfer`, as VoiceXML 2.0 says, so a refused REFER is only
-//! logged); the BYE follows once the REFER is answered. Bridge transfers are not done: the
-//! interpreter is told so and throws `error.unsupported.transfer.bridge`.
+//! logged); the BYE follows once the REFER is answered.
+//!
+//! Bridge and consultation transfers place an outgoing call through [`OutgoingCalls`] once the
+//! prompts queued before them have played: `transferaudio` plays to the caller while it
+//! rings, the ring timeout is `connecttimeout`. On the answer a bridge joins the two streams
+//! (the caller's DTMF still reaches the transfer's grammars) until either side hangs up or
+//! `maxtime` passes; a consultation asks the caller to replace our call with the far end's
+//! (REFER with Replaces). The outcome goes back to the interpreter as a VoiceXML 2.0
+//! §2.3.7.2.2 result ([`switchboard_vxml::transfer_failure`] for the SIP failures).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -21,17 +28,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use switchboard_media::{DtmfSource, PlayItem as MediaItem, StreamId};
 use switchboard_media::{
     MediaEventKind, PlayItem, Playlist, PromptSource, RecordEnd, RecordParams, Recording,
 };
-use switchboard_vxml::{Command, Config, Input, Interpreter, Limits, PromptPart};
+use switchboard_vxml::{
+    transfer_failure, Command, Config, Input, Interpreter, Limits, PromptPart, TransferKind,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-use super::dialog::{DialogContext, DialogOutcome, DialogRunner};
+use super::dialog::{DialRequest, DialogContext, DialogOutcome, DialogRunner};
 use super::fetch::{DocumentCache, Freshness};
 use super::rfc5552::initial_fetch;
+use super::ua::{LegEvent, LegId};
 
 /// Settings of the VoiceXML browser.
 #[derive(Debug, Clone)]
@@ -201,7 +212,77 @@ struct Call {
     transferring: Option<JoinHandle<u16>>,
     /// The cache rules of the first fetch (RFC 5552 `maxage`/`maxstale`), then the default.
     freshness: Option<Freshness>,
+    /// A bridge or consultation transfer waiting for the prompts queued before it.
+    pending_bridge: Option<BridgeRequest>,
+    /// The bridge or consultation transfer in progress.
+    bridge: Option<Bridge>,
 }
+
+/// A bridge or consultation `<transfer>` to start.
+struct BridgeRequest {
+    dest: String,
+    kind: TransferKind,
+    connect_timeout: Duration,
+    maxtime: Option<Duration>,
+    /// `transferaudio`, loaded.
+    audio: Option<MediaItem>,
+    aai: Option<String>,
+    /// No grammar of the transfer listens: the caller's RFC 4733 keys go to the far end.
+    relay_dtmf: bool,
+}
+
+/// A bridge or consultation transfer in progress: its outgoing call.
+struct Bridge {
+    leg: LegId,
+    kind: TransferKind,
+    events: mpsc::UnboundedReceiver<LegEvent>,
+    /// The far end's stream once it answered, and when.
+    answered: Option<(StreamId, tokio::time::Instant)>,
+    maxtime: Option<Duration>,
+    /// When `maxtime` ends the bridged call.
+    deadline: Option<tokio::time::Instant>,
+    /// The result when the call ends because we ended it (maxtime, a grammar match, the
+    /// REFER of a consultation failing).
+    ending_as: Option<&'static str>,
+    /// The play id of `transferaudio` while it plays.
+    audio_play: Option<u64>,
+    /// A consultation's REFER, until it is answered.
+    handing_over: Option<JoinHandle<u16>>,
+    relay_dtmf: bool,
+}
+
+/// What woke a transfer in progress.
+enum BridgeWake {
+    Leg(Option<LegEvent>),
+    Maxtime,
+    HandedOver(u16),
+}
+
+impl Bridge {
+    async fn wake(&mut self) -> BridgeWake {
+        let deadline = self.deadline;
+        let handing = self.handing_over.as_mut();
+        tokio::select! {
+            ev = self.events.recv() => BridgeWake::Leg(ev),
+            _ = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => BridgeWake::Maxtime,
+            status = async {
+                match handing {
+                    Some(t) => t.await,
+                    None => std::future::pending().await,
+                }
+            } => BridgeWake::HandedOver(status.unwrap_or(500)),
+        }
+    }
+}
+
+/// How long the far end of a consultation may take to be replaced (the caller's INVITE with
+/// Replaces) before our call to it is hung up.
+const HAND_OVER_GRACE: Duration = Duration::from_secs(32);
 
 async fn session(
     ctx: DialogContext,
@@ -225,7 +306,7 @@ async fn session(
     config.limits = settings.limits.clone();
     config.trace = true;
     config.blind_transfer = ctx.transfer.is_some();
-    config.bridge_transfer = false;
+    config.bridge_transfer = ctx.outgoing.is_some();
     let (in_tx, in_rx) = std_mpsc::channel();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let spawned = std::thread::Builder::new()
@@ -260,6 +341,8 @@ async fn session(
         after_hangup: settings.after_hangup,
         transferring: None,
         freshness: Some(first_freshness),
+        pending_bridge: None,
+        bridge: None,
     };
     let mut events_open = true;
     let mut interpreter_done = false;
@@ -304,8 +387,23 @@ async fn session(
                 call.done = None;
                 call.ending = None;
                 call.hung_up();
+                if let Some(kind) = call.end_bridge("caller hung up") {
+                    // VoiceXML 2.0 §2.3.7.2.2: the item stays unfilled, the hangup event is
+                    // thrown.
+                    metrics::counter!("vxml_transfers_total", "kind" => kind.as_str(), "result" => "near_end_disconnect").increment(1);
+                }
                 call.send(Input::Hangup);
             }
+            wake = async {
+                match call.bridge.as_mut() {
+                    Some(b) => b.wake().await,
+                    None => std::future::pending().await,
+                }
+            } => match wake {
+                BridgeWake::Leg(ev) => call.on_leg(ev),
+                BridgeWake::Maxtime => call.maxtime_reached(),
+                BridgeWake::HandedOver(status) => call.handed_over(status),
+            },
             status = async {
                 match call.transferring.as_mut() {
                     Some(t) => t.await,
@@ -333,6 +431,7 @@ async fn session(
     if let Some(t) = call.transferring.take() {
         t.abort();
     }
+    call.end_bridge("the dialog ended");
     // Dropping `call` closes the interpreter's input: its thread ends.
 }
 
@@ -457,8 +556,12 @@ impl Call {
                 });
                 self.when_idle();
             }
-            Command::Transfer { bridge, dest, .. } => match (&self.ctx.transfer, bridge) {
-                (Some(transfer), false) if self.media => {
+            Command::Transfer {
+                kind: TransferKind::Blind,
+                dest,
+                ..
+            } => match &self.ctx.transfer {
+                Some(transfer) if self.media => {
                     // The caller leaves the application: no more prompts or input.
                     let _ = self.ctx.media.stop_play(self.ctx.stream);
                     self.ctx.log.push("fia", None, &format!("transfer {dest}"));
@@ -466,14 +569,78 @@ impl Call {
                     self.hung_up();
                 }
                 _ => {
-                    // Not reached for bridges: the interpreter knows they are not done here.
-                    let kind = if bridge { "bridge" } else { "blind" };
+                    // Not reached: the interpreter knows what the host cannot do.
                     self.send(Input::TransferResult {
-                        status: format!("error.unsupported.transfer.{kind}"),
+                        status: "error.unsupported.transfer.blind".into(),
                         duration_ms: 0,
                     });
                 }
             },
+            Command::Transfer {
+                kind,
+                dest,
+                connect_timeout_ms,
+                maxtime_ms,
+                transfer_audio,
+                aai,
+                grammars,
+                ..
+            } => {
+                if self.ctx.outgoing.is_none() {
+                    self.send(Input::TransferResult {
+                        status: "error.unsupported.transfer.bridge".into(),
+                        duration_ms: 0,
+                    });
+                    return;
+                }
+                if !self.media || self.bridge.is_some() {
+                    // The caller is gone (the interpreter has been told), or a transfer runs.
+                    self.send(Input::TransferResult {
+                        status: "error.connection.noresource".into(),
+                        duration_ms: 0,
+                    });
+                    return;
+                }
+                let audio = match transfer_audio {
+                    Some(url) => match self.ctx.prompts.load_url(&url, None).await {
+                        Ok(item) => Some(item),
+                        Err(e) => {
+                            // VoiceXML 2.0 §2.3.7: silence when the audio cannot be played.
+                            tracing::info!(%url, error = %e, "transferaudio unavailable");
+                            self.ctx.log.push(
+                                "error",
+                                None,
+                                &format!("transferaudio {url} unavailable: {e}"),
+                            );
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                self.pending_bridge = Some(BridgeRequest {
+                    dest,
+                    kind,
+                    connect_timeout: Duration::from_millis(connect_timeout_ms.max(1)),
+                    maxtime: (maxtime_ms > 0).then(|| Duration::from_millis(maxtime_ms)),
+                    audio,
+                    aai,
+                    relay_dtmf: grammars.is_empty(),
+                });
+                self.when_idle();
+            }
+            Command::EndTransfer => {
+                if let Some(b) = self.bridge.as_mut() {
+                    self.ctx
+                        .log
+                        .push("fia", None, "transfer ended by a grammar match");
+                    if b.ending_as.is_none() {
+                        b.ending_as = Some("near_end_disconnect");
+                    }
+                    if let Some(out) = &self.ctx.outgoing {
+                        out.hang_up(b.leg);
+                    }
+                }
+            }
             Command::Hangup { values } => {
                 self.ctx.log.push("fia", None, "disconnect");
                 self.ending = Some((DialogOutcome::Disconnect(values), true));
@@ -622,6 +789,10 @@ impl Call {
             self.finish(outcome);
             return;
         }
+        if let Some(req) = self.pending_bridge.take() {
+            self.start_bridge(req);
+            return;
+        }
         if let Some(params) = self.pending_record.take() {
             match self.ctx.media.record(self.ctx.stream, params) {
                 Ok(()) => self.recording = true,
@@ -637,12 +808,275 @@ impl Call {
         }
     }
 
+    /// Places the outgoing call of a bridge or consultation transfer.
+    fn start_bridge(&mut self, req: BridgeRequest) {
+        let Some(out) = self.ctx.outgoing.clone() else {
+            return;
+        };
+        let kind = req.kind.as_str();
+        tracing::info!(dest = %req.dest, kind, "transfer: calling");
+        self.ctx
+            .log
+            .push("fia", None, &format!("transfer ({kind}) {}", req.dest));
+        let (leg, events) = out.dial(DialRequest {
+            dest: req.dest,
+            near: self.ctx.stream,
+            caller: self.ctx.caller.clone(),
+            ring_timeout: req.connect_timeout,
+            aai: req.aai,
+        });
+        let mut audio_play = None;
+        if let Some(item) = req.audio {
+            let id = self.next_play;
+            self.next_play += 1;
+            let list = Playlist {
+                items: vec![item],
+                repeat: None,
+                delay_ms: 0,
+                max_duration_ms: None,
+            };
+            match self.ctx.media.play(self.ctx.stream, id, list) {
+                Ok(()) => audio_play = Some(id),
+                Err(e) => tracing::debug!(error = %e, "transferaudio not played"),
+            }
+        }
+        self.bridge = Some(Bridge {
+            leg,
+            kind: req.kind,
+            events,
+            answered: None,
+            maxtime: req.maxtime,
+            deadline: None,
+            ending_as: None,
+            audio_play,
+            handing_over: None,
+            relay_dtmf: req.relay_dtmf,
+        });
+    }
+
+    fn stop_transfer_audio(&mut self) {
+        if let Some(b) = self.bridge.as_mut() {
+            if b.audio_play.take().is_some() {
+                let _ = self.ctx.media.stop_play(self.ctx.stream);
+            }
+        }
+    }
+
+    /// Progress of the transfer's outgoing call.
+    fn on_leg(&mut self, ev: Option<LegEvent>) {
+        let Some(ev) = ev else {
+            // The glue is gone: the call cannot go on.
+            return self.bridge_over("network_disconnect");
+        };
+        match ev {
+            LegEvent::Ringing => {
+                tracing::info!("transfer: ringing");
+                self.ctx.log.push("fia", None, "transfer ringing");
+            }
+            LegEvent::Answered { stream } => {
+                self.stop_transfer_audio();
+                let Some(b) = self.bridge.as_mut() else {
+                    return;
+                };
+                let now = tokio::time::Instant::now();
+                b.answered = Some((stream, now));
+                tracing::info!(far = %stream, kind = b.kind.as_str(), "transfer: answered");
+                self.ctx.log.push("fia", None, "transfer answered");
+                if b.ending_as.is_some() {
+                    // A grammar matched while it rang: the hang-up is on its way.
+                    return;
+                }
+                match b.kind {
+                    TransferKind::Consultation => {
+                        if let Some(out) = &self.ctx.outgoing {
+                            let refer = out.hand_over(self.ctx.stream, b.leg);
+                            b.handing_over = Some(tokio::spawn(refer.in_current_span()));
+                        }
+                    }
+                    _ => {
+                        b.deadline = b.maxtime.map(|m| now + m);
+                        if let Err(e) = self.ctx.media.bridge(self.ctx.stream, stream) {
+                            tracing::warn!(error = %e, "cannot bridge the two calls");
+                            b.ending_as = Some("unknown");
+                            if let Some(out) = &self.ctx.outgoing {
+                                out.hang_up(b.leg);
+                            }
+                        }
+                    }
+                }
+            }
+            LegEvent::Failed { status } => {
+                self.stop_transfer_audio();
+                let result = self
+                    .bridge
+                    .as_ref()
+                    .and_then(|b| b.ending_as)
+                    .unwrap_or_else(|| transfer_failure(status));
+                tracing::info!(status, result, "transfer: the call failed");
+                self.bridge_over(result);
+            }
+            LegEvent::BadDestination => {
+                self.stop_transfer_audio();
+                tracing::info!("transfer: bad destination");
+                self.bridge_over("error.connection.baddestination");
+            }
+            LegEvent::Ended { by_far_end } => {
+                let result = match self.bridge.as_ref().and_then(|b| b.ending_as) {
+                    Some(r) => r,
+                    None if by_far_end => "far_end_disconnect",
+                    None => "network_disconnect",
+                };
+                tracing::info!(by_far_end, result, "transfer: the call ended");
+                self.bridge_over(result);
+            }
+        }
+    }
+
+    /// The transfer's outgoing call is over: the caller leaves the bridge and the
+    /// application hears the result.
+    fn bridge_over(&mut self, result: &'static str) {
+        let Some(b) = self.bridge.take() else {
+            return;
+        };
+        if let Some(t) = &b.handing_over {
+            t.abort();
+        }
+        if b.audio_play.is_some() && self.media {
+            let _ = self.ctx.media.stop_play(self.ctx.stream);
+        }
+        let duration_ms = b
+            .answered
+            .map(|(_, at)| at.elapsed().as_millis() as u64)
+            .unwrap_or(0);
+        if b.answered.is_some() && b.kind != TransferKind::Consultation {
+            let _ = self.ctx.media.leave(self.ctx.stream);
+        }
+        metrics::counter!("vxml_transfers_total", "kind" => b.kind.as_str(), "result" => result)
+            .increment(1);
+        self.ctx.log.push(
+            "fia",
+            None,
+            &format!("transfer result {result} after {duration_ms} ms"),
+        );
+        if !self.media {
+            // The caller hung up: the interpreter has its hangup event already.
+            return;
+        }
+        self.send(Input::TransferResult {
+            status: result.to_owned(),
+            duration_ms,
+        });
+    }
+
+    fn maxtime_reached(&mut self) {
+        let Some(b) = self.bridge.as_mut() else {
+            return;
+        };
+        b.deadline = None;
+        tracing::info!("transfer: maxtime reached");
+        b.ending_as.get_or_insert("maxtime_disconnect");
+        if let Some(out) = &self.ctx.outgoing {
+            out.hang_up(b.leg);
+        }
+    }
+
+    /// The REFER of a consultation transfer was answered.
+    fn handed_over(&mut self, status: u16) {
+        let Some(b) = self.bridge.as_mut() else {
+            return;
+        };
+        b.handing_over = None;
+        if !(200..300).contains(&status) {
+            tracing::info!(status, "consultation: the caller refused the hand-over");
+            self.ctx.log.push(
+                "error",
+                None,
+                &format!("consultation REFER refused ({status})"),
+            );
+            b.ending_as.get_or_insert("unknown");
+            if let Some(out) = &self.ctx.outgoing {
+                out.hang_up(b.leg);
+            }
+            return;
+        }
+        tracing::info!(status, "consultation: the caller is handed over");
+        let Some(b) = self.bridge.take() else {
+            return;
+        };
+        metrics::counter!("vxml_transfers_total", "kind" => "consultation", "result" => "transferred")
+            .increment(1);
+        self.ctx
+            .log
+            .push("fia", None, "transfer result transferred");
+        // Our call to the far end stays until the caller's INVITE with Replaces ends it, for
+        // a while at most.
+        if let Some(out) = self.ctx.outgoing.clone() {
+            let Bridge {
+                leg, mut events, ..
+            } = b;
+            tokio::spawn(
+                async move {
+                    let ended = tokio::time::timeout(HAND_OVER_GRACE, async {
+                        while let Some(ev) = events.recv().await {
+                            if matches!(
+                                ev,
+                                LegEvent::Failed { .. }
+                                    | LegEvent::Ended { .. }
+                                    | LegEvent::BadDestination
+                            ) {
+                                return;
+                            }
+                        }
+                    })
+                    .await;
+                    if ended.is_err() {
+                        tracing::info!("consultation: the far end was not taken over; hanging up");
+                        out.hang_up(leg);
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+        self.send(Input::TransferResult {
+            status: "transferred".into(),
+            duration_ms: 0,
+        });
+    }
+
+    /// Hangs up the transfer's outgoing call, if one runs (the caller is gone or the dialog
+    /// ended); the transfer's kind if there was one.
+    fn end_bridge(&mut self, why: &str) -> Option<TransferKind> {
+        self.pending_bridge = None;
+        let b = self.bridge.take()?;
+        tracing::info!(why, "transfer: hanging up the outgoing call");
+        if let Some(t) = &b.handing_over {
+            t.abort();
+        }
+        if let Some(out) = &self.ctx.outgoing {
+            out.hang_up(b.leg);
+        }
+        Some(b.kind)
+    }
+
     async fn on_media(&mut self, ev: MediaEventKind) {
         if !self.media {
             return;
         }
         match ev {
-            MediaEventKind::Dtmf { digit, .. } => {
+            MediaEventKind::Dtmf { digit, source } => {
+                // A bridge whose transfer has no grammar: the caller's keys are for the far
+                // end (in-band ones reach it with the audio already).
+                if let Some(b) = &self.bridge {
+                    if let (true, Some((far, _)), DtmfSource::Rfc4733) =
+                        (b.relay_dtmf, b.answered, source)
+                    {
+                        if b.kind == TransferKind::Bridge {
+                            if let Err(e) = self.ctx.media.send_dtmf(far, &digit.to_string()) {
+                                tracing::debug!(error = %e, "DTMF not relayed");
+                            }
+                        }
+                    }
+                }
                 if let Some((_, true)) = self.playing {
                     // Barge-in: the key stops the prompts queued so far.
                     self.queued.clear();
