@@ -60,6 +60,7 @@ impl Net {
             model: ModelSettings {
                 ring_timeout_ms: RING_MS,
                 node: 1,
+                route_timeout_ms: 10_000,
             },
         };
         let dir = Directory::new([(
@@ -974,6 +975,7 @@ fn net_with_plan() -> Net {
         model: ModelSettings {
             ring_timeout_ms: RING_MS,
             node: 1,
+            route_timeout_ms: 10_000,
         },
     };
     n.node = SipNode::new(settings, Directory::live(cell), 7, n.now, 1_800_000_000_000);
