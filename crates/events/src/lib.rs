@@ -338,13 +338,19 @@ mod tests {
             ..Default::default()
         });
         let j = e.to_json();
-        assert!(j.contains(r#""ani":"+15551234567","dnis":"+15550001000""#), "{j}");
+        assert!(
+            j.contains(r#""ani":"+15551234567","dnis":"+15550001000""#),
+            "{j}"
+        );
         assert_eq!(Event::from_json(&j).unwrap(), e);
         // Events written before ANI and DNIS existed still parse.
         let old = r#"{"event":"EventDiverted","tenant":"demo","conn_id":"0000000000000007","this_dn":"5000","third_party_dn":"1002","agent_id":"a1","ts_ms":2}"#;
         let e = Event::from_json(old).unwrap();
         let c = e.call().unwrap();
-        assert_eq!((c.ani.as_deref(), c.agent_id.as_deref()), (None, Some("a1")));
+        assert_eq!(
+            (c.ani.as_deref(), c.agent_id.as_deref()),
+            (None, Some("a1"))
+        );
         assert_eq!(c.third_party_dn.as_deref(), Some("1002"));
     }
 

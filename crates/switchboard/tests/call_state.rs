@@ -400,6 +400,11 @@ password = "secret"
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 
     let events = stream_events(&dir.path().join("bus.db"));
+    eprintln!(
+        "{acknowledged} publishes acknowledged before SIGKILL, {published_since} after the \
+         restart, {} events on the stream, {folded} calls rebuilt",
+        events.len()
+    );
     assert!(
         events.len() as u64 >= acknowledged + published_since,
         "{} events on the stream, {acknowledged} acknowledged before the kill and \

@@ -16,12 +16,8 @@ use switchboard_testkit::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
-/// `bus`: extra TOML for `[bus]` (empty for the embedded bus).
-fn config(data_dir: &Path, trunk_port: u16, bus: &str) -> String {
-    config_with(data_dir, trunk_port, bus, "")
-}
-
-/// [`config`] with `entities` (TOML of `[[tenants.*]]` entries of tenant `demo`) appended.
+/// `bus`: extra TOML for `[bus]` (empty for the embedded bus); `entities`: TOML of
+/// `[[tenants.*]]` entries of tenant `demo` (empty for none).
 fn config_with(data_dir: &Path, trunk_port: u16, bus: &str, entities: &str) -> String {
     format!(
         r#"data_dir = {:?}
@@ -717,20 +713,35 @@ fn carrier_call_parks_at_a_route_point_and_is_routed_over_rest() {
             ("EventReleased", "1002".into()),
         ]
     );
-    let attrs: Vec<_> = events.iter().map(|e| e.call().expect("call event")).collect();
+    let attrs: Vec<_> = events
+        .iter()
+        .map(|e| e.call().expect("call event"))
+        .collect();
     assert!(attrs
         .iter()
         .all(|c| c.conn_id.map(|c| c.to_string()).as_deref() == Some(conn.as_str())));
     let rr = attrs[0];
-    assert_eq!(rr.other_dn.as_deref(), Some("+15551234567"), "OtherDN is the caller");
+    assert_eq!(
+        rr.other_dn.as_deref(),
+        Some("+15551234567"),
+        "OtherDN is the caller"
+    );
     assert_eq!(rr.ani.as_deref(), Some("+15551234567"));
     assert_eq!(rr.dnis.as_deref(), Some("5000"));
     assert_eq!(rr.agent_id, None);
-    assert_eq!(attrs[1].request_id, Some(route), "EventDiverted confirms RouteCall");
+    assert_eq!(
+        attrs[1].request_id,
+        Some(route),
+        "EventDiverted confirms RouteCall"
+    );
     assert_eq!(attrs[1].third_party_dn.as_deref(), Some("1002"));
     assert_eq!(attrs[2].third_party_dn.as_deref(), Some("5000"));
     for a in &attrs[2..] {
-        assert_eq!(a.agent_id.as_deref(), Some("a1002"), "AgentID on 1002's events");
+        assert_eq!(
+            a.agent_id.as_deref(),
+            Some("a1002"),
+            "AgentID on 1002's events"
+        );
     }
     assert_eq!(attrs[4].request_id, Some(release));
 }
@@ -753,7 +764,11 @@ fn a_caller_that_hangs_up_at_a_route_point_is_abandoned() {
     .expect("sipp runs");
     assert!(out.success(), "caller:\n{}", out.report());
     let done = wait_call(&sb, "released", |c| party_state(c, "5000").is_some());
-    assert_eq!(party_state(&done, "5000").as_deref(), Some("abandoned"), "{done}");
+    assert_eq!(
+        party_state(&done, "5000").as_deref(),
+        Some("abandoned"),
+        "{done}"
+    );
     let events = bus_events(&mut sb, dir.path());
     assert_eq!(
         seq(&events),

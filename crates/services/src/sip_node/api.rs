@@ -289,7 +289,10 @@ mod tests {
             })
         );
         assert_eq!(
-            post("route", r#"{"dn":"1001","to":"1002","route_type":"default"}"#),
+            post(
+                "route",
+                r#"{"dn":"1001","to":"1002","route_type":"default"}"#
+            ),
             Ok(Request::RouteCall {
                 conn,
                 dn: "1001".into(),

@@ -117,7 +117,14 @@ impl NodeDirectory {
         match self.directory.resolve(tenant, dn, number, self.have_trunk) {
             Resolved::Ok(d) => Some(d),
             Resolved::Invalid(why) => {
-                tracing::warn!(tenant, dn, number, what, why, "the configured target has no route");
+                tracing::warn!(
+                    tenant,
+                    dn,
+                    number,
+                    what,
+                    why,
+                    "the configured target has no route"
+                );
                 None
             }
         }

@@ -839,9 +839,9 @@ impl Model {
                     leg,
                     ms: rp.timeout_ms.unwrap_or(self.settings.route_timeout_ms),
                 });
-                if let Some(o) = other.filter(|o| {
-                    o.state == PartyState::Dialing && o.leg.is_incoming() && !o.auto
-                }) {
+                if let Some(o) = other
+                    .filter(|o| o.state == PartyState::Dialing && o.leg.is_incoming() && !o.auto)
+                {
                     out.push(Action::Ring { leg: o.leg });
                 }
                 tracing::info!(conn_id = %conn, tenant = %call.tenant, route_point = dest.number(), "call waits at a route point");
@@ -860,7 +860,9 @@ impl Model {
                 });
                 out.push(Action::StartRingTimer {
                     leg,
-                    ms: info.ring_timeout_ms.unwrap_or(self.settings.ring_timeout_ms),
+                    ms: info
+                        .ring_timeout_ms
+                        .unwrap_or(self.settings.ring_timeout_ms),
                 });
                 Event::EventRinging
             }
@@ -1346,7 +1348,11 @@ impl Model {
                 };
                 tracing::info!(conn_id = %conn, tenant = %c.tenant, route_point = %c.dn, to = dest.number(), request_id = id, "RouteCall");
                 if !self.divert(conn, c.i, dest, None, Some(id), now, out) {
-                    c.err(out, codes::BAD_STATE, "the call was diverted too many times");
+                    c.err(
+                        out,
+                        codes::BAD_STATE,
+                        "the call was diverted too many times",
+                    );
                 }
             }
         }

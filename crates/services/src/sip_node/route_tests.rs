@@ -79,7 +79,13 @@ impl Sim {
         out
     }
 
-    fn incoming(&mut self, n: u64, caller: &str, internal: bool, to: Dest) -> (LegId, ConnId, Vec<Action>) {
+    fn incoming(
+        &mut self,
+        n: u64,
+        caller: &str,
+        internal: bool,
+        to: Dest,
+    ) -> (LegId, ConnId, Vec<Action>) {
         let a = LegId::incoming(n);
         let out = self.step(Input::Incoming {
             leg: a,
@@ -177,7 +183,10 @@ fn a_call_to_a_route_point_waits_unanswered_with_a_route_request() {
     let mut s = Sim::new(rp_table(None));
     let (a, conn, out) = s.incoming(1, CARRIER, false, dn(RP));
     assert!(placed(&out).is_empty(), "no leg to a route point: {out:?}");
-    assert!(out.contains(&Action::Ring { leg: a }), "the caller hears ringback");
+    assert!(
+        out.contains(&Action::Ring { leg: a }),
+        "the caller hears ringback"
+    );
     assert!(
         !out.iter().any(|x| matches!(x, Action::Answer { .. })),
         "the caller is not answered"
@@ -205,7 +214,10 @@ fn a_call_to_a_route_point_waits_unanswered_with_a_route_request() {
         dn: RP.into(),
         data,
     });
-    assert_eq!(seen(&out), vec![ev("EventAttachedDataChanged", RP, CARRIER, None)]);
+    assert_eq!(
+        seen(&out),
+        vec![ev("EventAttachedDataChanged", RP, CARRIER, None)]
+    );
 
     let (id, out) = s.request(Request::RouteCall {
         conn,
@@ -220,9 +232,17 @@ fn a_call_to_a_route_point_waits_unanswered_with_a_route_request() {
         ]
     );
     let evs = calls(&out);
-    assert_eq!(evs[0].1.request_id, Some(id), "RouteCall is confirmed by EventDiverted");
+    assert_eq!(
+        evs[0].1.request_id,
+        Some(id),
+        "RouteCall is confirmed by EventDiverted"
+    );
     assert_eq!(evs[1].1.user_data.get("lang"), Some(&"en".into()));
-    assert_eq!(evs[1].1.agent_id.as_deref(), Some("a1002"), "AgentID of 1002");
+    assert_eq!(
+        evs[1].1.agent_id.as_deref(),
+        Some("a1002"),
+        "AgentID of 1002"
+    );
     assert_eq!(evs[1].1.conn_id, Some(conn), "the same call");
     let p = placed(&out);
     assert_eq!(p.len(), 1);
@@ -236,7 +256,10 @@ fn a_call_to_a_route_point_waits_unanswered_with_a_route_request() {
     assert!(out.contains(&Action::CancelRingTimer { leg: rp_leg }));
     assert!(s.step(Input::RingTimeout { leg: rp_leg }).is_empty());
 
-    assert_eq!(s.step(Input::Ringing { leg: b }), vec![Action::Ring { leg: a }]);
+    assert_eq!(
+        s.step(Input::Ringing { leg: b }),
+        vec![Action::Ring { leg: a }]
+    );
     let out = s.step(Input::Answered {
         leg: b,
         sdp: sdp("1002"),
@@ -245,7 +268,10 @@ fn a_call_to_a_route_point_waits_unanswered_with_a_route_request() {
         leg: a,
         sdp: sdp("1002")
     }));
-    assert_eq!(seen(&out), vec![ev("EventEstablished", "1002", CARRIER, None)]);
+    assert_eq!(
+        seen(&out),
+        vec![ev("EventEstablished", "1002", CARRIER, None)]
+    );
     assert_eq!(calls(&out)[0].1.agent_id.as_deref(), Some("a1002"));
 
     // Routing again is refused: the call left the route point.
@@ -270,13 +296,19 @@ fn route_call_refusals() {
         dn: RP.into(),
         to: Resolved::Invalid("no route to 77".into()),
     });
-    assert_eq!(error_code(&out), Some((codes::INVALID_DESTINATION.into(), id)));
+    assert_eq!(
+        error_code(&out),
+        Some((codes::INVALID_DESTINATION.into(), id))
+    );
     let (id, out) = s.request(Request::RouteCall {
         conn,
         dn: RP.into(),
         to: Resolved::Ok(dn(RP)),
     });
-    assert_eq!(error_code(&out), Some((codes::INVALID_DESTINATION.into(), id)));
+    assert_eq!(
+        error_code(&out),
+        Some((codes::INVALID_DESTINATION.into(), id))
+    );
     let (id, out) = s.request(Request::RouteCall {
         conn,
         dn: "1002".into(),
@@ -372,7 +404,10 @@ fn nobody_routes_the_call_and_there_is_no_default_route() {
     let (a, conn, out) = s.incoming(1, CARRIER, false, dn(RP));
     let (rp_leg, _) = timers(&out)[0];
     let out = s.step(Input::RingTimeout { leg: rp_leg });
-    assert!(out.contains(&Action::Reject { leg: a, code: 480 }), "{out:?}");
+    assert!(
+        out.contains(&Action::Reject { leg: a, code: 480 }),
+        "{out:?}"
+    );
     assert!(out.contains(&Action::CallEnded { conn }));
     assert_eq!(seen(&out), vec![ev("EventReleased", RP, CARRIER, None)]);
     assert_eq!(calls(&out)[0].1.reason.as_deref(), Some("route_timeout"));
@@ -425,7 +460,11 @@ fn route_to_another_route_point_parks_again_and_transfer_to_a_route_point_parks(
     });
     let c = placed(&out)[0].clone();
     assert_eq!(c.1, dn("1003"));
-    assert_eq!(c.2, sdp("caller"), "the established caller's media is offered");
+    assert_eq!(
+        c.2,
+        sdp("caller"),
+        "the established caller's media is offered"
+    );
 }
 
 #[test]
@@ -470,7 +509,10 @@ fn forward_on_no_answer_diverts_and_rings_the_target() {
     );
     s.step(Input::Ringing { leg: b });
     let out = s.step(Input::RingTimeout { leg: b });
-    assert!(out.contains(&Action::Hangup { leg: b }), "the first phone stops ringing");
+    assert!(
+        out.contains(&Action::Hangup { leg: b }),
+        "the first phone stops ringing"
+    );
     assert_eq!(
         seen(&out),
         vec![
@@ -499,7 +541,10 @@ fn forward_on_no_answer_diverts_and_rings_the_target() {
         leg: a,
         sdp: sdp("1003")
     }));
-    assert_eq!(seen(&out), vec![ev("EventEstablished", "1003", CARRIER, None)]);
+    assert_eq!(
+        seen(&out),
+        vec![ev("EventEstablished", "1003", CARRIER, None)]
+    );
     assert_eq!(s.m.call(conn).map(|c| c.parties.len()), Some(2));
 }
 
