@@ -9,7 +9,12 @@
 //! without events). Media is relayed: the model keeps each leg's last SDP and tells the core
 //! which SDP to offer or answer on which leg.
 //!
-//! Event sequences (this DN's view) are documented in the README ("Call control and events").
+//! DN options come from a [`DnDirectory`] (configuration, read when a call reaches a DN): a
+//! route point parks the call without a leg (EventRouteRequest) until [`Request::RouteCall`]
+//! or its timeout (default route, else release); a DN that forwards on no answer or busy hands
+//! the call on (EventDiverted); events of a DN with an agent carry its AgentID.
+//!
+//! Event sequences (this DN's view) are documented in the README ("The SIP Server").
 
 use bytes::Bytes;
 use std::collections::HashMap;
