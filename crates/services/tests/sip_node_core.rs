@@ -663,11 +663,12 @@ fn a_2xx_never_acked_ends_the_call() {
 }
 
 /// Every party the model has is a leg the core has (a MakeCall destination not placed yet
-/// excepted).
+/// and a route point excepted).
 fn consistent(node: &SipNode) {
     for c in node.model().calls() {
         for p in &c.parties {
-            let placed = p.auto || p.leg.is_incoming() || p.state != PartyState::Dialing;
+            let placed = (p.auto || p.leg.is_incoming() || p.state != PartyState::Dialing)
+                && p.state != PartyState::AtRoutePoint;
             assert!(
                 !placed || node.has_leg(p.leg),
                 "{p:?} of {c:?} has no SIP leg"
@@ -682,7 +683,18 @@ fn consistent(node: &SipNode) {
 /// every DN releases, no call with a DN is left.
 #[test]
 fn mutated_messages_and_requests_never_panic() {
-    let mut n = Net::new();
+    fuzz(Net::new(), &["1001"]);
+}
+
+/// The same with route point 5000 (default route after 2 s) and 1001 forwarding on busy:
+/// carriers call 1001 and 5000, requests include RouteCall.
+#[test]
+fn mutated_messages_and_requests_with_route_points_never_panic() {
+    fuzz(net_with_routing(), &["1001", "5000"]);
+}
+
+/// Carriers call the numbers in `called`.
+fn fuzz(mut n: Net, called: &[&str]) {
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut rnd = move || {
         x ^= x << 13;
@@ -703,7 +715,12 @@ fn mutated_messages_and_requests_never_panic() {
             0..=2 => {
                 calls += 1;
                 let cid = format!("fz-{}", rnd() % 64);
-                text = Some(carrier_invite(&cid).into_bytes());
+                let number = called[(rnd() % called.len() as u64) as usize];
+                text = Some(
+                    carrier_invite(&cid)
+                        .replacen("INVITE sip:1001@", &format!("INVITE sip:{number}@"), 1)
+                        .into_bytes(),
+                );
             }
             3 => {
                 let cid = format!("fz-{}", rnd() % 64);
@@ -739,13 +756,13 @@ fn mutated_messages_and_requests_never_panic() {
                     .get((rnd() % 4) as usize)
                     .copied()
                     .unwrap_or(ConnId(rnd()));
-                let dn = ["1001", "1002"][(rnd() % 2) as usize].to_string();
+                let dn = ["1001", "1002", "5000"][(rnd() % 3) as usize].to_string();
                 let to = Resolved::Ok(match rnd() % 3 {
                     0 => Dest::Dn("1002".into()),
                     1 => Dest::Dn("1001".into()),
                     _ => Dest::External("+15550001111".into()),
                 });
-                let request = match rnd() % 9 {
+                let request = match rnd() % 10 {
                     0 => Request::Hold { conn, dn },
                     1 => Request::Retrieve { conn, dn },
                     2 => Request::Release { conn, dn },
@@ -758,6 +775,7 @@ fn mutated_messages_and_requests_never_panic() {
                         dn,
                         digits: "1#".into(),
                     },
+                    8 => Request::RouteCall { conn, dn, to },
                     _ => Request::MakeCall { dn, to },
                 };
                 n.node.handle_command(
@@ -1133,12 +1151,12 @@ fn net_with_routing() -> Net {
 #[test]
 fn a_route_point_parks_the_call_with_ringback_then_takes_its_default_route() {
     let mut n = net_with_routing();
-    let out = n.feed(
-        &invite_from(TRUNK, "+15551234567", "5000", "rp-1"),
-        TRUNK,
-    );
+    let out = n.feed(&invite_from(TRUNK, "+15551234567", "5000", "rp-1"), TRUNK);
     one(&out, 5090, "180");
-    assert!(to(&out, 5060).is_empty(), "no leg to a route point: {out:#?}");
+    assert!(
+        to(&out, 5060).is_empty(),
+        "no leg to a route point: {out:#?}"
+    );
     assert!(
         to(&out, 5090).iter().all(|m| m.status() != Some(200)),
         "not answered"
@@ -1147,7 +1165,11 @@ fn a_route_point_parks_the_call_with_ringback_then_takes_its_default_route() {
     assert_eq!(names(&ev), vec![("EventRouteRequest", "5000".into())]);
     let rr = ev[0].call().unwrap();
     assert_eq!(
-        (rr.ani.as_deref(), rr.dnis.as_deref(), rr.other_dn.as_deref()),
+        (
+            rr.ani.as_deref(),
+            rr.dnis.as_deref(),
+            rr.other_dn.as_deref()
+        ),
         (Some("+15551234567"), Some("5000"), Some("+15551234567"))
     );
 
@@ -1165,11 +1187,17 @@ fn a_route_point_parks_the_call_with_ringback_then_takes_its_default_route() {
             ("EventRinging", "1002".into())
         ]
     );
-    assert_eq!(ev[0].call().unwrap().reason.as_deref(), Some("route_timeout"));
+    assert_eq!(
+        ev[0].call().unwrap().reason.as_deref(),
+        Some("route_timeout")
+    );
     assert_eq!(ev[1].call().unwrap().agent_id.as_deref(), Some("a1002"));
     let out = n.phone_reply(&inv, 200, Some(ANSWER));
     one(&out, 5090, "200");
-    assert_eq!(names(&n.events()), vec![("EventEstablished", "1002".into())]);
+    assert_eq!(
+        names(&n.events()),
+        vec![("EventEstablished", "1002".into())]
+    );
 }
 
 #[test]
