@@ -636,3 +636,26 @@ fn agent_id_is_on_every_event_of_a_dn_with_an_agent() {
         vec![("1001".into(), Some("alice".into())), ("1002".into(), None)]
     );
 }
+
+#[test]
+fn release_by_the_route_point_rejects_the_waiting_caller() {
+    let mut s = Sim::new(rp_table(None));
+    let (a, conn, out) = s.incoming(1, CARRIER, false, dn(RP));
+    let (rp_leg, _) = timers(&out)[0];
+    let (id, out) = s.request(Request::Release {
+        conn,
+        dn: RP.into(),
+    });
+    assert_eq!(seen(&out), vec![ev("EventReleased", RP, CARRIER, None)]);
+    assert_eq!(calls(&out)[0].1.request_id, Some(id));
+    assert!(
+        out.contains(&Action::Hangup { leg: a }),
+        "487 to the caller: {out:?}"
+    );
+    assert!(
+        !out.contains(&Action::Hangup { leg: rp_leg }),
+        "the route point has no leg"
+    );
+    assert!(out.contains(&Action::CallEnded { conn }));
+    assert!(s.m.is_empty());
+}
