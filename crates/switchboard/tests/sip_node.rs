@@ -646,8 +646,21 @@ dn = "1002"
 
 #[test]
 fn carrier_call_parks_at_a_route_point_and_is_routed_over_rest() {
+    route_point_routed(None);
+}
+
+#[test]
+fn route_point_routing_with_the_redis_bus() {
+    if !require_program("redis-server") {
+        return;
+    }
+    let redis = RedisServer::spawn().expect("redis-server starts");
+    route_point_routed(Some(&redis));
+}
+
+fn route_point_routed(redis: Option<&RedisServer>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(mut sb) = start_full(dir.path(), free_port(), None, ROUTE_POINT) else {
+    let Some(mut sb) = start_full(dir.path(), free_port(), redis, ROUTE_POINT) else {
         return;
     };
     let node = sb.addr("sip_node_udp").expect("sip_node_udp");
@@ -702,7 +715,7 @@ fn carrier_call_parks_at_a_route_point_and_is_routed_over_rest() {
         assert!(out.success(), "{who}:\n{}", out.report());
     }
 
-    let events = bus_events(&mut sb, dir.path());
+    let events = bus_events_with(&mut sb, dir.path(), redis);
     assert_eq!(
         seq(&events),
         vec![
