@@ -72,6 +72,10 @@ pub struct Dn {
     /// Number that unanswered calls are forwarded to. Optional.
     #[serde(default)]
     pub forward_no_answer: Option<String>,
+    /// Number that calls are forwarded to when the DN is busy (its phone answers 486 or 600).
+    /// Optional.
+    #[serde(default)]
+    pub forward_busy: Option<String>,
     /// For a `queue`: the agent group whose agents take the queue's calls. Optional.
     #[serde(default)]
     pub agent_group: Option<String>,
@@ -135,6 +139,15 @@ pub struct RoutePoint {
     /// Free text. Default empty.
     #[serde(default)]
     pub description: String,
+    /// Where a call goes when nobody routes it within the timeout: a DN of the tenant or an
+    /// external number (resolved by the dial plan as if the route point dialled it).
+    /// Optional: without it an unrouted call is released (the caller gets 480).
+    #[serde(default)]
+    pub default_route: Option<String>,
+    /// Seconds a call waits at the route point for a routing decision (1..=3600). Optional:
+    /// the SIP Server's `sip_node.route_timeout_ms`.
+    #[serde(default)]
+    pub timeout_s: Option<u32>,
 }
 
 /// `[[tenants.trunks]]`: a carrier gateway or SBC.
@@ -316,6 +329,7 @@ impl Dn {
             mailbox: None,
             no_answer_timeout_s: None,
             forward_no_answer: None,
+            forward_busy: None,
             agent_group: None,
             trunk: None,
         }
@@ -540,6 +554,9 @@ pub(crate) fn validate_entities(t: &Tenant, prefix: &str, out: &mut Vec<Found>) 
         if let Some(n) = &d.forward_no_answer {
             check_number(out, format!("{key}.forward_no_answer"), n);
         }
+        if let Some(n) = &d.forward_busy {
+            check_number(out, format!("{key}.forward_busy"), n);
+        }
         match (&d.agent_group, d.kind) {
             (Some(g), DnKind::Queue) => {
                 if !groups.contains(g.as_str()) {
@@ -675,6 +692,12 @@ pub(crate) fn validate_entities(t: &Tenant, prefix: &str, out: &mut Vec<Found>) 
                 format!("{key}.number"),
                 format!("DN {:?} is a {kind}, not a route_point", r.number),
             ),
+        }
+        if let Some(n) = &r.default_route {
+            check_number(out, format!("{key}.default_route"), n);
+        }
+        if let Some(s) = r.timeout_s {
+            check_range(out, format!("{key}.timeout_s"), s, 1, 3600);
         }
         if !is_strategy_url(&r.strategy_url) {
             bad(

@@ -224,6 +224,10 @@ pub struct SipNodeConfig {
     pub trunks: Vec<SocketAddr>,
     /// Ring-no-answer timeout in milliseconds. Default 30000.
     pub ring_timeout_ms: u64,
+    /// How long a call waits at a route point for a routing decision (RouteCall) before it
+    /// takes the route point's default route, in milliseconds, unless the route point sets
+    /// its own `timeout_s`. Default 10000.
+    pub route_timeout_ms: u64,
 }
 
 impl Default for SipNodeConfig {
@@ -233,6 +237,7 @@ impl Default for SipNodeConfig {
             edge: None,
             trunks: Vec::new(),
             ring_timeout_ms: 30_000,
+            route_timeout_ms: 10_000,
         }
     }
 }
@@ -590,6 +595,8 @@ impl Config {
             number: "5000".to_owned(),
             strategy_url: "builtin:demo-strategy".to_owned(),
             description: "Inbound calls: IVR, then the sales queue".to_owned(),
+            default_route: None,
+            timeout_s: None,
         }];
         t.trunks = vec![Trunk {
             name: "carrier".to_owned(),
@@ -915,6 +922,9 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
     // [sip_node]
     if c.sip_node.ring_timeout_ms == 0 {
         bad(out, "sip_node.ring_timeout_ms", "must be at least 1");
+    }
+    if c.sip_node.route_timeout_ms == 0 {
+        bad(out, "sip_node.route_timeout_ms", "must be at least 1");
     }
     for (i, t) in c.sip_node.trunks.iter().enumerate() {
         if t.port() == 0 {

@@ -88,10 +88,12 @@ pub enum Event {
     EventPartyAdded(CallAttrs),
     EventPartyDeleted(CallAttrs),
     EventAttachedDataChanged(CallAttrs),
-    /// A call reached a route point and waits for a routing decision.
+    /// A call reached a route point (`this_dn`) and waits, unanswered, for a routing decision
+    /// (RouteCall) or the route point's timeout.
     EventRouteRequest(CallAttrs),
     EventQueued(CallAttrs),
-    /// A call left a route point or queue for another destination.
+    /// A call left a route point, queue or forwarding DN (`this_dn`) for another destination
+    /// (`third_party_dn`); `reason` says why when no request (`request_id`) did it.
     EventDiverted(CallAttrs),
     /// The caller hung up while the call was queued or at a route point.
     EventAbandoned(CallAttrs),
@@ -125,6 +127,13 @@ pub struct CallAttrs {
     pub third_party_dn: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call_type: Option<CallType>,
+    /// The calling number of the call as it arrived (TLib `ANI`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ani: Option<String>,
+    /// The number the caller dialled, before the dial plan translated it (TLib `DNIS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dnis: Option<String>,
+    /// The login id of the agent on `this_dn`, when the configuration names one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -313,6 +322,36 @@ mod tests {
         assert_eq!(Event::from_json(&j).unwrap(), e);
         assert_eq!(e.name(), "EventRinging");
         assert_eq!(e.this_dn(), Some("1002"));
+    }
+
+    #[test]
+    fn route_request_attributes_round_trip() {
+        let e = Event::EventRouteRequest(CallAttrs {
+            tenant: "demo".into(),
+            conn_id: Some(ConnId(7)),
+            this_dn: "5000".into(),
+            other_dn: Some("+15551234567".into()),
+            ani: Some("+15551234567".into()),
+            dnis: Some("+15550001000".into()),
+            agent_id: None,
+            ts_ms: 1,
+            ..Default::default()
+        });
+        let j = e.to_json();
+        assert!(
+            j.contains(r#""ani":"+15551234567","dnis":"+15550001000""#),
+            "{j}"
+        );
+        assert_eq!(Event::from_json(&j).unwrap(), e);
+        // Events written before ANI and DNIS existed still parse.
+        let old = r#"{"event":"EventDiverted","tenant":"demo","conn_id":"0000000000000007","this_dn":"5000","third_party_dn":"1002","agent_id":"a1","ts_ms":2}"#;
+        let e = Event::from_json(old).unwrap();
+        let c = e.call().unwrap();
+        assert_eq!(
+            (c.ani.as_deref(), c.agent_id.as_deref()),
+            (None, Some("a1"))
+        );
+        assert_eq!(c.third_party_dn.as_deref(), Some("1002"));
     }
 
     #[test]

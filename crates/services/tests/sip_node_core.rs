@@ -60,6 +60,7 @@ impl Net {
             model: ModelSettings {
                 ring_timeout_ms: RING_MS,
                 node: 1,
+                route_timeout_ms: 10_000,
             },
         };
         let dir = Directory::new([(
@@ -662,11 +663,12 @@ fn a_2xx_never_acked_ends_the_call() {
 }
 
 /// Every party the model has is a leg the core has (a MakeCall destination not placed yet
-/// excepted).
+/// and a route point excepted).
 fn consistent(node: &SipNode) {
     for c in node.model().calls() {
         for p in &c.parties {
-            let placed = p.auto || p.leg.is_incoming() || p.state != PartyState::Dialing;
+            let placed = (p.auto || p.leg.is_incoming() || p.state != PartyState::Dialing)
+                && p.state != PartyState::AtRoutePoint;
             assert!(
                 !placed || node.has_leg(p.leg),
                 "{p:?} of {c:?} has no SIP leg"
@@ -681,7 +683,18 @@ fn consistent(node: &SipNode) {
 /// every DN releases, no call with a DN is left.
 #[test]
 fn mutated_messages_and_requests_never_panic() {
-    let mut n = Net::new();
+    fuzz(Net::new(), &["1001"]);
+}
+
+/// The same with route point 5000 (default route after 2 s) and 1001 forwarding on busy:
+/// carriers call 1001 and 5000, requests include RouteCall.
+#[test]
+fn mutated_messages_and_requests_with_route_points_never_panic() {
+    fuzz(net_with_routing(), &["1001", "5000"]);
+}
+
+/// Carriers call the numbers in `called`.
+fn fuzz(mut n: Net, called: &[&str]) {
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut rnd = move || {
         x ^= x << 13;
@@ -702,7 +715,12 @@ fn mutated_messages_and_requests_never_panic() {
             0..=2 => {
                 calls += 1;
                 let cid = format!("fz-{}", rnd() % 64);
-                text = Some(carrier_invite(&cid).into_bytes());
+                let number = called[(rnd() % called.len() as u64) as usize];
+                text = Some(
+                    carrier_invite(&cid)
+                        .replacen("INVITE sip:1001@", &format!("INVITE sip:{number}@"), 1)
+                        .into_bytes(),
+                );
             }
             3 => {
                 let cid = format!("fz-{}", rnd() % 64);
@@ -738,13 +756,13 @@ fn mutated_messages_and_requests_never_panic() {
                     .get((rnd() % 4) as usize)
                     .copied()
                     .unwrap_or(ConnId(rnd()));
-                let dn = ["1001", "1002"][(rnd() % 2) as usize].to_string();
+                let dn = ["1001", "1002", "5000"][(rnd() % 3) as usize].to_string();
                 let to = Resolved::Ok(match rnd() % 3 {
                     0 => Dest::Dn("1002".into()),
                     1 => Dest::Dn("1001".into()),
                     _ => Dest::External("+15550001111".into()),
                 });
-                let request = match rnd() % 9 {
+                let request = match rnd() % 10 {
                     0 => Request::Hold { conn, dn },
                     1 => Request::Retrieve { conn, dn },
                     2 => Request::Release { conn, dn },
@@ -757,6 +775,7 @@ fn mutated_messages_and_requests_never_panic() {
                         dn,
                         digits: "1#".into(),
                     },
+                    8 => Request::RouteCall { conn, dn, to },
                     _ => Request::MakeCall { dn, to },
                 };
                 n.node.handle_command(
@@ -974,6 +993,7 @@ fn net_with_plan() -> Net {
         model: ModelSettings {
             ring_timeout_ms: RING_MS,
             node: 1,
+            route_timeout_ms: 10_000,
         },
     };
     n.node = SipNode::new(settings, Directory::live(cell), 7, n.now, 1_800_000_000_000);
@@ -1078,4 +1098,135 @@ fn a_rest_transfer_to_a_rule_number_goes_out_on_the_trunk() {
         leg.request_uri_str(),
         Some(format!("sip:+12125551234@{SBC}").as_str())
     );
+}
+
+// ---- route points and forwarding, with DN options from the dial plan ----
+
+/// A node whose plan has route point 5000 (default route 1002 after 2 s), DN 1001 forwarding
+/// on busy to 1002, and agent `a1002` on 1002.
+fn net_with_routing() -> Net {
+    use switchboard_config::{Agent, Dn, DnKind, RoutePoint, Tenant};
+    let mut n = Net::new();
+    let mut t = Tenant::new("demo", "switchboard");
+    let mut d1001 = Dn::new("1001", DnKind::Extension);
+    d1001.forward_busy = Some("1002".into());
+    t.dns = vec![
+        d1001,
+        Dn::new("1002", DnKind::Extension),
+        Dn::new("5000", DnKind::RoutePoint),
+    ];
+    t.route_points = vec![RoutePoint {
+        number: "5000".into(),
+        strategy_url: "builtin:test".into(),
+        description: String::new(),
+        default_route: Some("1002".into()),
+        timeout_s: Some(2),
+    }];
+    t.agents = vec![Agent {
+        login_id: "a1002".into(),
+        name: String::new(),
+        dn: Some("1002".into()),
+        skills: Default::default(),
+        groups: Vec::new(),
+    }];
+    assert!(t.entity_problems().is_empty(), "{:?}", t.entity_problems());
+    let cell = std::sync::Arc::new(switchboard_services::dialplan::role::DialplanCell::new(
+        switchboard_services::dialplan::Dialplan::build([&t]),
+    ));
+    let settings = NodeSettings {
+        local: addr(NODE),
+        edge: addr(EDGE),
+        trunks: vec![addr(TRUNK)],
+        timers: Timers::default(),
+        model: ModelSettings {
+            ring_timeout_ms: RING_MS,
+            node: 1,
+            route_timeout_ms: 10_000,
+        },
+    };
+    n.node = SipNode::new(settings, Directory::live(cell), 7, n.now, 1_800_000_000_000);
+    n
+}
+
+#[test]
+fn a_route_point_parks_the_call_with_ringback_then_takes_its_default_route() {
+    let mut n = net_with_routing();
+    let out = n.feed(&invite_from(TRUNK, "+15551234567", "5000", "rp-1"), TRUNK);
+    one(&out, 5090, "180");
+    assert!(
+        to(&out, 5060).is_empty(),
+        "no leg to a route point: {out:#?}"
+    );
+    assert!(
+        to(&out, 5090).iter().all(|m| m.status() != Some(200)),
+        "not answered"
+    );
+    let ev = n.events();
+    assert_eq!(names(&ev), vec![("EventRouteRequest", "5000".into())]);
+    let rr = ev[0].call().unwrap();
+    assert_eq!(
+        (
+            rr.ani.as_deref(),
+            rr.dnis.as_deref(),
+            rr.other_dn.as_deref()
+        ),
+        (Some("+15551234567"), Some("5000"), Some("+15551234567"))
+    );
+
+    // Nobody routes it: after the route point's 2 s it rings the default route.
+    assert!(to(&n.advance(1_900), 5060).is_empty());
+    let out = n.advance(200);
+    let inv = one(&out, 5060, "INVITE").clone();
+    assert_eq!(inv.request_uri_str(), Some("sip:1002@switchboard"));
+    assert!(body(&inv).contains("m=audio 4000"), "the caller's offer");
+    let ev = n.events();
+    assert_eq!(
+        names(&ev),
+        vec![
+            ("EventDiverted", "5000".into()),
+            ("EventRinging", "1002".into())
+        ]
+    );
+    assert_eq!(
+        ev[0].call().unwrap().reason.as_deref(),
+        Some("route_timeout")
+    );
+    assert_eq!(ev[1].call().unwrap().agent_id.as_deref(), Some("a1002"));
+    let out = n.phone_reply(&inv, 200, Some(ANSWER));
+    one(&out, 5090, "200");
+    assert_eq!(
+        names(&n.events()),
+        vec![("EventEstablished", "1002".into())]
+    );
+}
+
+#[test]
+fn a_busy_dn_forwards_to_its_busy_target() {
+    let mut n = net_with_routing();
+    let out = n.feed(&carrier_invite("fb-1"), TRUNK);
+    let inv = one(&out, 5060, "INVITE").clone();
+    assert_eq!(inv.request_uri_str(), Some("sip:1001@switchboard"));
+    let out = n.phone_reply(&inv, 486, None);
+    assert!(
+        to(&out, 5090).iter().all(|m| m.status() != Some(486)),
+        "the carrier does not hear busy: {out:#?}"
+    );
+    let fwd = to(&out, 5060)
+        .into_iter()
+        .find(|m| m.method() == Some(&Method::Invite))
+        .expect("an INVITE for the busy target")
+        .clone();
+    assert_eq!(fwd.request_uri_str(), Some("sip:1002@switchboard"));
+    let ev = n.events();
+    assert_eq!(
+        names(&ev),
+        vec![
+            ("EventRinging", "1001".into()),
+            ("EventDiverted", "1001".into()),
+            ("EventRinging", "1002".into())
+        ]
+    );
+    let diverted = ev[1].call().unwrap();
+    assert_eq!(diverted.reason.as_deref(), Some("forward_busy"));
+    assert_eq!(diverted.third_party_dn.as_deref(), Some("1002"));
 }

@@ -1,5 +1,7 @@
 //! The `call-state` role in the real binary: events on the bus (embedded or Redis) come back
-//! over `GET /v1/tenants/{t}/calls`, and survive restarts of the process, SIGKILL included.
+//! over `GET /v1/tenants/{t}/calls`, and survive restarts of the process, SIGKILL included;
+//! and the SIP Server's events under SIPp load survive a SIGKILL of the process that published
+//! them.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use switchboard_bus::{EmbeddedBus, RedisBus, SharedBus};
 use switchboard_events::{CallAttrs, ConnId, Event};
-use switchboard_testkit::{require_program, RedisServer, Switchboard};
+use switchboard_testkit::{free_udp_port, require_program, RedisServer, Sipp, Switchboard};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 const C1: &str = "00000000000000c1";
@@ -282,4 +284,146 @@ fn unreachable_redis_fails_startup_with_a_clear_error() {
         "{stderr}"
     );
     assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+/// A SIPp scenario of `bench/sipp`.
+fn bench_scenario(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../bench/sipp")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The sum of the Prometheus series whose line starts with `name`.
+fn metric(sb: &Switchboard, name: &str) -> u64 {
+    let body = sb.get("/metrics").map(|r| r.body).unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Every entry of `events:demo` in the embedded bus file, parsed.
+fn stream_events(path: &Path) -> Vec<Event> {
+    runtime().block_on(async {
+        let bus = EmbeddedBus::open(path).expect("open the bus file");
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let batch = switchboard_bus::Bus::read_range(&bus, "events:demo", after, 1000)
+                .await
+                .expect("read_range");
+            let Some(last) = batch.last() else { break };
+            after = Some(last.id);
+            for e in &batch {
+                let text = String::from_utf8_lossy(&e.payload);
+                all.push(Event::from_json(&text).unwrap_or_else(|err| panic!("{text}: {err}")));
+            }
+        }
+        all
+    })
+}
+
+#[test]
+fn sigkill_mid_run_loses_no_event_acknowledged_to_the_sip_server() {
+    if !require_program("sipp") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uas_port = free_udp_port().expect("free port");
+    let config = format!(
+        r#"data_dir = {:?}
+[sip_node]
+edge = "127.0.0.1:{uas_port}"
+[[tenants]]
+name = "demo"
+domain = "switchboard"
+[[tenants.users]]
+user = "1001"
+password = "secret"
+[[tenants.users]]
+user = "1002"
+password = "secret"
+"#,
+        dir.path().display().to_string()
+    );
+    let start = |config: &str| {
+        Switchboard::builder()
+            .binary(BIN)
+            .config(config)
+            .roles(&["sip-node", "call-state"])
+            .spawn()
+            .expect("switchboard starts")
+    };
+    let sb = start(&config);
+    let node = sb.addr("sip_node_udp").expect("sip_node_udp");
+    // SIPp calls DN 1002 from DN 1001 at 100 calls/s and plays 1002's phone (the SIP
+    // Server's legs to DNs go to it): six events per call.
+    let uas = Sipp::scenario(&bench_scenario("uas.xml"))
+        .arg("-p")
+        .arg(&uas_port.to_string())
+        .calls(1_000_000)
+        .timeout(Duration::from_secs(10));
+    let uas = std::thread::spawn(move || uas.run());
+    std::thread::sleep(Duration::from_millis(400));
+    let uac = Sipp::scenario(&bench_scenario("uac.xml"))
+        .remote(node)
+        .service("1002")
+        .arg("-r")
+        .arg("100")
+        .calls(1_000_000)
+        .timeout(Duration::from_secs(10));
+    let uac = std::thread::spawn(move || uac.run());
+
+    // Mid-run: every publish the metric counts returned to the SIP Server after its commit.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&sb, "switchboard_bus_published_total") < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "the load never got going:\n{}",
+            sb.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let acknowledged = metric(&sb, "switchboard_bus_published_total");
+    assert_eq!(metric(&sb, "sipnode_publish_errors_total"), 0);
+    drop(sb); // SIGKILL, calls in flight
+
+    // Started again on the same files: call-state rebuilds from the stream.
+    let mut sb = start(&config);
+    let (status, _, body) = get_json(&sb, "/v1/tenants/demo/calls?state=all");
+    assert_eq!(status, 200, "{body}");
+    let folded = body["calls"].as_array().map(Vec::len).unwrap_or(0);
+    let published_since = metric(&sb, "switchboard_bus_published_total");
+    sb.terminate().expect("SIGTERM");
+    let status = sb.wait_exit(Duration::from_secs(15)).expect("wait");
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+
+    let events = stream_events(&dir.path().join("bus.db"));
+    eprintln!(
+        "{acknowledged} publishes acknowledged before SIGKILL, {published_since} after the \
+         restart, {} events on the stream, {folded} calls rebuilt",
+        events.len()
+    );
+    assert!(
+        events.len() as u64 >= acknowledged + published_since,
+        "{} events on the stream, {acknowledged} acknowledged before the kill and \
+         {published_since} after the restart",
+        events.len()
+    );
+    // Every call on the stream is a call of the rebuilt call-state.
+    let mut conns: Vec<_> = events.iter().filter_map(|e| e.call()?.conn_id).collect();
+    conns.sort();
+    conns.dedup();
+    assert_eq!(folded, conns.len(), "calls in call-state vs. on the stream");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.name() != "EventError" && e.tenant() == "demo"),
+        "only call events of demo"
+    );
+    for h in [uac, uas] {
+        // The callers lost their node mid-call: SIPp reports failures, which is expected.
+        let _ = h.join().expect("sipp thread");
+    }
 }

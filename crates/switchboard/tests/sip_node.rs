@@ -16,8 +16,9 @@ use switchboard_testkit::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
-/// `bus`: extra TOML for `[bus]` (empty for the embedded bus).
-fn config(data_dir: &Path, trunk_port: u16, bus: &str) -> String {
+/// `bus`: extra TOML for `[bus]` (empty for the embedded bus); `entities`: TOML of
+/// `[[tenants.*]]` entries of tenant `demo` (empty for none).
+fn config_with(data_dir: &Path, trunk_port: u16, bus: &str, entities: &str) -> String {
     format!(
         r#"data_dir = {:?}
 {bus}
@@ -37,7 +38,7 @@ password = "secret"
 [[tenants.users]]
 user = "1002"
 password = "secret"
-"#,
+{entities}"#,
         data_dir.display().to_string()
     )
 }
@@ -107,6 +108,16 @@ fn start(dir: &Path, trunk_port: u16) -> Option<Switchboard> {
 
 /// With `redis`, the bus is that Redis server.
 fn start_with(dir: &Path, trunk_port: u16, redis: Option<&RedisServer>) -> Option<Switchboard> {
+    start_full(dir, trunk_port, redis, "")
+}
+
+/// [`start_with`] with tenant entities (see [`config_with`]).
+fn start_full(
+    dir: &Path,
+    trunk_port: u16,
+    redis: Option<&RedisServer>,
+    entities: &str,
+) -> Option<Switchboard> {
     if !require_program("sipp") {
         return None;
     }
@@ -117,7 +128,7 @@ fn start_with(dir: &Path, trunk_port: u16, redis: Option<&RedisServer>) -> Optio
     Some(
         Switchboard::builder()
             .binary(BIN)
-            .config(&config(dir, trunk_port, &bus))
+            .config(&config_with(dir, trunk_port, &bus, entities))
             .roles(&["sip-proxy", "registrar", "sip-node", "call-state"])
             .spawn()
             .expect("switchboard starts"),
@@ -611,4 +622,238 @@ fn make_call_over_rest_between_two_phones() {
         ]
     );
     assert_eq!(events[0].call().unwrap().request_id, Some(make));
+}
+
+/// Route point 5000 (60 s to route a call) and agent `a1002` on DN 1002.
+const ROUTE_POINT: &str = r#"
+[[tenants.dns]]
+number = "1002"
+kind = "extension"
+
+[[tenants.dns]]
+number = "5000"
+kind = "route_point"
+
+[[tenants.route_points]]
+number = "5000"
+strategy_url = "builtin:test"
+timeout_s = 60
+
+[[tenants.agents]]
+login_id = "a1002"
+dn = "1002"
+"#;
+
+#[test]
+fn carrier_call_parks_at_a_route_point_and_is_routed_over_rest() {
+    route_point_routed(None);
+}
+
+#[test]
+fn route_point_routing_with_the_redis_bus() {
+    if !require_program("redis-server") {
+        return;
+    }
+    let redis = RedisServer::spawn().expect("redis-server starts");
+    route_point_routed(Some(&redis));
+}
+
+fn route_point_routed(redis: Option<&RedisServer>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut sb) = start_full(dir.path(), free_port(), redis, ROUTE_POINT) else {
+        return;
+    };
+    let node = sb.addr("sip_node_udp").expect("sip_node_udp");
+    let phone = free_port();
+    register(&sb, "1002", phone);
+    let callee = background(scenario("callee", &[]), None, phone);
+    let carrier = background(
+        scenario(
+            "carrier_wait_bye",
+            &[("CALLEE", "5000"), ("WAIT_MS", "15000")],
+        ),
+        Some(node),
+        free_port(),
+    );
+    let call = wait_call(&sb, "active", |c| {
+        party_state(c, "5000").as_deref() == Some("at_route_point")
+    });
+    let conn = call["conn_id"].as_str().expect("conn_id").to_string();
+    let base = format!("/v1/tenants/demo/calls/{conn}");
+
+    // Bad RouteCall requests are problems; the call keeps waiting.
+    for (body, want) in [
+        (r#"{"dn":"5000","to":"1002","route_type":"bogus"}"#, 400),
+        (r#"{"dn":"5000"}"#, 400),
+        (r#"{"dn":"5000","to":"77"}"#, 422),
+        (r#"{"dn":"5000","to":"1002","x":1}"#, 400),
+        ("[1,2]", 400),
+    ] {
+        let (status, ct, json) = request(&sb, "POST", &format!("{base}/route"), body);
+        assert_eq!(status, want, "{body}: {json}");
+        assert_eq!(ct, "application/problem+json", "{body}");
+    }
+    let (status, _, _) = request(
+        &sb,
+        "POST",
+        "/v1/tenants/demo/calls/00000000000000ff/route",
+        r#"{"dn":"5000","to":"1002"}"#,
+    );
+    assert_eq!(status, 404, "unknown call");
+
+    let route = post(
+        &sb,
+        &format!("{base}/route"),
+        r#"{"dn":"5000","to":"1002","route_type":"default"}"#,
+    );
+    wait_conn(&sb, &conn, |c| {
+        party_state(c, "1002").as_deref() == Some("established")
+    });
+    let release = post(&sb, &format!("{base}/release"), r#"{"dn":"1002"}"#);
+    for (who, h) in [("carrier", carrier), ("1002", callee)] {
+        let out = h.join().expect("sipp thread");
+        assert!(out.success(), "{who}:\n{}", out.report());
+    }
+
+    let events = bus_events_with(&mut sb, dir.path(), redis);
+    assert_eq!(
+        seq(&events),
+        vec![
+            ("EventRouteRequest", "5000".into()),
+            ("EventDiverted", "5000".into()),
+            ("EventRinging", "1002".into()),
+            ("EventEstablished", "1002".into()),
+            ("EventReleased", "1002".into()),
+        ]
+    );
+    let attrs: Vec<_> = events
+        .iter()
+        .map(|e| e.call().expect("call event"))
+        .collect();
+    assert!(attrs
+        .iter()
+        .all(|c| c.conn_id.map(|c| c.to_string()).as_deref() == Some(conn.as_str())));
+    let rr = attrs[0];
+    assert_eq!(
+        rr.other_dn.as_deref(),
+        Some("+15551234567"),
+        "OtherDN is the caller"
+    );
+    assert_eq!(rr.ani.as_deref(), Some("+15551234567"));
+    assert_eq!(rr.dnis.as_deref(), Some("5000"));
+    assert_eq!(rr.agent_id, None);
+    assert_eq!(
+        attrs[1].request_id,
+        Some(route),
+        "EventDiverted confirms RouteCall"
+    );
+    assert_eq!(attrs[1].third_party_dn.as_deref(), Some("1002"));
+    assert_eq!(attrs[2].third_party_dn.as_deref(), Some("5000"));
+    for a in &attrs[2..] {
+        assert_eq!(
+            a.agent_id.as_deref(),
+            Some("a1002"),
+            "AgentID on 1002's events"
+        );
+    }
+    assert_eq!(attrs[4].request_id, Some(release));
+}
+
+#[test]
+fn a_caller_that_hangs_up_at_a_route_point_is_abandoned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut sb) = start_full(dir.path(), free_port(), None, ROUTE_POINT) else {
+        return;
+    };
+    let node = sb.addr("sip_node_udp").expect("sip_node_udp");
+    // DN 1001 calls the route point straight at the SIP Server, hears ringback (180),
+    // cancels: 487.
+    let out = sipp(
+        &scenario("caller_cancel", &[("CALLEE", "5000")]),
+        Some(node),
+        free_port(),
+    )
+    .run()
+    .expect("sipp runs");
+    assert!(out.success(), "caller:\n{}", out.report());
+    let done = wait_call(&sb, "released", |c| party_state(c, "5000").is_some());
+    assert_eq!(
+        party_state(&done, "5000").as_deref(),
+        Some("abandoned"),
+        "{done}"
+    );
+    let events = bus_events(&mut sb, dir.path());
+    assert_eq!(
+        seq(&events),
+        vec![
+            ("EventDialing", "1001".into()),
+            ("EventRouteRequest", "5000".into()),
+            ("EventReleased", "1001".into()),
+            ("EventAbandoned", "5000".into()),
+        ]
+    );
+    let abandoned = events[3].call().expect("call event");
+    assert_eq!(abandoned.other_dn.as_deref(), Some("1001"));
+}
+
+#[test]
+fn an_unanswered_call_is_forwarded_on_no_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let entities = r#"
+[[tenants.dns]]
+number = "1002"
+kind = "extension"
+no_answer_timeout_s = 1
+forward_no_answer = "1001"
+"#;
+    let Some(mut sb) = start_full(dir.path(), free_port(), None, entities) else {
+        return;
+    };
+    let node = sb.addr("sip_node_udp").expect("sip_node_udp");
+    let (p1, p2) = (free_port(), free_port());
+    register(&sb, "1001", p1);
+    register(&sb, "1002", p2);
+    let phone2 = background(scenario("callee_ringing", &[]), None, p2);
+    let phone1 = background(scenario("callee", &[]), None, p1);
+    let carrier = background(
+        scenario(
+            "carrier_wait_bye",
+            &[("CALLEE", "1002"), ("WAIT_MS", "15000")],
+        ),
+        Some(node),
+        free_port(),
+    );
+    let call = wait_call(&sb, "active", |c| {
+        party_state(c, "1001").as_deref() == Some("established")
+    });
+    let conn = call["conn_id"].as_str().expect("conn_id").to_string();
+    post(
+        &sb,
+        &format!("/v1/tenants/demo/calls/{conn}/release"),
+        r#"{"dn":"1001"}"#,
+    );
+    for (who, h) in [("carrier", carrier), ("1002", phone2), ("1001", phone1)] {
+        let out = h.join().expect("sipp thread");
+        assert!(out.success(), "{who}:\n{}", out.report());
+    }
+    let events = bus_events(&mut sb, dir.path());
+    assert_eq!(
+        seq(&events),
+        vec![
+            ("EventRinging", "1002".into()),
+            ("EventDiverted", "1002".into()),
+            ("EventRinging", "1001".into()),
+            ("EventEstablished", "1001".into()),
+            ("EventReleased", "1001".into()),
+        ]
+    );
+    let diverted = events[1].call().expect("call event");
+    assert_eq!(diverted.reason.as_deref(), Some("forward_no_answer"));
+    assert_eq!(diverted.third_party_dn.as_deref(), Some("1001"));
+    let ringing = events[2].call().expect("call event");
+    assert_eq!(ringing.third_party_dn.as_deref(), Some("1002"));
+    assert_eq!(ringing.other_dn.as_deref(), Some("+15551234567"));
+    // About one second between the first ringing and the diversion.
+    let waited = diverted.ts_ms - events[0].call().expect("call").ts_ms;
+    assert!((900..5000).contains(&waited), "forwarded after {waited} ms");
 }

@@ -94,7 +94,8 @@ fn schemas() -> Value {
                 "name": { "type": "string" },
                 "mailbox": { "type": "string", "nullable": true, "description": "a mailbox of the tenant" },
                 "no_answer_timeout_s": { "type": "integer", "minimum": 1, "maximum": 600, "nullable": true },
-                "forward_no_answer": { "type": "string", "nullable": true },
+                "forward_no_answer": { "type": "string", "nullable": true, "description": "where unanswered calls go" },
+                "forward_busy": { "type": "string", "nullable": true, "description": "where calls go when the DN is busy" },
                 "agent_group": { "type": "string", "nullable": true, "description": "queues only" },
                 "trunk": { "type": "string", "nullable": true, "description": "trunk DNs only (required there)" }
             }
@@ -115,7 +116,9 @@ fn schemas() -> Value {
             "properties": {
                 "number": { "type": "string", "description": "a DN of kind route_point" },
                 "strategy_url": { "type": "string", "description": "http://, https://, file:// or builtin: URL of an SCXML strategy" },
-                "description": { "type": "string" }
+                "description": { "type": "string" },
+                "default_route": { "type": "string", "nullable": true, "description": "where an unrouted call goes after the timeout (a DN or external number)" },
+                "timeout_s": { "type": "integer", "minimum": 1, "maximum": 3600, "nullable": true, "description": "seconds a call waits for RouteCall" }
             }
         },
         "DidRange": {

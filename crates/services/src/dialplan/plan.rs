@@ -23,7 +23,8 @@ use std::net::{IpAddr, SocketAddr};
 use regex::Regex;
 use serde::Serialize;
 use switchboard_config::{
-    compile_regex, parse_trunk_address, Dn, DnKind, RulePattern, RuleRoute, RuleScope, Tenant,
+    compile_regex, parse_trunk_address, Dn, DnKind, RoutePoint, RulePattern, RuleRoute, RuleScope,
+    Tenant,
 };
 
 /// Where a call comes from.
@@ -234,6 +235,7 @@ struct TenantPlan {
     domain: String,
     dns: HashMap<String, Dn>,
     agent_of_dn: HashMap<String, String>,
+    route_points: HashMap<String, RoutePoint>,
     rules: Vec<Rule>,
     trunks: Vec<TrunkPlan>,
 }
@@ -320,6 +322,11 @@ impl Dialplan {
                 domain: t.domain.clone(),
                 dns,
                 agent_of_dn,
+                route_points: t
+                    .route_points
+                    .iter()
+                    .map(|r| (r.number.clone(), r.clone()))
+                    .collect(),
                 rules,
                 trunks,
             });
@@ -402,6 +409,23 @@ impl Dialplan {
             dn: d.clone(),
             agent: t.agent_of_dn.get(dn).cloned(),
         })
+    }
+
+    /// The agent whose DN `dn` of `tenant` is, when the configuration names one.
+    pub fn agent(&self, tenant: &str, dn: &str) -> Option<&str> {
+        let (_, t) = self.tenant(tenant)?;
+        t.agent_of_dn.get(dn).map(String::as_str)
+    }
+
+    /// The DN `dn` of `tenant` with its options.
+    pub fn dn(&self, tenant: &str, dn: &str) -> Option<&Dn> {
+        self.tenant(tenant)?.1.dns.get(dn)
+    }
+
+    /// The routing settings of route point `dn` of `tenant` (`[[tenants.route_points]]`),
+    /// when it has an entry there.
+    pub fn route_point(&self, tenant: &str, dn: &str) -> Option<&RoutePoint> {
+        self.tenant(tenant)?.1.route_points.get(dn)
     }
 
     /// Resolves a call; see the module documentation for the steps.

@@ -15,6 +15,7 @@
 //! | `PUT /{conn_id}/user-data` | `{"dn", "data": {...}}` | UpdateUserData |
 //! | `DELETE /{conn_id}/user-data` | `{"dn", "keys": [...]}` (none: all) | DeleteUserData |
 //! | `POST /{conn_id}/dtmf` | `{"dn", "digits"}` | SendDTMF |
+//! | `POST /{conn_id}/route` | `{"dn", "to", "route_type"}` (`dn` the route point; `route_type` `"default"`, the default) | RouteCall |
 
 use super::core::{Directory, NodeCommand};
 use super::model::{Request, Resolved};
@@ -59,6 +60,8 @@ struct Body {
     keys: Option<Vec<String>>,
     #[serde(default)]
     digits: Option<String>,
+    #[serde(default)]
+    route_type: Option<String>,
 }
 
 /// The HTTP method of a call-control request.
@@ -182,6 +185,22 @@ impl Api {
                 conn,
                 dn: body.dn,
             },
+            (Verb::Post, "route") => {
+                match body.route_type.as_deref() {
+                    None | Some("default") => {}
+                    Some(other) => {
+                        return Err(bad(format!(
+                            "\"route_type\" {:?} is not supported: only \"default\"",
+                            clip(other)
+                        )))
+                    }
+                }
+                Request::RouteCall {
+                    to: to(&body)?,
+                    conn,
+                    dn: body.dn,
+                }
+            }
             (Verb::Post, "dtmf") => {
                 let digits = body.digits.unwrap_or_default();
                 if digits.is_empty()
@@ -269,6 +288,17 @@ mod tests {
                 to: Resolved::Ok(Dest::Dn("1002".into()))
             })
         );
+        assert_eq!(
+            post(
+                "route",
+                r#"{"dn":"1001","to":"1002","route_type":"default"}"#
+            ),
+            Ok(Request::RouteCall {
+                conn,
+                dn: "1001".into(),
+                to: Resolved::Ok(Dest::Dn("1002".into()))
+            })
+        );
         let del = api(false)
             .parse(
                 1,
@@ -307,6 +337,20 @@ mod tests {
         );
         assert_eq!(status(post("user-data", r#"{"dn":"1001","data":{}}"#)), 400);
         assert_eq!(status(post("dtmf", r#"{"dn":"1001","digits":"12x"}"#)), 400);
+        assert_eq!(status(post("route", r#"{"dn":"1001"}"#)), 400, "no to");
+        assert_eq!(
+            status(post(
+                "route",
+                r#"{"dn":"1001","to":"1002","route_type":"nope"}"#
+            )),
+            400,
+            "unsupported route type"
+        );
+        assert_eq!(
+            status(post("route", r#"{"dn":"1001","to":"77"}"#)),
+            422,
+            "no route to the destination"
+        );
         let e = api(false)
             .parse(
                 1,

@@ -9,7 +9,8 @@
 //! from outside.
 
 use super::model::{
-    Action, Dest, Direction, Input, LegId, Model, ModelSettings, Request, Resolved,
+    Action, Dest, Direction, DnDirectory, DnInfo, Input, LegId, Model, ModelSettings, Request,
+    Resolved, RoutePointInfo,
 };
 use super::sdp::{answer_direction, direction_of, LegSdp};
 use crate::dialplan::role::DialplanCell;
@@ -97,6 +98,68 @@ impl Directory {
             Ok(r) => Resolved::Ok(dest_of(r.target, r.number)),
             Err(e) => Resolved::Invalid(e.to_string()),
         }
+    }
+}
+
+/// The model's view of the configuration ([`DnDirectory`]) over the live dial plan: a DN's
+/// ring timeout, forwards and route-point settings, its targets resolved as if the DN dialled
+/// them, and the agent on it.
+#[derive(Clone, Debug)]
+pub struct NodeDirectory {
+    pub directory: Directory,
+    /// Whether the node has a default gateway for external numbers (`sip_node.trunks`).
+    pub have_trunk: bool,
+}
+
+impl NodeDirectory {
+    /// A forward or default-route target: `None` (and a warning) when it goes nowhere.
+    fn target(&self, tenant: &str, dn: &str, number: &str, what: &str) -> Option<Dest> {
+        match self.directory.resolve(tenant, dn, number, self.have_trunk) {
+            Resolved::Ok(d) => Some(d),
+            Resolved::Invalid(why) => {
+                tracing::warn!(
+                    tenant,
+                    dn,
+                    number,
+                    what,
+                    why,
+                    "the configured target has no route"
+                );
+                None
+            }
+        }
+    }
+}
+
+impl DnDirectory for NodeDirectory {
+    fn dn_info(&self, tenant: &str, dn: &str) -> Option<DnInfo> {
+        let plan = self.directory.plan();
+        let d = plan.dn(tenant, dn)?;
+        let route_point = (d.kind == DnKind::RoutePoint).then(|| {
+            let rp = plan.route_point(tenant, dn);
+            RoutePointInfo {
+                timeout_ms: rp.and_then(|r| r.timeout_s).map(|s| u64::from(s) * 1000),
+                default_route: rp
+                    .and_then(|r| r.default_route.as_deref())
+                    .and_then(|n| self.target(tenant, dn, n, "default_route")),
+            }
+        });
+        Some(DnInfo {
+            ring_timeout_ms: d.no_answer_timeout_s.map(|s| u64::from(s) * 1000),
+            forward_no_answer: d
+                .forward_no_answer
+                .as_deref()
+                .and_then(|n| self.target(tenant, dn, n, "forward_no_answer")),
+            forward_busy: d
+                .forward_busy
+                .as_deref()
+                .and_then(|n| self.target(tenant, dn, n, "forward_busy")),
+            route_point,
+        })
+    }
+
+    fn agent(&self, tenant: &str, dn: &str) -> Option<String> {
+        self.directory.plan().agent(tenant, dn).map(str::to_owned)
     }
 }
 
@@ -221,7 +284,13 @@ impl SipNode {
         SipNode {
             tx: Transactions::new(settings.timers),
             ids: IdGen::new(seed),
-            model: Model::new(settings.model.clone()),
+            model: Model::with_directory(
+                settings.model.clone(),
+                Arc::new(NodeDirectory {
+                    directory: directory.clone(),
+                    have_trunk: !settings.trunks.is_empty(),
+                }),
+            ),
             directory,
             legs: HashMap::new(),
             by_dialog: HashMap::new(),
@@ -309,6 +378,15 @@ impl SipNode {
                     }
                 }
                 metrics::counter!("sipnode_events_total", "event" => event.name()).increment(1);
+                if let Event::EventDiverted(c) = &event {
+                    let reason = match c.reason.as_deref() {
+                        Some("route_timeout") => "route_timeout",
+                        Some("forward_no_answer") => "forward_no_answer",
+                        Some("forward_busy") => "forward_busy",
+                        _ => "route_call",
+                    };
+                    metrics::counter!("sipnode_diversions_total", "reason" => reason).increment(1);
+                }
                 self.outputs.push_back(NodeOutput::Event(Box::new(event)));
             }
             Action::CallStarted { conn, tenant } => {
@@ -815,6 +893,7 @@ impl SipNode {
                 tenant,
                 caller,
                 caller_internal,
+                dialed: called,
                 to,
                 sdp,
             },

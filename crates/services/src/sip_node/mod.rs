@@ -14,3 +14,5 @@ pub mod sdp;
 
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod route_tests;

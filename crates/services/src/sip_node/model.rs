@@ -9,10 +9,17 @@
 //! without events). Media is relayed: the model keeps each leg's last SDP and tells the core
 //! which SDP to offer or answer on which leg.
 //!
-//! Event sequences (this DN's view) are documented in the README ("Call control and events").
+//! DN options come from a [`DnDirectory`] (configuration, read when a call reaches a DN): a
+//! route point parks the call without a leg (EventRouteRequest) until [`Request::RouteCall`]
+//! or its timeout (default route, else release); a DN that forwards on no answer or busy hands
+//! the call on (EventDiverted); events of a DN with an agent carry its AgentID.
+//!
+//! Event sequences (this DN's view) are documented in the README ("The SIP Server").
 
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 use switchboard_events::{CallAttrs, CallType, ConnId, ErrorAttrs, Event, PartyRole, UserData};
 
 /// One SIP leg of the B2BUA (one dialog, incoming or outgoing). Allocated by the model for the
@@ -87,6 +94,9 @@ pub enum PartyState {
     Ringing,
     Established,
     Held,
+    /// A route point holding the call until RouteCall or its timeout. Its leg id is the
+    /// model's own: no SIP leg is placed (the caller is not answered; it hears ringback).
+    AtRoutePoint,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -114,6 +124,77 @@ pub struct Call {
     pub user_data: UserData,
     /// The call this consult call was made from, and the DN that made it.
     pub consult_of: Option<(ConnId, String)>,
+    /// The calling and the dialled number as the call arrived (TLib ANI and DNIS).
+    pub ani: Option<String>,
+    pub dnis: Option<String>,
+    /// How many times the call was diverted (forwards, routing); bounded by
+    /// [`MAX_DIVERSIONS`] so that forwarding loops end.
+    pub diversions: u8,
+}
+
+/// The most diversions (forward on no answer or busy, RouteCall, a route point's default
+/// route) a call takes; one more is refused (a forward is then not taken).
+pub const MAX_DIVERSIONS: u8 = 10;
+
+/// What the model needs to know about a DN: read-only configuration the glue looks up in the
+/// dial plan when a call reaches the DN. Destinations in it are already resolved.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DnInfo {
+    /// Ring-no-answer timeout of legs to the DN; `None`: [`ModelSettings::ring_timeout_ms`].
+    pub ring_timeout_ms: Option<u64>,
+    /// Where a call goes that rang unanswered for the timeout (EventDiverted).
+    pub forward_no_answer: Option<Dest>,
+    /// Where a call goes when the DN's phone is busy (486 or 600).
+    pub forward_busy: Option<Dest>,
+    /// Set for a route point: calls park there instead of ringing.
+    pub route_point: Option<RoutePointInfo>,
+}
+
+/// How a route point treats a call nobody routes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoutePointInfo {
+    /// How long the call waits for RouteCall; `None`: [`ModelSettings::route_timeout_ms`].
+    pub timeout_ms: Option<u64>,
+    /// Where the call goes then; `None`: it is released (the caller gets 480).
+    pub default_route: Option<Dest>,
+}
+
+/// The configuration the model reads: DN options and agents. Implemented over the dial plan
+/// by the SIP core (`core::NodeDirectory`) and by a table in the reducer's tests.
+pub trait DnDirectory: Send + Sync {
+    /// The options of DN `dn` of `tenant`; `None` for a number that is not a DN.
+    fn dn_info(&self, tenant: &str, dn: &str) -> Option<DnInfo>;
+    /// The login id of the agent on DN `dn` of `tenant` (events' AgentID).
+    fn agent(&self, tenant: &str, dn: &str) -> Option<String>;
+}
+
+/// A directory that knows no DN options and no agents.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoDirectory;
+
+impl DnDirectory for NoDirectory {
+    fn dn_info(&self, _: &str, _: &str) -> Option<DnInfo> {
+        None
+    }
+    fn agent(&self, _: &str, _: &str) -> Option<String> {
+        None
+    }
+}
+
+/// The model's handle on the directory (configuration, not state: equal when shared).
+#[derive(Clone)]
+struct Dir(Arc<dyn DnDirectory>);
+
+impl fmt::Debug for Dir {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Dir")
+    }
+}
+
+impl PartialEq for Dir {
+    fn eq(&self, other: &Dir) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Party {
@@ -209,6 +290,13 @@ pub enum Request {
         dn: String,
         digits: String,
     },
+    /// RouteCall (TLib TRouteCall, route type default): the call waiting at route point `dn`
+    /// goes to `to`.
+    RouteCall {
+        conn: ConnId,
+        dn: String,
+        to: Resolved,
+    },
 }
 
 impl Request {
@@ -225,7 +313,8 @@ impl Request {
             | Request::AttachUserData { conn, .. }
             | Request::UpdateUserData { conn, .. }
             | Request::DeleteUserData { conn, .. }
-            | Request::SendDtmf { conn, .. } => Some(*conn),
+            | Request::SendDtmf { conn, .. }
+            | Request::RouteCall { conn, .. } => Some(*conn),
         }
     }
 
@@ -242,7 +331,8 @@ impl Request {
             | Request::AttachUserData { dn, .. }
             | Request::UpdateUserData { dn, .. }
             | Request::DeleteUserData { dn, .. }
-            | Request::SendDtmf { dn, .. } => dn,
+            | Request::SendDtmf { dn, .. }
+            | Request::RouteCall { dn, .. } => dn,
         }
     }
 }
@@ -257,6 +347,8 @@ pub enum Input {
         tenant: String,
         caller: String,
         caller_internal: bool,
+        /// The number the caller dialled (before translation; DNIS).
+        dialed: String,
         to: Resolved,
         sdp: Option<Bytes>,
     },
@@ -274,7 +366,7 @@ pub enum Input {
         ok: bool,
         sdp: Option<Bytes>,
     },
-    /// The ring-no-answer timer of a leg fired.
+    /// The ring-no-answer timer of a leg fired (for a route point: its routing timeout).
     RingTimeout { leg: LegId },
     /// A device sent a re-INVITE with an offer on an established leg (its own hold or
     /// retrieve, a media change): relayed to the other party, answered with
@@ -393,6 +485,8 @@ pub struct ModelSettings {
     pub ring_timeout_ms: u64,
     /// High 16 bits of every ConnId (the node number).
     pub node: u16,
+    /// How long a call waits at a route point without its own timeout.
+    pub route_timeout_ms: u64,
 }
 
 impl Default for ModelSettings {
@@ -400,6 +494,7 @@ impl Default for ModelSettings {
         ModelSettings {
             ring_timeout_ms: 30_000,
             node: 1,
+            route_timeout_ms: 10_000,
         }
     }
 }
@@ -408,6 +503,7 @@ impl Default for ModelSettings {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Model {
     settings: ModelSettings,
+    dir: Dir,
     calls: HashMap<ConnId, Call>,
     legs: HashMap<LegId, ConnId>,
     ops: HashMap<LegId, LegOp>,
@@ -426,6 +522,14 @@ pub mod codes {
 }
 
 type Out = Vec<Action>;
+
+/// Why a ringing leg to a DN may be forwarded.
+#[derive(Clone, Copy, Debug)]
+enum Forward {
+    NoAnswer,
+    /// The leg failed with this code (486 and 600 are busy).
+    Failed(u16),
+}
 
 /// A validated request on an existing call: who asks (`party`, index `i`) and the other
 /// party, for the request's own checks and its EventError.
@@ -480,9 +584,17 @@ impl ReqCtx {
 }
 
 impl Model {
+    /// A model that knows no DN options or agents (see [`Model::with_directory`]).
     pub fn new(settings: ModelSettings) -> Model {
+        Model::with_directory(settings, Arc::new(NoDirectory))
+    }
+
+    /// A model that reads DN options (route points, forwarding, ring timeouts) and agents
+    /// from `dir`.
+    pub fn with_directory(settings: ModelSettings, dir: Arc<dyn DnDirectory>) -> Model {
         Model {
             settings,
+            dir: Dir(dir),
             calls: HashMap::new(),
             legs: HashMap::new(),
             ops: HashMap::new(),
@@ -526,32 +638,242 @@ impl Model {
     /// The reducer: applies `input` at `now_ms` (Unix milliseconds, for event timestamps) and
     /// appends what to do to `out`.
     pub fn handle(&mut self, input: Input, now_ms: u64, out: &mut Out) {
+        let first = out.len();
         match input {
             Input::Incoming {
                 leg,
                 tenant,
                 caller,
                 caller_internal,
+                dialed,
                 to,
                 sdp,
-            } => self.incoming(leg, tenant, caller, caller_internal, to, sdp, now_ms, out),
+            } => self.incoming(
+                leg,
+                tenant,
+                caller,
+                caller_internal,
+                dialed,
+                to,
+                sdp,
+                now_ms,
+                out,
+            ),
             Input::Ringing { leg } => self.ringing(leg, now_ms, out),
             Input::Answered { leg, sdp } => self.answered(leg, sdp, now_ms, out),
-            Input::Failed { leg, code } => self.leg_gone(leg, Some(code), now_ms, out),
-            Input::HungUp { leg } => self.leg_gone(leg, None, now_ms, out),
-            Input::RingTimeout { leg } => {
-                let ringing = self.party_of(leg).is_some_and(|(_, p)| {
-                    matches!(p.state, PartyState::Ringing | PartyState::Dialing)
-                });
-                if ringing {
-                    out.push(Action::Hangup { leg });
-                    self.leg_gone(leg, Some(408), now_ms, out);
+            Input::Failed { leg, code } => {
+                if !self.forward(leg, Forward::Failed(code), now_ms, out) {
+                    self.leg_gone(leg, Some(code), now_ms, out)
                 }
             }
+            Input::HungUp { leg } => self.leg_gone(leg, None, now_ms, out),
+            Input::RingTimeout { leg } => self.ring_timeout(leg, now_ms, out),
             Input::ReofferDone { leg, ok, sdp } => self.reoffer_done(leg, ok, sdp, now_ms, out),
             Input::DeviceReoffer { leg, sdp } => self.device_reoffer(leg, sdp, out),
             Input::Request { id, tenant, req } => self.request(id, tenant, req, now_ms, out),
         }
+        self.fill_agents(&mut out[first..]);
+    }
+
+    /// AgentID of every call event for a DN with an agent.
+    fn fill_agents(&self, actions: &mut [Action]) {
+        for a in actions {
+            if let Action::Publish { event, .. } = a {
+                if let Some(c) = event.call_mut().filter(|c| c.agent_id.is_none()) {
+                    c.agent_id = self.dir.0.agent(&c.tenant, &c.this_dn);
+                }
+            }
+        }
+    }
+
+    /// The ring timer of a leg fired: a ringing leg is given up (forwarded when its DN
+    /// forwards on no answer); a route point's call takes the default route or is released.
+    fn ring_timeout(&mut self, leg: LegId, now: u64, out: &mut Out) {
+        let Some((call, p)) = self.party_of(leg) else {
+            return;
+        };
+        match p.state {
+            PartyState::Ringing | PartyState::Dialing => {
+                out.push(Action::Hangup { leg });
+                if !self.forward(leg, Forward::NoAnswer, now, out) {
+                    self.leg_gone(leg, Some(408), now, out);
+                }
+            }
+            PartyState::AtRoutePoint => {
+                let (conn, dn) = (call.conn, p.dn.clone());
+                let Some(i) = call.by_leg(leg) else { return };
+                let default = self
+                    .dir
+                    .0
+                    .dn_info(&call.tenant, &dn)
+                    .and_then(|d| d.route_point?.default_route)
+                    .filter(|d| d.number() != dn);
+                tracing::info!(conn_id = %conn, tenant = %call.tenant, route_point = %dn,
+                    default_route = default.as_ref().map(Dest::number), "nobody routed the call in time");
+                if let Some(dest) = default {
+                    if self.divert(conn, i, dest, Some("route_timeout"), None, now, out) {
+                        return;
+                    }
+                }
+                self.leg_gone_why(leg, Some(480), Some("route_timeout".into()), now, out);
+            }
+            PartyState::Established | PartyState::Held => {}
+        }
+    }
+
+    /// A DN destination that rang unanswered or was busy, with a forward for that: the call
+    /// is diverted to the forward target. False when no forward applies.
+    fn forward(&mut self, leg: LegId, why: Forward, now: u64, out: &mut Out) -> bool {
+        let Some((call, p)) = self.party_of(leg) else {
+            return false;
+        };
+        let candidate = p.internal
+            && !p.auto
+            && !p.leg.is_incoming()
+            && p.role == PartyRole::Destination
+            && matches!(p.state, PartyState::Ringing | PartyState::Dialing);
+        if !candidate {
+            return false;
+        }
+        let Some(info) = self.dir.0.dn_info(&call.tenant, &p.dn) else {
+            return false;
+        };
+        let (reason, target) = match why {
+            Forward::NoAnswer => ("forward_no_answer", info.forward_no_answer),
+            Forward::Failed(486 | 600) => ("forward_busy", info.forward_busy),
+            Forward::Failed(_) => return false,
+        };
+        let Some(dest) = target.filter(|d| d.number() != p.dn) else {
+            return false;
+        };
+        let (conn, Some(i)) = (call.conn, call.by_leg(leg)) else {
+            return false;
+        };
+        tracing::info!(conn_id = %conn, tenant = %call.tenant, dn = %p.dn, to = dest.number(), reason, "forwarding");
+        self.divert(conn, i, dest, Some(reason), None, now, out)
+    }
+
+    /// Party `i` of call `conn` (a route point, or a DN that forwards) hands the call to
+    /// `dest`: EventDiverted for it (`third_party_dn` the destination), then the destination
+    /// rings or parks ([`Model::start_party`]). False, with nothing done, once the call was
+    /// diverted [`MAX_DIVERSIONS`] times.
+    #[allow(clippy::too_many_arguments)]
+    fn divert(
+        &mut self,
+        conn: ConnId,
+        i: usize,
+        dest: Dest,
+        reason: Option<&str>,
+        req: Option<u64>,
+        now: u64,
+        out: &mut Out,
+    ) -> bool {
+        let Some(call) = self.calls.get_mut(&conn) else {
+            return false;
+        };
+        if call.diversions >= MAX_DIVERSIONS || i >= call.parties.len() {
+            tracing::warn!(conn_id = %conn, tenant = %call.tenant, "too many diversions: not diverting");
+            return false;
+        }
+        call.diversions += 1;
+        let old = call.parties[i].clone();
+        self.legs.remove(&old.leg);
+        self.ops.remove(&old.leg);
+        out.push(Action::CancelRingTimer { leg: old.leg });
+        if old.internal {
+            let mut a = attrs(call, i, now, req, reason.map(str::to_owned));
+            a.third_party_dn = Some(dest.number().to_string());
+            out.push(Action::Publish {
+                event: Event::EventDiverted(a),
+                leg: Some(old.leg),
+            });
+        }
+        self.start_party(conn, i, dest, Some(old.dn), now, out);
+        true
+    }
+
+    /// Party `i` of call `conn` (replaced, or appended when `i` is the number of parties)
+    /// becomes `dest`: a route point parks the call (EventRouteRequest; the routing timer;
+    /// an unanswered incoming caller gets 180 and waits), anything else gets a new leg
+    /// offered the other party's SDP and rung for the DN's ring timeout (EventRinging).
+    /// `third` is the DN the call came from (ThirdPartyDN).
+    fn start_party(
+        &mut self,
+        conn: ConnId,
+        i: usize,
+        dest: Dest,
+        third: Option<String>,
+        now: u64,
+        out: &mut Out,
+    ) {
+        let leg = self.new_leg();
+        let Some(call) = self.calls.get_mut(&conn) else {
+            return;
+        };
+        let info = match &dest {
+            Dest::Dn(dn) => self.dir.0.dn_info(&call.tenant, dn),
+            _ => None,
+        }
+        .unwrap_or_default();
+        let other = call.other(i).map(|o| call.parties[o].clone());
+        let party = Party {
+            dn: dest.number().to_string(),
+            internal: dest.is_dn(),
+            trunk: dest.trunk().map(str::to_owned),
+            role: PartyRole::Destination,
+            state: match info.route_point {
+                Some(_) => PartyState::AtRoutePoint,
+                None => PartyState::Ringing,
+            },
+            leg,
+            sdp: None,
+            auto: false,
+        };
+        match call.parties.get_mut(i) {
+            Some(p) => {
+                let old = std::mem::replace(p, party);
+                self.legs.remove(&old.leg);
+                self.ops.remove(&old.leg);
+            }
+            None => call.parties.push(party),
+        }
+        self.legs.insert(leg, conn);
+        let mk: fn(CallAttrs) -> Event = match info.route_point {
+            Some(rp) => {
+                out.push(Action::StartRingTimer {
+                    leg,
+                    ms: rp.timeout_ms.unwrap_or(self.settings.route_timeout_ms),
+                });
+                if let Some(o) = other
+                    .filter(|o| o.state == PartyState::Dialing && o.leg.is_incoming() && !o.auto)
+                {
+                    out.push(Action::Ring { leg: o.leg });
+                }
+                tracing::info!(conn_id = %conn, tenant = %call.tenant, route_point = dest.number(), "call waits at a route point");
+                Event::EventRouteRequest
+            }
+            None => {
+                out.push(Action::PlaceLeg {
+                    leg,
+                    tenant: call.tenant.clone(),
+                    from: other
+                        .as_ref()
+                        .map_or_else(|| "anonymous".to_string(), |o| o.dn.clone()),
+                    sdp: other.and_then(|o| o.sdp),
+                    dest,
+                    auto_answer: false,
+                });
+                out.push(Action::StartRingTimer {
+                    leg,
+                    ms: info
+                        .ring_timeout_ms
+                        .unwrap_or(self.settings.ring_timeout_ms),
+                });
+                Event::EventRinging
+            }
+        };
+        let call = &self.calls[&conn];
+        ev_third(out, call, i, mk, now, None, third.as_deref());
     }
 
     fn party_of(&self, leg: LegId) -> Option<(&Call, &Party)> {
@@ -567,6 +889,7 @@ impl Model {
         tenant: String,
         caller: String,
         caller_internal: bool,
+        dialed: String,
         to: Resolved,
         sdp: Option<Bytes>,
         now: u64,
@@ -598,9 +921,11 @@ impl Model {
                     role: PartyRole::Origination,
                     state: PartyState::Dialing,
                     leg,
-                    sdp: sdp.clone(),
+                    sdp,
                     auto: false,
                 },
+                // Stands for the destination in the caller's EventDialing; replaced by
+                // `start_party` below.
                 Party {
                     dn: dest.number().to_string(),
                     internal: dest.is_dn(),
@@ -614,28 +939,16 @@ impl Model {
             ],
             user_data: UserData::new(),
             consult_of: None,
+            ani: Some(caller),
+            dnis: Some(dialed),
+            diversions: 0,
         };
         self.legs.insert(leg, conn);
-        self.legs.insert(b, conn);
-        out.push(Action::CallStarted {
-            conn,
-            tenant: tenant.clone(),
-        });
-        out.push(Action::PlaceLeg {
-            leg: b,
-            tenant,
-            dest,
-            from: caller,
-            sdp,
-            auto_answer: false,
-        });
-        out.push(Action::StartRingTimer {
-            leg: b,
-            ms: self.settings.ring_timeout_ms,
-        });
+        out.push(Action::CallStarted { conn, tenant });
         ev(out, &call, 0, Event::EventDialing, now, None, None);
-        ev(out, &call, 1, Event::EventRinging, now, None, None);
         self.calls.insert(conn, call);
+        // The destination rings, or the call waits at a route point.
+        self.start_party(conn, 1, dest, None, now, out);
     }
 
     fn ringing(&mut self, leg: LegId, _now: u64, out: &mut Out) {
@@ -671,30 +984,11 @@ impl Model {
         if call.parties[i].auto {
             // The origin of a MakeCall / consult call answered: now call the destination
             // with its SDP (RFC 3725 style; the core ACKed the 2xx already).
-            let dest = match call.parties.get(i + 1) {
-                Some(p) => p.clone(),
-                None => return,
+            let Some(dest) = call.parties.get(i + 1).map(Party::dest) else {
+                return;
             };
-            let tenant = call.tenant.clone();
-            let from = call.parties[i].dn.clone();
-            out.push(Action::PlaceLeg {
-                leg: dest.leg,
-                tenant,
-                dest: dest.dest(),
-                from,
-                sdp,
-                auto_answer: false,
-            });
-            out.push(Action::StartRingTimer {
-                leg: dest.leg,
-                ms: self.settings.ring_timeout_ms,
-            });
-            if let Some(p) = call.parties.get_mut(i + 1) {
-                p.state = PartyState::Ringing;
-            }
-            let call = &self.calls[&conn];
-            ev(out, call, i + 1, Event::EventRinging, now, None, None);
-            return;
+            // The destination rings (or the call parks at a route point).
+            return self.start_party(conn, i + 1, dest, None, now, out);
         }
         if was != PartyState::Ringing && was != PartyState::Dialing {
             return;
@@ -729,6 +1023,18 @@ impl Model {
     /// A leg ended: by failure (`code`) or hang-up. The call ends when fewer than two parties
     /// remain (or the remaining one has nobody to talk to).
     fn leg_gone(&mut self, leg: LegId, code: Option<u16>, now: u64, out: &mut Out) {
+        self.leg_gone_why(leg, code, code.map(|c| format!("sip {c}")), now, out)
+    }
+
+    /// [`Model::leg_gone`] with the `reason` of the events.
+    fn leg_gone_why(
+        &mut self,
+        leg: LegId,
+        code: Option<u16>,
+        reason: Option<String>,
+        now: u64,
+        out: &mut Out,
+    ) {
         let Some(conn) = self.legs.remove(&leg) else {
             return;
         };
@@ -741,7 +1047,6 @@ impl Model {
             return;
         };
         out.push(Action::CancelRingTimer { leg });
-        let reason = code.map(|c| format!("sip {c}"));
         let gone_state = call.parties[i].state;
         let caller_waiting = call
             .other(i)
@@ -789,12 +1094,21 @@ impl Model {
             if !p.placed() {
                 continue;
             }
-            out.push(Action::Hangup { leg: p.leg });
+            // A route point has no leg to hang up; its caller left: EventAbandoned.
+            let at_route_point = p.state == PartyState::AtRoutePoint;
+            if !at_route_point {
+                out.push(Action::Hangup { leg: p.leg });
+            }
             let tmp = Call {
                 parties: std::iter::once(p).chain(gone.clone()).collect(),
                 ..call.clone()
             };
-            ev(out, &tmp, 0, Event::EventReleased, now, None, None);
+            let mk = if at_route_point {
+                Event::EventAbandoned
+            } else {
+                Event::EventReleased
+            };
+            ev(out, &tmp, 0, mk, now, None, None);
         }
         out.push(Action::CallEnded { conn: call.conn });
     }
@@ -993,7 +1307,9 @@ impl Model {
                 out.push(Action::AnswerRemote { leg: c.party.leg });
             }
             Request::Release { .. } => {
-                out.push(Action::Hangup { leg: c.party.leg });
+                if c.party.state != PartyState::AtRoutePoint {
+                    out.push(Action::Hangup { leg: c.party.leg });
+                }
                 self.release_party(conn, c.party.leg, Some(id), now, out);
             }
             Request::Hold { .. } => self.hold(&c, true, out),
@@ -1018,6 +1334,32 @@ impl Model {
                 });
             }
             Request::SendDtmf { digits, .. } => Self::dtmf(&c, digits, out),
+            Request::RouteCall { to, .. } => {
+                if c.party.state != PartyState::AtRoutePoint {
+                    return c.bad_state(out, "only a call waiting at a route point can be routed");
+                }
+                let dest = match to {
+                    Resolved::Invalid(why) => {
+                        return c.err(out, codes::INVALID_DESTINATION, &why);
+                    }
+                    Resolved::Ok(d) if d.number() == c.dn => {
+                        return c.err(
+                            out,
+                            codes::INVALID_DESTINATION,
+                            "cannot route a call to the route point it waits at",
+                        );
+                    }
+                    Resolved::Ok(d) => d,
+                };
+                tracing::info!(conn_id = %conn, tenant = %c.tenant, route_point = %c.dn, to = dest.number(), request_id = id, "RouteCall");
+                if !self.divert(conn, c.i, dest, None, Some(id), now, out) {
+                    c.err(
+                        out,
+                        codes::BAD_STATE,
+                        "the call was diverted too many times",
+                    );
+                }
+            }
         }
     }
 
@@ -1072,7 +1414,11 @@ impl Model {
         if c.party.state != want {
             return c.bad_state(out, what);
         }
-        let Some(other) = c.other.as_ref().filter(|o| o.state != PartyState::Ringing) else {
+        let Some(other) = c
+            .other
+            .as_ref()
+            .filter(|o| !matches!(o.state, PartyState::Ringing | PartyState::AtRoutePoint))
+        else {
             return c.bad_state(out, "nobody to hold");
         };
         if self.ops.contains_key(&other.leg) {
@@ -1185,7 +1531,11 @@ impl Model {
         if c.party.state != PartyState::Established {
             return c.bad_state(out, "only an established party can send DTMF");
         }
-        let Some(other) = &c.other else {
+        let Some(other) = c
+            .other
+            .as_ref()
+            .filter(|o| o.state != PartyState::AtRoutePoint)
+        else {
             return c.bad_state(out, "nobody to send DTMF to");
         };
         out.push(Action::SendDtmf {
@@ -1273,6 +1623,9 @@ impl Model {
                 None => UserData::new(),
             },
             consult_of: consult_of.map(|c| (c, dn.to_string())),
+            ani: Some(dn.to_string()),
+            dnis: Some(dest.number().to_string()),
+            diversions: 0,
         };
         self.legs.insert(a, conn);
         self.legs.insert(b, conn);
@@ -1307,7 +1660,6 @@ impl Model {
         now: u64,
         out: &mut Out,
     ) {
-        let c = self.new_leg();
         let Some(call) = self.calls.get_mut(&conn) else {
             return;
         };
@@ -1328,39 +1680,10 @@ impl Model {
             Some(req),
             Some(dest.number()),
         );
-        call.parties[i] = Party {
-            dn: dest.number().to_string(),
-            internal: dest.is_dn(),
-            trunk: dest.trunk().map(str::to_owned),
-            role: PartyRole::Destination,
-            state: PartyState::Ringing,
-            leg: c,
-            sdp: None,
-            auto: false,
-        };
-        self.legs.insert(c, conn);
-        out.push(Action::PlaceLeg {
-            leg: c,
-            tenant: call.tenant.clone(),
-            dest,
-            from: other.dn.clone(),
-            sdp: other.sdp.clone(),
-            auto_answer: false,
-        });
-        out.push(Action::StartRingTimer {
-            leg: c,
-            ms: self.settings.ring_timeout_ms,
-        });
-        let call = &self.calls[&conn];
-        ev_third(
-            out,
-            call,
-            i,
-            Event::EventRinging,
-            now,
-            None,
-            Some(&transferring.dn),
-        );
+        // The destination takes the transferring party's place: it rings (offered the other
+        // party's media) or, for a route point, the call waits there.
+        debug_assert_eq!(call.other(i).map(|o| call.parties[o].leg), Some(other.leg));
+        self.start_party(conn, i, dest, Some(transferring.dn), now, out);
     }
 
     /// CompleteTransfer, from either call: the consulting DN leaves both calls; the consulted
@@ -1490,6 +1813,8 @@ fn attrs(call: &Call, i: usize, now: u64, req: Option<u64>, reason: Option<Strin
         other_role: o.map(|o| o.role),
         third_party_dn: None,
         call_type: Some(call.call_type),
+        ani: call.ani.clone(),
+        dnis: call.dnis.clone(),
         agent_id: None,
         previous_conn_id: None,
         request_id: req,

@@ -45,6 +45,7 @@ impl Sim {
             m: Model::new(ModelSettings {
                 ring_timeout_ms: 20_000,
                 node: 7,
+                route_timeout_ms: 10_000,
             }),
             now: 1_000,
             next_req: 1,
@@ -83,6 +84,7 @@ impl Sim {
             tenant: T.into(),
             caller: caller.into(),
             caller_internal: internal,
+            dialed: to.number().to_string(),
             to: Resolved::Ok(to),
             sdp: sdp("caller"),
         });
@@ -333,6 +335,7 @@ fn invalid_destination_is_rejected_without_a_call() {
         tenant: T.into(),
         caller: CARRIER.into(),
         caller_internal: false,
+        dialed: "9".into(),
         to: Resolved::Invalid("9 is not a DN".into()),
         sdp: None,
     });

@@ -103,6 +103,7 @@ pub async fn start(
         model: ModelSettings {
             ring_timeout_ms: cfg.sip_node.ring_timeout_ms,
             node: rand::random(),
+            route_timeout_ms: cfg.sip_node.route_timeout_ms,
         },
     };
     let node = SipNode::new(

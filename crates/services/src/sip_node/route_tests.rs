@@ -1,0 +1,661 @@
+//! The call model with DN options, without a network: route points (EventRouteRequest,
+//! RouteCall, the default route, EventAbandoned), forward on no answer and on busy
+//! (EventDiverted), and the AgentID of events.
+
+use super::model::*;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+use switchboard_events::{CallAttrs, ConnId, Event};
+
+const T: &str = "demo";
+const CARRIER: &str = "+15551234567";
+const RP: &str = "5000";
+
+fn sdp(tag: &str) -> Option<Bytes> {
+    Some(Bytes::from(format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns={tag}\r\n"
+    )))
+}
+
+/// DN options and agents of tenant `demo`.
+#[derive(Default)]
+struct Table {
+    dns: HashMap<&'static str, DnInfo>,
+    agents: HashMap<&'static str, &'static str>,
+}
+
+impl DnDirectory for Table {
+    fn dn_info(&self, tenant: &str, dn: &str) -> Option<DnInfo> {
+        (tenant == T).then(|| self.dns.get(dn).cloned()).flatten()
+    }
+    fn agent(&self, tenant: &str, dn: &str) -> Option<String> {
+        (tenant == T)
+            .then(|| self.agents.get(dn).map(|a| a.to_string()))
+            .flatten()
+    }
+}
+
+fn dn(n: &str) -> Dest {
+    Dest::Dn(n.into())
+}
+
+fn route_point(timeout_ms: Option<u64>, default_route: Option<Dest>) -> DnInfo {
+    DnInfo {
+        route_point: Some(RoutePointInfo {
+            timeout_ms,
+            default_route,
+        }),
+        ..DnInfo::default()
+    }
+}
+
+struct Sim {
+    m: Model,
+    now: u64,
+    next_req: u64,
+}
+
+impl Sim {
+    fn new(table: Table) -> Sim {
+        Sim {
+            m: Model::with_directory(
+                ModelSettings {
+                    ring_timeout_ms: 20_000,
+                    node: 3,
+                    route_timeout_ms: 10_000,
+                },
+                Arc::new(table),
+            ),
+            now: 1_000,
+            next_req: 100,
+        }
+    }
+
+    fn step(&mut self, input: Input) -> Vec<Action> {
+        self.now += 10;
+        let mut out = Vec::new();
+        self.m.handle(input, self.now, &mut out);
+        out
+    }
+
+    fn incoming(
+        &mut self,
+        n: u64,
+        caller: &str,
+        internal: bool,
+        to: Dest,
+    ) -> (LegId, ConnId, Vec<Action>) {
+        let a = LegId::incoming(n);
+        let out = self.step(Input::Incoming {
+            leg: a,
+            tenant: T.into(),
+            caller: caller.into(),
+            caller_internal: internal,
+            dialed: "+15550001000".into(),
+            to: Resolved::Ok(to),
+            sdp: sdp("caller"),
+        });
+        let conn = self.m.call_of_leg(a).expect("a call");
+        (a, conn, out)
+    }
+
+    fn request(&mut self, req: Request) -> (u64, Vec<Action>) {
+        let id = self.next_req;
+        self.next_req += 1;
+        let out = self.step(Input::Request {
+            id,
+            tenant: T.into(),
+            req,
+        });
+        (id, out)
+    }
+}
+
+/// The events of `out` as (name, ThisDN, OtherDN, ThirdPartyDN).
+fn seen(out: &[Action]) -> Vec<(&'static str, String, Option<String>, Option<String>)> {
+    calls(out)
+        .into_iter()
+        .map(|(n, c)| (n, c.this_dn, c.other_dn, c.third_party_dn))
+        .collect()
+}
+
+fn ev(
+    name: &'static str,
+    this: &str,
+    other: &str,
+    third: Option<&str>,
+) -> (&'static str, String, Option<String>, Option<String>) {
+    (
+        name,
+        this.into(),
+        Some(other.into()),
+        third.map(str::to_string),
+    )
+}
+
+fn calls(out: &[Action]) -> Vec<(&'static str, CallAttrs)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Publish { event, .. } => Some((event.name(), event.call()?.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn placed(out: &[Action]) -> Vec<(LegId, Dest, Option<Bytes>)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::PlaceLeg { leg, dest, sdp, .. } => Some((*leg, dest.clone(), sdp.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn timers(out: &[Action]) -> Vec<(LegId, u64)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::StartRingTimer { leg, ms } => Some((*leg, *ms)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn error_code(out: &[Action]) -> Option<(String, u64)> {
+    out.iter().find_map(|a| match a {
+        Action::Publish {
+            event: Event::EventError(e),
+            ..
+        } => Some((e.error_code.clone(), e.request_id)),
+        _ => None,
+    })
+}
+
+fn rp_table(default_route: Option<Dest>) -> Table {
+    let mut t = Table::default();
+    t.dns.insert(RP, route_point(None, default_route));
+    t.agents.insert("1002", "a1002");
+    t
+}
+
+#[test]
+fn a_call_to_a_route_point_waits_unanswered_with_a_route_request() {
+    let mut s = Sim::new(rp_table(None));
+    let (a, conn, out) = s.incoming(1, CARRIER, false, dn(RP));
+    assert!(placed(&out).is_empty(), "no leg to a route point: {out:?}");
+    assert!(
+        out.contains(&Action::Ring { leg: a }),
+        "the caller hears ringback"
+    );
+    assert!(
+        !out.iter().any(|x| matches!(x, Action::Answer { .. })),
+        "the caller is not answered"
+    );
+    let t = timers(&out);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].1, 10_000, "the node's route timeout");
+    let evs = calls(&out);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    let (name, rr) = &evs[0];
+    assert_eq!(*name, "EventRouteRequest");
+    assert_eq!(rr.this_dn, RP);
+    assert_eq!(rr.other_dn.as_deref(), Some(CARRIER));
+    assert_eq!(rr.conn_id, Some(conn));
+    assert_eq!(rr.ani.as_deref(), Some(CARRIER));
+    assert_eq!(rr.dnis.as_deref(), Some("+15550001000"));
+    assert!(rr.user_data.is_empty());
+    assert_eq!(rr.agent_id, None, "a route point has no agent");
+
+    // The strategy attaches data at the route point, then routes the call to 1002.
+    let mut data = switchboard_events::UserData::new();
+    data.insert("lang".into(), "en".into());
+    let (_, out) = s.request(Request::AttachUserData {
+        conn,
+        dn: RP.into(),
+        data,
+    });
+    assert_eq!(
+        seen(&out),
+        vec![ev("EventAttachedDataChanged", RP, CARRIER, None)]
+    );
+
+    let (id, out) = s.request(Request::RouteCall {
+        conn,
+        dn: RP.into(),
+        to: Resolved::Ok(dn("1002")),
+    });
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventDiverted", RP, CARRIER, Some("1002")),
+            ev("EventRinging", "1002", CARRIER, Some(RP)),
+        ]
+    );
+    let evs = calls(&out);
+    assert_eq!(
+        evs[0].1.request_id,
+        Some(id),
+        "RouteCall is confirmed by EventDiverted"
+    );
+    assert_eq!(evs[1].1.user_data.get("lang"), Some(&"en".into()));
+    assert_eq!(
+        evs[1].1.agent_id.as_deref(),
+        Some("a1002"),
+        "AgentID of 1002"
+    );
+    assert_eq!(evs[1].1.conn_id, Some(conn), "the same call");
+    let p = placed(&out);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].1, dn("1002"));
+    assert_eq!(p[0].2, sdp("caller"), "the caller's offer goes to 1002");
+    let b = p[0].0;
+    assert!(out.contains(&Action::StartRingTimer { leg: b, ms: 20_000 }));
+
+    // The route point's timer no longer matters.
+    let rp_leg = t[0].0;
+    assert!(out.contains(&Action::CancelRingTimer { leg: rp_leg }));
+    assert!(s.step(Input::RingTimeout { leg: rp_leg }).is_empty());
+
+    assert_eq!(
+        s.step(Input::Ringing { leg: b }),
+        vec![Action::Ring { leg: a }]
+    );
+    let out = s.step(Input::Answered {
+        leg: b,
+        sdp: sdp("1002"),
+    });
+    assert!(out.contains(&Action::Answer {
+        leg: a,
+        sdp: sdp("1002")
+    }));
+    assert_eq!(
+        seen(&out),
+        vec![ev("EventEstablished", "1002", CARRIER, None)]
+    );
+    assert_eq!(calls(&out)[0].1.agent_id.as_deref(), Some("a1002"));
+
+    // Routing again is refused: the call left the route point.
+    let (id, out) = s.request(Request::RouteCall {
+        conn,
+        dn: RP.into(),
+        to: Resolved::Ok(dn("1003")),
+    });
+    assert_eq!(error_code(&out), Some((codes::NO_SUCH_PARTY.into(), id)));
+
+    let out = s.step(Input::HungUp { leg: a });
+    assert_eq!(seen(&out), vec![ev("EventReleased", "1002", CARRIER, None)]);
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn route_call_refusals() {
+    let mut s = Sim::new(rp_table(None));
+    let (_, conn, _) = s.incoming(1, CARRIER, false, dn(RP));
+    let (id, out) = s.request(Request::RouteCall {
+        conn,
+        dn: RP.into(),
+        to: Resolved::Invalid("no route to 77".into()),
+    });
+    assert_eq!(
+        error_code(&out),
+        Some((codes::INVALID_DESTINATION.into(), id))
+    );
+    let (id, out) = s.request(Request::RouteCall {
+        conn,
+        dn: RP.into(),
+        to: Resolved::Ok(dn(RP)),
+    });
+    assert_eq!(
+        error_code(&out),
+        Some((codes::INVALID_DESTINATION.into(), id))
+    );
+    let (id, out) = s.request(Request::RouteCall {
+        conn,
+        dn: "1002".into(),
+        to: Resolved::Ok(dn("1003")),
+    });
+    assert_eq!(error_code(&out), Some((codes::NO_SUCH_PARTY.into(), id)));
+    let (id, out) = s.request(Request::RouteCall {
+        conn: ConnId(42),
+        dn: RP.into(),
+        to: Resolved::Ok(dn("1003")),
+    });
+    assert_eq!(error_code(&out), Some((codes::NO_SUCH_CALL.into(), id)));
+    // Hold and DTMF at a route point: nobody to talk to.
+    let (id, out) = s.request(Request::Hold {
+        conn,
+        dn: RP.into(),
+    });
+    assert_eq!(error_code(&out), Some((codes::BAD_STATE.into(), id)));
+    assert_eq!(s.m.len(), 1, "the call still waits");
+
+    // A ringing destination cannot be routed.
+    let mut s = Sim::new(rp_table(None));
+    let (_, conn, _) = s.incoming(1, CARRIER, false, dn("1002"));
+    let (id, out) = s.request(Request::RouteCall {
+        conn,
+        dn: "1002".into(),
+        to: Resolved::Ok(dn("1003")),
+    });
+    assert_eq!(error_code(&out), Some((codes::BAD_STATE.into(), id)));
+}
+
+#[test]
+fn the_caller_hanging_up_at_the_route_point_is_abandoned() {
+    // An internal caller: its own EventDialing and EventReleased, the route point's
+    // EventAbandoned.
+    let mut s = Sim::new(rp_table(None));
+    let (a, conn, out) = s.incoming(1, "1001", true, dn(RP));
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventDialing", "1001", RP, None),
+            ev("EventRouteRequest", RP, "1001", None),
+        ]
+    );
+    let out = s.step(Input::HungUp { leg: a });
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventReleased", "1001", RP, None),
+            ev("EventAbandoned", RP, "1001", None),
+        ]
+    );
+    assert!(out.contains(&Action::CallEnded { conn }));
+    assert!(
+        !out.iter().any(|x| matches!(x, Action::Hangup { .. })),
+        "nothing to hang up: {out:?}"
+    );
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn nobody_routes_the_call_it_takes_the_default_route() {
+    let mut t = rp_table(Some(dn("1003")));
+    t.dns.insert(RP, route_point(Some(3_000), Some(dn("1003"))));
+    let mut s = Sim::new(t);
+    let (a, _, out) = s.incoming(1, CARRIER, false, dn(RP));
+    let (rp_leg, ms) = timers(&out)[0];
+    assert_eq!(ms, 3_000, "the route point's own timeout");
+    let out = s.step(Input::RingTimeout { leg: rp_leg });
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventDiverted", RP, CARRIER, Some("1003")),
+            ev("EventRinging", "1003", CARRIER, Some(RP)),
+        ]
+    );
+    assert_eq!(calls(&out)[0].1.reason.as_deref(), Some("route_timeout"));
+    assert_eq!(calls(&out)[0].1.request_id, None);
+    let b = placed(&out)[0].0;
+    let out = s.step(Input::Answered {
+        leg: b,
+        sdp: sdp("1003"),
+    });
+    assert!(out.contains(&Action::Answer {
+        leg: a,
+        sdp: sdp("1003")
+    }));
+}
+
+#[test]
+fn nobody_routes_the_call_and_there_is_no_default_route() {
+    let mut s = Sim::new(rp_table(None));
+    let (a, conn, out) = s.incoming(1, CARRIER, false, dn(RP));
+    let (rp_leg, _) = timers(&out)[0];
+    let out = s.step(Input::RingTimeout { leg: rp_leg });
+    assert!(
+        out.contains(&Action::Reject { leg: a, code: 480 }),
+        "{out:?}"
+    );
+    assert!(out.contains(&Action::CallEnded { conn }));
+    assert_eq!(seen(&out), vec![ev("EventReleased", RP, CARRIER, None)]);
+    assert_eq!(calls(&out)[0].1.reason.as_deref(), Some("route_timeout"));
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn route_to_another_route_point_parks_again_and_transfer_to_a_route_point_parks() {
+    let mut t = rp_table(None);
+    t.dns.insert("5001", route_point(None, None));
+    let mut s = Sim::new(t);
+    let (_, conn, _) = s.incoming(1, CARRIER, false, dn(RP));
+    let (_, out) = s.request(Request::RouteCall {
+        conn,
+        dn: RP.into(),
+        to: Resolved::Ok(dn("5001")),
+    });
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventDiverted", RP, CARRIER, Some("5001")),
+            ev("EventRouteRequest", "5001", CARRIER, Some(RP)),
+        ]
+    );
+    assert!(placed(&out).is_empty());
+
+    // 1002 answers a call and transfers it to the route point.
+    let (_, conn2, out) = s.incoming(2, CARRIER, false, dn("1002"));
+    let b = placed(&out)[0].0;
+    s.step(Input::Answered {
+        leg: b,
+        sdp: sdp("1002"),
+    });
+    let (_, out) = s.request(Request::SingleStepTransfer {
+        conn: conn2,
+        dn: "1002".into(),
+        to: Resolved::Ok(dn(RP)),
+    });
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventReleased", "1002", CARRIER, Some(RP)),
+            ev("EventRouteRequest", RP, CARRIER, Some("1002")),
+        ]
+    );
+    let (_, out) = s.request(Request::RouteCall {
+        conn: conn2,
+        dn: RP.into(),
+        to: Resolved::Ok(dn("1003")),
+    });
+    let c = placed(&out)[0].clone();
+    assert_eq!(c.1, dn("1003"));
+    assert_eq!(
+        c.2,
+        sdp("caller"),
+        "the established caller's media is offered"
+    );
+}
+
+#[test]
+fn make_call_to_a_route_point_parks_once_the_origin_answers() {
+    let mut s = Sim::new(rp_table(None));
+    let (_, out) = s.request(Request::MakeCall {
+        dn: "1001".into(),
+        to: Resolved::Ok(dn(RP)),
+    });
+    let a = placed(&out)[0].0;
+    let out = s.step(Input::Answered {
+        leg: a,
+        sdp: sdp("1001"),
+    });
+    assert_eq!(seen(&out), vec![ev("EventRouteRequest", RP, "1001", None)]);
+    assert!(placed(&out).is_empty());
+}
+
+fn forwarding(no_answer: Option<&str>, busy: Option<&str>) -> Table {
+    let mut t = Table::default();
+    t.dns.insert(
+        "1002",
+        DnInfo {
+            ring_timeout_ms: Some(5_000),
+            forward_no_answer: no_answer.map(dn),
+            forward_busy: busy.map(dn),
+            route_point: None,
+        },
+    );
+    t.agents.insert("1003", "a1003");
+    t
+}
+
+#[test]
+fn forward_on_no_answer_diverts_and_rings_the_target() {
+    let mut s = Sim::new(forwarding(Some("1003"), None));
+    let (a, conn, out) = s.incoming(1, CARRIER, false, dn("1002"));
+    let (b, _, _) = placed(&out)[0].clone();
+    assert!(
+        out.contains(&Action::StartRingTimer { leg: b, ms: 5_000 }),
+        "the DN's own no-answer timeout: {out:?}"
+    );
+    s.step(Input::Ringing { leg: b });
+    let out = s.step(Input::RingTimeout { leg: b });
+    assert!(
+        out.contains(&Action::Hangup { leg: b }),
+        "the first phone stops ringing"
+    );
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventDiverted", "1002", CARRIER, Some("1003")),
+            ev("EventRinging", "1003", CARRIER, Some("1002")),
+        ]
+    );
+    let evs = calls(&out);
+    assert_eq!(evs[0].1.reason.as_deref(), Some("forward_no_answer"));
+    assert_eq!(evs[1].1.agent_id.as_deref(), Some("a1003"));
+    assert_eq!(evs[0].1.agent_id, None, "1002 has no agent");
+    assert!(
+        !out.iter().any(|x| matches!(x, Action::Reject { .. })),
+        "the caller keeps waiting"
+    );
+    let (c, dest, offer) = placed(&out)[0].clone();
+    assert_eq!((dest, offer), (dn("1003"), sdp("caller")));
+    assert!(out.contains(&Action::StartRingTimer { leg: c, ms: 20_000 }));
+    // A late 487 for the cancelled leg changes nothing.
+    assert!(seen(&s.step(Input::Failed { leg: b, code: 487 })).is_empty());
+    let out = s.step(Input::Answered {
+        leg: c,
+        sdp: sdp("1003"),
+    });
+    assert!(out.contains(&Action::Answer {
+        leg: a,
+        sdp: sdp("1003")
+    }));
+    assert_eq!(
+        seen(&out),
+        vec![ev("EventEstablished", "1003", CARRIER, None)]
+    );
+    assert_eq!(s.m.call(conn).map(|c| c.parties.len()), Some(2));
+}
+
+#[test]
+fn forward_on_busy_diverts_and_other_failures_do_not() {
+    let mut s = Sim::new(forwarding(None, Some("1003")));
+    let (_, _, out) = s.incoming(1, "1001", true, dn("1002"));
+    let (b, _, _) = placed(&out)[0].clone();
+    let out = s.step(Input::Failed { leg: b, code: 486 });
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventDiverted", "1002", "1001", Some("1003")),
+            ev("EventRinging", "1003", "1001", Some("1002")),
+        ]
+    );
+    assert_eq!(calls(&out)[0].1.reason.as_deref(), Some("forward_busy"));
+
+    // No forward on no answer configured: the caller gets 480.
+    let mut s = Sim::new(forwarding(None, Some("1003")));
+    let (a, _, out) = s.incoming(1, CARRIER, false, dn("1002"));
+    let (b, _, _) = placed(&out)[0].clone();
+    let out = s.step(Input::RingTimeout { leg: b });
+    assert!(out.contains(&Action::Reject { leg: a, code: 480 }));
+
+    // A 404 is no busy.
+    let mut s = Sim::new(forwarding(None, Some("1003")));
+    let (a, _, out) = s.incoming(1, CARRIER, false, dn("1002"));
+    let (b, _, _) = placed(&out)[0].clone();
+    let out = s.step(Input::Failed { leg: b, code: 404 });
+    assert!(out.contains(&Action::Reject { leg: a, code: 404 }));
+}
+
+#[test]
+fn a_forwarding_loop_ends_after_max_diversions() {
+    let mut t = forwarding(Some("1003"), None);
+    t.dns.insert(
+        "1003",
+        DnInfo {
+            forward_no_answer: Some(dn("1002")),
+            ..DnInfo::default()
+        },
+    );
+    let mut s = Sim::new(t);
+    let (a, _, out) = s.incoming(1, CARRIER, false, dn("1002"));
+    let mut leg = placed(&out)[0].0;
+    let mut diverted = 0;
+    loop {
+        let out = s.step(Input::RingTimeout { leg });
+        if out.contains(&Action::Reject { leg: a, code: 480 }) {
+            break;
+        }
+        diverted += 1;
+        assert!(diverted <= MAX_DIVERSIONS as usize, "no end: {out:?}");
+        leg = placed(&out)[0].0;
+    }
+    assert_eq!(diverted, MAX_DIVERSIONS as usize);
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn agent_id_is_on_every_event_of_a_dn_with_an_agent() {
+    let mut t = Table::default();
+    t.agents.insert("1001", "alice");
+    let mut s = Sim::new(t);
+    let (a, _, out) = s.incoming(1, "1001", true, dn("1002"));
+    let b = placed(&out)[0].0;
+    let agents = |out: &[Action]| -> Vec<(String, Option<String>)> {
+        calls(out)
+            .into_iter()
+            .map(|(_, c)| (c.this_dn, c.agent_id))
+            .collect()
+    };
+    assert_eq!(
+        agents(&out),
+        vec![("1001".into(), Some("alice".into())), ("1002".into(), None)]
+    );
+    let out = s.step(Input::Answered {
+        leg: b,
+        sdp: sdp("1002"),
+    });
+    assert_eq!(
+        agents(&out),
+        vec![("1002".into(), None), ("1001".into(), Some("alice".into()))]
+    );
+    let out = s.step(Input::HungUp { leg: a });
+    assert_eq!(
+        agents(&out),
+        vec![("1001".into(), Some("alice".into())), ("1002".into(), None)]
+    );
+}
+
+#[test]
+fn release_by_the_route_point_rejects_the_waiting_caller() {
+    let mut s = Sim::new(rp_table(None));
+    let (a, conn, out) = s.incoming(1, CARRIER, false, dn(RP));
+    let (rp_leg, _) = timers(&out)[0];
+    let (id, out) = s.request(Request::Release {
+        conn,
+        dn: RP.into(),
+    });
+    assert_eq!(seen(&out), vec![ev("EventReleased", RP, CARRIER, None)]);
+    assert_eq!(calls(&out)[0].1.request_id, Some(id));
+    assert!(
+        out.contains(&Action::Hangup { leg: a }),
+        "487 to the caller: {out:?}"
+    );
+    assert!(
+        !out.contains(&Action::Hangup { leg: rp_leg }),
+        "the route point has no leg"
+    );
+    assert!(out.contains(&Action::CallEnded { conn }));
+    assert!(s.m.is_empty());
+}
