@@ -24,8 +24,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::problem::ApiProblem;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -515,19 +516,8 @@ pub fn routes(state: Arc<CallState>) -> Router {
         .with_state(state)
 }
 
-fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
-    let body = json!({
-        "type": "about:blank",
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response()
+fn problem(status: StatusCode, title: &'static str, detail: &str) -> Response {
+    ApiProblem::new(status.as_u16(), title, detail).into_response()
 }
 
 fn unknown_tenant(tenant: &str) -> Response {

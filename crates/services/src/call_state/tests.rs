@@ -3,7 +3,7 @@
 
 use super::*;
 use axum::body::Body;
-use axum::http::Request;
+use axum::http::{header, Request};
 use switchboard_bus::EmbeddedBus;
 use switchboard_config::Tenant;
 use switchboard_events::CallAttrs;
