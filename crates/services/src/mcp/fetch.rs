@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use switchboard_media::{HttpRequest, PromptCache};
-use switchboard_vxml::{FetchError, Method};
+use switchboard_vxml::{FetchError, FetchOptions, Method};
 
 /// Documents kept at most; the cache is emptied of expired entries, then cleared, when full.
 const MAX_CACHED: usize = 1024;
@@ -34,6 +34,16 @@ struct Entry {
 pub struct Freshness {
     pub maxage: Option<Duration>,
     pub maxstale: Option<Duration>,
+}
+
+impl Freshness {
+    /// The `maxage`/`maxstale` of an interpreter's fetch (attributes or properties).
+    pub fn of(options: &FetchOptions) -> Freshness {
+        Freshness {
+            maxage: options.maxage_s.map(Duration::from_secs),
+            maxstale: options.maxstale_s.map(Duration::from_secs),
+        }
+    }
 }
 
 /// Whether a fetch was answered from the cache.
@@ -171,7 +181,9 @@ impl DocumentCache {
 
     /// Fetches a document (from the cache when a GET's answer is still fresh). A non-2xx
     /// answer is an error with its status (the interpreter throws
-    /// `error.badfetch.http.<status>`); a body that is not UTF-8 is an error too.
+    /// `error.badfetch.http.<status>`); a body that is not UTF-8 is an error too. `timeout`
+    /// (VoiceXML `fetchtimeout`) bounds the HTTP exchange below the client's own timeout
+    /// (`mcp.fetch_timeout_ms`), which bounds it anyway.
     pub async fn fetch(
         &self,
         http: &PromptCache,
@@ -179,6 +191,7 @@ impl DocumentCache {
         method: Method,
         params: &[(String, String)],
         freshness: Freshness,
+        timeout: Option<Duration>,
     ) -> (Result<String, FetchError>, Cached) {
         let req = match request_for(url, method, params) {
             Ok(r) => r,
@@ -191,7 +204,23 @@ impl DocumentCache {
             }
         }
         let key = req.url.clone();
-        let resp = match http.http(req).await {
+        let exchange = http.http(req);
+        let answer = match timeout {
+            Some(t) => match tokio::time::timeout(t, exchange).await {
+                Ok(a) => a,
+                Err(_) => {
+                    return (
+                        Err(FetchError {
+                            status: None,
+                            reason: format!("fetch of {key} timed out (fetchtimeout {t:?})"),
+                        }),
+                        Cached::Miss,
+                    )
+                }
+            },
+            None => exchange.await,
+        };
+        let resp = match answer {
             Ok(r) => r,
             Err(e) => {
                 return (
@@ -339,6 +368,7 @@ mod tests {
                     Method::Get,
                     &[],
                     Freshness::default(),
+                    None,
                 )
                 .await;
             assert_eq!(r.unwrap(), "<vxml/>");
@@ -352,7 +382,7 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(5)).await;
         let (r, c) = docs
-            .fetch(&http, &url("/page"), Method::Get, &[], zero)
+            .fetch(&http, &url("/page"), Method::Get, &[], zero, None)
             .await;
         assert!(r.is_ok());
         assert_eq!(c, Cached::Miss);
@@ -365,6 +395,7 @@ mod tests {
                     Method::Get,
                     &[],
                     Freshness::default(),
+                    None,
                 )
                 .await;
             assert!(r.is_ok());
@@ -378,17 +409,96 @@ mod tests {
                 Method::Get,
                 &[],
                 Freshness::default(),
+                None,
             )
             .await;
         assert_eq!(r.unwrap_err().status, Some(404));
         let started = Instant::now();
         let (r, _) = docs
-            .fetch(&http, &url("/slow"), Method::Get, &[], Freshness::default())
+            .fetch(
+                &http,
+                &url("/slow"),
+                Method::Get,
+                &[],
+                Freshness::default(),
+                None,
+            )
             .await;
         let e = r.unwrap_err();
         assert_eq!(e.status, None);
         assert!(e.reason.contains("timed out"), "{e:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn fetchtimeout_and_maxage_of_the_interpreter_are_honoured() {
+        let (addr, seen) = server().await;
+        // The client's own timeout is long: the fetch's `fetchtimeout` ends it first.
+        let http = PromptCache::new(switchboard_media::PromptSettings {
+            timeout: Duration::from_secs(20),
+            ..Default::default()
+        });
+        let docs = DocumentCache::default();
+        let started = Instant::now();
+        let (r, c) = docs
+            .fetch(
+                &http,
+                &format!("http://{addr}/slow"),
+                Method::Get,
+                &[],
+                Freshness::default(),
+                Some(Duration::from_millis(200)),
+            )
+            .await;
+        let e = r.unwrap_err();
+        assert_eq!((e.status, c), (None, Cached::Miss));
+        assert!(e.reason.contains("fetchtimeout"), "{e:?}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        // A fetch within its timeout succeeds.
+        let page = format!("http://{addr}/page");
+        let (r, _) = docs
+            .fetch(
+                &http,
+                &page,
+                Method::Get,
+                &[],
+                Freshness::default(),
+                Some(Duration::from_secs(5)),
+            )
+            .await;
+        assert_eq!(r.unwrap(), "<vxml/>");
+        // `maxage="0"` from a document's attribute or property: fetched again.
+        let opts = FetchOptions {
+            maxage_s: Some(0),
+            ..Default::default()
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (_, c) = docs
+            .fetch(&http, &page, Method::Get, &[], Freshness::of(&opts), None)
+            .await;
+        assert_eq!(c, Cached::Miss);
+        let (_, c) = docs
+            .fetch(
+                &http,
+                &page,
+                Method::Get,
+                &[],
+                Freshness::of(&FetchOptions::default()),
+                None,
+            )
+            .await;
+        assert_eq!(c, Cached::Hit);
+        let n = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("GET /page "))
+            .count();
+        assert_eq!(n, 2);
     }
 
     #[test]

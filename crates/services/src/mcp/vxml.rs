@@ -488,17 +488,24 @@ impl Call {
                 url,
                 method,
                 params,
+                options,
             } => {
                 if let Some(f) = self.fetch.take() {
                     f.abort();
                 }
                 let docs = self.documents.clone();
                 let http = self.ctx.prompts.clone();
-                let freshness = self.freshness.take().unwrap_or_default();
+                // The Request-URI's rules for the first document, then the application's.
+                let freshness = self
+                    .freshness
+                    .take()
+                    .unwrap_or_else(|| Freshness::of(&options));
+                let timeout = options.timeout_ms.map(Duration::from_millis);
                 let task = async move {
                     let started = Instant::now();
-                    let (result, cached) =
-                        docs.fetch(&http, &url, method, &params, freshness).await;
+                    let (result, cached) = docs
+                        .fetch(&http, &url, method, &params, freshness, timeout)
+                        .await;
                     metrics::counter!("vxml_documents_fetched_total", "cache" => cached.label())
                         .increment(1);
                     match &result {
