@@ -1504,3 +1504,157 @@ fn the_callers_rfc4733_keys_reach_the_far_end_of_a_bridge_without_grammars() {
         "{events} telephone-event packets reached the far end"
     );
 }
+
+/// The values of the exit of the one ended call of `url`, from its dialog log.
+fn exit_value(m: &Mcp, url: &str) -> (serde_json::Value, serde_json::Value) {
+    let calls = m.ended(url, 1);
+    assert_eq!(calls.len(), 1, "{url}: {calls:?}");
+    let log = m.log(calls[0]["call_id"].as_str().expect("call id"));
+    (log["outcome"]["values"].clone(), log)
+}
+
+#[test]
+fn fetchtimeout_and_maxage_from_the_document_are_honoured() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let Some(m) = mcp() else { return };
+    let cached_served = Arc::new(AtomicUsize::new(0));
+    let again_served = Arc::new(AtomicUsize::new(0));
+    let (c, a) = (cached_served.clone(), again_served.clone());
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            // fetchtimeout 300 ms (a property) against a page taking 3 s: error.badfetch.
+            "/timeout.vxml" => page(
+                vxml(
+                    "<property name='fetchtimeout' value='300ms'/>\
+                      <catch event='error.badfetch'><exit expr=\"'timed out'\"/></catch>\
+                      <form><block><goto next='slow.vxml'/></block></form>",
+                ),
+                None,
+            ),
+            "/slow.vxml" => {
+                thread::sleep(Duration::from_secs(3));
+                page(
+                    vxml("<form><block><exit expr=\"'too late'\"/></block></form>"),
+                    None,
+                )
+            }
+            // cached.vxml may be cached for 600 s; its second version is only seen when
+            // again.vxml's goto says maxage='0' (else the cached first version goes to
+            // again.vxml a second time, which ends the call with 'stale').
+            "/cached.vxml" => {
+                let body = if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                    "<form><block><goto next='again.vxml'/></block></form>"
+                } else {
+                    "<form><block><exit expr=\"'fresh'\"/></block></form>"
+                };
+                page(vxml(body), Some("max-age=600"))
+            }
+            "/again.vxml" => {
+                let body = if a.fetch_add(1, Ordering::SeqCst) == 0 {
+                    "<form><block><goto next='cached.vxml' maxage='0'/></block></form>"
+                } else {
+                    "<form><block><exit expr=\"'stale'\"/></block></form>"
+                };
+                page(vxml(body), None)
+            }
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let checks = bye_must_match("hdr", Some("Reason:"), "dialog exit", "r");
+    let started = Instant::now();
+    let out = dialog_calls(&m, &app.url("/timeout.vxml"), 1, "", &checks);
+    assert!(out.success(), "{}\n{}", out.report(), m.sb.logs());
+    let (values, log) = exit_value(&m, &app.url("/timeout.vxml"));
+    assert_eq!(values, "timed out", "{log}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "the fetch did not wait for the slow page: {:?}",
+        started.elapsed()
+    );
+
+    let out = dialog_calls(&m, &app.url("/cached.vxml"), 1, "", &checks);
+    assert!(out.success(), "{}\n{}", out.report(), m.sb.logs());
+    let (values, log) = exit_value(&m, &app.url("/cached.vxml"));
+    assert_eq!(values, "fresh", "{log}");
+    assert_eq!(cached_served.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn fetchaudio_plays_after_its_delay_for_at_least_its_minimum() {
+    let Some(m) = mcp() else { return };
+    let hold_wav = tone_wav(500.0, 400);
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/start.vxml" => page(
+                vxml(
+                    "<property name='fetchaudio' value='hold.wav'/>\
+                      <property name='fetchaudiodelay' value='200ms'/>\
+                      <property name='fetchaudiominimum' value='1500ms'/>\
+                      <form><block><goto next='slow.vxml'/></block></form>",
+                ),
+                None,
+            ),
+            // Takes 700 ms: the fetchaudio starts after 200 ms and holds the page until it
+            // has played 1.5 s.
+            "/slow.vxml" => {
+                thread::sleep(Duration::from_millis(700));
+                page(
+                    vxml("<form><block><goto next='after.vxml' fetchaudio='unused.wav'/></block></form>"),
+                    None,
+                )
+            }
+            // Answered at once: its fetchaudio (default delay 2 s) never starts.
+            "/after.vxml" => page(
+                vxml("<form><block><exit expr=\"'done'\"/></block></form>"),
+                None,
+            ),
+            "/hold.wav" => (200, vec![], hold_wav.clone()),
+            "/unused.wav" => (200, vec![], hold_wav.clone()),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let checks = bye_must_match("hdr", Some("Reason:"), "dialog exit", "r");
+    let out = dialog_calls(&m, &app.url("/start.vxml"), 1, "", &checks);
+    assert!(out.success(), "{}\n{}", out.report(), m.sb.logs());
+    let (values, log) = exit_value(&m, &app.url("/start.vxml"));
+    assert_eq!(values, "done", "{log}");
+    let at = |path: &str| {
+        let r = app.requests(path);
+        assert_eq!(r.len(), 1, "{path}: {:?}", app.seen());
+        r[0].at
+    };
+    let (slow, hold, after) = (at("/slow.vxml"), at("/hold.wav"), at("/after.vxml"));
+    let delay = hold.duration_since(slow);
+    assert!(
+        delay >= Duration::from_millis(180) && delay < Duration::from_millis(650),
+        "fetchaudio loaded {delay:?} after the fetch began"
+    );
+    let held = after.duration_since(hold);
+    assert!(
+        held >= Duration::from_millis(1400),
+        "the page waited for fetchaudiominimum: {held:?}"
+    );
+    assert!(app.requests("/unused.wav").is_empty(), "{:?}", app.seen());
+    let texts: Vec<String> = log["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["text"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("fetchaudio http://") && t.ends_with("/hold.wav")),
+        "{texts:?}"
+    );
+    let played: u64 = texts
+        .iter()
+        .find_map(|t| {
+            t.strip_prefix("fetchaudio stopped after ")?
+                .strip_suffix(" ms")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{texts:?}"));
+    assert!((1450..3000).contains(&played), "{played}");
+}

@@ -7,6 +7,11 @@
 //! [`switchboard_media::PromptCache`] and the media engine (with barge-in), DTMF from the stream's events,
 //! recordings to WAV, document fetches through the [`DocumentCache`], and the log.
 //!
+//! `fetchaudio` (VoiceXML 2.0 §6.1.1): when a fetch that names one is still pending after its
+//! `fetchaudiodelay` and the prompts queued before it have played, the audio plays (looped,
+//! not interruptible by keys); once started it plays at least `fetchaudiominimum` (the
+//! fetched document is held back until then) and stops when the fetch is over.
+//!
 //! Blind transfers are a REFER in the call's dialog (RFC 3515; the interpreter has already
 //! thrown `connection.disconnect.transfer`, as VoiceXML 2.0 says, so a refused REFER is only
 //! logged); the BYE follows once the REFER is answered.
@@ -33,7 +38,8 @@ use switchboard_media::{
     MediaEventKind, PlayItem, Playlist, PromptSource, RecordEnd, RecordParams, Recording,
 };
 use switchboard_vxml::{
-    transfer_failure, Command, Config, Input, Interpreter, Limits, PromptPart, TransferKind,
+    transfer_failure, Command, Config, FetchAudio, Input, Interpreter, Limits, PromptPart,
+    TransferKind,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -200,6 +206,10 @@ struct Call {
     recording: bool,
     recordings: u32,
     fetch: Option<JoinHandle<Input>>,
+    /// The `fetchaudio` of the pending fetch.
+    fetch_audio: Option<FetchAudioState>,
+    /// A fetch's answer held back until its fetchaudio has played its minimum.
+    held: Option<(Input, tokio::time::Instant)>,
     /// The last unhandled error the interpreter reported.
     last_error: Option<String>,
     /// When the application is stopped once the caller is gone.
@@ -216,6 +226,28 @@ struct Call {
     pending_bridge: Option<BridgeRequest>,
     /// The bridge or consultation transfer in progress.
     bridge: Option<Bridge>,
+}
+
+/// The `fetchaudio` of a pending fetch.
+struct FetchAudioState {
+    url: String,
+    /// When it starts (`fetchaudiodelay` after the fetch began).
+    start_at: tokio::time::Instant,
+    minimum: Duration,
+    stage: FetchAudioStage,
+}
+
+enum FetchAudioStage {
+    /// Until `start_at`.
+    Waiting,
+    /// Loaded; waits for the prompts queued before the fetch to end.
+    Ready(MediaItem),
+    /// Playing as play `id`; the fetch's answer waits until `until`.
+    Playing {
+        id: u64,
+        until: tokio::time::Instant,
+        started: tokio::time::Instant,
+    },
 }
 
 /// A bridge or consultation `<transfer>` to start.
@@ -335,6 +367,8 @@ async fn session(
         recording: false,
         recordings: 0,
         fetch: None,
+        fetch_audio: None,
+        held: None,
         last_error: None,
         stop_at: None,
         ending: None,
@@ -373,8 +407,27 @@ async fn session(
             } => {
                 call.fetch = None;
                 match fetched {
-                    Ok(input) => call.send(input),
+                    Ok(input) => call.fetched(input),
                     Err(e) => tracing::debug!(error = %e, "fetch task ended"),
+                }
+            }
+            _ = async {
+                match &call.fetch_audio {
+                    Some(FetchAudioState { start_at, stage: FetchAudioStage::Waiting, .. }) => {
+                        tokio::time::sleep_until(*start_at).await
+                    }
+                    _ => std::future::pending().await,
+                }
+            } => call.load_fetch_audio().await,
+            _ = async {
+                match &call.held {
+                    Some((_, until)) => tokio::time::sleep_until(*until).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some((input, _)) = call.held.take() {
+                    call.stop_fetch_audio();
+                    call.send(input);
                 }
             }
             _ = async {
@@ -493,6 +546,19 @@ impl Call {
                 if let Some(f) = self.fetch.take() {
                     f.abort();
                 }
+                self.stop_fetch_audio();
+                self.fetch_audio = options.fetch_audio.clone().filter(|_| self.media).map(
+                    |FetchAudio {
+                         url,
+                         delay_ms,
+                         minimum_ms,
+                     }| FetchAudioState {
+                        url,
+                        start_at: tokio::time::Instant::now() + Duration::from_millis(delay_ms),
+                        minimum: Duration::from_millis(minimum_ms),
+                        stage: FetchAudioStage::Waiting,
+                    },
+                );
                 let docs = self.documents.clone();
                 let http = self.ctx.prompts.clone();
                 // The Request-URI's rules for the first document, then the application's.
@@ -773,7 +839,111 @@ impl Call {
                 Err(e) => tracing::debug!(error = %e, "play failed"),
             }
         }
+        if self.play_fetch_audio() {
+            return;
+        }
         self.when_idle();
+    }
+
+    /// A fetch's answer: delivered at once, or held until its fetchaudio has played its
+    /// minimum.
+    fn fetched(&mut self, input: Input) {
+        if let Some(FetchAudioState {
+            stage: FetchAudioStage::Playing { until, .. },
+            ..
+        }) = &self.fetch_audio
+        {
+            if self.media && tokio::time::Instant::now() < *until {
+                self.held = Some((input, *until));
+                return;
+            }
+        }
+        self.stop_fetch_audio();
+        self.send(input);
+    }
+
+    /// The fetchaudio's delay is over and the fetch still runs: load the audio and play it
+    /// once the prompts queued before have played.
+    async fn load_fetch_audio(&mut self) {
+        let Some(url) = self.fetch_audio.as_ref().map(|f| f.url.clone()) else {
+            return;
+        };
+        match self.ctx.prompts.load_url(&url, None).await {
+            Ok(item) => {
+                if let Some(f) = self.fetch_audio.as_mut() {
+                    f.stage = FetchAudioStage::Ready(item);
+                    self.play_fetch_audio();
+                }
+            }
+            Err(e) => {
+                tracing::info!(%url, error = %e, "fetchaudio unavailable");
+                self.ctx
+                    .log
+                    .push("error", None, &format!("fetchaudio {url} unavailable: {e}"));
+                self.fetch_audio = None;
+            }
+        }
+    }
+
+    /// Starts a loaded fetchaudio when nothing else plays; whether it started.
+    fn play_fetch_audio(&mut self) -> bool {
+        if self.playing.is_some() || !self.queued.is_empty() || !self.media {
+            return false;
+        }
+        let Some(f) = self.fetch_audio.as_mut() else {
+            return false;
+        };
+        if !matches!(f.stage, FetchAudioStage::Ready(_)) {
+            return false;
+        }
+        let FetchAudioStage::Ready(item) =
+            std::mem::replace(&mut f.stage, FetchAudioStage::Waiting)
+        else {
+            return false;
+        };
+        let id = self.next_play;
+        self.next_play += 1;
+        let list = Playlist {
+            items: vec![item],
+            repeat: None,
+            delay_ms: 0,
+            max_duration_ms: None,
+        };
+        match self.ctx.media.play(self.ctx.stream, id, list) {
+            Ok(()) => {
+                let now = tokio::time::Instant::now();
+                f.stage = FetchAudioStage::Playing {
+                    id,
+                    until: now + f.minimum,
+                    started: now,
+                };
+                let text = format!("fetchaudio {}", f.url);
+                self.playing = Some((id, false));
+                self.ctx.log.push("fia", None, &text);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "fetchaudio not played");
+                self.fetch_audio = None;
+                false
+            }
+        }
+    }
+
+    /// The fetch is over: its fetchaudio stops (or never starts).
+    fn stop_fetch_audio(&mut self) {
+        let Some(f) = self.fetch_audio.take() else {
+            return;
+        };
+        if let FetchAudioStage::Playing { id, started, .. } = f.stage {
+            if self.playing.is_some_and(|(p, _)| p == id) {
+                let _ = self.ctx.media.stop_play(self.ctx.stream);
+            }
+            let ms = started.elapsed().as_millis();
+            self.ctx
+                .log
+                .push("fia", None, &format!("fetchaudio stopped after {ms} ms"));
+        }
     }
 
     /// Nothing plays: a waiting listen starts its timer, a waiting recording starts.
