@@ -1658,3 +1658,108 @@ fn fetchaudio_plays_after_its_delay_for_at_least_its_minimum() {
         .unwrap_or_else(|| panic!("{texts:?}"));
     assert!((1450..3000).contains(&played), "{played}");
 }
+
+/// A loopback HTTPS server (rustls over std sockets) with a self-signed certificate for
+/// 127.0.0.1 made by rcgen, answering `/start.vxml` with a page exiting with `'secure'`;
+/// returns its address and the certificate's PEM.
+fn https_app() -> (SocketAddr, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .expect("server config"),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let config = config.clone();
+            thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let Ok(tls) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut s = rustls::StreamOwned::new(tls, conn);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                // The request head (a client that does not trust us fails here).
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let body = if head.starts_with(b"GET /start.vxml ") {
+                    vxml("<form><block><exit expr=\"'secure'\"/></block></form>")
+                } else {
+                    b"not found".to_vec()
+                };
+                let status = if head.starts_with(b"GET /start.vxml ") {
+                    200
+                } else {
+                    404
+                };
+                let out = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(out.as_bytes());
+                let _ = s.write_all(&body);
+                s.conn.send_close_notify();
+                let _ = s.flush();
+            });
+        }
+    });
+    (addr, ck.cert.pem())
+}
+
+#[test]
+fn https_documents_with_an_extra_trusted_certificate_and_badfetch_without() {
+    let (addr, pem) = https_app();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pem).expect("write ca");
+    let Some(m) = mcp_with(&format!("extra_ca_file = {:?}\n", ca.display().to_string())) else {
+        return;
+    };
+    let url = format!("https://{addr}/start.vxml");
+    let checks = bye_must_match(
+        "body",
+        None,
+        "name=.expr.[[:space:]]+secure[[:space:]]",
+        "r",
+    );
+    let out = dialog_calls(&m, &url, 1, "", &checks);
+    assert!(out.success(), "{}\n{}", out.report(), m.sb.logs());
+    let (values, log) = exit_value(&m, &url);
+    assert_eq!(values, "secure", "{log}");
+    // Without the extra certificate the same page is error.badfetch.
+    let Some(plain) = mcp() else { return };
+    let checks = bye_must_match("hdr", Some("Reason:"), "dialog error", "r");
+    let out = dialog_calls(&plain, &url, 1, "", &checks);
+    assert!(out.success(), "{}\n{}", out.report(), plain.sb.logs());
+    let calls = plain.ended(&url, 1);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let log = plain.log(calls[0]["call_id"].as_str().expect("call id"));
+    assert!(
+        log["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["kind"] == "event"
+                && e["text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("error.badfetch"))
+                && e["text"]
+                    .as_str()
+                    .is_some_and(|t| t.to_ascii_lowercase().contains("certificate"))),
+        "{log}"
+    );
+}

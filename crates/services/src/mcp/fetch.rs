@@ -110,20 +110,21 @@ pub fn form_encode(params: &[(String, String)]) -> String {
 }
 
 /// The HTTP request for a VoiceXML fetch: GET with the parameters in the query, POST with
-/// them as a form body. The fragment is dropped. Only `http:` is fetched.
+/// them as a form body. The fragment is dropped. Only `http:` and `https:` are fetched.
 pub fn request_for(
     url: &str,
     method: Method,
     params: &[(String, String)],
 ) -> Result<HttpRequest, FetchError> {
     let url = url.split('#').next().unwrap_or(url);
-    if !url
-        .get(..7)
-        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
-    {
+    let scheme_ok = |scheme: &str| {
+        url.get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    };
+    if !scheme_ok("http://") && !scheme_ok("https://") {
         return Err(FetchError {
             status: None,
-            reason: format!("cannot fetch {url:?}: only http:// URLs are fetched"),
+            reason: format!("cannot fetch {url:?}: only http:// and https:// URLs are fetched"),
         });
     }
     Ok(match method {
@@ -298,9 +299,11 @@ mod tests {
         let (ct, body) = r.body.unwrap();
         assert_eq!(ct, "application/x-www-form-urlencoded");
         assert_eq!(&body[..], b"pin=12+3%23");
-        let e = request_for("https://as/n", Method::Get, &[]).unwrap_err();
+        let r = request_for("HTTPS://as/n#x", Method::Get, &[]).unwrap();
+        assert_eq!(r.url, "HTTPS://as/n");
+        let e = request_for("ftp://x", Method::Get, &[]).unwrap_err();
         assert_eq!(e.status, None);
-        assert!(request_for("ftp://x", Method::Get, &[]).is_err());
+        assert!(request_for("file:///etc/passwd", Method::Get, &[]).is_err());
     }
 
     /// A loopback HTTP server answering `/page` (cacheable for 60 s), `/nocache`, `/slow`
