@@ -544,11 +544,15 @@ impl Interpreter {
             };
             params.push((name, s));
         }
+        let mut options = self.fetch_options(Some(e), Kind::Document, Props::Current);
+        options.multipart = method == Method::Post
+            && e.attr("enctype")
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("multipart/form-data"));
         Ok(Jump::Submit {
             url,
             method,
             params,
-            options: self.fetch_options(Some(e), Kind::Document, Props::Current),
+            options,
         })
     }
 

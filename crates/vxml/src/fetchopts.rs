@@ -114,6 +114,7 @@ impl Interpreter {
             maxage_s,
             maxstale_s,
             fetch_audio,
+            multipart: false,
         }
     }
 }

@@ -188,6 +188,10 @@ pub struct FetchOptions {
     pub maxstale_s: Option<u64>,
     /// Audio to play while a document or `<data>` is fetched.
     pub fetch_audio: Option<FetchAudio>,
+    /// `<submit method="post" enctype="multipart/form-data">`: the namelist goes as a
+    /// `multipart/form-data` body (RFC 7578), in which the host sends the audio of a
+    /// recording it made (a value that is a recording's URL) as a file part.
+    pub multipart: bool,
 }
 
 /// `fetchaudio` (VoiceXML 2.0 §6.1.1): played to the caller once the queued prompts have

@@ -4,7 +4,7 @@
 mod common;
 
 use common::Host;
-use switchboard_vxml::{Command, FetchAudio, FetchOptions};
+use switchboard_vxml::{Command, FetchAudio, FetchOptions, Input, Method};
 
 const START: &str = "http://app/start.vxml";
 
@@ -52,6 +52,7 @@ fn document_properties_apply_to_a_goto() {
             maxage_s: Some(0),
             maxstale_s: Some(10),
             fetch_audio: None,
+            multipart: false,
         }
     );
     assert_eq!(h.spoken(), "next");
@@ -73,6 +74,7 @@ fn attributes_win_over_properties_and_inner_properties_over_outer() {
             maxage_s: Some(30),
             maxstale_s: Some(5),
             fetch_audio: None,
+            multipart: false,
         }
     );
 }
@@ -100,6 +102,7 @@ fn submit_and_subdialog_carry_their_attributes() {
             maxage_s: Some(1),
             maxstale_s: None,
             fetch_audio: None,
+            multipart: false,
         }
     );
     assert_eq!(
@@ -109,6 +112,7 @@ fn submit_and_subdialog_carry_their_attributes() {
             maxage_s: Some(0),
             maxstale_s: Some(0),
             fetch_audio: None,
+            multipart: false,
         }
     );
 }
@@ -225,4 +229,49 @@ fn bad_values_are_ignored() {
     let h = Host::new(START, &[(START, &doc), ("http://app/a.vxml", NEXT)]);
     assert_eq!(options_of(&h, "http://app/a.vxml"), FetchOptions::default());
     assert_eq!(h.spoken(), "next");
+}
+
+#[test]
+fn multipart_submit_with_a_recording() {
+    let doc = vxml(
+        "<form><record name='msg' maxtime='5s'>\
+           <filled><submit next='save' method='post' enctype='multipart/form-data' namelist='msg'/></filled>\
+         </record></form>",
+    );
+    let mut h = Host::new(START, &[(START, &doc), ("http://app/save", NEXT)]);
+    h.input(Input::PromptsDone);
+    assert!(h.log.iter().any(|c| matches!(c, Command::Record { .. })));
+    h.input(Input::RecordingDone {
+        url: Some("file:///rec/vxml-1.wav".into()),
+        duration_ms: 1200,
+        termchar: None,
+    });
+    let Some(Command::Fetch {
+        method,
+        params,
+        options,
+        ..
+    }) = h.fetches().into_iter().last()
+    else {
+        panic!("{:?}", h.log)
+    };
+    assert_eq!(method, Method::Post);
+    assert_eq!(
+        params,
+        vec![("msg".into(), "file:///rec/vxml-1.wav".into())]
+    );
+    assert!(options.multipart);
+    assert_eq!(h.spoken(), "next");
+}
+
+#[test]
+fn multipart_only_for_post() {
+    let doc = vxml(
+        "<form><block><submit next='a' method='get' enctype='multipart/form-data'/></block></form>",
+    );
+    let h = Host::new(START, &[(START, &doc), ("http://app/a", NEXT)]);
+    assert!(!options_of(&h, "http://app/a").multipart);
+    let doc = vxml("<form><block><submit next='a' method='post'/></block></form>");
+    let h = Host::new(START, &[(START, &doc), ("http://app/a", NEXT)]);
+    assert!(!options_of(&h, "http://app/a").multipart);
 }

@@ -205,63 +205,132 @@ impl DocumentCache {
             }
         }
         let key = req.url.clone();
-        let exchange = http.http(req);
-        let answer = match timeout {
-            Some(t) => match tokio::time::timeout(t, exchange).await {
-                Ok(a) => a,
-                Err(_) => {
-                    return (
-                        Err(FetchError {
-                            status: None,
-                            reason: format!("fetch of {key} timed out (fetchtimeout {t:?})"),
-                        }),
-                        Cached::Miss,
-                    )
-                }
-            },
-            None => exchange.await,
-        };
-        let resp = match answer {
+        let (text, cache_control) = match exchange(http, req, timeout).await {
             Ok(r) => r,
-            Err(e) => {
-                return (
-                    Err(FetchError {
-                        status: None,
-                        reason: e.to_string(),
-                    }),
-                    Cached::Miss,
-                )
-            }
-        };
-        if !(200..300).contains(&resp.status) {
-            return (
-                Err(FetchError {
-                    status: Some(resp.status),
-                    reason: format!("HTTP status {} from {key}", resp.status),
-                }),
-                Cached::Miss,
-            );
-        }
-        let text = match String::from_utf8(resp.body.to_vec()) {
-            Ok(t) => t,
-            Err(_) => {
-                return (
-                    Err(FetchError {
-                        status: None,
-                        reason: format!("{key} is not UTF-8 text"),
-                    }),
-                    Cached::Miss,
-                )
-            }
+            Err(e) => return (Err(e), Cached::Miss),
         };
         if cacheable {
-            if let Some(age) = max_age(resp.cache_control.as_deref()) {
+            if let Some(age) = max_age(cache_control.as_deref()) {
                 let now = Instant::now();
                 self.store(key, text.clone(), now + age, now);
             }
         }
         (Ok(text), Cached::Miss)
     }
+
+    /// A `<submit enctype="multipart/form-data">` (a POST, never cached): `params` as a
+    /// `multipart/form-data` body in which a value found in `files` is sent as that file.
+    pub async fn submit_multipart(
+        &self,
+        http: &PromptCache,
+        url: &str,
+        params: &[(String, String)],
+        files: &HashMap<String, FilePart>,
+        timeout: Option<Duration>,
+    ) -> Result<String, FetchError> {
+        let mut req = request_for(url, Method::Post, &[])?;
+        req.body = Some(multipart_body(params, files));
+        exchange(http, req, timeout).await.map(|(text, _)| text)
+    }
+}
+
+/// Makes the request (within `timeout` when given): the body of a 2xx answer as text and its
+/// `Cache-Control`, else an error with the status.
+async fn exchange(
+    http: &PromptCache,
+    req: HttpRequest,
+    timeout: Option<Duration>,
+) -> Result<(String, Option<String>), FetchError> {
+    let key = req.url.clone();
+    let answer = match timeout {
+        Some(t) => tokio::time::timeout(t, http.http(req))
+            .await
+            .map_err(|_| FetchError {
+                status: None,
+                reason: format!("fetch of {key} timed out (fetchtimeout {t:?})"),
+            })?,
+        None => http.http(req).await,
+    };
+    let resp = answer.map_err(|e| FetchError {
+        status: None,
+        reason: e.to_string(),
+    })?;
+    if !(200..300).contains(&resp.status) {
+        return Err(FetchError {
+            status: Some(resp.status),
+            reason: format!("HTTP status {} from {key}", resp.status),
+        });
+    }
+    let text = String::from_utf8(resp.body.to_vec()).map_err(|_| FetchError {
+        status: None,
+        reason: format!("{key} is not UTF-8 text"),
+    })?;
+    Ok((text, resp.cache_control))
+}
+
+/// A file of a `multipart/form-data` submit: the audio of a recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePart {
+    pub file_name: String,
+    pub content_type: String,
+    pub data: Bytes,
+}
+
+/// The boundary of submitted multipart bodies (lengthened while found in the content).
+const SUBMIT_BOUNDARY: &str = "switchboard-vxml-submit";
+
+/// A `multipart/form-data` body (RFC 7578) and its content type: one part per parameter,
+/// named after it; a parameter whose value is a key of `files` carries that file (with its
+/// `filename` and `Content-Type`), the others their value as text.
+pub fn multipart_body(
+    params: &[(String, String)],
+    files: &HashMap<String, FilePart>,
+) -> (String, Bytes) {
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+    let mut boundary = SUBMIT_BOUNDARY.to_owned();
+    while params.iter().any(|(k, v)| {
+        k.contains(&boundary)
+            || match files.get(v) {
+                Some(f) => contains(&f.data, boundary.as_bytes()),
+                None => v.contains(&boundary),
+            }
+    }) {
+        boundary.push('x');
+    }
+    // Names and file names come from the application: quotes and line breaks would break
+    // the framing.
+    let clean = |s: &str| s.replace(['"', '\r', '\n'], "_");
+    let mut body = Vec::new();
+    for (name, value) in params {
+        let name = clean(name);
+        match files.get(value) {
+            Some(f) => {
+                body.extend_from_slice(
+                    format!(
+                        "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{}\"\r\nContent-Type: {}\r\n\r\n",
+                        clean(&f.file_name),
+                        clean(&f.content_type)
+                    )
+                    .as_bytes(),
+                );
+                body.extend_from_slice(&f.data);
+            }
+            None => body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}"
+                )
+                .as_bytes(),
+            ),
+        }
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        Bytes::from(body),
+    )
 }
 
 #[cfg(test)]
@@ -502,6 +571,36 @@ mod tests {
             .filter(|l| l.starts_with("GET /page "))
             .count();
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn multipart_bodies_carry_recordings_as_files() {
+        let wav = Bytes::from_static(b"RIFF....WAVEdata\x00\x01");
+        let files = HashMap::from([(
+            "file:///r/vxml-c-1.wav".to_owned(),
+            FilePart {
+                file_name: "vxml-c-1.wav".into(),
+                content_type: "audio/wav".into(),
+                data: wav.clone(),
+            },
+        )]);
+        let params = vec![
+            ("msg".to_owned(), "file:///r/vxml-c-1.wav".to_owned()),
+            ("who\"x".to_owned(), "ann".to_owned()),
+        ];
+        let (ct, body) = multipart_body(&params, &files);
+        assert_eq!(ct, "multipart/form-data; boundary=switchboard-vxml-submit");
+        let mut expect = b"--switchboard-vxml-submit\r\nContent-Disposition: form-data; name=\"msg\"; filename=\"vxml-c-1.wav\"\r\nContent-Type: audio/wav\r\n\r\n".to_vec();
+        expect.extend_from_slice(&wav);
+        expect.extend_from_slice(b"\r\n--switchboard-vxml-submit\r\nContent-Disposition: form-data; name=\"who_x\"\r\n\r\nann\r\n--switchboard-vxml-submit--\r\n");
+        assert_eq!(&body[..], &expect[..]);
+        // Content holding the boundary gets a longer one.
+        let params = vec![("a".to_owned(), "--switchboard-vxml-submit".to_owned())];
+        let (ct, _) = multipart_body(&params, &HashMap::new());
+        assert_eq!(ct, "multipart/form-data; boundary=switchboard-vxml-submitx");
+        // An empty namelist is just the closing delimiter.
+        let (_, body) = multipart_body(&[], &HashMap::new());
+        assert_eq!(&body[..], b"--switchboard-vxml-submit--\r\n");
     }
 
     #[test]

@@ -46,7 +46,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 use super::dialog::{DialRequest, DialogContext, DialogOutcome, DialogRunner};
-use super::fetch::{DocumentCache, Freshness};
+use super::fetch::{DocumentCache, FilePart, Freshness};
 use super::rfc5552::initial_fetch;
 use super::ua::{LegEvent, LegId};
 
@@ -205,6 +205,9 @@ struct Call {
     pending_record: Option<RecordParams>,
     recording: bool,
     recordings: u32,
+    /// The recordings saved in this call, by the `file://` URL the application got: the
+    /// only files a multipart `<submit>` sends.
+    recorded: std::collections::HashMap<String, PathBuf>,
     fetch: Option<JoinHandle<Input>>,
     /// The `fetchaudio` of the pending fetch.
     fetch_audio: Option<FetchAudioState>,
@@ -366,6 +369,7 @@ async fn session(
         pending_record: None,
         recording: false,
         recordings: 0,
+        recorded: std::collections::HashMap::new(),
         fetch: None,
         fetch_audio: None,
         held: None,
@@ -567,11 +571,51 @@ impl Call {
                     .take()
                     .unwrap_or_else(|| Freshness::of(&options));
                 let timeout = options.timeout_ms.map(Duration::from_millis);
+                // The recordings of this call that a multipart submit names.
+                let attach: Vec<(String, PathBuf)> =
+                    if options.multipart && method == switchboard_vxml::Method::Post {
+                        params
+                            .iter()
+                            .filter_map(|(_, v)| Some((v.clone(), self.recorded.get(v)?.clone())))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                let multipart = options.multipart && method == switchboard_vxml::Method::Post;
                 let task = async move {
                     let started = Instant::now();
-                    let (result, cached) = docs
-                        .fetch(&http, &url, method, &params, freshness, timeout)
-                        .await;
+                    let (result, cached) = if multipart {
+                        let mut files = std::collections::HashMap::new();
+                        for (value, path) in attach {
+                            match tokio::fs::read(&path).await {
+                                Ok(data) => {
+                                    let file_name = path
+                                        .file_name()
+                                        .map(|n| n.to_string_lossy().into_owned())
+                                        .unwrap_or_else(|| "recording.wav".into());
+                                    files.insert(
+                                        value,
+                                        FilePart {
+                                            file_name,
+                                            content_type: "audio/wav".into(),
+                                            data: data.into(),
+                                        },
+                                    );
+                                }
+                                // Sent as its URL, like any other value.
+                                Err(e) => {
+                                    tracing::warn!(path = %path.display(), error = %e, "recording not readable for the submit")
+                                }
+                            }
+                        }
+                        let r = docs
+                            .submit_multipart(&http, &url, &params, &files, timeout)
+                            .await;
+                        (r, super::fetch::Cached::Miss)
+                    } else {
+                        docs.fetch(&http, &url, method, &params, freshness, timeout)
+                            .await
+                    };
                     metrics::counter!("vxml_documents_fetched_total", "cache" => cached.label())
                         .increment(1);
                     match &result {
@@ -1301,7 +1345,9 @@ impl Call {
         let url = match save(&path, &wav).await {
             Ok(()) => {
                 tracing::info!(path = %path.display(), duration_ms, "recording saved");
-                Some(format!("file://{}", path.display()))
+                let url = format!("file://{}", path.display());
+                self.recorded.insert(url.clone(), path.clone());
+                Some(url)
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot save the recording");
