@@ -26,6 +26,8 @@ struct Seen {
     /// Path and query.
     target: String,
     body: String,
+    /// The body as sent (binary parts included).
+    raw: Vec<u8>,
     at: Instant,
 }
 
@@ -105,6 +107,7 @@ fn serve(conn: TcpStream, handler: &Handler, log: &Mutex<Vec<Seen>>) {
         method,
         target,
         body: String::from_utf8_lossy(&body).into_owned(),
+        raw: body.clone(),
         at: Instant::now(),
     };
     log.lock().expect("lock").push(seen.clone());
@@ -1762,4 +1765,65 @@ fn https_documents_with_an_extra_trusted_certificate_and_badfetch_without() {
                     .is_some_and(|t| t.to_ascii_lowercase().contains("certificate"))),
         "{log}"
     );
+}
+
+#[test]
+fn a_multipart_submit_sends_the_recording_as_a_wav_part() {
+    let Some(m) = mcp() else { return };
+    let pcap = Path::new(PCAPS).join("g711a.pcap");
+    assert!(pcap.exists(), "{} is missing", pcap.display());
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/record.vxml" => page(
+                vxml(
+                    "<form><var name='who' expr=\"'ann'\"/>\
+                     <record name='msg' maxtime='2s' finalsilence='5s' dtmfterm='false'/>\
+                     <block><submit next='save' method='post' enctype='multipart/form-data' namelist='msg who'/></block></form>",
+                ),
+                None,
+            ),
+            "/save" => page(
+                vxml("<form><block><exit expr=\"'saved'\"/></block></form>"),
+                None,
+            ),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/record.vxml");
+    let checks = bye_must_match("body", None, "name=.expr.[[:space:]]+saved[[:space:]]", "r");
+    let during = format!(
+        "  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>\n",
+        pcap.display()
+    );
+    let out = dialog_calls(&m, &url, 1, &during, &checks);
+    assert!(out.success(), "{}\n{}", out.report(), m.sb.logs());
+    let posts = app.requests("/save");
+    assert_eq!(posts.len(), 1, "{:?}", app.seen());
+    let post = &posts[0];
+    assert_eq!(post.method, "POST");
+    let raw = &post.raw;
+    let head = String::from_utf8_lossy(&raw[..raw.len().min(300)]).into_owned();
+    assert!(
+        head.starts_with("--switchboard-vxml-submit\r\nContent-Disposition: form-data; name=\"msg\"; filename=\"vxml-"),
+        "{head}"
+    );
+    assert!(
+        head.contains(".wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF"),
+        "{head}"
+    );
+    assert!(
+        post.body.ends_with("\r\n--switchboard-vxml-submit\r\nContent-Disposition: form-data; name=\"who\"\r\n\r\nann\r\n--switchboard-vxml-submit--\r\n"),
+        "{}",
+        &post.body[post.body.len().saturating_sub(200)..]
+    );
+    // The part is the WAV saved for the recording, byte for byte.
+    let wav_start = raw.windows(4).position(|w| w == b"RIFF").expect("RIFF");
+    let saved = std::fs::read_dir(m._dir.path().join("recordings"))
+        .expect("recordings dir")
+        .filter_map(|e| e.ok())
+        .map(|e| std::fs::read(e.path()).expect("read recording"))
+        .find(|w| raw[wav_start..].starts_with(w))
+        .expect("the submitted WAV is a saved recording");
+    // 2 s of 8 kHz 16-bit audio.
+    assert!(saved.len() > 30_000, "{} bytes", saved.len());
 }
