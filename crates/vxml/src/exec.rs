@@ -16,13 +16,14 @@ pub(crate) const MENU_VAR: &str = "__vx_menu";
 /// A transfer of control out of executable content.
 #[derive(Debug, Clone)]
 pub(crate) enum Jump {
-    Goto(String, FetchOptions),
+    /// Boxed: it keeps `Jump` (the error type of executable content) small.
+    Goto(String, Box<FetchOptions>),
     GotoItem(String),
     Submit {
         url: String,
         method: Method,
         params: Vec<(String, String)>,
-        options: FetchOptions,
+        options: Box<FetchOptions>,
     },
     Throw {
         event: String,
@@ -518,7 +519,7 @@ impl Interpreter {
         match self.target(e, "next", "expr", scope)? {
             Some(url) => Ok(Jump::Goto(
                 url,
-                self.fetch_options(Some(e), Kind::Document, Props::Current),
+                Box::new(self.fetch_options(Some(e), Kind::Document, Props::Current)),
             )),
             None => Err(throw("error.badfetch", "<goto> without a target")),
         }
@@ -552,7 +553,7 @@ impl Interpreter {
             url,
             method,
             params,
-            options,
+            options: Box::new(options),
         })
     }
 

@@ -309,7 +309,7 @@ impl Interpreter {
 
     fn jump(&mut self, j: Jump) -> Step {
         match j {
-            Jump::Goto(url, options) => self.goto(url, options),
+            Jump::Goto(url, options) => self.goto(url, *options),
             Jump::GotoItem(name) => self.goto_item(&name),
             Jump::Submit {
                 url,
@@ -317,7 +317,7 @@ impl Interpreter {
                 params,
                 options,
             } => {
-                self.fetch(url, method, params, options);
+                self.fetch(url, method, params, *options);
                 if let Wait::Fetch(Fetching::Document { submitted, .. }) = &mut self.wait {
                     *submitted = true;
                 }
