@@ -1827,3 +1827,32 @@ fn a_multipart_submit_sends_the_recording_as_a_wav_part() {
     // 2 s of 8 kHz 16-bit audio.
     assert!(saved.len() > 30_000, "{} bytes", saved.len());
 }
+
+#[test]
+fn mcp_refuses_to_start_with_an_unusable_extra_ca_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate").expect("write");
+    for (file, why) in [
+        (
+            dir.path().join("missing.pem"),
+            "cannot read mcp.extra_ca_file",
+        ),
+        (not_pem, "mcp.extra_ca_file: no CERTIFICATE"),
+    ] {
+        let config = format!(
+            "data_dir = {:?}\n[mcp]\nextra_ca_file = {:?}\n",
+            dir.path().display().to_string(),
+            file.display().to_string()
+        );
+        let err = match Switchboard::builder()
+            .config(&config)
+            .roles(&["mcp"])
+            .spawn()
+        {
+            Ok(_) => panic!("mcp started with {}", file.display()),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(why), "{err}");
+    }
+}
