@@ -275,3 +275,21 @@ fn multipart_only_for_post() {
     let h = Host::new(START, &[(START, &doc), ("http://app/a", NEXT)]);
     assert!(!options_of(&h, "http://app/a").multipart);
 }
+
+#[test]
+fn a_menu_choice_carries_its_fetch_attributes() {
+    let doc = vxml(
+        "<menu dtmf='true'><prompt>pick</prompt>\
+           <choice next='one.vxml' maxage='0' fetchaudio='wait.wav' fetchtimeout='2s'>one</choice></menu>",
+    );
+    let mut h = Host::new(START, &[(START, &doc), ("http://app/one.vxml", NEXT)]);
+    h.input(Input::PromptsDone);
+    h.keys("1");
+    let o = options_of(&h, "http://app/one.vxml");
+    assert_eq!((o.maxage_s, o.timeout_ms), (Some(0), Some(2000)));
+    assert_eq!(
+        o.fetch_audio.map(|a| a.url),
+        Some("http://app/wait.wav".to_string())
+    );
+    assert!(h.spoken().ends_with("next"), "{}", h.spoken());
+}
