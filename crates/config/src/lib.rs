@@ -275,6 +275,10 @@ pub struct McpConfig {
     pub tts_voice: String,
     /// Timeout of HTTP prompt fetches and of the TTS program, ms. Default 10000.
     pub fetch_timeout_ms: u64,
+    /// PEM file of certificates trusted for `https://` documents and audio besides the
+    /// webpki (Mozilla) roots; relative to `data_dir` unless absolute. `""` (the default):
+    /// none.
+    pub extra_ca_file: PathBuf,
     /// Hang up a call that sent no RTP for this long, s; 0 never does. Default 60.
     pub rtp_timeout_s: u64,
     /// Longest recording, s. Default 300.
@@ -306,6 +310,7 @@ impl Default for McpConfig {
                 .to_vec(),
             tts_voice: "en".to_owned(),
             fetch_timeout_ms: 10_000,
+            extra_ca_file: PathBuf::new(),
             rtp_timeout_s: 60,
             max_record_s: 300,
             transfer_gateway: None,
@@ -725,6 +730,12 @@ impl Config {
     /// The directory of `file:` prompts: `mcp.media_dir` under `data_dir`.
     pub fn mcp_media_dir(&self) -> PathBuf {
         self.data_dir.join(&self.mcp.media_dir)
+    }
+
+    /// The PEM file of `mcp.extra_ca_file` (under `data_dir`), when one is set.
+    pub fn mcp_extra_ca_file(&self) -> Option<PathBuf> {
+        let f = &self.mcp.extra_ca_file;
+        (!f.as_os_str().is_empty()).then(|| self.data_dir.join(f))
     }
 
     /// Where the media server writes recordings: `mcp.recordings_dir` under `data_dir`.

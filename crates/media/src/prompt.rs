@@ -16,13 +16,17 @@
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::CertificateDer;
 use switchboard_rtp::tone::{ToneSpec, MAX_CADENCE};
 
 use crate::audio::Audio;
@@ -111,11 +115,8 @@ impl PromptSource {
     pub fn parse(url: &str) -> Result<PromptSource, PromptError> {
         let bad = |why| PromptError::BadUrl(url.to_owned(), why);
         let lower = url.to_ascii_lowercase();
-        if lower.starts_with("http://") {
+        if lower.starts_with("http://") || lower.starts_with("https://") {
             return Ok(PromptSource::Http(url.to_owned()));
-        }
-        if lower.starts_with("https://") {
-            return Err(bad("https is not supported yet; use http"));
         }
         if let Some(text) = strip_scheme(url, "tts:") {
             if text.trim().is_empty() {
@@ -207,6 +208,9 @@ pub struct PromptSettings {
     pub max_fetch_bytes: usize,
     /// Clips kept in memory (HTTP and TTS); the cache is cleared when it is full.
     pub max_cached: usize,
+    /// Certificates (PEM) trusted for `https://` besides the webpki roots (Mozilla's), e.g.
+    /// a private CA or a test server's self-signed certificate.
+    pub extra_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for PromptSettings {
@@ -221,6 +225,7 @@ impl Default for PromptSettings {
             timeout: Duration::from_secs(10),
             max_fetch_bytes: 32 << 20,
             max_cached: 1024,
+            extra_ca_pem: None,
         }
     }
 }
@@ -230,7 +235,7 @@ impl Default for PromptSettings {
 pub struct HttpRequest {
     /// `GET` or `POST`.
     pub post: bool,
-    /// An `http://` URL (no fragment).
+    /// An `http://` or `https://` URL (no fragment).
     pub url: String,
     /// Request body and its content type (POST).
     pub body: Option<(String, Bytes)>,
@@ -248,8 +253,59 @@ pub struct HttpResponse {
 /// Loads prompts, caching HTTP and TTS results.
 pub struct PromptCache {
     settings: PromptSettings,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     cache: Mutex<HashMap<String, Audio>>,
+}
+
+/// The TLS settings of the HTTP client: the webpki roots and the certificates of `extra_pem`
+/// (an error when it holds none or a bad one), TLS 1.2 and 1.3 with the ring provider.
+fn tls_config(extra_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = extra_pem {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("bad PEM: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("bad CA certificate: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err("no CERTIFICATE in the PEM".into());
+        }
+    }
+    // ring rather than aws-lc-rs: it builds without cmake; rustls 0.23.48 deprecates it
+    // only for lacking post-quantum key exchange.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn client(tls: rustls::ClientConfig) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(https)
+}
+
+/// An error and its causes, `: `-separated (hyper's client error alone says only
+/// `client error (Connect)`; the cause says e.g. that a certificate is not trusted).
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// FNV-1a: stable across runs, for TTS file names.
@@ -265,10 +321,29 @@ fn fnv64(parts: &[&str]) -> u64 {
 }
 
 impl PromptCache {
+    /// A cache whose client trusts the webpki roots and `extra_ca_pem`; fails when
+    /// `extra_ca_pem` holds no usable certificate.
+    pub fn try_new(settings: PromptSettings) -> Result<PromptCache, String> {
+        let tls = tls_config(settings.extra_ca_pem.as_deref())?;
+        Ok(PromptCache {
+            settings,
+            client: client(tls),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// [`PromptCache::try_new`]; when `extra_ca_pem` is unusable (logged) only the webpki
+    /// roots are trusted.
     pub fn new(settings: PromptSettings) -> PromptCache {
+        let tls = tls_config(settings.extra_ca_pem.as_deref()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "extra CA certificates ignored");
+            // Without extra certificates nothing comes from outside: the ring provider
+            // always has the cipher suites of TLS 1.2 and 1.3.
+            tls_config(None).expect("the ring provider supports TLS 1.2 and 1.3")
+        });
         PromptCache {
             settings,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: client(tls),
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -407,7 +482,7 @@ impl PromptCache {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| err(format!("{e}")))?;
+                .map_err(|e| err(with_sources(&e)))?;
             let status = resp.status().as_u16();
             let cache_control = resp
                 .headers()
@@ -526,7 +601,10 @@ mod tests {
         assert!(PromptSource::parse("../etc/passwd").is_err());
         assert!(PromptSource::parse("file:///a/../../b.wav").is_err());
         assert!(PromptSource::parse("ftp://x/y").is_err());
-        assert!(PromptSource::parse("https://x/y").is_err());
+        assert_eq!(
+            PromptSource::parse("HTTPS://x/y.wav").unwrap(),
+            PromptSource::Http("HTTPS://x/y.wav".into())
+        );
         assert_eq!(
             PromptSource::parse("tone:440+480/2000").unwrap(),
             PromptSource::Tone {
@@ -626,6 +704,99 @@ mod tests {
             cache.load_url("http://127.0.0.1:9/x.wav", None).await,
             Err(PromptError::Fetch(..))
         ));
+    }
+
+    /// A loopback HTTPS server with a self-signed certificate for 127.0.0.1 (made by rcgen),
+    /// answering every request with a WAV; returns its port and the certificate's PEM.
+    async fn tls_server() -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A client that does not trust the certificate ends the handshake.
+                    let Ok(mut s) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 2048];
+                    let _ = s.read(&mut buf).await;
+                    let wav = crate::audio::write_wav(&[7; 800], 8000);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nCache-Control: max-age=5\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        wav.len()
+                    );
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(&wav).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        (port, ck.cert.pem())
+    }
+
+    #[tokio::test]
+    async fn https_with_an_extra_trusted_certificate() {
+        let (port, pem) = tls_server().await;
+        let url = format!("https://127.0.0.1:{port}/p.wav");
+        let settings = PromptSettings {
+            timeout: Duration::from_secs(5),
+            ..PromptSettings::default()
+        };
+        // Trusted through extra_ca_pem: fetched over TLS.
+        let trusting = PromptCache::try_new(PromptSettings {
+            extra_ca_pem: Some(pem.clone().into_bytes()),
+            ..settings.clone()
+        })
+        .unwrap();
+        match trusting.load_url(&url, None).await.unwrap() {
+            PlayItem::Audio(a) => assert_eq!(a.len(), 800),
+            other => panic!("{other:?}"),
+        }
+        let resp = trusting
+            .http(HttpRequest {
+                url: url.clone(),
+                ..HttpRequest::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.cache_control.as_deref(), Some("max-age=5"));
+        // The webpki roots alone do not trust a self-signed certificate.
+        let plain = PromptCache::try_new(settings.clone()).unwrap();
+        match plain.load_url(&url, None).await {
+            Err(PromptError::Fetch(u, why)) => {
+                assert_eq!(u, url);
+                assert!(why.to_ascii_lowercase().contains("certificate"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Unusable extra certificates are refused by try_new; new trusts the roots only.
+        for bad in [
+            &b""[..],
+            b"not a pem",
+            b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+        ] {
+            let s = PromptSettings {
+                extra_ca_pem: Some(bad.to_vec()),
+                ..settings.clone()
+            };
+            assert!(PromptCache::try_new(s.clone()).is_err(), "{bad:?}");
+            let fallback = PromptCache::new(s);
+            assert!(fallback.load_url(&url, None).await.is_err());
+        }
     }
 
     #[tokio::test]

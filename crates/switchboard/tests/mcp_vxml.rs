@@ -26,6 +26,8 @@ struct Seen {
     /// Path and query.
     target: String,
     body: String,
+    /// The body as sent (binary parts included).
+    raw: Vec<u8>,
     at: Instant,
 }
 
@@ -105,6 +107,7 @@ fn serve(conn: TcpStream, handler: &Handler, log: &Mutex<Vec<Seen>>) {
         method,
         target,
         body: String::from_utf8_lossy(&body).into_owned(),
+        raw: body.clone(),
         at: Instant::now(),
     };
     log.lock().expect("lock").push(seen.clone());
@@ -1503,4 +1506,353 @@ fn the_callers_rfc4733_keys_reach_the_far_end_of_a_bridge_without_grammars() {
         events >= 3,
         "{events} telephone-event packets reached the far end"
     );
+}
+
+/// The values of the exit of the one ended call of `url`, from its dialog log.
+fn exit_value(m: &Mcp, url: &str) -> (serde_json::Value, serde_json::Value) {
+    let calls = m.ended(url, 1);
+    assert_eq!(calls.len(), 1, "{url}: {calls:?}");
+    let log = m.log(calls[0]["call_id"].as_str().expect("call id"));
+    (log["outcome"]["values"].clone(), log)
+}
+
+#[test]
+fn fetchtimeout_and_maxage_from_the_document_are_honoured() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let Some(m) = mcp() else { return };
+    let cached_served = Arc::new(AtomicUsize::new(0));
+    let again_served = Arc::new(AtomicUsize::new(0));
+    let (c, a) = (cached_served.clone(), again_served.clone());
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            // fetchtimeout 300 ms (a property) against a page taking 3 s: error.badfetch.
+            "/timeout.vxml" => page(
+                vxml(
+                    "<property name='fetchtimeout' value='300ms'/>\
+                      <catch event='error.badfetch'><exit expr=\"'timed out'\"/></catch>\
+                      <form><block><goto next='slow.vxml'/></block></form>",
+                ),
+                None,
+            ),
+            "/slow.vxml" => {
+                thread::sleep(Duration::from_secs(3));
+                page(
+                    vxml("<form><block><exit expr=\"'too late'\"/></block></form>"),
+                    None,
+                )
+            }
+            // cached.vxml may be cached for 600 s; its second version is only seen when
+            // again.vxml's goto says maxage='0' (else the cached first version goes to
+            // again.vxml a second time, which ends the call with 'stale').
+            "/cached.vxml" => {
+                let body = if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                    "<form><block><goto next='again.vxml'/></block></form>"
+                } else {
+                    "<form><block><exit expr=\"'fresh'\"/></block></form>"
+                };
+                page(vxml(body), Some("max-age=600"))
+            }
+            "/again.vxml" => {
+                let body = if a.fetch_add(1, Ordering::SeqCst) == 0 {
+                    "<form><block><goto next='cached.vxml' maxage='0'/></block></form>"
+                } else {
+                    "<form><block><exit expr=\"'stale'\"/></block></form>"
+                };
+                page(vxml(body), None)
+            }
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let checks = bye_must_match("hdr", Some("Reason:"), "dialog exit", "r");
+    let started = Instant::now();
+    let out = dialog_calls(&m, &app.url("/timeout.vxml"), 1, "", &checks);
+    assert!(out.success(), "{}\n{}", out.report(), m.sb.logs());
+    let (values, log) = exit_value(&m, &app.url("/timeout.vxml"));
+    assert_eq!(values, "timed out", "{log}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "the fetch did not wait for the slow page: {:?}",
+        started.elapsed()
+    );
+
+    let out = dialog_calls(&m, &app.url("/cached.vxml"), 1, "", &checks);
+    assert!(out.success(), "{}\n{}", out.report(), m.sb.logs());
+    let (values, log) = exit_value(&m, &app.url("/cached.vxml"));
+    assert_eq!(values, "fresh", "{log}");
+    assert_eq!(cached_served.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn fetchaudio_plays_after_its_delay_for_at_least_its_minimum() {
+    let Some(m) = mcp() else { return };
+    let hold_wav = tone_wav(500.0, 400);
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/start.vxml" => page(
+                vxml(
+                    "<property name='fetchaudio' value='hold.wav'/>\
+                      <property name='fetchaudiodelay' value='200ms'/>\
+                      <property name='fetchaudiominimum' value='1500ms'/>\
+                      <form><block><goto next='slow.vxml'/></block></form>",
+                ),
+                None,
+            ),
+            // Takes 700 ms: the fetchaudio starts after 200 ms and holds the page until it
+            // has played 1.5 s.
+            "/slow.vxml" => {
+                thread::sleep(Duration::from_millis(700));
+                page(
+                    vxml("<form><block><goto next='after.vxml' fetchaudio='unused.wav'/></block></form>"),
+                    None,
+                )
+            }
+            // Answered at once: its fetchaudio (default delay 2 s) never starts.
+            "/after.vxml" => page(
+                vxml("<form><block><exit expr=\"'done'\"/></block></form>"),
+                None,
+            ),
+            "/hold.wav" => (200, vec![], hold_wav.clone()),
+            "/unused.wav" => (200, vec![], hold_wav.clone()),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let checks = bye_must_match("hdr", Some("Reason:"), "dialog exit", "r");
+    let out = dialog_calls(&m, &app.url("/start.vxml"), 1, "", &checks);
+    assert!(out.success(), "{}\n{}", out.report(), m.sb.logs());
+    let (values, log) = exit_value(&m, &app.url("/start.vxml"));
+    assert_eq!(values, "done", "{log}");
+    let at = |path: &str| {
+        let r = app.requests(path);
+        assert_eq!(r.len(), 1, "{path}: {:?}", app.seen());
+        r[0].at
+    };
+    let (slow, hold, after) = (at("/slow.vxml"), at("/hold.wav"), at("/after.vxml"));
+    let delay = hold.duration_since(slow);
+    assert!(
+        delay >= Duration::from_millis(180) && delay < Duration::from_millis(650),
+        "fetchaudio loaded {delay:?} after the fetch began"
+    );
+    let held = after.duration_since(hold);
+    assert!(
+        held >= Duration::from_millis(1400),
+        "the page waited for fetchaudiominimum: {held:?}"
+    );
+    assert!(app.requests("/unused.wav").is_empty(), "{:?}", app.seen());
+    let texts: Vec<String> = log["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["text"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("fetchaudio http://") && t.ends_with("/hold.wav")),
+        "{texts:?}"
+    );
+    let played: u64 = texts
+        .iter()
+        .find_map(|t| {
+            t.strip_prefix("fetchaudio stopped after ")?
+                .strip_suffix(" ms")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{texts:?}"));
+    assert!((1450..3000).contains(&played), "{played}");
+}
+
+/// A loopback HTTPS server (rustls over std sockets) with a self-signed certificate for
+/// 127.0.0.1 made by rcgen, answering `/start.vxml` with a page exiting with `'secure'`;
+/// returns its address and the certificate's PEM.
+fn https_app() -> (SocketAddr, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .expect("server config"),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let config = config.clone();
+            thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let Ok(tls) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut s = rustls::StreamOwned::new(tls, conn);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                // The request head (a client that does not trust us fails here).
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let body = if head.starts_with(b"GET /start.vxml ") {
+                    vxml("<form><block><exit expr=\"'secure'\"/></block></form>")
+                } else {
+                    b"not found".to_vec()
+                };
+                let status = if head.starts_with(b"GET /start.vxml ") {
+                    200
+                } else {
+                    404
+                };
+                let out = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(out.as_bytes());
+                let _ = s.write_all(&body);
+                s.conn.send_close_notify();
+                let _ = s.flush();
+            });
+        }
+    });
+    (addr, ck.cert.pem())
+}
+
+#[test]
+fn https_documents_with_an_extra_trusted_certificate_and_badfetch_without() {
+    let (addr, pem) = https_app();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pem).expect("write ca");
+    let Some(m) = mcp_with(&format!("extra_ca_file = {:?}\n", ca.display().to_string())) else {
+        return;
+    };
+    let url = format!("https://{addr}/start.vxml");
+    let checks = bye_must_match(
+        "body",
+        None,
+        "name=.expr.[[:space:]]+secure[[:space:]]",
+        "r",
+    );
+    let out = dialog_calls(&m, &url, 1, "", &checks);
+    assert!(out.success(), "{}\n{}", out.report(), m.sb.logs());
+    let (values, log) = exit_value(&m, &url);
+    assert_eq!(values, "secure", "{log}");
+    // Without the extra certificate the same page is error.badfetch.
+    let Some(plain) = mcp() else { return };
+    let checks = bye_must_match("hdr", Some("Reason:"), "dialog error", "r");
+    let out = dialog_calls(&plain, &url, 1, "", &checks);
+    assert!(out.success(), "{}\n{}", out.report(), plain.sb.logs());
+    let calls = plain.ended(&url, 1);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let log = plain.log(calls[0]["call_id"].as_str().expect("call id"));
+    assert!(
+        log["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["kind"] == "event"
+                && e["text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("error.badfetch"))
+                && e["text"]
+                    .as_str()
+                    .is_some_and(|t| t.to_ascii_lowercase().contains("certificate"))),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_multipart_submit_sends_the_recording_as_a_wav_part() {
+    let Some(m) = mcp() else { return };
+    let pcap = Path::new(PCAPS).join("g711a.pcap");
+    assert!(pcap.exists(), "{} is missing", pcap.display());
+    let app = AppServer::start(Arc::new(move |req: &Seen| {
+        match req.target.split('?').next().unwrap_or("") {
+            "/record.vxml" => page(
+                vxml(
+                    "<form><var name='who' expr=\"'ann'\"/>\
+                     <record name='msg' maxtime='2s' finalsilence='5s' dtmfterm='false'/>\
+                     <block><submit next='save' method='post' enctype='multipart/form-data' namelist='msg who'/></block></form>",
+                ),
+                None,
+            ),
+            "/save" => page(
+                vxml("<form><block><exit expr=\"'saved'\"/></block></form>"),
+                None,
+            ),
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    }));
+    let url = app.url("/record.vxml");
+    let checks = bye_must_match("body", None, "name=.expr.[[:space:]]+saved[[:space:]]", "r");
+    let during = format!(
+        "  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>\n",
+        pcap.display()
+    );
+    let out = dialog_calls(&m, &url, 1, &during, &checks);
+    assert!(out.success(), "{}\n{}", out.report(), m.sb.logs());
+    let posts = app.requests("/save");
+    assert_eq!(posts.len(), 1, "{:?}", app.seen());
+    let post = &posts[0];
+    assert_eq!(post.method, "POST");
+    let raw = &post.raw;
+    let head = String::from_utf8_lossy(&raw[..raw.len().min(300)]).into_owned();
+    assert!(
+        head.starts_with("--switchboard-vxml-submit\r\nContent-Disposition: form-data; name=\"msg\"; filename=\"vxml-"),
+        "{head}"
+    );
+    assert!(
+        head.contains(".wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF"),
+        "{head}"
+    );
+    assert!(
+        post.body.ends_with("\r\n--switchboard-vxml-submit\r\nContent-Disposition: form-data; name=\"who\"\r\n\r\nann\r\n--switchboard-vxml-submit--\r\n"),
+        "{}",
+        &post.body[post.body.len().saturating_sub(200)..]
+    );
+    // The part is the WAV saved for the recording, byte for byte.
+    let wav_start = raw.windows(4).position(|w| w == b"RIFF").expect("RIFF");
+    let saved = std::fs::read_dir(m._dir.path().join("recordings"))
+        .expect("recordings dir")
+        .filter_map(|e| e.ok())
+        .map(|e| std::fs::read(e.path()).expect("read recording"))
+        .find(|w| raw[wav_start..].starts_with(w))
+        .expect("the submitted WAV is a saved recording");
+    // 2 s of 8 kHz 16-bit audio.
+    assert!(saved.len() > 30_000, "{} bytes", saved.len());
+}
+
+#[test]
+fn mcp_refuses_to_start_with_an_unusable_extra_ca_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate").expect("write");
+    for (file, why) in [
+        (
+            dir.path().join("missing.pem"),
+            "cannot read mcp.extra_ca_file",
+        ),
+        (not_pem, "mcp.extra_ca_file: no CERTIFICATE"),
+    ] {
+        let config = format!(
+            "data_dir = {:?}\n[mcp]\nextra_ca_file = {:?}\n",
+            dir.path().display().to_string(),
+            file.display().to_string()
+        );
+        let err = match Switchboard::builder()
+            .config(&config)
+            .roles(&["mcp"])
+            .spawn()
+        {
+            Ok(_) => panic!("mcp started with {}", file.display()),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(why), "{err}");
+    }
 }

@@ -1,8 +1,9 @@
 //! Executable content (blocks, filled, catch) and prompts, over the ECMAScript scopes.
 
 use crate::dom::{self, Elem, Node};
+use crate::fetchopts::{Kind, Props};
 use crate::interp::{parse_time, Interpreter};
-use crate::{script, Command, Method, PromptPart};
+use crate::{script, Command, FetchOptions, Method, PromptPart};
 use serde_json::{Map, Value as Json};
 use std::rc::Rc;
 use switchboard_ecma::{EcmaError, Scope};
@@ -15,12 +16,14 @@ pub(crate) const MENU_VAR: &str = "__vx_menu";
 /// A transfer of control out of executable content.
 #[derive(Debug, Clone)]
 pub(crate) enum Jump {
-    Goto(String),
+    /// Boxed: it keeps `Jump` (the error type of executable content) small.
+    Goto(String, Box<FetchOptions>),
     GotoItem(String),
     Submit {
         url: String,
         method: Method,
         params: Vec<(String, String)>,
+        options: Box<FetchOptions>,
     },
     Throw {
         event: String,
@@ -514,7 +517,10 @@ impl Interpreter {
             return Ok(Jump::GotoItem(item));
         }
         match self.target(e, "next", "expr", scope)? {
-            Some(url) => Ok(Jump::Goto(url)),
+            Some(url) => Ok(Jump::Goto(
+                url,
+                Box::new(self.fetch_options(Some(e), Kind::Document, Props::Current)),
+            )),
             None => Err(throw("error.badfetch", "<goto> without a target")),
         }
     }
@@ -539,10 +545,15 @@ impl Interpreter {
             };
             params.push((name, s));
         }
+        let mut options = self.fetch_options(Some(e), Kind::Document, Props::Current);
+        options.multipart = method == Method::Post
+            && e.attr("enctype")
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("multipart/form-data"));
         Ok(Jump::Submit {
             url,
             method,
             params,
+            options: Box::new(options),
         })
     }
 

@@ -2,8 +2,9 @@
 
 use crate::dom::{self, Elem};
 use crate::exec::{self, Jump};
+use crate::fetchopts::{Kind, Props};
 use crate::grammar::Grammar;
-use crate::{Command, Config, FetchError, Input, Method, PromptPart, TransferKind};
+use crate::{Command, Config, FetchError, FetchOptions, Input, Method, PromptPart, TransferKind};
 use serde_json::{json, Value as Json};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -219,7 +220,12 @@ impl Interpreter {
             prompt_bargein: None,
             last_bargein: true,
         };
-        vx.fetch(config.url, config.method, config.params);
+        vx.fetch(
+            config.url,
+            config.method,
+            config.params,
+            FetchOptions::default(),
+        );
         Ok(vx)
     }
 
@@ -303,14 +309,15 @@ impl Interpreter {
 
     fn jump(&mut self, j: Jump) -> Step {
         match j {
-            Jump::Goto(url) => self.goto(url),
+            Jump::Goto(url, options) => self.goto(url, *options),
             Jump::GotoItem(name) => self.goto_item(&name),
             Jump::Submit {
                 url,
                 method,
                 params,
+                options,
             } => {
-                self.fetch(url, method, params);
+                self.fetch(url, method, params, *options);
                 if let Wait::Fetch(Fetching::Document { submitted, .. }) = &mut self.wait {
                     *submitted = true;
                 }
@@ -363,13 +370,20 @@ impl Interpreter {
         }
     }
 
-    pub(crate) fn fetch(&mut self, url: String, method: Method, params: Vec<(String, String)>) {
+    pub(crate) fn fetch(
+        &mut self,
+        url: String,
+        method: Method,
+        params: Vec<(String, String)>,
+        options: FetchOptions,
+    ) {
         self.trace(|| format!("fetch {url}"));
         self.flush_prompts();
         self.cmds.push_back(Command::Fetch {
             url: url.clone(),
             method,
             params,
+            options,
         });
         self.wait = Wait::Fetch(Fetching::Document {
             url,
@@ -381,11 +395,11 @@ impl Interpreter {
 
     /// `#id` moves within the current document; any other URL (even the current document's
     /// own) loads the document again.
-    fn goto(&mut self, url: String) -> Step {
+    fn goto(&mut self, url: String, options: FetchOptions) -> Step {
         if let Some(id) = url.strip_prefix('#') {
             return self.start_dialog_by_id(Some(id));
         }
-        self.fetch(url, Method::Get, Vec::new());
+        self.fetch(url, Method::Get, Vec::new(), options);
         Step::Wait
     }
 
@@ -427,9 +441,9 @@ impl Interpreter {
             Fetching::Root { root_url, .. } => root_url.clone(),
             Fetching::Resource { .. } => return Step::Wait,
         };
-        if let Some(src) = self.missing_resource(&root, &base) {
+        if let Some((src, options)) = self.missing_resource(&root, &root, &base) {
             let resume = crate::resources::Resume::Document(fetching, root);
-            return self.fetch_resource(src, resume);
+            return self.fetch_resource(src, options, resume);
         }
         match fetching {
             Fetching::Resource { .. } => Step::Wait,
@@ -465,10 +479,13 @@ impl Interpreter {
         if app_doc.is_some() && app_doc != self.app_url {
             let root_url = app_doc.unwrap_or_default();
             self.flush_prompts();
+            // The leaf's properties say how its root is fetched.
+            let options = self.fetch_options(None, Kind::Document, Props::Loading(&root, &url));
             self.cmds.push_back(Command::Fetch {
                 url: root_url.clone(),
                 method: Method::Get,
                 params: Vec::new(),
+                options,
             });
             self.wait = Wait::Fetch(Fetching::Root {
                 leaf_url: url,
@@ -704,7 +721,9 @@ impl Interpreter {
             return Step::Wait;
         }
         match self.missing_expr_resource(&item) {
-            Ok(Some(url)) => return self.fetch_resource(url, crate::resources::Resume::Collect(i)),
+            Ok(Some((url, options))) => {
+                return self.fetch_resource(url, options, crate::resources::Resume::Collect(i))
+            }
             Ok(None) => {}
             Err(j) => return Step::Jump(j),
         }

@@ -32,6 +32,7 @@ mod abnf;
 mod dom;
 mod events;
 mod exec;
+mod fetchopts;
 mod grammar;
 mod input;
 mod interp;
@@ -172,6 +173,38 @@ pub enum Method {
     Post,
 }
 
+/// How a fetch is done (VoiceXML 2.0 §6.1): from the attributes of the element that causes
+/// it (`fetchtimeout`, `maxage`, `maxstale`, `fetchaudio`), else from the properties in
+/// effect (`fetchtimeout`, `documentmaxage`/`documentmaxstale`, `scriptmaxage`, `datamaxage`,
+/// `grammarmaxage` and their `maxstale`s, `fetchaudio`, `fetchaudiodelay`,
+/// `fetchaudiominimum`). `None` leaves the choice to the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// How long the fetch may take before it fails (error.badfetch), ms.
+    pub timeout_ms: Option<u64>,
+    /// The oldest cached copy acceptable, seconds (0: fetch afresh).
+    pub maxage_s: Option<u64>,
+    /// How long past its expiry a cached copy may still be used, seconds.
+    pub maxstale_s: Option<u64>,
+    /// Audio to play while a document or `<data>` is fetched.
+    pub fetch_audio: Option<FetchAudio>,
+    /// `<submit method="post" enctype="multipart/form-data">`: the namelist goes as a
+    /// `multipart/form-data` body (RFC 7578), in which the host sends the audio of a
+    /// recording it made (a value that is a recording's URL) as a file part.
+    pub multipart: bool,
+}
+
+/// `fetchaudio` (VoiceXML 2.0 §6.1.1): played to the caller once the queued prompts have
+/// played and the fetch has taken `delay_ms`; once started it plays for at least
+/// `minimum_ms` (the fetched document waits for that), and stops when the fetch is over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchAudio {
+    /// The audio's absolute URL.
+    pub url: String,
+    pub delay_ms: u64,
+    pub minimum_ms: u64,
+}
+
 /// One piece of a prompt.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PromptPart {
@@ -194,6 +227,8 @@ pub enum Command {
         url: String,
         method: Method,
         params: Vec<(String, String)>,
+        /// `fetchtimeout`, `maxage`, `maxstale` and `fetchaudio` of this fetch.
+        options: FetchOptions,
     },
     /// Play prompts (queued behind earlier ones); answer with [`Input::PromptsDone`] when a
     /// [`Command::Listen`] follows.

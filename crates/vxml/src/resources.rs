@@ -6,8 +6,9 @@
 
 use crate::dom::{self, Elem};
 use crate::exec::{self, Jump};
+use crate::fetchopts::{Kind, Props};
 use crate::interp::{Fetching, Interpreter, Step, Wait};
-use crate::{Command, Method};
+use crate::{Command, FetchOptions, Method};
 use std::rc::Rc;
 
 /// What to do once a resource has arrived.
@@ -19,11 +20,17 @@ pub(crate) enum Resume {
 }
 
 impl Interpreter {
-    pub(crate) fn fetch_resource(&mut self, url: String, resume: Resume) -> Step {
+    pub(crate) fn fetch_resource(
+        &mut self,
+        url: String,
+        options: FetchOptions,
+        resume: Resume,
+    ) -> Step {
         self.cmds.push_back(Command::Fetch {
             url: url.clone(),
             method: Method::Get,
             params: Vec::new(),
+            options,
         });
         self.wait = Wait::Fetch(Fetching::Resource {
             url,
@@ -51,24 +58,35 @@ impl Interpreter {
         }
     }
 
-    /// The first static script or grammar URL of a document that has not been fetched yet.
-    pub(crate) fn missing_resource(&self, e: &Elem, base: &str) -> Option<String> {
+    /// The first static script, grammar or data URL of document `doc` (at `base`) that has
+    /// not been fetched yet, with how to fetch it.
+    pub(crate) fn missing_resource(
+        &self,
+        doc: &Elem,
+        e: &Elem,
+        base: &str,
+    ) -> Option<(String, FetchOptions)> {
         if e.name == "script" || e.name == "grammar" || e.name == "data" {
             if let Some(src) = e.attr("src").filter(|s| !s.starts_with("builtin:")) {
                 let url = dom::resolve(base, src);
                 let url = dom::split_fragment(&url).0.to_string();
                 if !self.resources.contains_key(&url) {
-                    return Some(url);
+                    let options =
+                        self.fetch_options(Some(e), Kind::of(e), Props::Loading(doc, base));
+                    return Some((url, options));
                 }
             }
         }
-        e.elems().find_map(|c| self.missing_resource(c, base))
+        e.elems().find_map(|c| self.missing_resource(doc, c, base))
     }
 
     /// The first `srcexpr` URL of an item's grammars, or of the scripts and data inside it, that has not
     /// been fetched yet. Script expressions are evaluated ahead of time in the dialog scope;
     /// one that fails here is left to fail (with its own error) when the script runs.
-    pub(crate) fn missing_expr_resource(&self, item: &Elem) -> Result<Option<String>, Jump> {
+    pub(crate) fn missing_expr_resource(
+        &self,
+        item: &Elem,
+    ) -> Result<Option<(String, FetchOptions)>, Jump> {
         let scope = self
             .form
             .as_ref()
@@ -78,17 +96,19 @@ impl Interpreter {
             if let Some(x) = g.attr("srcexpr") {
                 let url = dom::resolve(&self.doc_url, &self.string(scope, x)?);
                 if !self.resources.contains_key(&url) {
-                    return Ok(Some(url));
+                    let options = self.fetch_options(Some(g), Kind::Grammar, Props::Current);
+                    return Ok(Some((url, options)));
                 }
             }
         }
         let mut scripts = Vec::new();
         scripts_with_srcexpr(item, &mut scripts);
-        for x in scripts {
+        for (x, e) in scripts {
             if let Ok(u) = self.string(scope, &x) {
                 let url = dom::resolve(&self.doc_url, &u);
                 if !self.resources.contains_key(&url) {
-                    return Ok(Some(url));
+                    let options = self.fetch_options(Some(e), Kind::of(e), Props::Current);
+                    return Ok(Some((url, options)));
                 }
             }
         }
@@ -135,10 +155,10 @@ impl Interpreter {
     }
 }
 
-fn scripts_with_srcexpr(e: &Elem, out: &mut Vec<String>) {
+fn scripts_with_srcexpr<'a>(e: &'a Elem, out: &mut Vec<(String, &'a Elem)>) {
     for c in e.elems() {
         match c.attr("srcexpr") {
-            Some(x) if c.name == "script" || c.name == "data" => out.push(x.to_string()),
+            Some(x) if c.name == "script" || c.name == "data" => out.push((x.to_string(), c)),
             _ => scripts_with_srcexpr(c, out),
         }
     }

@@ -3,8 +3,9 @@
 
 use crate::dom::{self, Elem};
 use crate::exec::{self, Jump};
+use crate::fetchopts::{Kind, Props};
 use crate::interp::{new_named_scope, FormState, Interpreter, Step, Wait};
-use crate::Method;
+use crate::{FetchOptions, Method};
 use serde_json::{json, Value as Json};
 use std::rc::Rc;
 use switchboard_ecma::Scope;
@@ -29,7 +30,10 @@ impl Interpreter {
     /// target dialog in a new context.
     pub(crate) fn start_subdialog(&mut self, i: usize, item: &Elem, scope: Scope) -> Step {
         match self.subdialog_call(item, scope) {
-            Ok((url, params)) => self.enter_subdialog(i, url, params),
+            Ok((url, params)) => {
+                let options = self.fetch_options(Some(item), Kind::Document, Props::Current);
+                self.enter_subdialog(i, url, params, options)
+            }
             Err(j) => Step::Jump(j),
         }
     }
@@ -59,7 +63,13 @@ impl Interpreter {
         Ok((dom::resolve(&self.doc_url, &raw), params))
     }
 
-    fn enter_subdialog(&mut self, i: usize, url: String, params: Vec<(String, Json)>) -> Step {
+    fn enter_subdialog(
+        &mut self,
+        i: usize,
+        url: String,
+        params: Vec<(String, Json)>,
+        options: FetchOptions,
+    ) -> Step {
         if self.stack.len() >= MAX_DEPTH {
             return self.throw("error.semantic", "subdialogs nested too deep");
         }
@@ -88,7 +98,7 @@ impl Interpreter {
         match caller_root {
             Some(root) if same_doc => self.document_fetched(url, root),
             _ => {
-                self.fetch(url, Method::Get, Vec::new());
+                self.fetch(url, Method::Get, Vec::new(), options);
                 Step::Wait
             }
         }

@@ -129,6 +129,7 @@ fn submit_produces_a_fetch_with_the_namelist() {
             url: "http://app/cgi/acct".into(),
             method: Method::Post,
             params: vec![("acct".into(), "123".into()), ("lang".into(), "en".into())],
+            options: Default::default(),
         }
     );
     assert_eq!(h.spoken(), "thanks");
@@ -328,6 +329,7 @@ fn the_first_document_may_be_posted() {
             url: START.into(),
             method: Method::Post,
             params: vec![("case".into(), "42".into())],
+            options: Default::default(),
         })
     );
 }

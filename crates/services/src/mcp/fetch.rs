@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use switchboard_media::{HttpRequest, PromptCache};
-use switchboard_vxml::{FetchError, Method};
+use switchboard_vxml::{FetchError, FetchOptions, Method};
 
 /// Documents kept at most; the cache is emptied of expired entries, then cleared, when full.
 const MAX_CACHED: usize = 1024;
@@ -34,6 +34,16 @@ struct Entry {
 pub struct Freshness {
     pub maxage: Option<Duration>,
     pub maxstale: Option<Duration>,
+}
+
+impl Freshness {
+    /// The `maxage`/`maxstale` of an interpreter's fetch (attributes or properties).
+    pub fn of(options: &FetchOptions) -> Freshness {
+        Freshness {
+            maxage: options.maxage_s.map(Duration::from_secs),
+            maxstale: options.maxstale_s.map(Duration::from_secs),
+        }
+    }
 }
 
 /// Whether a fetch was answered from the cache.
@@ -100,20 +110,21 @@ pub fn form_encode(params: &[(String, String)]) -> String {
 }
 
 /// The HTTP request for a VoiceXML fetch: GET with the parameters in the query, POST with
-/// them as a form body. The fragment is dropped. Only `http:` is fetched.
+/// them as a form body. The fragment is dropped. Only `http:` and `https:` are fetched.
 pub fn request_for(
     url: &str,
     method: Method,
     params: &[(String, String)],
 ) -> Result<HttpRequest, FetchError> {
     let url = url.split('#').next().unwrap_or(url);
-    if !url
-        .get(..7)
-        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
-    {
+    let scheme_ok = |scheme: &str| {
+        url.get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    };
+    if !scheme_ok("http://") && !scheme_ok("https://") {
         return Err(FetchError {
             status: None,
-            reason: format!("cannot fetch {url:?}: only http:// URLs are fetched"),
+            reason: format!("cannot fetch {url:?}: only http:// and https:// URLs are fetched"),
         });
     }
     Ok(match method {
@@ -171,7 +182,9 @@ impl DocumentCache {
 
     /// Fetches a document (from the cache when a GET's answer is still fresh). A non-2xx
     /// answer is an error with its status (the interpreter throws
-    /// `error.badfetch.http.<status>`); a body that is not UTF-8 is an error too.
+    /// `error.badfetch.http.<status>`); a body that is not UTF-8 is an error too. `timeout`
+    /// (VoiceXML `fetchtimeout`) bounds the HTTP exchange below the client's own timeout
+    /// (`mcp.fetch_timeout_ms`), which bounds it anyway.
     pub async fn fetch(
         &self,
         http: &PromptCache,
@@ -179,6 +192,7 @@ impl DocumentCache {
         method: Method,
         params: &[(String, String)],
         freshness: Freshness,
+        timeout: Option<Duration>,
     ) -> (Result<String, FetchError>, Cached) {
         let req = match request_for(url, method, params) {
             Ok(r) => r,
@@ -191,47 +205,132 @@ impl DocumentCache {
             }
         }
         let key = req.url.clone();
-        let resp = match http.http(req).await {
+        let (text, cache_control) = match exchange(http, req, timeout).await {
             Ok(r) => r,
-            Err(e) => {
-                return (
-                    Err(FetchError {
-                        status: None,
-                        reason: e.to_string(),
-                    }),
-                    Cached::Miss,
-                )
-            }
-        };
-        if !(200..300).contains(&resp.status) {
-            return (
-                Err(FetchError {
-                    status: Some(resp.status),
-                    reason: format!("HTTP status {} from {key}", resp.status),
-                }),
-                Cached::Miss,
-            );
-        }
-        let text = match String::from_utf8(resp.body.to_vec()) {
-            Ok(t) => t,
-            Err(_) => {
-                return (
-                    Err(FetchError {
-                        status: None,
-                        reason: format!("{key} is not UTF-8 text"),
-                    }),
-                    Cached::Miss,
-                )
-            }
+            Err(e) => return (Err(e), Cached::Miss),
         };
         if cacheable {
-            if let Some(age) = max_age(resp.cache_control.as_deref()) {
+            if let Some(age) = max_age(cache_control.as_deref()) {
                 let now = Instant::now();
                 self.store(key, text.clone(), now + age, now);
             }
         }
         (Ok(text), Cached::Miss)
     }
+
+    /// A `<submit enctype="multipart/form-data">` (a POST, never cached): `params` as a
+    /// `multipart/form-data` body in which a value found in `files` is sent as that file.
+    pub async fn submit_multipart(
+        &self,
+        http: &PromptCache,
+        url: &str,
+        params: &[(String, String)],
+        files: &HashMap<String, FilePart>,
+        timeout: Option<Duration>,
+    ) -> Result<String, FetchError> {
+        let mut req = request_for(url, Method::Post, &[])?;
+        req.body = Some(multipart_body(params, files));
+        exchange(http, req, timeout).await.map(|(text, _)| text)
+    }
+}
+
+/// Makes the request (within `timeout` when given): the body of a 2xx answer as text and its
+/// `Cache-Control`, else an error with the status.
+async fn exchange(
+    http: &PromptCache,
+    req: HttpRequest,
+    timeout: Option<Duration>,
+) -> Result<(String, Option<String>), FetchError> {
+    let key = req.url.clone();
+    let answer = match timeout {
+        Some(t) => tokio::time::timeout(t, http.http(req))
+            .await
+            .map_err(|_| FetchError {
+                status: None,
+                reason: format!("fetch of {key} timed out (fetchtimeout {t:?})"),
+            })?,
+        None => http.http(req).await,
+    };
+    let resp = answer.map_err(|e| FetchError {
+        status: None,
+        reason: e.to_string(),
+    })?;
+    if !(200..300).contains(&resp.status) {
+        return Err(FetchError {
+            status: Some(resp.status),
+            reason: format!("HTTP status {} from {key}", resp.status),
+        });
+    }
+    let text = String::from_utf8(resp.body.to_vec()).map_err(|_| FetchError {
+        status: None,
+        reason: format!("{key} is not UTF-8 text"),
+    })?;
+    Ok((text, resp.cache_control))
+}
+
+/// A file of a `multipart/form-data` submit: the audio of a recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePart {
+    pub file_name: String,
+    pub content_type: String,
+    pub data: Bytes,
+}
+
+/// The boundary of submitted multipart bodies (lengthened while found in the content).
+const SUBMIT_BOUNDARY: &str = "switchboard-vxml-submit";
+
+/// A `multipart/form-data` body (RFC 7578) and its content type: one part per parameter,
+/// named after it; a parameter whose value is a key of `files` carries that file (with its
+/// `filename` and `Content-Type`), the others their value as text.
+pub fn multipart_body(
+    params: &[(String, String)],
+    files: &HashMap<String, FilePart>,
+) -> (String, Bytes) {
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+    let mut boundary = SUBMIT_BOUNDARY.to_owned();
+    while params.iter().any(|(k, v)| {
+        k.contains(&boundary)
+            || match files.get(v) {
+                Some(f) => contains(&f.data, boundary.as_bytes()),
+                None => v.contains(&boundary),
+            }
+    }) {
+        boundary.push('x');
+    }
+    // Names and file names come from the application: quotes and line breaks would break
+    // the framing.
+    let clean = |s: &str| s.replace(['"', '\r', '\n'], "_");
+    let mut body = Vec::new();
+    for (name, value) in params {
+        let name = clean(name);
+        match files.get(value) {
+            Some(f) => {
+                body.extend_from_slice(
+                    format!(
+                        "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{}\"\r\nContent-Type: {}\r\n\r\n",
+                        clean(&f.file_name),
+                        clean(&f.content_type)
+                    )
+                    .as_bytes(),
+                );
+                body.extend_from_slice(&f.data);
+            }
+            None => body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}"
+                )
+                .as_bytes(),
+            ),
+        }
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        Bytes::from(body),
+    )
 }
 
 #[cfg(test)]
@@ -269,9 +368,11 @@ mod tests {
         let (ct, body) = r.body.unwrap();
         assert_eq!(ct, "application/x-www-form-urlencoded");
         assert_eq!(&body[..], b"pin=12+3%23");
-        let e = request_for("https://as/n", Method::Get, &[]).unwrap_err();
+        let r = request_for("HTTPS://as/n#x", Method::Get, &[]).unwrap();
+        assert_eq!(r.url, "HTTPS://as/n");
+        let e = request_for("ftp://x", Method::Get, &[]).unwrap_err();
         assert_eq!(e.status, None);
-        assert!(request_for("ftp://x", Method::Get, &[]).is_err());
+        assert!(request_for("file:///etc/passwd", Method::Get, &[]).is_err());
     }
 
     /// A loopback HTTP server answering `/page` (cacheable for 60 s), `/nocache`, `/slow`
@@ -339,6 +440,7 @@ mod tests {
                     Method::Get,
                     &[],
                     Freshness::default(),
+                    None,
                 )
                 .await;
             assert_eq!(r.unwrap(), "<vxml/>");
@@ -352,7 +454,7 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(5)).await;
         let (r, c) = docs
-            .fetch(&http, &url("/page"), Method::Get, &[], zero)
+            .fetch(&http, &url("/page"), Method::Get, &[], zero, None)
             .await;
         assert!(r.is_ok());
         assert_eq!(c, Cached::Miss);
@@ -365,6 +467,7 @@ mod tests {
                     Method::Get,
                     &[],
                     Freshness::default(),
+                    None,
                 )
                 .await;
             assert!(r.is_ok());
@@ -378,17 +481,126 @@ mod tests {
                 Method::Get,
                 &[],
                 Freshness::default(),
+                None,
             )
             .await;
         assert_eq!(r.unwrap_err().status, Some(404));
         let started = Instant::now();
         let (r, _) = docs
-            .fetch(&http, &url("/slow"), Method::Get, &[], Freshness::default())
+            .fetch(
+                &http,
+                &url("/slow"),
+                Method::Get,
+                &[],
+                Freshness::default(),
+                None,
+            )
             .await;
         let e = r.unwrap_err();
         assert_eq!(e.status, None);
         assert!(e.reason.contains("timed out"), "{e:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn fetchtimeout_and_maxage_of_the_interpreter_are_honoured() {
+        let (addr, seen) = server().await;
+        // The client's own timeout is long: the fetch's `fetchtimeout` ends it first.
+        let http = PromptCache::new(switchboard_media::PromptSettings {
+            timeout: Duration::from_secs(20),
+            ..Default::default()
+        });
+        let docs = DocumentCache::default();
+        let started = Instant::now();
+        let (r, c) = docs
+            .fetch(
+                &http,
+                &format!("http://{addr}/slow"),
+                Method::Get,
+                &[],
+                Freshness::default(),
+                Some(Duration::from_millis(200)),
+            )
+            .await;
+        let e = r.unwrap_err();
+        assert_eq!((e.status, c), (None, Cached::Miss));
+        assert!(e.reason.contains("fetchtimeout"), "{e:?}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        // A fetch within its timeout succeeds.
+        let page = format!("http://{addr}/page");
+        let (r, _) = docs
+            .fetch(
+                &http,
+                &page,
+                Method::Get,
+                &[],
+                Freshness::default(),
+                Some(Duration::from_secs(5)),
+            )
+            .await;
+        assert_eq!(r.unwrap(), "<vxml/>");
+        // `maxage="0"` from a document's attribute or property: fetched again.
+        let opts = FetchOptions {
+            maxage_s: Some(0),
+            ..Default::default()
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (_, c) = docs
+            .fetch(&http, &page, Method::Get, &[], Freshness::of(&opts), None)
+            .await;
+        assert_eq!(c, Cached::Miss);
+        let (_, c) = docs
+            .fetch(
+                &http,
+                &page,
+                Method::Get,
+                &[],
+                Freshness::of(&FetchOptions::default()),
+                None,
+            )
+            .await;
+        assert_eq!(c, Cached::Hit);
+        let n = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("GET /page "))
+            .count();
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn multipart_bodies_carry_recordings_as_files() {
+        let wav = Bytes::from_static(b"RIFF....WAVEdata\x00\x01");
+        let files = HashMap::from([(
+            "file:///r/vxml-c-1.wav".to_owned(),
+            FilePart {
+                file_name: "vxml-c-1.wav".into(),
+                content_type: "audio/wav".into(),
+                data: wav.clone(),
+            },
+        )]);
+        let params = vec![
+            ("msg".to_owned(), "file:///r/vxml-c-1.wav".to_owned()),
+            ("who\"x".to_owned(), "ann".to_owned()),
+        ];
+        let (ct, body) = multipart_body(&params, &files);
+        assert_eq!(ct, "multipart/form-data; boundary=switchboard-vxml-submit");
+        let mut expect = b"--switchboard-vxml-submit\r\nContent-Disposition: form-data; name=\"msg\"; filename=\"vxml-c-1.wav\"\r\nContent-Type: audio/wav\r\n\r\n".to_vec();
+        expect.extend_from_slice(&wav);
+        expect.extend_from_slice(b"\r\n--switchboard-vxml-submit\r\nContent-Disposition: form-data; name=\"who_x\"\r\n\r\nann\r\n--switchboard-vxml-submit--\r\n");
+        assert_eq!(&body[..], &expect[..]);
+        // Content holding the boundary gets a longer one.
+        let params = vec![("a".to_owned(), "--switchboard-vxml-submit".to_owned())];
+        let (ct, _) = multipart_body(&params, &HashMap::new());
+        assert_eq!(ct, "multipart/form-data; boundary=switchboard-vxml-submitx");
+        // An empty namelist is just the closing delimiter.
+        let (_, body) = multipart_body(&[], &HashMap::new());
+        assert_eq!(&body[..], b"--switchboard-vxml-submit--\r\n");
     }
 
     #[test]

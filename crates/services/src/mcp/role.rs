@@ -848,14 +848,25 @@ pub async fn start(
         ..EngineConfig::default()
     })
     .context("cannot start the media engine")?;
-    let prompts = Arc::new(PromptCache::new(PromptSettings {
-        media_dir: cfg.mcp_media_dir(),
-        cache_dir: cfg.data_dir.join("tts-cache"),
-        tts_command: m.tts_command.clone(),
-        tts_voice: m.tts_voice.clone(),
-        timeout: Duration::from_millis(m.fetch_timeout_ms),
-        ..PromptSettings::default()
-    }));
+    let extra_ca_pem = match cfg.mcp_extra_ca_file() {
+        Some(path) => Some(
+            std::fs::read(&path)
+                .with_context(|| format!("cannot read mcp.extra_ca_file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let prompts = Arc::new(
+        PromptCache::try_new(PromptSettings {
+            media_dir: cfg.mcp_media_dir(),
+            cache_dir: cfg.data_dir.join("tts-cache"),
+            tts_command: m.tts_command.clone(),
+            tts_voice: m.tts_voice.clone(),
+            timeout: Duration::from_millis(m.fetch_timeout_ms),
+            extra_ca_pem,
+            ..PromptSettings::default()
+        })
+        .map_err(|e| anyhow::anyhow!("mcp.extra_ca_file: {e}"))?,
+    );
     let ua = McpUa::new(
         UaSettings {
             udp,

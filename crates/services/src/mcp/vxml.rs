@@ -7,6 +7,11 @@
 //! [`switchboard_media::PromptCache`] and the media engine (with barge-in), DTMF from the stream's events,
 //! recordings to WAV, document fetches through the [`DocumentCache`], and the log.
 //!
+//! `fetchaudio` (VoiceXML 2.0 §6.1.1): when a fetch that names one is still pending after its
+//! `fetchaudiodelay` and the prompts queued before it have played, the audio plays (looped,
+//! not interruptible by keys); once started it plays at least `fetchaudiominimum` (the
+//! fetched document is held back until then) and stops when the fetch is over.
+//!
 //! Blind transfers are a REFER in the call's dialog (RFC 3515; the interpreter has already
 //! thrown `connection.disconnect.transfer`, as VoiceXML 2.0 says, so a refused REFER is only
 //! logged); the BYE follows once the REFER is answered.
@@ -33,14 +38,15 @@ use switchboard_media::{
     MediaEventKind, PlayItem, Playlist, PromptSource, RecordEnd, RecordParams, Recording,
 };
 use switchboard_vxml::{
-    transfer_failure, Command, Config, Input, Interpreter, Limits, PromptPart, TransferKind,
+    transfer_failure, Command, Config, FetchAudio, Input, Interpreter, Limits, PromptPart,
+    TransferKind,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 use super::dialog::{DialRequest, DialogContext, DialogOutcome, DialogRunner};
-use super::fetch::{DocumentCache, Freshness};
+use super::fetch::{DocumentCache, FilePart, Freshness};
 use super::rfc5552::initial_fetch;
 use super::ua::{LegEvent, LegId};
 
@@ -199,7 +205,14 @@ struct Call {
     pending_record: Option<RecordParams>,
     recording: bool,
     recordings: u32,
+    /// The recordings saved in this call, by the `file://` URL the application got: the
+    /// only files a multipart `<submit>` sends.
+    recorded: std::collections::HashMap<String, PathBuf>,
     fetch: Option<JoinHandle<Input>>,
+    /// The `fetchaudio` of the pending fetch.
+    fetch_audio: Option<FetchAudioState>,
+    /// A fetch's answer held back until its fetchaudio has played its minimum.
+    held: Option<(Input, tokio::time::Instant)>,
     /// The last unhandled error the interpreter reported.
     last_error: Option<String>,
     /// When the application is stopped once the caller is gone.
@@ -216,6 +229,28 @@ struct Call {
     pending_bridge: Option<BridgeRequest>,
     /// The bridge or consultation transfer in progress.
     bridge: Option<Bridge>,
+}
+
+/// The `fetchaudio` of a pending fetch.
+struct FetchAudioState {
+    url: String,
+    /// When it starts (`fetchaudiodelay` after the fetch began).
+    start_at: tokio::time::Instant,
+    minimum: Duration,
+    stage: FetchAudioStage,
+}
+
+enum FetchAudioStage {
+    /// Until `start_at`.
+    Waiting,
+    /// Loaded; waits for the prompts queued before the fetch to end.
+    Ready(MediaItem),
+    /// Playing as play `id`; the fetch's answer waits until `until`.
+    Playing {
+        id: u64,
+        until: tokio::time::Instant,
+        started: tokio::time::Instant,
+    },
 }
 
 /// A bridge or consultation `<transfer>` to start.
@@ -334,7 +369,10 @@ async fn session(
         pending_record: None,
         recording: false,
         recordings: 0,
+        recorded: std::collections::HashMap::new(),
         fetch: None,
+        fetch_audio: None,
+        held: None,
         last_error: None,
         stop_at: None,
         ending: None,
@@ -373,8 +411,27 @@ async fn session(
             } => {
                 call.fetch = None;
                 match fetched {
-                    Ok(input) => call.send(input),
+                    Ok(input) => call.fetched(input),
                     Err(e) => tracing::debug!(error = %e, "fetch task ended"),
+                }
+            }
+            _ = async {
+                match &call.fetch_audio {
+                    Some(FetchAudioState { start_at, stage: FetchAudioStage::Waiting, .. }) => {
+                        tokio::time::sleep_until(*start_at).await
+                    }
+                    _ => std::future::pending().await,
+                }
+            } => call.load_fetch_audio().await,
+            _ = async {
+                match &call.held {
+                    Some((_, until)) => tokio::time::sleep_until(*until).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some((input, _)) = call.held.take() {
+                    call.stop_fetch_audio();
+                    call.send(input);
                 }
             }
             _ = async {
@@ -488,17 +545,77 @@ impl Call {
                 url,
                 method,
                 params,
+                options,
             } => {
                 if let Some(f) = self.fetch.take() {
                     f.abort();
                 }
+                self.stop_fetch_audio();
+                self.fetch_audio = options.fetch_audio.clone().filter(|_| self.media).map(
+                    |FetchAudio {
+                         url,
+                         delay_ms,
+                         minimum_ms,
+                     }| FetchAudioState {
+                        url,
+                        start_at: tokio::time::Instant::now() + Duration::from_millis(delay_ms),
+                        minimum: Duration::from_millis(minimum_ms),
+                        stage: FetchAudioStage::Waiting,
+                    },
+                );
                 let docs = self.documents.clone();
                 let http = self.ctx.prompts.clone();
-                let freshness = self.freshness.take().unwrap_or_default();
+                // The Request-URI's rules for the first document, then the application's.
+                let freshness = self
+                    .freshness
+                    .take()
+                    .unwrap_or_else(|| Freshness::of(&options));
+                let timeout = options.timeout_ms.map(Duration::from_millis);
+                // The recordings of this call that a multipart submit names.
+                let attach: Vec<(String, PathBuf)> =
+                    if options.multipart && method == switchboard_vxml::Method::Post {
+                        params
+                            .iter()
+                            .filter_map(|(_, v)| Some((v.clone(), self.recorded.get(v)?.clone())))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                let multipart = options.multipart && method == switchboard_vxml::Method::Post;
                 let task = async move {
                     let started = Instant::now();
-                    let (result, cached) =
-                        docs.fetch(&http, &url, method, &params, freshness).await;
+                    let (result, cached) = if multipart {
+                        let mut files = std::collections::HashMap::new();
+                        for (value, path) in attach {
+                            match tokio::fs::read(&path).await {
+                                Ok(data) => {
+                                    let file_name = path
+                                        .file_name()
+                                        .map(|n| n.to_string_lossy().into_owned())
+                                        .unwrap_or_else(|| "recording.wav".into());
+                                    files.insert(
+                                        value,
+                                        FilePart {
+                                            file_name,
+                                            content_type: "audio/wav".into(),
+                                            data: data.into(),
+                                        },
+                                    );
+                                }
+                                // Sent as its URL, like any other value.
+                                Err(e) => {
+                                    tracing::warn!(path = %path.display(), error = %e, "recording not readable for the submit")
+                                }
+                            }
+                        }
+                        let r = docs
+                            .submit_multipart(&http, &url, &params, &files, timeout)
+                            .await;
+                        (r, super::fetch::Cached::Miss)
+                    } else {
+                        docs.fetch(&http, &url, method, &params, freshness, timeout)
+                            .await
+                    };
                     metrics::counter!("vxml_documents_fetched_total", "cache" => cached.label())
                         .increment(1);
                     match &result {
@@ -766,7 +883,111 @@ impl Call {
                 Err(e) => tracing::debug!(error = %e, "play failed"),
             }
         }
+        if self.play_fetch_audio() {
+            return;
+        }
         self.when_idle();
+    }
+
+    /// A fetch's answer: delivered at once, or held until its fetchaudio has played its
+    /// minimum.
+    fn fetched(&mut self, input: Input) {
+        if let Some(FetchAudioState {
+            stage: FetchAudioStage::Playing { until, .. },
+            ..
+        }) = &self.fetch_audio
+        {
+            if self.media && tokio::time::Instant::now() < *until {
+                self.held = Some((input, *until));
+                return;
+            }
+        }
+        self.stop_fetch_audio();
+        self.send(input);
+    }
+
+    /// The fetchaudio's delay is over and the fetch still runs: load the audio and play it
+    /// once the prompts queued before have played.
+    async fn load_fetch_audio(&mut self) {
+        let Some(url) = self.fetch_audio.as_ref().map(|f| f.url.clone()) else {
+            return;
+        };
+        match self.ctx.prompts.load_url(&url, None).await {
+            Ok(item) => {
+                if let Some(f) = self.fetch_audio.as_mut() {
+                    f.stage = FetchAudioStage::Ready(item);
+                    self.play_fetch_audio();
+                }
+            }
+            Err(e) => {
+                tracing::info!(%url, error = %e, "fetchaudio unavailable");
+                self.ctx
+                    .log
+                    .push("error", None, &format!("fetchaudio {url} unavailable: {e}"));
+                self.fetch_audio = None;
+            }
+        }
+    }
+
+    /// Starts a loaded fetchaudio when nothing else plays; whether it started.
+    fn play_fetch_audio(&mut self) -> bool {
+        if self.playing.is_some() || !self.queued.is_empty() || !self.media {
+            return false;
+        }
+        let Some(f) = self.fetch_audio.as_mut() else {
+            return false;
+        };
+        if !matches!(f.stage, FetchAudioStage::Ready(_)) {
+            return false;
+        }
+        let FetchAudioStage::Ready(item) =
+            std::mem::replace(&mut f.stage, FetchAudioStage::Waiting)
+        else {
+            return false;
+        };
+        let id = self.next_play;
+        self.next_play += 1;
+        let list = Playlist {
+            items: vec![item],
+            repeat: None,
+            delay_ms: 0,
+            max_duration_ms: None,
+        };
+        match self.ctx.media.play(self.ctx.stream, id, list) {
+            Ok(()) => {
+                let now = tokio::time::Instant::now();
+                f.stage = FetchAudioStage::Playing {
+                    id,
+                    until: now + f.minimum,
+                    started: now,
+                };
+                let text = format!("fetchaudio {}", f.url);
+                self.playing = Some((id, false));
+                self.ctx.log.push("fia", None, &text);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "fetchaudio not played");
+                self.fetch_audio = None;
+                false
+            }
+        }
+    }
+
+    /// The fetch is over: its fetchaudio stops (or never starts).
+    fn stop_fetch_audio(&mut self) {
+        let Some(f) = self.fetch_audio.take() else {
+            return;
+        };
+        if let FetchAudioStage::Playing { id, started, .. } = f.stage {
+            if self.playing.is_some_and(|(p, _)| p == id) {
+                let _ = self.ctx.media.stop_play(self.ctx.stream);
+            }
+            let ms = started.elapsed().as_millis();
+            self.ctx
+                .log
+                .push("fia", None, &format!("fetchaudio stopped after {ms} ms"));
+        }
     }
 
     /// Nothing plays: a waiting listen starts its timer, a waiting recording starts.
@@ -1124,7 +1345,9 @@ impl Call {
         let url = match save(&path, &wav).await {
             Ok(()) => {
                 tracing::info!(path = %path.display(), duration_ms, "recording saved");
-                Some(format!("file://{}", path.display()))
+                let url = format!("file://{}", path.display());
+                self.recorded.insert(url.clone(), path.clone());
+                Some(url)
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot save the recording");
