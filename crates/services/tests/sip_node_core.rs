@@ -663,12 +663,12 @@ fn a_2xx_never_acked_ends_the_call() {
 }
 
 /// Every party the model has is a leg the core has (a MakeCall destination not placed yet
-/// and a route point excepted).
+/// and a route point or queue excepted).
 fn consistent(node: &SipNode) {
     for c in node.model().calls() {
         for p in &c.parties {
             let placed = (p.auto || p.leg.is_incoming() || p.state != PartyState::Dialing)
-                && p.state != PartyState::AtRoutePoint;
+                && !p.state.parked();
             assert!(
                 !placed || node.has_leg(p.leg),
                 "{p:?} of {c:?} has no SIP leg"
