@@ -391,6 +391,7 @@ impl SipNode {
                 if let Event::EventDiverted(c) = &event {
                     let reason = match c.reason.as_deref() {
                         Some("route_timeout") => "route_timeout",
+                        Some("queue_timeout") => "queue_timeout",
                         Some("forward_no_answer") => "forward_no_answer",
                         Some("forward_busy") => "forward_busy",
                         _ => "route_call",
