@@ -947,6 +947,42 @@ fn queue_distributed(via_route_point: bool) {
 }
 
 #[test]
+fn a_caller_that_hangs_up_in_a_queue_is_abandoned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut sb) = start_full(dir.path(), free_port(), None, &with_queue()) else {
+        return;
+    };
+    let node = sb.addr("sip_node_udp").expect("sip_node_udp");
+    // DN 1001 calls the queue straight at the SIP Server, hears ringback (180), cancels: 487.
+    let out = sipp(
+        &scenario("caller_cancel", &[("CALLEE", "6000")]),
+        Some(node),
+        free_port(),
+    )
+    .run()
+    .expect("sipp runs");
+    assert!(out.success(), "caller:\n{}", out.report());
+    let done = wait_call(&sb, "released", |c| party_state(c, "6000").is_some());
+    assert_eq!(
+        party_state(&done, "6000").as_deref(),
+        Some("abandoned"),
+        "{done}"
+    );
+    let events = bus_events(&mut sb, dir.path());
+    assert_eq!(
+        seq(&events),
+        vec![
+            ("EventDialing", "1001".into()),
+            ("EventQueued", "6000".into()),
+            ("EventReleased", "1001".into()),
+            ("EventAbandoned", "6000".into()),
+        ]
+    );
+    let abandoned = events[3].call().expect("call event");
+    assert_eq!(abandoned.other_dn.as_deref(), Some("1001"));
+}
+
+#[test]
 fn an_unanswered_call_is_forwarded_on_no_answer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let entities = r#"
