@@ -66,10 +66,12 @@ pub struct Dn {
     #[serde(default)]
     pub mailbox: Option<String>,
     /// Seconds an extension rings before the call is unanswered (1..=600). Optional: the
-    /// platform's default.
+    /// platform's default. For a `queue`: how long a call waits there before it goes to
+    /// `forward_no_answer` (or is released); without it a queued call waits until routed.
     #[serde(default)]
     pub no_answer_timeout_s: Option<u32>,
-    /// Number that unanswered calls are forwarded to. Optional.
+    /// Number that unanswered calls are forwarded to (for a `queue`: where calls go that
+    /// waited `no_answer_timeout_s`). Optional.
     #[serde(default)]
     pub forward_no_answer: Option<String>,
     /// Number that calls are forwarded to when the DN is busy (its phone answers 486 or 600).

@@ -663,12 +663,12 @@ fn a_2xx_never_acked_ends_the_call() {
 }
 
 /// Every party the model has is a leg the core has (a MakeCall destination not placed yet
-/// and a route point excepted).
+/// and a route point or queue excepted).
 fn consistent(node: &SipNode) {
     for c in node.model().calls() {
         for p in &c.parties {
             let placed = (p.auto || p.leg.is_incoming() || p.state != PartyState::Dialing)
-                && p.state != PartyState::AtRoutePoint;
+                && !p.state.parked();
             assert!(
                 !placed || node.has_leg(p.leg),
                 "{p:?} of {c:?} has no SIP leg"
@@ -686,11 +686,12 @@ fn mutated_messages_and_requests_never_panic() {
     fuzz(Net::new(), &["1001"]);
 }
 
-/// The same with route point 5000 (default route after 2 s) and 1001 forwarding on busy:
-/// carriers call 1001 and 5000, requests include RouteCall.
+/// The same with route point 5000 (default route after 2 s), queue 6000 (default route after
+/// 3 s) and 1001 forwarding on busy: carriers call 1001, 5000 and 6000, requests include
+/// RouteCall.
 #[test]
 fn mutated_messages_and_requests_with_route_points_never_panic() {
-    fuzz(net_with_routing(), &["1001", "5000"]);
+    fuzz(net_with_routing(), &["1001", "5000", "6000"]);
 }
 
 /// Carriers call the numbers in `called`.
@@ -756,10 +757,12 @@ fn fuzz(mut n: Net, called: &[&str]) {
                     .get((rnd() % 4) as usize)
                     .copied()
                     .unwrap_or(ConnId(rnd()));
-                let dn = ["1001", "1002", "5000"][(rnd() % 3) as usize].to_string();
-                let to = Resolved::Ok(match rnd() % 3 {
+                let dn = ["1001", "1002", "5000", "6000"][(rnd() % 4) as usize].to_string();
+                let to = Resolved::Ok(match rnd() % 5 {
                     0 => Dest::Dn("1002".into()),
                     1 => Dest::Dn("1001".into()),
+                    2 => Dest::Dn("6000".into()),
+                    3 => Dest::Dn("5000".into()),
                     _ => Dest::External("+15550001111".into()),
                 });
                 let request = match rnd() % 10 {
@@ -1102,18 +1105,22 @@ fn a_rest_transfer_to_a_rule_number_goes_out_on_the_trunk() {
 
 // ---- route points and forwarding, with DN options from the dial plan ----
 
-/// A node whose plan has route point 5000 (default route 1002 after 2 s), DN 1001 forwarding
-/// on busy to 1002, and agent `a1002` on 1002.
+/// A node whose plan has route point 5000 (default route 1002 after 2 s), queue 6000 (default
+/// route 1002 after 3 s), DN 1001 forwarding on busy to 1002, and agent `a1002` on 1002.
 fn net_with_routing() -> Net {
     use switchboard_config::{Agent, Dn, DnKind, RoutePoint, Tenant};
     let mut n = Net::new();
     let mut t = Tenant::new("demo", "switchboard");
     let mut d1001 = Dn::new("1001", DnKind::Extension);
     d1001.forward_busy = Some("1002".into());
+    let mut queue = Dn::new("6000", DnKind::Queue);
+    queue.no_answer_timeout_s = Some(3);
+    queue.forward_no_answer = Some("1002".into());
     t.dns = vec![
         d1001,
         Dn::new("1002", DnKind::Extension),
         Dn::new("5000", DnKind::RoutePoint),
+        queue,
     ];
     t.route_points = vec![RoutePoint {
         number: "5000".into(),
@@ -1192,6 +1199,50 @@ fn a_route_point_parks_the_call_with_ringback_then_takes_its_default_route() {
         Some("route_timeout")
     );
     assert_eq!(ev[1].call().unwrap().agent_id.as_deref(), Some("a1002"));
+    let out = n.phone_reply(&inv, 200, Some(ANSWER));
+    one(&out, 5090, "200");
+    assert_eq!(
+        names(&n.events()),
+        vec![("EventEstablished", "1002".into())]
+    );
+}
+
+#[test]
+fn a_queue_parks_the_call_with_ringback_then_takes_its_default_route() {
+    let mut n = net_with_routing();
+    let out = n.feed(&invite_from(TRUNK, "+15551234567", "6000", "q-1"), TRUNK);
+    one(&out, 5090, "180");
+    assert!(to(&out, 5060).is_empty(), "no leg to a queue: {out:#?}");
+    assert!(
+        to(&out, 5090).iter().all(|m| m.status() != Some(200)),
+        "not answered"
+    );
+    let ev = n.events();
+    assert_eq!(names(&ev), vec![("EventQueued", "6000".into())]);
+    let q = ev[0].call().unwrap();
+    assert_eq!(
+        (q.ani.as_deref(), q.dnis.as_deref(), q.other_dn.as_deref()),
+        (Some("+15551234567"), Some("6000"), Some("+15551234567"))
+    );
+
+    // Nobody distributes it: after the queue's 3 s it rings the queue's forward target.
+    assert!(to(&n.advance(2_900), 5060).is_empty());
+    let out = n.advance(200);
+    let inv = one(&out, 5060, "INVITE").clone();
+    assert_eq!(inv.request_uri_str(), Some("sip:1002@switchboard"));
+    assert!(body(&inv).contains("m=audio 4000"), "the caller's offer");
+    let ev = n.events();
+    assert_eq!(
+        names(&ev),
+        vec![
+            ("EventDiverted", "6000".into()),
+            ("EventRinging", "1002".into())
+        ]
+    );
+    assert_eq!(
+        ev[0].call().unwrap().reason.as_deref(),
+        Some("queue_timeout")
+    );
     let out = n.phone_reply(&inv, 200, Some(ANSWER));
     one(&out, 5090, "200");
     assert_eq!(

@@ -796,6 +796,192 @@ fn a_caller_that_hangs_up_at_a_route_point_is_abandoned() {
     assert_eq!(abandoned.other_dn.as_deref(), Some("1001"));
 }
 
+/// The route point of [`ROUTE_POINT`] and ACD queue 6000 (no timeout: calls wait until
+/// they are distributed).
+fn with_queue() -> String {
+    format!(
+        r#"{ROUTE_POINT}
+[[tenants.dns]]
+number = "6000"
+kind = "queue"
+"#
+    )
+}
+
+#[test]
+fn carrier_call_waits_in_a_queue_and_is_distributed_over_rest() {
+    queue_distributed(false);
+}
+
+#[test]
+fn a_call_routed_from_a_route_point_to_a_queue_is_queued_there() {
+    queue_distributed(true);
+}
+
+/// A carrier calls queue 6000 (or route point 5000, which routes the call to the queue); the
+/// call waits unanswered with EventQueued until a RouteCall by the queue distributes it to
+/// the phone on 1002.
+fn queue_distributed(via_route_point: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut sb) = start_full(dir.path(), free_port(), None, &with_queue()) else {
+        return;
+    };
+    let node = sb.addr("sip_node_udp").expect("sip_node_udp");
+    let phone = free_port();
+    register(&sb, "1002", phone);
+    let callee = background(scenario("callee", &[]), None, phone);
+    let dialled = if via_route_point { "5000" } else { "6000" };
+    let carrier = background(
+        scenario(
+            "carrier_wait_bye",
+            &[("CALLEE", dialled), ("WAIT_MS", "15000")],
+        ),
+        Some(node),
+        free_port(),
+    );
+    let conn = if via_route_point {
+        let call = wait_call(&sb, "active", |c| {
+            party_state(c, "5000").as_deref() == Some("at_route_point")
+        });
+        let conn = call["conn_id"].as_str().expect("conn_id").to_string();
+        post(
+            &sb,
+            &format!("/v1/tenants/demo/calls/{conn}/route"),
+            r#"{"dn":"5000","to":"6000"}"#,
+        );
+        conn
+    } else {
+        String::new()
+    };
+    let call = wait_call(&sb, "active", |c| {
+        party_state(c, "6000").as_deref() == Some("queued")
+    });
+    let conn = if via_route_point {
+        assert_eq!(
+            call["conn_id"].as_str(),
+            Some(conn.as_str()),
+            "the same call"
+        );
+        conn
+    } else {
+        call["conn_id"].as_str().expect("conn_id").to_string()
+    };
+    let base = format!("/v1/tenants/demo/calls/{conn}");
+
+    // Distributing to an invalid number is a problem; the call keeps waiting.
+    let (status, ct, json) = request(
+        &sb,
+        "POST",
+        &format!("{base}/route"),
+        r#"{"dn":"6000","to":"77"}"#,
+    );
+    assert_eq!(status, 422, "{json}");
+    assert_eq!(ct, "application/problem+json");
+
+    let route = post(
+        &sb,
+        &format!("{base}/route"),
+        r#"{"dn":"6000","to":"1002"}"#,
+    );
+    wait_conn(&sb, &conn, |c| {
+        party_state(c, "1002").as_deref() == Some("established")
+    });
+    let release = post(&sb, &format!("{base}/release"), r#"{"dn":"1002"}"#);
+    for (who, h) in [("carrier", carrier), ("1002", callee)] {
+        let out = h.join().expect("sipp thread");
+        assert!(out.success(), "{who}:\n{}", out.report());
+    }
+
+    let events = bus_events(&mut sb, dir.path());
+    let mut want = Vec::new();
+    if via_route_point {
+        want.push(("EventRouteRequest", "5000".to_string()));
+        want.push(("EventDiverted", "5000".into()));
+    }
+    want.extend([
+        ("EventQueued", "6000".to_string()),
+        ("EventDiverted", "6000".into()),
+        ("EventRinging", "1002".into()),
+        ("EventEstablished", "1002".into()),
+        ("EventReleased", "1002".into()),
+    ]);
+    assert_eq!(seq(&events), want);
+    let attrs: Vec<_> = events
+        .iter()
+        .map(|e| e.call().expect("call event"))
+        .collect();
+    assert!(attrs
+        .iter()
+        .all(|c| c.conn_id.map(|c| c.to_string()).as_deref() == Some(conn.as_str())));
+    let attrs = &attrs[attrs.len() - 5..];
+    let queued = attrs[0];
+    assert_eq!(queued.this_dn, "6000");
+    assert_eq!(
+        queued.other_dn.as_deref(),
+        Some("+15551234567"),
+        "OtherDN is the caller"
+    );
+    assert_eq!(queued.ani.as_deref(), Some("+15551234567"));
+    assert_eq!(queued.dnis.as_deref(), Some(dialled));
+    assert_eq!(queued.agent_id, None);
+    assert_eq!(
+        queued.third_party_dn.as_deref(),
+        via_route_point.then_some("5000"),
+        "ThirdPartyDN is the route point the call came from"
+    );
+    assert_eq!(
+        attrs[1].request_id,
+        Some(route),
+        "EventDiverted confirms RouteCall"
+    );
+    assert_eq!(attrs[1].third_party_dn.as_deref(), Some("1002"));
+    assert_eq!(attrs[2].third_party_dn.as_deref(), Some("6000"));
+    for a in &attrs[2..] {
+        assert_eq!(
+            a.agent_id.as_deref(),
+            Some("a1002"),
+            "AgentID on 1002's events"
+        );
+    }
+    assert_eq!(attrs[4].request_id, Some(release));
+}
+
+#[test]
+fn a_caller_that_hangs_up_in_a_queue_is_abandoned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut sb) = start_full(dir.path(), free_port(), None, &with_queue()) else {
+        return;
+    };
+    let node = sb.addr("sip_node_udp").expect("sip_node_udp");
+    // DN 1001 calls the queue straight at the SIP Server, hears ringback (180), cancels: 487.
+    let out = sipp(
+        &scenario("caller_cancel", &[("CALLEE", "6000")]),
+        Some(node),
+        free_port(),
+    )
+    .run()
+    .expect("sipp runs");
+    assert!(out.success(), "caller:\n{}", out.report());
+    let done = wait_call(&sb, "released", |c| party_state(c, "6000").is_some());
+    assert_eq!(
+        party_state(&done, "6000").as_deref(),
+        Some("abandoned"),
+        "{done}"
+    );
+    let events = bus_events(&mut sb, dir.path());
+    assert_eq!(
+        seq(&events),
+        vec![
+            ("EventDialing", "1001".into()),
+            ("EventQueued", "6000".into()),
+            ("EventReleased", "1001".into()),
+            ("EventAbandoned", "6000".into()),
+        ]
+    );
+    let abandoned = events[3].call().expect("call event");
+    assert_eq!(abandoned.other_dn.as_deref(), Some("1001"));
+}
+
 #[test]
 fn an_unanswered_call_is_forwarded_on_no_answer() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -15,7 +15,7 @@
 //! | `PUT /{conn_id}/user-data` | `{"dn", "data": {...}}` | UpdateUserData |
 //! | `DELETE /{conn_id}/user-data` | `{"dn", "keys": [...]}` (none: all) | DeleteUserData |
 //! | `POST /{conn_id}/dtmf` | `{"dn", "digits"}` | SendDTMF |
-//! | `POST /{conn_id}/route` | `{"dn", "to", "route_type"}` (`dn` the route point; `route_type` `"default"`, the default) | RouteCall |
+//! | `POST /{conn_id}/route` | `{"dn", "to", "route_type"}` (`dn` the route point or queue; `route_type` `"default"`, the default) | RouteCall |
 
 use super::core::{Directory, NodeCommand};
 use super::model::{Request, Resolved};

@@ -9,8 +9,8 @@
 //! from outside.
 
 use super::model::{
-    Action, Dest, Direction, DnDirectory, DnInfo, Input, LegId, Model, ModelSettings, Request,
-    Resolved, RoutePointInfo,
+    Action, Dest, Direction, DnDirectory, DnInfo, Input, LegId, Model, ModelSettings, QueueInfo,
+    Request, Resolved, RoutePointInfo,
 };
 use super::sdp::{answer_direction, direction_of, LegSdp};
 use crate::dialplan::role::DialplanCell;
@@ -144,6 +144,15 @@ impl DnDirectory for NodeDirectory {
                     .and_then(|n| self.target(tenant, dn, n, "default_route")),
             }
         });
+        // An ACD queue: its `no_answer_timeout_s` bounds the wait, its `forward_no_answer`
+        // is where the call goes then.
+        let queue = (d.kind == DnKind::Queue).then(|| QueueInfo {
+            timeout_ms: d.no_answer_timeout_s.map(|s| u64::from(s) * 1000),
+            default_route: d
+                .forward_no_answer
+                .as_deref()
+                .and_then(|n| self.target(tenant, dn, n, "forward_no_answer")),
+        });
         Some(DnInfo {
             ring_timeout_ms: d.no_answer_timeout_s.map(|s| u64::from(s) * 1000),
             forward_no_answer: d
@@ -155,6 +164,7 @@ impl DnDirectory for NodeDirectory {
                 .as_deref()
                 .and_then(|n| self.target(tenant, dn, n, "forward_busy")),
             route_point,
+            queue,
         })
     }
 
@@ -381,6 +391,7 @@ impl SipNode {
                 if let Event::EventDiverted(c) = &event {
                     let reason = match c.reason.as_deref() {
                         Some("route_timeout") => "route_timeout",
+                        Some("queue_timeout") => "queue_timeout",
                         Some("forward_no_answer") => "forward_no_answer",
                         Some("forward_busy") => "forward_busy",
                         _ => "route_call",

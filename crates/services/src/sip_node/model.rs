@@ -11,7 +11,8 @@
 //!
 //! DN options come from a [`DnDirectory`] (configuration, read when a call reaches a DN): a
 //! route point parks the call without a leg (EventRouteRequest) until [`Request::RouteCall`]
-//! or its timeout (default route, else release); a DN that forwards on no answer or busy hands
+//! or its timeout (default route, else release); an ACD queue parks it the same way
+//! (EventQueued) until it is distributed with RouteCall or its optional timeout; a DN that forwards on no answer or busy hands
 //! the call on (EventDiverted); events of a DN with an agent carry its AgentID.
 //!
 //! Event sequences (this DN's view) are documented in the README ("The SIP Server").
@@ -97,6 +98,16 @@ pub enum PartyState {
     /// A route point holding the call until RouteCall or its timeout. Its leg id is the
     /// model's own: no SIP leg is placed (the caller is not answered; it hears ringback).
     AtRoutePoint,
+    /// An ACD queue holding the call until RouteCall distributes it or its timeout. Like a
+    /// route point it has no SIP leg and the caller is not answered.
+    Queued,
+}
+
+impl PartyState {
+    /// Whether the party is a route point or a queue holding the call (no SIP leg).
+    pub fn parked(self) -> bool {
+        matches!(self, PartyState::AtRoutePoint | PartyState::Queued)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -148,12 +159,23 @@ pub struct DnInfo {
     pub forward_busy: Option<Dest>,
     /// Set for a route point: calls park there instead of ringing.
     pub route_point: Option<RoutePointInfo>,
+    /// Set for an ACD queue: calls park there (EventQueued) instead of ringing.
+    pub queue: Option<QueueInfo>,
 }
 
 /// How a route point treats a call nobody routes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoutePointInfo {
     /// How long the call waits for RouteCall; `None`: [`ModelSettings::route_timeout_ms`].
+    pub timeout_ms: Option<u64>,
+    /// Where the call goes then; `None`: it is released (the caller gets 480).
+    pub default_route: Option<Dest>,
+}
+
+/// How an ACD queue treats a call nobody distributes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueueInfo {
+    /// How long the call waits in the queue; `None`: until it is distributed or abandoned.
     pub timeout_ms: Option<u64>,
     /// Where the call goes then; `None`: it is released (the caller gets 480).
     pub default_route: Option<Dest>,
@@ -699,23 +721,26 @@ impl Model {
                     self.leg_gone(leg, Some(408), now, out);
                 }
             }
-            PartyState::AtRoutePoint => {
-                let (conn, dn) = (call.conn, p.dn.clone());
+            PartyState::AtRoutePoint | PartyState::Queued => {
+                let (conn, dn, state) = (call.conn, p.dn.clone(), p.state);
                 let Some(i) = call.by_leg(leg) else { return };
-                let default = self
-                    .dir
-                    .0
-                    .dn_info(&call.tenant, &dn)
-                    .and_then(|d| d.route_point?.default_route)
-                    .filter(|d| d.number() != dn);
-                tracing::info!(conn_id = %conn, tenant = %call.tenant, route_point = %dn,
+                let info = self.dir.0.dn_info(&call.tenant, &dn);
+                let (default, reason) = if state == PartyState::Queued {
+                    let d = info.and_then(|d| d.queue?.default_route);
+                    (d, "queue_timeout")
+                } else {
+                    let d = info.and_then(|d| d.route_point?.default_route);
+                    (d, "route_timeout")
+                };
+                let default = default.filter(|d| d.number() != dn);
+                tracing::info!(conn_id = %conn, tenant = %call.tenant, dn = %dn, reason,
                     default_route = default.as_ref().map(Dest::number), "nobody routed the call in time");
                 if let Some(dest) = default {
-                    if self.divert(conn, i, dest, Some("route_timeout"), None, now, out) {
+                    if self.divert(conn, i, dest, Some(reason), None, now, out) {
                         return;
                     }
                 }
-                self.leg_gone_why(leg, Some(480), Some("route_timeout".into()), now, out);
+                self.leg_gone_why(leg, Some(480), Some(reason.into()), now, out);
             }
             PartyState::Established | PartyState::Held => {}
         }
@@ -821,9 +846,10 @@ impl Model {
             internal: dest.is_dn(),
             trunk: dest.trunk().map(str::to_owned),
             role: PartyRole::Destination,
-            state: match info.route_point {
-                Some(_) => PartyState::AtRoutePoint,
-                None => PartyState::Ringing,
+            state: match (&info.route_point, &info.queue) {
+                (Some(_), _) => PartyState::AtRoutePoint,
+                (None, Some(_)) => PartyState::Queued,
+                (None, None) => PartyState::Ringing,
             },
             leg,
             sdp: None,
@@ -838,21 +864,31 @@ impl Model {
             None => call.parties.push(party),
         }
         self.legs.insert(leg, conn);
-        let mk: fn(CallAttrs) -> Event = match info.route_point {
-            Some(rp) => {
+        // A route point or a queue parks the call: no leg, an unanswered incoming caller
+        // hears ringback.
+        let ringback = other
+            .as_ref()
+            .filter(|o| o.state == PartyState::Dialing && o.leg.is_incoming() && !o.auto)
+            .map(|o| Action::Ring { leg: o.leg });
+        let mk: fn(CallAttrs) -> Event = match (info.route_point, info.queue) {
+            (Some(rp), _) => {
                 out.push(Action::StartRingTimer {
                     leg,
                     ms: rp.timeout_ms.unwrap_or(self.settings.route_timeout_ms),
                 });
-                if let Some(o) = other
-                    .filter(|o| o.state == PartyState::Dialing && o.leg.is_incoming() && !o.auto)
-                {
-                    out.push(Action::Ring { leg: o.leg });
-                }
+                out.extend(ringback);
                 tracing::info!(conn_id = %conn, tenant = %call.tenant, route_point = dest.number(), "call waits at a route point");
                 Event::EventRouteRequest
             }
-            None => {
+            (None, Some(q)) => {
+                if let Some(ms) = q.timeout_ms {
+                    out.push(Action::StartRingTimer { leg, ms });
+                }
+                out.extend(ringback);
+                tracing::info!(conn_id = %conn, tenant = %call.tenant, queue = dest.number(), "call waits in a queue");
+                Event::EventQueued
+            }
+            (None, None) => {
                 out.push(Action::PlaceLeg {
                     leg,
                     tenant: call.tenant.clone(),
@@ -1094,16 +1130,16 @@ impl Model {
             if !p.placed() {
                 continue;
             }
-            // A route point has no leg to hang up; its caller left: EventAbandoned.
-            let at_route_point = p.state == PartyState::AtRoutePoint;
-            if !at_route_point {
+            // A route point or a queue has no leg to hang up; its caller left: EventAbandoned.
+            let parked = p.state.parked();
+            if !parked {
                 out.push(Action::Hangup { leg: p.leg });
             }
             let tmp = Call {
                 parties: std::iter::once(p).chain(gone.clone()).collect(),
                 ..call.clone()
             };
-            let mk = if at_route_point {
+            let mk = if parked {
                 Event::EventAbandoned
             } else {
                 Event::EventReleased
@@ -1307,7 +1343,7 @@ impl Model {
                 out.push(Action::AnswerRemote { leg: c.party.leg });
             }
             Request::Release { .. } => {
-                if c.party.state != PartyState::AtRoutePoint {
+                if !c.party.state.parked() {
                     out.push(Action::Hangup { leg: c.party.leg });
                 }
                 self.release_party(conn, c.party.leg, Some(id), now, out);
@@ -1335,8 +1371,11 @@ impl Model {
             }
             Request::SendDtmf { digits, .. } => Self::dtmf(&c, digits, out),
             Request::RouteCall { to, .. } => {
-                if c.party.state != PartyState::AtRoutePoint {
-                    return c.bad_state(out, "only a call waiting at a route point can be routed");
+                if !c.party.state.parked() {
+                    return c.bad_state(
+                        out,
+                        "only a call waiting at a route point or in a queue can be routed",
+                    );
                 }
                 let dest = match to {
                     Resolved::Invalid(why) => {
@@ -1346,12 +1385,12 @@ impl Model {
                         return c.err(
                             out,
                             codes::INVALID_DESTINATION,
-                            "cannot route a call to the route point it waits at",
+                            "cannot route a call to the route point or queue it waits at",
                         );
                     }
                     Resolved::Ok(d) => d,
                 };
-                tracing::info!(conn_id = %conn, tenant = %c.tenant, route_point = %c.dn, to = dest.number(), request_id = id, "RouteCall");
+                tracing::info!(conn_id = %conn, tenant = %c.tenant, dn = %c.dn, to = dest.number(), request_id = id, "RouteCall");
                 if !self.divert(conn, c.i, dest, None, Some(id), now, out) {
                     c.err(
                         out,
@@ -1417,7 +1456,7 @@ impl Model {
         let Some(other) = c
             .other
             .as_ref()
-            .filter(|o| !matches!(o.state, PartyState::Ringing | PartyState::AtRoutePoint))
+            .filter(|o| o.state != PartyState::Ringing && !o.state.parked())
         else {
             return c.bad_state(out, "nobody to hold");
         };
@@ -1531,11 +1570,7 @@ impl Model {
         if c.party.state != PartyState::Established {
             return c.bad_state(out, "only an established party can send DTMF");
         }
-        let Some(other) = c
-            .other
-            .as_ref()
-            .filter(|o| o.state != PartyState::AtRoutePoint)
-        else {
+        let Some(other) = c.other.as_ref().filter(|o| !o.state.parked()) else {
             return c.bad_state(out, "nobody to send DTMF to");
         };
         out.push(Action::SendDtmf {

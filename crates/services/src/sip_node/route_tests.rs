@@ -1,5 +1,6 @@
 //! The call model with DN options, without a network: route points (EventRouteRequest,
-//! RouteCall, the default route, EventAbandoned), forward on no answer and on busy
+//! RouteCall, the default route, EventAbandoned), ACD queues (EventQueued, distribution by
+//! RouteCall, the queue timeout, EventAbandoned), forward on no answer and on busy
 //! (EventDiverted), and the AgentID of events.
 
 use super::model::*;
@@ -11,6 +12,7 @@ use switchboard_events::{CallAttrs, ConnId, Event};
 const T: &str = "demo";
 const CARRIER: &str = "+15551234567";
 const RP: &str = "5000";
+const Q: &str = "6000";
 
 fn sdp(tag: &str) -> Option<Bytes> {
     Some(Bytes::from(format!(
@@ -492,6 +494,7 @@ fn forwarding(no_answer: Option<&str>, busy: Option<&str>) -> Table {
             forward_no_answer: no_answer.map(dn),
             forward_busy: busy.map(dn),
             route_point: None,
+            queue: None,
         },
     );
     t.agents.insert("1003", "a1003");
@@ -657,5 +660,286 @@ fn release_by_the_route_point_rejects_the_waiting_caller() {
         "the route point has no leg"
     );
     assert!(out.contains(&Action::CallEnded { conn }));
+    assert!(s.m.is_empty());
+}
+
+// ACD queues.
+
+fn queue(timeout_ms: Option<u64>, default_route: Option<Dest>) -> DnInfo {
+    DnInfo {
+        queue: Some(QueueInfo {
+            timeout_ms,
+            default_route,
+        }),
+        ..DnInfo::default()
+    }
+}
+
+fn q_table(timeout_ms: Option<u64>, default_route: Option<Dest>) -> Table {
+    let mut t = Table::default();
+    t.dns.insert(Q, queue(timeout_ms, default_route));
+    t.dns.insert(RP, route_point(None, None));
+    t.agents.insert("1002", "a1002");
+    t
+}
+
+#[test]
+fn a_call_to_a_queue_is_queued_unanswered_and_distributed_by_route_call() {
+    let mut s = Sim::new(q_table(None, None));
+    let (a, conn, out) = s.incoming(1, CARRIER, false, dn(Q));
+    assert!(placed(&out).is_empty(), "no leg to a queue: {out:?}");
+    assert!(
+        out.contains(&Action::Ring { leg: a }),
+        "the caller hears ringback"
+    );
+    assert!(
+        !out.iter().any(|x| matches!(x, Action::Answer { .. })),
+        "the caller is not answered"
+    );
+    assert!(timers(&out).is_empty(), "no queue timeout configured");
+    let evs = calls(&out);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    let (name, q) = &evs[0];
+    assert_eq!(*name, "EventQueued");
+    assert_eq!(q.this_dn, Q);
+    assert_eq!(q.other_dn.as_deref(), Some(CARRIER));
+    assert_eq!(q.conn_id, Some(conn));
+    assert_eq!(q.ani.as_deref(), Some(CARRIER));
+    assert_eq!(q.dnis.as_deref(), Some("+15550001000"));
+    assert_eq!(q.third_party_dn, None);
+    assert_eq!(q.agent_id, None, "a queue has no agent");
+    let state = |s: &Sim| {
+        s.m.calls()
+            .find(|c| c.conn == conn)
+            .map(|c| c.parties.iter().map(|p| p.state).collect::<Vec<_>>())
+    };
+    assert_eq!(
+        state(&s),
+        Some(vec![PartyState::Dialing, PartyState::Queued])
+    );
+
+    // User data attached while the call waits in the queue travels with it.
+    let mut data = switchboard_events::UserData::new();
+    data.insert("segment".into(), "gold".into());
+    let (_, out) = s.request(Request::AttachUserData {
+        conn,
+        dn: Q.into(),
+        data,
+    });
+    assert_eq!(
+        seen(&out),
+        vec![ev("EventAttachedDataChanged", Q, CARRIER, None)]
+    );
+
+    // Hold and DTMF in a queue: nobody to talk to.
+    let (id, out) = s.request(Request::Hold { conn, dn: Q.into() });
+    assert_eq!(error_code(&out), Some((codes::BAD_STATE.into(), id)));
+    // Routing to the queue itself is refused.
+    let (id, out) = s.request(Request::RouteCall {
+        conn,
+        dn: Q.into(),
+        to: Resolved::Ok(dn(Q)),
+    });
+    assert_eq!(
+        error_code(&out),
+        Some((codes::INVALID_DESTINATION.into(), id))
+    );
+
+    // The routing role distributes the call to 1002.
+    let (id, out) = s.request(Request::RouteCall {
+        conn,
+        dn: Q.into(),
+        to: Resolved::Ok(dn("1002")),
+    });
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventDiverted", Q, CARRIER, Some("1002")),
+            ev("EventRinging", "1002", CARRIER, Some(Q)),
+        ]
+    );
+    let evs = calls(&out);
+    assert_eq!(evs[0].1.request_id, Some(id), "confirmed by EventDiverted");
+    assert_eq!(evs[0].1.reason, None);
+    assert_eq!(evs[1].1.user_data.get("segment"), Some(&"gold".into()));
+    assert_eq!(evs[1].1.agent_id.as_deref(), Some("a1002"));
+    assert_eq!(evs[1].1.conn_id, Some(conn), "the same call");
+    let p = placed(&out);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].1, dn("1002"));
+    assert_eq!(p[0].2, sdp("caller"), "the caller's offer goes to 1002");
+    let b = p[0].0;
+
+    let out = s.step(Input::Answered {
+        leg: b,
+        sdp: sdp("1002"),
+    });
+    assert!(out.contains(&Action::Answer {
+        leg: a,
+        sdp: sdp("1002")
+    }));
+    assert_eq!(
+        seen(&out),
+        vec![ev("EventEstablished", "1002", CARRIER, None)]
+    );
+
+    // The call left the queue: routing it from there again is refused.
+    let (id, out) = s.request(Request::RouteCall {
+        conn,
+        dn: Q.into(),
+        to: Resolved::Ok(dn("1003")),
+    });
+    assert_eq!(error_code(&out), Some((codes::NO_SUCH_PARTY.into(), id)));
+
+    let out = s.step(Input::HungUp { leg: a });
+    assert_eq!(seen(&out), vec![ev("EventReleased", "1002", CARRIER, None)]);
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn the_caller_hanging_up_in_the_queue_is_abandoned() {
+    let mut s = Sim::new(q_table(Some(30_000), None));
+    let (a, conn, out) = s.incoming(1, "1001", true, dn(Q));
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventDialing", "1001", Q, None),
+            ev("EventQueued", Q, "1001", None),
+        ]
+    );
+    let (q_leg, _) = timers(&out)[0];
+    let out = s.step(Input::HungUp { leg: a });
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventReleased", "1001", Q, None),
+            ev("EventAbandoned", Q, "1001", None),
+        ]
+    );
+    assert!(out.contains(&Action::CancelRingTimer { leg: q_leg }));
+    assert!(out.contains(&Action::CallEnded { conn }));
+    assert!(
+        !out.iter().any(|x| matches!(x, Action::Hangup { .. })),
+        "nothing to hang up: {out:?}"
+    );
+    assert!(s.m.is_empty());
+    assert!(s.step(Input::RingTimeout { leg: q_leg }).is_empty());
+}
+
+#[test]
+fn the_queue_timeout_takes_the_default_route_or_releases_the_call() {
+    let mut s = Sim::new(q_table(Some(30_000), Some(dn("1003"))));
+    let (a, _, out) = s.incoming(1, CARRIER, false, dn(Q));
+    assert_eq!(timers(&out).len(), 1);
+    let (q_leg, ms) = timers(&out)[0];
+    assert_eq!(ms, 30_000, "the queue's own timeout");
+    let out = s.step(Input::RingTimeout { leg: q_leg });
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventDiverted", Q, CARRIER, Some("1003")),
+            ev("EventRinging", "1003", CARRIER, Some(Q)),
+        ]
+    );
+    assert_eq!(calls(&out)[0].1.reason.as_deref(), Some("queue_timeout"));
+    let b = placed(&out)[0].0;
+    let out = s.step(Input::Answered {
+        leg: b,
+        sdp: sdp("1003"),
+    });
+    assert!(out.contains(&Action::Answer {
+        leg: a,
+        sdp: sdp("1003")
+    }));
+
+    let mut s = Sim::new(q_table(Some(30_000), None));
+    let (a, conn, out) = s.incoming(1, CARRIER, false, dn(Q));
+    let (q_leg, _) = timers(&out)[0];
+    let out = s.step(Input::RingTimeout { leg: q_leg });
+    assert!(
+        out.contains(&Action::Reject { leg: a, code: 480 }),
+        "{out:?}"
+    );
+    assert!(out.contains(&Action::CallEnded { conn }));
+    assert_eq!(seen(&out), vec![ev("EventReleased", Q, CARRIER, None)]);
+    assert_eq!(calls(&out)[0].1.reason.as_deref(), Some("queue_timeout"));
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn a_call_routed_from_a_route_point_to_a_queue_parks_in_the_queue() {
+    let mut s = Sim::new(q_table(None, None));
+    let (_, conn, out) = s.incoming(1, CARRIER, false, dn(RP));
+    assert_eq!(seen(&out), vec![ev("EventRouteRequest", RP, CARRIER, None)]);
+    let (id, out) = s.request(Request::RouteCall {
+        conn,
+        dn: RP.into(),
+        to: Resolved::Ok(dn(Q)),
+    });
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventDiverted", RP, CARRIER, Some(Q)),
+            ev("EventQueued", Q, CARRIER, Some(RP)),
+        ]
+    );
+    assert_eq!(calls(&out)[0].1.request_id, Some(id));
+    assert!(placed(&out).is_empty(), "no leg to a queue");
+    assert!(timers(&out).is_empty(), "the queue has no timeout");
+
+    // The route point let go of the call; the queue distributes it.
+    let (id, out) = s.request(Request::RouteCall {
+        conn,
+        dn: RP.into(),
+        to: Resolved::Ok(dn("1002")),
+    });
+    assert_eq!(error_code(&out), Some((codes::NO_SUCH_PARTY.into(), id)));
+    let (_, out) = s.request(Request::RouteCall {
+        conn,
+        dn: Q.into(),
+        to: Resolved::Ok(dn("1002")),
+    });
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventDiverted", Q, CARRIER, Some("1002")),
+            ev("EventRinging", "1002", CARRIER, Some(Q)),
+        ]
+    );
+
+    // A queue routing to a route point parks the call there again.
+    let (_, conn2, _) = s.incoming(2, CARRIER, false, dn(Q));
+    let (_, out) = s.request(Request::RouteCall {
+        conn: conn2,
+        dn: Q.into(),
+        to: Resolved::Ok(dn(RP)),
+    });
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventDiverted", Q, CARRIER, Some(RP)),
+            ev("EventRouteRequest", RP, CARRIER, Some(Q)),
+        ]
+    );
+}
+
+#[test]
+fn release_by_the_queue_rejects_the_waiting_caller() {
+    let mut s = Sim::new(q_table(None, None));
+    let (a, conn, _) = s.incoming(1, CARRIER, false, dn(Q));
+    let (id, out) = s.request(Request::Release { conn, dn: Q.into() });
+    assert_eq!(seen(&out), vec![ev("EventReleased", Q, CARRIER, None)]);
+    assert_eq!(calls(&out)[0].1.request_id, Some(id));
+    assert!(
+        out.contains(&Action::Hangup { leg: a }),
+        "487 to the caller: {out:?}"
+    );
+    assert_eq!(
+        out.iter()
+            .filter(|x| matches!(x, Action::Hangup { .. }))
+            .count(),
+        1,
+        "the queue has no leg: {out:?}"
+    );
     assert!(s.m.is_empty());
 }
