@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -40,6 +40,7 @@ use super::service::{valid_conference_id, Announcement, Service};
 use super::ua::{
     LegEvent, LegId, McpCommand, McpOutput, McpUa, SessionId, StreamSetup, UaSettings,
 };
+use crate::problem::ApiProblem;
 
 /// A started media server.
 pub struct McpRunning {
@@ -598,18 +599,8 @@ pub(super) fn safe_file_stem(call_id: &str) -> String {
 }
 
 fn problem(status: StatusCode, detail: &str) -> Response {
-    let body = json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("error"),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response()
+    let title = status.canonical_reason().unwrap_or("Error");
+    ApiProblem::new(status.as_u16(), title, detail).into_response()
 }
 
 async fn list_calls(State(glue): State<Arc<Glue>>) -> Response {

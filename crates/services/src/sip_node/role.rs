@@ -6,12 +6,13 @@ use super::api::{Api, Problem, Verb};
 use super::core::{Directory, NodeCommand, NodeOutput, NodeSettings, SipNode};
 use super::model::ModelSettings;
 use crate::bus::publish_event;
+use crate::problem::ApiProblem;
 use crate::sip::edge::EdgeCommand;
 use crate::sip::role::EdgeControl;
 use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -198,19 +199,7 @@ fn routes(state: Arc<RestState>) -> Router {
 }
 
 fn problem_response(p: Problem) -> Response {
-    let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
-    let body = json!({
-        "type": "about:blank",
-        "title": p.title,
-        "status": status.as_u16(),
-        "detail": p.detail,
-    });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response()
+    ApiProblem::new(p.status, p.title, p.detail).into_response()
 }
 
 async fn make_call(
