@@ -3,7 +3,7 @@
 //! changes on the bus, and a SIPp call routed by a dial-plan rule created over REST.
 
 use serde_json::{json, Value};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -411,22 +411,12 @@ fn read_stream(dir: &Path, stream: &str) -> Vec<Value> {
 // ---- a SIPp call routed by a rule created over REST ----
 
 fn scenario(name: &str, vars: &[(&str, &str)]) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sipp")
-        .join(format!("{name}.xml"));
-    let mut xml =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    for (k, v) in vars {
-        xml = xml.replace(&format!("{{{{{k}}}}}"), v);
-    }
-    xml
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
+    switchboard_testkit::scenario_file(&dir, name, vars).expect("scenario file")
 }
 
 fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    switchboard_testkit::free_udp_port().expect("free port")
 }
 
 fn sipp(xml: &str, remote: Option<SocketAddr>, port: u16) -> Sipp {

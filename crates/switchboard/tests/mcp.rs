@@ -91,15 +91,8 @@ fn mcp(extra: &str) -> Option<Mcp> {
 }
 
 fn scenario(name: &str, vars: &[(&str, &str)]) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sipp")
-        .join(format!("{name}.xml"));
-    let mut xml =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    for (k, v) in vars {
-        xml = xml.replace(&format!("{{{{{k}}}}}"), v);
-    }
-    xml
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
+    switchboard_testkit::scenario_file(&dir, name, vars).expect("scenario file")
 }
 
 /// Runs a scenario against mcp with its own SIP and media ports.

@@ -30,23 +30,13 @@ password = "secret"
 "#;
 
 fn scenario(name: &str, vars: &[(&str, &str)]) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sipp")
-        .join(format!("{name}.xml"));
-    let mut xml =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    for (k, v) in vars {
-        xml = xml.replace(&format!("{{{{{k}}}}}"), v);
-    }
-    xml
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
+    switchboard_testkit::scenario_file(&dir, name, vars).expect("scenario file")
 }
 
 /// A UDP port nobody is using right now, for a SIPp UAS to listen on.
 fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    switchboard_testkit::free_udp_port().expect("free port")
 }
 
 fn sipp(xml: String, remote: Option<SocketAddr>, port: u16) -> Sipp {

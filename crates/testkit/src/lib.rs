@@ -25,7 +25,7 @@ pub use http::{http_get, http_request, HttpResponse};
 pub use net::{free_udp_port, wait_udp_bound};
 pub use process::{find_binary, require_program, send_signal, Output};
 pub use redis::RedisServer;
-pub use sipp::{Sipp, SippOutcome};
+pub use sipp::{scenario_file, Sipp, SippOutcome};
 pub use switchboard::{Switchboard, SwitchboardBuilder};
 
 /// Errors are plain `std::io::Error`s with a message saying what went wrong.

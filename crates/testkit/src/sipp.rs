@@ -1,6 +1,7 @@
 //! Running SIPp (Debian package `sip-tester`) against a switchboard.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -181,4 +182,15 @@ impl Sipp {
             errors,
         })
     }
+}
+
+/// The scenario file `dir/NAME.xml` with each `{{key}}` placeholder replaced by its value.
+pub fn scenario_file(dir: &Path, name: &str, vars: &[(&str, &str)]) -> Result<String> {
+    let path = dir.join(format!("{name}.xml"));
+    let mut xml =
+        std::fs::read_to_string(&path).map_err(|e| error(format!("{}: {e}", path.display())))?;
+    for (k, v) in vars {
+        xml = xml.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    Ok(xml)
 }
