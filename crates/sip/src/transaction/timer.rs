@@ -106,6 +106,8 @@ impl TimerQueue {
 
     /// The earliest entry if it is due at `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<Due> {
+        // No base: nothing was ever armed.
+        let base = self.base?;
         loop {
             if let Some(Reverse(d)) = self.ready.peek() {
                 if d.at <= now {
@@ -116,13 +118,11 @@ impl TimerQueue {
             if wheel_empty {
                 // Nothing is queued before `now`'s tick: move the wheel up to it, or after an
                 // idle minute every new deadline would be beyond its reach.
-                if let Some(base) = self.base {
-                    self.cursor = self.cursor.max(ticks_since(base, now));
-                }
+                self.cursor = self.cursor.max(ticks_since(base, now));
             }
             self.pull_far();
             match self.first_occupied() {
-                Some(tick) if self.tick_start(tick) <= now => self.advance_to(tick),
+                Some(tick) if tick_start(base, tick) <= now => self.advance_to(tick),
                 // Far entries are later than anything in the wheel.
                 Some(_) => return None,
                 None => {
@@ -233,12 +233,8 @@ impl TimerQueue {
     /// Moves the entries of every tick up to `tick` (the first occupied one) to `ready`.
     fn advance_to(&mut self, tick: u64) {
         let i = self.index(tick);
-        let entries = std::mem::take(&mut self.slots[i]);
-        self.ready.extend(entries.iter().copied().map(Reverse));
-        // Keep the slot's allocation for the next time round.
-        let mut entries = entries;
-        entries.clear();
-        self.slots[i] = entries;
+        // Draining keeps the slot's allocation for the next time round.
+        self.ready.extend(self.slots[i].drain(..).map(Reverse));
         self.clear_slot(i);
         self.cursor = tick + 1;
     }
@@ -250,11 +246,6 @@ impl TimerQueue {
 
     fn index(&self, tick: u64) -> usize {
         (tick % HORIZON_TICKS) as usize
-    }
-
-    fn tick_start(&self, tick: u64) -> Instant {
-        let base = self.base.unwrap_or_else(Instant::now);
-        base + Duration::from_nanos(tick.saturating_mul(TICK.as_nanos() as u64))
     }
 
     /// The first tick at or after the cursor whose slot holds entries.
@@ -286,6 +277,11 @@ impl TimerQueue {
         let offset = (i as u64 + HORIZON_TICKS - start) % HORIZON_TICKS;
         self.cursor + offset
     }
+}
+
+/// When `tick` begins.
+fn tick_start(base: Instant, tick: u64) -> Instant {
+    base + Duration::from_nanos(tick.saturating_mul(TICK.as_nanos() as u64))
 }
 
 fn ticks_since(base: Instant, at: Instant) -> u64 {
