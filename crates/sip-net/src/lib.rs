@@ -196,9 +196,12 @@ impl Nudge {
         }
     }
 
-    /// Called by the driver before it looks at its queues.
+    /// Called by the driver before it looks at its queues. A plain load first: this runs for
+    /// every datagram, and a nudge is rarely pending.
     fn rearm(&self) {
-        self.pending.store(false, Ordering::SeqCst);
+        if self.pending.load(Ordering::Relaxed) {
+            self.pending.store(false, Ordering::SeqCst);
+        }
     }
 }
 
