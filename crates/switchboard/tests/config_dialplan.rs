@@ -2,14 +2,16 @@
 //! OpenAPI document, problems for bad input, number resolution following REST changes, the
 //! changes on the bus, and a SIPp call routed by a dial-plan rule created over REST.
 
+mod common;
+
+use common::{background, free_port, scenario, sipp};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 use switchboard_bus::{Bus, EmbeddedBus};
 use switchboard_events::Event;
-use switchboard_testkit::{http_request, require_program, Sipp, SippOutcome, Switchboard};
+use switchboard_testkit::{http_request, require_program, Switchboard};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
@@ -409,36 +411,6 @@ fn read_stream(dir: &Path, stream: &str) -> Vec<Value> {
 }
 
 // ---- a SIPp call routed by a rule created over REST ----
-
-fn scenario(name: &str, vars: &[(&str, &str)]) -> String {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
-    switchboard_testkit::scenario_file(&dir, name, vars).expect("scenario file")
-}
-
-fn free_port() -> u16 {
-    switchboard_testkit::free_udp_port().expect("free port")
-}
-
-fn sipp(xml: &str, remote: Option<SocketAddr>, port: u16) -> Sipp {
-    let mut s = Sipp::scenario(xml)
-        .arg("-p")
-        .arg(&port.to_string())
-        .timeout(Duration::from_secs(20));
-    if let Some(r) = remote {
-        s = s.remote(r);
-    }
-    s
-}
-
-fn background(
-    xml: String,
-    remote: Option<SocketAddr>,
-    port: u16,
-) -> thread::JoinHandle<SippOutcome> {
-    let h = thread::spawn(move || sipp(&xml, remote, port).run().expect("sipp runs"));
-    thread::sleep(Duration::from_millis(400));
-    h
-}
 
 fn wait_call(sb: &Switchboard, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -2,17 +2,17 @@
 //! process: a carrier calls a registered phone through the B2BUA, a phone calls out through a
 //! trunk, call control over REST, and the TLib events on the bus and in call-state.
 
+mod common;
+
+use common::{background, free_port, scenario, sipp};
 use serde_json::Value;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 use switchboard_bus::{EmbeddedBus, RedisBus, SharedBus};
 use switchboard_events::Event;
-use switchboard_testkit::{
-    http_request, require_program, RedisServer, Sipp, SippOutcome, Switchboard,
-};
+use switchboard_testkit::{http_request, require_program, RedisServer, Switchboard};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
@@ -41,38 +41,6 @@ password = "secret"
 {entities}"#,
         data_dir.display().to_string()
     )
-}
-
-fn scenario(name: &str, vars: &[(&str, &str)]) -> String {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
-    switchboard_testkit::scenario_file(&dir, name, vars).expect("scenario file")
-}
-
-fn free_port() -> u16 {
-    switchboard_testkit::free_udp_port().expect("free port")
-}
-
-fn sipp(xml: &str, remote: Option<SocketAddr>, port: u16) -> Sipp {
-    let mut s = Sipp::scenario(xml)
-        .arg("-p")
-        .arg(&port.to_string())
-        .timeout(Duration::from_secs(20));
-    if let Some(r) = remote {
-        s = s.remote(r);
-    }
-    s
-}
-
-/// Runs a SIPp scenario in the background; join it for its outcome.
-fn background(
-    xml: String,
-    remote: Option<SocketAddr>,
-    port: u16,
-) -> thread::JoinHandle<SippOutcome> {
-    let h = thread::spawn(move || sipp(&xml, remote, port).run().expect("sipp runs"));
-    // SIPp needs a moment to bind before the first message is sent to it.
-    thread::sleep(Duration::from_millis(400));
-    h
 }
 
 fn register(sb: &Switchboard, user: &str, contact_port: u16) {

@@ -1,0 +1,40 @@
+//! Helpers shared by the SIPp-driven integration tests of sip-node and the dial plan.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::thread;
+use std::time::Duration;
+
+use switchboard_testkit::{Sipp, SippOutcome};
+
+pub fn scenario(name: &str, vars: &[(&str, &str)]) -> String {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
+    switchboard_testkit::scenario_file(&dir, name, vars).expect("scenario file")
+}
+
+pub fn free_port() -> u16 {
+    switchboard_testkit::free_udp_port().expect("free port")
+}
+
+pub fn sipp(xml: &str, remote: Option<SocketAddr>, port: u16) -> Sipp {
+    let mut s = Sipp::scenario(xml)
+        .arg("-p")
+        .arg(&port.to_string())
+        .timeout(Duration::from_secs(20));
+    if let Some(r) = remote {
+        s = s.remote(r);
+    }
+    s
+}
+
+/// Runs a SIPp scenario in the background; join it for its outcome.
+pub fn background(
+    xml: String,
+    remote: Option<SocketAddr>,
+    port: u16,
+) -> thread::JoinHandle<SippOutcome> {
+    let h = thread::spawn(move || sipp(&xml, remote, port).run().expect("sipp runs"));
+    // SIPp needs a moment to bind before the first message is sent to it.
+    thread::sleep(Duration::from_millis(400));
+    h
+}
