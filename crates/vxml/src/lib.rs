@@ -166,6 +166,41 @@ pub fn transfer_failure(status: u16) -> &'static str {
     }
 }
 
+/// The result of a bridge or consultation transfer's outgoing call (VoiceXML 2.0 §2.3.7.2.2),
+/// decided from what happens to it. When the platform ends the call itself (`maxtime`, a
+/// grammar match, a refused hand-over, a bridge it could not set up), the first such reason is
+/// the result, whatever the far end's answer to our hang-up says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferOutcome {
+    ending_as: Option<&'static str>,
+}
+
+impl TransferOutcome {
+    /// The platform ends the call for `reason`; a reason given earlier stands.
+    pub fn end_as(&mut self, reason: &'static str) {
+        self.ending_as.get_or_insert(reason);
+    }
+
+    /// Whether the platform is ending the call already.
+    pub fn ending(&self) -> bool {
+        self.ending_as.is_some()
+    }
+
+    /// The call failed with final `status` before it was answered.
+    pub fn failed(&self, status: u16) -> &'static str {
+        self.ending_as.unwrap_or_else(|| transfer_failure(status))
+    }
+
+    /// The answered call ended: hung up by the far end, or lost.
+    pub fn ended(&self, by_far_end: bool) -> &'static str {
+        match self.ending_as {
+            Some(r) => r,
+            None if by_far_end => "far_end_disconnect",
+            None => "network_disconnect",
+        }
+    }
+}
+
 /// HTTP method of a fetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {

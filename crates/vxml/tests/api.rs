@@ -5,7 +5,9 @@ mod common;
 use common::Host;
 use serde_json::json;
 use std::time::Duration;
-use switchboard_vxml::{transfer_failure, Command, Input, Limits, Method, TransferKind};
+use switchboard_vxml::{
+    transfer_failure, Command, Input, Limits, Method, TransferKind, TransferOutcome,
+};
 
 const START: &str = "http://app/start.vxml";
 
@@ -810,4 +812,19 @@ fn an_unknown_transfer_type_is_a_badfetch() {
     );
     let h = Host::new(START, &[(START, &doc)]);
     assert_eq!(h.exit_values(), Some(json!("bad")));
+}
+
+#[test]
+fn a_transfer_the_platform_ends_keeps_its_first_reason() {
+    let mut o = TransferOutcome::default();
+    assert!(!o.ending());
+    assert_eq!(o.failed(486), "busy");
+    assert_eq!(o.ended(true), "far_end_disconnect");
+    assert_eq!(o.ended(false), "network_disconnect");
+    o.end_as("maxtime_disconnect");
+    o.end_as("near_end_disconnect");
+    assert!(o.ending());
+    // The far end's answer to our hang-up (a BYE, or 487 to our CANCEL) does not change it.
+    assert_eq!(o.ended(true), "maxtime_disconnect");
+    assert_eq!(o.failed(487), "maxtime_disconnect");
 }

@@ -39,7 +39,7 @@ use switchboard_media::{
 };
 use switchboard_vxml::{
     transfer_failure, Command, Config, FetchAudio, Input, Interpreter, Limits, PromptPart,
-    TransferKind,
+    TransferKind, TransferOutcome,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -276,9 +276,8 @@ struct Bridge {
     maxtime: Option<Duration>,
     /// When `maxtime` ends the bridged call.
     deadline: Option<tokio::time::Instant>,
-    /// The result when the call ends because we ended it (maxtime, a grammar match, the
-    /// REFER of a consultation failing).
-    ending_as: Option<&'static str>,
+    /// The result the call will have.
+    outcome: TransferOutcome,
     /// The play id of `transferaudio` while it plays.
     audio_play: Option<u64>,
     /// A consultation's REFER, until it is answered.
@@ -750,9 +749,7 @@ impl Call {
                     self.ctx
                         .log
                         .push("fia", None, "transfer ended by a grammar match");
-                    if b.ending_as.is_none() {
-                        b.ending_as = Some("near_end_disconnect");
-                    }
+                    b.outcome.end_as("near_end_disconnect");
                     if let Some(out) = &self.ctx.outgoing {
                         out.hang_up(b.leg);
                     }
@@ -1068,7 +1065,7 @@ impl Call {
             answered: None,
             maxtime: req.maxtime,
             deadline: None,
-            ending_as: None,
+            outcome: TransferOutcome::default(),
             audio_play,
             handing_over: None,
             relay_dtmf: req.relay_dtmf,
@@ -1103,7 +1100,7 @@ impl Call {
                 b.answered = Some((stream, now));
                 tracing::info!(far = %stream, kind = b.kind.as_str(), "transfer: answered");
                 self.ctx.log.push("fia", None, "transfer answered");
-                if b.ending_as.is_some() {
+                if b.outcome.ending() {
                     // A grammar matched while it rang: the hang-up is on its way.
                     return;
                 }
@@ -1118,7 +1115,7 @@ impl Call {
                         b.deadline = b.maxtime.map(|m| now + m);
                         if let Err(e) = self.ctx.media.bridge(self.ctx.stream, stream) {
                             tracing::warn!(error = %e, "cannot bridge the two calls");
-                            b.ending_as = Some("unknown");
+                            b.outcome.end_as("unknown");
                             if let Some(out) = &self.ctx.outgoing {
                                 out.hang_up(b.leg);
                             }
@@ -1128,11 +1125,10 @@ impl Call {
             }
             LegEvent::Failed { status } => {
                 self.stop_transfer_audio();
-                let result = self
-                    .bridge
-                    .as_ref()
-                    .and_then(|b| b.ending_as)
-                    .unwrap_or_else(|| transfer_failure(status));
+                let result = match self.bridge.as_ref() {
+                    Some(b) => b.outcome.failed(status),
+                    None => transfer_failure(status),
+                };
                 tracing::info!(status, result, "transfer: the call failed");
                 self.bridge_over(result);
             }
@@ -1142,11 +1138,11 @@ impl Call {
                 self.bridge_over("error.connection.baddestination");
             }
             LegEvent::Ended { by_far_end } => {
-                let result = match self.bridge.as_ref().and_then(|b| b.ending_as) {
-                    Some(r) => r,
-                    None if by_far_end => "far_end_disconnect",
-                    None => "network_disconnect",
-                };
+                let result = self
+                    .bridge
+                    .as_ref()
+                    .map_or(TransferOutcome::default(), |b| b.outcome)
+                    .ended(by_far_end);
                 tracing::info!(by_far_end, result, "transfer: the call ended");
                 self.bridge_over(result);
             }
@@ -1195,7 +1191,7 @@ impl Call {
         };
         b.deadline = None;
         tracing::info!("transfer: maxtime reached");
-        b.ending_as.get_or_insert("maxtime_disconnect");
+        b.outcome.end_as("maxtime_disconnect");
         if let Some(out) = &self.ctx.outgoing {
             out.hang_up(b.leg);
         }
@@ -1214,7 +1210,7 @@ impl Call {
                 None,
                 &format!("consultation REFER refused ({status})"),
             );
-            b.ending_as.get_or_insert("unknown");
+            b.outcome.end_as("unknown");
             if let Some(out) = &self.ctx.outgoing {
                 out.hang_up(b.leg);
             }
