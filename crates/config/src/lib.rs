@@ -59,6 +59,8 @@ pub struct Config {
     pub sip_node: SipNodeConfig,
     /// `[mcp]`: the media server (RTP, prompts, recording, conferences, announcements).
     pub mcp: McpConfig,
+    /// `[voicemail]`: where messages are kept and how sip-node reaches the menus.
+    pub voicemail: VoicemailConfig,
     /// `[[tenants]]`: tenants and their SIP users. Empty by default.
     pub tenants: Vec<Tenant>,
 }
@@ -319,6 +321,32 @@ impl Default for McpConfig {
     }
 }
 
+/// `[voicemail]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoicemailConfig {
+    /// Directory of the messages' audio (one WAV per message); relative to `data_dir` unless
+    /// absolute. Default `voicemail`.
+    pub dir: PathBuf,
+    /// The media server that runs the deposit and access menus (its SIP UDP address). `""`
+    /// (the default): the `mcp` of this process.
+    #[serde(deserialize_with = "de_optional_addr")]
+    pub mcp: Option<SocketAddr>,
+    /// The base URL (`http://host:port`) of the `voicemail` role's HTTP server, as the media
+    /// server fetches the menus from it. `""` (the default): this process's `http.listen`.
+    pub url: String,
+}
+
+impl Default for VoicemailConfig {
+    fn default() -> Self {
+        VoicemailConfig {
+            dir: PathBuf::from("voicemail"),
+            mcp: None,
+            url: String::new(),
+        }
+    }
+}
+
 /// `[proxy]`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -489,6 +517,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             sip_node: SipNodeConfig::default(),
             mcp: McpConfig::default(),
+            voicemail: VoicemailConfig::default(),
             tenants: Vec::new(),
         }
     }
@@ -743,6 +772,11 @@ impl Config {
         self.data_dir.join(&self.mcp.recordings_dir)
     }
 
+    /// Where voicemail audio is kept: `voicemail.dir` under `data_dir`.
+    pub fn voicemail_dir(&self) -> PathBuf {
+        self.data_dir.join(&self.voicemail.dir)
+    }
+
     /// The SQLite file of the embedded bus: `bus.path` under `data_dir`.
     pub fn bus_path(&self) -> PathBuf {
         self.data_dir.join(&self.bus.path)
@@ -887,6 +921,20 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
                 format!("{url:?} is not a Redis URL: expected redis://host:port, rediss://host:port or unix:///path"),
             );
         }
+    }
+
+    // [voicemail]
+    if c.voicemail.dir.as_os_str().is_empty() {
+        bad(out, "voicemail.dir", "must not be empty");
+    }
+    let url = c.voicemail.url.as_str();
+    let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+    if !url.is_empty() && (!scheme_ok || url.chars().any(|ch| ch.is_whitespace() || ch == '?')) {
+        bad(
+            out,
+            "voicemail.url",
+            format!("{url:?} is not a base URL: expected http://host:port or https://host:port"),
+        );
     }
 
     // [mcp]
