@@ -335,6 +335,11 @@ pub struct VoicemailConfig {
     /// The base URL (`http://host:port`) of the `voicemail` role's HTTP server, as the media
     /// server fetches the menus from it. `""` (the default): this process's `http.listen`.
     pub url: String,
+    /// SIP UDP address of the message-waiting server (NOTIFY out, SUBSCRIBE in). Default
+    /// `127.0.0.1:0`: any free port, since the SIP edge of the same process learns it and
+    /// sends SUBSCRIBEs there; `""` turns message waiting off.
+    #[serde(deserialize_with = "de_optional_addr")]
+    pub udp: Option<SocketAddr>,
 }
 
 impl Default for VoicemailConfig {
@@ -343,6 +348,10 @@ impl Default for VoicemailConfig {
             dir: PathBuf::from("voicemail"),
             mcp: None,
             url: String::new(),
+            udp: Some(SocketAddr::new(
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                0,
+            )),
         }
     }
 }

@@ -10,3 +10,4 @@ pub mod problem;
 pub mod sip;
 pub mod sip_node;
 pub mod store;
+pub mod voicemail;

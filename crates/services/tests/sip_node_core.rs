@@ -62,6 +62,7 @@ impl Net {
                 node: 1,
                 route_timeout_ms: 10_000,
             },
+            voicemail: Default::default(),
         };
         let dir = Directory::new([(
             "demo".to_string(),
@@ -998,6 +999,7 @@ fn net_with_plan() -> Net {
             node: 1,
             route_timeout_ms: 10_000,
         },
+        voicemail: Default::default(),
     };
     n.node = SipNode::new(settings, Directory::live(cell), 7, n.now, 1_800_000_000_000);
     n
@@ -1150,6 +1152,7 @@ fn net_with_routing() -> Net {
             node: 1,
             route_timeout_ms: 10_000,
         },
+        voicemail: Default::default(),
     };
     n.node = SipNode::new(settings, Directory::live(cell), 7, n.now, 1_800_000_000_000);
     n

@@ -161,6 +161,10 @@ impl RoleContext {
     }
 }
 
+/// The HTTP address this process bound (`http.listen`, port 0 resolved), in [`Shared`].
+#[derive(Debug, Clone, Copy)]
+pub struct HttpAddr(pub SocketAddr);
+
 /// A type map of values shared by the roles running in one process.
 #[derive(Clone, Default)]
 pub struct Shared {
@@ -218,7 +222,8 @@ impl RoleHandle {
     }
 
     /// Reports a bound address for the startup line `listening http=... <key>=<addr>`.
-    /// Keys in use: `sip_udp`, `sip_tcp`, `sip_node_udp`, `mcp_udp`, `mcp_tcp`; keys are `[a-z0-9_]+`.
+    /// Keys in use: `sip_udp`, `sip_tcp`, `sip_node_udp`, `mcp_udp`, `mcp_tcp`,
+    /// `voicemail_udp`; keys are `[a-z0-9_]+`.
     pub fn bound(mut self, key: impl Into<String>, addr: SocketAddr) -> Self {
         self.bound.push((key.into(), addr));
         self

@@ -3,7 +3,9 @@
 //! on the tenant's event stream, and serves REST call control.
 
 use super::api::{Api, Problem, Verb};
-use super::core::{Directory, NodeCommand, NodeOutput, NodeSettings, SipNode};
+use super::core::{
+    Directory, NodeCommand, NodeOutput, NodeSettings, SipNode, VoicemailRoute, VoicemailTarget,
+};
 use super::model::ModelSettings;
 use crate::bus::publish_event;
 use crate::problem::ApiProblem;
@@ -38,6 +40,9 @@ pub struct SipNodeRunning {
     /// Where its legs to DNs go.
     pub edge: SocketAddr,
     pub task: JoinHandle<anyhow::Result<()>>,
+    /// Where its legs to mailboxes and the voicemail access DN go (set by the voicemail role
+    /// of the same process when the configuration does not name them).
+    pub voicemail: VoicemailRoute,
 }
 
 /// Calls of the node by ConnId, with their tenant: REST answers 404 for others at once.
@@ -89,6 +94,15 @@ pub async fn start(
         .local_udp
         .context("the SIP Server's UDP socket has no address")?;
     let edge_addr = edge_address(&cfg, edge.as_ref())?;
+    // Set now when the configuration names both; else the voicemail role of this process
+    // sets it once the media server's address is known.
+    let voicemail = VoicemailRoute::default();
+    if let (Some(mcp), false) = (cfg.voicemail.mcp, cfg.voicemail.url.is_empty()) {
+        voicemail.set(VoicemailTarget {
+            mcp,
+            base_url: cfg.voicemail.url.trim_end_matches('/').to_owned(),
+        });
+    }
     let settings = NodeSettings {
         local: udp,
         edge: edge_addr,
@@ -106,6 +120,7 @@ pub async fn start(
             node: rand::random(),
             route_timeout_ms: cfg.sip_node.route_timeout_ms,
         },
+        voicemail: voicemail.clone(),
     };
     let node = SipNode::new(
         settings,
@@ -157,6 +172,7 @@ pub async fn start(
         udp,
         edge: edge_addr,
         task,
+        voicemail,
     })
 }
 

@@ -495,6 +495,7 @@ fn forwarding(no_answer: Option<&str>, busy: Option<&str>) -> Table {
             forward_busy: busy.map(dn),
             route_point: None,
             queue: None,
+            voicemail: None,
         },
     );
     t.agents.insert("1003", "a1003");
