@@ -24,7 +24,7 @@ fn sent(c: &mut MwiCore) -> Vec<(Peer, String)> {
 fn subscribe(event: &str, expires: u32) -> Message {
     let text = format!(
         "SUBSCRIBE sip:1001@switchboard SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {PHONE};branch=z9hG4bK-1\r\n\
+         Via: SIP/2.0/UDP {PHONE};branch=z9hG4bK-{event}-{expires}\r\n\
          Max-Forwards: 70\r\n\
          From: <sip:1001@switchboard>;tag=ph1\r\n\
          To: <sip:1001@switchboard>\r\n\
