@@ -191,6 +191,19 @@ fn pause(ms: u64) -> String {
 /// A call from `from` to `callee` with audio to `sdp_port`, doing `during`, ended by the far
 /// end.
 fn call(sb: &Switchboard, from: &str, callee: &str, sdp_port: &str, during: &str) -> Sipp {
+    call_waiting(sb, from, callee, sdp_port, during, 60_000)
+}
+
+/// [`call`] waiting at most `bye_wait_ms` for the BYE.
+fn call_waiting(
+    sb: &Switchboard,
+    from: &str,
+    callee: &str,
+    sdp_port: &str,
+    during: &str,
+    bye_wait_ms: u32,
+) -> Sipp {
+    let wait = bye_wait_ms.to_string();
     let xml = scenario(
         "vm_caller",
         &[
@@ -198,6 +211,7 @@ fn call(sb: &Switchboard, from: &str, callee: &str, sdp_port: &str, during: &str
             ("CALLEE", callee),
             ("SDP_PORT", sdp_port),
             ("DURING", during),
+            ("BYE_WAIT", &wait),
         ],
     );
     sipp(&xml, edge(sb), free_udp_port().expect("port"))
@@ -554,7 +568,8 @@ fn a_crash_right_after_the_deposit_loses_no_acknowledged_message() {
         let voice = Path::new(PCAPS).join("g711a.pcap");
         let pound = Path::new(PCAPS).join("dtmf_2833_pound.pcap");
         let during = pause(1500) + &pcap_action(&voice) + &pause(7400) + &pcap_action(&pound);
-        let sipp = call(&vm.sb, CARRIER, "1002", "[media_port]", &during);
+        // The process dies under the caller: it waits for a BYE that never comes.
+        let sipp = call_waiting(&vm.sb, CARRIER, "1002", "[media_port]", &during, 3_000);
         thread::spawn(move || sipp.run())
     };
     // The deposit is acknowledged when the log says so (the submit is answered right after):
@@ -591,7 +606,7 @@ fn a_crash_right_after_the_deposit_loses_no_acknowledged_message() {
 }
 
 #[test]
-fn the_rest_api_marks_read_deletes_and_answers_problems() {
+fn the_rest_api_and_a_message_summary_subscription() {
     let Some(vm) = Vm::start(10) else { return };
     let (s, v) = vm.json("GET", "/v1/tenants/demo/mailboxes/9999/messages");
     assert_eq!(s, 404, "{v}");
@@ -602,6 +617,20 @@ fn the_rest_api_marks_read_deletes_and_answers_problems() {
     assert_eq!(s, 404);
     let out = deposit(&vm.sb);
     assert!(out.success(), "{}\n{}", out.report(), vm.sb.logs());
+    // A phone subscribing to its message summary through the edge hears of the message.
+    let xml = scenario(
+        "vm_subscribe",
+        &[("USER", "1001"), ("COUNTS", "1/0 \\(0/0\\)")],
+    );
+    let out = sipp(&xml, edge(&vm.sb), free_udp_port().expect("port"))
+        .run()
+        .expect("sipp");
+    assert!(
+        out.success(),
+        "SUBSCRIBE:\n{}\n{}",
+        out.report(),
+        vm.sb.logs()
+    );
     let id = vm.messages()[0]["id"].as_str().expect("id").to_owned();
     let base = format!("/v1/tenants/demo/mailboxes/8100/messages/{id}");
     let (s, v) = vm.json("POST", &format!("{base}/read"));

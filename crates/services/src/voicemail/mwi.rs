@@ -133,8 +133,21 @@ impl MwiCore {
         format!("SIP/2.0/UDP {};branch={}", self.local, self.ids.branch())
     }
 
+    /// The counts of `aor`; a phone that subscribes with an IP address as host (not our
+    /// domain) gets those of the one DN with its user part, if there is only one.
     fn counts_of(&self, aor: &str) -> Counts {
-        self.counts.get(aor).copied().unwrap_or_default()
+        if let Some(c) = self.counts.get(aor) {
+            return *c;
+        }
+        let user = aor.split('@').next().unwrap_or(aor);
+        let mut same_user = self
+            .counts
+            .iter()
+            .filter(|(k, _)| k.split('@').next() == Some(user));
+        match (same_user.next(), same_user.next()) {
+            (Some((_, c)), None) => *c,
+            _ => Counts::default(),
+        }
     }
 
     fn send(&mut self, bytes: bytes::Bytes, peer: Peer, now: Instant) {
@@ -441,6 +454,17 @@ impl Mwi {
             plan,
             store,
             location,
+        }
+    }
+
+    /// Sends the counts of every mailbox's DNs (at start: the core learns what SUBSCRIBEs
+    /// are answered with).
+    pub fn prime(&self) {
+        let plan = self.plan.current();
+        for tenant in plan.tenant_names() {
+            for m in plan.mailboxes(tenant) {
+                self.changed(tenant, &m.number, Counts::default());
+            }
         }
     }
 

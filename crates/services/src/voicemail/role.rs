@@ -87,6 +87,9 @@ pub fn start(
     mwi: Option<Mwi>,
     drain: CancellationToken,
 ) -> VoicemailRunning {
+    if let Some(m) = &mwi {
+        m.prime();
+    }
     let vm = Arc::new(Vm {
         store,
         bus,

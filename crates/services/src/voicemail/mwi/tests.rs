@@ -163,3 +163,22 @@ fn unsubscribe_other_events_and_methods() {
     );
     assert_eq!(c.subscriptions(), 0);
 }
+
+#[test]
+fn a_subscriber_with_an_ip_host_gets_its_users_counts() {
+    let (mut c, now) = core();
+    for (user, new) in [("1001", 4), ("1002", 7)] {
+        c.handle_command(
+            MwiCommand::Update {
+                user: user.into(),
+                domain: "switchboard".into(),
+                counts: Counts { new, saved: 0 },
+                contacts: Vec::new(),
+            },
+            now,
+        );
+    }
+    assert_eq!(c.counts_of("1001@127.0.0.1"), Counts { new: 4, saved: 0 });
+    assert_eq!(c.counts_of("1002@switchboard"), Counts { new: 7, saved: 0 });
+    assert_eq!(c.counts_of("1003@switchboard"), Counts::default());
+}
