@@ -275,9 +275,12 @@ fn contains(stream: &[i16], window: &[i16]) -> bool {
 /// The media side of an access call: the test's RTP socket. It records what the media server
 /// plays (A-law, by sequence number) and sends keys as the RFC 4733 packets of the DTMF
 /// pcaps, renumbered to follow on from each other.
+/// Decoded packets by sequence number.
+type Heard = Arc<Mutex<Vec<(u16, Vec<i16>)>>>;
+
 struct Phone {
     sock: UdpSocket,
-    heard: Arc<Mutex<Vec<(u16, Vec<i16>)>>>,
+    heard: Heard,
     peer: Arc<Mutex<Option<SocketAddr>>>,
     stop: Arc<AtomicBool>,
     seq: u16,
