@@ -463,14 +463,14 @@ impl Mwi {
         let plan = self.plan.current();
         for tenant in plan.tenant_names() {
             for m in plan.mailboxes(tenant) {
-                self.changed(tenant, &m.number, Counts::default());
+                self.changed(tenant, &m.number);
             }
         }
     }
 
     /// Mailbox `mailbox` of `tenant` changed: every DN that shows it is updated (its counts
     /// are the sum over all the mailboxes it shows, read from the store).
-    pub fn changed(&self, tenant: &str, mailbox: &str, _counts: Counts) {
+    pub fn changed(&self, tenant: &str, mailbox: &str) {
         let this = self.clone();
         let (tenant, mailbox) = (tenant.to_owned(), mailbox.to_owned());
         tokio::spawn(async move {

@@ -242,9 +242,9 @@ impl Vm {
     }
 
     /// Tells the owner's phones (message waiting) what the mailbox holds now.
-    fn changed(&self, tenant: &str, mailbox: &str, counts: Counts) {
+    fn changed(&self, tenant: &str, mailbox: &str) {
         if let Some(mwi) = &self.mwi {
-            mwi.changed(tenant, mailbox, counts);
+            mwi.changed(tenant, mailbox);
         }
     }
 }
@@ -441,7 +441,7 @@ async fn store_message(
         duration_ms, new = counts.new, "voicemail message deposited");
     metrics::counter!("voicemail_messages_deposited_total").increment(1);
     publish_deposit(vm, mailbox, &msg, q.conn_id(), counts).await;
-    vm.changed(tenant, &mailbox.number, counts);
+    vm.changed(tenant, &mailbox.number);
     Ok(true)
 }
 
@@ -703,12 +703,14 @@ async fn play_at(vm: &Shared, token: &str, s: &Session, index: usize, before: &s
     let msg = match marked {
         Ok(Some(m)) => m,
         // Deleted meanwhile (another member, the REST API): skip it.
-        Ok(None) => return Box::pin(play_at(vm, token, &drop_id(s, index), index, before)).await,
+        Ok(None) => {
+            let s = drop_id(s, index);
+            vm.put_session(token, s.clone());
+            return Box::pin(play_at(vm, token, &s, index, before)).await;
+        }
         Err(p) => return problem(p),
     };
-    if let Ok(c) = vm.counts(&s.tenant, &s.mailbox).await {
-        vm.changed(&s.tenant, &s.mailbox, c);
-    }
+    vm.changed(&s.tenant, &s.mailbox);
     let audio = url(&format!("{}/audio/{id}.wav", session_base(token)), &[]);
     vxml(docs::play(&Play {
         before,
@@ -753,9 +755,7 @@ async fn key_doc(
             if let Err(p) = remove_message(&vm, &s.tenant, &id).await {
                 return problem(p);
             }
-            if let Ok(c) = vm.counts(&s.tenant, &s.mailbox).await {
-                vm.changed(&s.tenant, &s.mailbox, c);
-            }
+            vm.changed(&s.tenant, &s.mailbox);
             "Message deleted."
         }
         None => "",
@@ -968,9 +968,7 @@ async fn api_read(
     let (store, t, i) = (vm.store.clone(), tenant.clone(), id.clone());
     match blocking(move || store.mark_message(&t, &i, MessageState::Saved, Some(heard))).await {
         Ok(Some(m)) => {
-            if let Ok(c) = vm.counts(&tenant, &key).await {
-                vm.changed(&tenant, &key, c);
-            }
+            vm.changed(&tenant, &key);
             axum::Json(message_json(&m)).into_response()
         }
         Ok(None) => problem(ApiProblem::not_found(format!("no message {id:?}"))),
@@ -991,9 +989,7 @@ async fn api_delete(
     }
     match remove_message(&vm, &tenant, &id).await {
         Ok(_) => {
-            if let Ok(c) = vm.counts(&tenant, &key).await {
-                vm.changed(&tenant, &key, c);
-            }
+            vm.changed(&tenant, &key);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(p) => problem(p),
@@ -1035,9 +1031,7 @@ async fn sweep(vm: &Shared) {
                     "voicemail retention"
                 );
                 metrics::counter!("voicemail_messages_expired_total").increment(gone.len() as u64);
-                if let Ok(c) = vm.counts(&tenant, &m.number).await {
-                    vm.changed(&tenant, &m.number, c);
-                }
+                vm.changed(&tenant, &m.number);
             }
             Ok(_) => {}
             Err(p) => tracing::warn!(
