@@ -366,6 +366,27 @@ impl Phone {
         }
     }
 
+    /// Speaks the A-law audio of `pcap` (its RTP packets, renumbered, 20 ms apart).
+    fn speak(&mut self, pcap: &Path) {
+        let to = self.wait_media();
+        let mut first_ts = None;
+        for mut p in pcap_rtp(pcap) {
+            let Ok(rtp) = RtpPacket::parse(&p) else {
+                continue;
+            };
+            let ts = rtp.timestamp();
+            let base = *first_ts.get_or_insert(ts);
+            let at = self.ts.wrapping_add(ts.wrapping_sub(base));
+            p[2..4].copy_from_slice(&self.seq.to_be_bytes());
+            p[4..8].copy_from_slice(&at.to_be_bytes());
+            self.seq = self.seq.wrapping_add(1);
+            self.sock.send_to(&p, to).expect("send");
+            // The pcap's packets are 30 ms each.
+            thread::sleep(Duration::from_millis(30));
+        }
+        self.ts = self.ts.wrapping_add(160_000);
+    }
+
     /// Everything heard so far, in sequence order.
     fn heard(&self) -> Vec<i16> {
         let mut packets = self.heard.lock().expect("lock").clone();
@@ -645,4 +666,53 @@ fn the_rest_api_and_a_message_summary_subscription() {
     assert_eq!(s, 404, "{v}");
     assert!(vm.messages().is_empty());
     assert_eq!(vm.wav_files(), 0);
+}
+
+#[test]
+fn the_owner_records_a_greeting_that_callers_then_hear() {
+    let Some(vm) = Vm::start(10) else { return };
+    let greeting = vm.dir.path().join("voicemail/demo/8100/greeting.wav");
+    let before = std::fs::read(&greeting).expect("the test's greeting");
+    let mut phone = Phone::new();
+    let caller = access_call(&vm.sb, &phone);
+    phone.wait_media();
+    thread::sleep(Duration::from_millis(1500));
+    phone.press("1234#");
+    thread::sleep(Duration::from_millis(2500));
+    phone.press("5");
+    // The prompt, the beep, then the owner speaks and ends with #.
+    thread::sleep(Duration::from_millis(2500));
+    let voice = Path::new(PCAPS).join("g711a.pcap");
+    phone.speak(&voice);
+    phone.press("#");
+    until("the greeting saved", 15, || {
+        std::fs::read(&greeting).is_ok_and(|g| g != before)
+    });
+    thread::sleep(Duration::from_millis(3000));
+    phone.press("9");
+    let out = caller.join().expect("access call");
+    assert!(
+        out.success(),
+        "access call:\n{}\n{}",
+        out.report(),
+        vm.sb.logs()
+    );
+    let recorded =
+        switchboard_media::Audio::from_wav(&std::fs::read(&greeting).expect("wav")).expect("a WAV");
+    let samples = pcap_alaw_samples(&voice);
+    let window = &samples[24_000..25_000];
+    assert!(
+        contains(recorded.samples(), window),
+        "the greeting is the owner's voice"
+    );
+
+    // A caller hears it before the beep.
+    let mut carrier = Phone::new();
+    let deposit = call(&vm.sb, CARRIER, "1002", &carrier.port(), "");
+    let deposit = thread::spawn(move || deposit.run().expect("sipp"));
+    until("the greeting played", 20, || {
+        contains(&carrier.heard(), window)
+    });
+    carrier.press("#");
+    let _ = deposit.join();
 }

@@ -9,8 +9,9 @@ use std::fmt::Write as _;
 /// The media type of the documents.
 pub const VXML_TYPE: &str = "application/voicexml+xml";
 
-/// Silence that ends a message, ms.
-pub const FINAL_SILENCE_MS: u64 = 3_000;
+/// Silence that ends a message, ms. The media server counts it from the beep (not from the
+/// first words), so it is also how long a caller may think before speaking.
+pub const FINAL_SILENCE_MS: u64 = 5_000;
 /// Longest greeting, s.
 pub const MAX_GREETING_S: u32 = 60;
 
