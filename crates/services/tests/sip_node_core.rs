@@ -1294,10 +1294,15 @@ fn voicemail_net(route: bool) -> Net {
     let mut t = switchboard_config::Tenant::new("demo", "switchboard");
     let mut d1001 = switchboard_config::Dn::new("1001", switchboard_config::DnKind::Extension);
     d1001.mailbox = Some("8100".into());
+    // A queue whose callers go to the mailbox after 1 s.
+    let mut queue = switchboard_config::Dn::new("6000", switchboard_config::DnKind::Queue);
+    queue.mailbox = Some("8100".into());
+    queue.no_answer_timeout_s = Some(1);
     t.dns = vec![
         d1001,
         switchboard_config::Dn::new("1002", switchboard_config::DnKind::Extension),
         switchboard_config::Dn::new("7000", switchboard_config::DnKind::VoicemailAccess),
+        queue,
     ];
     let mut mailbox = switchboard_config::Mailbox::new("8100", "1234");
     mailbox.owner_agent = Some("a1001".into());
@@ -1385,4 +1390,25 @@ fn the_access_dn_goes_to_the_access_menu_and_fails_without_a_media_server() {
     let out = n.feed(&invite_from(PHONE, "1002", "7000", "acc-2"), PHONE);
     assert!(to(&out, 5080).is_empty(), "{out:?}");
     one(&out, 6001, "503");
+}
+
+#[test]
+fn a_queue_with_a_mailbox_sends_timed_out_callers_to_it() {
+    let mut n = voicemail_net(true);
+    let out = n.feed(&invite_from(TRUNK, "+15557654321", "6000", "q-1"), TRUNK);
+    assert!(to(&out, 5080).is_empty(), "queued first: {out:?}");
+    let out = n.advance(1_100);
+    let vm = one(&out, 5080, "INVITE");
+    let ruri = vm.request_uri_str().unwrap_or("");
+    assert!(
+        ruri.starts_with("sip:dialog@127.0.0.1:5080;voicexml=http://127.0.0.1:8080/v1/voicemail/demo/deposit/8100%3Fcaller%3D%252B15557654321"),
+        "{ruri}"
+    );
+    let ev = n.events();
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::EventDiverted(c)
+            if c.this_dn == "6000" && c.reason.as_deref() == Some("queue_timeout")
+                && c.third_party_dn.as_deref() == Some("8100"))),
+        "{ev:?}"
+    );
 }

@@ -581,6 +581,13 @@ fn a_full_mailbox_says_so_and_records_nothing() {
     assert!(out.success(), "{}\n{}", out.report(), vm.sb.logs());
     assert_eq!(vm.messages().len(), 1, "still one message");
     assert_eq!(vm.wav_files(), 1, "no second recording kept");
+    let recordings = std::fs::read_dir(vm.dir.path().join("recordings"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        recordings, 1,
+        "the media server recorded the first caller only"
+    );
     assert!(vm.metric("voicemail_deposits_refused_total") >= 1.0);
     assert_eq!(vm.metric("voicemail_messages_deposited_total"), 1.0);
 }
