@@ -403,7 +403,15 @@ impl Drop for Phone {
 
 /// Starts the access call from 1001 to 7000 with its media at `phone`.
 fn access_call(sb: &Switchboard, phone: &Phone) -> thread::JoinHandle<SippOutcome> {
-    let sipp = call(sb, "1001", "7000", &phone.port(), "");
+    access_call_from(sb, "1001", phone)
+}
+
+fn access_call_from(
+    sb: &Switchboard,
+    from: &str,
+    phone: &Phone,
+) -> thread::JoinHandle<SippOutcome> {
+    let sipp = call(sb, from, "7000", &phone.port(), "");
     thread::spawn(move || sipp.run().expect("sipp"))
 }
 
@@ -722,4 +730,25 @@ fn the_owner_records_a_greeting_that_callers_then_hear() {
     });
     carrier.press("#");
     let _ = deposit.join();
+}
+
+#[test]
+fn a_caller_without_a_mailbox_of_its_own_names_the_mailbox_first() {
+    let Some(vm) = Vm::start(10) else { return };
+    let mut phone = Phone::new();
+    // 1002 is no agent: the menu asks for the mailbox number, then the PIN.
+    let caller = access_call_from(&vm.sb, "1002", &phone);
+    phone.wait_media();
+    thread::sleep(Duration::from_millis(1500));
+    phone.press("8100#");
+    thread::sleep(Duration::from_millis(1500));
+    phone.press("1234#");
+    until("the login", 15, || {
+        vm.metric("voicemail_logins_total") == 1.0
+    });
+    thread::sleep(Duration::from_millis(1500));
+    phone.press("9");
+    let out = caller.join().expect("access call");
+    assert!(out.success(), "{}\n{}", out.report(), vm.sb.logs());
+    assert_eq!(vm.metric("voicemail_pin_failures_total"), 0.0);
 }
