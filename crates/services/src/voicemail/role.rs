@@ -11,7 +11,8 @@ use crate::bus::publish_event;
 use crate::dialplan::role::DialplanCell;
 use crate::problem::ApiProblem;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::handler::Handler;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -33,6 +34,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Access sessions end this long after the login.
 const SESSION_TTL_MS: u64 = 2 * 3600 * 1000;
+/// The largest recording posted: the longest message (3600 s) as 8 kHz 16-bit WAV, with room
+/// for the form around it (axum's default limit of 2 MB would refuse messages over a minute).
+const MAX_UPLOAD_BYTES: usize = 3600 * 8000 * 2 + (1 << 20);
 /// How often the retention sweep runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
@@ -112,7 +116,7 @@ fn routes(vm: Shared) -> Router {
         .route("/v1/voicemail/{tenant}/deposit/{mailbox}", get(deposit_doc))
         .route(
             "/v1/voicemail/{tenant}/deposit/{mailbox}/message",
-            post(deposit_message),
+            post(deposit_message).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
         )
         .route(
             "/v1/voicemail/{tenant}/greeting/{file}",
@@ -126,7 +130,7 @@ fn routes(vm: Shared) -> Router {
         .route(&format!("{s}/audio/{{file}}"), get(session_audio))
         .route(
             &format!("{s}/greeting"),
-            get(greeting_doc).post(greeting_upload),
+            get(greeting_doc).post(greeting_upload.layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))),
         )
         .route(&format!("{s}/bye"), get(bye_doc))
         .route(
@@ -1041,5 +1045,118 @@ async fn sweep(vm: &Shared) {
                 "retention sweep"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialplan::Dialplan;
+    use axum::body::Body;
+    use axum::http::Request;
+    use switchboard_store::{SqliteStore, Store};
+    use tower::ServiceExt;
+
+    fn setup() -> (Router, SharedStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore = Arc::new(SqliteStore::open_in_memory().unwrap());
+        store.seed(&switchboard_config::Config::demo()).unwrap();
+        let plan = Arc::new(DialplanCell::new(Dialplan::build(
+            &store.load_all().unwrap(),
+        )));
+        let running = start(
+            dir.path().to_path_buf(),
+            store.clone(),
+            None,
+            plan,
+            Arc::new(OpenApi),
+            None,
+            CancellationToken::new(),
+        );
+        (running.router, store, dir)
+    }
+
+    fn form(wav: &[u8]) -> Vec<u8> {
+        let mut b = b"--B\r\nContent-Disposition: form-data; name=\"msg\"; filename=\"vxml-1.wav\"\r\nContent-Type: audio/wav\r\n\r\n".to_vec();
+        b.extend_from_slice(wav);
+        b.extend_from_slice(b"\r\n--B--\r\n");
+        b
+    }
+
+    async fn send(router: &Router, method: &str, uri: &str, body: Vec<u8>) -> (u16, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "multipart/form-data; boundary=B")
+            .body(Body::from(body))
+            .unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_long_message_is_stored_before_the_answer() {
+        let (router, store, dir) = setup();
+        // 150 s: above axum's default body limit.
+        let wav = switchboard_media::audio::write_wav(&vec![1000i16; 150 * 8000], 8000);
+        assert!(wav.len() > 2 << 20);
+        let uri = "/v1/voicemail/demo/deposit/8100/message?caller=%2B15551234&conn=00000000000000ff&ud=%7B%22case%22%3A%2242%22%7D";
+        let (status, body) = send(&router, "POST", uri, form(&wav)).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("has been saved"), "{body}");
+        let messages = store.messages("demo", "8100").unwrap();
+        assert_eq!(messages.len(), 1);
+        let m = &messages[0].message;
+        assert_eq!(m.caller.as_deref(), Some("+15551234"));
+        assert_eq!(m.conn_id.as_deref(), Some("00000000000000ff"));
+        assert_eq!(m.user_data["case"], "42");
+        assert_eq!(m.duration_ms, 150_000);
+        assert_eq!(std::fs::read(dir.path().join(&m.file)).unwrap(), wav);
+    }
+
+    #[tokio::test]
+    async fn bad_uploads_and_unknown_mailboxes_are_problems() {
+        let (router, store, _dir) = setup();
+        let uri = "/v1/voicemail/demo/deposit/8100/message";
+        let (status, _) = send(&router, "POST", uri, b"garbage".to_vec()).await;
+        assert_eq!(status, 400);
+        let (status, _) = send(&router, "POST", uri, form(b"not a wav")).await;
+        assert_eq!(status, 400);
+        let wav = switchboard_media::audio::write_wav(&[0i16; 800], 8000);
+        let (status, _) = send(
+            &router,
+            "POST",
+            "/v1/voicemail/demo/deposit/9999/message",
+            form(&wav),
+        )
+        .await;
+        assert_eq!(status, 404);
+        assert!(store.messages("demo", "8100").unwrap().is_empty());
+        // The deposit menu of an unknown mailbox says so instead of recording.
+        let (status, doc) = send(
+            &router,
+            "GET",
+            "/v1/voicemail/demo/deposit/9999",
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(
+            doc.contains("does not exist") && !doc.contains("<record"),
+            "{doc}"
+        );
+        let (status, doc) = send(
+            &router,
+            "GET",
+            "/v1/voicemail/s/nosuchtoken/menu",
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(doc.contains("session has ended"), "{doc}");
     }
 }
