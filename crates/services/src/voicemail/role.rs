@@ -1054,7 +1054,7 @@ mod tests {
     use crate::dialplan::Dialplan;
     use axum::body::Body;
     use axum::http::Request;
-    use switchboard_store::{SqliteStore, Store};
+    use switchboard_store::SqliteStore;
     use tower::ServiceExt;
 
     fn setup() -> (Router, SharedStore, tempfile::TempDir) {
