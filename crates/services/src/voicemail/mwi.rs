@@ -436,25 +436,44 @@ impl Controlled for MwiCore {
 /// The role's handle on the MWI core: mailbox changes in, per-DN updates out.
 #[derive(Clone)]
 pub struct Mwi {
-    commands: mpsc::Sender<MwiCommand>,
+    /// Changed mailboxes, handled one after the other by one task, so that the last
+    /// NOTIFY sent for a DN always carries the counts read last.
+    changes: mpsc::UnboundedSender<(String, String)>,
     plan: Arc<DialplanCell>,
+}
+
+/// What the worker of [`Mwi`] needs.
+#[derive(Clone)]
+struct Notifier {
+    commands: mpsc::Sender<MwiCommand>,
     store: SharedStore,
     location: Option<SharedLocation>,
 }
 
 impl Mwi {
+    /// Starts the worker (on the current runtime); it ends when the last handle is dropped.
     pub fn new(
         commands: mpsc::Sender<MwiCommand>,
         plan: Arc<DialplanCell>,
         store: SharedStore,
         location: Option<SharedLocation>,
     ) -> Mwi {
-        Mwi {
+        let (changes, mut rx) = mpsc::unbounded_channel::<(String, String)>();
+        let notifier = Notifier {
             commands,
-            plan,
             store,
             location,
-        }
+        };
+        let worker_plan = plan.clone();
+        tokio::spawn(async move {
+            while let Some((tenant, mailbox)) = rx.recv().await {
+                let plan = worker_plan.current();
+                for dn in dns_of_mailbox(&plan, &tenant, &mailbox) {
+                    notifier.update_dn(&plan, &tenant, &dn).await;
+                }
+            }
+        });
+        Mwi { changes, plan }
     }
 
     /// Sends the counts of every mailbox's DNs (at start: the core learns what SUBSCRIBEs
@@ -471,16 +490,17 @@ impl Mwi {
     /// Mailbox `mailbox` of `tenant` changed: every DN that shows it is updated (its counts
     /// are the sum over all the mailboxes it shows, read from the store).
     pub fn changed(&self, tenant: &str, mailbox: &str) {
-        let this = self.clone();
-        let (tenant, mailbox) = (tenant.to_owned(), mailbox.to_owned());
-        tokio::spawn(async move {
-            let plan = this.plan.current();
-            for dn in dns_of_mailbox(&plan, &tenant, &mailbox) {
-                this.update_dn(&plan, &tenant, &dn).await;
-            }
-        });
+        if self
+            .changes
+            .send((tenant.to_owned(), mailbox.to_owned()))
+            .is_err()
+        {
+            tracing::warn!("the message-waiting worker stopped");
+        }
     }
+}
 
+impl Notifier {
     async fn update_dn(&self, plan: &Dialplan, tenant: &str, dn: &str) {
         let boxes =
             super::menu::mailboxes_of_caller(dn, plan.agents(tenant), plan.mailboxes(tenant));
