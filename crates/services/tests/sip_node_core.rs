@@ -1359,7 +1359,7 @@ fn an_unreachable_dn_with_a_mailbox_sends_the_caller_to_the_deposit_menu() {
     assert_eq!(
         ruri,
         format!(
-            "sip:dialog@{MCP};voicexml=http://127.0.0.1:8080/v1/voicemail/demo/deposit/8100%3Fcaller%3D%252B15551234567&conn%3D{conn}"
+            "sip:dialog@{MCP};voicexml=http://127.0.0.1:8080/voicemail/v1/tenants/demo/deposit/8100%3Fcaller%3D%252B15551234567&conn%3D{conn}"
         )
     );
     assert!(body(vm).contains("m=audio 4000"), "the caller's offer");
@@ -1383,7 +1383,7 @@ fn the_access_dn_goes_to_the_access_menu_and_fails_without_a_media_server() {
     let vm = one(&out, 5080, "INVITE");
     assert_eq!(
         vm.request_uri_str(),
-        Some("sip:dialog@127.0.0.1:5080;voicexml=http://127.0.0.1:8080/v1/voicemail/demo/access%3Fcaller%3D1002")
+        Some("sip:dialog@127.0.0.1:5080;voicexml=http://127.0.0.1:8080/voicemail/v1/tenants/demo/access%3Fcaller%3D1002")
     );
     // Until the voicemail role says where the media server is, such calls fail.
     let mut n = voicemail_net(false);
@@ -1401,7 +1401,7 @@ fn a_queue_with_a_mailbox_sends_timed_out_callers_to_it() {
     let vm = one(&out, 5080, "INVITE");
     let ruri = vm.request_uri_str().unwrap_or("");
     assert!(
-        ruri.starts_with("sip:dialog@127.0.0.1:5080;voicexml=http://127.0.0.1:8080/v1/voicemail/demo/deposit/8100%3Fcaller%3D%252B15557654321"),
+        ruri.starts_with("sip:dialog@127.0.0.1:5080;voicexml=http://127.0.0.1:8080/voicemail/v1/tenants/demo/deposit/8100%3Fcaller%3D%252B15557654321"),
         "{ruri}"
     );
     let ev = n.events();

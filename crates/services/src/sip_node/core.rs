@@ -222,8 +222,8 @@ pub struct NodeSettings {
 }
 
 /// The media server and the base URL of the `voicemail` role's menus: legs to a mailbox
-/// become `sip:dialog@MCP;voicexml=BASE/v1/voicemail/{tenant}/deposit/{mailbox}?...`, legs to
-/// a `voicemail_access` DN `...;voicexml=BASE/v1/voicemail/{tenant}/access?caller=...`.
+/// become `sip:dialog@MCP;voicexml=BASE/voicemail/v1/tenants/{tenant}/deposit/{mailbox}?...`, legs to
+/// a `voicemail_access` DN `...;voicexml=BASE/voicemail/v1/tenants/{tenant}/access?caller=...`.
 /// A live setting like the directory: the `voicemail` role sets it when it starts after
 /// `sip-node` in the same process (the media server's port is known only then); until it
 /// is set such legs fail with 503.
@@ -602,12 +602,13 @@ impl SipNode {
         let caller = query_escape(from);
         let url = match kind {
             VoicemailLeg::Access => {
-                format!("{base}/v1/voicemail/{tenant}/access?caller={caller}")
+                format!("{base}/voicemail/v1/tenants/{tenant}/access?caller={caller}")
             }
             VoicemailLeg::Deposit => {
                 let mailbox = query_escape(dest.number());
-                let mut url =
-                    format!("{base}/v1/voicemail/{tenant}/deposit/{mailbox}?caller={caller}");
+                let mut url = format!(
+                    "{base}/voicemail/v1/tenants/{tenant}/deposit/{mailbox}?caller={caller}"
+                );
                 let call = self.model.call_of_leg(id).and_then(|c| self.model.call(c));
                 if let Some(call) = call {
                     url.push_str(&format!("&conn={}", call.conn));

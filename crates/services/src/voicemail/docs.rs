@@ -253,13 +253,13 @@ mod tests {
             submit: &url("/submit", &[("caller", evil)]),
         }));
         well_formed(&login(evil, true, &url("/login", &[("caller", evil)])));
-        well_formed(&main_menu(evil, 1, 2, "/v1/voicemail/s/tok"));
+        well_formed(&main_menu(evil, 1, 2, "/voicemail/v1/sessions/tok"));
         well_formed(&play(&Play {
             before: evil,
             index: 0,
             caller: Some(evil),
             audio: &url("/a.wav", &[]),
-            base: "/v1/voicemail/s/tok",
+            base: "/voicemail/v1/sessions/tok",
         }));
         well_formed(&record_greeting("/g", "/m"));
         well_formed(&goodbye(evil));

@@ -4,7 +4,7 @@
 //! * How calls get here: `sip-node` sends legs to a mailbox number (a DN's `mailbox` when
 //!   nobody answers, a queue's on its timeout, or the number dialled or routed directly) and
 //!   to a `voicemail_access` DN to the media server as
-//!   `sip:dialog@MCP;voicexml=BASE/v1/voicemail/{tenant}/deposit/{mailbox}?...` or
+//!   `sip:dialog@MCP;voicexml=BASE/voicemail/v1/tenants/{tenant}/deposit/{mailbox}?...` or
 //!   `.../access?caller=...` (see `sip_node::core::VoicemailRoute`). The media server runs
 //!   the VoiceXML documents this role serves ([`docs`]), built from the pure decisions of
 //!   [`menu`].

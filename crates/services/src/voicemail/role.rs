@@ -111,19 +111,22 @@ pub fn start(
 }
 
 fn routes(vm: Shared) -> Router {
-    let s = "/v1/voicemail/s/{token}";
+    let s = "/voicemail/v1/sessions/{token}";
     Router::new()
-        .route("/v1/voicemail/{tenant}/deposit/{mailbox}", get(deposit_doc))
         .route(
-            "/v1/voicemail/{tenant}/deposit/{mailbox}/message",
+            "/voicemail/v1/tenants/{tenant}/deposit/{mailbox}",
+            get(deposit_doc),
+        )
+        .route(
+            "/voicemail/v1/tenants/{tenant}/deposit/{mailbox}/message",
             post(deposit_message).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
         )
         .route(
-            "/v1/voicemail/{tenant}/greeting/{file}",
+            "/voicemail/v1/tenants/{tenant}/greeting/{file}",
             get(greeting_audio),
         )
-        .route("/v1/voicemail/{tenant}/access", get(access_doc))
-        .route("/v1/voicemail/{tenant}/access/login", get(login))
+        .route("/voicemail/v1/tenants/{tenant}/access", get(access_doc))
+        .route("/voicemail/v1/tenants/{tenant}/access/login", get(login))
         .route(&format!("{s}/menu"), get(menu_doc))
         .route(&format!("{s}/play"), get(play_doc))
         .route(&format!("{s}/key"), get(key_doc))
@@ -359,12 +362,12 @@ async fn deposit_doc(
     // The version in the URL: the media server caches prompts by URL.
     let greeting = version.map(|v| {
         url(
-            &format!("/v1/voicemail/{tenant}/greeting/{number}.wav"),
+            &format!("/voicemail/v1/tenants/{tenant}/greeting/{number}.wav"),
             &[("v", &v)],
         )
     });
     let submit = url(
-        &format!("/v1/voicemail/{tenant}/deposit/{number}/message"),
+        &format!("/voicemail/v1/tenants/{tenant}/deposit/{number}/message"),
         &q.echo(),
     );
     vxml(docs::deposit(&Deposit {
@@ -534,7 +537,10 @@ fn login_doc(tenant: &str, caller: &str, fixed: Option<&str>, failed: u32, intro
         query.push(("mailbox", m));
         query.push(("fixed", "true"));
     }
-    let next = url(&format!("/v1/voicemail/{tenant}/access/login"), &query);
+    let next = url(
+        &format!("/voicemail/v1/tenants/{tenant}/access/login"),
+        &query,
+    );
     let intro = match fixed {
         Some(m) if intro.is_empty() => format!("Mailbox {}.", docs::digits(m)),
         _ => intro.to_owned(),
@@ -644,7 +650,7 @@ fn count_of(messages: &[StoredMessage]) -> Counts {
 }
 
 fn session_base(token: &str) -> String {
-    format!("/v1/voicemail/s/{token}")
+    format!("/voicemail/v1/sessions/{token}")
 }
 
 fn ended() -> Response {
@@ -1104,7 +1110,7 @@ mod tests {
         // 150 s: above axum's default body limit.
         let wav = switchboard_media::audio::write_wav(&vec![1000i16; 150 * 8000], 8000);
         assert!(wav.len() > 2 << 20);
-        let uri = "/v1/voicemail/demo/deposit/8100/message?caller=%2B15551234&conn=00000000000000ff&ud=%7B%22case%22%3A%2242%22%7D";
+        let uri = "/voicemail/v1/tenants/demo/deposit/8100/message?caller=%2B15551234&conn=00000000000000ff&ud=%7B%22case%22%3A%2242%22%7D";
         let (status, body) = send(&router, "POST", uri, form(&wav)).await;
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("has been saved"), "{body}");
@@ -1121,7 +1127,7 @@ mod tests {
     #[tokio::test]
     async fn bad_uploads_and_unknown_mailboxes_are_problems() {
         let (router, store, _dir) = setup();
-        let uri = "/v1/voicemail/demo/deposit/8100/message";
+        let uri = "/voicemail/v1/tenants/demo/deposit/8100/message";
         let (status, _) = send(&router, "POST", uri, b"garbage".to_vec()).await;
         assert_eq!(status, 400);
         let (status, _) = send(&router, "POST", uri, form(b"not a wav")).await;
@@ -1130,7 +1136,7 @@ mod tests {
         let (status, _) = send(
             &router,
             "POST",
-            "/v1/voicemail/demo/deposit/9999/message",
+            "/voicemail/v1/tenants/demo/deposit/9999/message",
             form(&wav),
         )
         .await;
@@ -1140,7 +1146,7 @@ mod tests {
         let (status, doc) = send(
             &router,
             "GET",
-            "/v1/voicemail/demo/deposit/9999",
+            "/voicemail/v1/tenants/demo/deposit/9999",
             Vec::new(),
         )
         .await;
@@ -1152,7 +1158,7 @@ mod tests {
         let (status, doc) = send(
             &router,
             "GET",
-            "/v1/voicemail/s/nosuchtoken/menu",
+            "/voicemail/v1/sessions/nosuchtoken/menu",
             Vec::new(),
         )
         .await;
