@@ -1855,6 +1855,7 @@ fn attrs(call: &Call, i: usize, now: u64, req: Option<u64>, reason: Option<Strin
         request_id: req,
         reason,
         user_data: call.user_data.clone(),
+        treatment_results: None,
         ts_ms: now,
     }
 }
