@@ -173,6 +173,22 @@ async fn start_call_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     Ok(RoleHandle::from_task(role.task))
 }
 
+/// `front-end`: the desktop API's event WebSocket, `GET /v1/tenants/{t}/events` (the API-key
+/// gate in front of every `/v1/` route is the HTTP server's, see `http.rs`).
+async fn start_front_end(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    ctx.add_routes(switchboard_services::front_end::start(
+        ctx.config.clone(),
+        bus,
+        ctx.drain.clone(),
+    ));
+    Ok(RoleHandle::idle())
+}
+
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(RoleKind::SipProxy, start_sip_edge);
@@ -182,5 +198,6 @@ pub fn registry() -> Registry {
     r.register(RoleKind::Config, start_config);
     r.register(RoleKind::Mcp, start_mcp);
     r.register(RoleKind::CallState, start_call_state);
+    r.register(RoleKind::FrontEnd, start_front_end);
     r
 }
