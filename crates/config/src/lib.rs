@@ -714,10 +714,12 @@ impl Config {
                 Some("a1006"),
             ),
         ];
-        Config {
+        let mut config = Config {
             tenants: vec![t],
             ..Config::default()
-        }
+        };
+        config.http.admin_keys = vec!["demo-platform-key-change-me".to_owned()];
+        config
     }
 
     /// Parses and validates TOML text.
