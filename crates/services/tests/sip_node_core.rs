@@ -56,6 +56,7 @@ impl Net {
             local: addr(NODE),
             edge: addr(EDGE),
             trunks: vec![addr(TRUNK)],
+            mcp: None,
             timers: Timers::default(),
             model: ModelSettings {
                 ring_timeout_ms: RING_MS,
@@ -992,6 +993,7 @@ fn net_with_plan() -> Net {
         local: addr(NODE),
         edge: addr(EDGE),
         trunks: vec![addr(TRUNK)],
+        mcp: None,
         timers: Timers::default(),
         model: ModelSettings {
             ring_timeout_ms: RING_MS,
@@ -1144,6 +1146,7 @@ fn net_with_routing() -> Net {
         local: addr(NODE),
         edge: addr(EDGE),
         trunks: vec![addr(TRUNK)],
+        mcp: None,
         timers: Timers::default(),
         model: ModelSettings {
             ring_timeout_ms: RING_MS,

@@ -11,6 +11,7 @@ pub mod core;
 pub mod model;
 pub mod role;
 pub mod sdp;
+pub mod treatment;
 
 #[cfg(test)]
 mod model_tests;
