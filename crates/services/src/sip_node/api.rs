@@ -491,4 +491,135 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.status, 404);
     }
+
+    #[test]
+    fn treatments_parse_into_media_services() {
+        let conn = ConnId(0x0001_0000_0000_0001);
+        let r = post(
+            "treatment",
+            r#"{"dn":"1001","treatment":{"type":"music","url":"tone:440"}}"#,
+        );
+        assert_eq!(
+            r,
+            Ok(Request::ApplyTreatment {
+                conn,
+                dn: "1001".into(),
+                service: crate::sip_node::model::MediaService {
+                    user: "annc".into(),
+                    params: ";play=tone:440;repeat=forever".into()
+                }
+            })
+        );
+        let cancel = api(false)
+            .parse(
+                1,
+                "demo",
+                Some((CONN, "treatment")),
+                Verb::Delete,
+                br#"{"dn":"1001"}"#,
+            )
+            .unwrap();
+        assert_eq!(
+            cancel.request,
+            Request::CancelTreatment {
+                conn,
+                dn: "1001".into()
+            }
+        );
+        let status = |body: &str| post("treatment", body).unwrap_err().status;
+        assert_eq!(status(r#"{"dn":"1001"}"#), 400, "no treatment");
+        assert_eq!(
+            status(r#"{"dn":"1001","treatment":{"type":"dance"}}"#),
+            400
+        );
+        assert_eq!(
+            status(r#"{"dn":"1001","treatment":{"type":"music","url":""}}"#),
+            422
+        );
+        assert_eq!(
+            status(r#"{"dn":"1001","treatment":{"type":"collect_digits","prompt":"x","max_digits":1}}"#),
+            422,
+            "not supported"
+        );
+    }
+
+    #[test]
+    fn bus_requests_take_the_same_path_as_rest() {
+        use switchboard_events::requests::{CallOp, CallRequest};
+        let conn = ConnId(0x0001_0000_0000_0001);
+        let req = |dn: &str, conn_id: Option<ConnId>, op: CallOp| CallRequest {
+            tenant: "demo".into(),
+            request_id: 42,
+            conn_id,
+            dn: dn.into(),
+            op,
+        };
+        let c = api(false)
+            .from_bus(&req(
+                "1001",
+                Some(conn),
+                CallOp::RouteCall { to: "1002".into() },
+            ))
+            .unwrap();
+        let rest = api(false)
+            .parse(
+                42,
+                "demo",
+                Some((CONN, "route")),
+                Verb::Post,
+                br#"{"dn":"1001","to":"1002"}"#,
+            )
+            .unwrap();
+        assert_eq!(c, rest);
+        let err = |r: CallRequest| {
+            let p = api(false).from_bus(&r).unwrap_err();
+            (p.status, p.error_code())
+        };
+        assert_eq!(
+            err(req("1001", Some(conn), CallOp::RouteCall { to: "77".into() })),
+            (422, codes::INVALID_DESTINATION)
+        );
+        assert_eq!(
+            err(req("1001", None, CallOp::Hold)),
+            (400, codes::BAD_ARGUMENT),
+            "no conn_id"
+        );
+        assert_eq!(
+            err(req("9999", Some(conn), CallOp::Hold)),
+            (400, codes::BAD_ARGUMENT),
+            "unknown DN"
+        );
+        assert_eq!(
+            err(req(
+                "1001",
+                Some(conn),
+                CallOp::MakeCall { to: "1002".into() }
+            )),
+            (400, codes::BAD_ARGUMENT),
+            "MakeCall names no call"
+        );
+        assert_eq!(
+            err(req(
+                "1001",
+                Some(conn),
+                CallOp::SendDtmf {
+                    digits: "x".into()
+                }
+            )),
+            (400, codes::BAD_ARGUMENT)
+        );
+        let mut unknown = req("1001", Some(conn), CallOp::Hold);
+        unknown.tenant = "nope".into();
+        assert_eq!(err(unknown), (404, "unknown_tenant"));
+        let make = api(false)
+            .from_bus(&req("1001", None, CallOp::MakeCall { to: "1002".into() }))
+            .unwrap();
+        assert_eq!(
+            make.request,
+            Request::MakeCall {
+                dn: "1001".into(),
+                to: Resolved::Ok(Dest::Dn("1002".into()))
+            }
+        );
+    }
 }
