@@ -114,7 +114,10 @@ impl Rig {
     /// A REST request: (status, JSON body).
     fn rest(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
         let r = http_request(self.sb.http_addr(), method, path, Some(body)).expect("HTTP");
-        (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+        (
+            r.status,
+            serde_json::from_str(&r.body).unwrap_or(Value::Null),
+        )
     }
 
     /// A request the node must accept (202): its request id.
@@ -154,10 +157,7 @@ impl Events {
             .enable_all()
             .build()
             .expect("runtime");
-        let bus: SharedBus = Arc::new(
-            rt.block_on(RedisBus::connect(&redis.url()))
-                .expect("redis"),
-        );
+        let bus: SharedBus = Arc::new(rt.block_on(RedisBus::connect(&redis.url())).expect("redis"));
         Events {
             rt,
             bus,
@@ -305,11 +305,7 @@ fn caller(node: SocketAddr, during: &str) -> thread::JoinHandle<SippOutcome> {
     let vars = vars.join(",");
     let xml = scenario(
         "treatment_caller",
-        &[
-            ("CALLEE", "5000"),
-            ("DURING", during),
-            ("VARS", &vars),
-        ],
+        &[("CALLEE", "5000"), ("DURING", during), ("VARS", &vars)],
     );
     let (sip, media) = (free_port(), free_port());
     background(xml, Some(node), sip, media)
@@ -364,7 +360,8 @@ struct App {
     targets: Arc<Mutex<Vec<String>>>,
 }
 
-const MENU: &str = "<?xml version=\"1.0\"?>\n<vxml version=\"2.1\" xmlns=\"http://www.w3.org/2001/vxml\">\
+const MENU: &str =
+    "<?xml version=\"1.0\"?>\n<vxml version=\"2.1\" xmlns=\"http://www.w3.org/2001/vxml\">\
     <form><field name='choice' type='digits?length=1'>\
     <filled><exit namelist='choice'/></filled></field></form></vxml>";
 
@@ -498,7 +495,11 @@ fn menu_then_music_then_the_agent_over_rest() {
     events.wait("EventTreatmentApplied (music)", |e| {
         named(e, "EventTreatmentApplied").is_some() && request_id(e) == Some(music)
     });
-    let route = r.accepted("POST", &format!("{base}/route"), r#"{"dn":"5000","to":"1002"}"#);
+    let route = r.accepted(
+        "POST",
+        &format!("{base}/route"),
+        r#"{"dn":"5000","to":"1002"}"#,
+    );
     let end = events.wait("EventTreatmentEnd (routed)", |e| {
         named(e, "EventTreatmentEnd").is_some()
     });
@@ -567,7 +568,10 @@ fn menu_over_the_bus_then_the_caller_hangs_up_during_music() {
     events.publish(&stream, "not a request");
     events.publish(
         &stream,
-        &request(901, json!({"type": "play_announcement", "url": "tone:440", "repeat": 0})),
+        &request(
+            901,
+            json!({"type": "play_announcement", "url": "tone:440", "repeat": 0}),
+        ),
     );
     let err = events.wait("EventError", |e| e.name() == "EventError");
     match &err {
@@ -580,7 +584,10 @@ fn menu_over_the_bus_then_the_caller_hangs_up_during_music() {
 
     events.publish(
         &stream,
-        &request(902, json!({"type": "play_application", "url": r.app.url("/menu.vxml")})),
+        &request(
+            902,
+            json!({"type": "play_application", "url": r.app.url("/menu.vxml")}),
+        ),
     );
     events.wait("EventTreatmentApplied", |e| {
         named(e, "EventTreatmentApplied").is_some() && request_id(e) == Some(902)

@@ -204,9 +204,7 @@ impl Api {
                     dn,
                 })
             }
-            (Some(_), CallOp::MakeCall { .. }) => {
-                return Err(bad("MakeCall takes no \"conn_id\""))
-            }
+            (Some(_), CallOp::MakeCall { .. }) => return Err(bad("MakeCall takes no \"conn_id\"")),
             (Some(c), _) => c,
             (None, _) => return Err(bad("\"conn_id\" (the call) is required")),
         };
@@ -528,16 +526,15 @@ mod tests {
         );
         let status = |body: &str| post("treatment", body).unwrap_err().status;
         assert_eq!(status(r#"{"dn":"1001"}"#), 400, "no treatment");
-        assert_eq!(
-            status(r#"{"dn":"1001","treatment":{"type":"dance"}}"#),
-            400
-        );
+        assert_eq!(status(r#"{"dn":"1001","treatment":{"type":"dance"}}"#), 400);
         assert_eq!(
             status(r#"{"dn":"1001","treatment":{"type":"music","url":""}}"#),
             422
         );
         assert_eq!(
-            status(r#"{"dn":"1001","treatment":{"type":"collect_digits","prompt":"x","max_digits":1}}"#),
+            status(
+                r#"{"dn":"1001","treatment":{"type":"collect_digits","prompt":"x","max_digits":1}}"#
+            ),
             422,
             "not supported"
         );
@@ -576,7 +573,11 @@ mod tests {
             (p.status, p.error_code())
         };
         assert_eq!(
-            err(req("1001", Some(conn), CallOp::RouteCall { to: "77".into() })),
+            err(req(
+                "1001",
+                Some(conn),
+                CallOp::RouteCall { to: "77".into() }
+            )),
             (422, codes::INVALID_DESTINATION)
         );
         assert_eq!(
@@ -602,9 +603,7 @@ mod tests {
             err(req(
                 "1001",
                 Some(conn),
-                CallOp::SendDtmf {
-                    digits: "x".into()
-                }
+                CallOp::SendDtmf { digits: "x".into() }
             )),
             (400, codes::BAD_ARGUMENT)
         );

@@ -9,9 +9,8 @@
 //! from outside.
 
 use super::model::{
-    Action, Dest, Direction, DnDirectory, DnInfo, Input, LegId, MediaService, Model,
-    ModelSettings, QueueInfo,
-    Request, Resolved, RoutePointInfo,
+    Action, Dest, Direction, DnDirectory, DnInfo, Input, LegId, MediaService, Model, ModelSettings,
+    QueueInfo, Request, Resolved, RoutePointInfo,
 };
 use super::sdp::{answer_direction, direction_of, LegSdp};
 use super::treatment::exit_results;

@@ -747,9 +747,7 @@ impl Model {
             Input::HungUp { leg } if self.treatment_call(leg).is_some() => {
                 self.treatment_exit(leg, UserData::new(), now_ms, out)
             }
-            Input::TreatmentExit { leg, results } => {
-                self.treatment_exit(leg, results, now_ms, out)
-            }
+            Input::TreatmentExit { leg, results } => self.treatment_exit(leg, results, now_ms, out),
             Input::Ringing { leg } => self.ringing(leg, now_ms, out),
             Input::Answered { leg, sdp } => self.answered(leg, sdp, now_ms, out),
             Input::Failed { leg, code } => {

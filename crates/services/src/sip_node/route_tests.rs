@@ -1003,7 +1003,12 @@ fn a_treatment_answers_the_caller_and_its_exit_namelist_ends_it() {
         "no routing timeout while the strategy treats the call: {out:?}"
     );
     assert!(calls(&out).is_empty(), "nothing happened yet: {out:?}");
-    assert_eq!(s.m.call(conn).and_then(|c| c.treatment.clone()).map(|t| t.leg), Some(m));
+    assert_eq!(
+        s.m.call(conn)
+            .and_then(|c| c.treatment.clone())
+            .map(|t| t.leg),
+        Some(m)
+    );
 
     let out = s.step(Input::Answered {
         leg: m,
@@ -1033,7 +1038,11 @@ fn a_treatment_answers_the_caller_and_its_exit_namelist_ends_it() {
     assert_eq!(end.reason.as_deref(), Some("completed"));
     assert_eq!(end.request_id, Some(id));
     assert_eq!(end.treatment_results, Some(results(&[("choice", "2")])));
-    assert_eq!(timers(&out), vec![(rp, 10_000)], "the routing timer restarts");
+    assert_eq!(
+        timers(&out),
+        vec![(rp, 10_000)],
+        "the routing timer restarts"
+    );
     assert!(
         !out.iter().any(|x| matches!(x, Action::Hangup { .. })),
         "the caller stays: {out:?}"

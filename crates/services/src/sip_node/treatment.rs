@@ -46,9 +46,11 @@ pub fn media_service(t: &Treatment) -> Result<MediaService, String> {
             )
         }
         Treatment::CollectDigits { .. } => {
-            return Err("collect_digits treatments are not supported: use a play_application \
+            return Err(
+                "collect_digits treatments are not supported: use a play_application \
                  treatment whose VoiceXML page collects the digits"
-                .into())
+                    .into(),
+            )
         }
     };
     Ok(MediaService {
@@ -224,7 +226,9 @@ mod tests {
             url: "tts:hold on".into(),
         });
         match parse(&Uri::parse(&uri).expect("uri")).expect("service") {
-            Service::Announcement(a) => assert_eq!((a.play.as_str(), a.repeat), ("tts:hold on", None)),
+            Service::Announcement(a) => {
+                assert_eq!((a.play.as_str(), a.repeat), ("tts:hold on", None))
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -254,7 +258,10 @@ mod tests {
     fn exit_namelists_from_bye_bodies() {
         let (ct, body) = bye_body(&json!({"choice": "2", "n": 3})).expect("body");
         let r = exit_results(&ct, &body);
-        assert_eq!(serde_json::Value::Object(r), json!({"choice": "2", "n": "3"}));
+        assert_eq!(
+            serde_json::Value::Object(r),
+            json!({"choice": "2", "n": "3"})
+        );
         let (ct, body) = bye_body(&json!({"x": "--switchboard-vxml-exit--"})).expect("body");
         assert_eq!(
             serde_json::Value::Object(exit_results(&ct, &body)),
@@ -282,7 +289,9 @@ mod tests {
         assert!(exit_results("application/sdp", b"v=0").is_empty());
         assert!(exit_results("multipart/form-data", b"--x\r\n").is_empty());
         assert!(exit_results("multipart/form-data; boundary=x", &[0xff, 0xfe]).is_empty());
-        assert!(exit_results("multipart/form-data; boundary=x", b"--x\r\nno headers--x--").is_empty());
+        assert!(
+            exit_results("multipart/form-data; boundary=x", b"--x\r\nno headers--x--").is_empty()
+        );
         assert!(exit_results(
             "multipart/form-data; boundary=x",
             b"--x\r\nX-Other: 1\r\n\r\nv\r\n--x--\r\n"
