@@ -281,18 +281,22 @@ async fn submit(
 }
 
 impl RestState {
-    /// Gives a validated request to the core: refused when the call is not one of this
-    /// node's calls in that tenant, or when the core's queue is full.
-    fn hand_over(&self, cmd: NodeCommand) -> Result<(), Problem> {
-        if let Some(conn) = cmd.request.conn() {
-            if lock(&self.calls).get(&conn) != Some(&cmd.tenant) {
-                return Err(Problem {
-                    status: 404,
-                    title: "Unknown call",
-                    detail: format!("no call {conn} in tenant {}", cmd.tenant),
-                });
-            }
+    /// Refuses a request for a call that is not one of this node's calls in that tenant.
+    fn check_call(&self, cmd: &NodeCommand) -> Result<(), Problem> {
+        match cmd.request.conn() {
+            Some(conn) if lock(&self.calls).get(&conn) != Some(&cmd.tenant) => Err(Problem {
+                status: 404,
+                title: "Unknown call",
+                detail: format!("no call {conn} in tenant {}", cmd.tenant),
+            }),
+            _ => Ok(()),
         }
+    }
+
+    /// Gives a validated REST request to the core: refused for another node's call, or when
+    /// the core's queue is full (the client retries).
+    fn hand_over(&self, cmd: NodeCommand) -> Result<(), Problem> {
+        self.check_call(&cmd)?;
         self.commands.try_send(cmd).map_err(|_| Problem {
             status: 503,
             title: "Unavailable",
@@ -360,10 +364,19 @@ impl BusRequests {
                 return;
             }
         };
-        let result = state
-            .api
-            .from_bus(&req)
-            .and_then(|cmd| state.hand_over(cmd));
+        let checked = state.api.from_bus(&req).and_then(|cmd| {
+            state.check_call(&cmd)?;
+            Ok(cmd)
+        });
+        // A full queue holds the stream back rather than refusing the request.
+        let result = match checked {
+            Ok(cmd) => state.commands.send(cmd).await.map_err(|_| Problem {
+                status: 503,
+                title: "Unavailable",
+                detail: "the SIP Server is stopping".into(),
+            }),
+            Err(p) => Err(p),
+        };
         let Err(p) = result else {
             metrics::counter!("sipnode_bus_requests_total", "result" => "accepted").increment(1);
             tracing::info!(tenant = %req.tenant, conn_id = ?req.conn_id.map(|c| c.to_string()),
