@@ -447,7 +447,7 @@ fn menu_then_music_then_the_agent_over_rest() {
         (r#"{"dn":"5000"}"#, 400),
         (r#"{"dn":"5000","treatment":{"type":"dance"}}"#, 400),
         (
-            r#"{"dn":"5000","treatment":{"type":"collect_digits","prompt":"tts:hi","max_digits":2}}"#,
+            r#"{"dn":"5000","treatment":{"type":"collect_digits","prompt":"tts:hi","max_digits":0}}"#,
             422,
         ),
         (
@@ -544,11 +544,14 @@ fn menu_then_music_then_the_agent_over_rest() {
 }
 
 #[test]
-fn menu_over_the_bus_then_the_caller_hangs_up_during_music() {
+fn menu_and_collect_digits_over_the_bus_then_the_caller_hangs_up_during_music() {
     let Some(r) = rig() else { return };
     let mut events = Events::new(&r.redis);
     let during = pause(1500)
         + &play_dtmf("2")
+        + &reinvite("m=audio [0-9]+ RTP/AVP", "collect", "8 101")
+        + &pause(1000)
+        + &play_dtmf("7")
         + &reinvite("m=audio [0-9]+ RTP/AVP", "music", "8 101")
         + &pause(1000)
         + &send_bye();
@@ -602,12 +605,34 @@ fn menu_over_the_bus_then_the_caller_hangs_up_during_music() {
         Some(json!({"choice": "2"}))
     );
 
+    // CollectDigits: the media server's built-in page; the caller presses 7. The menu ended on
+    // the first packet of the 2; the rest of that pcap (140 ms) must not reach the new session.
+    thread::sleep(Duration::from_millis(500));
     events.publish(
         &stream,
-        &request(903, json!({"type": "music", "url": "tone:440"})),
+        &request(
+            903,
+            json!({"type": "collect_digits", "prompt": "tone:440/300", "max_digits": 1}),
+        ),
+    );
+    let end = events.wait("EventTreatmentEnd (digits)", |e| {
+        named(e, "EventTreatmentEnd").is_some() && request_id(e) == Some(903)
+    });
+    assert_eq!(
+        end.call()
+            .unwrap()
+            .treatment_results
+            .clone()
+            .map(Value::Object),
+        Some(json!({"digits": "7"}))
+    );
+
+    events.publish(
+        &stream,
+        &request(904, json!({"type": "music", "url": "tone:440"})),
     );
     events.wait("EventTreatmentApplied (music)", |e| {
-        named(e, "EventTreatmentApplied").is_some() && request_id(e) == Some(903)
+        named(e, "EventTreatmentApplied").is_some() && request_id(e) == Some(904)
     });
     let end = events.wait("EventTreatmentEnd (caller_hangup)", |e| {
         named(e, "EventTreatmentEnd").is_some()

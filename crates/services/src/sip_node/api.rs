@@ -533,10 +533,10 @@ mod tests {
         );
         assert_eq!(
             status(
-                r#"{"dn":"1001","treatment":{"type":"collect_digits","prompt":"x","max_digits":1}}"#
+                r#"{"dn":"1001","treatment":{"type":"collect_digits","prompt":"x","max_digits":99}}"#
             ),
             422,
-            "not supported"
+            "too many digits"
         );
     }
 

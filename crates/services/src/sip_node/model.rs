@@ -15,6 +15,12 @@
 //! (EventQueued) until it is distributed with RouteCall or its optional timeout; a DN that forwards on no answer or busy hands
 //! the call on (EventDiverted); events of a DN with an agent carry its AgentID.
 //!
+//! A call parked at a route point or queue can be given treatments ([`Request::ApplyTreatment`]):
+//! a leg to the media server that is not a party ([`TreatmentLeg`]), offered the caller's SDP;
+//! its answer answers the caller, or re-offers an answered caller (EventTreatmentApplied); its
+//! BYE, cancellation, RouteCall or the caller's hang-up end it (EventTreatmentEnd). The
+//! routing timer stops while a treatment plays and every request restarts it.
+//!
 //! Event sequences (this DN's view) are documented in the README ("The SIP Server").
 
 use bytes::Bytes;

@@ -7,12 +7,12 @@
 //! | `play_application` | `sip:dialog@MCP;voicexml=URL` (RFC 5552), `params` appended to the URL's query |
 //! | `music` | `sip:annc@MCP;play=URL;repeat=forever` (RFC 4240) |
 //! | `play_announcement` | `sip:annc@MCP;play=URL;repeat=N` |
+//! | `collect_digits` | `sip:dialog@MCP;voicexml=builtin:collect-digits?prompt=..&max_digits=..&timeout_s=..` (a document the media server makes itself, [`crate::mcp::builtin`]; its exit namelist is `digits`) |
 //!
 //! URLs are %-escaped into the parameter value (the media server %-decodes it).
-//! `collect_digits` is refused: the media server has no digit-collection service of its own;
-//! a `play_application` page with a `<field>` does the same.
 
 use super::model::MediaService;
+use crate::mcp::builtin;
 use serde_json::Value;
 use switchboard_events::requests::Treatment;
 use switchboard_events::UserData;
@@ -45,12 +45,29 @@ pub fn media_service(t: &Treatment) -> Result<MediaService, String> {
                 format!(";play={};repeat={repeat}", escape(url_of(url)?)),
             )
         }
-        Treatment::CollectDigits { .. } => {
-            return Err(
-                "collect_digits treatments are not supported: use a play_application \
-                 treatment whose VoiceXML page collects the digits"
-                    .into(),
-            )
+        Treatment::CollectDigits {
+            prompt,
+            max_digits,
+            timeout_s,
+        } => {
+            if !(1..=builtin::MAX_DIGITS).contains(max_digits) {
+                return Err(format!(
+                    "\"max_digits\" must be 1 to {}",
+                    builtin::MAX_DIGITS
+                ));
+            }
+            if !(1..=builtin::MAX_TIMEOUT_S).contains(timeout_s) {
+                return Err(format!(
+                    "\"timeout_s\" must be 1 to {}",
+                    builtin::MAX_TIMEOUT_S
+                ));
+            }
+            let url = format!(
+                "{}?prompt={}&max_digits={max_digits}&timeout_s={timeout_s}",
+                builtin::COLLECT_DIGITS,
+                escape(prompt.trim())
+            );
+            ("dialog", format!(";voicexml={}", escape(&url)))
         }
     };
     Ok(MediaService {
@@ -234,6 +251,29 @@ mod tests {
     }
 
     #[test]
+    fn collect_digits_is_the_media_servers_built_in_document() {
+        use crate::mcp::service::{parse, Service};
+        use switchboard_sip::Uri;
+        let uri = service(Treatment::CollectDigits {
+            prompt: "tone:440/300".into(),
+            max_digits: 4,
+            timeout_s: 3,
+        });
+        let Ok(Service::Dialog { voicexml }) = parse(&Uri::parse(&uri).expect("uri")) else {
+            panic!("{uri}")
+        };
+        assert_eq!(
+            voicexml,
+            "builtin:collect-digits?prompt=tone:440/300&max_digits=4&timeout_s=3"
+        );
+        let doc = builtin::document(&voicexml)
+            .expect("built in")
+            .expect("a document");
+        assert!(doc.contains("maxlength=4"), "{doc}");
+        assert!(doc.contains("<audio src=\"tone:440/300\"/>"), "{doc}");
+    }
+
+    #[test]
     fn bad_treatments_are_refused() {
         let err = |t| media_service(&t).unwrap_err();
         assert!(err(Treatment::Music { url: " ".into() }).contains("url"));
@@ -248,10 +288,16 @@ mod tests {
         .contains("exceeds"));
         assert!(err(Treatment::CollectDigits {
             prompt: "tts:hi".into(),
-            max_digits: 4,
+            max_digits: 0,
             timeout_s: 5
         })
-        .contains("not supported"));
+        .contains("max_digits"));
+        assert!(err(Treatment::CollectDigits {
+            prompt: "tts:hi".into(),
+            max_digits: 4,
+            timeout_s: 61
+        })
+        .contains("timeout_s"));
     }
 
     #[test]
