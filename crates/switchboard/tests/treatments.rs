@@ -606,8 +606,9 @@ fn menu_and_collect_digits_over_the_bus_then_the_caller_hangs_up_during_music() 
     );
 
     // CollectDigits: the media server's built-in page; the caller presses 7. The menu ended on
-    // the first packet of the 2; the rest of that pcap (140 ms) must not reach the new session.
-    thread::sleep(Duration::from_millis(500));
+    // the first packet of the 2; the rest of that pcap (140 ms), which SIPp sends to the newest
+    // media address, must not reach the new session (it did once with a 500 ms wait).
+    thread::sleep(Duration::from_millis(1000));
     events.publish(
         &stream,
         &request(
