@@ -50,12 +50,11 @@ pub fn document(url: &str) -> Option<Result<String, FetchError>> {
         return bad(format!("timeout_s must be 1 to {MAX_TIMEOUT_S}"));
     }
     let prompt = match prompt.as_deref().map(str::trim) {
-        Some(p) if p.is_empty() => String::new(),
+        None | Some("") => String::new(),
         Some(p) => match p.strip_prefix("tts:") {
             Some(text) => xml_escape(text),
             None => format!("<audio src=\"{}\"/>", xml_escape(p)),
         },
-        None => String::new(),
     };
     Some(Ok(format!(
         "<?xml version=\"1.0\"?>\n\
