@@ -1,7 +1,8 @@
 //! The call model with DN options, without a network: route points (EventRouteRequest,
 //! RouteCall, the default route, EventAbandoned), ACD queues (EventQueued, distribution by
 //! RouteCall, the queue timeout, EventAbandoned), forward on no answer and on busy
-//! (EventDiverted), and the AgentID of events.
+//! (EventDiverted), the AgentID of events, and treatments (the media server's leg,
+//! EventTreatmentApplied/End, the routing timer while a strategy works on the call).
 
 use super::model::*;
 use bytes::Bytes;
@@ -1322,4 +1323,44 @@ fn a_bye_without_results_completes_the_treatment_with_none() {
     assert_eq!(evs[0].0, "EventTreatmentEnd");
     assert_eq!(evs[0].1.reason.as_deref(), Some("completed"));
     assert_eq!(evs[0].1.treatment_results, Some(results(&[])));
+}
+
+#[test]
+fn a_call_in_a_queue_gets_treatments_too() {
+    let mut s = Sim::new(q_table(Some(30_000), None));
+    let (a, conn, out) = s.incoming(1, CARRIER, false, dn(Q));
+    let q = timers(&out)[0].0;
+    let (id, out) = s.request(Request::ApplyTreatment {
+        conn,
+        dn: Q.into(),
+        service: service("annc"),
+    });
+    assert!(out.contains(&Action::CancelRingTimer { leg: q }));
+    let m = out
+        .iter()
+        .find_map(|x| match x {
+            Action::PlaceMediaLeg { leg, to, .. } => {
+                assert_eq!(to, Q);
+                Some(*leg)
+            }
+            _ => None,
+        })
+        .expect("a media leg");
+    let out = s.step(Input::Answered {
+        leg: m,
+        sdp: sdp("mcp"),
+    });
+    assert!(out.contains(&Action::Answer {
+        leg: a,
+        sdp: sdp("mcp")
+    }));
+    assert_eq!(
+        seen(&out),
+        vec![ev("EventTreatmentApplied", Q, CARRIER, None)]
+    );
+    assert_eq!(calls(&out)[0].1.request_id, Some(id));
+    // Cancelled: the queue's own timeout runs again.
+    let (_, out) = s.request(Request::CancelTreatment { conn, dn: Q.into() });
+    assert_eq!(timers(&out), vec![(q, 30_000)]);
+    assert_eq!(seen(&out)[0].0, "EventTreatmentEnd");
 }
