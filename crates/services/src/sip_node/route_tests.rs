@@ -1364,3 +1364,41 @@ fn a_call_in_a_queue_gets_treatments_too() {
     assert_eq!(timers(&out), vec![(q, 30_000)]);
     assert_eq!(seen(&out)[0].0, "EventTreatmentEnd");
 }
+
+#[test]
+fn a_media_server_answer_without_sdp_fails_the_treatment() {
+    let mut s = Sim::new(rp_table(None));
+    let (a, conn, _) = parked(&mut s);
+    let (id, out) = s.apply(conn, "dialog");
+    let (m, _) = media_leg(&out);
+    let out = s.step(Input::Answered { leg: m, sdp: None });
+    assert!(out.contains(&Action::Hangup { leg: m }));
+    assert_eq!(
+        error_code(&out),
+        Some((codes::MEDIA_SERVER_FAILED.into(), id))
+    );
+    assert!(
+        !out.iter()
+            .any(|x| matches!(x, Action::Answer { leg, .. } if *leg == a)),
+        "the caller is not answered with nothing: {out:?}"
+    );
+    // The media server's own re-INVITE is answered on the spot, not relayed.
+    let (_, out) = s.apply(conn, "annc");
+    let (m, _) = media_leg(&out);
+    s.step(Input::Answered {
+        leg: m,
+        sdp: sdp("mcp"),
+    });
+    let out = s.step(Input::DeviceReoffer {
+        leg: m,
+        sdp: Bytes::from_static(b"v=0\r\n"),
+    });
+    assert_eq!(
+        out,
+        vec![Action::AnswerReoffer {
+            leg: m,
+            code: 200,
+            sdp: None
+        }]
+    );
+}
