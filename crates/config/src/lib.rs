@@ -234,6 +234,10 @@ pub struct SipNodeConfig {
     /// takes the route point's default route, in milliseconds, unless the route point sets
     /// its own `timeout_s`. Default 10000.
     pub route_timeout_ms: u64,
+    /// The media server (IP:port) treatments are played on. Default: the bound `mcp.udp` of
+    /// this process when it runs the `mcp` role, else none (treatments then fail).
+    #[serde(deserialize_with = "de_optional_addr")]
+    pub mcp: Option<SocketAddr>,
 }
 
 impl Default for SipNodeConfig {
@@ -244,6 +248,7 @@ impl Default for SipNodeConfig {
             trunks: Vec::new(),
             ring_timeout_ms: 30_000,
             route_timeout_ms: 10_000,
+            mcp: None,
         }
     }
 }

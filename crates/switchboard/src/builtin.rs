@@ -95,6 +95,10 @@ async fn start_sip_edge(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     Ok(handle)
 }
 
+/// The bound `mcp.udp` of this process's media server: where `sip-node` plays treatments
+/// unless `sip_node.mcp` says otherwise (mcp starts before sip-node).
+struct McpUdp(std::net::SocketAddr);
+
 /// The media server (`mcp`): its own SIP sockets (`[mcp] udp/tcp`), reported as `mcp_udp` and
 /// `mcp_tcp` in the `listening` line, with the built-in VoiceXML browser behind
 /// `sip:dialog@HOST;voicexml=URL` (RFC 5552).
@@ -123,6 +127,7 @@ async fn start_mcp(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     let mut handle = RoleHandle::from_task(mcp.task);
     if let Some(a) = mcp.udp {
         handle = handle.bound("mcp_udp", a);
+        ctx.shared().get_or_init(|| McpUdp(a));
     }
     if let Some(a) = mcp.tcp {
         handle = handle.bound("mcp_tcp", a);
@@ -145,8 +150,16 @@ async fn start_sip_node(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         .map(|e| (*e).clone());
     let directory =
         switchboard_services::sip_node::core::Directory::live(dialplan_cell(&ctx).await?);
+    let mut config = ctx.config.clone();
+    if config.sip_node.mcp.is_none() {
+        if let Some(mcp) = ctx.shared().get::<McpUdp>() {
+            let mut c = (*config).clone();
+            c.sip_node.mcp = Some(mcp.0);
+            config = Arc::new(c);
+        }
+    }
     let node = switchboard_services::sip_node::role::start(
-        ctx.config.clone(),
+        config,
         bus,
         edge,
         directory,
