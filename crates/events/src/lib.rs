@@ -13,6 +13,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod requests;
+
 /// A call's connection id: 64 bits shown as 16 hex digits, unique per tenant and process run
 /// (the high bits carry the node, the low bits a counter).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -107,7 +109,14 @@ pub enum Event {
     EventAgentReserved(AgentAttrs),
     EventDNOutOfService(DnAttrs),
     EventDNBackInService(DnAttrs),
-    /// A voicemail message was stored in mailbox `mailbox` (durably: audio and metadata).
+    /// The media server started playing a treatment (ApplyTreatment `request_id`) to the call
+    /// at route point or queue `this_dn`.
+    EventTreatmentApplied(CallAttrs),
+    /// A treatment ended: `reason` is `completed` (the application exited or the announcement
+    /// finished), `cancelled`, `routed`, `caller_hangup` or an `error.*` name;
+    /// `treatment_results` holds its results (a VoiceXML exit namelist, collected `digits`).
+    EventTreatmentEnd(CallAttrs),
+    /// A voicemail message was stored in mailbox `this_dn` (durably: audio and metadata).
     EventMessageDeposited(MessageAttrs),
 }
 
@@ -147,6 +156,9 @@ pub struct CallAttrs {
     pub reason: Option<String>,
     #[serde(default)]
     pub user_data: UserData,
+    /// What a treatment returned (EventTreatmentEnd only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub treatment_results: Option<UserData>,
     /// Milliseconds since the Unix epoch.
     pub ts_ms: u64,
 }
@@ -228,7 +240,9 @@ macro_rules! call_attrs {
             | Event::EventRouteRequest(c)
             | Event::EventQueued(c)
             | Event::EventDiverted(c)
-            | Event::EventAbandoned(c) => Some(c),
+            | Event::EventAbandoned(c)
+            | Event::EventTreatmentApplied(c)
+            | Event::EventTreatmentEnd(c) => Some(c),
             _ => None,
         }
     };
@@ -264,6 +278,8 @@ impl Event {
             EventAgentReserved,
             EventDNOutOfService,
             EventDNBackInService,
+            EventTreatmentApplied,
+            EventTreatmentEnd,
             EventMessageDeposited
         )
     }

@@ -9,10 +9,11 @@
 //! from outside.
 
 use super::model::{
-    Action, Dest, Direction, DnDirectory, DnInfo, Input, LegId, Model, ModelSettings, QueueInfo,
-    Request, Resolved, RoutePointInfo,
+    Action, Dest, Direction, DnDirectory, DnInfo, Input, LegId, MediaService, Model, ModelSettings,
+    QueueInfo, Request, Resolved, RoutePointInfo,
 };
 use super::sdp::{answer_direction, direction_of, LegSdp};
+use super::treatment::exit_results;
 use crate::dialplan::role::DialplanCell;
 use crate::dialplan::{Dialplan, Ingress, Query, ResolveError, Target};
 use crate::sip::target::uri_peer;
@@ -215,6 +216,8 @@ pub struct NodeSettings {
     pub edge: SocketAddr,
     /// Trunk gateways: external numbers go to the first.
     pub trunks: Vec<SocketAddr>,
+    /// The media server treatments are played on (`sip_node.mcp`); `None`: treatments fail.
+    pub mcp: Option<SocketAddr>,
     pub timers: Timers,
     pub model: ModelSettings,
     /// Where legs to mailboxes and voicemail access DNs go.
@@ -278,6 +281,18 @@ fn escape_except(s: &str, keep: &[u8]) -> String {
 /// Attached data longer than this (as JSON) is not passed to the deposit menu: the
 /// Request-URI would grow too long.
 const MAX_USER_DATA_IN_URL: usize = 1024;
+
+/// An INVITE for a new leg.
+struct Invite {
+    ruri: String,
+    peer: Peer,
+    /// The users of the From and To URIs (in the tenant's `domain`).
+    from: String,
+    to: String,
+    domain: String,
+    sdp: Option<Bytes>,
+    auto_answer: bool,
+}
 
 /// A call-control request from REST: already validated and resolved.
 #[derive(Clone, Debug, PartialEq)]
@@ -501,6 +516,14 @@ impl SipNode {
                 sdp,
                 auto_answer,
             } => self.place(leg, tenant, dest, from, sdp, auto_answer, now),
+            Action::PlaceMediaLeg {
+                leg,
+                tenant,
+                service,
+                from,
+                to,
+                sdp,
+            } => self.place_media(leg, tenant, service, from, to, sdp, now),
             Action::Ring { leg } => self.respond(leg, 180, None, now),
             Action::Answer { leg, sdp } => self.respond(leg, 200, sdp, now),
             Action::Reject { leg, code } => self.respond(leg, code, None, now),
@@ -567,7 +590,17 @@ impl SipNode {
                 self.inputs.push_back(Input::Failed { leg: id, code: 503 });
                 return;
             };
-            return self.send_invite(id, tenant, dest, from, sdp, ruri, &domain, false, now);
+            let (ruri, peer) = ruri;
+            let invite = Invite {
+                ruri,
+                peer,
+                from,
+                to: dest.number().to_string(),
+                domain,
+                sdp,
+                auto_answer: false,
+            };
+            return self.send_invite(id, tenant, invite, now);
         }
         let gateway = match &dest {
             Dest::Dn(_) => Some(self.settings.edge),
@@ -584,8 +617,16 @@ impl SipNode {
                 return;
             }
         };
-        let ruri = (ruri, peer);
-        self.send_invite(id, tenant, dest, from, sdp, ruri, &domain, auto_answer, now);
+        let invite = Invite {
+            ruri,
+            peer,
+            from,
+            to: dest.number().to_string(),
+            domain,
+            sdp,
+            auto_answer,
+        };
+        self.send_invite(id, tenant, invite, now);
     }
 
     /// `sip:dialog@MCP;voicexml=URL` for a voicemail leg, and the media server.
@@ -624,19 +665,49 @@ impl SipNode {
         Some((ruri, Peer::udp(target.mcp)))
     }
 
+    /// A treatment leg: an INVITE to the media server for `service`.
     #[allow(clippy::too_many_arguments)]
-    fn send_invite(
+    fn place_media(
         &mut self,
         id: LegId,
         tenant: String,
-        dest: Dest,
+        service: MediaService,
         from: String,
-        sdp: Option<Bytes>,
-        (ruri, peer): (String, Peer),
-        domain: &str,
-        auto_answer: bool,
+        to: String,
+        sdp: Bytes,
         now: Instant,
     ) {
+        let Some(mcp) = self.settings.mcp else {
+            tracing::warn!(tenant, "no media server (sip_node.mcp) for a treatment");
+            self.inputs.push_back(Input::Failed { leg: id, code: 503 });
+            return;
+        };
+        let domain = self
+            .directory
+            .domain(&tenant)
+            .unwrap_or_else(|| "switchboard".to_string());
+        let invite = Invite {
+            ruri: format!("sip:{}@{mcp}{}", service.user, service.params),
+            peer: Peer::udp(mcp),
+            from,
+            to,
+            domain,
+            sdp: Some(sdp),
+            auto_answer: false,
+        };
+        self.send_invite(id, tenant, invite, now);
+    }
+
+    fn send_invite(&mut self, id: LegId, tenant: String, invite: Invite, now: Instant) {
+        let Invite {
+            ruri,
+            peer,
+            from,
+            to,
+            domain,
+            sdp,
+            auto_answer,
+        } = invite;
         let call_id = format!("{}@sipnode", self.ids.call_id());
         let tag = self.ids.tag();
         let mut leg_sdp = LegSdp::new(self.ids.next_u64() >> 1);
@@ -645,7 +716,7 @@ impl SipNode {
             .header("Via", &via)
             .header("Max-Forwards", 70)
             .header("From", format_args!("<sip:{from}@{domain}>;tag={tag}"))
-            .header("To", format_args!("<sip:{}@{domain}>", dest.number()))
+            .header("To", format_args!("<sip:{to}@{domain}>"))
             .header("Call-ID", &call_id)
             .header("CSeq", "1 INVITE")
             .header("Contact", self.contact())
@@ -684,7 +755,7 @@ impl SipNode {
                 return;
             }
         };
-        tracing::debug!(leg = id.0, %call_id, tenant, dest = dest.number(), "placing leg");
+        tracing::debug!(leg = id.0, %call_id, tenant, %ruri, "placing leg");
         self.clients.insert(client, (id, Purpose::Invite));
         self.by_dialog.insert((call_id.clone(), tag.clone()), id);
         self.legs.insert(
@@ -1101,7 +1172,15 @@ impl SipNode {
             Method::Bye => {
                 self.reply(stx, &req, 200, now);
                 self.drop_leg(id);
-                self.feed(Input::HungUp { leg: id }, now);
+                let input = if self.model.is_treatment_leg(id) {
+                    // The media server's application exited: its results are in the body.
+                    let ct = req.content_type().unwrap_or_default();
+                    let results = exit_results(ct, req.body());
+                    Input::TreatmentExit { leg: id, results }
+                } else {
+                    Input::HungUp { leg: id }
+                };
+                self.feed(input, now);
             }
             Method::Invite => {
                 // A re-INVITE from the device (its own hold, a media change): with an offer
