@@ -252,7 +252,6 @@ async fn start_voicemail(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         store,
         Some(bus),
         cell,
-        std::sync::Arc::new(voicemail::role::OpenApi),
         mwi,
         ctx.drain.clone(),
     );

@@ -20,7 +20,8 @@ use switchboard_events::Event;
 use switchboard_rtp::codec::g711;
 use switchboard_rtp::RtpPacket;
 use switchboard_testkit::{
-    free_udp_port, http_request, require_program, send_signal, Sipp, SippOutcome, Switchboard,
+    free_udp_port, http_request, http_request_with, require_program, send_signal, Sipp,
+    SippOutcome, Switchboard,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
@@ -62,6 +63,19 @@ kind = "voicemail_access"
 login_id = "a1001"
 dn = "1001"
 groups = ["sales"]
+[[tenants.agents]]
+login_id = "a1002"
+dn = "1002"
+[[tenants.api_keys]]
+name = "a1001"
+key = "agent-a1001-key-0123"
+role = "agent"
+agent = "a1001"
+[[tenants.api_keys]]
+name = "a1002"
+key = "agent-a1002-key-0123"
+role = "agent"
+agent = "a1002"
 [[tenants.mailboxes]]
 number = "8100"
 owner_group = "sales"
@@ -126,12 +140,19 @@ impl Vm {
 }
 
 fn spawn(dir: &Path, max_messages: u32) -> Switchboard {
-    Switchboard::builder()
+    spawn_with(dir, max_messages, false)
+}
+
+/// With `api_keys`, `/v1/` needs the keys of the configuration.
+fn spawn_with(dir: &Path, max_messages: u32, api_keys: bool) -> Switchboard {
+    let mut b = Switchboard::builder()
         .binary(BIN)
         .config(&config(dir, max_messages))
-        .log("info,switchboard_services=debug")
-        .spawn()
-        .expect("switchboard starts")
+        .log("info,switchboard_services=debug");
+    if api_keys {
+        b = b.api_keys();
+    }
+    b.spawn().expect("switchboard starts")
 }
 
 fn tone_wav(freq: f64, ms: usize) -> Vec<u8> {
@@ -751,4 +772,33 @@ fn a_caller_without_a_mailbox_of_its_own_names_the_mailbox_first() {
     let out = caller.join().expect("access call");
     assert!(out.success(), "{}\n{}", out.report(), vm.sb.logs());
     assert_eq!(vm.metric("voicemail_pin_failures_total"), 0.0);
+}
+
+#[test]
+fn with_api_keys_the_menus_still_work_and_agents_reach_their_groups_mailbox() {
+    if !require_program("sipp") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sb = spawn_with(dir.path(), 10, true);
+    // The media server fetches the menus without a key: they are outside /v1/.
+    let out = deposit(&sb);
+    assert!(out.success(), "deposit:\n{}\n{}", out.report(), sb.logs());
+    let path = "/v1/tenants/demo/mailboxes/8100/messages";
+    let get = |key: Option<&str>| {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        http_request_with(sb.http_addr(), "GET", path, &headers, None).expect("GET")
+    };
+    assert_eq!(get(None).status, 401);
+    assert_eq!(
+        get(Some("agent-a1002-key-0123")).status,
+        403,
+        "not in the owning group"
+    );
+    let r = get(Some("agent-a1001-key-0123"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).expect("JSON");
+    assert_eq!(v["messages"].as_array().map(Vec::len), Some(1), "{v}");
 }
