@@ -1,6 +1,7 @@
 //! Switchboard's roles. Each module holds a role's domain logic as sans-I/O cores and reducers;
 //! the thin async glue that binds sockets and HTTP routes lives next to it.
 
+pub mod agent_state;
 pub mod bus;
 pub mod call_state;
 pub mod config_api;
