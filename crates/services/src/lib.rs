@@ -8,6 +8,7 @@ pub mod config_api;
 pub mod dialplan;
 pub mod mcp;
 pub mod problem;
+pub mod single_writer;
 pub mod routing;
 pub mod sip;
 pub mod sip_node;

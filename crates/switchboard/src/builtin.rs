@@ -173,6 +173,49 @@ async fn start_call_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     Ok(RoleHandle::from_task(role.task))
 }
 
+/// `agent-state`: agent login, ready, not ready, after-call work per tenant (one writer per
+/// tenant by bus lease); `POST /v1/tenants/{t}/agents/{id}/{action}`, `GET .../agents[/{id}]`.
+/// Its state is shared as `Arc<switchboard_services::agent_state::AgentState>`.
+async fn start_agent_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let role = switchboard_services::agent_state::start(
+        ctx.config.clone(),
+        bus,
+        ctx.drain.clone(),
+        Default::default(),
+    )
+    .await?;
+    ctx.add_routes(role.router);
+    let state = role.state.clone();
+    ctx.shared().get_or_init(move || state);
+    Ok(RoleHandle::from_task(role.task))
+}
+
+/// `routing`: queues and agent selection per tenant (one writer per tenant by bus lease);
+/// `GET /v1/tenants/{t}/queues[/{name}]`.
+async fn start_routing(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let role = switchboard_services::routing::start(
+        ctx.config.clone(),
+        bus,
+        ctx.drain.clone(),
+        Default::default(),
+    )
+    .await?;
+    ctx.add_routes(role.router);
+    let state = role.state.clone();
+    ctx.shared().get_or_init(move || state);
+    Ok(RoleHandle::from_task(role.task))
+}
+
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(RoleKind::SipProxy, start_sip_edge);
@@ -182,5 +225,7 @@ pub fn registry() -> Registry {
     r.register(RoleKind::Config, start_config);
     r.register(RoleKind::Mcp, start_mcp);
     r.register(RoleKind::CallState, start_call_state);
+    r.register(RoleKind::AgentState, start_agent_state);
+    r.register(RoleKind::Routing, start_routing);
     r
 }
