@@ -71,10 +71,20 @@ struct EdgeOnce(Mutex<bool>);
 async fn start_sip_edge(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     let once = ctx.shared().get_or_init(|| EdgeOnce(Mutex::new(false)));
     let mut started = once.0.lock().await;
-    if *started {
-        return Ok(RoleHandle::idle());
+    let mut handle = if *started {
+        RoleHandle::idle()
+    } else {
+        *started = true;
+        start_edge(&ctx).await?
+    };
+    drop(started);
+    if ctx.kinds.contains(&RoleKind::Registrar) {
+        handle = with_dn_service(&ctx, handle).await?;
     }
-    *started = true;
+    Ok(handle)
+}
+
+async fn start_edge(ctx: &RoleContext) -> anyhow::Result<RoleHandle> {
     let edge =
         switchboard_services::sip::role::start(ctx.config.clone(), ctx.drain.clone()).await?;
     ctx.add_routes(edge.router);
@@ -93,6 +103,45 @@ async fn start_sip_edge(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         handle = handle.bound("sip_tcp", a);
     }
     Ok(handle)
+}
+
+/// The registrar publishes EventDNBackInService / EventDNOutOfService for the tenants'
+/// extensions as their devices register and unregister; the watcher runs next to the edge's
+/// task in the role's handle.
+async fn with_dn_service(ctx: &RoleContext, handle: RoleHandle) -> anyhow::Result<RoleHandle> {
+    let Some(location) = ctx
+        .shared()
+        .get::<switchboard_services::sip::role::SharedLocation>()
+    else {
+        return Ok(handle);
+    };
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let watcher = switchboard_services::sip::dn_service::spawn(
+        &ctx.config,
+        (*location).clone(),
+        bus,
+        ctx.drain.clone(),
+    );
+    let RoleHandle { task, bound } = handle;
+    let task = match task {
+        None => watcher,
+        Some(edge) => tokio::spawn(async move {
+            let flat = |h: tokio::task::JoinHandle<anyhow::Result<()>>| async move {
+                h.await
+                    .map_err(|e| anyhow::anyhow!("SIP edge task: {e}"))?
+            };
+            tokio::try_join!(flat(edge), flat(watcher))?;
+            Ok(())
+        }),
+    };
+    Ok(RoleHandle {
+        task: Some(task),
+        bound,
+    })
 }
 
 /// The media server (`mcp`): its own SIP sockets (`[mcp] udp/tcp`), reported as `mcp_udp` and
