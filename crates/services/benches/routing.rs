@@ -85,7 +85,12 @@ fn expressions() -> Vec<String> {
         .map(|i| match i % 3 {
             0 => format!("s{} >= {}", rng.next(SKILLS), 1 + rng.next(5)),
             1 => format!("s{} & s{}", rng.next(SKILLS), rng.next(SKILLS)),
-            _ => format!("s{} | s{} > {}", rng.next(SKILLS), rng.next(SKILLS), rng.next(6)),
+            _ => format!(
+                "s{} | s{} > {}",
+                rng.next(SKILLS),
+                rng.next(SKILLS),
+                rng.next(6)
+            ),
         })
         .collect()
 }
@@ -184,7 +189,10 @@ fn cycle(c: &mut Criterion) {
         b.iter(|| {
             conn += 1;
             now += 1;
-            let out = q.request(&submission(conn, &exprs[conn as usize % EXPRESSIONS], now), now);
+            let out = q.request(
+                &submission(conn, &exprs[conn as usize % EXPRESSIONS], now),
+                now,
+            );
             floor.note(&out);
             if floor.targets.len() > IN_FLIGHT {
                 let out = floor.end_one(&mut q, now);

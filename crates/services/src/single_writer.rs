@@ -119,7 +119,10 @@ pub fn now_ms() -> u64 {
 }
 
 /// The last snapshot of a tenant, when there is a readable one.
-async fn load<C: Core>(bus: &SharedBus, names: &Names) -> Result<Option<(C, Option<EntryId>)>, BusError> {
+async fn load<C: Core>(
+    bus: &SharedBus,
+    names: &Names,
+) -> Result<Option<(C, Option<EntryId>)>, BusError> {
     let Some(bytes) = bus.kv_get(&names.key()).await? else {
         return Ok(None);
     };
@@ -199,7 +202,10 @@ pub async fn run<C: Core>(
 ) -> anyhow::Result<()> {
     let key = names.key();
     while !drain.is_cancelled() {
-        match bus.lease_acquire(&key, &names.consumer, timing.lease_ttl).await {
+        match bus
+            .lease_acquire(&key, &names.consumer, timing.lease_ttl)
+            .await
+        {
             Ok(true) => {
                 tracing::info!(role = names.role, tenant = %names.tenant, consumer = %names.consumer, "writer for the tenant");
                 metrics::counter!("switchboard_single_writer_takeovers_total", "role" => names.role).increment(1);
@@ -243,7 +249,11 @@ fn parse<T: DeserializeOwned>(names: &Names, what: &str, entry: &Entry) -> Optio
 }
 
 /// Folds events after the position; returns how many were folded.
-async fn fold_events<C: Core>(bus: &SharedBus, names: &Names, slot: &Shared<C>) -> Result<usize, BusError> {
+async fn fold_events<C: Core>(
+    bus: &SharedBus,
+    names: &Names,
+    slot: &Shared<C>,
+) -> Result<usize, BusError> {
     let stream = switchboard_bus::events_stream(&names.tenant);
     let position = lock(slot).position;
     let page = bus.read_range(&stream, position, BATCH).await?;
@@ -266,7 +276,12 @@ async fn fold_events<C: Core>(bus: &SharedBus, names: &Names, slot: &Shared<C>) 
 }
 
 /// Handles requests; returns their ids, to acknowledge once the snapshot is saved.
-async fn handle_requests<C: Core>(bus: &SharedBus, names: &Names, slot: &Shared<C>, entries: &[Entry]) -> Vec<EntryId> {
+async fn handle_requests<C: Core>(
+    bus: &SharedBus,
+    names: &Names,
+    slot: &Shared<C>,
+    entries: &[Entry],
+) -> Vec<EntryId> {
     let now = now_ms();
     let mut out = Vec::new();
     {
@@ -297,7 +312,13 @@ async fn write<C: Core>(
         .await?;
     loop {
         let pending = bus
-            .claim_pending(&names.requests, names.role, &names.consumer, Duration::ZERO, BATCH)
+            .claim_pending(
+                &names.requests,
+                names.role,
+                &names.consumer,
+                Duration::ZERO,
+                BATCH,
+            )
             .await?;
         if pending.is_empty() {
             break;
@@ -310,7 +331,10 @@ async fn write<C: Core>(
     let mut renewed = tokio::time::Instant::now();
     loop {
         if renewed.elapsed() >= timing.renew {
-            if !bus.lease_renew(&names.key(), &names.consumer, timing.lease_ttl).await? {
+            if !bus
+                .lease_renew(&names.key(), &names.consumer, timing.lease_ttl)
+                .await?
+            {
                 tracing::warn!(role = names.role, tenant = %names.tenant, "lease lost");
                 return Ok(());
             }
@@ -324,7 +348,11 @@ async fn write<C: Core>(
             emit(bus, names, out).await;
             changed = true;
         }
-        let wait = if changed { Duration::ZERO } else { timing.idle_wait };
+        let wait = if changed {
+            Duration::ZERO
+        } else {
+            timing.idle_wait
+        };
         let entries = tokio::select! {
             _ = drain.cancelled() => return Ok(()),
             r = bus.read_group(&names.requests, names.role, &names.consumer, BATCH, wait) => r,

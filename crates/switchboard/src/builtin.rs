@@ -131,8 +131,7 @@ async fn with_dn_service(ctx: &RoleContext, handle: RoleHandle) -> anyhow::Resul
         None => watcher,
         Some(edge) => tokio::spawn(async move {
             let flat = |h: tokio::task::JoinHandle<anyhow::Result<()>>| async move {
-                h.await
-                    .map_err(|e| anyhow::anyhow!("SIP edge task: {e}"))?
+                h.await.map_err(|e| anyhow::anyhow!("SIP edge task: {e}"))?
             };
             tokio::try_join!(flat(edge), flat(watcher))?;
             Ok(())

@@ -44,7 +44,10 @@ fn start(config: &str) -> Switchboard {
 
 fn request(sb: &Switchboard, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
     let r = http_request(sb.http_addr(), method, path, body).expect("HTTP request");
-    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
 }
 
 fn post(sb: &Switchboard, path: &str, body: Option<&str>) -> (u16, Value) {
@@ -154,16 +157,29 @@ fn agents_and_routing_on_redis_survive_sigkill() {
     }
     for agent in ["a1001", "a1003"] {
         let (status, body) = post(&sb, &format!("/v1/tenants/demo/agents/{agent}/ready"), None);
-        assert_eq!((status, body["event"].as_str()), (200, Some("EventAgentReady")));
+        assert_eq!(
+            (status, body["event"].as_str()),
+            (200, Some("EventAgentReady"))
+        );
     }
     let (status, body) = post(
         &sb,
         "/v1/tenants/demo/agents/a1002/not-ready",
         Some(r#"{"reason_code":"training"}"#),
     );
-    assert_eq!((status, body["reason_code"].as_str()), (200, Some("training")));
-    let (status, body) = post(&sb, "/v1/tenants/demo/agents/a1004/login", Some(r#"{"dn":"1001"}"#));
-    assert_eq!((status, body["error_code"].as_str()), (409, Some("dn_taken")));
+    assert_eq!(
+        (status, body["reason_code"].as_str()),
+        (200, Some("training"))
+    );
+    let (status, body) = post(
+        &sb,
+        "/v1/tenants/demo/agents/a1004/login",
+        Some(r#"{"dn":"1001"}"#),
+    );
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (409, Some("dn_taken"))
+    );
     assert_eq!(agent_state(&sb, "a1001"), "ready");
     assert_eq!(agent_state(&sb, "a1002"), "not_ready");
 
@@ -185,7 +201,16 @@ fn agents_and_routing_on_redis_survive_sigkill() {
     wait_until("a1003 reserved", || agent_state(&sb, "a1003") == "reserved");
     // Nobody with sales >= 9 is logged in: the call times out.
     let reply = route(&rt, &bus, &submit(0xa2, "sales >= 9", Some(1)), &mut seen);
-    assert!(matches!(reply, RoutingReply::Timeout { conn_id: ConnId(0xa2), .. }), "{reply:?}");
+    assert!(
+        matches!(
+            reply,
+            RoutingReply::Timeout {
+                conn_id: ConnId(0xa2),
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
     let reply = route(&rt, &bus, &submit(0xa3, "sales >=", None), &mut seen);
     assert!(
         matches!(&reply, RoutingReply::Rejected { reason, .. } if reason.contains("position 8")),
@@ -227,7 +252,9 @@ fn agents_and_routing_on_redis_survive_sigkill() {
         get(&sb, "/v1/tenants/demo/agents")["writer"] == true
     });
     publish(&rt, &bus, &call_event(Event::EventReleased, 0xa1, "1003"));
-    wait_until("a1003 ready after the call", || agent_state(&sb, "a1003") == "ready");
+    wait_until("a1003 ready after the call", || {
+        agent_state(&sb, "a1003") == "ready"
+    });
     let (status, _) = post(&sb, "/v1/tenants/demo/agents/a1002/ready", None);
     assert_eq!(status, 200);
     let reply = rt.block_on(async {

@@ -57,7 +57,10 @@ impl Core for Board {
             .collect()
     }
     fn tick(&mut self, now: u64) -> Vec<Emit> {
-        Board::tick(self, now).into_iter().map(Emit::Event).collect()
+        Board::tick(self, now)
+            .into_iter()
+            .map(Emit::Event)
+            .collect()
     }
     fn next_deadline(&self) -> Option<u64> {
         Board::next_deadline(self)
@@ -98,8 +101,7 @@ impl AgentState {
 
     /// A copy of an agent, `None` for an unknown tenant; `Some(None)` for an unknown agent.
     pub fn agent(&self, tenant: &str, id: &str) -> Option<Option<Agent>> {
-        self.tenant(tenant)
-            .map(|s| lock(s).core.agent(id).cloned())
+        self.tenant(tenant).map(|s| lock(s).core.agent(id).cloned())
     }
 }
 
@@ -457,6 +459,6 @@ async fn send_and_wait(
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod role_tests;
+#[cfg(test)]
+mod tests;

@@ -41,7 +41,9 @@ pub enum AgentStatus {
         reason_code: Option<String>,
     },
     /// Waiting for a call since `since` (the idle time routing orders by).
-    Ready { since: u64 },
+    Ready {
+        since: u64,
+    },
     /// Routing chose the agent for `conn`; ends when the DN rings or after the reservation
     /// timeout (`until`), back to Ready with the old `ready_since`.
     Reserved {
@@ -51,9 +53,13 @@ pub enum AgentStatus {
         ready_since: u64,
     },
     /// A call is on the agent's DN.
-    Busy { conn: ConnId },
+    Busy {
+        conn: ConnId,
+    },
     /// Wrapping up a call until `until`, then Ready.
-    AfterCallWork { until: u64 },
+    AfterCallWork {
+        until: u64,
+    },
 }
 
 /// What an agent goes to when the last call on its DN ends.
@@ -139,7 +145,8 @@ impl Board {
             .iter()
             .map(|g| (g.name.as_str(), u64::from(g.after_call_work_s) * 1000))
             .collect();
-        let configured: BTreeSet<&str> = tenant.agents.iter().map(|a| a.login_id.as_str()).collect();
+        let configured: BTreeSet<&str> =
+            tenant.agents.iter().map(|a| a.login_id.as_str()).collect();
         self.agents
             .retain(|id, a| configured.contains(id.as_str()) || a.dn.is_some());
         for a in &tenant.agents {
@@ -209,10 +216,7 @@ impl Board {
             Err((code, reason)) => vec![Event::EventError(ErrorAttrs {
                 tenant: self.tenant.clone(),
                 conn_id: None,
-                this_dn: self
-                    .agents
-                    .get(&req.agent_id)
-                    .and_then(|a| a.dn.clone()),
+                this_dn: self.agents.get(&req.agent_id).and_then(|a| a.dn.clone()),
                 request_id: req.request_id,
                 error_code: code.to_string(),
                 reason,
@@ -221,16 +225,26 @@ impl Board {
         }
     }
 
-    fn try_request(&mut self, req: &AgentRequest, now: u64) -> Result<Vec<Event>, (&'static str, String)> {
+    fn try_request(
+        &mut self,
+        req: &AgentRequest,
+        now: u64,
+    ) -> Result<Vec<Event>, (&'static str, String)> {
         if req.tenant != self.tenant {
             return Err((
                 codes::WRONG_TENANT,
-                format!("the request is for tenant {:?}, not {:?}", req.tenant, self.tenant),
+                format!(
+                    "the request is for tenant {:?}, not {:?}",
+                    req.tenant, self.tenant
+                ),
             ));
         }
         let id = req.agent_id.as_str();
         let Some(agent) = self.agents.get(id) else {
-            return Err((codes::UNKNOWN_AGENT, format!("no agent {id:?} in this tenant")));
+            return Err((
+                codes::UNKNOWN_AGENT,
+                format!("no agent {id:?} in this tenant"),
+            ));
         };
         let logged_in = agent.dn.clone();
         match (&req.op, logged_in) {
@@ -239,10 +253,16 @@ impl Board {
                     .clone()
                     .or_else(|| agent.default_dn.clone())
                     .ok_or_else(|| {
-                        (codes::NO_DN, format!("agent {id:?} has no default DN: name one"))
+                        (
+                            codes::NO_DN,
+                            format!("agent {id:?} has no default DN: name one"),
+                        )
                     })?;
                 if !self.extensions.contains(&dn) {
-                    return Err((codes::UNKNOWN_DN, format!("{dn:?} is not an extension of this tenant")));
+                    return Err((
+                        codes::UNKNOWN_DN,
+                        format!("{dn:?} is not an extension of this tenant"),
+                    ));
                 }
                 if let Some(current) = current {
                     if current != dn {
@@ -252,24 +272,51 @@ impl Board {
                         ));
                     }
                     // Logging in again where it is: confirmed, nothing changes.
-                    return Ok(vec![self.agent_event(Event::EventAgentLogin, id, None, Some(req.request_id), None, now)]);
+                    return Ok(vec![self.agent_event(
+                        Event::EventAgentLogin,
+                        id,
+                        None,
+                        Some(req.request_id),
+                        None,
+                        now,
+                    )]);
                 }
                 if let Some(other) = self.agent_id_on(&dn) {
-                    return Err((codes::DN_TAKEN, format!("agent {other:?} is logged in on {dn:?}")));
+                    return Err((
+                        codes::DN_TAKEN,
+                        format!("agent {other:?} is logged in on {dn:?}"),
+                    ));
                 }
                 let a = self.agent_mut(id);
                 a.dn = Some(dn);
                 a.calls.clear();
                 a.after_call = AfterCall::Work;
                 set(a, AgentStatus::NotReady { reason_code: None }, now);
-                Ok(vec![self.agent_event(Event::EventAgentLogin, id, None, Some(req.request_id), None, now)])
+                Ok(vec![self.agent_event(
+                    Event::EventAgentLogin,
+                    id,
+                    None,
+                    Some(req.request_id),
+                    None,
+                    now,
+                )])
             }
-            (_, None) => Err((codes::NOT_LOGGED_IN, format!("agent {id:?} is not logged in"))),
+            (_, None) => Err((
+                codes::NOT_LOGGED_IN,
+                format!("agent {id:?} is not logged in"),
+            )),
             (AgentOp::Logout, Some(_)) => {
                 if !agent.calls.is_empty() {
                     return Err((codes::ON_CALL, format!("agent {id:?} is on a call")));
                 }
-                let event = self.agent_event(Event::EventAgentLogout, id, None, Some(req.request_id), None, now);
+                let event = self.agent_event(
+                    Event::EventAgentLogout,
+                    id,
+                    None,
+                    Some(req.request_id),
+                    None,
+                    now,
+                );
                 let a = self.agent_mut(id);
                 a.dn = None;
                 a.after_call = AfterCall::Work;
@@ -284,14 +331,29 @@ impl Board {
                     AgentStatus::Ready { .. } | AgentStatus::Reserved { .. } => {}
                     _ => set(a, AgentStatus::Ready { since: now }, now),
                 }
-                Ok(vec![self.agent_event(Event::EventAgentReady, id, None, Some(req.request_id), None, now)])
+                Ok(vec![self.agent_event(
+                    Event::EventAgentReady,
+                    id,
+                    None,
+                    Some(req.request_id),
+                    None,
+                    now,
+                )])
             }
             (AgentOp::NotReady { reason_code }, Some(_)) => {
                 let a = self.agent_mut(id);
                 if matches!(a.status, AgentStatus::Busy { .. }) {
-                    a.after_call = AfterCall::NotReady { reason_code: reason_code.clone() };
+                    a.after_call = AfterCall::NotReady {
+                        reason_code: reason_code.clone(),
+                    };
                 } else {
-                    set(a, AgentStatus::NotReady { reason_code: reason_code.clone() }, now);
+                    set(
+                        a,
+                        AgentStatus::NotReady {
+                            reason_code: reason_code.clone(),
+                        },
+                        now,
+                    );
                 }
                 Ok(vec![self.agent_event(
                     Event::EventAgentNotReady,
@@ -311,7 +373,14 @@ impl Board {
                     ));
                 }
                 set(a, AgentStatus::Ready { since: now }, now);
-                Ok(vec![self.agent_event(Event::EventAgentReady, id, None, Some(req.request_id), None, now)])
+                Ok(vec![self.agent_event(
+                    Event::EventAgentReady,
+                    id,
+                    None,
+                    Some(req.request_id),
+                    None,
+                    now,
+                )])
             }
         }
     }
@@ -364,7 +433,9 @@ impl Board {
         let mut due = Vec::new();
         for a in self.agents.values_mut() {
             match a.status {
-                AgentStatus::Reserved { until, ready_since, .. } if until <= now => {
+                AgentStatus::Reserved {
+                    until, ready_since, ..
+                } if until <= now => {
                     a.status = AgentStatus::Ready { since: ready_since };
                     a.since = now;
                 }
@@ -431,12 +502,38 @@ impl Board {
         let acw_ms = a.acw_ms;
         match after {
             AfterCall::NotReady { reason_code } => {
-                set(a, AgentStatus::NotReady { reason_code: reason_code.clone() }, now);
-                vec![self.agent_event(Event::EventAgentNotReady, &id, reason_code, None, Some(conn), now)]
+                set(
+                    a,
+                    AgentStatus::NotReady {
+                        reason_code: reason_code.clone(),
+                    },
+                    now,
+                );
+                vec![self.agent_event(
+                    Event::EventAgentNotReady,
+                    &id,
+                    reason_code,
+                    None,
+                    Some(conn),
+                    now,
+                )]
             }
             AfterCall::Work if acw_ms > 0 => {
-                set(a, AgentStatus::AfterCallWork { until: now.saturating_add(acw_ms) }, now);
-                vec![self.agent_event(Event::EventAgentAfterCallWork, &id, None, None, Some(conn), now)]
+                set(
+                    a,
+                    AgentStatus::AfterCallWork {
+                        until: now.saturating_add(acw_ms),
+                    },
+                    now,
+                );
+                vec![self.agent_event(
+                    Event::EventAgentAfterCallWork,
+                    &id,
+                    None,
+                    None,
+                    Some(conn),
+                    now,
+                )]
             }
             AfterCall::Work | AfterCall::Ready => {
                 set(a, AgentStatus::Ready { since: now }, now);

@@ -54,7 +54,11 @@ async fn call(router: &axum::Router, method: &str, path: &str, body: &str) -> (u
         .unwrap_or("")
         .to_string();
     let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
-    (status, ct, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        ct,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 async fn wait_writer(router: &axum::Router) {
@@ -94,7 +98,10 @@ async fn rest_requests_are_answered_through_the_bus() {
     assert_eq!((status, ct.as_str()), (409, "application/problem+json"));
     assert_eq!(body["error_code"], "dn_taken");
     let (status, _, body) = call(r, "POST", "/v1/tenants/demo/agents/a1002/ready", "").await;
-    assert_eq!((status, body["error_code"].as_str()), (409, Some("not_logged_in")));
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (409, Some("not_logged_in"))
+    );
     let (status, _, _) = call(r, "POST", "/v1/tenants/demo/agents/nobody/ready", "").await;
     assert_eq!(status, 404);
     let (status, _, _) = call(r, "POST", "/v1/tenants/nope/agents/a1001/ready", "").await;
@@ -159,7 +166,12 @@ async fn rest_requests_are_answered_through_the_bus() {
     .unwrap();
     let mut reply = None;
     for _ in 0..300 {
-        if let Some(e) = bus.read_range("test:replies", None, 1).await.unwrap().first() {
+        if let Some(e) = bus
+            .read_range("test:replies", None, 1)
+            .await
+            .unwrap()
+            .first()
+        {
             reply = Some(serde_json::from_slice::<RoutingReply>(&e.payload).unwrap());
             break;
         }
@@ -191,7 +203,9 @@ async fn rest_requests_are_answered_through_the_bus() {
         ts_ms: 1,
         ..Default::default()
     });
-    crate::bus::publish_event(bus.as_ref(), &ringing).await.unwrap();
+    crate::bus::publish_event(bus.as_ref(), &ringing)
+        .await
+        .unwrap();
     for _ in 0..300 {
         state = call(r, "GET", "/v1/tenants/demo/agents/a1001", "").await.2;
         if state["state"] == "busy" {
@@ -226,10 +240,21 @@ async fn without_a_writer_a_request_times_out_with_504() {
         .unwrap();
     let mut opts = options("standby");
     opts.answer_timeout = Duration::from_millis(200);
-    let role = start(Arc::new(Config::demo()), bus, CancellationToken::new(), opts)
-        .await
-        .unwrap();
-    let (status, ct, _) = call(&role.router, "POST", "/v1/tenants/demo/agents/a1001/login", "").await;
+    let role = start(
+        Arc::new(Config::demo()),
+        bus,
+        CancellationToken::new(),
+        opts,
+    )
+    .await
+    .unwrap();
+    let (status, ct, _) = call(
+        &role.router,
+        "POST",
+        "/v1/tenants/demo/agents/a1001/login",
+        "",
+    )
+    .await;
     assert_eq!((status, ct.as_str()), (504, "application/problem+json"));
     let (_, _, body) = call(&role.router, "GET", "/v1/tenants/demo/agents", "").await;
     assert_eq!(body["writer"], false);

@@ -93,21 +93,39 @@ fn login_on_the_default_dn_then_not_ready() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(status(&b, "a1001"), AgentStatus::NotReady { reason_code: None });
+    assert_eq!(
+        status(&b, "a1001"),
+        AgentStatus::NotReady { reason_code: None }
+    );
     assert_eq!(b.agent("a1001").unwrap().dn.as_deref(), Some("1001"));
     // Logging in again on the same DN is confirmed without change.
-    assert_eq!(names(&login(&mut b, "a1001", Some("1001"), 11)), ["EventAgentLogin"]);
+    assert_eq!(
+        names(&login(&mut b, "a1001", Some("1001"), 11)),
+        ["EventAgentLogin"]
+    );
     assert_eq!(b.agent("a1001").unwrap().since, 10);
 }
 
 #[test]
 fn login_refusals_have_stable_codes() {
     let mut b = board();
-    assert_eq!(error_code(&login(&mut b, "nobody", None, 1)), codes::UNKNOWN_AGENT);
-    assert_eq!(error_code(&login(&mut b, "a1001", Some("5000"), 1)), codes::UNKNOWN_DN);
-    assert_eq!(error_code(&login(&mut b, "a1001", Some("9999"), 1)), codes::UNKNOWN_DN);
+    assert_eq!(
+        error_code(&login(&mut b, "nobody", None, 1)),
+        codes::UNKNOWN_AGENT
+    );
+    assert_eq!(
+        error_code(&login(&mut b, "a1001", Some("5000"), 1)),
+        codes::UNKNOWN_DN
+    );
+    assert_eq!(
+        error_code(&login(&mut b, "a1001", Some("9999"), 1)),
+        codes::UNKNOWN_DN
+    );
     login(&mut b, "a1001", None, 1);
-    assert_eq!(error_code(&login(&mut b, "a1002", Some("1001"), 2)), codes::DN_TAKEN);
+    assert_eq!(
+        error_code(&login(&mut b, "a1002", Some("1001"), 2)),
+        codes::DN_TAKEN
+    );
     assert_eq!(
         error_code(&login(&mut b, "a1001", Some("1003"), 2)),
         codes::LOGGED_IN_ELSEWHERE
@@ -120,7 +138,10 @@ fn login_refusals_have_stable_codes() {
     config.tenants[0].agents[0].dn = None;
     let mut b = Board::new(&config.tenants[0], 5_000);
     assert_eq!(error_code(&login(&mut b, "a1001", None, 1)), codes::NO_DN);
-    assert_eq!(names(&login(&mut b, "a1001", Some("1005"), 1)), ["EventAgentLogin"]);
+    assert_eq!(
+        names(&login(&mut b, "a1001", Some("1005"), 1)),
+        ["EventAgentLogin"]
+    );
 }
 
 #[test]
@@ -179,7 +200,10 @@ fn ready_not_ready_logout() {
     assert_eq!(status(&b, "a1001"), AgentStatus::LoggedOut);
     assert_eq!(b.agent("a1001").unwrap().dn, None);
     // The DN is free for another agent now.
-    assert_eq!(names(&login(&mut b, "a1002", Some("1001"), 12)), ["EventAgentLogin"]);
+    assert_eq!(
+        names(&login(&mut b, "a1002", Some("1001"), 12)),
+        ["EventAgentLogin"]
+    );
 }
 
 #[test]
@@ -187,7 +211,9 @@ fn a_call_makes_the_agent_busy_then_ready_without_after_call_work() {
     let mut b = board();
     login(&mut b, "a1001", None, 1);
     ready(&mut b, "a1001", 2);
-    assert!(b.event(&call(Event::EventRinging, C1, "1001"), 3).is_empty());
+    assert!(b
+        .event(&call(Event::EventRinging, C1, "1001"), 3)
+        .is_empty());
     assert_eq!(status(&b, "a1001"), AgentStatus::Busy { conn: C1 });
     b.event(&call(Event::EventEstablished, C1, "1001"), 4);
     assert_eq!(status(&b, "a1001"), AgentStatus::Busy { conn: C1 });
@@ -283,7 +309,9 @@ fn busy_until_the_last_call_on_the_dn_ends() {
     ready(&mut b, "a1001", 2);
     b.event(&call(Event::EventRinging, C1, "1001"), 3);
     b.event(&call(Event::EventDialing, C2, "1001"), 4);
-    assert!(b.event(&call(Event::EventReleased, C1, "1001"), 5).is_empty());
+    assert!(b
+        .event(&call(Event::EventReleased, C1, "1001"), 5)
+        .is_empty());
     assert_eq!(status(&b, "a1001"), AgentStatus::Busy { conn: C1 });
     // A transfer replaces the call's id.
     let mut changed = call(Event::EventPartyChanged, ConnId(0xc3), "1001");
@@ -291,14 +319,20 @@ fn busy_until_the_last_call_on_the_dn_ends() {
         c.previous_conn_id = Some(C2);
     }
     b.event(&changed, 6);
-    assert!(b.event(&call(Event::EventReleased, C2, "1001"), 7).is_empty());
+    assert!(b
+        .event(&call(Event::EventReleased, C2, "1001"), 7)
+        .is_empty());
     assert_eq!(
         names(&b.event(&call(Event::EventReleased, ConnId(0xc3), "1001"), 8)),
         ["EventAgentReady"]
     );
     // Calls on DNs without an agent, or released twice, change nothing.
-    assert!(b.event(&call(Event::EventRinging, C1, "1009"), 9).is_empty());
-    assert!(b.event(&call(Event::EventReleased, C1, "1001"), 9).is_empty());
+    assert!(b
+        .event(&call(Event::EventRinging, C1, "1009"), 9)
+        .is_empty());
+    assert!(b
+        .event(&call(Event::EventReleased, C1, "1001"), 9)
+        .is_empty());
 }
 
 #[test]
@@ -326,7 +360,10 @@ fn reservation_holds_until_ringing_or_timeout() {
     // A reservation of an agent who is not Ready changes nothing.
     login(&mut b, "a1002", None, 1);
     b.event(&reserved("a1002", "1002", C1), 7_000);
-    assert_eq!(status(&b, "a1002"), AgentStatus::NotReady { reason_code: None });
+    assert_eq!(
+        status(&b, "a1002"),
+        AgentStatus::NotReady { reason_code: None }
+    );
 }
 
 #[test]

@@ -46,7 +46,11 @@ impl Cmp {
 pub enum Expr {
     /// Matches everyone (the empty expression).
     Any,
-    Skill { name: String, cmp: Cmp, level: u32 },
+    Skill {
+        name: String,
+        cmp: Cmp,
+        level: u32,
+    },
     Not(Box<Expr>),
     And(Vec<Expr>),
     Or(Vec<Expr>),
@@ -102,9 +106,9 @@ impl Expr {
     pub fn matches(&self, skills: &BTreeMap<String, u32>) -> bool {
         match self {
             Expr::Any => true,
-            Expr::Skill { name, cmp, level } => {
-                skills.get(name).is_some_and(|have| cmp.holds(*have, *level))
-            }
+            Expr::Skill { name, cmp, level } => skills
+                .get(name)
+                .is_some_and(|have| cmp.holds(*have, *level)),
             Expr::Not(e) => !e.matches(skills),
             Expr::And(es) => es.iter().all(|e| e.matches(skills)),
             Expr::Or(es) => es.iter().any(|e| e.matches(skills)),
@@ -342,7 +346,9 @@ mod tests {
             let e = Expr::parse(text).expect_err(text);
             assert_eq!(e.position, position, "{text}: {e}");
             assert!(e.message.contains(message), "{text}: {e}");
-            assert!(e.to_string().starts_with(&format!("at position {position}")));
+            assert!(e
+                .to_string()
+                .starts_with(&format!("at position {position}")));
         }
         let deep = "(".repeat(100) + "a" + &")".repeat(100);
         assert!(Expr::parse(&deep).unwrap_err().message.contains("nested"));

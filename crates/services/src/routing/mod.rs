@@ -54,7 +54,9 @@ pub fn emits(tenant: &str, out: Vec<Output>) -> Vec<Emit> {
                 let name = match &reply {
                     RoutingReply::Target { .. } => "switchboard_routing_targets_total",
                     RoutingReply::Timeout { .. } => "switchboard_routing_timeouts_total",
-                    RoutingReply::Rejected { reason, conn_id, .. } => {
+                    RoutingReply::Rejected {
+                        reason, conn_id, ..
+                    } => {
                         tracing::info!(tenant, queue, conn_id = %conn_id, reason, "submission rejected");
                         "switchboard_routing_rejected_total"
                     }
@@ -120,7 +122,10 @@ pub struct Routing {
 impl Routing {
     /// Statistics per queue and whether this process is the tenant's writer; `None` for an
     /// unknown tenant.
-    pub fn stats(&self, tenant: &str) -> Option<(std::collections::BTreeMap<String, QueueStats>, bool)> {
+    pub fn stats(
+        &self,
+        tenant: &str,
+    ) -> Option<(std::collections::BTreeMap<String, QueueStats>, bool)> {
         let s = lock(self.tenants.get(tenant)?);
         Some((s.core.stats(single_writer::now_ms()), s.writer))
     }
@@ -224,7 +229,9 @@ fn clip(s: &str) -> String {
 
 async fn list_queues(State(state): State<Arc<Routing>>, Path(tenant): Path<String>) -> Response {
     match state.stats(&tenant) {
-        None => ApiProblem::not_found(format!("no tenant named {:?}", clip(&tenant))).into_response(),
+        None => {
+            ApiProblem::not_found(format!("no tenant named {:?}", clip(&tenant))).into_response()
+        }
         Some((stats, writer)) => {
             Json(json!({ "tenant": tenant, "writer": writer, "queues": stats })).into_response()
         }
@@ -236,7 +243,8 @@ async fn get_queue(
     Path((tenant, queue)): Path<(String, String)>,
 ) -> Response {
     let Some((stats, _)) = state.stats(&tenant) else {
-        return ApiProblem::not_found(format!("no tenant named {:?}", clip(&tenant))).into_response();
+        return ApiProblem::not_found(format!("no tenant named {:?}", clip(&tenant)))
+            .into_response();
     };
     match stats.get(&queue) {
         Some(s) => Json(json!({

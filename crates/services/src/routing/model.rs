@@ -164,9 +164,11 @@ impl Queues {
     pub fn configure(&mut self, tenant: &Tenant, reservation_ms: u64) {
         self.reservation_ms = reservation_ms;
         self.groups = tenant.agent_groups.iter().map(|g| g.name.clone()).collect();
-        let configured: BTreeSet<&str> = tenant.agents.iter().map(|a| a.login_id.as_str()).collect();
+        let configured: BTreeSet<&str> =
+            tenant.agents.iter().map(|a| a.login_id.as_str()).collect();
         self.agents.retain(|id, _| configured.contains(id.as_str()));
-        self.dn_agent.retain(|_, id| configured.contains(id.as_str()));
+        self.dn_agent
+            .retain(|_, id| configured.contains(id.as_str()));
         for a in &tenant.agents {
             let view = self.agents.entry(a.login_id.clone()).or_default();
             view.id = a.login_id.clone();
@@ -280,8 +282,7 @@ impl Queues {
             reply_to: reply_to.clone(),
             seq: self.seq,
         };
-        self.last
-            .insert(queue.clone(), (expr, agent_group.clone()));
+        self.last.insert(queue.clone(), (expr, agent_group.clone()));
         self.order.insert(waiting.place());
         self.waiting.insert(*conn_id, waiting);
         if let Some(agent) = freed {
@@ -324,7 +325,8 @@ impl Queues {
                 }
             }
             Event::EventRinging(c) | Event::EventEstablished(c) | Event::EventDialing(c) => {
-                if let (Some(conn), Some(id)) = (c.conn_id, self.dn_agent.get(&c.this_dn).cloned()) {
+                if let (Some(conn), Some(id)) = (c.conn_id, self.dn_agent.get(&c.this_dn).cloned())
+                {
                     if let Some(view) = self.agents.get_mut(&id) {
                         view.calls.insert(conn);
                         view.ready_since = None;
@@ -430,7 +432,8 @@ impl Queues {
                 .iter()
                 .filter(|a| {
                     let last = self.last.get(queue).is_some_and(|(expr, group)| {
-                        group.as_ref().is_none_or(|g| a.groups.contains(g)) && expr.matches(&a.skills)
+                        group.as_ref().is_none_or(|g| a.groups.contains(g))
+                            && expr.matches(&a.skills)
                     });
                     last || self
                         .waiting

@@ -172,7 +172,11 @@ impl Sim {
             } => {
                 let call = (conn_id.0 - 1) as usize;
                 let agent: usize = agent_id[2..].parse().expect("agent id");
-                assert_eq!(self.calls[call], Phase::Waiting, "call {call} targeted twice");
+                assert_eq!(
+                    self.calls[call],
+                    Phase::Waiting,
+                    "call {call} targeted twice"
+                );
                 let expr = Expr::parse(EXPRESSIONS[self.exprs[call]]).expect("expression");
                 assert!(
                     expr.matches(&self.skills[agent]),
@@ -184,13 +188,20 @@ impl Sim {
                     Phase::Targeted(a, _) | Phase::Ringing(a) | Phase::Talking(a) => *a == agent,
                     _ => false,
                 });
-                assert_eq!(holding, None, "agent {agent} given call {call} while holding another");
+                assert_eq!(
+                    holding, None,
+                    "agent {agent} given call {call} while holding another"
+                );
                 self.targets += 1;
                 self.calls[call] = Phase::Targeted(agent, self.now);
             }
             RoutingReply::Timeout { conn_id, .. } => {
                 let call = (conn_id.0 - 1) as usize;
-                assert_eq!(self.calls[call], Phase::Waiting, "call {call} timed out while not waiting");
+                assert_eq!(
+                    self.calls[call],
+                    Phase::Waiting,
+                    "call {call} timed out while not waiting"
+                );
                 self.calls[call] = Phase::TimedOut;
             }
             RoutingReply::Rejected { reason, .. } => panic!("rejected: {reason}"),
@@ -327,9 +338,15 @@ impl Sim {
     }
 }
 
-fn run(levels: Vec<[u32; 4]>, exprs: Vec<usize>, timeouts: Vec<Option<u32>>, script: Vec<(u8, usize)>) {
+fn run(
+    levels: Vec<[u32; 4]>,
+    exprs: Vec<usize>,
+    timeouts: Vec<Option<u32>>,
+    script: Vec<(u8, usize)>,
+) {
     let tenant = tenant(&levels);
-    let skills: Vec<BTreeMap<String, u32>> = tenant.agents.iter().map(|a| a.skills.clone()).collect();
+    let skills: Vec<BTreeMap<String, u32>> =
+        tenant.agents.iter().map(|a| a.skills.clone()).collect();
     // A call whose expression no agent matches must have a timeout, or it would wait forever.
     let timeouts: Vec<Option<u32>> = exprs
         .iter()

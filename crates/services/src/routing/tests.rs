@@ -80,9 +80,10 @@ fn targets(out: &[Output]) -> Vec<(u64, String)> {
     out.iter()
         .filter_map(|o| match o {
             Output::Reply {
-                reply: RoutingReply::Target {
-                    conn_id, agent_id, ..
-                },
+                reply:
+                    RoutingReply::Target {
+                        conn_id, agent_id, ..
+                    },
                 ..
             } => Some((conn_id.0, agent_id.clone())),
             _ => None,
@@ -126,7 +127,10 @@ fn a_call_takes_the_longest_idle_matching_agent() {
         other => panic!("{other:?}"),
     }
     // The reserved agent is not given twice.
-    assert_eq!(targets(&submit(&mut q, sub(2, "sales >= 7"), 101)), [t(2, "a1004")]);
+    assert_eq!(
+        targets(&submit(&mut q, sub(2, "sales >= 7"), 101)),
+        [t(2, "a1004")]
+    );
     assert!(targets(&submit(&mut q, sub(3, "sales >= 7"), 102)).is_empty());
     assert_eq!(q.waiting().count(), 1);
 }
@@ -199,7 +203,10 @@ fn busy_not_ready_wrapping_and_out_of_service_agents_are_skipped() {
     ready(&mut q, "a1003", 3);
     ready(&mut q, "a1004", 4);
     q.event(&call(Event::EventRinging, 90, "1001"), 5);
-    q.event(&agent_event(Event::EventAgentNotReady, "a1002", "1002", 5), 5);
+    q.event(
+        &agent_event(Event::EventAgentNotReady, "a1002", "1002", 5),
+        5,
+    );
     let oos = |f: fn(DnAttrs) -> Event| {
         f(DnAttrs {
             tenant: "demo".into(),
@@ -208,15 +215,26 @@ fn busy_not_ready_wrapping_and_out_of_service_agents_are_skipped() {
         })
     };
     q.event(&oos(Event::EventDNOutOfService), 5);
-    assert_eq!(targets(&submit(&mut q, sub(1, "sales"), 6)), [t(1, "a1004")]);
+    assert_eq!(
+        targets(&submit(&mut q, sub(1, "sales"), 6)),
+        [t(1, "a1004")]
+    );
     assert!(targets(&submit(&mut q, sub(2, "sales"), 7)).is_empty());
     // Back in service: the agent takes the waiting call.
-    assert_eq!(targets(&q.event(&oos(Event::EventDNBackInService), 8)), [t(2, "a1003")]);
+    assert_eq!(
+        targets(&q.event(&oos(Event::EventDNBackInService), 8)),
+        [t(2, "a1003")]
+    );
     submit(&mut q, sub(3, "sales"), 9);
     // The call on 1001 ends: nothing until agent-state says Ready.
-    assert!(q.event(&call(Event::EventReleased, 90, "1001"), 10).is_empty());
+    assert!(q
+        .event(&call(Event::EventReleased, 90, "1001"), 10)
+        .is_empty());
     assert!(q.agent("a1001").unwrap().wrapping);
-    let out = q.event(&agent_event(Event::EventAgentReady, "a1001", "1001", 11), 11);
+    let out = q.event(
+        &agent_event(Event::EventAgentReady, "a1001", "1001", 11),
+        11,
+    );
     assert_eq!(targets(&out), [t(3, "a1001")]);
     assert_eq!(q.agent("a1001").unwrap().ready_since, Some(11));
 }
@@ -225,7 +243,10 @@ fn busy_not_ready_wrapping_and_out_of_service_agents_are_skipped() {
 fn reservation_ends_on_ringing_resubmission_cancel_or_timeout() {
     let mut q = queues();
     ready(&mut q, "a1001", 1);
-    assert_eq!(targets(&submit(&mut q, sub(1, "sales"), 10)), [t(1, "a1001")]);
+    assert_eq!(
+        targets(&submit(&mut q, sub(1, "sales"), 10)),
+        [t(1, "a1001")]
+    );
     assert_eq!(q.next_deadline(), Some(10_010));
     // Ringing ends it (the agent is busy now).
     q.event(&call(Event::EventRinging, 1, "1001"), 11);
@@ -233,7 +254,10 @@ fn reservation_ends_on_ringing_resubmission_cancel_or_timeout() {
     assert_eq!(q.next_deadline(), None);
     // Cancel frees the agent for the next call.
     ready(&mut q, "a1002", 20);
-    assert_eq!(targets(&submit(&mut q, sub(2, "sales"), 21)), [t(2, "a1002")]);
+    assert_eq!(
+        targets(&submit(&mut q, sub(2, "sales"), 21)),
+        [t(2, "a1002")]
+    );
     submit(&mut q, sub(3, "sales"), 22);
     let out = q.request(
         &RoutingRequest::Cancel {
@@ -262,13 +286,20 @@ fn a_lost_race_requeues_the_call_at_its_old_place() {
     submit(&mut q, later, 200);
     // The agent goes not ready while ringing; nobody answers.
     q.event(&call(Event::EventRinging, 1, "1001"), 201);
-    q.event(&agent_event(Event::EventAgentNotReady, "a1001", "1001", 202), 202);
+    q.event(
+        &agent_event(Event::EventAgentNotReady, "a1001", "1001", 202),
+        202,
+    );
     q.event(&call(Event::EventReleased, 1, "1001"), 210);
     let mut again = sub(1, "sales");
     again.enqueued = 100;
     assert!(targets(&submit(&mut q, again, 211)).is_empty());
     let order: Vec<u64> = q.waiting().map(|w| w.conn.0).collect();
-    assert_eq!(order, [1, 2], "the resubmitted call is ahead of the later one");
+    assert_eq!(
+        order,
+        [1, 2],
+        "the resubmitted call is ahead of the later one"
+    );
     assert_eq!(targets(&ready(&mut q, "a1002", 220)), [t(1, "a1002")]);
 }
 
@@ -277,9 +308,15 @@ fn resubmitting_a_reserved_call_frees_its_agent_first() {
     let mut q = queues();
     ready(&mut q, "a1001", 1);
     ready(&mut q, "a1002", 2);
-    assert_eq!(targets(&submit(&mut q, sub(1, "sales"), 10)), [t(1, "a1001")]);
+    assert_eq!(
+        targets(&submit(&mut q, sub(1, "sales"), 10)),
+        [t(1, "a1001")]
+    );
     // Submitted again before anything rang: a1001 is free again and still the longest idle.
-    assert_eq!(targets(&submit(&mut q, sub(1, "sales"), 11)), [t(1, "a1001")]);
+    assert_eq!(
+        targets(&submit(&mut q, sub(1, "sales"), 11)),
+        [t(1, "a1001")]
+    );
     assert!(q.reservation("a1002").is_none());
 }
 
@@ -295,7 +332,11 @@ fn timeouts_count_from_the_first_enqueue() {
     let out = q.tick(6_000);
     match &out[..] {
         [Output::Reply {
-            reply: RoutingReply::Timeout { request_id, conn_id },
+            reply:
+                RoutingReply::Timeout {
+                    request_id,
+                    conn_id,
+                },
             ..
         }] => assert_eq!((request_id.as_str(), *conn_id), ("r1", ConnId(1))),
         other => panic!("{other:?}"),
@@ -326,18 +367,34 @@ fn queue_statistics() {
     ready(&mut q, "a1004", 6_000);
     ready(&mut q, "a1003", 6_000);
     let stats = q.stats(7_000);
-    assert_eq!((stats["sales"].waiting, stats["sales"].longest_wait_ms), (1, 5_000));
+    assert_eq!(
+        (stats["sales"].waiting, stats["sales"].longest_wait_ms),
+        (1, 5_000)
+    );
     assert_eq!(stats["sales"].agents_ready, 0);
     // The waiting call is served; the queue's last expression still counts ready agents.
     q.event(&call(Event::EventRinging, 1, "1004"), 7_001);
     q.event(&call(Event::EventReleased, 1, "1004"), 7_002);
-    q.event(&agent_event(Event::EventAgentReady, "a1004", "1004", 7_003), 7_003);
+    q.event(
+        &agent_event(Event::EventAgentReady, "a1004", "1004", 7_003),
+        7_003,
+    );
     let stats = q.stats(8_000);
     assert_eq!(stats["sales"].waiting, 0);
     q.event(&call(Event::EventRinging, 2, "1004"), 8_001);
     q.event(&call(Event::EventReleased, 2, "1004"), 8_002);
-    q.event(&agent_event(Event::EventAgentReady, "a1004", "1004", 8_003), 8_003);
-    assert_eq!(q.stats(9_000)["sales"], QueueStats { waiting: 0, longest_wait_ms: 0, agents_ready: 1 });
+    q.event(
+        &agent_event(Event::EventAgentReady, "a1004", "1004", 8_003),
+        8_003,
+    );
+    assert_eq!(
+        q.stats(9_000)["sales"],
+        QueueStats {
+            waiting: 0,
+            longest_wait_ms: 0,
+            agents_ready: 1
+        }
+    );
 }
 
 #[test]

@@ -113,8 +113,12 @@ pub fn spawn(
                 Err(_) => continue,
             };
             for event in watch.update(registered, crate::single_writer::now_ms()) {
-                tracing::info!(tenant = event.tenant(), dn = event.this_dn().unwrap_or(""),
-                    event = event.name(), "DN service changed");
+                tracing::info!(
+                    tenant = event.tenant(),
+                    dn = event.this_dn().unwrap_or(""),
+                    event = event.name(),
+                    "DN service changed"
+                );
                 if let Err(e) = crate::bus::publish_event(bus.as_ref(), &event).await {
                     metrics::counter!("switchboard_dn_service_errors_total").increment(1);
                     tracing::warn!(error = %e, "DN service event not published");
@@ -160,7 +164,10 @@ mod tests {
         assert_eq!(events.len(), 1);
         match &events[0] {
             Event::EventDNBackInService(d) => {
-                assert_eq!((d.tenant.as_str(), d.this_dn.as_str(), d.ts_ms), ("demo", "1001", 2));
+                assert_eq!(
+                    (d.tenant.as_str(), d.this_dn.as_str(), d.ts_ms),
+                    ("demo", "1001", 2)
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -170,7 +177,8 @@ mod tests {
         let events = watch.update(ext.registered(&loc, later), 4);
         assert!(matches!(&events[..], [Event::EventDNOutOfService(d)] if d.this_dn == "1001"));
         // Registered again, then removed (REGISTER with Expires: 0).
-        loc.bindings_mut("1001@switchboard").push(binding(later, 60));
+        loc.bindings_mut("1001@switchboard")
+            .push(binding(later, 60));
         assert_eq!(watch.update(ext.registered(&loc, later), 5).len(), 1);
         loc.remove_all("1001@switchboard");
         let events = watch.update(ext.registered(&loc, later), 6);
