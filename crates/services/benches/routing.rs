@@ -12,7 +12,8 @@
 //! * `cycle/json`: the same through the role's `Core` face: the request parsed from JSON,
 //!   replies serialized, as the glue does before touching the bus.
 //! * `role/embedded`: the role on an embedded bus: 200 Ready agents, 200 submissions
-//!   published, the time until their 200 targets are on the reply stream.
+//!   published by 8 concurrent submitters, the time until their 200 targets are on the reply
+//!   stream (read, parse, select, publish EventAgentReserved and the reply, snapshot, ack).
 //!
 //! `cargo bench -p switchboard-services --bench routing`
 
@@ -286,23 +287,30 @@ fn role(c: &mut Criterion) {
                     }
                     let replies_before = bus.last_id("replies").await.expect("last id");
                     let start = Instant::now();
-                    let mut last_conn = 0;
-                    for _ in 0..AGENTS {
-                        let n = {
-                            let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
-                            *c += 1;
-                            *c
-                        };
-                        last_conn = n;
-                        // Any agent: each of the round's calls finds one.
-                        let req = submission(n, "", 1);
-                        bus.publish(
-                            &routing_requests_stream("demo"),
-                            &serde_json::to_vec(&req).unwrap_or_default(),
-                        )
-                        .await
-                        .expect("publish");
+                    // 8 submitters publishing at once, as many orchestrators would.
+                    let first = {
+                        let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+                        *c += AGENTS as u64;
+                        *c - AGENTS as u64 + 1
+                    };
+                    let last_conn = first + AGENTS as u64 - 1;
+                    let mut set = tokio::task::JoinSet::new();
+                    for p in 0..8u64 {
+                        let bus = bus.clone();
+                        set.spawn(async move {
+                            for n in (first + p..=last_conn).step_by(8) {
+                                // Any agent: each of the round's calls finds one.
+                                let req = submission(n, "", 1);
+                                bus.publish(
+                                    &routing_requests_stream("demo"),
+                                    &serde_json::to_vec(&req).unwrap_or_default(),
+                                )
+                                .await
+                                .expect("publish");
+                            }
+                        });
                     }
+                    while set.join_next().await.is_some() {}
                     let mut after = replies_before;
                     let mut seen = 0usize;
                     let deadline = Instant::now() + Duration::from_secs(30);

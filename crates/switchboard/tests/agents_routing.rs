@@ -273,3 +273,45 @@ fn agents_and_routing_on_redis_survive_sigkill() {
         "{reply:?}"
     );
 }
+
+#[test]
+fn embedded_bus_agent_state_survives_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = switchboard_config::EXAMPLE_TOML.replace(
+        "data_dir = \"./data\"",
+        &format!("data_dir = {:?}", dir.path().display().to_string()),
+    );
+    let sb = Switchboard::builder()
+        .binary(BIN)
+        .config(&config)
+        .roles(&["agent-state"])
+        .spawn()
+        .expect("switchboard starts");
+    wait_until("agent-state is the writer", || {
+        get(&sb, "/v1/tenants/demo/agents")["writer"] == true
+    });
+    let (status, _) = post(&sb, "/v1/tenants/demo/agents/a1005/login", Some(r#"{"dn":"1009"}"#));
+    assert_eq!(status, 200);
+    let (status, _) = post(&sb, "/v1/tenants/demo/agents/a1005/ready", None);
+    assert_eq!(status, 200);
+    let before = get(&sb, "/v1/tenants/demo/agents/a1005");
+    assert_eq!((before["state"].as_str(), before["dn"].as_str()), (Some("ready"), Some("1009")));
+
+    drop(sb); // SIGKILL
+    let sb = Switchboard::builder()
+        .binary(BIN)
+        .config(&config)
+        .roles(&["agent-state"])
+        .spawn()
+        .expect("switchboard starts again");
+    let after = get(&sb, "/v1/tenants/demo/agents/a1005");
+    assert_eq!(after["state"], "ready", "{after}");
+    assert_eq!(after["dn"], "1009");
+    assert_eq!(after["since"], before["since"], "the same state, not a new one");
+    wait_until("agent-state is the writer again", || {
+        get(&sb, "/v1/tenants/demo/agents")["writer"] == true
+    });
+    let (status, body) = post(&sb, "/v1/tenants/demo/agents/a1005/logout", None);
+    assert_eq!((status, body["this_dn"].as_str()), (200, Some("1009")));
+    assert_eq!(agent_state(&sb, "a1005"), "logged_out");
+}

@@ -494,10 +494,12 @@ impl Queues {
         let Some(w) = self.waiting.get(&conn) else {
             return;
         };
+        // Cheapest tests first: most agents are busy or not ready.
         let best = self
             .agents
             .values()
-            .filter(|a| self.available(a) && w.wants(a))
+            .filter(|a| a.ready_since.is_some() && a.calls.is_empty() && !a.wrapping)
+            .filter(|a| w.wants(a) && self.available(a))
             .min_by_key(|a| (a.ready_since, a.id.as_str()))
             .map(|a| a.id.clone());
         if let Some(agent) = best {
