@@ -290,12 +290,19 @@ fn embedded_bus_agent_state_survives_sigkill() {
     wait_until("agent-state is the writer", || {
         get(&sb, "/v1/tenants/demo/agents")["writer"] == true
     });
-    let (status, _) = post(&sb, "/v1/tenants/demo/agents/a1005/login", Some(r#"{"dn":"1009"}"#));
+    let (status, _) = post(
+        &sb,
+        "/v1/tenants/demo/agents/a1005/login",
+        Some(r#"{"dn":"1009"}"#),
+    );
     assert_eq!(status, 200);
     let (status, _) = post(&sb, "/v1/tenants/demo/agents/a1005/ready", None);
     assert_eq!(status, 200);
     let before = get(&sb, "/v1/tenants/demo/agents/a1005");
-    assert_eq!((before["state"].as_str(), before["dn"].as_str()), (Some("ready"), Some("1009")));
+    assert_eq!(
+        (before["state"].as_str(), before["dn"].as_str()),
+        (Some("ready"), Some("1009"))
+    );
 
     drop(sb); // SIGKILL
     let sb = Switchboard::builder()
@@ -307,7 +314,10 @@ fn embedded_bus_agent_state_survives_sigkill() {
     let after = get(&sb, "/v1/tenants/demo/agents/a1005");
     assert_eq!(after["state"], "ready", "{after}");
     assert_eq!(after["dn"], "1009");
-    assert_eq!(after["since"], before["since"], "the same state, not a new one");
+    assert_eq!(
+        after["since"], before["since"],
+        "the same state, not a new one"
+    );
     wait_until("agent-state is the writer again", || {
         get(&sb, "/v1/tenants/demo/agents")["writer"] == true
     });

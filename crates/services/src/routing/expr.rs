@@ -116,6 +116,56 @@ impl Expr {
     }
 }
 
+/// An expression with its skill names resolved to indexes in the tenant's skill table, and
+/// agents' skills as levels by index: matching compares numbers, not strings (the hot path of
+/// selection).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compiled {
+    Any,
+    /// `None`: a skill the tenant does not have (no agent has it).
+    Skill {
+        index: Option<usize>,
+        cmp: Cmp,
+        level: u32,
+    },
+    Not(Box<Compiled>),
+    And(Vec<Compiled>),
+    Or(Vec<Compiled>),
+}
+
+impl Expr {
+    /// Resolves skill names with `index`.
+    pub fn compile(&self, index: &dyn Fn(&str) -> Option<usize>) -> Compiled {
+        match self {
+            Expr::Any => Compiled::Any,
+            Expr::Skill { name, cmp, level } => Compiled::Skill {
+                index: index(name),
+                cmp: *cmp,
+                level: *level,
+            },
+            Expr::Not(e) => Compiled::Not(Box::new(e.compile(index))),
+            Expr::And(es) => Compiled::And(es.iter().map(|e| e.compile(index)).collect()),
+            Expr::Or(es) => Compiled::Or(es.iter().map(|e| e.compile(index)).collect()),
+        }
+    }
+}
+
+impl Compiled {
+    /// Whether an agent with these levels (by skill index; `None`: lacks the skill) matches;
+    /// the same answers as [`Expr::matches`].
+    pub fn matches(&self, levels: &[Option<u32>]) -> bool {
+        match self {
+            Compiled::Any => true,
+            Compiled::Skill { index, cmp, level } => index
+                .and_then(|i| levels.get(i).copied().flatten())
+                .is_some_and(|have| cmp.holds(have, *level)),
+            Compiled::Not(e) => !e.matches(levels),
+            Compiled::And(es) => es.iter().all(|e| e.matches(levels)),
+            Compiled::Or(es) => es.iter().any(|e| e.matches(levels)),
+        }
+    }
+}
+
 struct Parser<'a> {
     s: &'a [u8],
     i: usize,
@@ -295,6 +345,36 @@ mod tests {
         assert!(m("!spanish", &a));
         assert!(m("", &a));
         assert!(m("   ", &[]));
+    }
+
+    #[test]
+    fn compiled_matches_like_the_expression() {
+        let table = ["sales", "english", "spanish", "zero"];
+        let index = |n: &str| table.iter().position(|t| *t == n);
+        let agents = [
+            vec![("sales", 5), ("english", 10), ("zero", 0)],
+            vec![("spanish", 3)],
+            vec![],
+        ];
+        for expr in [
+            "sales >= 5 & english",
+            "!spanish | sales < 2",
+            "zero = 0",
+            "(sales > 4 | spanish) & !english",
+            "unknown < 3",
+            "!unknown",
+            "",
+        ] {
+            let e = Expr::parse(expr).unwrap();
+            let c = e.compile(&index);
+            for a in &agents {
+                let levels: Vec<Option<u32>> = table
+                    .iter()
+                    .map(|t| a.iter().find(|(n, _)| n == t).map(|(_, l)| *l))
+                    .collect();
+                assert_eq!(c.matches(&levels), e.matches(&skills(a)), "{expr} {a:?}");
+            }
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use switchboard_config::Tenant;
 use switchboard_events::requests::{RoutingReply, RoutingRequest};
 use switchboard_events::{AgentAttrs, ConnId, Event};
 
-use super::expr::Expr;
+use super::expr::{Compiled, Expr};
 
 /// What the role does with the reducer's output.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +44,11 @@ pub struct Waiting {
     pub skills: String,
     pub expr: Expr,
     pub agent_group: Option<String>,
+    /// `expr` and `agent_group` resolved against the tenant's tables (rebuilt on restore).
+    #[serde(skip, default = "any")]
+    compiled: Compiled,
+    #[serde(skip)]
+    group_index: Option<usize>,
     pub priority: i32,
     pub enqueued_ms: u64,
     /// When it times out (None: waits until cancelled).
@@ -64,11 +69,14 @@ impl Waiting {
     }
 
     fn wants(&self, agent: &AgentView) -> bool {
-        self.agent_group
-            .as_ref()
-            .is_none_or(|g| agent.groups.contains(g))
-            && self.expr.matches(&agent.skills)
+        self.group_index
+            .is_none_or(|g| agent.in_group.get(g).copied().unwrap_or(false))
+            && self.compiled.matches(&agent.levels)
     }
+}
+
+fn any() -> Compiled {
+    Compiled::Any
 }
 
 /// Where a call is in the line: higher priority, then older, first.
@@ -97,6 +105,11 @@ pub struct AgentView {
     pub skills: BTreeMap<String, u32>,
     #[serde(default)]
     pub groups: BTreeSet<String>,
+    /// `skills` by the tenant's skill index, `groups` by its group index (rebuilt on restore).
+    #[serde(skip)]
+    levels: Vec<Option<u32>>,
+    #[serde(skip)]
+    in_group: Vec<bool>,
 }
 
 /// An agent held for a call that was given it as target.
@@ -135,7 +148,11 @@ pub struct Queues {
     reserved_for: BTreeMap<ConnId, String>,
     /// The last expression and group submitted to each queue (statistics).
     last: BTreeMap<String, (Expr, Option<String>)>,
-    groups: BTreeSet<String>,
+    /// The tenant's agent groups and skills, in configuration order: their indexes are what
+    /// compiled expressions and agents' levels use.
+    groups: Vec<String>,
+    #[serde(default)]
+    skills: Vec<String>,
     seq: u64,
 }
 
@@ -152,7 +169,8 @@ impl Queues {
             reservations: BTreeMap::new(),
             reserved_for: BTreeMap::new(),
             last: BTreeMap::new(),
-            groups: BTreeSet::new(),
+            groups: Vec::new(),
+            skills: Vec::new(),
             seq: 0,
         };
         q.configure(tenant, reservation_ms);
@@ -164,6 +182,7 @@ impl Queues {
     pub fn configure(&mut self, tenant: &Tenant, reservation_ms: u64) {
         self.reservation_ms = reservation_ms;
         self.groups = tenant.agent_groups.iter().map(|g| g.name.clone()).collect();
+        self.skills = tenant.skills.iter().map(|s| s.name.clone()).collect();
         let configured: BTreeSet<&str> =
             tenant.agents.iter().map(|a| a.login_id.as_str()).collect();
         self.agents.retain(|id, _| configured.contains(id.as_str()));
@@ -174,7 +193,32 @@ impl Queues {
             view.id = a.login_id.clone();
             view.skills = a.skills.clone();
             view.groups = a.groups.iter().cloned().collect();
+            view.levels = self
+                .skills
+                .iter()
+                .map(|s| a.skills.get(s).copied())
+                .collect();
+            view.in_group = self
+                .groups
+                .iter()
+                .map(|g| view.groups.contains(g))
+                .collect();
         }
+        let waiting = std::mem::take(&mut self.waiting);
+        self.waiting = waiting
+            .into_iter()
+            .map(|(conn, mut w)| {
+                (w.compiled, w.group_index) = self.resolve(&w.expr, w.agent_group.as_deref());
+                (conn, w)
+            })
+            .collect();
+    }
+
+    /// An expression and an agent group in the tenant's indexes.
+    fn resolve(&self, expr: &Expr, group: Option<&str>) -> (Compiled, Option<usize>) {
+        let index = |name: &str| self.skills.iter().position(|s| s == name);
+        let group = group.and_then(|g| self.groups.iter().position(|n| n == g));
+        (expr.compile(&index), group)
     }
 
     pub fn agent(&self, id: &str) -> Option<&AgentView> {
@@ -269,6 +313,7 @@ impl Queues {
         // The deadline counts from when the call first queued, not from now.
         let deadline =
             timeout_s.map(|t| (*enqueued_ms).min(now).saturating_add(u64::from(t) * 1000));
+        let (compiled, group_index) = self.resolve(&expr, agent_group.as_deref());
         let waiting = Waiting {
             request_id: request_id.clone(),
             conn: *conn_id,
@@ -276,6 +321,8 @@ impl Queues {
             skills: skills.clone(),
             expr: expr.clone(),
             agent_group: agent_group.clone(),
+            compiled,
+            group_index,
             priority: *priority,
             enqueued_ms: *enqueued_ms,
             deadline,
