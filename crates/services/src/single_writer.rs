@@ -27,6 +27,8 @@ use switchboard_events::Event;
 use tokio_util::sync::CancellationToken;
 
 /// What a reducer asks the glue to do.
+// Events are the common case; boxing them would allocate for each one.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Emit {
     /// Publish on `events:{tenant}`.

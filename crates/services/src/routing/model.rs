@@ -17,6 +17,8 @@ use switchboard_events::{AgentAttrs, ConnId, Event};
 use super::expr::{Compiled, Expr};
 
 /// What the role does with the reducer's output.
+// Events and replies are the common outputs; boxing them would allocate for each one.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
     /// Append `reply` to the submitter's stream `to`.
@@ -407,11 +409,9 @@ impl Queues {
             Event::EventDNOutOfService(d) => {
                 self.out_of_service.insert(d.this_dn.clone());
             }
-            Event::EventDNBackInService(d) => {
-                if self.out_of_service.remove(&d.this_dn) {
-                    if let Some(id) = self.dn_agent.get(&d.this_dn).cloned() {
-                        self.offer_agent(&id, now, &mut out);
-                    }
+            Event::EventDNBackInService(d) if self.out_of_service.remove(&d.this_dn) => {
+                if let Some(id) = self.dn_agent.get(&d.this_dn).cloned() {
+                    self.offer_agent(&id, now, &mut out);
                 }
             }
             _ => {}

@@ -269,7 +269,7 @@ impl Sim {
                     Phase::Ringing(a) => Some(*a),
                     _ => None,
                 }) {
-                    if pick % 3 == 0 {
+                    if pick.is_multiple_of(3) {
                         // The lost race: not ready while ringing, no answer, submitted again.
                         self.agent_request(agent, AgentOp::NotReady { reason_code: None });
                         self.call_event(Event::EventReleased, call, agent);
