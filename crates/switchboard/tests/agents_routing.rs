@@ -59,7 +59,7 @@ fn get(sb: &Switchboard, path: &str) -> Value {
 }
 
 fn agent_state(sb: &Switchboard, agent: &str) -> String {
-    get(sb, &format!("/v1/tenants/demo/agents/{agent}"))["state"]
+    get(sb, &format!("/v1/tenants/demo/agent-states/{agent}"))["state"]
         .as_str()
         .unwrap_or("")
         .to_string()
@@ -147,7 +147,7 @@ fn agents_and_routing_on_redis_survive_sigkill() {
 
     let sb = start(&config);
     wait_until("agent-state is the writer", || {
-        get(&sb, "/v1/tenants/demo/agents")["writer"] == true
+        get(&sb, "/v1/tenants/demo/agent-states")["writer"] == true
     });
     // a1001: sales 6, a1002: sales 7 (not ready), a1003: sales 8.
     for agent in ["a1001", "a1002", "a1003"] {
@@ -249,7 +249,7 @@ fn agents_and_routing_on_redis_survive_sigkill() {
     // Once it holds the leases (the dead process's ran out), it carries on: the call ends,
     // a1003 is Ready again; a1002 turns Ready and takes the waiting Spanish call.
     wait_until("agent-state is the writer again", || {
-        get(&sb, "/v1/tenants/demo/agents")["writer"] == true
+        get(&sb, "/v1/tenants/demo/agent-states")["writer"] == true
     });
     publish(&rt, &bus, &call_event(Event::EventReleased, 0xa1, "1003"));
     wait_until("a1003 ready after the call", || {
@@ -281,15 +281,18 @@ fn embedded_bus_agent_state_survives_sigkill() {
         "data_dir = \"./data\"",
         &format!("data_dir = {:?}", dir.path().display().to_string()),
     );
+    // With the configuration API, whose /v1/tenants/{t}/agents are the agent entities.
     let sb = Switchboard::builder()
         .binary(BIN)
         .config(&config)
-        .roles(&["agent-state"])
+        .roles(&["config", "agent-state"])
         .spawn()
         .expect("switchboard starts");
     wait_until("agent-state is the writer", || {
-        get(&sb, "/v1/tenants/demo/agents")["writer"] == true
+        get(&sb, "/v1/tenants/demo/agent-states")["writer"] == true
     });
+    let entities = get(&sb, "/v1/tenants/demo/agents");
+    assert_eq!(entities["items"][0]["login_id"], "a1001", "{entities}");
     let (status, _) = post(
         &sb,
         "/v1/tenants/demo/agents/a1005/login",
@@ -298,7 +301,7 @@ fn embedded_bus_agent_state_survives_sigkill() {
     assert_eq!(status, 200);
     let (status, _) = post(&sb, "/v1/tenants/demo/agents/a1005/ready", None);
     assert_eq!(status, 200);
-    let before = get(&sb, "/v1/tenants/demo/agents/a1005");
+    let before = get(&sb, "/v1/tenants/demo/agent-states/a1005");
     assert_eq!(
         (before["state"].as_str(), before["dn"].as_str()),
         (Some("ready"), Some("1009"))
@@ -311,7 +314,7 @@ fn embedded_bus_agent_state_survives_sigkill() {
         .roles(&["agent-state"])
         .spawn()
         .expect("switchboard starts again");
-    let after = get(&sb, "/v1/tenants/demo/agents/a1005");
+    let after = get(&sb, "/v1/tenants/demo/agent-states/a1005");
     assert_eq!(after["state"], "ready", "{after}");
     assert_eq!(after["dn"], "1009");
     assert_eq!(
@@ -319,7 +322,7 @@ fn embedded_bus_agent_state_survives_sigkill() {
         "the same state, not a new one"
     );
     wait_until("agent-state is the writer again", || {
-        get(&sb, "/v1/tenants/demo/agents")["writer"] == true
+        get(&sb, "/v1/tenants/demo/agent-states")["writer"] == true
     });
     let (status, body) = post(&sb, "/v1/tenants/demo/agents/a1005/logout", None);
     assert_eq!((status, body["this_dn"].as_str()), (200, Some("1009")));

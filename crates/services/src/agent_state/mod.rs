@@ -8,7 +8,8 @@
 //!   publishes an [`AgentRequest`] and waits (at most [`Options::answer_timeout`]) for the
 //!   event carrying its `request_id`: 200 with the event, 409 with the error code of an
 //!   EventError, 404 for an unknown tenant or agent, 504 when no agent-state answers.
-//!   `GET /v1/tenants/{t}/agents` and `/agents/{id}`: state, DN, since, skills.
+//!   `GET /v1/tenants/{t}/agent-states` and `/agent-states/{id}`: state, DN, since, skills
+//!   (`/agents` and `/agents/{id}` are the configuration API's agent entities).
 
 pub mod model;
 
@@ -224,11 +225,13 @@ struct Api {
     timeout: Duration,
 }
 
-/// The agent routes; the desktop API puts its authentication in front of them.
+/// The agent routes; the desktop API puts its authentication in front of them. The states
+/// are under `agent-states`: `GET /v1/tenants/{t}/agents[/{id}]` is the configuration API's
+/// list of agent entities.
 fn routes(api: Api) -> Router {
     Router::new()
-        .route("/v1/tenants/{tenant}/agents", get(list_agents))
-        .route("/v1/tenants/{tenant}/agents/{agent}", get(get_agent))
+        .route("/v1/tenants/{tenant}/agent-states", get(list_agents))
+        .route("/v1/tenants/{tenant}/agent-states/{agent}", get(get_agent))
         .route("/v1/tenants/{tenant}/agents/{agent}/{action}", post(act))
         .with_state(api)
 }

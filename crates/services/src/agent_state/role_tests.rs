@@ -63,7 +63,7 @@ async fn call(router: &axum::Router, method: &str, path: &str, body: &str) -> (u
 
 async fn wait_writer(router: &axum::Router) {
     for _ in 0..200 {
-        let (_, _, body) = call(router, "GET", "/v1/tenants/demo/agents", "").await;
+        let (_, _, body) = call(router, "GET", "/v1/tenants/demo/agent-states", "").await;
         if body["writer"] == true {
             return;
         }
@@ -126,7 +126,7 @@ async fn rest_requests_are_answered_through_the_bus() {
     )
     .await;
     assert_eq!((status, body["reason_code"].as_str()), (200, Some("lunch")));
-    let (_, _, body) = call(r, "GET", "/v1/tenants/demo/agents/a1001", "").await;
+    let (_, _, body) = call(r, "GET", "/v1/tenants/demo/agent-states/a1001", "").await;
     assert_eq!(body["state"], "not_ready");
     assert_eq!(body["reason_code"], "lunch");
     assert_eq!(body["skills"]["sales"], 6);
@@ -189,7 +189,9 @@ async fn rest_requests_are_answered_through_the_bus() {
     // agent-state folds the reservation, then the call.
     let mut state = Value::Null;
     for _ in 0..300 {
-        state = call(r, "GET", "/v1/tenants/demo/agents/a1001", "").await.2;
+        state = call(r, "GET", "/v1/tenants/demo/agent-states/a1001", "")
+            .await
+            .2;
         if state["state"] == "reserved" {
             break;
         }
@@ -207,7 +209,9 @@ async fn rest_requests_are_answered_through_the_bus() {
         .await
         .unwrap();
     for _ in 0..300 {
-        state = call(r, "GET", "/v1/tenants/demo/agents/a1001", "").await.2;
+        state = call(r, "GET", "/v1/tenants/demo/agent-states/a1001", "")
+            .await
+            .2;
         if state["state"] == "busy" {
             break;
         }
@@ -226,7 +230,13 @@ async fn rest_requests_are_answered_through_the_bus() {
     let again = start(config, bus, CancellationToken::new(), options("two"))
         .await
         .unwrap();
-    let (_, _, body) = call(&again.router, "GET", "/v1/tenants/demo/agents/a1001", "").await;
+    let (_, _, body) = call(
+        &again.router,
+        "GET",
+        "/v1/tenants/demo/agent-states/a1001",
+        "",
+    )
+    .await;
     assert_eq!(body["state"], "busy", "{body}");
 }
 
@@ -256,6 +266,6 @@ async fn without_a_writer_a_request_times_out_with_504() {
     )
     .await;
     assert_eq!((status, ct.as_str()), (504, "application/problem+json"));
-    let (_, _, body) = call(&role.router, "GET", "/v1/tenants/demo/agents", "").await;
+    let (_, _, body) = call(&role.router, "GET", "/v1/tenants/demo/agent-states", "").await;
     assert_eq!(body["writer"], false);
 }
