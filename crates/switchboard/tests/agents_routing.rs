@@ -328,3 +328,203 @@ fn embedded_bus_agent_state_survives_sigkill() {
     assert_eq!((status, body["this_dn"].as_str()), (200, Some("1009")));
     assert_eq!(agent_state(&sb, "a1005"), "logged_out");
 }
+
+/// The concurrency test, through the binary: 50 callers, the demo's 10 agents with
+/// mixed skills, a simulated floor that answers each target and hangs up a little later (and,
+/// for some calls, the lost race: the agent turns not ready while ringing, no answer, the call
+/// is submitted again with its first `enqueued_ms`). Every call reaches an agent with the
+/// right skill or overflows as configured; no agent gets two calls; no call is lost.
+#[test]
+fn fifty_callers_ten_agents_through_the_binary() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use switchboard_services::routing::expr::Expr;
+
+    if !require_program("redis-server") {
+        return;
+    }
+    let redis = RedisServer::spawn().expect("redis-server starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(&redis.url(), &dir.path().display().to_string());
+    let rt = runtime();
+    let bus: SharedBus = Arc::new(
+        rt.block_on(RedisBus::connect(&redis.url()))
+            .expect("connect to redis"),
+    );
+    let demo = switchboard_config::Config::demo();
+    let agents: BTreeMap<String, (String, BTreeMap<String, u32>)> = demo.tenants[0]
+        .agents
+        .iter()
+        .map(|a| {
+            (
+                a.login_id.clone(),
+                (a.dn.clone().unwrap_or_default(), a.skills.clone()),
+            )
+        })
+        .collect();
+    let sb = start(&config);
+    wait_until("both roles are writers", || {
+        get(&sb, "/v1/tenants/demo/agent-states")["writer"] == true
+            && get(&sb, "/v1/tenants/demo/queues")["writer"] == true
+    });
+    for agent in agents.keys() {
+        for action in ["login", "ready"] {
+            let (status, body) = post(
+                &sb,
+                &format!("/v1/tenants/demo/agents/{agent}/{action}"),
+                None,
+            );
+            assert_eq!(status, 200, "{agent} {action}: {body}");
+        }
+    }
+
+    // Nobody has sales >= 10: those calls overflow after their 2 s timeout.
+    let expressions = [
+        "sales >= 7",
+        "support",
+        "spanish",
+        "english & sales >= 5",
+        "sales >= 10",
+        "support >= 8 | spanish",
+        "!sales",
+    ];
+    const CALLS: u64 = 50;
+    let expr_of = |conn: u64| expressions[(conn % expressions.len() as u64) as usize];
+    let matchable = |conn: u64| {
+        let e = Expr::parse(expr_of(conn)).expect("expression");
+        agents.values().any(|(_, skills)| e.matches(skills))
+    };
+    let submission = |conn: u64, enqueued_ms: u64| RoutingRequest::Submit {
+        tenant: "demo".into(),
+        request_id: format!("c{conn}-{}", switchboard_services::single_writer::now_ms()),
+        conn_id: ConnId(conn),
+        queue: "mixed".into(),
+        skills: expr_of(conn).into(),
+        agent_group: None,
+        priority: (conn % 3) as i32,
+        enqueued_ms,
+        timeout_s: (!matchable(conn)).then_some(2),
+        reply_to: REPLIES.into(),
+        user_data: UserData::new(),
+    };
+    let send = |req: &RoutingRequest| {
+        rt.block_on(bus.publish(
+            &routing_requests_stream("demo"),
+            &serde_json::to_vec(req).expect("json"),
+        ))
+        .expect("publish");
+    };
+    let start_ms = switchboard_services::single_writer::now_ms();
+    let first_enqueued: BTreeMap<u64, u64> = (1..=CALLS).map(|c| (c, start_ms + c)).collect();
+    for conn in 1..=CALLS {
+        send(&submission(conn, first_enqueued[&conn]));
+    }
+
+    // The floor.
+    let mut busy: BTreeMap<String, u64> = BTreeMap::new(); // agent -> call
+    let mut hangups: Vec<(Instant, u64, String)> = Vec::new(); // when, call, agent
+    let mut done = BTreeSet::new();
+    let mut overflowed = BTreeSet::new();
+    let mut raced = BTreeSet::new();
+    let mut not_ready: Vec<(Instant, String)> = Vec::new();
+    let mut after = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done.len() + overflowed.len() < CALLS as usize {
+        assert!(
+            Instant::now() < deadline,
+            "calls never ended: done {done:?}, overflowed {overflowed:?}, busy {busy:?}"
+        );
+        let page = rt
+            .block_on(bus.read_range(REPLIES, after, 100))
+            .expect("read replies");
+        for entry in &page {
+            after = Some(entry.id);
+            match serde_json::from_slice::<RoutingReply>(&entry.payload).expect("a reply") {
+                RoutingReply::Target {
+                    conn_id,
+                    agent_id,
+                    dn,
+                    ..
+                } => {
+                    let conn = conn_id.0;
+                    let (agent_dn, skills) = &agents[&agent_id];
+                    assert_eq!(&dn, agent_dn);
+                    let expr = Expr::parse(expr_of(conn)).expect("expression");
+                    assert!(
+                        expr.matches(skills),
+                        "{agent_id} {skills:?} for {}",
+                        expr_of(conn)
+                    );
+                    assert!(
+                        !busy.contains_key(&agent_id),
+                        "{agent_id} given call {conn} while on call {:?}",
+                        busy.get(&agent_id)
+                    );
+                    assert!(!done.contains(&conn), "call {conn} routed twice");
+                    publish(&rt, &bus, &call_event(Event::EventRinging, conn, &dn));
+                    busy.insert(agent_id.clone(), conn);
+                    if conn % 7 == 0 && raced.insert(conn) {
+                        // The lost race: not ready while ringing, no answer, submitted again.
+                        let (status, _) = post(
+                            &sb,
+                            &format!("/v1/tenants/demo/agents/{agent_id}/not-ready"),
+                            None,
+                        );
+                        assert_eq!(status, 200);
+                        publish(&rt, &bus, &call_event(Event::EventReleased, conn, &dn));
+                        busy.remove(&agent_id);
+                        send(&submission(conn, first_enqueued[&conn]));
+                        not_ready.push((Instant::now() + Duration::from_millis(300), agent_id));
+                    } else {
+                        publish(&rt, &bus, &call_event(Event::EventEstablished, conn, &dn));
+                        let talk = Duration::from_millis(50 + (conn * 37) % 200);
+                        hangups.push((Instant::now() + talk, conn, agent_id));
+                    }
+                }
+                RoutingReply::Timeout { conn_id, .. } => {
+                    assert!(
+                        !matchable(conn_id.0),
+                        "call {} matchable, yet it timed out",
+                        conn_id.0
+                    );
+                    assert!(
+                        overflowed.insert(conn_id.0),
+                        "call {} timed out twice",
+                        conn_id.0
+                    );
+                }
+                RoutingReply::Rejected { reason, .. } => panic!("rejected: {reason}"),
+            }
+        }
+        let now = Instant::now();
+        for (_, conn, agent) in hangups.iter().filter(|(at, _, _)| *at <= now) {
+            let dn = &agents[agent].0;
+            publish(&rt, &bus, &call_event(Event::EventReleased, *conn, dn));
+            busy.remove(agent);
+            done.insert(*conn);
+        }
+        hangups.retain(|(at, _, _)| *at > now);
+        for (_, agent) in not_ready.iter().filter(|(at, _)| *at <= now) {
+            let (status, _) = post(&sb, &format!("/v1/tenants/demo/agents/{agent}/ready"), None);
+            assert_eq!(status, 200);
+        }
+        not_ready.retain(|(at, _)| *at > now);
+        if page.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let unmatched = (1..=CALLS).filter(|c| !matchable(*c)).count();
+    assert_eq!(
+        overflowed.len(),
+        unmatched,
+        "only the unmatchable calls overflow"
+    );
+    assert_eq!(
+        done.len() + overflowed.len(),
+        CALLS as usize,
+        "no call is lost"
+    );
+    assert!(!raced.is_empty());
+    wait_until("the queue is empty", || {
+        get(&sb, "/v1/tenants/demo/queues/mixed")["waiting"] == 0
+    });
+}
