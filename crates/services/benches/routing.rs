@@ -11,6 +11,9 @@
 //!   ready -> reserved -> busy -> ready and the queue holds a steady backlog.
 //! * `cycle/json`: the same through the role's `Core` face: the request parsed from JSON,
 //!   replies serialized, as the glue does before touching the bus.
+//! * `cycle/strategy`: the same with a routing strategy in front: per call a new SCXML session
+//!   (the ECMAScript data model) reads the call's data, picks the skill expression and
+//!   priority, and `<send>`s the submission; its parameters become the `RoutingRequest`.
 //! * `role/embedded`: the role on an embedded bus: 200 Ready agents, 200 submissions
 //!   published by 8 concurrent submitters, the time until their 200 targets are on the reply
 //!   stream (read, parse, select, publish EventAgentReserved and the reply, snapshot, ack).
@@ -238,6 +241,87 @@ fn cycle(c: &mut Criterion) {
     let _ = <Queues as Core>::next_deadline(&q);
 }
 
+/// A strategy: language and value of the call decide the skill expression and priority.
+const STRATEGY: &str = r##"<scxml xmlns="http://www.w3.org/2005/07/scxml" version="1.0" datamodel="ecmascript" initial="classify">
+<datamodel><data id="call" expr="null"/></datamodel>
+<state id="classify">
+  <transition event="call.arrived" target="queue">
+    <assign location="call" expr="_event.data"/>
+  </transition>
+</state>
+<state id="queue">
+  <onentry>
+    <send event="queue.submit" target="#_scxml_routing">
+      <param name="skills" expr="call.lang == 'es' ? 'spanish' : call.expr"/>
+      <param name="priority" expr="call.vip ? 5 : 0"/>
+    </send>
+  </onentry>
+  <transition event="queue.target" target="done"/>
+</state>
+<final id="done"/>
+</scxml>"##;
+
+fn strategy(c: &mut Criterion) {
+    use switchboard_scxml::{
+        Document, Environment, Event as ScxmlEvent, Output as ScxmlOutput, Session,
+    };
+    let tenant = tenant();
+    let exprs = expressions();
+    // The strategy's sends to `#_scxml_routing` are outputs for the host.
+    let mut env = Environment::default();
+    env.session_exists = Some(Arc::new(|id: &str| id == "routing"));
+    let doc = Document::load(STRATEGY, None, &env).expect("strategy loads");
+    let mut g = c.benchmark_group("cycle");
+    g.sample_size(20).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(1));
+    let mut q = ready_queues(&tenant);
+    let mut floor = Floor {
+        targets: Default::default(),
+    };
+    let mut conn = 0u64;
+    let mut now = 1_000_000u64;
+    let mut submitted = 0u64;
+    g.bench_function("strategy", |b| {
+        b.iter(|| {
+            conn += 1;
+            now += 1;
+            let Ok(mut session) = Session::new(doc.clone(), env.clone(), format!("s{conn}")) else {
+                return;
+            };
+            session.run(now);
+            let data = serde_json::json!({
+                "lang": if conn % 10 == 0 { "es" } else { "en" },
+                "vip": conn % 7 == 0,
+                "expr": exprs[conn as usize % EXPRESSIONS],
+            });
+            session.push_event(ScxmlEvent::external("call.arrived", Some(data)));
+            session.run(now);
+            while let Some(out) = session.poll_output() {
+                let ScxmlOutput::SendToSession { event, .. } = out else {
+                    continue;
+                };
+                let data = event.data.unwrap_or_default();
+                let skills = data["skills"].as_str().unwrap_or("");
+                let mut req = submission(conn, skills, now);
+                if let RoutingRequest::Submit { priority, .. } = &mut req {
+                    *priority = data["priority"].as_i64().unwrap_or(0) as i32;
+                }
+                let out = q.request(&req, now);
+                floor.note(&out);
+                submitted += 1;
+            }
+            if floor.targets.len() > IN_FLIGHT {
+                let out = floor.end_one(&mut q, now);
+                floor.note(&out);
+            }
+        })
+    });
+    g.finish();
+    // The strategy really submitted every call (a broken chart would measure nothing).
+    assert_eq!(submitted, conn, "calls the strategy did not submit");
+    eprintln!("cycle/strategy: {submitted} calls submitted by the strategy");
+}
+
 fn role(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -347,5 +431,5 @@ fn role(c: &mut Criterion) {
     let _ = rt.block_on(role.task);
 }
 
-criterion_group!(benches, cycle, role);
+criterion_group!(benches, cycle, strategy, role);
 criterion_main!(benches);
