@@ -290,8 +290,8 @@ fn strategy(c: &mut Criterion) {
             };
             session.run(now);
             let data = serde_json::json!({
-                "lang": if conn % 10 == 0 { "es" } else { "en" },
-                "vip": conn % 7 == 0,
+                "lang": if conn.is_multiple_of(10) { "es" } else { "en" },
+                "vip": conn.is_multiple_of(7),
                 "expr": exprs[conn as usize % EXPRESSIONS],
             });
             session.push_event(ScxmlEvent::external("call.arrived", Some(data)));
