@@ -215,6 +215,8 @@ pub async fn run<C: Core>(
                 lock(&slot).writer = false;
                 if let Err(e) = result {
                     tracing::warn!(role = names.role, tenant = %names.tenant, error = %e, "writer stopped; standing by");
+                    // Give the lease up so that this process or another takes over at once.
+                    let _ = bus.lease_release(&key, &names.consumer).await;
                 }
                 if drain.is_cancelled() {
                     save(&bus, &names, &slot).await;

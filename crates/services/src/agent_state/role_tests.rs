@@ -269,3 +269,42 @@ async fn without_a_writer_a_request_times_out_with_504() {
     let (_, _, body) = call(&role.router, "GET", "/v1/tenants/demo/agent-states", "").await;
     assert_eq!(body["writer"], false);
 }
+
+#[tokio::test]
+async fn a_standby_takes_over_with_the_writers_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus: SharedBus = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).unwrap());
+    let config = Arc::new(Config::demo());
+    let (drain_a, drain_b) = (CancellationToken::new(), CancellationToken::new());
+    let a = start(config.clone(), bus.clone(), drain_a.clone(), options("a"))
+        .await
+        .unwrap();
+    wait_writer(&a.router).await;
+    let b = start(config, bus, drain_b.clone(), options("b"))
+        .await
+        .unwrap();
+    // B is standby, yet its REST works: the writer answers through the bus.
+    let (status, _, body) =
+        call(&b.router, "POST", "/v1/tenants/demo/agents/a1003/login", "").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = call(&b.router, "POST", "/v1/tenants/demo/agents/a1003/ready", "").await;
+    assert_eq!(status, 200);
+    let (_, _, list) = call(&b.router, "GET", "/v1/tenants/demo/agent-states", "").await;
+    assert_eq!(list["writer"], false);
+    // A stops (its lease released): B takes over with A's state and carries on.
+    drain_a.cancel();
+    a.task.await.unwrap().unwrap();
+    wait_writer(&b.router).await;
+    let (_, _, agent) = call(&b.router, "GET", "/v1/tenants/demo/agent-states/a1003", "").await;
+    assert_eq!(agent["state"], "ready", "{agent}");
+    let (status, _, body) = call(
+        &b.router,
+        "POST",
+        "/v1/tenants/demo/agents/a1003/logout",
+        "",
+    )
+    .await;
+    assert_eq!((status, body["this_dn"].as_str()), (200, Some("1003")));
+    drain_b.cancel();
+    b.task.await.unwrap().unwrap();
+}
