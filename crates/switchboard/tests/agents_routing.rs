@@ -528,3 +528,130 @@ fn fifty_callers_ten_agents_through_the_binary() {
         get(&sb, "/v1/tenants/demo/queues/mixed")["waiting"] == 0
     });
 }
+
+/// The registrar's DN service events: an agent whose phone unregisters is out of service and
+/// gets no call; when the phone registers again, the waiting call goes to the agent.
+#[test]
+fn dn_out_of_service_while_the_phone_is_unregistered() {
+    use switchboard_testkit::{free_udp_port, scenario_file, Sipp};
+
+    if !require_program("redis-server") || !require_program("sipp") {
+        return;
+    }
+    let redis = RedisServer::spawn().expect("redis-server starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // SIPp answers digest challenges with MD5 only.
+    let config = config(&redis.url(), &dir.path().display().to_string()).replace(
+        "algorithms = [\"SHA-256\", \"MD5\"]",
+        "algorithms = [\"MD5\"]",
+    );
+    assert!(config.contains("algorithms = [\"MD5\"]"));
+    let rt = runtime();
+    let bus: SharedBus = Arc::new(
+        rt.block_on(RedisBus::connect(&redis.url()))
+            .expect("connect to redis"),
+    );
+    let sb = Switchboard::builder()
+        .binary(BIN)
+        .config(&config)
+        .roles(&["sip-proxy", "registrar", "agent-state", "routing"])
+        .spawn()
+        .expect("switchboard starts");
+    let sipp_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
+    let contact = format!("127.0.0.1:{}", free_udp_port().expect("port"));
+    let register = |expires: &str| {
+        let mut xml = scenario_file(
+            &sipp_dir,
+            "register",
+            &[
+                ("USER", "1003"),
+                ("CONTACT", &contact),
+                ("EXPIRES", expires),
+                ("PASSWORD", "secret"),
+            ],
+        )
+        .expect("scenario");
+        if expires == "0" {
+            // Removed: the 200 lists no binding to check.
+            let start = xml.find("<recv response=\"200\">").expect("200");
+            let end = xml.find("</scenario>").expect("end");
+            xml.replace_range(start..end, "<recv response=\"200\"/>\n");
+        }
+        let out = Sipp::scenario(&xml)
+            .arg("-p")
+            .arg(&free_udp_port().expect("port").to_string())
+            .remote(sb.sip_udp_addr().expect("sip address"))
+            .timeout(Duration::from_secs(15))
+            .run()
+            .expect("sipp runs");
+        assert!(
+            out.success(),
+            "REGISTER Expires {expires}:\n{}",
+            out.report()
+        );
+    };
+    let dn_events = |name: &str| {
+        rt.block_on(bus.read_range("events:demo", None, 10_000))
+            .expect("read")
+            .iter()
+            .filter_map(|e| Event::from_json(std::str::from_utf8(&e.payload).ok()?).ok())
+            .filter(|e| e.name() == name && e.this_dn() == Some("1003"))
+            .count()
+    };
+
+    wait_until("agent-state is the writer", || {
+        get(&sb, "/v1/tenants/demo/agent-states")["writer"] == true
+            && get(&sb, "/v1/tenants/demo/queues")["writer"] == true
+    });
+    for action in ["login", "ready"] {
+        let (status, _) = post(
+            &sb,
+            &format!("/v1/tenants/demo/agents/a1003/{action}"),
+            None,
+        );
+        assert_eq!(status, 200);
+    }
+    register("120");
+    wait_until("EventDNBackInService for 1003", || {
+        dn_events("EventDNBackInService") == 1
+    });
+    register("0");
+    wait_until("EventDNOutOfService for 1003", || {
+        dn_events("EventDNOutOfService") == 1
+    });
+    wait_until("a1003 out of service", || {
+        get(&sb, "/v1/tenants/demo/agent-states/a1003")["in_service"] == false
+    });
+    // Only a1003 (sales 8) matches and is logged in: the call waits while its phone is away.
+    let req = submit(0xb1, "sales = 8", None);
+    rt.block_on(bus.publish(
+        &routing_requests_stream("demo"),
+        &serde_json::to_vec(&req).expect("json"),
+    ))
+    .expect("publish");
+    wait_until("the call waits", || {
+        get(&sb, "/v1/tenants/demo/queues/sales")["waiting"] == 1
+    });
+    assert!(rt
+        .block_on(bus.read_range(REPLIES, None, 10))
+        .expect("read")
+        .is_empty());
+    register("120");
+    let mut seen = 0;
+    let reply = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let all = bus.read_range(REPLIES, None, 10).await.expect("read");
+            if let Some(e) = all.get(seen) {
+                seen += 1;
+                return serde_json::from_slice::<RoutingReply>(&e.payload).expect("reply");
+            }
+            assert!(Instant::now() < deadline, "no target once back in service");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(
+        matches!(&reply, RoutingReply::Target { agent_id, .. } if agent_id == "a1003"),
+        "{reply:?}"
+    );
+}
