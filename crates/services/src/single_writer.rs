@@ -160,7 +160,8 @@ pub async fn restore<C: Core>(
     Ok(())
 }
 
-async fn save<C: Core>(bus: &SharedBus, names: &Names, slot: &Shared<C>) {
+/// Writes the snapshot; an error is counted, logged and returned.
+async fn save<C: Core>(bus: &SharedBus, names: &Names, slot: &Shared<C>) -> Result<(), BusError> {
     let bytes = {
         let s = lock(slot);
         serde_json::to_vec(&Snapshot {
@@ -173,13 +174,17 @@ async fn save<C: Core>(bus: &SharedBus, names: &Names, slot: &Shared<C>) {
         Ok(b) => bus.kv_set(&names.key(), &b).await,
         Err(e) => Err(BusError::Invalid(e.to_string())),
     };
-    if let Err(e) = result {
+    if let Err(e) = &result {
         metrics::counter!("switchboard_single_writer_errors_total", "role" => names.role, "op" => "snapshot").increment(1);
         tracing::warn!(role = names.role, tenant = %names.tenant, error = %e, "snapshot not saved");
     }
+    result
 }
 
-async fn emit(bus: &SharedBus, names: &Names, out: Vec<Emit>) {
+/// Publishes outputs in order. On an error the writer stops (the caller returns it): its
+/// inputs stay unacknowledged and the state unsaved, so the next writer redoes them from the
+/// last snapshot rather than losing an output.
+async fn emit(bus: &SharedBus, names: &Names, out: Vec<Emit>) -> Result<(), BusError> {
     for e in out {
         let result = match &e {
             Emit::Event(event) => crate::bus::publish_event(bus.as_ref(), event).await,
@@ -188,8 +193,10 @@ async fn emit(bus: &SharedBus, names: &Names, out: Vec<Emit>) {
         if let Err(err) = result {
             metrics::counter!("switchboard_single_writer_errors_total", "role" => names.role, "op" => "publish").increment(1);
             tracing::warn!(role = names.role, tenant = %names.tenant, error = %err, "output not published");
+            return Err(err);
         }
     }
+    Ok(())
 }
 
 /// Runs one tenant until the drain: standby, writer, standby...
@@ -219,7 +226,8 @@ pub async fn run<C: Core>(
                     let _ = bus.lease_release(&key, &names.consumer).await;
                 }
                 if drain.is_cancelled() {
-                    save(&bus, &names, &slot).await;
+                    // Best effort: the error is logged, and the stream positions say what to redo.
+                    let _ = save(&bus, &names, &slot).await;
                     let _ = bus.lease_release(&key, &names.consumer).await;
                     break;
                 }
@@ -275,7 +283,7 @@ async fn fold_events<C: Core>(
             }
         }
     }
-    emit(bus, names, out).await;
+    emit(bus, names, out).await?;
     Ok(page.len())
 }
 
@@ -285,7 +293,7 @@ async fn handle_requests<C: Core>(
     names: &Names,
     slot: &Shared<C>,
     entries: &[Entry],
-) -> Vec<EntryId> {
+) -> Result<Vec<EntryId>, BusError> {
     let now = now_ms();
     let mut out = Vec::new();
     {
@@ -296,8 +304,8 @@ async fn handle_requests<C: Core>(
             }
         }
     }
-    emit(bus, names, out).await;
-    entries.iter().map(|e| e.id).collect()
+    emit(bus, names, out).await?;
+    Ok(entries.iter().map(|e| e.id).collect())
 }
 
 async fn write<C: Core>(
@@ -327,11 +335,11 @@ async fn write<C: Core>(
         if pending.is_empty() {
             break;
         }
-        let ids = handle_requests(bus, names, slot, &pending).await;
-        save(bus, names, slot).await;
+        let ids = handle_requests(bus, names, slot, &pending).await?;
+        save(bus, names, slot).await?;
         bus.ack(&names.requests, names.role, &ids).await?;
     }
-    save(bus, names, slot).await;
+    save(bus, names, slot).await?;
     let mut renewed = tokio::time::Instant::now();
     loop {
         if renewed.elapsed() >= timing.renew {
@@ -349,7 +357,7 @@ async fn write<C: Core>(
         let due = lock(slot).core.next_deadline().is_some_and(|d| d <= now);
         if due {
             let out = lock(slot).core.tick(now);
-            emit(bus, names, out).await;
+            emit(bus, names, out).await?;
             changed = true;
         }
         let wait = if changed {
@@ -370,9 +378,9 @@ async fn write<C: Core>(
             }
             Err(e) => return Err(e),
         };
-        let ids = handle_requests(bus, names, slot, &entries).await;
+        let ids = handle_requests(bus, names, slot, &entries).await?;
         if changed || !ids.is_empty() {
-            save(bus, names, slot).await;
+            save(bus, names, slot).await?;
         }
         if !ids.is_empty() {
             bus.ack(&names.requests, names.role, &ids).await?;
