@@ -12,7 +12,9 @@
 //!   (`read_range` from the position), requests (`read_group`, waiting up to
 //!   [`Timing::idle_wait`] when nothing happened), timers; publishes the outputs, saves the
 //!   snapshot when something changed, then acknowledges the requests. A crash between the
-//!   publication and the snapshot repeats outputs (at-least-once), never loses an input.
+//!   publication and the snapshot repeats outputs (at-least-once), never loses an input; a
+//!   bus error while publishing or saving ends the writer's turn (standby, lease given up), so
+//!   the next writer redoes the unacknowledged inputs from the last snapshot.
 //! * The lease is renewed every [`Timing::renew`]; a writer that fails to renew goes back to
 //!   standby, so at most one process writes once the lease ran out.
 
