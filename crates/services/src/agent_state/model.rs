@@ -407,10 +407,13 @@ impl Board {
                 }
                 Vec::new()
             }
-            Event::EventReleased(c) => match c.conn_id {
-                Some(conn) => self.call_gone(&c.this_dn, conn, now),
-                None => Vec::new(),
-            },
+            // The call left the DN: hung up, forwarded (no answer, busy) or abandoned.
+            Event::EventReleased(c) | Event::EventDiverted(c) | Event::EventAbandoned(c) => {
+                match c.conn_id {
+                    Some(conn) => self.call_gone(&c.this_dn, conn, now),
+                    None => Vec::new(),
+                }
+            }
             Event::EventAgentReserved(r) => {
                 self.reserved(r, now);
                 Vec::new()

@@ -403,3 +403,17 @@ fn snapshot_round_trip_and_reconfigure() {
     assert_eq!(back.agent("a1001").unwrap().acw_ms, 7_000);
     assert_eq!(status(&back, "a1001"), AgentStatus::Ready { since: 2 });
 }
+
+#[test]
+fn a_call_forwarded_away_from_the_dn_ends_the_agents_call() {
+    let mut b = board();
+    login(&mut b, "a1001", None, 1);
+    ready(&mut b, "a1001", 2);
+    b.event(&call(Event::EventRinging, C1, "1001"), 3);
+    // Ring-no-answer with forward_no_answer: the DN gets EventDiverted, not EventReleased.
+    assert_eq!(
+        names(&b.event(&call(Event::EventDiverted, C1, "1001"), 4)),
+        ["EventAgentReady"]
+    );
+    assert_eq!(status(&b, "a1001"), AgentStatus::Ready { since: 4 });
+}

@@ -397,7 +397,8 @@ impl Queues {
                     }
                 }
             }
-            Event::EventReleased(c) => {
+            // The call left the DN: hung up, forwarded (no answer, busy) or abandoned.
+            Event::EventReleased(c) | Event::EventDiverted(c) | Event::EventAbandoned(c) => {
                 if let (Some(conn), Some(id)) = (c.conn_id, self.dn_agent.get(&c.this_dn)) {
                     if let Some(view) = self.agents.get_mut(id) {
                         if view.calls.remove(&conn) && view.calls.is_empty() {

@@ -412,3 +412,16 @@ fn snapshot_round_trip() {
     let out = ready(&mut back, "a1006", 5);
     assert_eq!(targets(&out), [t(1, "a1006")]);
 }
+
+#[test]
+fn a_call_forwarded_away_from_the_agents_dn_frees_it_after_agent_state_says_ready() {
+    let mut q = queues();
+    ready(&mut q, "a1001", 1);
+    q.event(&call(Event::EventRinging, 9, "1001"), 2);
+    q.event(&call(Event::EventDiverted, 9, "1001"), 3);
+    assert!(q.agent("a1001").unwrap().calls.is_empty());
+    assert!(q.agent("a1001").unwrap().wrapping);
+    submit(&mut q, sub(1, "sales"), 4);
+    let out = q.event(&agent_event(Event::EventAgentReady, "a1001", "1001", 5), 5);
+    assert_eq!(targets(&out), [t(1, "a1001")]);
+}
