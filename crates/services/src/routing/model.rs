@@ -77,6 +77,14 @@ impl Waiting {
     }
 }
 
+/// Queue names label metrics and statistics: kept short and plain.
+fn valid_queue_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 fn any() -> Compiled {
     Compiled::Any
 }
@@ -299,6 +307,11 @@ impl Queues {
         };
         if *tenant != self.tenant {
             return reject(format!("this routing serves tenant {:?}", self.tenant));
+        }
+        if !valid_queue_name(queue) {
+            return reject(
+                "the queue name must be 1 to 64 letters, digits, '_', '-' or '.'".to_string(),
+            );
         }
         let expr = match Expr::parse(skills) {
             Ok(e) => e,

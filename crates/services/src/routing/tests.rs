@@ -192,6 +192,17 @@ fn agent_group_and_rejections() {
         user_data: UserData::new(),
     };
     assert!(rejected(q.request(&other, 6)).contains("tenant"));
+    for bad in ["", "a b", "x".repeat(65).as_str(), "sales\n"] {
+        let mut req = other.clone();
+        if let RoutingRequest::Submit { tenant, queue, .. } = &mut req {
+            *tenant = "demo".into();
+            *queue = bad.to_string();
+        }
+        assert!(
+            rejected(q.request(&req, 7)).contains("queue name"),
+            "{bad:?}"
+        );
+    }
     assert_eq!(q.waiting().count(), 0);
 }
 
