@@ -451,6 +451,8 @@ pub enum Input {
 }
 
 /// What the core must do.
+// Events are the common action; boxing them would allocate for each one.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 // Most actions are Publish: boxing the event would allocate once more per event for nothing.
 #[allow(clippy::large_enum_variant)]
