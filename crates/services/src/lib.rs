@@ -6,6 +6,7 @@ pub mod call_state;
 pub mod config_api;
 pub mod dialplan;
 pub mod mcp;
+pub mod orchestrator;
 pub mod problem;
 pub mod sip;
 pub mod sip_node;
