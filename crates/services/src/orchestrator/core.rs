@@ -239,12 +239,14 @@ impl Orchestrator {
     }
 
     /// Starts `strategy` for the call of an EventRouteRequest (`attrs`, entry `at` of the
-    /// events stream). A call that already has a session is left alone (false).
+    /// events stream; `replies_at`: the end of the reply stream now, where replies to this
+    /// session can start). A call that already has a session is left alone (false).
     pub fn start(
         &mut self,
         attrs: &CallAttrs,
         strategy: &Strategy,
         at: Option<EntryId>,
+        replies_at: Option<EntryId>,
         now: u64,
     ) -> Result<bool, String> {
         let conn = attrs.conn_id.ok_or("EventRouteRequest without conn_id")?;
@@ -269,7 +271,7 @@ impl Orchestrator {
             next_id: 1,
             pending: Pending::default(),
             events_pos: at.map(|a| (a.ms, a.seq)),
-            replies_pos: None,
+            replies_pos: replies_at.map(|a| (a.ms, a.seq)),
             call_gone: false,
         };
         let mut scxml = Session::new(strategy.doc.clone(), self.env.clone(), key.to_string())

@@ -52,7 +52,7 @@
 pub mod core;
 pub mod demo;
 pub mod elements;
-//ROLE pub mod role;
+pub mod role;
 
 pub use self::core::{
     replies_stream, Action, FetchRequest, FetchResult, Orchestrator, SessionKey, Strategy,

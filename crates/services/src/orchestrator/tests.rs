@@ -53,7 +53,7 @@ impl H {
         let s = strategy(&o, src);
         let now = 1_000_000;
         assert!(o
-            .start(&attrs("5000"), &s, Some(EntryId::new(1, 0)), now)
+            .start(&attrs("5000"), &s, Some(EntryId::new(1, 0)), None, now)
             .unwrap());
         let mut h = H { o, now, seq: 1 };
         let a = h.drain();
