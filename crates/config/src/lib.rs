@@ -59,8 +59,25 @@ pub struct Config {
     pub sip_node: SipNodeConfig,
     /// `[mcp]`: the media server (RTP, prompts, recording, conferences, announcements).
     pub mcp: McpConfig,
+    /// `[orchestrator]`: the SCXML strategy runner.
+    pub orchestrator: OrchestratorConfig,
     /// `[[tenants]]`: tenants and their SIP users. Empty by default.
     pub tenants: Vec<Tenant>,
+}
+
+/// `[orchestrator]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorConfig {
+    /// Lease of a strategy session (ms): renewed by the node running it; a session whose
+    /// node died is taken over by another node once it expires. 100..=600000, default 5000.
+    pub lease_ms: u64,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig { lease_ms: 5000 }
+    }
 }
 
 /// `[store]`
@@ -489,6 +506,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             sip_node: SipNodeConfig::default(),
             mcp: McpConfig::default(),
+            orchestrator: OrchestratorConfig::default(),
             tenants: Vec::new(),
         }
     }
@@ -933,6 +951,9 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
     // [sip_node]
     if c.sip_node.ring_timeout_ms == 0 {
         bad(out, "sip_node.ring_timeout_ms", "must be at least 1");
+    }
+    if !(100..=600_000).contains(&c.orchestrator.lease_ms) {
+        bad(out, "orchestrator.lease_ms", "must be between 100 and 600000");
     }
     if c.sip_node.route_timeout_ms == 0 {
         bad(out, "sip_node.route_timeout_ms", "must be at least 1");

@@ -173,6 +173,34 @@ async fn start_call_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     Ok(RoleHandle::from_task(role.task))
 }
 
+/// `orchestrator`: runs the route points' SCXML strategies (consumer group `orchestrator` on
+/// `events:{tenant}`), with sessions persisted on the bus and taken over by another node when
+/// this one dies; serves the built-in documents at `/orchestrator/builtin/{name}`.
+async fn start_orchestrator(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let http = ctx
+        .shared()
+        .get::<crate::role::HttpAddr>()
+        .map_or(ctx.config.http.listen, |a| a.0);
+    let mut settings = switchboard_services::orchestrator::role::Settings::new(
+        http,
+        ctx.config.data_dir.clone(),
+    );
+    settings.lease = std::time::Duration::from_millis(ctx.config.orchestrator.lease_ms);
+    let node = switchboard_services::orchestrator::role::start(
+        ctx.config.clone(),
+        bus,
+        settings,
+        ctx.drain.clone(),
+    );
+    ctx.add_routes(node.router);
+    Ok(RoleHandle::from_task(node.task))
+}
+
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(RoleKind::SipProxy, start_sip_edge);
@@ -182,5 +210,6 @@ pub fn registry() -> Registry {
     r.register(RoleKind::Config, start_config);
     r.register(RoleKind::Mcp, start_mcp);
     r.register(RoleKind::CallState, start_call_state);
+    r.register(RoleKind::Orchestrator, start_orchestrator);
     r
 }
