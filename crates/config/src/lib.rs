@@ -953,7 +953,11 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
         bad(out, "sip_node.ring_timeout_ms", "must be at least 1");
     }
     if !(100..=600_000).contains(&c.orchestrator.lease_ms) {
-        bad(out, "orchestrator.lease_ms", "must be between 100 and 600000");
+        bad(
+            out,
+            "orchestrator.lease_ms",
+            "must be between 100 and 600000",
+        );
     }
     if c.sip_node.route_timeout_ms == 0 {
         bad(out, "sip_node.route_timeout_ms", "must be at least 1");

@@ -77,14 +77,24 @@ async fn failover(bus: SharedBus) -> Duration {
         .collect();
     // A failing assertion must not leave the node threads running (the runtime would wait
     // for them forever).
-    let _stop: Vec<_> = nodes.iter().map(|n| n.1.crash.clone().drop_guard()).collect();
+    let _stop: Vec<_> = nodes
+        .iter()
+        .map(|n| n.1.crash.clone().drop_guard())
+        .collect();
     // Both nodes have created the group once the stream has it; give them a moment to start.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     publish(&bus, Event::EventRouteRequest(attrs("5000"))).await;
     let requests = "sip-node:0001:requests";
     let (menu, _) = wait_for(&bus, requests, |p| {
-        call_request(p, |op| matches!(op, CallOp::ApplyTreatment { treatment: Treatment::PlayApplication { .. } }))
+        call_request(p, |op| {
+            matches!(
+                op,
+                CallOp::ApplyTreatment {
+                    treatment: Treatment::PlayApplication { .. }
+                }
+            )
+        })
     })
     .await;
     let mut results = UserData::new();
@@ -98,7 +108,12 @@ async fn failover(bus: SharedBus) -> Duration {
     })
     .await;
     let (request_id, reply_to) = match submit {
-        RoutingRequest::Submit { request_id, reply_to, skills, .. } => {
+        RoutingRequest::Submit {
+            request_id,
+            reply_to,
+            skills,
+            ..
+        } => {
             assert_eq!(skills, "sales >= 5");
             (request_id, reply_to)
         }
@@ -108,14 +123,32 @@ async fn failover(bus: SharedBus) -> Duration {
     let menus = bus.read_range(requests, None, 100).await.unwrap();
     let started = menus
         .iter()
-        .filter(|e| call_request(&e.payload, |op| matches!(op, CallOp::ApplyTreatment { treatment: Treatment::PlayApplication { .. } })).is_some())
+        .filter(|e| {
+            call_request(&e.payload, |op| {
+                matches!(
+                    op,
+                    CallOp::ApplyTreatment {
+                        treatment: Treatment::PlayApplication { .. }
+                    }
+                )
+            })
+            .is_some()
+        })
         .count();
     assert_eq!(started, 1, "each route request is handled once");
 
     // The node holding the session dies; routing answers while nobody runs it.
     let lease = "orchestrator:demo:0001000000000042";
-    let owner = bus.lease_owner(lease).await.unwrap().expect("a lease holder");
-    let (victim, survivor) = if owner == nodes[0].0.node_id { (0, 1) } else { (1, 0) };
+    let owner = bus
+        .lease_owner(lease)
+        .await
+        .unwrap()
+        .expect("a lease holder");
+    let (victim, survivor) = if owner == nodes[0].0.node_id {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
     let crash_at = Instant::now();
     nodes[victim].1.crash.cancel();
     (&mut nodes[victim].1.task).await.unwrap().unwrap();
@@ -139,7 +172,10 @@ async fn failover(bus: SharedBus) -> Duration {
         bus.lease_owner(lease).await.unwrap().as_deref(),
         Some(nodes[survivor].0.node_id.as_str())
     );
-    assert!(takeover >= LEASE / 4, "not before the lease expired: {takeover:?}");
+    assert!(
+        takeover >= LEASE / 4,
+        "not before the lease expired: {takeover:?}"
+    );
 
     // The agent answers: the strategy ends, its snapshot is gone.
     let mut d = attrs("5000");

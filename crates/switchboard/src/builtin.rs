@@ -186,10 +186,8 @@ async fn start_orchestrator(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         .shared()
         .get::<crate::role::HttpAddr>()
         .map_or(ctx.config.http.listen, |a| a.0);
-    let mut settings = switchboard_services::orchestrator::role::Settings::new(
-        http,
-        ctx.config.data_dir.clone(),
-    );
+    let mut settings =
+        switchboard_services::orchestrator::role::Settings::new(http, ctx.config.data_dir.clone());
     settings.lease = std::time::Duration::from_millis(ctx.config.orchestrator.lease_ms);
     let node = switchboard_services::orchestrator::role::start(
         ctx.config.clone(),

@@ -103,7 +103,10 @@ fn a_killed_orchestrator_process_hands_its_call_to_the_other() {
     assert_eq!(menu.status, 200);
     assert!(menu.body.contains("<vxml"), "{}", menu.body);
     assert_eq!(
-        nodes[1].get("/orchestrator/builtin/nope").expect("GET").status,
+        nodes[1]
+            .get("/orchestrator/builtin/nope")
+            .expect("GET")
+            .status,
         404
     );
 

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use switchboard_bus::EntryId;
 use switchboard_events::requests::{
-    node_of, routing_requests_stream, sip_node_requests_stream, CallOp, CallRequest,
-    RoutingReply, RoutingRequest, Treatment,
+    node_of, routing_requests_stream, sip_node_requests_stream, CallOp, CallRequest, RoutingReply,
+    RoutingRequest, Treatment,
 };
 use switchboard_events::{CallAttrs, ConnId, ErrorAttrs, Event as CallEvent, UserData};
 use switchboard_scxml::{Document, Environment, Event, Output, Session};
@@ -332,8 +332,7 @@ impl Orchestrator {
         }
         let delivered = map_event(&mut live.host, event);
         if let Some((name, data)) = delivered.raise {
-            live.scxml
-                .push_event(Event::external(&name, Some(data)));
+            live.scxml.push_event(Event::external(&name, Some(data)));
         }
         if delivered.context_changed {
             let ctx = context(&live.host);
@@ -866,9 +865,11 @@ fn resolve_urls(cmd: Command, base: &str) -> Command {
 /// `rel` against `base` when it has no scheme (`menu.vxml`, `/ivr/menu.vxml`); URLs with a
 /// scheme (`http:`, `tts:`, `tone:`...) are kept.
 pub fn resolve(base: &str, rel: &str) -> String {
-    let has_scheme = rel
-        .split_once(':')
-        .is_some_and(|(s, _)| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)));
+    let has_scheme = rel.split_once(':').is_some_and(|(s, _)| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    });
     if has_scheme || base.is_empty() {
         return rel.to_owned();
     }

@@ -117,7 +117,10 @@ fn command(call: &ExtensionCall, env: &mut dyn ExtensionEnv) -> Result<Command, 
             queue: a.required("queue")?,
             skills: a.string("skills")?.unwrap_or_default(),
             agent_group: a.string("group")?,
-            priority: a.number("priority")?.unwrap_or(0).clamp(-1_000_000, 1_000_000) as i32,
+            priority: a
+                .number("priority")?
+                .unwrap_or(0)
+                .clamp(-1_000_000, 1_000_000) as i32,
             timeout_s: a.number("timeout")?.map(|n| n.clamp(1, 86_400) as u32),
         },
         "route" => Command::Route {

@@ -77,7 +77,11 @@ pub struct Settings {
 impl Settings {
     pub fn new(http: std::net::SocketAddr, data_dir: PathBuf) -> Settings {
         Settings {
-            node_id: format!("orchestrator-{}-{:08x}", std::process::id(), rand::random::<u32>()),
+            node_id: format!(
+                "orchestrator-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ),
             lease: Duration::from_secs(5),
             poll: Duration::from_millis(10),
             http_base: format!("http://{http}/orchestrator/builtin/"),
@@ -250,7 +254,11 @@ impl Node {
         })
     }
 
-    async fn run(&mut self, drain: CancellationToken, crash: CancellationToken) -> anyhow::Result<()> {
+    async fn run(
+        &mut self,
+        drain: CancellationToken,
+        crash: CancellationToken,
+    ) -> anyhow::Result<()> {
         let renew_every = self.settings.lease / 3;
         let scan_every = (self.settings.lease / 4).max(Duration::from_millis(50));
         let mut last_renew = Instant::now();
@@ -359,7 +367,9 @@ impl Node {
             Err(e) => {
                 metrics::counter!("switchboard_orchestrator_errors_total").increment(1);
                 tracing::error!(tenant = %key.tenant, conn_id = %conn, strategy = %url, error = %e, "strategy unavailable: the route point's timeout decides");
-                self.bus.lease_release(&lease, &self.settings.node_id).await?;
+                self.bus
+                    .lease_release(&lease, &self.settings.node_id)
+                    .await?;
                 return Ok(true);
             }
         };
@@ -369,7 +379,9 @@ impl Node {
             .start(attrs, &strategy, Some(at), replies_at, wall_ms())
         {
             tracing::error!(tenant = %key.tenant, conn_id = %conn, error = %e, "strategy did not start");
-            self.bus.lease_release(&lease, &self.settings.node_id).await?;
+            self.bus
+                .lease_release(&lease, &self.settings.node_id)
+                .await?;
             return Ok(true);
         }
         self.apply().await?;
@@ -401,7 +413,10 @@ impl Node {
     async fn strategy_text(&self, url: &str) -> Result<(String, String), String> {
         if let Some(name) = url.strip_prefix("builtin:") {
             let (text, _) = demo::builtin(name).ok_or(format!("no built-in strategy {name:?}"))?;
-            return Ok((text.to_owned(), format!("{}{name}", self.settings.http_base)));
+            return Ok((
+                text.to_owned(),
+                format!("{}{name}", self.settings.http_base),
+            ));
         }
         if let Some(path) = url.strip_prefix("file://") {
             let path = self.file_path(path)?;
@@ -427,7 +442,9 @@ impl Node {
     /// A `file:` strategy's path: under `data_dir`, no `..`.
     fn file_path(&self, path: &str) -> Result<PathBuf, String> {
         let p = std::path::Path::new(path);
-        if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        if p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
             return Err(format!("file:{path}: `..` is not allowed"));
         }
         let full = if p.is_absolute() {
@@ -549,11 +566,12 @@ impl Node {
         let tx = self.fetch_tx.clone();
         tokio::task::spawn_local(async move {
             let post = request.method == "POST";
-            let body = request
-                .body
-                .as_ref()
-                .filter(|_| post)
-                .map(|b| ("application/json".to_owned(), bytes::Bytes::from(b.to_string())));
+            let body = request.body.as_ref().filter(|_| post).map(|b| {
+                (
+                    "application/json".to_owned(),
+                    bytes::Bytes::from(b.to_string()),
+                )
+            });
             let result = http
                 .http(HttpRequest {
                     post,
@@ -578,7 +596,11 @@ impl Node {
         for key in keys {
             let held = self
                 .bus
-                .lease_renew(&lease_key(&key), &self.settings.node_id, self.settings.lease)
+                .lease_renew(
+                    &lease_key(&key),
+                    &self.settings.node_id,
+                    self.settings.lease,
+                )
                 .await;
             if matches!(held, Ok(false)) {
                 tracing::warn!(tenant = %key.tenant, conn_id = %key.conn, "session lease lost: another node runs it");
@@ -613,7 +635,9 @@ impl Node {
                 let Some(snapshot) = self.bus.kv_get(&snapshot_key(&key)).await? else {
                     // Ended (its end record is on the way).
                     self.tenants[t].live.remove(&conn);
-                    self.bus.lease_release(&lease, &self.settings.node_id).await?;
+                    self.bus
+                        .lease_release(&lease, &self.settings.node_id)
+                        .await?;
                     continue;
                 };
                 match self.core.restore(&snapshot, wall_ms()) {
@@ -629,7 +653,9 @@ impl Node {
                         self.tenants[t].live.remove(&conn);
                         self.bus.kv_delete(&snapshot_key(&key)).await?;
                         self.index(&key, "end").await?;
-                        self.bus.lease_release(&lease, &self.settings.node_id).await?;
+                        self.bus
+                            .lease_release(&lease, &self.settings.node_id)
+                            .await?;
                     }
                 }
             }

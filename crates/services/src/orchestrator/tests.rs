@@ -178,7 +178,10 @@ fn demo_to_queue() -> (H, String, u64) {
             }
         }
     );
-    assert!(persisted(&a).is_some(), "a snapshot after the first macrostep");
+    assert!(
+        persisted(&a).is_some(),
+        "a snapshot after the first macrostep"
+    );
     let menu_id = c[0].request_id;
     let mut results = UserData::new();
     results.insert("choice".into(), json!("support"));
@@ -325,7 +328,12 @@ fn a_snapshot_resumes_on_another_node() {
     let seen = EntryId::new(h.seq, 0);
     o2.handle_event(Some(seen), &treatment_end(1, UserData::new()), h.now);
     assert!(calls(&std::iter::from_fn(|| o2.poll_action()).collect::<Vec<_>>()).is_empty());
-    o2.handle_reply(T, Some(EntryId::new(999, 0)), &target(&submit, "1010"), h.now);
+    o2.handle_reply(
+        T,
+        Some(EntryId::new(999, 0)),
+        &target(&submit, "1010"),
+        h.now,
+    );
     let a: Vec<Action> = std::iter::from_fn(|| o2.poll_action()).collect();
     assert_eq!(calls(&a)[0].op, CallOp::RouteCall { to: "1010".into() });
     assert!(o2.restore(b"{not json", 0).is_err());
@@ -419,7 +427,10 @@ fn bad_input_does_not_break_a_session() {
         </scxml>"#
     );
     let (mut h, a) = H::start(&src);
-    assert!(calls(&a).is_empty(), "a route without `to` is an error.execution");
+    assert!(
+        calls(&a).is_empty(),
+        "a route without `to` is an error.execution"
+    );
     let id = a
         .iter()
         .find_map(|a| match a {
@@ -447,8 +458,14 @@ fn bad_input_does_not_break_a_session() {
 
 #[test]
 fn relative_urls() {
-    assert_eq!(resolve("http://h:1/a/b.scxml", "menu.vxml"), "http://h:1/a/menu.vxml");
-    assert_eq!(resolve("http://h:1/a/b.scxml", "/x.vxml"), "http://h:1/x.vxml");
+    assert_eq!(
+        resolve("http://h:1/a/b.scxml", "menu.vxml"),
+        "http://h:1/a/menu.vxml"
+    );
+    assert_eq!(
+        resolve("http://h:1/a/b.scxml", "/x.vxml"),
+        "http://h:1/x.vxml"
+    );
     assert_eq!(resolve("http://h:1/a/", "tts:Hello"), "tts:Hello");
     assert_eq!(resolve("", "menu.vxml"), "menu.vxml");
 }
