@@ -403,6 +403,7 @@ pub enum Input {
 
 /// What the core must do.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Action {
     /// Publish an event; `leg` names the DN's leg (the core fills the SIP Call-ID).
     Publish {
