@@ -209,3 +209,58 @@ async fn failover_on_redis() {
     let t = failover(bus).await;
     eprintln!("takeover (redis, lease {LEASE:?}): crash -> RouteCall in {t:?}");
 }
+
+const HTTP_STRATEGY: &str = r#"<scxml xmlns="http://www.w3.org/2005/07/scxml" xmlns:sb="http://switchboard.dev/scxml/1.0" version="1.0" datamodel="ecmascript">
+  <state id="lookup">
+    <onentry><sb:fetch url="crm/lookup" method="post" body="({ ani: _genesys.ani })"/></onentry>
+    <transition event="fetch.done" target="known">
+      <sb:attach data="({ vip: _event.data.body.vip, ani: _event.data.body.ani })"/>
+    </transition>
+  </state>
+  <state id="known"/>
+</scxml>"#;
+
+/// A strategy fetched over HTTP; its `<sb:fetch>` posts JSON to a customer system (a loopback
+/// server) and attaches what came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_strategy_with_a_customer_system_fetch() {
+    use axum::routing::{get, post};
+    let app = axum::Router::new()
+        .route("/strategies/main.scxml", get(|| async { HTTP_STRATEGY }))
+        .route(
+            "/strategies/crm/lookup",
+            post(
+                |axum::Json(body): axum::Json<serde_json::Value>| async move {
+                    axum::Json(serde_json::json!({ "vip": true, "ani": body["ani"] }))
+                },
+            ),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let bus: SharedBus = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).unwrap());
+    let mut config = Config::demo();
+    config.tenants[0].route_points[0].strategy_url = format!("http://{addr}/strategies/main.scxml");
+    let drain = CancellationToken::new();
+    let node = role::start(
+        Arc::new(config),
+        bus.clone(),
+        settings(dir.path()),
+        drain.clone(),
+    );
+    let _stop = node.crash.clone().drop_guard();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish(&bus, Event::EventRouteRequest(attrs("5000"))).await;
+    let (attach, _) = wait_for(&bus, "sip-node:0001:requests", |p| {
+        call_request(p, |op| matches!(op, CallOp::UpdateUserData { .. }))
+    })
+    .await;
+    let mut want = UserData::new();
+    want.insert("vip".into(), true.into());
+    want.insert("ani".into(), "+15551234567".into());
+    assert_eq!(attach.op, CallOp::UpdateUserData { data: want });
+    drain.cancel();
+    node.task.await.unwrap().unwrap();
+}

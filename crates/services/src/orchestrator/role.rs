@@ -184,6 +184,25 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A `file:` strategy's path: under `data_dir`, no `..`.
+fn file_path(data_dir: &std::path::Path, path: &str) -> Result<PathBuf, String> {
+    let p = std::path::Path::new(path);
+    if p.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!("file://{path}: `..` is not allowed"));
+    }
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        data_dir.join(p)
+    };
+    if !full.starts_with(data_dir) {
+        return Err(format!("file://{path} is not under data_dir"));
+    }
+    Ok(full)
+}
+
 /// Per tenant: its route points and where the node is in each stream.
 struct Tenant {
     name: String,
@@ -419,7 +438,7 @@ impl Node {
             ));
         }
         if let Some(path) = url.strip_prefix("file://") {
-            let path = self.file_path(path)?;
+            let path = file_path(&self.settings.data_dir, path)?;
             let text = tokio::fs::read_to_string(&path)
                 .await
                 .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -437,25 +456,6 @@ impl Node {
             )
             .await;
         text.map(|t| (t, url.to_owned())).map_err(|e| e.reason)
-    }
-
-    /// A `file:` strategy's path: under `data_dir`, no `..`.
-    fn file_path(&self, path: &str) -> Result<PathBuf, String> {
-        let p = std::path::Path::new(path);
-        if p.components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(format!("file:{path}: `..` is not allowed"));
-        }
-        let full = if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.settings.data_dir.join(p)
-        };
-        if !full.starts_with(&self.settings.data_dir) {
-            return Err(format!("file:{path} is not under data_dir"));
-        }
-        Ok(full)
     }
 
     /// Hands a tenant's new events to the sessions.
@@ -734,5 +734,49 @@ impl Node {
                 .await;
         }
         tracing::info!(node = %self.settings.node_id, sessions = self.core.len(), "orchestrator node drained: sessions left to the other nodes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_strategies_stay_under_data_dir() {
+        let d = std::path::Path::new("/var/lib/sb");
+        assert_eq!(
+            file_path(d, "strategies/a.scxml").unwrap(),
+            PathBuf::from("/var/lib/sb/strategies/a.scxml")
+        );
+        assert_eq!(
+            file_path(d, "/var/lib/sb/b.scxml").unwrap(),
+            PathBuf::from("/var/lib/sb/b.scxml")
+        );
+        assert!(file_path(d, "/etc/passwd").is_err());
+        assert!(file_path(d, "../x.scxml").is_err());
+        assert!(file_path(d, "/var/lib/sb/../../etc/passwd").is_err());
+    }
+
+    #[tokio::test]
+    async fn builtin_documents_are_served() {
+        use tower::ServiceExt;
+        let r = routes()
+            .oneshot(
+                axum::http::Request::get("/orchestrator/builtin/menu.vxml")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = routes()
+            .oneshot(
+                axum::http::Request::get("/orchestrator/builtin/x")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
     }
 }
