@@ -111,6 +111,9 @@ struct RouteWait {
     voicemail: bool,
     /// EventDiverted seen: the call left the route point for `to`.
     diverted: bool,
+    /// Done on EventEstablished at `to` (else on EventDiverted).
+    #[serde(default)]
+    answer: bool,
 }
 
 /// What the host side of a session waits for. Part of the snapshot.
@@ -577,12 +580,13 @@ impl Orchestrator {
                 });
                 return;
             }
-            Command::Route { to } => {
+            Command::Route { to, answer } => {
                 host.pending.route = Some(RouteWait {
                     request_id: id,
                     to: to.clone(),
                     voicemail: false,
                     diverted: false,
+                    answer,
                 });
                 CallOp::RouteCall { to }
             }
@@ -592,6 +596,7 @@ impl Orchestrator {
                     to: mailbox.clone(),
                     voicemail: true,
                     diverted: false,
+                    answer: false,
                 });
                 CallOp::RouteCall { to: mailbox }
             }
@@ -760,6 +765,11 @@ fn diverted(host: &mut Host, c: &CallAttrs) -> Delivered {
             let to = r.to.clone();
             host.pending.route = None;
             return Delivered::raise("voicemail.done", json!({ "mailbox": to }));
+        }
+        if !r.answer {
+            let to = r.to.clone();
+            host.pending.route = None;
+            return Delivered::raise("route.done", json!({ "dn": to }));
         }
         return Delivered::default();
     }

@@ -38,6 +38,11 @@ pub enum Command {
     },
     Route {
         to: String,
+        /// `route.done` on EventEstablished at `to` (true, `wait="answer"`, the default) or as
+        /// soon as the call left the route point for it (`wait="divert"`, e.g. for an
+        /// external number, whose answer is not reported).
+        #[serde(default = "yes")]
+        answer: bool,
     },
     Attach {
         data: UserData,
@@ -52,6 +57,10 @@ pub enum Command {
         method: String,
         body: Option<Json>,
     },
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +134,11 @@ fn command(call: &ExtensionCall, env: &mut dyn ExtensionEnv) -> Result<Command, 
         },
         "route" => Command::Route {
             to: a.required("to")?,
+            answer: match call.attr("wait").unwrap_or("answer") {
+                "answer" => true,
+                "divert" => false,
+                other => return Err(format!("wait {other:?} is neither answer nor divert")),
+            },
         },
         "attach" => Command::Attach {
             data: a.object("data")?,

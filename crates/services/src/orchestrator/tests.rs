@@ -359,7 +359,10 @@ fn fetch_collect_context_and_timers() {
         </state>
         <state id="wait">
           <onentry><send event="tick" delay="3s"/></onentry>
-          <transition event="tick" target="end"><sb:release/></transition>
+          <transition event="tick" target="out"><sb:route to="+15557654321" wait="divert"/></transition>
+        </state>
+        <state id="out">
+          <transition event="route.done" cond="_event.data.dn == '+15557654321'" target="end"><sb:release/></transition>
         </state>
         <state id="end"/>
         <final id="fail"/>
@@ -406,6 +409,14 @@ fn fetch_collect_context_and_timers() {
     assert!(calls(&h.drain()).is_empty());
     h.o.handle_timers(due);
     let c = calls(&h.drain());
+    assert_eq!(
+        c[0].op,
+        CallOp::RouteCall {
+            to: "+15557654321".into()
+        }
+    );
+    // An external number: done once the call left the route point for it.
+    let c = calls(&h.event(diverted("5000", "+15557654321", Some(c[0].request_id))));
     assert_eq!(c[0].op, CallOp::Release);
     // The release confirmed: the call is over, the session too.
     let mut rel = attrs("5000");
