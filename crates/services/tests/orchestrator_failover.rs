@@ -264,3 +264,39 @@ async fn http_strategy_with_a_customer_system_fetch() {
     drain.cancel();
     node.task.await.unwrap().unwrap();
 }
+
+/// A route request delivered to a node that died before acknowledging it is claimed by
+/// another node after a lease time, and its strategy starts there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_request_left_unacknowledged_is_claimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus: SharedBus = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).unwrap());
+    bus.create_group("events:demo", role::GROUP, switchboard_bus::GroupStart::End)
+        .await
+        .unwrap();
+    publish(&bus, Event::EventRouteRequest(attrs("5000"))).await;
+    let taken = bus
+        .read_group("events:demo", role::GROUP, "dead-node", 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    let delivered_at = Instant::now();
+    let drain = CancellationToken::new();
+    let node = role::start(
+        Arc::new(Config::demo()),
+        bus.clone(),
+        settings(dir.path()),
+        drain.clone(),
+    );
+    let _stop = node.crash.clone().drop_guard();
+    wait_for(&bus, "sip-node:0001:requests", |p| {
+        call_request(p, |op| matches!(op, CallOp::ApplyTreatment { .. }))
+    })
+    .await;
+    assert!(
+        delivered_at.elapsed() >= LEASE,
+        "claimed only once idle for a lease"
+    );
+    drain.cancel();
+    node.task.await.unwrap().unwrap();
+}

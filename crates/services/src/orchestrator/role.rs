@@ -291,7 +291,8 @@ impl Node {
                 _ = drain.cancelled() => break,
                 _ = tokio::time::sleep(self.settings.poll) => {}
             }
-            if let Err(e) = self.poll_once().await {
+            let scan = last_scan.elapsed() >= scan_every;
+            if let Err(e) = self.poll_once(scan).await {
                 metrics::counter!("switchboard_orchestrator_errors_total").increment(1);
                 tracing::warn!(node = %self.settings.node_id, error = %e, "orchestrator poll failed");
             }
@@ -299,7 +300,7 @@ impl Node {
                 last_renew = Instant::now();
                 self.renew().await;
             }
-            if last_scan.elapsed() >= scan_every {
+            if scan {
                 last_scan = Instant::now();
                 if let Err(e) = self.take_over().await {
                     tracing::warn!(node = %self.settings.node_id, error = %e, "takeover scan failed");
@@ -311,9 +312,11 @@ impl Node {
         Ok(())
     }
 
-    async fn poll_once(&mut self) -> anyhow::Result<()> {
+    /// One round: route requests (`claim`: also those a dead node left), events, replies,
+    /// the index, fetch results, timers.
+    async fn poll_once(&mut self, claim: bool) -> anyhow::Result<()> {
         for t in 0..self.tenants.len() {
-            self.route_requests(t).await?;
+            self.route_requests(t, claim).await?;
             self.follow_events(t).await?;
             self.follow_replies(t).await?;
             self.follow_index(t).await?;
@@ -326,18 +329,20 @@ impl Node {
     }
 
     /// New route requests of the group (and ones a dead node left unacknowledged).
-    async fn route_requests(&mut self, t: usize) -> anyhow::Result<()> {
+    async fn route_requests(&mut self, t: usize, claim: bool) -> anyhow::Result<()> {
         let stream = events_stream(&self.tenants[t].name);
         let node = self.settings.node_id.clone();
         let mut entries = self
             .bus
             .read_group(&stream, GROUP, &node, 64, Duration::ZERO)
             .await?;
-        entries.extend(
-            self.bus
-                .claim_pending(&stream, GROUP, &node, self.settings.lease, 16)
-                .await?,
-        );
+        if claim {
+            entries.extend(
+                self.bus
+                    .claim_pending(&stream, GROUP, &node, self.settings.lease, 16)
+                    .await?,
+            );
+        }
         for entry in entries {
             let done = match Event::from_json(&String::from_utf8_lossy(&entry.payload)) {
                 Ok(Event::EventRouteRequest(attrs)) => {
