@@ -122,6 +122,33 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // The share of a call that is creating the session (QuickJS runtime and context, the
+    // data model, the first macrostep and its snapshot), without routing it.
+    let mut o = Orchestrator::new();
+    let s = Strategy {
+        url: "builtin:bench".into(),
+        base: String::new(),
+        doc: Document::load(QUEUE_AND_ROUTE, None, o.environment()).expect("loads"),
+    };
+    let mut n = 0u64;
+    g.bench_function("session_start_only", |b| {
+        b.iter(|| {
+            n += 1;
+            let conn = ConnId(0x0002_0000_0000_0000 | n);
+            let attrs = CallAttrs {
+                tenant: "demo".into(),
+                conn_id: Some(conn),
+                this_dn: "5000".into(),
+                ..Default::default()
+            };
+            o.start(&attrs, &s, None, None, n).expect("starts");
+            while o.poll_action().is_some() {}
+            o.forget(&switchboard_services::orchestrator::SessionKey {
+                tenant: "demo".into(),
+                conn,
+            })
+        })
+    });
     g.finish();
 }
 

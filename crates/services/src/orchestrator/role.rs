@@ -224,6 +224,8 @@ struct Node {
     docs: Arc<crate::mcp::fetch::DocumentCache>,
     /// Sessions whose start is on the index.
     announced: BTreeSet<SessionKey>,
+    /// Actions not carried out yet because the bus failed.
+    unapplied: std::collections::VecDeque<Action>,
     fetch_tx: mpsc::UnboundedSender<(SessionKey, u64, super::core::FetchResult)>,
     fetch_rx: mpsc::UnboundedReceiver<(SessionKey, u64, super::core::FetchResult)>,
 }
@@ -268,6 +270,7 @@ impl Node {
             http: Arc::new(http),
             docs: Arc::default(),
             announced: BTreeSet::new(),
+            unapplied: Default::default(),
             fetch_tx,
             fetch_rx,
         })
@@ -281,7 +284,9 @@ impl Node {
         let renew_every = self.settings.lease / 3;
         let scan_every = (self.settings.lease / 4).max(Duration::from_millis(50));
         let mut last_renew = Instant::now();
-        let mut last_scan = Instant::now() - scan_every;
+        let mut last_scan = Instant::now()
+            .checked_sub(scan_every)
+            .unwrap_or_else(Instant::now);
         loop {
             tokio::select! {
                 _ = crash.cancelled() => {
@@ -524,33 +529,49 @@ impl Node {
         }
     }
 
-    /// Carries out the core's actions.
+    /// Carries out the core's actions, in order. An action the bus refused is kept and tried
+    /// again first on the next call (a request must not be lost to a bus hiccup).
     async fn apply(&mut self) -> anyhow::Result<()> {
-        while let Some(action) = self.core.poll_action() {
-            match action {
-                Action::Call { stream, request } => {
-                    let json = serde_json::to_vec(&request)?;
-                    self.bus.publish(&stream, &json).await?;
+        loop {
+            let Some(action) = self
+                .unapplied
+                .pop_front()
+                .or_else(|| self.core.poll_action())
+            else {
+                return Ok(());
+            };
+            if let Err(e) = self.apply_one(action.clone()).await {
+                self.unapplied.push_front(action);
+                return Err(e);
+            }
+        }
+    }
+
+    async fn apply_one(&mut self, action: Action) -> anyhow::Result<()> {
+        match action {
+            Action::Call { stream, request } => {
+                let json = serde_json::to_vec(&request)?;
+                self.bus.publish(&stream, &json).await?;
+            }
+            Action::Routing { stream, request } => {
+                let json = serde_json::to_vec(&request)?;
+                self.bus.publish(&stream, &json).await?;
+            }
+            Action::Fetch { key, id, request } => self.fetch(key, id, request),
+            Action::Persist { key, snapshot } => {
+                self.bus.kv_set(&snapshot_key(&key), &snapshot).await?;
+                if !self.announced.contains(&key) {
+                    self.index(&key, "start").await?;
+                    self.announced.insert(key);
                 }
-                Action::Routing { stream, request } => {
-                    let json = serde_json::to_vec(&request)?;
-                    self.bus.publish(&stream, &json).await?;
-                }
-                Action::Fetch { key, id, request } => self.fetch(key, id, request),
-                Action::Persist { key, snapshot } => {
-                    self.bus.kv_set(&snapshot_key(&key), &snapshot).await?;
-                    if self.announced.insert(key.clone()) {
-                        self.index(&key, "start").await?;
-                    }
-                }
-                Action::Ended { key, .. } => {
-                    self.bus.kv_delete(&snapshot_key(&key)).await?;
-                    self.index(&key, "end").await?;
-                    self.announced.remove(&key);
-                    self.bus
-                        .lease_release(&lease_key(&key), &self.settings.node_id)
-                        .await?;
-                }
+            }
+            Action::Ended { key, .. } => {
+                self.bus.kv_delete(&snapshot_key(&key)).await?;
+                self.index(&key, "end").await?;
+                self.announced.remove(&key);
+                self.bus
+                    .lease_release(&lease_key(&key), &self.settings.node_id)
+                    .await?;
             }
         }
         Ok(())
