@@ -440,29 +440,35 @@ impl Orchestrator {
         let Some(mut live) = self.sessions.remove(key) else {
             return;
         };
-        live.scxml.run(now);
         let mut done = None;
-        while let Some(output) = live.scxml.poll_output() {
-            match output {
-                Output::Extension { payload, .. } => self.command(&mut live, payload, now),
-                Output::Log { label, message, .. } => {
-                    tracing::info!(tenant = %key.tenant, conn_id = %key.conn, label = label.as_deref().unwrap_or(""), "strategy log: {message}")
+        // Commands may answer at once (`queue.cancelled`): run until nothing is left.
+        loop {
+            let steps = live.scxml.run(now);
+            while let Some(output) = live.scxml.poll_output() {
+                match output {
+                    Output::Extension { payload, .. } => self.command(&mut live, payload, now),
+                    Output::Log { label, message, .. } => {
+                        tracing::info!(tenant = %key.tenant, conn_id = %key.conn, label = label.as_deref().unwrap_or(""), "strategy log: {message}")
+                    }
+                    Output::Error { message, .. } => {
+                        metrics::counter!("switchboard_orchestrator_errors_total").increment(1);
+                        tracing::warn!(tenant = %key.tenant, conn_id = %key.conn, error = %message, "strategy error");
+                    }
+                    Output::HttpSend {
+                        session, sendid, ..
+                    } => {
+                        // Strategies talk HTTP through <sb:fetch>, not Basic HTTP sends.
+                        live.scxml
+                            .http_send_failed(&session, sendid.as_deref(), false);
+                    }
+                    Output::SendToSession { target, .. } => {
+                        tracing::warn!(tenant = %key.tenant, conn_id = %key.conn, target, "send to another session is not supported: dropped");
+                    }
+                    Output::Done { final_state, .. } => done = Some(final_state),
                 }
-                Output::Error { message, .. } => {
-                    metrics::counter!("switchboard_orchestrator_errors_total").increment(1);
-                    tracing::warn!(tenant = %key.tenant, conn_id = %key.conn, error = %message, "strategy error");
-                }
-                Output::HttpSend {
-                    session, sendid, ..
-                } => {
-                    // Strategies talk HTTP through <sb:fetch>, not Basic HTTP sends.
-                    live.scxml
-                        .http_send_failed(&session, sendid.as_deref(), false);
-                }
-                Output::SendToSession { target, .. } => {
-                    tracing::warn!(tenant = %key.tenant, conn_id = %key.conn, target, "send to another session is not supported: dropped");
-                }
-                Output::Done { final_state, .. } => done = Some(final_state),
+            }
+            if steps == 0 {
+                break;
             }
         }
         // An error.communication (from a refused send) may need another run.
@@ -612,6 +618,27 @@ impl Orchestrator {
                 host.pending.ops.insert(id, "release".into());
                 CallOp::Release
             }
+            Command::CancelTreatment => {
+                if host.pending.treatment.is_none() {
+                    return;
+                }
+                host.pending.ops.insert(id, "cancel".into());
+                CallOp::CancelTreatment
+            }
+            Command::CancelQueue => {
+                if host.pending.queue.take().is_some() {
+                    self.out.push_back(Action::Routing {
+                        stream: routing_requests_stream(&key.tenant),
+                        request: RoutingRequest::Cancel {
+                            tenant: key.tenant.clone(),
+                            conn_id: key.conn,
+                        },
+                    });
+                }
+                live.scxml
+                    .push_event(Event::external("queue.cancelled", Some(json!({}))));
+                return;
+            }
             Command::Fetch { url, method, body } => {
                 let request = FetchRequest { url, method, body };
                 host.pending.fetches.insert(id, request.clone());
@@ -710,6 +737,8 @@ fn treatment_end(host: &mut Host, c: &CallAttrs) -> Delivered {
         return Delivered::default();
     };
     host.pending.treatment = None;
+    // A CancelTreatment is answered by this end.
+    host.pending.ops.retain(|_, op| op != "cancel");
     let reason = c.reason.clone().unwrap_or_else(|| "completed".into());
     let results = c.treatment_results.clone().unwrap_or_default();
     if reason.starts_with("error") {

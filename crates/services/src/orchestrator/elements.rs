@@ -57,6 +57,10 @@ pub enum Command {
         method: String,
         body: Option<Json>,
     },
+    /// Stops the playing treatment (CancelTreatment).
+    CancelTreatment,
+    /// Takes the call out of its queue (RoutingRequest::Cancel).
+    CancelQueue,
 }
 
 fn yes() -> bool {
@@ -83,6 +87,7 @@ pub fn environment() -> Environment {
         "release",
         "voicemail",
         "fetch",
+        "cancel",
     ] {
         env.register_element(NS, name, Arc::new(Element));
     }
@@ -156,6 +161,11 @@ fn command(call: &ExtensionCall, env: &mut dyn ExtensionEnv) -> Result<Command, 
                 other => return Err(format!("method {other:?} is neither get nor post")),
             },
             body: a.value("body")?,
+        },
+        "cancel" => match call.attr("what").unwrap_or("treatment") {
+            "treatment" => Command::CancelTreatment,
+            "queue" => Command::CancelQueue,
+            other => return Err(format!("what {other:?} is neither treatment nor queue")),
         },
         other => return Err(format!("unknown element {other}")),
     })

@@ -37,6 +37,7 @@
 //! | `<sb:attach data mode="update\|attach">` | UpdateUserData (default) or AttachUserData with the object `data` | `attach.done`; `attach.error` |
 //! | `<sb:release/>` | Release | `release.done`; `release.error` |
 //! | `<sb:voicemail mailbox>` | RouteCall to the mailbox's number | `voicemail.done` (the call left the route point for it); `voicemail.error` |
+//! | `<sb:cancel what="treatment\|queue">` | CancelTreatment (the treatment then ends with `play.done`/`collect.done`, `reason` `cancelled`), or RoutingRequest::Cancel | `cancel.error` (treatment); `queue.cancelled` at once (queue) |
 //! | `<sb:fetch url method="get\|post" body>` | HTTP request to a customer system; `body` is sent as JSON | `fetch.done` (`_event.data.status`, `_event.data.body`: the JSON answer, `null` when not JSON); `fetch.error` (`status` when there was one, `reason`) |
 //!
 //! Call events: `call.abandoned` (the caller hung up while waiting) and `call.released`

@@ -480,3 +480,47 @@ fn relative_urls() {
     assert_eq!(resolve("http://h:1/a/", "tts:Hello"), "tts:Hello");
     assert_eq!(resolve("", "menu.vxml"), "menu.vxml");
 }
+
+#[test]
+fn cancel_the_queue_and_the_treatment() {
+    let src = format!(
+        r#"{NS_HEAD}
+        <state id="q">
+          <onentry>
+            <sb:play type="music" src="http://x/hold.wav"/>
+            <sb:queue queue="sales" skills="sales" priority="2"/>
+          </onentry>
+          <transition event="play.started" target="leave"/>
+        </state>
+        <state id="leave">
+          <onentry><sb:cancel what="queue"/></onentry>
+          <transition event="queue.cancelled" target="quiet"/>
+        </state>
+        <state id="quiet">
+          <onentry><sb:cancel/></onentry>
+          <transition event="play.done" cond="_event.data.reason == 'cancelled'" target="bye"/>
+        </state>
+        <final id="bye"/>
+        </scxml>"#
+    );
+    let (mut h, a) = H::start(&src);
+    let music = calls(&a)[0].request_id;
+    let (submit, _) = submit_id(&routing(&a)[0]);
+    let mut applied = attrs("5000");
+    applied.request_id = Some(music);
+    let a = h.event(Event::EventTreatmentApplied(applied));
+    // The queue is left at once (routing does not answer a Cancel), then the music stops.
+    assert_eq!(
+        routing(&a),
+        vec![RoutingRequest::Cancel {
+            tenant: T.into(),
+            conn_id: CONN
+        }]
+    );
+    assert_eq!(calls(&a)[0].op, CallOp::CancelTreatment);
+    assert!(calls(&h.reply(target(&submit, "1001"))).is_empty());
+    let mut end = attrs("5000");
+    end.request_id = Some(music);
+    end.reason = Some("cancelled".into());
+    assert!(ended(&h.event(Event::EventTreatmentEnd(end))).is_some());
+}
