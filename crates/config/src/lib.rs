@@ -72,11 +72,17 @@ pub struct OrchestratorConfig {
     /// Lease of a strategy session (ms): renewed by the node running it; a session whose
     /// node died is taken over by another node once it expires. 100..=600000, default 5000.
     pub lease_ms: u64,
+    /// A strategy session older than this ends (its call's end was never reported), s.
+    /// At least 1, default 14400 (4 hours).
+    pub max_session_s: u64,
 }
 
 impl Default for OrchestratorConfig {
     fn default() -> Self {
-        OrchestratorConfig { lease_ms: 5000 }
+        OrchestratorConfig {
+            lease_ms: 5000,
+            max_session_s: 14_400,
+        }
     }
 }
 
@@ -958,6 +964,9 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
             "orchestrator.lease_ms",
             "must be between 100 and 600000",
         );
+    }
+    if c.orchestrator.max_session_s == 0 {
+        bad(out, "orchestrator.max_session_s", "must be at least 1");
     }
     if c.sip_node.route_timeout_ms == 0 {
         bad(out, "sip_node.route_timeout_ms", "must be at least 1");

@@ -189,6 +189,7 @@ async fn start_orchestrator(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     let mut settings =
         switchboard_services::orchestrator::role::Settings::new(http, ctx.config.data_dir.clone());
     settings.lease = std::time::Duration::from_millis(ctx.config.orchestrator.lease_ms);
+    settings.max_session = std::time::Duration::from_secs(ctx.config.orchestrator.max_session_s);
     let node = switchboard_services::orchestrator::role::start(
         ctx.config.clone(),
         bus,

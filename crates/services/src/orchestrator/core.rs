@@ -20,6 +20,9 @@ use switchboard_scxml::{Document, Environment, Event, Output, Session};
 /// The name of the read-only system variable holding the call's context.
 pub const CONTEXT_VAR: &str = "_genesys";
 
+/// How long a session may live by default: 4 hours.
+pub const DEFAULT_MAX_SESSION_MS: u64 = 4 * 3600 * 1000;
+
 /// Version of the persisted session envelope.
 const SAVED_VERSION: u32 = 1;
 
@@ -143,6 +146,9 @@ struct Host {
     replies_pos: Option<(u64, u64)>,
     /// Set once the call is gone (abandoned, released): the session ends after this step.
     call_gone: bool,
+    /// When the session started (ms since the epoch).
+    #[serde(default)]
+    started_ms: u64,
 }
 
 struct Live {
@@ -165,6 +171,8 @@ fn pos(id: Option<(u64, u64)>) -> Option<EntryId> {
 
 /// The orchestrator core: every session this node runs.
 pub struct Orchestrator {
+    /// Sessions older than this end (their call's events were lost, e.g. with its SIP Server).
+    max_session_ms: u64,
     env: Environment,
     sessions: HashMap<SessionKey, Live>,
     out: VecDeque<Action>,
@@ -195,10 +203,16 @@ impl Default for Orchestrator {
 impl Orchestrator {
     pub fn new() -> Orchestrator {
         Orchestrator {
+            max_session_ms: DEFAULT_MAX_SESSION_MS,
             env: elements::environment(),
             sessions: HashMap::new(),
             out: VecDeque::new(),
         }
+    }
+
+    /// Sessions older than `ms` are ended by [`Orchestrator::handle_timers`].
+    pub fn set_max_session_ms(&mut self, ms: u64) {
+        self.max_session_ms = ms.max(1);
     }
 
     /// The environment strategies are loaded with (the `sb:` elements).
@@ -276,6 +290,7 @@ impl Orchestrator {
             events_pos: at.map(|a| (a.ms, a.seq)),
             replies_pos: replies_at.map(|a| (a.ms, a.seq)),
             call_gone: false,
+            started_ms: now,
         };
         let mut scxml = Session::new(strategy.doc.clone(), self.env.clone(), key.to_string())
             .map_err(|e| format!("cannot create a session: {e}"))?;
@@ -421,8 +436,20 @@ impl Orchestrator {
         self.step(key, now);
     }
 
-    /// Fires the timers due at `now`.
+    /// Fires the timers due at `now`, and ends the sessions that outlived the maximum.
     pub fn handle_timers(&mut self, now: u64) {
+        let expired: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, l)| now.saturating_sub(l.host.started_ms) > self.max_session_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            if let Some(live) = self.sessions.remove(&key) {
+                tracing::warn!(tenant = %key.tenant, conn_id = %key.conn, "session outlived the maximum: ended");
+                self.end(live, "the session outlived the maximum".into());
+            }
+        }
         let due: Vec<SessionKey> = self
             .sessions
             .iter()

@@ -72,6 +72,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Timeout of strategy and `<sb:fetch>` HTTP requests.
     pub fetch_timeout: Duration,
+    /// Sessions older than this end (a call whose end was never reported).
+    pub max_session: Duration,
 }
 
 impl Settings {
@@ -87,6 +89,7 @@ impl Settings {
             http_base: format!("http://{http}/orchestrator/builtin/"),
             data_dir,
             fetch_timeout: Duration::from_secs(10),
+            max_session: Duration::from_millis(super::core::DEFAULT_MAX_SESSION_MS),
         }
     }
 }
@@ -261,10 +264,12 @@ impl Node {
         });
         let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
         tracing::info!(node = %settings.node_id, tenants = tenants.len(), "orchestrator node started");
+        let mut core = Orchestrator::new();
+        core.set_max_session_ms(settings.max_session.as_millis() as u64);
         Ok(Node {
             bus,
             settings,
-            core: Orchestrator::new(),
+            core,
             tenants,
             strategies: HashMap::new(),
             http: Arc::new(http),

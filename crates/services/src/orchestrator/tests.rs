@@ -524,3 +524,15 @@ fn cancel_the_queue_and_the_treatment() {
     end.reason = Some("cancelled".into());
     assert!(ended(&h.event(Event::EventTreatmentEnd(end))).is_some());
 }
+
+#[test]
+fn a_session_whose_call_vanished_ends_after_the_maximum() {
+    let (mut h, _, _) = demo_to_queue();
+    h.o.set_max_session_ms(60_000);
+    h.o.handle_timers(h.now + 1000);
+    assert!(h.drain().is_empty());
+    h.o.handle_timers(1_000_000 + 60_001);
+    let a = h.drain();
+    assert_eq!(routing(&a).len(), 1, "the submission is cancelled: {a:?}");
+    assert!(ended(&a).is_some());
+}
