@@ -9,7 +9,7 @@ use switchboard_bus::{EmbeddedBus, RedisBus, SharedBus};
 use switchboard_config::Config;
 use switchboard_events::requests::{CallOp, CallRequest, RoutingReply, RoutingRequest, Treatment};
 use switchboard_events::{CallAttrs, ConnId, Event, UserData};
-use switchboard_services::orchestrator::role::{self, Settings, Started};
+use switchboard_services::orchestrator::role::{self, RoutePoints, Settings, Started};
 use tokio_util::sync::CancellationToken;
 
 const CONN: ConnId = ConnId(0x0001_0000_0000_0042);
@@ -71,7 +71,12 @@ async fn failover(bus: SharedBus) -> Duration {
     let mut nodes: Vec<(Settings, Started)> = (0..2)
         .map(|_| {
             let s = settings(dir.path());
-            let started = role::start(config.clone(), bus.clone(), s.clone(), drain.clone());
+            let started = role::start(
+                RoutePoints::Config(config.clone()),
+                bus.clone(),
+                s.clone(),
+                drain.clone(),
+            );
             (s, started)
         })
         .collect();
@@ -245,7 +250,7 @@ async fn http_strategy_with_a_customer_system_fetch() {
     config.tenants[0].route_points[0].strategy_url = format!("http://{addr}/strategies/main.scxml");
     let drain = CancellationToken::new();
     let node = role::start(
-        Arc::new(config),
+        RoutePoints::Config(Arc::new(config)),
         bus.clone(),
         settings(dir.path()),
         drain.clone(),
@@ -283,7 +288,7 @@ async fn a_route_request_left_unacknowledged_is_claimed() {
     let delivered_at = Instant::now();
     let drain = CancellationToken::new();
     let node = role::start(
-        Arc::new(Config::demo()),
+        RoutePoints::Config(Arc::new(Config::demo())),
         bus.clone(),
         settings(dir.path()),
         drain.clone(),
@@ -297,6 +302,52 @@ async fn a_route_request_left_unacknowledged_is_claimed() {
         delivered_at.elapsed() >= LEASE,
         "claimed only once idle for a lease"
     );
+    drain.cancel();
+    node.task.await.unwrap().unwrap();
+}
+
+/// With the live dial plan as the source, a tenant and route point added to the store after
+/// the node started (as the REST API does) are orchestrated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_points_follow_the_live_dial_plan() {
+    use switchboard_services::dialplan::role::DialplanCell;
+    use switchboard_services::dialplan::Dialplan;
+    let dir = tempfile::tempdir().unwrap();
+    let bus: SharedBus = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).unwrap());
+    let cell = Arc::new(DialplanCell::new(Dialplan::build(&Config::demo().tenants)));
+    let drain = CancellationToken::new();
+    let node = role::start(
+        RoutePoints::Live(cell.clone()),
+        bus.clone(),
+        settings(dir.path()),
+        drain.clone(),
+    );
+    let _stop = node.crash.clone().drop_guard();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let acme = Config::from_toml_str(
+        "[[tenants]]\nname = \"acme\"\n\
+         [[tenants.dns]]\nnumber = \"7100\"\nkind = \"route_point\"\n\
+         [[tenants.route_points]]\nnumber = \"7100\"\nstrategy_url = \"builtin:demo-strategy\"\n",
+    )
+    .unwrap();
+    let mut tenants = Config::demo().tenants;
+    tenants.extend(acme.tenants);
+    cell.set(Dialplan::build(&tenants));
+    // The node picks the new tenant up on its next scan (a quarter lease).
+    tokio::time::sleep(LEASE / 2).await;
+    let mut a = attrs("7100");
+    a.tenant = "acme".into();
+    bus.publish(
+        "events:acme",
+        Event::EventRouteRequest(a).to_json().as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (menu, _) = wait_for(&bus, "sip-node:0001:requests", |p| {
+        call_request(p, |op| matches!(op, CallOp::ApplyTreatment { .. }))
+    })
+    .await;
+    assert_eq!((menu.tenant.as_str(), menu.dn.as_str()), ("acme", "7100"));
     drain.cancel();
     node.task.await.unwrap().unwrap();
 }

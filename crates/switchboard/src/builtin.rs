@@ -190,12 +190,15 @@ async fn start_orchestrator(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         switchboard_services::orchestrator::role::Settings::new(http, ctx.config.data_dir.clone());
     settings.lease = std::time::Duration::from_millis(ctx.config.orchestrator.lease_ms);
     settings.max_session = std::time::Duration::from_secs(ctx.config.orchestrator.max_session_s);
-    let node = switchboard_services::orchestrator::role::start(
-        ctx.config.clone(),
-        bus,
-        settings,
-        ctx.drain.clone(),
-    );
+    // Route points from the live dial plan (the store, REST changes included) when a role of
+    // this process keeps one, else from the configuration file.
+    use switchboard_services::orchestrator::role::RoutePoints;
+    let points = match ctx.shared().get::<DialplanSlot>().and_then(|s| s.get()) {
+        Some(cell) => RoutePoints::Live(cell),
+        None => RoutePoints::Config(ctx.config.clone()),
+    };
+    let node =
+        switchboard_services::orchestrator::role::start(points, bus, settings, ctx.drain.clone());
     ctx.add_routes(node.router);
     Ok(RoleHandle::from_task(node.task))
 }

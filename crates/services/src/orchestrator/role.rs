@@ -3,7 +3,7 @@
 //! # Sharing work and failing over
 //!
 //! * **Route requests**: every node reads `events:{tenant}` (for each tenant with route
-//!   points) in consumer group `orchestrator`, so each EventRouteRequest goes to one node.
+//!   points, see [`RoutePoints`]) in consumer group `orchestrator`, so each EventRouteRequest goes to one node.
 //!   That node takes the lease `orchestrator:{tenant}:{conn}`, starts the route point's
 //!   strategy, writes its first snapshot, announces it on the index stream and acks the
 //!   entry. Entries a dead node never acked are claimed after a lease time.
@@ -32,6 +32,7 @@
 
 use super::core::{replies_stream, Action, FetchRequest, Orchestrator, SessionKey, Strategy};
 use super::demo;
+use crate::dialplan::role::DialplanCell;
 use axum::extract::Path;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -103,33 +104,58 @@ pub struct Started {
     pub crash: CancellationToken,
 }
 
-/// The route points with a strategy, by tenant: number -> strategy URL.
-fn route_points(config: &Config) -> HashMap<String, HashMap<String, String>> {
-    config
-        .tenants
-        .iter()
-        .filter(|t| !t.route_points.is_empty())
-        .map(|t| {
-            let rps = t
+/// Where the route points and their strategies come from.
+#[derive(Clone)]
+pub enum RoutePoints {
+    /// The configuration's `[[tenants.route_points]]`, as read at start.
+    Config(Arc<Config>),
+    /// The process's live dial plan: the configuration store, changes made through the REST
+    /// API included (new tenants are followed within a quarter lease).
+    Live(Arc<DialplanCell>),
+}
+
+impl RoutePoints {
+    /// The tenants whose events are followed.
+    fn tenants(&self) -> Vec<String> {
+        match self {
+            RoutePoints::Config(c) => c
+                .tenants
+                .iter()
+                .filter(|t| !t.route_points.is_empty())
+                .map(|t| t.name.clone())
+                .collect(),
+            RoutePoints::Live(cell) => cell.current().tenant_names().map(str::to_owned).collect(),
+        }
+    }
+
+    /// The strategy URL of route point `dn`, if it has one.
+    fn strategy(&self, tenant: &str, dn: &str) -> Option<String> {
+        match self {
+            RoutePoints::Config(c) => c
+                .tenants
+                .iter()
+                .find(|t| t.name == tenant)?
                 .route_points
                 .iter()
-                .map(|r| (r.number.clone(), r.strategy_url.clone()))
-                .collect();
-            (t.name.clone(), rps)
-        })
-        .collect()
+                .find(|r| r.number == dn)
+                .map(|r| r.strategy_url.clone()),
+            RoutePoints::Live(cell) => cell
+                .current()
+                .route_point(tenant, dn)
+                .map(|r| r.strategy_url.clone()),
+        }
+    }
 }
 
 /// Starts a node: its task runs until `drain` is cancelled (then releases its leases).
 pub fn start(
-    config: Arc<Config>,
+    points: RoutePoints,
     bus: SharedBus,
     settings: Settings,
     drain: CancellationToken,
 ) -> Started {
     let crash = CancellationToken::new();
     let stop = crash.clone();
-    let points = route_points(&config);
     let task = tokio::task::spawn_blocking(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -206,10 +232,9 @@ fn file_path(data_dir: &std::path::Path, path: &str) -> Result<PathBuf, String> 
     Ok(full)
 }
 
-/// Per tenant: its route points and where the node is in each stream.
+/// Per tenant: where the node is in each stream.
 struct Tenant {
     name: String,
-    points: HashMap<String, String>,
     events: Option<EntryId>,
     replies: Option<EntryId>,
     index: Option<EntryId>,
@@ -219,6 +244,7 @@ struct Tenant {
 
 struct Node {
     bus: SharedBus,
+    points: RoutePoints,
     settings: Settings,
     core: Orchestrator,
     tenants: Vec<Tenant>,
@@ -239,38 +265,21 @@ const STRATEGY_TTL: Duration = Duration::from_secs(30);
 const BATCH: usize = 256;
 
 impl Node {
-    async fn new(
-        bus: SharedBus,
-        settings: Settings,
-        points: HashMap<String, HashMap<String, String>>,
-    ) -> anyhow::Result<Node> {
-        let mut tenants = Vec::new();
-        for (name, points) in points {
-            let events = events_stream(&name);
-            bus.create_group(&events, GROUP, GroupStart::End).await?;
-            tenants.push(Tenant {
-                events: bus.last_id(&events).await?,
-                replies: bus.last_id(&replies_stream(&name)).await?,
-                index: None,
-                live: BTreeSet::new(),
-                name,
-                points,
-            });
-        }
+    async fn new(bus: SharedBus, settings: Settings, points: RoutePoints) -> anyhow::Result<Node> {
         let http = PromptCache::new(PromptSettings {
             timeout: settings.fetch_timeout,
             max_fetch_bytes: 4 << 20,
             ..PromptSettings::default()
         });
         let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
-        tracing::info!(node = %settings.node_id, tenants = tenants.len(), "orchestrator node started");
         let mut core = Orchestrator::new();
         core.set_max_session_ms(settings.max_session.as_millis() as u64);
-        Ok(Node {
+        let mut node = Node {
             bus,
+            points,
             settings,
             core,
-            tenants,
+            tenants: Vec::new(),
             strategies: HashMap::new(),
             http: Arc::new(http),
             docs: Arc::default(),
@@ -278,7 +287,32 @@ impl Node {
             unapplied: Default::default(),
             fetch_tx,
             fetch_rx,
-        })
+        };
+        node.follow_new_tenants().await?;
+        tracing::info!(node = %node.settings.node_id, tenants = node.tenants.len(), "orchestrator node started");
+        Ok(node)
+    }
+
+    /// Starts following the tenants the route point source names and this node does not
+    /// follow yet: the consumer group, and the streams from their current ends.
+    async fn follow_new_tenants(&mut self) -> anyhow::Result<()> {
+        for name in self.points.tenants() {
+            if self.tenants.iter().any(|t| t.name == name) {
+                continue;
+            }
+            let events = events_stream(&name);
+            self.bus
+                .create_group(&events, GROUP, GroupStart::End)
+                .await?;
+            self.tenants.push(Tenant {
+                events: self.bus.last_id(&events).await?,
+                replies: self.bus.last_id(&replies_stream(&name)).await?,
+                index: None,
+                live: BTreeSet::new(),
+                name,
+            });
+        }
+        Ok(())
     }
 
     async fn run(
@@ -312,6 +346,9 @@ impl Node {
             }
             if scan {
                 last_scan = Instant::now();
+                if let Err(e) = self.follow_new_tenants().await {
+                    tracing::warn!(node = %self.settings.node_id, error = %e, "cannot follow new tenants");
+                }
                 if let Err(e) = self.take_over().await {
                     tracing::warn!(node = %self.settings.node_id, error = %e, "takeover scan failed");
                 }
@@ -375,15 +412,13 @@ impl Node {
         at: EntryId,
         attrs: &switchboard_events::CallAttrs,
     ) -> anyhow::Result<bool> {
-        let tenant = &self.tenants[t];
-        let (Some(url), Some(conn)) = (tenant.points.get(&attrs.this_dn).cloned(), attrs.conn_id)
+        let tenant = self.tenants[t].name.clone();
+        let (Some(url), Some(conn)) =
+            (self.points.strategy(&tenant, &attrs.this_dn), attrs.conn_id)
         else {
             return Ok(true);
         };
-        let key = SessionKey {
-            tenant: tenant.name.clone(),
-            conn,
-        };
+        let key = SessionKey { tenant, conn };
         if self.core.contains(&key) || self.bus.kv_get(&snapshot_key(&key)).await?.is_some() {
             // Started already (a redelivery): the index and the leases take care of it.
             return Ok(true);
