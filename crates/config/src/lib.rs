@@ -63,8 +63,31 @@ pub struct Config {
     pub mcp: McpConfig,
     /// `[routing]`: queues and agent reservation (the `routing` role).
     pub routing: RoutingConfig,
+    /// `[orchestrator]`: the SCXML strategy runner.
+    pub orchestrator: OrchestratorConfig,
     /// `[[tenants]]`: tenants and their SIP users. Empty by default.
     pub tenants: Vec<Tenant>,
+}
+
+/// `[orchestrator]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorConfig {
+    /// Lease of a strategy session (ms): renewed by the node running it; a session whose
+    /// node died is taken over by another node once it expires. 100..=600000, default 5000.
+    pub lease_ms: u64,
+    /// A strategy session older than this ends (its call's end was never reported), s.
+    /// At least 1, default 14400 (4 hours).
+    pub max_session_s: u64,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            lease_ms: 5000,
+            max_session_s: 14_400,
+        }
+    }
 }
 
 /// `[store]`
@@ -526,6 +549,7 @@ impl Default for Config {
             sip_node: SipNodeConfig::default(),
             mcp: McpConfig::default(),
             routing: RoutingConfig::default(),
+            orchestrator: OrchestratorConfig::default(),
             tenants: Vec::new(),
         }
     }
@@ -1015,6 +1039,16 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
     // [sip_node]
     if c.sip_node.ring_timeout_ms == 0 {
         bad(out, "sip_node.ring_timeout_ms", "must be at least 1");
+    }
+    if !(100..=600_000).contains(&c.orchestrator.lease_ms) {
+        bad(
+            out,
+            "orchestrator.lease_ms",
+            "must be between 100 and 600000",
+        );
+    }
+    if c.orchestrator.max_session_s == 0 {
+        bad(out, "orchestrator.max_session_s", "must be at least 1");
     }
     if c.sip_node.route_timeout_ms == 0 {
         bad(out, "sip_node.route_timeout_ms", "must be at least 1");

@@ -8,6 +8,7 @@ pub mod config_api;
 pub mod dialplan;
 pub mod front_end;
 pub mod mcp;
+pub mod orchestrator;
 pub mod problem;
 pub mod routing;
 pub mod single_writer;

@@ -293,6 +293,36 @@ async fn start_routing(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     Ok(RoleHandle::from_task(role.task))
 }
 
+/// `orchestrator`: runs the route points' SCXML strategies (consumer group `orchestrator` on
+/// `events:{tenant}`), with sessions persisted on the bus and taken over by another node when
+/// this one dies; serves the built-in documents at `/orchestrator/builtin/{name}`.
+async fn start_orchestrator(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let http = ctx
+        .shared()
+        .get::<crate::role::HttpAddr>()
+        .map_or(ctx.config.http.listen, |a| a.0);
+    let mut settings =
+        switchboard_services::orchestrator::role::Settings::new(http, ctx.config.data_dir.clone());
+    settings.lease = std::time::Duration::from_millis(ctx.config.orchestrator.lease_ms);
+    settings.max_session = std::time::Duration::from_secs(ctx.config.orchestrator.max_session_s);
+    // Route points from the live dial plan (the store, REST changes included) when a role of
+    // this process keeps one, else from the configuration file.
+    use switchboard_services::orchestrator::role::RoutePoints;
+    let points = match ctx.shared().get::<DialplanSlot>().and_then(|s| s.get()) {
+        Some(cell) => RoutePoints::Live(cell),
+        None => RoutePoints::Config(ctx.config.clone()),
+    };
+    let node =
+        switchboard_services::orchestrator::role::start(points, bus, settings, ctx.drain.clone());
+    ctx.add_routes(node.router);
+    Ok(RoleHandle::from_task(node.task))
+}
+
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(RoleKind::SipProxy, start_sip_edge);
@@ -305,5 +335,6 @@ pub fn registry() -> Registry {
     r.register(RoleKind::FrontEnd, start_front_end);
     r.register(RoleKind::AgentState, start_agent_state);
     r.register(RoleKind::Routing, start_routing);
+    r.register(RoleKind::Orchestrator, start_orchestrator);
     r
 }

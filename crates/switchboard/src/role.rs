@@ -162,6 +162,11 @@ impl RoleContext {
     }
 }
 
+/// The address the process's HTTP server listens on (in [`Shared`] before any role starts),
+/// for roles that hand out URLs of their own routes (the orchestrator's built-in documents).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpAddr(pub SocketAddr);
+
 /// A type map of values shared by the roles running in one process.
 #[derive(Clone, Default)]
 pub struct Shared {

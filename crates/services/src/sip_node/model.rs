@@ -454,8 +454,6 @@ pub enum Input {
 // Events are the common action; boxing them would allocate for each one.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
-// Most actions are Publish: boxing the event would allocate once more per event for nothing.
-#[allow(clippy::large_enum_variant)]
 pub enum Action {
     /// Publish an event; `leg` names the DN's leg (the core fills the SIP Call-ID).
     Publish {
