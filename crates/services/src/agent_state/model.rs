@@ -23,8 +23,6 @@ pub mod codes {
     pub const LOGGED_IN_ELSEWHERE: &str = "logged_in_elsewhere";
     /// The request needs a logged-in agent.
     pub const NOT_LOGGED_IN: &str = "not_logged_in";
-    /// Logout while a call is on the agent's DN.
-    pub const ON_CALL: &str = "on_call";
     /// after-call-work-done while not in after-call work.
     pub const NOT_IN_AFTER_CALL_WORK: &str = "not_in_after_call_work";
     /// The request is for another tenant.
@@ -305,10 +303,9 @@ impl Board {
                 codes::NOT_LOGGED_IN,
                 format!("agent {id:?} is not logged in"),
             )),
+            // Allowed during a call too (the call goes on without the agent): an agent whose
+            // DN never reported a call's end must still be able to leave.
             (AgentOp::Logout, Some(_)) => {
-                if !agent.calls.is_empty() {
-                    return Err((codes::ON_CALL, format!("agent {id:?} is on a call")));
-                }
                 let event = self.agent_event(
                     Event::EventAgentLogout,
                     id,
@@ -319,6 +316,7 @@ impl Board {
                 );
                 let a = self.agent_mut(id);
                 a.dn = None;
+                a.calls.clear();
                 a.after_call = AfterCall::Work;
                 set(a, AgentStatus::LoggedOut, now);
                 Ok(vec![event])
