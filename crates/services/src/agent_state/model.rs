@@ -111,6 +111,9 @@ pub struct Board {
     pub out_of_service: BTreeSet<String>,
     /// How long a reservation holds an agent that nothing rings, ms.
     reservation_ms: u64,
+    /// DN -> the agent logged in on it (rebuilt by [`Board::configure`]).
+    #[serde(skip)]
+    dn_agent: BTreeMap<String, String>,
 }
 
 impl Board {
@@ -122,6 +125,7 @@ impl Board {
             extensions: BTreeSet::new(),
             out_of_service: BTreeSet::new(),
             reservation_ms,
+            dn_agent: BTreeMap::new(),
         };
         board.configure(tenant, reservation_ms);
         board
@@ -174,6 +178,11 @@ impl Board {
                 .max()
                 .unwrap_or(0);
         }
+        self.dn_agent = self
+            .agents
+            .values()
+            .filter_map(|a| Some((a.dn.clone()?, a.id.clone())))
+            .collect();
     }
 
     pub fn agent(&self, id: &str) -> Option<&Agent> {
@@ -182,11 +191,11 @@ impl Board {
 
     /// The agent logged in on `dn`.
     pub fn agent_on(&self, dn: &str) -> Option<&Agent> {
-        self.agents.values().find(|a| a.dn.as_deref() == Some(dn))
+        self.agents.get(self.dn_agent.get(dn)?)
     }
 
     fn agent_id_on(&self, dn: &str) -> Option<String> {
-        self.agent_on(dn).map(|a| a.id.clone())
+        self.dn_agent.get(dn).cloned()
     }
 
     pub fn in_service(&self, dn: &str) -> bool {
@@ -285,6 +294,7 @@ impl Board {
                         format!("agent {other:?} is logged in on {dn:?}"),
                     ));
                 }
+                self.dn_agent.insert(dn.clone(), id.to_string());
                 let a = self.agent_mut(id);
                 a.dn = Some(dn);
                 a.calls.clear();
@@ -315,7 +325,10 @@ impl Board {
                     now,
                 );
                 let a = self.agent_mut(id);
-                a.dn = None;
+                if let Some(dn) = a.dn.take() {
+                    self.dn_agent.remove(&dn);
+                }
+                let a = self.agent_mut(id);
                 a.calls.clear();
                 a.after_call = AfterCall::Work;
                 set(a, AgentStatus::LoggedOut, now);

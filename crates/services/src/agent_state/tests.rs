@@ -391,7 +391,10 @@ fn snapshot_round_trip_and_reconfigure() {
     ready(&mut b, "a1001", 2);
     let json = serde_json::to_string(&b).unwrap();
     let mut back: Board = serde_json::from_str(&json).unwrap();
+    // The DN index is rebuilt from the agents, as the role does on restore.
+    back.configure(&Config::demo().tenants[0], 5_000);
     assert_eq!(back, b);
+    assert_eq!(back.agent_on("1001").map(|a| a.id.as_str()), Some("a1001"));
     let mut config = Config::demo();
     config.tenants[0].agent_groups[0].after_call_work_s = 7;
     back.configure(&config.tenants[0], 5_000);
