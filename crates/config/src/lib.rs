@@ -61,10 +61,35 @@ pub struct Config {
     pub sip_node: SipNodeConfig,
     /// `[mcp]`: the media server (RTP, prompts, recording, conferences, announcements).
     pub mcp: McpConfig,
+    /// `[routing]`: queues and agent reservation (the `routing` role).
+    pub routing: RoutingConfig,
+    /// `[orchestrator]`: the SCXML strategy runner.
+    pub orchestrator: OrchestratorConfig,
     /// `[voicemail]`: where messages are kept and how sip-node reaches the menus.
     pub voicemail: VoicemailConfig,
     /// `[[tenants]]`: tenants and their SIP users. Empty by default.
     pub tenants: Vec<Tenant>,
+}
+
+/// `[orchestrator]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorConfig {
+    /// Lease of a strategy session (ms): renewed by the node running it; a session whose
+    /// node died is taken over by another node once it expires. 100..=600000, default 5000.
+    pub lease_ms: u64,
+    /// A strategy session older than this ends (its call's end was never reported), s.
+    /// At least 1, default 14400 (4 hours).
+    pub max_session_s: u64,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            lease_ms: 5000,
+            max_session_s: 14_400,
+        }
+    }
 }
 
 /// `[store]`
@@ -251,6 +276,23 @@ impl Default for SipNodeConfig {
             ring_timeout_ms: 30_000,
             route_timeout_ms: 10_000,
             mcp: None,
+        }
+    }
+}
+
+/// `[routing]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// How long an agent stays reserved for a call that was given the agent as target, until
+    /// the agent's DN rings, in milliseconds (1..=600000). Default 10000.
+    pub reservation_timeout_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            reservation_timeout_ms: 10_000,
         }
     }
 }
@@ -543,6 +585,8 @@ impl Default for Config {
             bus: BusConfig::default(),
             sip_node: SipNodeConfig::default(),
             mcp: McpConfig::default(),
+            routing: RoutingConfig::default(),
+            orchestrator: OrchestratorConfig::default(),
             voicemail: VoicemailConfig::default(),
             tenants: Vec::new(),
         }
@@ -614,6 +658,7 @@ impl Config {
             .map(|(name, description)| AgentGroup {
                 name: (*name).to_owned(),
                 description: (*description).to_owned(),
+                after_call_work_s: 0,
             })
             .collect();
         t.dns = (1001..=1010)
@@ -1039,9 +1084,28 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
         bad(out, "mcp.fallback_prompt", "must not be empty");
     }
 
+    // [routing]
+    if !(1..=600_000).contains(&c.routing.reservation_timeout_ms) {
+        bad(
+            out,
+            "routing.reservation_timeout_ms",
+            "must be between 1 and 600000",
+        );
+    }
+
     // [sip_node]
     if c.sip_node.ring_timeout_ms == 0 {
         bad(out, "sip_node.ring_timeout_ms", "must be at least 1");
+    }
+    if !(100..=600_000).contains(&c.orchestrator.lease_ms) {
+        bad(
+            out,
+            "orchestrator.lease_ms",
+            "must be between 100 and 600000",
+        );
+    }
+    if c.orchestrator.max_session_s == 0 {
+        bad(out, "orchestrator.max_session_s", "must be at least 1");
     }
     if c.sip_node.route_timeout_ms == 0 {
         bad(out, "sip_node.route_timeout_ms", "must be at least 1");

@@ -610,3 +610,18 @@ role = "admin"
         HttpAuth::None
     );
 }
+
+#[test]
+fn orchestrator_limits() {
+    let c = Config::from_toml_str("[orchestrator]\nlease_ms = 800\nmax_session_s = 60\n")
+        .expect("valid");
+    assert_eq!(
+        (c.orchestrator.lease_ms, c.orchestrator.max_session_s),
+        (800, 60)
+    );
+    let p = one_problem("[orchestrator]\nlease_ms = 50\n");
+    assert_eq!(p.key.as_deref(), Some("orchestrator.lease_ms"));
+    assert_eq!(p.line, Some(2));
+    let p = one_problem("[orchestrator]\nmax_session_s = 0\n");
+    assert_eq!(p.key.as_deref(), Some("orchestrator.max_session_s"));
+}

@@ -390,6 +390,16 @@ impl Session {
         self.final_state.as_deref()
     }
 
+    /// Defines (or redefines) a read-only system variable of the host, like `_sessionid`:
+    /// e.g. the orchestrator's `_genesys` call context. Call it before the first
+    /// [`Session::run`] so that the data model's initial expressions see it. System variables
+    /// are not part of snapshots: define them again after [`Session::restore`].
+    pub fn define_system_variable(&mut self, name: &str, value: &Json) -> Result<(), String> {
+        self.engine
+            .define_system(name, Some(value))
+            .map_err(|e| e.to_string())
+    }
+
     /// Queues an external event from the host.
     pub fn push_event(&mut self, event: Event) {
         self.external.push_back(event);

@@ -171,3 +171,34 @@ fn snapshot_moves_a_session_with_pending_timer_and_functions() {
     assert!(Session::restore(b"{\"format\":\"x\"}", Environment::default()).is_err());
     assert!(Session::restore(b"garbage", Environment::default()).is_err());
 }
+
+#[test]
+fn host_system_variables_are_read_only_and_redefined_after_restore() {
+    let env = Environment::default();
+    let d = doc(
+        &env,
+        r#"<datamodel><data id="ani" expr="_call.ani"/></datamodel>
+        <state id="a">
+          <onentry><assign location="_call" expr="1"/></onentry>
+          <transition event="error.execution" cond="ani == '+1555'" target="b"/>
+        </state>
+        <state id="b">
+          <transition event="go" cond="_call.ani == '+1666'" target="ok"/>
+          <transition event="go" target="bad"/>
+        </state>
+        <final id="ok"/><final id="bad"/>"#,
+    )
+    .unwrap();
+    let mut s = Session::new(d, env.clone(), "sys").unwrap();
+    s.define_system_variable("_call", &json!({"ani": "+1555"}))
+        .unwrap();
+    s.run(0);
+    assert_eq!(s.configuration(), vec!["b".to_string()]);
+    let bytes = s.snapshot().unwrap();
+    let mut r = Session::restore(&bytes, env).unwrap();
+    r.define_system_variable("_call", &json!({"ani": "+1666"}))
+        .unwrap();
+    r.push_event(Event::external("go", None));
+    r.run(1);
+    assert_eq!(final_of(&drain(&mut r)).as_deref(), Some("ok"));
+}

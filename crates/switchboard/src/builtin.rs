@@ -71,10 +71,20 @@ struct EdgeOnce(Mutex<bool>);
 async fn start_sip_edge(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     let once = ctx.shared().get_or_init(|| EdgeOnce(Mutex::new(false)));
     let mut started = once.0.lock().await;
-    if *started {
-        return Ok(RoleHandle::idle());
+    let mut handle = if *started {
+        RoleHandle::idle()
+    } else {
+        *started = true;
+        start_edge(&ctx).await?
+    };
+    drop(started);
+    if ctx.kinds.contains(&RoleKind::Registrar) {
+        handle = with_dn_service(&ctx, handle).await?;
     }
-    *started = true;
+    Ok(handle)
+}
+
+async fn start_edge(ctx: &RoleContext) -> anyhow::Result<RoleHandle> {
     let edge =
         switchboard_services::sip::role::start(ctx.config.clone(), ctx.drain.clone()).await?;
     ctx.add_routes(edge.router);
@@ -98,6 +108,44 @@ async fn start_sip_edge(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
 /// The bound `mcp.udp` of this process's media server: where `sip-node` plays treatments
 /// unless `sip_node.mcp` says otherwise (mcp starts before sip-node).
 struct McpUdp(std::net::SocketAddr);
+
+/// The registrar publishes EventDNBackInService / EventDNOutOfService for the tenants'
+/// extensions as their devices register and unregister; the watcher runs next to the edge's
+/// task in the role's handle.
+async fn with_dn_service(ctx: &RoleContext, handle: RoleHandle) -> anyhow::Result<RoleHandle> {
+    let Some(location) = ctx
+        .shared()
+        .get::<switchboard_services::sip::role::SharedLocation>()
+    else {
+        return Ok(handle);
+    };
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let watcher = switchboard_services::sip::dn_service::spawn(
+        &ctx.config,
+        (*location).clone(),
+        bus,
+        ctx.drain.clone(),
+    );
+    let RoleHandle { task, bound } = handle;
+    let task = match task {
+        None => watcher,
+        Some(edge) => tokio::spawn(async move {
+            let flat = |h: tokio::task::JoinHandle<anyhow::Result<()>>| async move {
+                h.await.map_err(|e| anyhow::anyhow!("SIP edge task: {e}"))?
+            };
+            tokio::try_join!(flat(edge), flat(watcher))?;
+            Ok(())
+        }),
+    };
+    Ok(RoleHandle {
+        task: Some(task),
+        bound,
+    })
+}
 
 /// The media server (`mcp`): its own SIP sockets (`[mcp] udp/tcp`), reported as `mcp_udp` and
 /// `mcp_tcp` in the `listening` line, with the built-in VoiceXML browser behind
@@ -301,6 +349,80 @@ async fn start_front_end(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     Ok(RoleHandle::idle())
 }
 
+/// `agent-state`: agent login, ready, not ready, after-call work per tenant (one writer per
+/// tenant by bus lease); `POST /v1/tenants/{t}/agents/{id}/{action}`,
+/// `GET /v1/tenants/{t}/agent-states[/{id}]`.
+/// Its state is shared as `Arc<switchboard_services::agent_state::AgentState>`.
+async fn start_agent_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let role = switchboard_services::agent_state::start(
+        ctx.config.clone(),
+        bus,
+        ctx.drain.clone(),
+        Default::default(),
+    )
+    .await?;
+    ctx.add_routes(role.router);
+    let state = role.state.clone();
+    ctx.shared().get_or_init(move || state);
+    Ok(RoleHandle::from_task(role.task))
+}
+
+/// `routing`: queues and agent selection per tenant (one writer per tenant by bus lease);
+/// `GET /v1/tenants/{t}/queues[/{name}]`.
+async fn start_routing(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let role = switchboard_services::routing::start(
+        ctx.config.clone(),
+        bus,
+        ctx.drain.clone(),
+        Default::default(),
+    )
+    .await?;
+    ctx.add_routes(role.router);
+    let state = role.state.clone();
+    ctx.shared().get_or_init(move || state);
+    Ok(RoleHandle::from_task(role.task))
+}
+
+/// `orchestrator`: runs the route points' SCXML strategies (consumer group `orchestrator` on
+/// `events:{tenant}`), with sessions persisted on the bus and taken over by another node when
+/// this one dies; serves the built-in documents at `/orchestrator/builtin/{name}`.
+async fn start_orchestrator(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let http = ctx
+        .shared()
+        .get::<crate::role::HttpAddr>()
+        .map_or(ctx.config.http.listen, |a| a.0);
+    let mut settings =
+        switchboard_services::orchestrator::role::Settings::new(http, ctx.config.data_dir.clone());
+    settings.lease = std::time::Duration::from_millis(ctx.config.orchestrator.lease_ms);
+    settings.max_session = std::time::Duration::from_secs(ctx.config.orchestrator.max_session_s);
+    // Route points from the live dial plan (the store, REST changes included) when a role of
+    // this process keeps one, else from the configuration file.
+    use switchboard_services::orchestrator::role::RoutePoints;
+    let points = match ctx.shared().get::<DialplanSlot>().and_then(|s| s.get()) {
+        Some(cell) => RoutePoints::Live(cell),
+        None => RoutePoints::Config(ctx.config.clone()),
+    };
+    let node =
+        switchboard_services::orchestrator::role::start(points, bus, settings, ctx.drain.clone());
+    ctx.add_routes(node.router);
+    Ok(RoleHandle::from_task(node.task))
+}
+
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(RoleKind::SipProxy, start_sip_edge);
@@ -312,5 +434,8 @@ pub fn registry() -> Registry {
     r.register(RoleKind::CallState, start_call_state);
     r.register(RoleKind::Voicemail, start_voicemail);
     r.register(RoleKind::FrontEnd, start_front_end);
+    r.register(RoleKind::AgentState, start_agent_state);
+    r.register(RoleKind::Routing, start_routing);
+    r.register(RoleKind::Orchestrator, start_orchestrator);
     r
 }

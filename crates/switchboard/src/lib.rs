@@ -108,7 +108,6 @@ pub async fn run(
 
     let drain = CancellationToken::new();
     let shared = Shared::default();
-    // Roles that hand out URLs of this process (voicemail menus) need the bound address.
     shared.get_or_init(|| role::HttpAddr(http_addr));
     let mut running: JoinSet<(RoleKind, RoleExit)> = JoinSet::new();
     let mut bound: Vec<(String, SocketAddr)> = vec![("http".to_owned(), http_addr)];

@@ -162,7 +162,8 @@ impl RoleContext {
     }
 }
 
-/// The HTTP address this process bound (`http.listen`, port 0 resolved), in [`Shared`].
+/// The address the process's HTTP server listens on (in [`Shared`] before any role starts),
+/// for roles that hand out URLs of their own routes (the orchestrator's built-in documents).
 #[derive(Debug, Clone, Copy)]
 pub struct HttpAddr(pub SocketAddr);
 
@@ -223,8 +224,7 @@ impl RoleHandle {
     }
 
     /// Reports a bound address for the startup line `listening http=... <key>=<addr>`.
-    /// Keys in use: `sip_udp`, `sip_tcp`, `sip_node_udp`, `mcp_udp`, `mcp_tcp`,
-    /// `voicemail_udp`; keys are `[a-z0-9_]+`.
+    /// Keys in use: `sip_udp`, `sip_tcp`, `sip_node_udp`, `mcp_udp`, `mcp_tcp`; keys are `[a-z0-9_]+`.
     pub fn bound(mut self, key: impl Into<String>, addr: SocketAddr) -> Self {
         self.bound.push((key.into(), addr));
         self

@@ -59,6 +59,11 @@ impl DialplanSlot {
             .await
             .cloned()
     }
+
+    /// The dial plan if a role of this process started it.
+    pub fn get(&self) -> Option<Arc<DialplanCell>> {
+        self.0.get().cloned()
+    }
 }
 
 /// The plan of everything in `store`, tenants in the order of the configuration file first,
