@@ -382,7 +382,7 @@ pub struct VoicemailConfig {
     /// absolute. Default `voicemail`.
     pub dir: PathBuf,
     /// The media server that runs the deposit and access menus (its SIP UDP address). `""`
-    /// (the default): the `mcp` of this process.
+    /// (the default): `sip_node.mcp`, else the `mcp` role of this process.
     #[serde(deserialize_with = "de_optional_addr")]
     pub mcp: Option<SocketAddr>,
     /// The base URL (`http://host:port`) of the `voicemail` role's HTTP server, as the media

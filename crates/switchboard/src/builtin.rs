@@ -246,8 +246,10 @@ async fn start_voicemail(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     let cell = dialplan_cell(&ctx).await?;
     let cfg = &ctx.config.voicemail;
     if let Some(route) = ctx.shared().get::<VoicemailRoute>() {
+        // The same media server as the treatments' unless voicemail names its own.
         let mcp = cfg
             .mcp
+            .or(ctx.config.sip_node.mcp)
             .or_else(|| ctx.shared().get::<McpAddress>().and_then(|a| a.0));
         let http = ctx.shared().get::<crate::role::HttpAddr>().map(|a| a.0);
         let base_url = match (cfg.url.is_empty(), http) {

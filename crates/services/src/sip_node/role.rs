@@ -99,7 +99,8 @@ pub async fn start(
     // Set now when the configuration names both; else the voicemail role of this process
     // sets it once the media server's address is known.
     let voicemail = VoicemailRoute::default();
-    if let (Some(mcp), false) = (cfg.voicemail.mcp, cfg.voicemail.url.is_empty()) {
+    let voicemail_mcp = cfg.voicemail.mcp.or(cfg.sip_node.mcp);
+    if let (Some(mcp), false) = (voicemail_mcp, cfg.voicemail.url.is_empty()) {
         voicemail.set(VoicemailTarget {
             mcp,
             base_url: cfg.voicemail.url.trim_end_matches('/').to_owned(),
