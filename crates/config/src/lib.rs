@@ -12,6 +12,7 @@
 
 mod entities;
 mod error;
+mod keys;
 mod locate;
 
 use std::collections::HashSet;
@@ -28,6 +29,7 @@ pub use entities::{
     RoutePoint, RulePattern, RuleRoute, RuleScope, Skill, Trunk,
 };
 pub use error::{ConfigError, Problem};
+pub use keys::{ApiKey, HttpAuth, KeyRole, MIN_KEY_LEN};
 use locate::Locator;
 
 /// The annotated example configuration; it is the built-in demo ([`Config::demo`]).
@@ -186,6 +188,10 @@ pub struct HttpConfig {
     /// Listen address of the HTTP server. Default `127.0.0.1:8080`.
     #[serde(deserialize_with = "de_addr")]
     pub listen: SocketAddr,
+    /// Whether `/v1/` requests must present an API key. Default `api_keys`.
+    pub auth: HttpAuth,
+    /// Platform keys: admin of every tenant and of the routes outside `/v1/tenants/{t}`.
+    pub admin_keys: Vec<String>,
 }
 
 /// `[registrar]`
@@ -251,6 +257,10 @@ pub struct SipNodeConfig {
     /// takes the route point's default route, in milliseconds, unless the route point sets
     /// its own `timeout_s`. Default 10000.
     pub route_timeout_ms: u64,
+    /// The media server (IP:port) treatments are played on. Default: the bound `mcp.udp` of
+    /// this process when it runs the `mcp` role, else none (treatments then fail).
+    #[serde(deserialize_with = "de_optional_addr")]
+    pub mcp: Option<SocketAddr>,
 }
 
 impl Default for SipNodeConfig {
@@ -261,6 +271,7 @@ impl Default for SipNodeConfig {
             trunks: Vec::new(),
             ring_timeout_ms: 30_000,
             route_timeout_ms: 10_000,
+            mcp: None,
         }
     }
 }
@@ -411,6 +422,9 @@ pub struct Tenant {
     /// `[[tenants.mailboxes]]`
     #[serde(default)]
     pub mailboxes: Vec<Mailbox>,
+    /// `[[tenants.api_keys]]`: keys of the REST API and event stream (kept in the file only).
+    #[serde(default)]
+    pub api_keys: Vec<ApiKey>,
 }
 
 impl Tenant {
@@ -428,6 +442,7 @@ impl Tenant {
             trunks: Vec::new(),
             dialplan: Vec::new(),
             mailboxes: Vec::new(),
+            api_keys: Vec::new(),
         }
     }
 }
@@ -472,6 +487,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080),
+            auth: HttpAuth::ApiKeys,
+            admin_keys: Vec::new(),
         }
     }
 }
@@ -693,10 +710,45 @@ impl Config {
                 ..Mailbox::new("8200", "1234")
             },
         ];
-        Config {
+        // Demo keys, printed in the README: change them before the API leaves the machine.
+        let key = |name: &str, key: &str, role: KeyRole, agent: Option<&str>| ApiKey {
+            name: name.to_owned(),
+            key: key.to_owned(),
+            role,
+            agent: agent.map(str::to_owned),
+        };
+        t.api_keys = vec![
+            key(
+                "demo-admin",
+                "demo-admin-key-change-me",
+                KeyRole::Admin,
+                None,
+            ),
+            key(
+                "demo-supervisor",
+                "demo-supervisor-key-change-me",
+                KeyRole::Supervisor,
+                None,
+            ),
+            key(
+                "a1001",
+                "demo-agent-a1001-key",
+                KeyRole::Agent,
+                Some("a1001"),
+            ),
+            key(
+                "a1006",
+                "demo-agent-a1006-key",
+                KeyRole::Agent,
+                Some("a1006"),
+            ),
+        ];
+        let mut config = Config {
             tenants: vec![t],
             ..Config::default()
-        }
+        };
+        config.http.admin_keys = vec!["demo-platform-key-change-me".to_owned()];
+        config
     }
 
     /// Parses and validates TOML text.
@@ -1129,6 +1181,7 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
         entities::validate_entities(t, &format!("tenants[{i}]."), out);
     }
     entities::validate_across_tenants(&c.tenants, |i, j| format!("tenants[{i}].trunks[{j}]"), out);
+    keys::validate(c, out);
 }
 
 /// Whether two TCP listen addresses would collide.

@@ -535,3 +535,67 @@ fn orchestrator_limits() {
     let p = one_problem("[orchestrator]\nmax_session_s = 0\n");
     assert_eq!(p.key.as_deref(), Some("orchestrator.max_session_s"));
 }
+
+#[test]
+fn api_key_problems_name_the_key() {
+    let text = r#"
+[http]
+admin_keys = ["platform-admin-key-1"]
+
+[[tenants]]
+name = "a"
+[[tenants.agents]]
+login_id = "ag1"
+[[tenants.api_keys]]
+name = "short"
+key = "tooshort"
+role = "admin"
+[[tenants.api_keys]]
+name = "agent-without-agent"
+key = "0123456789abcdef-x"
+role = "agent"
+[[tenants.api_keys]]
+name = "sup"
+key = "0123456789abcdef-y"
+role = "supervisor"
+agent = "ag1"
+
+[[tenants]]
+name = "b"
+domain = "b.example"
+[[tenants.api_keys]]
+name = "reused"
+key = "platform-admin-key-1"
+role = "admin"
+"#;
+    let p = problems(text);
+    let keys: Vec<(&str, &str)> = p
+        .iter()
+        .map(|p| (p.key.as_deref().unwrap_or(""), p.message.as_str()))
+        .collect();
+    assert_eq!(p.len(), 4, "{keys:?}");
+    assert!(keys.contains(&(
+        "tenants[0].api_keys[0].key",
+        "must be at least 16 characters"
+    )));
+    assert!(keys
+        .iter()
+        .any(|(k, m)| *k == "tenants[0].api_keys[1].agent" && m.contains("names its agent")));
+    assert!(keys
+        .iter()
+        .any(|(k, m)| *k == "tenants[0].api_keys[2].agent" && m.contains("supervisor key")));
+    assert!(keys
+        .iter()
+        .any(|(k, m)| *k == "tenants[1].api_keys[0].key" && m.contains("more than once")));
+    // The secret never shows in Debug output.
+    let demo = Config::demo();
+    assert!(!format!("{demo:?}").contains("demo-admin-key-change-me"));
+    assert_eq!(demo.http.auth, HttpAuth::ApiKeys);
+    assert_eq!(
+        Config::from_toml_str("[http]\nauth = \"none\"")
+            .unwrap()
+            .http
+            .auth,
+        HttpAuth::None
+    );
+}

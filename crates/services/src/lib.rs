@@ -5,6 +5,7 @@ pub mod bus;
 pub mod call_state;
 pub mod config_api;
 pub mod dialplan;
+pub mod front_end;
 pub mod mcp;
 pub mod orchestrator;
 pub mod problem;

@@ -56,6 +56,7 @@ impl Net {
             local: addr(NODE),
             edge: addr(EDGE),
             trunks: vec![addr(TRUNK)],
+            mcp: None,
             timers: Timers::default(),
             model: ModelSettings {
                 ring_timeout_ms: RING_MS,
@@ -992,6 +993,7 @@ fn net_with_plan() -> Net {
         local: addr(NODE),
         edge: addr(EDGE),
         trunks: vec![addr(TRUNK)],
+        mcp: None,
         timers: Timers::default(),
         model: ModelSettings {
             ring_timeout_ms: RING_MS,
@@ -1144,6 +1146,7 @@ fn net_with_routing() -> Net {
         local: addr(NODE),
         edge: addr(EDGE),
         trunks: vec![addr(TRUNK)],
+        mcp: None,
         timers: Timers::default(),
         model: ModelSettings {
             ring_timeout_ms: RING_MS,
@@ -1280,4 +1283,148 @@ fn a_busy_dn_forwards_to_its_busy_target() {
     let diverted = ev[1].call().unwrap();
     assert_eq!(diverted.reason.as_deref(), Some("forward_busy"));
     assert_eq!(diverted.third_party_dn.as_deref(), Some("1002"));
+}
+
+// ---- treatments ----
+
+const MCP: &str = "127.0.0.1:5080";
+const MCP_SDP: &str = "v=0\r\no=mcp 333 1 IN IP4 10.0.0.3\r\ns=-\r\nc=IN IP4 10.0.0.3\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+
+/// A node with route point 5000 and the media server at `mcp`.
+fn net_with_route_point(mcp: Option<SocketAddr>) -> Net {
+    let mut n = Net::new();
+    let mut t = switchboard_config::Tenant::new("demo", "switchboard");
+    t.dns = vec![
+        switchboard_config::Dn::new("1001", switchboard_config::DnKind::Extension),
+        switchboard_config::Dn::new("5000", switchboard_config::DnKind::RoutePoint),
+    ];
+    t.route_points = vec![switchboard_config::RoutePoint {
+        number: "5000".into(),
+        strategy_url: "builtin:test".into(),
+        description: String::new(),
+        default_route: None,
+        timeout_s: None,
+    }];
+    let cell = std::sync::Arc::new(switchboard_services::dialplan::role::DialplanCell::new(
+        switchboard_services::dialplan::Dialplan::build([&t]),
+    ));
+    let settings = NodeSettings {
+        local: addr(NODE),
+        edge: addr(EDGE),
+        trunks: vec![addr(TRUNK)],
+        mcp,
+        timers: Timers::default(),
+        model: ModelSettings {
+            ring_timeout_ms: RING_MS,
+            node: 1,
+            route_timeout_ms: 10_000,
+        },
+    };
+    n.node = SipNode::new(settings, Directory::live(cell), 7, n.now, 1_800_000_000_000);
+    n
+}
+
+#[test]
+fn a_treatment_invites_the_media_server_answers_the_caller_and_reads_the_exit_namelist() {
+    use switchboard_events::requests::Treatment;
+    use switchboard_services::sip_node::treatment::media_service;
+    let mut n = net_with_route_point(Some(addr(MCP)));
+    let out = n.feed(&invite_from(TRUNK, "+15551234567", "5000", "rp-1"), TRUNK);
+    one(&out, 5090, "180");
+    let rr = n.events();
+    assert_eq!(names(&rr), vec![("EventRouteRequest", "5000".to_string())]);
+    let conn = rr[0].call().and_then(|c| c.conn_id).expect("conn");
+    let mut params = switchboard_events::UserData::new();
+    params.insert("lang".into(), "en".into());
+    let service = media_service(&Treatment::PlayApplication {
+        url: "http://as/menu.vxml".into(),
+        params,
+    })
+    .expect("a service");
+    n.node.handle_command(
+        NodeCommand {
+            id: 9,
+            tenant: "demo".into(),
+            request: Request::ApplyTreatment {
+                conn,
+                dn: "5000".into(),
+                service,
+            },
+        },
+        n.now,
+    );
+    let out = n.sent();
+    let inv = one(&out, 5080, "INVITE").clone();
+    assert_eq!(
+        inv.request_uri_str(),
+        Some("sip:dialog@127.0.0.1:5080;voicexml=http://as/menu.vxml%3Flang%3Den")
+    );
+    assert!(body(&inv).contains("m=audio 4000"), "the caller's offer");
+    assert!(inv.to().unwrap().uri.to_string().contains("5000"));
+
+    let ok = response_to(&inv, 200, Some("mcptag"))
+        .header("Contact", format_args!("<sip:mcp@{MCP}>"))
+        .body("application/sdp", MCP_SDP.as_bytes());
+    let out = n.feed_bytes(ok, MCP);
+    one(&out, 5080, "ACK");
+    let answer = one(&out, 5090, "200");
+    assert!(body(answer).contains("m=audio 7000"), "{}", body(answer));
+    let applied = n.events();
+    assert_eq!(
+        names(&applied),
+        vec![("EventTreatmentApplied", "5000".to_string())]
+    );
+    assert_eq!(applied[0].call().unwrap().request_id, Some(9));
+
+    // The application exits: mcp's BYE carries the namelist.
+    let exit = "--b\r\nContent-Disposition: form-data; name=\"choice\"\r\n\r\n2\r\n--b--\r\n";
+    let from_tag = inv.from().unwrap().tag().unwrap().to_string();
+    let bye = format!(
+        "BYE sip:sipnode@{NODE} SIP/2.0\r\nVia: SIP/2.0/UDP {MCP};branch=z9hG4bKmcpbye\r\nMax-Forwards: 70\r\nFrom: <sip:5000@switchboard>;tag=mcptag\r\nTo: <sip:+15551234567@switchboard>;tag={from_tag}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {}\r\n\r\n{exit}",
+        inv.call_id().unwrap(),
+        exit.len()
+    );
+    let out = n.feed(&bye, MCP);
+    one(&out, 5080, "200");
+    assert!(to(&out, 5090).is_empty(), "the caller stays: {out:?}");
+    let end = n.events();
+    assert_eq!(names(&end), vec![("EventTreatmentEnd", "5000".to_string())]);
+    let c = end[0].call().unwrap();
+    assert_eq!(c.reason.as_deref(), Some("completed"));
+    assert_eq!(
+        c.treatment_results.as_ref().and_then(|r| r.get("choice")),
+        Some(&"2".into())
+    );
+}
+
+#[test]
+fn without_a_media_server_a_treatment_is_an_error() {
+    let mut n = net_with_route_point(None);
+    n.feed(&invite_from(TRUNK, "+15551234567", "5000", "rp-2"), TRUNK);
+    let conn = n.events()[0].call().and_then(|c| c.conn_id).expect("conn");
+    n.node.handle_command(
+        NodeCommand {
+            id: 4,
+            tenant: "demo".into(),
+            request: Request::ApplyTreatment {
+                conn,
+                dn: "5000".into(),
+                service: switchboard_services::sip_node::model::MediaService {
+                    user: "annc".into(),
+                    params: ";play=tone:440".into(),
+                },
+            },
+        },
+        n.now,
+    );
+    assert!(n.sent().is_empty(), "nothing to send");
+    match n.events().as_slice() {
+        [Event::EventError(e)] => {
+            assert_eq!(
+                (e.request_id, e.error_code.as_str()),
+                (4, "media_server_failed")
+            )
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -95,6 +95,10 @@ async fn start_sip_edge(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     Ok(handle)
 }
 
+/// The bound `mcp.udp` of this process's media server: where `sip-node` plays treatments
+/// unless `sip_node.mcp` says otherwise (mcp starts before sip-node).
+struct McpUdp(std::net::SocketAddr);
+
 /// The media server (`mcp`): its own SIP sockets (`[mcp] udp/tcp`), reported as `mcp_udp` and
 /// `mcp_tcp` in the `listening` line, with the built-in VoiceXML browser behind
 /// `sip:dialog@HOST;voicexml=URL` (RFC 5552).
@@ -123,6 +127,7 @@ async fn start_mcp(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     let mut handle = RoleHandle::from_task(mcp.task);
     if let Some(a) = mcp.udp {
         handle = handle.bound("mcp_udp", a);
+        ctx.shared().get_or_init(|| McpUdp(a));
     }
     if let Some(a) = mcp.tcp {
         handle = handle.bound("mcp_tcp", a);
@@ -145,8 +150,16 @@ async fn start_sip_node(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         .map(|e| (*e).clone());
     let directory =
         switchboard_services::sip_node::core::Directory::live(dialplan_cell(&ctx).await?);
+    let mut config = ctx.config.clone();
+    if config.sip_node.mcp.is_none() {
+        if let Some(mcp) = ctx.shared().get::<McpUdp>() {
+            let mut c = (*config).clone();
+            c.sip_node.mcp = Some(mcp.0);
+            config = Arc::new(c);
+        }
+    }
     let node = switchboard_services::sip_node::role::start(
-        ctx.config.clone(),
+        config,
         bus,
         edge,
         directory,
@@ -203,6 +216,22 @@ async fn start_orchestrator(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     Ok(RoleHandle::from_task(node.task))
 }
 
+/// `front-end`: the desktop API's event WebSocket, `GET /v1/tenants/{t}/events` (the API-key
+/// gate in front of every `/v1/` route is the HTTP server's, see `http.rs`).
+async fn start_front_end(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    ctx.add_routes(switchboard_services::front_end::start(
+        ctx.config.clone(),
+        bus,
+        ctx.drain.clone(),
+    ));
+    Ok(RoleHandle::idle())
+}
+
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(RoleKind::SipProxy, start_sip_edge);
@@ -213,5 +242,6 @@ pub fn registry() -> Registry {
     r.register(RoleKind::Mcp, start_mcp);
     r.register(RoleKind::CallState, start_call_state);
     r.register(RoleKind::Orchestrator, start_orchestrator);
+    r.register(RoleKind::FrontEnd, start_front_end);
     r
 }

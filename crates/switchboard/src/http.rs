@@ -10,6 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
+use switchboard_services::front_end::auth::KeyBook;
+use switchboard_services::front_end::gate::gate;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -49,8 +51,9 @@ impl AppState {
     }
 }
 
-/// The router: built-in endpoints, then whatever `role_routes` holds at request time.
-pub fn router(state: AppState, role_routes: Arc<RwLock<Router>>) -> Router {
+/// The router: built-in endpoints, then whatever `role_routes` holds at request time, every
+/// `/v1/` request behind the API-key gate (`http.auth`).
+pub fn router(state: AppState, role_routes: Arc<RwLock<Router>>, keys: Arc<KeyBook>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -68,6 +71,7 @@ pub fn router(state: AppState, role_routes: Arc<RwLock<Router>>) -> Router {
                 }
             }
         })
+        .layer(middleware::from_fn_with_state(keys, gate))
         .layer(middleware::from_fn(count_requests))
 }
 
@@ -76,9 +80,10 @@ pub async fn serve(
     listener: TcpListener,
     state: AppState,
     role_routes: Arc<RwLock<Router>>,
+    keys: Arc<KeyBook>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state, role_routes))
+    axum::serve(listener, router(state, role_routes, keys))
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
 }

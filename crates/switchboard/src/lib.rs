@@ -95,10 +95,14 @@ pub async fn run(
     let http_addr = listener.local_addr()?;
     let role_routes = Arc::new(RwLock::new(Router::new()));
     let stop_http = CancellationToken::new();
+    let keys = Arc::new(switchboard_services::front_end::auth::KeyBook::from_config(
+        &config,
+    ));
     let server = tokio::spawn(http::serve(
         listener,
         state.clone(),
         role_routes.clone(),
+        keys,
         stop_http.clone(),
     ));
 

@@ -58,6 +58,13 @@ enum ConfigCommand {
     Example,
 }
 
+/// `--http-auth`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AuthArg {
+    ApiKeys,
+    None,
+}
+
 #[derive(Debug, Args)]
 struct RunArgs {
     /// TOML configuration file; without it the built-in demo configuration is used.
@@ -78,6 +85,9 @@ struct RunArgs {
     /// The SIP Server's UDP listen address, overriding sip_node.udp (port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
     sip_node_udp: Option<SocketAddr>,
+    /// Whether /v1/ requests need an API key, overriding http.auth: `api-keys` or `none`.
+    #[arg(long, value_name = "MODE")]
+    http_auth: Option<AuthArg>,
     /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as
     /// `info,switchboard=debug`. Falls back to RUST_LOG, then `info`.
     #[arg(long, env = "SWITCHBOARD_LOG", value_name = "LEVEL")]
@@ -145,6 +155,14 @@ fn start_inner(roles: Vec<RoleKind>, args: RunArgs) -> anyhow::Result<u8> {
     }
     if let Some(addr) = args.sip_node_udp {
         config.sip_node.udp = addr;
+    }
+    match args.http_auth {
+        Some(AuthArg::ApiKeys) => config.http.auth = switchboard_config::HttpAuth::ApiKeys,
+        Some(AuthArg::None) => config.http.auth = switchboard_config::HttpAuth::None,
+        None => {}
+    }
+    if config.http.auth == switchboard_config::HttpAuth::None {
+        warn!("http.auth is \"none\": the REST API and event stream take requests without a key");
     }
     config
         .validate()

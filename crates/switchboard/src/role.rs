@@ -37,6 +37,9 @@ pub enum RoleKind {
     SipProxy,
     /// SIP REGISTER with digest authentication; device contacts.
     Registrar,
+    /// Media server: RTP, prompts, recording, conferences, VoiceXML. Starts before the SIP
+    /// Server, which plays its treatments on it.
+    Mcp,
     /// SIP Server: B2BUA call control and the call model.
     SipNode,
     /// Tenant and device resolution for a number, number translation.
@@ -53,8 +56,6 @@ pub enum RoleKind {
     CallState,
     /// Desktop API: REST + WebSocket event stream.
     FrontEnd,
-    /// Media server: RTP, prompts, recording, conferences, VoiceXML.
-    Mcp,
     /// Mailboxes, deposit and access menus, MWI.
     Voicemail,
 }
@@ -64,6 +65,7 @@ impl RoleKind {
     pub const ALL: [RoleKind; 12] = [
         RoleKind::SipProxy,
         RoleKind::Registrar,
+        RoleKind::Mcp,
         RoleKind::SipNode,
         RoleKind::Dialplan,
         RoleKind::Config,
@@ -72,7 +74,6 @@ impl RoleKind {
         RoleKind::AgentState,
         RoleKind::CallState,
         RoleKind::FrontEnd,
-        RoleKind::Mcp,
         RoleKind::Voicemail,
     ];
 

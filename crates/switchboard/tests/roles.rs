@@ -17,6 +17,8 @@ fn config(grace_ms: u64) -> Config {
     let mut config = Config::default();
     config.http.listen = "127.0.0.1:0".parse().expect("addr");
     config.drain.grace_ms = grace_ms;
+    // These tests are about roles, not keys (front_end.rs tests the gate).
+    config.http.auth = switchboard_config::HttpAuth::None;
     config
 }
 

@@ -21,7 +21,7 @@ mod redis;
 mod sipp;
 mod switchboard;
 
-pub use http::{http_get, http_request, HttpResponse};
+pub use http::{http_get, http_request, http_request_with, HttpResponse};
 pub use net::{free_udp_port, wait_udp_bound};
 pub use process::{find_binary, require_program, send_signal, Output};
 pub use redis::RedisServer;

@@ -37,6 +37,7 @@ pub struct SwitchboardBuilder {
     log: String,
     ready_timeout: Duration,
     wait_ready: bool,
+    api_keys: bool,
 }
 
 impl Switchboard {
@@ -67,6 +68,7 @@ impl Switchboard {
             log: "info".to_owned(),
             ready_timeout: Duration::from_secs(20),
             wait_ready: true,
+            api_keys: false,
         }
     }
 
@@ -181,6 +183,13 @@ impl SwitchboardBuilder {
         self
     }
 
+    /// Keep `http.auth` as the configuration says (API keys by default). Without this the
+    /// process runs with `--http-auth none`, so tests of other things need no keys.
+    pub fn api_keys(mut self) -> Self {
+        self.api_keys = true;
+        self
+    }
+
     /// An extra command-line argument.
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_owned());
@@ -241,6 +250,9 @@ impl SwitchboardBuilder {
             }
         }
         cmd.arg("--log").arg(&self.log);
+        if !self.api_keys {
+            cmd.arg("--http-auth").arg("none");
+        }
         cmd.args(&self.args);
         cmd.env_remove("SWITCHBOARD_CONFIG");
         cmd.env_remove("SWITCHBOARD_LOG");

@@ -194,6 +194,11 @@ impl DocumentCache {
         freshness: Freshness,
         timeout: Option<Duration>,
     ) -> (Result<String, FetchError>, Cached) {
+        // A document the browser makes itself (`builtin:`), e.g. the SIP Server's
+        // CollectDigits treatment.
+        if let Some(doc) = super::builtin::document(url) {
+            return (doc, Cached::Miss);
+        }
         let req = match request_for(url, method, params) {
             Ok(r) => r,
             Err(e) => return (Err(e), Cached::Miss),

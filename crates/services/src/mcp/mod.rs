@@ -12,6 +12,7 @@
 //! * [`fetch`]: the browser's document fetches and their shared cache.
 //! * [`role`]: the async glue: sockets, the media engine, prompts, REST, metrics.
 
+pub mod builtin;
 pub mod dialog;
 pub mod fetch;
 pub mod rfc5552;

@@ -16,10 +16,17 @@
 //! | `DELETE /{conn_id}/user-data` | `{"dn", "keys": [...]}` (none: all) | DeleteUserData |
 //! | `POST /{conn_id}/dtmf` | `{"dn", "digits"}` | SendDTMF |
 //! | `POST /{conn_id}/route` | `{"dn", "to", "route_type"}` (`dn` the route point or queue; `route_type` `"default"`, the default) | RouteCall |
+//! | `POST /{conn_id}/treatment` | `{"dn", "treatment": {"type", ...}}` (`dn` the route point or queue; the treatment as in `CallOp::ApplyTreatment`) | ApplyTreatment |
+//! | `DELETE /{conn_id}/treatment` | `{"dn"}` | CancelTreatment |
+//!
+//! The same operations arrive from other roles as [`CallRequest`]s on the bus
+//! ([`Api::from_bus`]): both forms go through one validation path.
 
 use super::core::{Directory, NodeCommand};
-use super::model::{Request, Resolved};
+use super::model::{codes, Request, Resolved};
+use super::treatment::media_service;
 use serde::Deserialize;
+use switchboard_events::requests::{CallOp, CallRequest, Treatment};
 use switchboard_events::{ConnId, UserData};
 
 /// An API error: the HTTP status and the problem's title and detail.
@@ -62,6 +69,8 @@ struct Body {
     digits: Option<String>,
     #[serde(default)]
     route_type: Option<String>,
+    #[serde(default)]
+    treatment: Option<Treatment>,
 }
 
 /// The HTTP method of a call-control request.
@@ -80,6 +89,20 @@ pub struct Api {
     pub have_trunk: bool,
 }
 
+impl Problem {
+    /// The stable `error_code` of the EventError that answers a bus request refused for this
+    /// problem.
+    pub fn error_code(&self) -> &'static str {
+        match (self.status, self.title) {
+            (404, "Unknown tenant") => "unknown_tenant",
+            (404, "Unknown call") => codes::NO_SUCH_CALL,
+            (422, "Invalid destination") => codes::INVALID_DESTINATION,
+            (503, _) => "unavailable",
+            _ => codes::BAD_ARGUMENT,
+        }
+    }
+}
+
 impl Api {
     /// Parses a request on `/v1/tenants/{tenant}/calls[/{conn_id}/{action}]`. `id` is the
     /// request id the caller allocated.
@@ -91,6 +114,42 @@ impl Api {
         verb: Verb,
         body: &[u8],
     ) -> Result<NodeCommand, Problem> {
+        self.check_tenant(tenant)?;
+        let body: Body = serde_json::from_slice(body)
+            .map_err(|e| bad(format!("the body is not a valid request: {e}")))?;
+        self.check_dn(tenant, &body.dn)?;
+        let dn = body.dn.clone();
+        let (conn, op) = match target {
+            None if verb == Verb::Post => (
+                None,
+                CallOp::MakeCall {
+                    to: required_to(&body)?,
+                },
+            ),
+            None => return Err(problem(405, "Method not allowed", "POST makes a call")),
+            Some((conn, action)) => {
+                let conn = conn.parse::<ConnId>().map_err(bad)?;
+                (Some(conn), rest_op(action, verb, body)?)
+            }
+        };
+        self.command(id, tenant, dn, conn, op)
+    }
+
+    /// A call-control request from the bus ([`CallRequest`]): the same checks and the same
+    /// [`NodeCommand`] as its REST form; `request_id` is the command's id.
+    pub fn from_bus(&self, r: &CallRequest) -> Result<NodeCommand, Problem> {
+        self.check_tenant(&r.tenant)?;
+        self.check_dn(&r.tenant, &r.dn)?;
+        self.command(
+            r.request_id,
+            &r.tenant,
+            r.dn.clone(),
+            r.conn_id,
+            r.op.clone(),
+        )
+    }
+
+    fn check_tenant(&self, tenant: &str) -> Result<(), Problem> {
         if !self.directory.has_tenant(tenant) {
             return Err(problem(
                 404,
@@ -98,25 +157,30 @@ impl Api {
                 format!("no tenant named {:?}", clip(tenant)),
             ));
         }
-        let body: Body = serde_json::from_slice(body)
-            .map_err(|e| bad(format!("the body is not a valid request: {e}")))?;
-        if !self.directory.is_dn(tenant, &body.dn) {
+        Ok(())
+    }
+
+    fn check_dn(&self, tenant: &str, dn: &str) -> Result<(), Problem> {
+        if !self.directory.is_dn(tenant, dn) {
             return Err(bad(format!(
                 "dn {:?} is not a DN of tenant {tenant}",
-                clip(&body.dn)
+                clip(dn)
             )));
         }
-        let request = match target {
-            None if verb == Verb::Post => Request::MakeCall {
-                to: self.destination(tenant, &body)?,
-                dn: body.dn,
-            },
-            None => return Err(problem(405, "Method not allowed", "POST makes a call")),
-            Some((conn, action)) => {
-                let conn = conn.parse::<ConnId>().map_err(bad)?;
-                self.call_request(tenant, conn, action, verb, body)?
-            }
-        };
+        Ok(())
+    }
+
+    /// The one path from an operation to a model request, for REST and the bus alike:
+    /// destinations resolved as `dn` dials them, arguments checked.
+    fn command(
+        &self,
+        id: u64,
+        tenant: &str,
+        dn: String,
+        conn: Option<ConnId>,
+        op: CallOp,
+    ) -> Result<NodeCommand, Problem> {
+        let request = self.request(tenant, dn, conn, op)?;
         Ok(NodeCommand {
             id,
             tenant: tenant.to_string(),
@@ -124,85 +188,62 @@ impl Api {
         })
     }
 
-    fn destination(&self, tenant: &str, body: &Body) -> Result<Resolved, Problem> {
-        let to = body
-            .to
-            .as_deref()
-            .ok_or_else(|| bad("\"to\" (the number to call) is required"))?;
-        match self
-            .directory
-            .resolve(tenant, &body.dn, to, self.have_trunk)
-        {
-            Resolved::Invalid(why) => Err(problem(422, "Invalid destination", why)),
-            ok => Ok(ok),
-        }
-    }
-
-    fn call_request(
+    fn request(
         &self,
         tenant: &str,
-        conn: ConnId,
-        action: &str,
-        verb: Verb,
-        body: Body,
+        dn: String,
+        conn: Option<ConnId>,
+        op: CallOp,
     ) -> Result<Request, Problem> {
-        let to = |b: &Body| self.destination(tenant, b);
-        let data = |b: &mut Body| {
-            b.data
-                .take()
-                .filter(|d| !d.is_empty())
-                .ok_or_else(|| bad("\"data\" (a non-empty JSON object) is required"))
-        };
-        let mut body = body;
-        let req = match (verb, action) {
-            (Verb::Post, "answer") => Request::Answer { conn, dn: body.dn },
-            (Verb::Post, "release") => Request::Release { conn, dn: body.dn },
-            (Verb::Post, "hold") => Request::Hold { conn, dn: body.dn },
-            (Verb::Post, "retrieve") => Request::Retrieve { conn, dn: body.dn },
-            (Verb::Post, "transfer") => Request::SingleStepTransfer {
-                to: to(&body)?,
-                conn,
-                dn: body.dn,
-            },
-            (Verb::Post, "consult") => Request::InitiateTransfer {
-                to: to(&body)?,
-                conn,
-                dn: body.dn,
-            },
-            (Verb::Post, "complete") => Request::CompleteTransfer { conn, dn: body.dn },
-            (Verb::Post, "user-data") => Request::AttachUserData {
-                data: data(&mut body)?,
-                conn,
-                dn: body.dn,
-            },
-            (Verb::Put, "user-data") => Request::UpdateUserData {
-                data: data(&mut body)?,
-                conn,
-                dn: body.dn,
-            },
-            (Verb::Delete, "user-data") => Request::DeleteUserData {
-                keys: body.keys.unwrap_or_default(),
-                conn,
-                dn: body.dn,
-            },
-            (Verb::Post, "route") => {
-                match body.route_type.as_deref() {
-                    None | Some("default") => {}
-                    Some(other) => {
-                        return Err(bad(format!(
-                            "\"route_type\" {:?} is not supported: only \"default\"",
-                            clip(other)
-                        )))
-                    }
-                }
-                Request::RouteCall {
-                    to: to(&body)?,
-                    conn,
-                    dn: body.dn,
-                }
+        let from = dn.clone();
+        let to = |number: &str| self.destination(tenant, &from, number);
+        let conn = match (conn, &op) {
+            (None, CallOp::MakeCall { to: number }) => {
+                return Ok(Request::MakeCall {
+                    to: to(number)?,
+                    dn,
+                })
             }
-            (Verb::Post, "dtmf") => {
-                let digits = body.digits.unwrap_or_default();
+            (Some(_), CallOp::MakeCall { .. }) => return Err(bad("MakeCall takes no \"conn_id\"")),
+            (Some(c), _) => c,
+            (None, _) => return Err(bad("\"conn_id\" (the call) is required")),
+        };
+        let data = |d: UserData| {
+            if d.is_empty() {
+                Err(bad("\"data\" (a non-empty JSON object) is required"))
+            } else {
+                Ok(d)
+            }
+        };
+        let req = match op {
+            CallOp::MakeCall { .. } => return Err(bad("MakeCall takes no \"conn_id\"")),
+            CallOp::Answer => Request::Answer { conn, dn },
+            CallOp::Release => Request::Release { conn, dn },
+            CallOp::Hold => Request::Hold { conn, dn },
+            CallOp::Retrieve => Request::Retrieve { conn, dn },
+            CallOp::SingleStepTransfer { to: t } => Request::SingleStepTransfer {
+                to: to(&t)?,
+                conn,
+                dn,
+            },
+            CallOp::InitiateTransfer { to: t } => Request::InitiateTransfer {
+                to: to(&t)?,
+                conn,
+                dn,
+            },
+            CallOp::CompleteTransfer => Request::CompleteTransfer { conn, dn },
+            CallOp::AttachUserData { data: d } => Request::AttachUserData {
+                data: data(d)?,
+                conn,
+                dn,
+            },
+            CallOp::UpdateUserData { data: d } => Request::UpdateUserData {
+                data: data(d)?,
+                conn,
+                dn,
+            },
+            CallOp::DeleteUserData { keys } => Request::DeleteUserData { keys, conn, dn },
+            CallOp::SendDtmf { digits } => {
                 if digits.is_empty()
                     || digits.len() > 32
                     || !digits
@@ -211,22 +252,93 @@ impl Api {
                 {
                     return Err(bad("\"digits\": 1 to 32 of 0-9, *, #, A-D"));
                 }
-                Request::SendDtmf {
-                    conn,
-                    dn: body.dn,
-                    digits,
-                }
+                Request::SendDtmf { conn, dn, digits }
             }
-            (_, a) => {
-                return Err(problem(
-                    404,
-                    "Unknown request",
-                    format!("{verb:?} {:?} is not a call-control request", clip(a)),
-                ))
-            }
+            CallOp::RouteCall { to: t } => Request::RouteCall {
+                to: to(&t)?,
+                conn,
+                dn,
+            },
+            CallOp::ApplyTreatment { treatment } => Request::ApplyTreatment {
+                service: media_service(&treatment)
+                    .map_err(|why| problem(422, "Unsupported treatment", why))?,
+                conn,
+                dn,
+            },
+            CallOp::CancelTreatment => Request::CancelTreatment { conn, dn },
         };
         Ok(req)
     }
+
+    /// A number dialled for DN `dn`.
+    fn destination(&self, tenant: &str, dn: &str, to: &str) -> Result<Resolved, Problem> {
+        match self.directory.resolve(tenant, dn, to, self.have_trunk) {
+            Resolved::Invalid(why) => Err(problem(422, "Invalid destination", why)),
+            ok => Ok(ok),
+        }
+    }
+}
+fn required_to(body: &Body) -> Result<String, Problem> {
+    body.to
+        .clone()
+        .ok_or_else(|| bad("\"to\" (the number to call) is required"))
+}
+
+/// The operation a REST request on a call asks for (`action` the last path segment).
+fn rest_op(action: &str, verb: Verb, body: Body) -> Result<CallOp, Problem> {
+    let op = match (verb, action) {
+        (Verb::Post, "answer") => CallOp::Answer,
+        (Verb::Post, "release") => CallOp::Release,
+        (Verb::Post, "hold") => CallOp::Hold,
+        (Verb::Post, "retrieve") => CallOp::Retrieve,
+        (Verb::Post, "transfer") => CallOp::SingleStepTransfer {
+            to: required_to(&body)?,
+        },
+        (Verb::Post, "consult") => CallOp::InitiateTransfer {
+            to: required_to(&body)?,
+        },
+        (Verb::Post, "complete") => CallOp::CompleteTransfer,
+        (Verb::Post, "user-data") => CallOp::AttachUserData {
+            data: body.data.unwrap_or_default(),
+        },
+        (Verb::Put, "user-data") => CallOp::UpdateUserData {
+            data: body.data.unwrap_or_default(),
+        },
+        (Verb::Delete, "user-data") => CallOp::DeleteUserData {
+            keys: body.keys.unwrap_or_default(),
+        },
+        (Verb::Post, "route") => {
+            match body.route_type.as_deref() {
+                None | Some("default") => {}
+                Some(other) => {
+                    return Err(bad(format!(
+                        "\"route_type\" {:?} is not supported: only \"default\"",
+                        clip(other)
+                    )))
+                }
+            }
+            CallOp::RouteCall {
+                to: required_to(&body)?,
+            }
+        }
+        (Verb::Post, "dtmf") => CallOp::SendDtmf {
+            digits: body.digits.unwrap_or_default(),
+        },
+        (Verb::Post, "treatment") => CallOp::ApplyTreatment {
+            treatment: body
+                .treatment
+                .ok_or_else(|| bad("\"treatment\" (an object with a \"type\") is required"))?,
+        },
+        (Verb::Delete, "treatment") => CallOp::CancelTreatment,
+        (_, a) => {
+            return Err(problem(
+                404,
+                "Unknown request",
+                format!("{verb:?} {:?} is not a call-control request", clip(a)),
+            ))
+        }
+    };
+    Ok(op)
 }
 
 #[cfg(test)]
@@ -376,5 +488,137 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(e.status, 404);
+    }
+
+    #[test]
+    fn treatments_parse_into_media_services() {
+        let conn = ConnId(0x0001_0000_0000_0001);
+        let r = post(
+            "treatment",
+            r#"{"dn":"1001","treatment":{"type":"music","url":"tone:440"}}"#,
+        );
+        assert_eq!(
+            r,
+            Ok(Request::ApplyTreatment {
+                conn,
+                dn: "1001".into(),
+                service: crate::sip_node::model::MediaService {
+                    user: "annc".into(),
+                    params: ";play=tone:440;repeat=forever".into()
+                }
+            })
+        );
+        let cancel = api(false)
+            .parse(
+                1,
+                "demo",
+                Some((CONN, "treatment")),
+                Verb::Delete,
+                br#"{"dn":"1001"}"#,
+            )
+            .unwrap();
+        assert_eq!(
+            cancel.request,
+            Request::CancelTreatment {
+                conn,
+                dn: "1001".into()
+            }
+        );
+        let status = |body: &str| post("treatment", body).unwrap_err().status;
+        assert_eq!(status(r#"{"dn":"1001"}"#), 400, "no treatment");
+        assert_eq!(status(r#"{"dn":"1001","treatment":{"type":"dance"}}"#), 400);
+        assert_eq!(
+            status(r#"{"dn":"1001","treatment":{"type":"music","url":""}}"#),
+            422
+        );
+        assert_eq!(
+            status(
+                r#"{"dn":"1001","treatment":{"type":"collect_digits","prompt":"x","max_digits":99}}"#
+            ),
+            422,
+            "too many digits"
+        );
+    }
+
+    #[test]
+    fn bus_requests_take_the_same_path_as_rest() {
+        use switchboard_events::requests::{CallOp, CallRequest};
+        let conn = ConnId(0x0001_0000_0000_0001);
+        let req = |dn: &str, conn_id: Option<ConnId>, op: CallOp| CallRequest {
+            tenant: "demo".into(),
+            request_id: 42,
+            conn_id,
+            dn: dn.into(),
+            op,
+        };
+        let c = api(false)
+            .from_bus(&req(
+                "1001",
+                Some(conn),
+                CallOp::RouteCall { to: "1002".into() },
+            ))
+            .unwrap();
+        let rest = api(false)
+            .parse(
+                42,
+                "demo",
+                Some((CONN, "route")),
+                Verb::Post,
+                br#"{"dn":"1001","to":"1002"}"#,
+            )
+            .unwrap();
+        assert_eq!(c, rest);
+        let err = |r: CallRequest| {
+            let p = api(false).from_bus(&r).unwrap_err();
+            (p.status, p.error_code())
+        };
+        assert_eq!(
+            err(req(
+                "1001",
+                Some(conn),
+                CallOp::RouteCall { to: "77".into() }
+            )),
+            (422, codes::INVALID_DESTINATION)
+        );
+        assert_eq!(
+            err(req("1001", None, CallOp::Hold)),
+            (400, codes::BAD_ARGUMENT),
+            "no conn_id"
+        );
+        assert_eq!(
+            err(req("9999", Some(conn), CallOp::Hold)),
+            (400, codes::BAD_ARGUMENT),
+            "unknown DN"
+        );
+        assert_eq!(
+            err(req(
+                "1001",
+                Some(conn),
+                CallOp::MakeCall { to: "1002".into() }
+            )),
+            (400, codes::BAD_ARGUMENT),
+            "MakeCall names no call"
+        );
+        assert_eq!(
+            err(req(
+                "1001",
+                Some(conn),
+                CallOp::SendDtmf { digits: "x".into() }
+            )),
+            (400, codes::BAD_ARGUMENT)
+        );
+        let mut unknown = req("1001", Some(conn), CallOp::Hold);
+        unknown.tenant = "nope".into();
+        assert_eq!(err(unknown), (404, "unknown_tenant"));
+        let make = api(false)
+            .from_bus(&req("1001", None, CallOp::MakeCall { to: "1002".into() }))
+            .unwrap();
+        assert_eq!(
+            make.request,
+            Request::MakeCall {
+                dn: "1001".into(),
+                to: Resolved::Ok(Dest::Dn("1002".into()))
+            }
+        );
     }
 }

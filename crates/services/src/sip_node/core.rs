@@ -9,10 +9,11 @@
 //! from outside.
 
 use super::model::{
-    Action, Dest, Direction, DnDirectory, DnInfo, Input, LegId, Model, ModelSettings, QueueInfo,
-    Request, Resolved, RoutePointInfo,
+    Action, Dest, Direction, DnDirectory, DnInfo, Input, LegId, MediaService, Model, ModelSettings,
+    QueueInfo, Request, Resolved, RoutePointInfo,
 };
 use super::sdp::{answer_direction, direction_of, LegSdp};
+use super::treatment::exit_results;
 use crate::dialplan::role::DialplanCell;
 use crate::dialplan::{Dialplan, Ingress, Query, ResolveError, Target};
 use crate::sip::target::uri_peer;
@@ -192,8 +193,22 @@ pub struct NodeSettings {
     pub edge: SocketAddr,
     /// Trunk gateways: external numbers go to the first.
     pub trunks: Vec<SocketAddr>,
+    /// The media server treatments are played on (`sip_node.mcp`); `None`: treatments fail.
+    pub mcp: Option<SocketAddr>,
     pub timers: Timers,
     pub model: ModelSettings,
+}
+
+/// An INVITE for a new leg.
+struct Invite {
+    ruri: String,
+    peer: Peer,
+    /// The users of the From and To URIs (in the tenant's `domain`).
+    from: String,
+    to: String,
+    domain: String,
+    sdp: Option<Bytes>,
+    auto_answer: bool,
 }
 
 /// A call-control request from REST: already validated and resolved.
@@ -418,6 +433,14 @@ impl SipNode {
                 sdp,
                 auto_answer,
             } => self.place(leg, tenant, dest, from, sdp, auto_answer, now),
+            Action::PlaceMediaLeg {
+                leg,
+                tenant,
+                service,
+                from,
+                to,
+                sdp,
+            } => self.place_media(leg, tenant, service, from, to, sdp, now),
             Action::Ring { leg } => self.respond(leg, 180, None, now),
             Action::Answer { leg, sdp } => self.respond(leg, 200, sdp, now),
             Action::Reject { leg, code } => self.respond(leg, code, None, now),
@@ -488,6 +511,61 @@ impl SipNode {
                 return;
             }
         };
+        let invite = Invite {
+            ruri,
+            peer,
+            from,
+            to: dest.number().to_string(),
+            domain,
+            sdp,
+            auto_answer,
+        };
+        self.send_invite(id, tenant, invite, now);
+    }
+
+    /// A treatment leg: an INVITE to the media server for `service`.
+    #[allow(clippy::too_many_arguments)]
+    fn place_media(
+        &mut self,
+        id: LegId,
+        tenant: String,
+        service: MediaService,
+        from: String,
+        to: String,
+        sdp: Bytes,
+        now: Instant,
+    ) {
+        let Some(mcp) = self.settings.mcp else {
+            tracing::warn!(tenant, "no media server (sip_node.mcp) for a treatment");
+            self.inputs.push_back(Input::Failed { leg: id, code: 503 });
+            return;
+        };
+        let domain = self
+            .directory
+            .domain(&tenant)
+            .unwrap_or_else(|| "switchboard".to_string());
+        let invite = Invite {
+            ruri: format!("sip:{}@{mcp}{}", service.user, service.params),
+            peer: Peer::udp(mcp),
+            from,
+            to,
+            domain,
+            sdp: Some(sdp),
+            auto_answer: false,
+        };
+        self.send_invite(id, tenant, invite, now);
+    }
+
+    fn send_invite(&mut self, id: LegId, tenant: String, invite: Invite, now: Instant) {
+        let Invite {
+            ruri,
+            peer,
+            from,
+            to,
+            domain,
+            sdp,
+            auto_answer,
+        } = invite;
         let call_id = format!("{}@sipnode", self.ids.call_id());
         let tag = self.ids.tag();
         let mut leg_sdp = LegSdp::new(self.ids.next_u64() >> 1);
@@ -496,7 +574,7 @@ impl SipNode {
             .header("Via", &via)
             .header("Max-Forwards", 70)
             .header("From", format_args!("<sip:{from}@{domain}>;tag={tag}"))
-            .header("To", format_args!("<sip:{}@{domain}>", dest.number()))
+            .header("To", format_args!("<sip:{to}@{domain}>"))
             .header("Call-ID", &call_id)
             .header("CSeq", "1 INVITE")
             .header("Contact", self.contact())
@@ -535,7 +613,7 @@ impl SipNode {
                 return;
             }
         };
-        tracing::debug!(leg = id.0, %call_id, tenant, dest = dest.number(), "placing leg");
+        tracing::debug!(leg = id.0, %call_id, tenant, %ruri, "placing leg");
         self.clients.insert(client, (id, Purpose::Invite));
         self.by_dialog.insert((call_id.clone(), tag.clone()), id);
         self.legs.insert(
@@ -952,7 +1030,15 @@ impl SipNode {
             Method::Bye => {
                 self.reply(stx, &req, 200, now);
                 self.drop_leg(id);
-                self.feed(Input::HungUp { leg: id }, now);
+                let input = if self.model.is_treatment_leg(id) {
+                    // The media server's application exited: its results are in the body.
+                    let ct = req.content_type().unwrap_or_default();
+                    let results = exit_results(ct, req.body());
+                    Input::TreatmentExit { leg: id, results }
+                } else {
+                    Input::HungUp { leg: id }
+                };
+                self.feed(input, now);
             }
             Method::Invite => {
                 // A re-INVITE from the device (its own hold, a media change): with an offer

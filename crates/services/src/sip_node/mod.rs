@@ -3,14 +3,17 @@
 //! * [`model`]: the call model, a pure reducer `(state, input) -> actions`.
 //! * [`core`]: the sans-I/O SIP core (transactions, dialogs, SDP relay) around the model.
 //! * [`api`]: REST call-control requests parsed into model requests, without I/O.
-//! * [`role`]: the async glue: socket, driver thread, event publishing, REST routes.
+//! * [`role`]: the async glue: socket, driver thread, event publishing, REST routes, and the
+//!   call-control requests of other roles from the bus (`sip-node:{node}:requests`).
 //! * [`sdp`]: the SDP editing a relaying B2BUA needs (origin per leg, direction).
+//! * [`treatment`]: treatments as media-server Request-URIs, and their results from the BYE.
 
 pub mod api;
 pub mod core;
 pub mod model;
 pub mod role;
 pub mod sdp;
+pub mod treatment;
 
 #[cfg(test)]
 mod model_tests;

@@ -15,6 +15,12 @@
 //! (EventQueued) until it is distributed with RouteCall or its optional timeout; a DN that forwards on no answer or busy hands
 //! the call on (EventDiverted); events of a DN with an agent carry its AgentID.
 //!
+//! A call parked at a route point or queue can be given treatments ([`Request::ApplyTreatment`]):
+//! a leg to the media server that is not a party ([`TreatmentLeg`]), offered the caller's SDP;
+//! its answer answers the caller, or re-offers an answered caller (EventTreatmentApplied); its
+//! BYE, cancellation, RouteCall or the caller's hang-up end it (EventTreatmentEnd). The
+//! routing timer stops while a treatment plays and every request restarts it.
+//!
 //! Event sequences (this DN's view) are documented in the README ("The SIP Server").
 
 use bytes::Bytes;
@@ -141,6 +147,30 @@ pub struct Call {
     /// How many times the call was diverted (forwards, routing); bounded by
     /// [`MAX_DIVERSIONS`] so that forwarding loops end.
     pub diversions: u8,
+    /// The treatment the media server plays to the call while it waits at a route point or
+    /// queue (its leg is not a party: it gets no TLib events of its own).
+    pub treatment: Option<TreatmentLeg>,
+}
+
+/// A treatment leg: the media server playing to a call parked at a route point or queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TreatmentLeg {
+    pub leg: LegId,
+    /// The route point or queue the call waits at (ThisDN of the treatment events).
+    pub dn: String,
+    /// The ApplyTreatment request (`request_id` of EventTreatmentApplied).
+    pub req: u64,
+    /// The media server answered: EventTreatmentApplied was published.
+    pub playing: bool,
+}
+
+/// A media-server service: the leg's Request-URI is `sip:{user}@{mcp}{params}` (e.g. user
+/// `dialog`, params `;voicexml=...`). Built from a contract treatment by
+/// [`super::treatment::media_service`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaService {
+    pub user: String,
+    pub params: String,
 }
 
 /// The most diversions (forward on no answer or busy, RouteCall, a route point's default
@@ -319,6 +349,18 @@ pub enum Request {
         dn: String,
         to: Resolved,
     },
+    /// ApplyTreatment: the media server plays `service` to the call waiting at route point or
+    /// queue `dn` (the caller is answered with the media server's SDP if it was not).
+    ApplyTreatment {
+        conn: ConnId,
+        dn: String,
+        service: MediaService,
+    },
+    /// CancelTreatment: the treatment playing to the call at `dn` stops.
+    CancelTreatment {
+        conn: ConnId,
+        dn: String,
+    },
 }
 
 impl Request {
@@ -336,7 +378,9 @@ impl Request {
             | Request::UpdateUserData { conn, .. }
             | Request::DeleteUserData { conn, .. }
             | Request::SendDtmf { conn, .. }
-            | Request::RouteCall { conn, .. } => Some(*conn),
+            | Request::RouteCall { conn, .. }
+            | Request::ApplyTreatment { conn, .. }
+            | Request::CancelTreatment { conn, .. } => Some(*conn),
         }
     }
 
@@ -354,7 +398,9 @@ impl Request {
             | Request::UpdateUserData { dn, .. }
             | Request::DeleteUserData { dn, .. }
             | Request::SendDtmf { dn, .. }
-            | Request::RouteCall { dn, .. } => dn,
+            | Request::RouteCall { dn, .. }
+            | Request::ApplyTreatment { dn, .. }
+            | Request::CancelTreatment { dn, .. } => dn,
         }
     }
 }
@@ -382,6 +428,9 @@ pub enum Input {
     Failed { leg: LegId, code: u16 },
     /// The far end hung up (BYE, or CANCEL of an incoming leg).
     HungUp { leg: LegId },
+    /// The media server hung up a treatment leg (the application exited): `results` from the
+    /// BYE's body ([`super::treatment::exit_results`]).
+    TreatmentExit { leg: LegId, results: UserData },
     /// The answer to a re-offer ([`Action::Reoffer`]) arrived (`ok`) or it was refused.
     ReofferDone {
         leg: LegId,
@@ -403,6 +452,7 @@ pub enum Input {
 
 /// What the core must do.
 #[derive(Clone, Debug, PartialEq)]
+// Most actions are Publish: boxing the event would allocate once more per event for nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum Action {
     /// Publish an event; `leg` names the DN's leg (the core fills the SIP Call-ID).
@@ -419,6 +469,17 @@ pub enum Action {
         from: String,
         sdp: Option<Bytes>,
         auto_answer: bool,
+    },
+    /// Send an INVITE to the media server (`sip_node.mcp`) for a treatment: Request-URI
+    /// from `service`, From the caller `from`, To the route point or queue `to`, offering
+    /// `sdp`.
+    PlaceMediaLeg {
+        leg: LegId,
+        tenant: String,
+        service: MediaService,
+        from: String,
+        to: String,
+        sdp: Bytes,
     },
     /// 180 Ringing on an incoming leg.
     Ring {
@@ -542,6 +603,8 @@ pub mod codes {
     pub const INVALID_DESTINATION: &str = "invalid_destination";
     pub const REFUSED: &str = "refused_by_device";
     pub const BAD_ARGUMENT: &str = "bad_argument";
+    /// The media server refused or did not answer a treatment leg.
+    pub const MEDIA_SERVER_FAILED: &str = "media_server_failed";
 }
 
 type Out = Vec<Action>;
@@ -682,6 +745,17 @@ impl Model {
                 now_ms,
                 out,
             ),
+            // The media server's legs are not parties: their own transitions.
+            Input::Answered { leg, sdp } if self.treatment_call(leg).is_some() => {
+                self.treatment_answered(leg, sdp, now_ms, out)
+            }
+            Input::Failed { leg, code } if self.treatment_call(leg).is_some() => {
+                self.treatment_failed(leg, code, now_ms, out)
+            }
+            Input::HungUp { leg } if self.treatment_call(leg).is_some() => {
+                self.treatment_exit(leg, UserData::new(), now_ms, out)
+            }
+            Input::TreatmentExit { leg, results } => self.treatment_exit(leg, results, now_ms, out),
             Input::Ringing { leg } => self.ringing(leg, now_ms, out),
             Input::Answered { leg, sdp } => self.answered(leg, sdp, now_ms, out),
             Input::Failed { leg, code } => {
@@ -723,6 +797,10 @@ impl Model {
                 }
             }
             PartyState::AtRoutePoint | PartyState::Queued => {
+                if call.treatment.as_ref().is_some_and(|t| t.dn == p.dn) {
+                    // A strategy is treating the call: its timer restarts when it ends.
+                    return;
+                }
                 let (conn, dn, state) = (call.conn, p.dn.clone(), p.state);
                 let Some(i) = call.by_leg(leg) else { return };
                 let info = self.dir.0.dn_info(&call.tenant, &dn);
@@ -794,13 +872,26 @@ impl Model {
         now: u64,
         out: &mut Out,
     ) -> bool {
-        let Some(call) = self.calls.get_mut(&conn) else {
+        let Some(call) = self.calls.get(&conn) else {
             return false;
         };
         if call.diversions >= MAX_DIVERSIONS || i >= call.parties.len() {
             tracing::warn!(conn_id = %conn, tenant = %call.tenant, "too many diversions: not diverting");
             return false;
         }
+        // A treatment playing at the DN the call leaves ends first.
+        if call
+            .treatment
+            .as_ref()
+            .is_some_and(|t| t.dn == call.parties[i].dn)
+        {
+            self.with_call(conn, |m, call| {
+                m.end_treatment(call, "routed", req, now, out)
+            });
+        }
+        let Some(call) = self.calls.get_mut(&conn) else {
+            return false;
+        };
         call.diversions += 1;
         let old = call.parties[i].clone();
         self.legs.remove(&old.leg);
@@ -979,6 +1070,7 @@ impl Model {
             ani: Some(caller),
             dnis: Some(dialed),
             diversions: 0,
+            treatment: None,
         };
         self.legs.insert(leg, conn);
         out.push(Action::CallStarted { conn, tenant });
@@ -1084,6 +1176,14 @@ impl Model {
             return;
         };
         out.push(Action::CancelRingTimer { leg });
+        if call.treatment.is_some() {
+            let why = if call.parties[i].state.parked() {
+                reason.clone().unwrap_or_else(|| "released".into())
+            } else {
+                "caller_hangup".into()
+            };
+            self.end_treatment(&mut call, &why, None, now, out);
+        }
         let gone_state = call.parties[i].state;
         let caller_waiting = call
             .other(i)
@@ -1124,6 +1224,7 @@ impl Model {
     /// `gone`, the party that left, as their OtherDN). A destination of a MakeCall that was
     /// never placed gets neither a hang-up nor an event: nobody saw it.
     fn end_call(&mut self, mut call: Call, gone: Option<Party>, now: u64, out: &mut Out) {
+        self.end_treatment(&mut call, "released", None, now, out);
         for p in std::mem::take(&mut call.parties) {
             self.legs.remove(&p.leg);
             self.ops.remove(&p.leg);
@@ -1335,6 +1436,11 @@ impl Model {
         let Some(c) = self.context(id, tenant, dn, conn, now, out) else {
             return;
         };
+        // A strategy working on a parked call keeps it from timing out (see README).
+        let moves_on = matches!(req, Request::RouteCall { .. } | Request::Release { .. });
+        if c.party.state.parked() && !moves_on {
+            self.restart_park_timer(conn, &c.dn, out);
+        }
         match req {
             Request::MakeCall { .. } => {}
             Request::Answer { .. } => {
@@ -1371,6 +1477,8 @@ impl Model {
                 });
             }
             Request::SendDtmf { digits, .. } => Self::dtmf(&c, digits, out),
+            Request::ApplyTreatment { service, .. } => self.apply_treatment(&c, service, out),
+            Request::CancelTreatment { .. } => self.cancel_treatment(&c, out),
             Request::RouteCall { to, .. } => {
                 if !c.party.state.parked() {
                     return c.bad_state(
@@ -1599,6 +1707,13 @@ impl Model {
             self.calls.insert(conn, call);
             return;
         };
+        if call
+            .treatment
+            .as_ref()
+            .is_some_and(|t| t.dn == call.parties[i].dn)
+        {
+            self.end_treatment(&mut call, "released", req, now, out);
+        }
         ev(out, &call, i, Event::EventReleased, now, req, None);
         let gone = call.parties.remove(i);
         if call.parties.len() >= 2 {
@@ -1662,6 +1777,7 @@ impl Model {
             ani: Some(dn.to_string()),
             dnis: Some(dest.number().to_string()),
             diversions: 0,
+            treatment: None,
         };
         self.legs.insert(a, conn);
         self.legs.insert(b, conn);
@@ -1832,6 +1948,271 @@ impl Model {
                 leg: Some(target.leg),
             });
         }
+    }
+}
+
+/// Treatments: the media server playing to a call parked at a route point or queue. The
+/// treatment leg is placed with the caller's SDP; its answer answers the caller (or, once the
+/// caller is answered, re-offers it: the transfer flow of [`Model::answered`]).
+impl Model {
+    /// Runs `f` on call `conn` taken out of the map (so that `f` may use the model too).
+    fn with_call(&mut self, conn: ConnId, f: impl FnOnce(&mut Model, &mut Call)) {
+        if let Some(mut call) = self.calls.remove(&conn) {
+            f(self, &mut call);
+            self.calls.insert(conn, call);
+        }
+    }
+
+    /// The call whose treatment leg `leg` is.
+    fn treatment_call(&self, leg: LegId) -> Option<ConnId> {
+        let conn = self.legs.get(&leg)?;
+        let call = self.calls.get(conn)?;
+        call.treatment
+            .as_ref()
+            .filter(|t| t.leg == leg)
+            .map(|_| *conn)
+    }
+
+    /// Whether `leg` is a treatment leg (the core reads results from its BYE).
+    pub fn is_treatment_leg(&self, leg: LegId) -> bool {
+        self.treatment_call(leg).is_some()
+    }
+
+    /// The routing timeout of a call parked at `dn` (route point or queue), if it has one.
+    fn park_timeout(&self, tenant: &str, dn: &str) -> Option<u64> {
+        let info = self.dir.0.dn_info(tenant, dn)?;
+        match (info.route_point, info.queue) {
+            (Some(rp), _) => Some(rp.timeout_ms.unwrap_or(self.settings.route_timeout_ms)),
+            (None, Some(q)) => q.timeout_ms,
+            (None, None) => None,
+        }
+    }
+
+    /// The parked party `dn` of call `conn` waits its full routing timeout again, unless a
+    /// treatment plays to it (the timer then restarts when the treatment ends).
+    fn restart_park_timer(&self, conn: ConnId, dn: &str, out: &mut Out) {
+        let Some(call) = self.calls.get(&conn) else {
+            return;
+        };
+        let Some(p) = call.party(dn).map(|i| &call.parties[i]) else {
+            return;
+        };
+        if !p.state.parked() || call.treatment.as_ref().is_some_and(|t| t.dn == dn) {
+            return;
+        }
+        if let Some(ms) = self.park_timeout(&call.tenant, dn) {
+            out.push(Action::StartRingTimer { leg: p.leg, ms });
+        }
+    }
+
+    /// ApplyTreatment: a leg to the media server, offered the caller's media; a treatment
+    /// already playing ends first (`cancelled`). The routing timer stops while it plays.
+    fn apply_treatment(&mut self, c: &ReqCtx, service: MediaService, out: &mut Out) {
+        if !c.party.state.parked() {
+            return c.bad_state(
+                out,
+                "only a call waiting at a route point or in a queue gets treatments",
+            );
+        }
+        let Some(caller) = c
+            .other
+            .clone()
+            .filter(|o| matches!(o.state, PartyState::Dialing | PartyState::Established))
+        else {
+            return c.bad_state(out, "no caller waiting for media");
+        };
+        let Some(sdp) = caller.sdp.clone() else {
+            return c.err(out, codes::BAD_STATE, "the caller offered no media");
+        };
+        if self.ops.contains_key(&caller.leg) {
+            return c.bad_state(out, "another media change is in progress");
+        }
+        let leg = self.new_leg();
+        let (conn, now) = (c.conn, c.now);
+        self.with_call(conn, |m, call| {
+            m.end_treatment(call, "cancelled", Some(c.id), now, out);
+            call.treatment = Some(TreatmentLeg {
+                leg,
+                dn: c.dn.clone(),
+                req: c.id,
+                playing: false,
+            });
+        });
+        self.legs.insert(leg, conn);
+        out.push(Action::CancelRingTimer { leg: c.party.leg });
+        tracing::info!(conn_id = %conn, tenant = %c.tenant, dn = %c.dn, request_id = c.id,
+            service = %service.user, "applying a treatment");
+        out.push(Action::PlaceMediaLeg {
+            leg,
+            tenant: c.tenant.clone(),
+            service,
+            from: caller.dn,
+            to: c.dn.clone(),
+            sdp,
+        });
+    }
+
+    fn cancel_treatment(&mut self, c: &ReqCtx, out: &mut Out) {
+        let playing = self
+            .calls
+            .get(&c.conn)
+            .and_then(|call| call.treatment.as_ref())
+            .is_some_and(|t| t.dn == c.dn);
+        if !playing {
+            return c.bad_state(out, "no treatment is playing to the call");
+        }
+        let now = c.now;
+        self.with_call(c.conn, |m, call| {
+            m.end_treatment(call, "cancelled", Some(c.id), now, out)
+        });
+        self.restart_park_timer(c.conn, &c.dn, out);
+    }
+
+    /// The media server answered: the caller gets its media (200 to a caller not yet
+    /// answered, a re-INVITE otherwise); EventTreatmentApplied.
+    fn treatment_answered(&mut self, leg: LegId, sdp: Option<Bytes>, now: u64, out: &mut Out) {
+        let Some(conn) = self.treatment_call(leg) else {
+            return;
+        };
+        let Some(sdp) = sdp else {
+            tracing::warn!(conn_id = %conn, "the media server answered without SDP");
+            out.push(Action::Hangup { leg });
+            return self.treatment_failed(leg, 488, now, out);
+        };
+        let mut reoffer = None;
+        self.with_call(conn, |_, call| {
+            let Some(t) = call.treatment.as_mut() else {
+                return;
+            };
+            t.playing = true;
+            let dn = t.dn.clone();
+            let Some(rp) = call.party(&dn) else { return };
+            let Some(o) = call.other(rp) else { return };
+            let caller = &mut call.parties[o];
+            if caller.state == PartyState::Dialing && caller.leg.is_incoming() {
+                out.push(Action::Answer {
+                    leg: caller.leg,
+                    sdp: Some(sdp),
+                });
+                caller.state = PartyState::Established;
+            } else {
+                out.push(Action::Reoffer {
+                    leg: caller.leg,
+                    sdp: Some(sdp),
+                    direction: Direction::SendRecv,
+                });
+                reoffer = Some(caller.leg);
+            }
+        });
+        if let Some(l) = reoffer {
+            self.ops.insert(l, LegOp::Bridge);
+        }
+        self.treatment_event(conn, Event::EventTreatmentApplied, None, None, now, out);
+    }
+
+    /// The media server refused the leg or did not answer: EventError for the request; the
+    /// call keeps waiting (its routing timer restarts).
+    fn treatment_failed(&mut self, leg: LegId, code: u16, now: u64, out: &mut Out) {
+        let Some(conn) = self.treatment_call(leg) else {
+            return;
+        };
+        self.legs.remove(&leg);
+        let Some(call) = self.calls.get_mut(&conn) else {
+            return;
+        };
+        let Some(t) = call.treatment.take() else {
+            return;
+        };
+        tracing::warn!(conn_id = %conn, tenant = %call.tenant, dn = %t.dn, code, "the media server failed a treatment");
+        let reason = format!("the media server answered {code}");
+        let tenant = call.tenant.clone();
+        error(
+            out,
+            &tenant,
+            Some(conn),
+            &t.dn,
+            t.req,
+            codes::MEDIA_SERVER_FAILED,
+            &reason,
+            now,
+        );
+        self.restart_park_timer(conn, &t.dn, out);
+    }
+
+    /// The media server hung up: the treatment completed (`results` from its BYE). The
+    /// caller stays at the route point, answered, for the strategy's next request.
+    fn treatment_exit(&mut self, leg: LegId, results: UserData, now: u64, out: &mut Out) {
+        let Some(conn) = self.treatment_call(leg) else {
+            return self.leg_gone(leg, None, now, out);
+        };
+        self.legs.remove(&leg);
+        let dn = self.calls[&conn].treatment.as_ref().map(|t| t.dn.clone());
+        self.treatment_event(
+            conn,
+            Event::EventTreatmentEnd,
+            Some("completed"),
+            Some(results),
+            now,
+            out,
+        );
+        if let Some(call) = self.calls.get_mut(&conn) {
+            call.treatment = None;
+        }
+        if let Some(dn) = dn {
+            self.restart_park_timer(conn, &dn, out);
+        }
+    }
+
+    /// Ends the treatment of `call` (taken out of the map) if it has one: the media server's
+    /// leg is hung up, EventTreatmentEnd with `reason`.
+    fn end_treatment(
+        &mut self,
+        call: &mut Call,
+        reason: &str,
+        req: Option<u64>,
+        now: u64,
+        out: &mut Out,
+    ) {
+        let Some(t) = call.treatment.take() else {
+            return;
+        };
+        self.legs.remove(&t.leg);
+        out.push(Action::Hangup { leg: t.leg });
+        tracing::info!(conn_id = %call.conn, tenant = %call.tenant, dn = %t.dn, reason, "treatment ended");
+        if let Some(i) = call.party(&t.dn) {
+            let mut a = attrs(call, i, now, req, Some(reason.to_string()));
+            a.treatment_results = Some(UserData::new());
+            out.push(Action::Publish {
+                event: Event::EventTreatmentEnd(a),
+                leg: Some(call.parties[i].leg),
+            });
+        }
+    }
+
+    /// A treatment event for the treated DN of call `conn` (`request_id` the ApplyTreatment
+    /// for EventTreatmentApplied).
+    fn treatment_event(
+        &self,
+        conn: ConnId,
+        mk: fn(CallAttrs) -> Event,
+        reason: Option<&str>,
+        results: Option<UserData>,
+        now: u64,
+        out: &mut Out,
+    ) {
+        let Some(call) = self.calls.get(&conn) else {
+            return;
+        };
+        let Some(t) = call.treatment.as_ref() else {
+            return;
+        };
+        let Some(i) = call.party(&t.dn) else { return };
+        let mut a = attrs(call, i, now, Some(t.req), reason.map(str::to_owned));
+        a.treatment_results = results;
+        out.push(Action::Publish {
+            event: mk(a),
+            leg: Some(call.parties[i].leg),
+        });
     }
 }
 

@@ -22,9 +22,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use switchboard_bus::GroupStart;
 use switchboard_bus::SharedBus;
 use switchboard_config::Config;
-use switchboard_events::ConnId;
+use switchboard_events::requests::{sip_node_requests_stream, CallRequest};
+use switchboard_events::{ConnId, ErrorAttrs, Event};
 use switchboard_sip::transaction::Timers;
 use switchboard_sip_net::{Driver, NetConfig, Sockets};
 use tokio::sync::mpsc;
@@ -89,21 +91,23 @@ pub async fn start(
         .local_udp
         .context("the SIP Server's UDP socket has no address")?;
     let edge_addr = edge_address(&cfg, edge.as_ref())?;
+    // A random node number per run keeps ConnIds of a restarted node apart from the ones
+    // call-state still holds; other roles reach the node by it (`sip-node:{node}:requests`).
+    let node_number: u16 = rand::random();
     let settings = NodeSettings {
         local: udp,
         edge: edge_addr,
         trunks: cfg.sip_node.trunks.clone(),
+        mcp: cfg.sip_node.mcp,
         timers: Timers {
             t1: Duration::from_millis(cfg.sip.t1_ms),
             t2: Duration::from_millis(cfg.sip.t2_ms),
             t4: Duration::from_millis(cfg.sip.t4_ms),
             ..Timers::default()
         },
-        // A random node number per run keeps ConnIds of a restarted node apart from the
-        // ones call-state still holds.
         model: ModelSettings {
             ring_timeout_ms: cfg.sip_node.ring_timeout_ms,
-            node: rand::random(),
+            node: node_number,
             route_timeout_ms: cfg.sip_node.route_timeout_ms,
         },
     };
@@ -116,6 +120,7 @@ pub async fn start(
     );
     let (commands, commands_rx) = mpsc::channel(1024);
     let (outputs, outputs_rx) = mpsc::unbounded_channel();
+    let requests_drain = drain.clone();
     let driver = switchboard_sip_net::spawn_on_own_thread("sip-node", move || async move {
         Driver::new(node, sockets, net)?
             .run_controlled(drain, commands_rx, outputs)
@@ -123,7 +128,7 @@ pub async fn start(
         Ok::<_, std::io::Error>(())
     })?;
     let calls = CallIndex::default();
-    let publisher = tokio::spawn(publish_outputs(outputs_rx, bus, calls.clone()));
+    let publisher = tokio::spawn(publish_outputs(outputs_rx, bus.clone(), calls.clone()));
     if let Some(edge) = &edge {
         // New calls arriving at the edge now come to us; our legs go back through it.
         edge.commands
@@ -131,7 +136,8 @@ pub async fn start(
             .await
             .context("the SIP edge stopped")?;
     }
-    tracing::info!(%udp, edge = %edge_addr, trunks = ?cfg.sip_node.trunks, "SIP Server (sip-node) listening");
+    tracing::info!(%udp, edge = %edge_addr, trunks = ?cfg.sip_node.trunks, mcp = ?cfg.sip_node.mcp,
+        node = format_args!("{node_number:04x}"), "SIP Server (sip-node) listening");
     let state = Arc::new(RestState {
         api: Api {
             directory: dir,
@@ -143,8 +149,18 @@ pub async fn start(
         // earlier run still in the event stream are never reused.
         next_id: AtomicU64::new(unix_ms().saturating_mul(1000)),
     });
+    let requests = BusRequests {
+        bus,
+        stream: sip_node_requests_stream(node_number),
+        consumer: format!("sip-node-{node_number:04x}"),
+    };
+    requests.prepare().await?;
+    let consumer = tokio::spawn(requests.run(state.clone(), requests_drain));
     let task = tokio::spawn(async move {
         let driven = driver.await;
+        if let Err(e) = consumer.await {
+            tracing::error!(error = %e, "sip-node request consumer failed");
+        }
         // The driver dropped its output sender: the publisher ends once the queue is empty.
         if let Err(e) = publisher.await {
             tracing::error!(error = %e, "sip-node event publisher failed");
@@ -252,27 +268,138 @@ async fn submit(
             return problem_response(p);
         }
     };
-    if let Some(conn) = cmd.request.conn() {
-        if lock(&state.calls).get(&conn).map(String::as_str) != Some(tenant) {
-            return problem_response(Problem {
-                status: 404,
-                title: "Unknown call",
-                detail: format!("no call {conn} in tenant {tenant}"),
-            });
-        }
-    }
     let conn = cmd.request.conn().map(|c| c.to_string());
     tracing::info!(request_id = id, tenant, conn_id = ?conn, request = ?cmd.request, "call-control request");
-    if state.commands.try_send(cmd).is_err() {
-        return problem_response(Problem {
-            status: 503,
-            title: "Unavailable",
-            detail: "the SIP Server is stopping or overloaded; try again".into(),
-        });
+    if let Err(p) = state.hand_over(cmd) {
+        return problem_response(p);
     }
     let mut body = json!({ "request_id": id, "tenant": tenant });
     if let Some(conn) = conn {
         body["conn_id"] = json!(conn);
     }
     (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+}
+
+impl RestState {
+    /// Refuses a request for a call that is not one of this node's calls in that tenant.
+    fn check_call(&self, cmd: &NodeCommand) -> Result<(), Problem> {
+        match cmd.request.conn() {
+            Some(conn) if lock(&self.calls).get(&conn) != Some(&cmd.tenant) => Err(Problem {
+                status: 404,
+                title: "Unknown call",
+                detail: format!("no call {conn} in tenant {}", cmd.tenant),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Gives a validated REST request to the core: refused for another node's call, or when
+    /// the core's queue is full (the client retries).
+    fn hand_over(&self, cmd: NodeCommand) -> Result<(), Problem> {
+        self.check_call(&cmd)?;
+        self.commands.try_send(cmd).map_err(|_| Problem {
+            status: 503,
+            title: "Unavailable",
+            detail: "the SIP Server is stopping or overloaded; try again".into(),
+        })
+    }
+}
+
+/// Call-control requests from other roles: [`CallRequest`]s on this node's stream, read with
+/// consumer group `sip-node`, validated like REST requests (one path, [`Api::from_bus`]).
+struct BusRequests {
+    bus: SharedBus,
+    stream: String,
+    consumer: String,
+}
+
+/// The consumer group of the SIP Servers on their request streams.
+const GROUP: &str = "sip-node";
+/// How long one read waits for requests.
+const BLOCK: Duration = Duration::from_millis(500);
+
+impl BusRequests {
+    /// The group, from the stream's beginning: requests sent before the node was up count.
+    async fn prepare(&self) -> anyhow::Result<()> {
+        self.bus
+            .create_group(&self.stream, GROUP, GroupStart::Beginning)
+            .await
+            .with_context(|| format!("cannot create consumer group on {}", self.stream))
+    }
+
+    async fn run(self, state: Arc<RestState>, drain: CancellationToken) {
+        tracing::info!(stream = %self.stream, "taking call-control requests from the bus");
+        loop {
+            let read = tokio::select! {
+                _ = drain.cancelled() => return,
+                r = self.bus.read_group(&self.stream, GROUP, &self.consumer, 64, BLOCK) => r,
+            };
+            let entries = match read {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, stream = %self.stream, "reading requests failed");
+                    tokio::select! {
+                        _ = drain.cancelled() => return,
+                        _ = tokio::time::sleep(BLOCK) => continue,
+                    }
+                }
+            };
+            for entry in entries {
+                self.handle(&state, &entry.payload).await;
+                if let Err(e) = self.bus.ack(&self.stream, GROUP, &[entry.id]).await {
+                    tracing::warn!(error = %e, "request not acknowledged");
+                }
+            }
+        }
+    }
+
+    /// One request: to the core, or EventError on the tenant's stream when refused.
+    async fn handle(&self, state: &RestState, payload: &[u8]) {
+        let req: CallRequest = match serde_json::from_slice(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::counter!("sipnode_bus_requests_total", "result" => "malformed")
+                    .increment(1);
+                tracing::warn!(error = %e, stream = %self.stream, "dropping a malformed call-control request");
+                return;
+            }
+        };
+        let checked = state.api.from_bus(&req).and_then(|cmd| {
+            state.check_call(&cmd)?;
+            Ok(cmd)
+        });
+        // A full queue holds the stream back rather than refusing the request.
+        let result = match checked {
+            Ok(cmd) => state.commands.send(cmd).await.map_err(|_| Problem {
+                status: 503,
+                title: "Unavailable",
+                detail: "the SIP Server is stopping".into(),
+            }),
+            Err(p) => Err(p),
+        };
+        let Err(p) = result else {
+            metrics::counter!("sipnode_bus_requests_total", "result" => "accepted").increment(1);
+            tracing::info!(tenant = %req.tenant, conn_id = ?req.conn_id.map(|c| c.to_string()),
+                request_id = req.request_id, op = ?req.op, "call-control request from the bus");
+            return;
+        };
+        metrics::counter!("sipnode_bus_requests_total", "result" => "refused").increment(1);
+        tracing::info!(tenant = %req.tenant, request_id = req.request_id, reason = %p.detail, "call-control request refused");
+        if !state.api.directory.has_tenant(&req.tenant) {
+            // No stream to answer on: an unknown tenant's stream is not created.
+            return;
+        }
+        let event = Event::EventError(ErrorAttrs {
+            tenant: req.tenant.clone(),
+            conn_id: req.conn_id,
+            this_dn: Some(req.dn.clone()),
+            request_id: req.request_id,
+            error_code: p.error_code().to_string(),
+            reason: p.detail,
+            ts_ms: unix_ms(),
+        });
+        if let Err(e) = publish_event(&*self.bus, &event).await {
+            tracing::error!(error = %e, tenant = %req.tenant, "EventError not published");
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! The call model with DN options, without a network: route points (EventRouteRequest,
 //! RouteCall, the default route, EventAbandoned), ACD queues (EventQueued, distribution by
 //! RouteCall, the queue timeout, EventAbandoned), forward on no answer and on busy
-//! (EventDiverted), and the AgentID of events.
+//! (EventDiverted), the AgentID of events, and treatments (the media server's leg,
+//! EventTreatmentApplied/End, the routing timer while a strategy works on the call).
 
 use super::model::*;
 use bytes::Bytes;
@@ -942,4 +943,462 @@ fn release_by_the_queue_rejects_the_waiting_caller() {
         "the queue has no leg: {out:?}"
     );
     assert!(s.m.is_empty());
+}
+
+// ---- treatments ----
+
+fn service(user: &str) -> MediaService {
+    MediaService {
+        user: user.into(),
+        params: ";voicexml=http://as/menu.vxml".into(),
+    }
+}
+
+/// The treatment leg placed by `out`, with the SDP offered.
+fn media_leg(out: &[Action]) -> (LegId, Bytes) {
+    out.iter()
+        .find_map(|a| match a {
+            Action::PlaceMediaLeg {
+                leg, sdp, to, from, ..
+            } => {
+                assert_eq!((to.as_str(), from.as_str()), (RP, CARRIER));
+                Some((*leg, sdp.clone()))
+            }
+            _ => None,
+        })
+        .expect("a leg to the media server")
+}
+
+fn results(pairs: &[(&str, &str)]) -> switchboard_events::UserData {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), (*v).into()))
+        .collect()
+}
+
+impl Sim {
+    fn apply(&mut self, conn: ConnId, user: &str) -> (u64, Vec<Action>) {
+        self.request(Request::ApplyTreatment {
+            conn,
+            dn: RP.into(),
+            service: service(user),
+        })
+    }
+}
+
+/// A call parked at the route point: (caller leg, conn, route point leg).
+fn parked(s: &mut Sim) -> (LegId, ConnId, LegId) {
+    let (a, conn, out) = s.incoming(1, CARRIER, false, dn(RP));
+    (a, conn, timers(&out)[0].0)
+}
+
+#[test]
+fn a_treatment_answers_the_caller_and_its_exit_namelist_ends_it() {
+    let mut s = Sim::new(rp_table(None));
+    let (a, conn, rp) = parked(&mut s);
+    let (id, out) = s.apply(conn, "dialog");
+    let (m, offer) = media_leg(&out);
+    assert_eq!(Some(offer), sdp("caller"), "the caller's offer goes to mcp");
+    assert!(
+        out.contains(&Action::CancelRingTimer { leg: rp }),
+        "no routing timeout while the strategy treats the call: {out:?}"
+    );
+    assert!(calls(&out).is_empty(), "nothing happened yet: {out:?}");
+    assert_eq!(
+        s.m.call(conn)
+            .and_then(|c| c.treatment.clone())
+            .map(|t| t.leg),
+        Some(m)
+    );
+
+    let out = s.step(Input::Answered {
+        leg: m,
+        sdp: sdp("mcp"),
+    });
+    assert!(out.contains(&Action::Answer {
+        leg: a,
+        sdp: sdp("mcp")
+    }));
+    let evs = calls(&out);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].0, "EventTreatmentApplied");
+    assert_eq!(
+        (evs[0].1.this_dn.as_str(), evs[0].1.request_id),
+        (RP, Some(id))
+    );
+    assert!(s.step(Input::RingTimeout { leg: rp }).is_empty());
+
+    let out = s.step(Input::TreatmentExit {
+        leg: m,
+        results: results(&[("choice", "2")]),
+    });
+    let evs = calls(&out);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].0, "EventTreatmentEnd");
+    let end = &evs[0].1;
+    assert_eq!(end.reason.as_deref(), Some("completed"));
+    assert_eq!(end.request_id, Some(id));
+    assert_eq!(end.treatment_results, Some(results(&[("choice", "2")])));
+    assert_eq!(
+        timers(&out),
+        vec![(rp, 10_000)],
+        "the routing timer restarts"
+    );
+    assert!(
+        !out.iter().any(|x| matches!(x, Action::Hangup { .. })),
+        "the caller stays: {out:?}"
+    );
+    assert!(s.m.call(conn).is_some_and(|c| c.treatment.is_none()));
+    // The media server's leg is gone: a late BYE retransmission is nothing.
+    assert!(s.step(Input::HungUp { leg: m }).is_empty());
+}
+
+#[test]
+fn a_second_treatment_and_the_agent_reach_the_answered_caller_by_reinvite() {
+    let mut s = Sim::new(rp_table(None));
+    let (a, conn, _) = parked(&mut s);
+    let (_, out) = s.apply(conn, "dialog");
+    let (m1, _) = media_leg(&out);
+    s.step(Input::Answered {
+        leg: m1,
+        sdp: sdp("mcp1"),
+    });
+    s.step(Input::TreatmentExit {
+        leg: m1,
+        results: results(&[]),
+    });
+    // Music: the caller is answered already, so the media server's answer is re-offered.
+    let (music, out) = s.apply(conn, "annc");
+    let (m2, offer) = media_leg(&out);
+    assert_eq!(Some(offer), sdp("caller"));
+    let out = s.step(Input::Answered {
+        leg: m2,
+        sdp: sdp("mcp2"),
+    });
+    assert!(out.contains(&Action::Reoffer {
+        leg: a,
+        sdp: sdp("mcp2"),
+        direction: Direction::SendRecv
+    }));
+    assert!(!out.iter().any(|x| matches!(x, Action::Answer { .. })));
+    assert_eq!(calls(&out)[0].1.request_id, Some(music));
+    s.step(Input::ReofferDone {
+        leg: a,
+        ok: true,
+        sdp: sdp("caller2"),
+    });
+
+    // RouteCall while the music plays: it stops (routed), the agent rings with the caller's
+    // media, and its answer goes to the caller in a re-INVITE.
+    let (route, out) = s.request(Request::RouteCall {
+        conn,
+        dn: RP.into(),
+        to: Resolved::Ok(dn("1002")),
+    });
+    assert!(out.contains(&Action::Hangup { leg: m2 }));
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventTreatmentEnd", RP, CARRIER, None),
+            ev("EventDiverted", RP, CARRIER, Some("1002")),
+            ev("EventRinging", "1002", CARRIER, Some(RP)),
+        ]
+    );
+    let end = &calls(&out)[0].1;
+    assert_eq!(
+        (end.reason.as_deref(), end.request_id),
+        (Some("routed"), Some(route))
+    );
+    let p = placed(&out);
+    assert_eq!(p[0].2, sdp("caller2"), "the caller's current media");
+    let b = p[0].0;
+    let out = s.step(Input::Answered {
+        leg: b,
+        sdp: sdp("1002"),
+    });
+    assert!(out.contains(&Action::Reoffer {
+        leg: a,
+        sdp: sdp("1002"),
+        direction: Direction::SendRecv
+    }));
+    assert_eq!(
+        seen(&out),
+        vec![ev("EventEstablished", "1002", CARRIER, None)]
+    );
+    let out = s.step(Input::HungUp { leg: b });
+    assert!(out.contains(&Action::Hangup { leg: a }));
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn cancel_treatment_stops_it_and_the_call_waits_on() {
+    let mut s = Sim::new(rp_table(None));
+    let (a, conn, rp) = parked(&mut s);
+    let (_, out) = s.apply(conn, "annc");
+    let (m, _) = media_leg(&out);
+    s.step(Input::Answered {
+        leg: m,
+        sdp: sdp("mcp"),
+    });
+    let (id, out) = s.request(Request::CancelTreatment {
+        conn,
+        dn: RP.into(),
+    });
+    assert!(out.contains(&Action::Hangup { leg: m }));
+    assert!(!out.contains(&Action::Hangup { leg: a }));
+    let evs = calls(&out);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].0, "EventTreatmentEnd");
+    assert_eq!(
+        (evs[0].1.reason.as_deref(), evs[0].1.request_id),
+        (Some("cancelled"), Some(id))
+    );
+    assert_eq!(timers(&out), vec![(rp, 10_000)]);
+    // Nothing left to cancel.
+    let (id, out) = s.request(Request::CancelTreatment {
+        conn,
+        dn: RP.into(),
+    });
+    assert_eq!(error_code(&out), Some((codes::BAD_STATE.into(), id)));
+    // Nobody routes the call: the answered caller is hung up when the route point times out.
+    let out = s.step(Input::RingTimeout { leg: rp });
+    assert!(out.contains(&Action::Hangup { leg: a }), "{out:?}");
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn a_new_treatment_replaces_the_playing_one() {
+    let mut s = Sim::new(rp_table(None));
+    let (_, conn, _) = parked(&mut s);
+    let (_, out) = s.apply(conn, "annc");
+    let (m1, _) = media_leg(&out);
+    s.step(Input::Answered {
+        leg: m1,
+        sdp: sdp("mcp"),
+    });
+    let (id, out) = s.apply(conn, "dialog");
+    assert!(out.contains(&Action::Hangup { leg: m1 }));
+    let (m2, _) = media_leg(&out);
+    assert_ne!(m1, m2);
+    let evs = calls(&out);
+    assert_eq!(evs[0].0, "EventTreatmentEnd");
+    assert_eq!(
+        (evs[0].1.reason.as_deref(), evs[0].1.request_id),
+        (Some("cancelled"), Some(id))
+    );
+}
+
+#[test]
+fn the_caller_hanging_up_during_a_treatment_ends_it_and_is_abandoned() {
+    let mut s = Sim::new(rp_table(None));
+    let (a, conn, _) = parked(&mut s);
+    let (_, out) = s.apply(conn, "annc");
+    let (m, _) = media_leg(&out);
+    s.step(Input::Answered {
+        leg: m,
+        sdp: sdp("mcp"),
+    });
+    let out = s.step(Input::HungUp { leg: a });
+    assert!(out.contains(&Action::Hangup { leg: m }), "{out:?}");
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventTreatmentEnd", RP, CARRIER, None),
+            ev("EventAbandoned", RP, CARRIER, None),
+        ]
+    );
+    assert_eq!(calls(&out)[0].1.reason.as_deref(), Some("caller_hangup"));
+    assert!(s.m.is_empty());
+    assert!(out.contains(&Action::CallEnded { conn }));
+}
+
+#[test]
+fn a_media_server_failure_is_an_error_and_the_call_keeps_waiting() {
+    let mut s = Sim::new(rp_table(None));
+    let (a, conn, rp) = parked(&mut s);
+    let (id, out) = s.apply(conn, "dialog");
+    let (m, _) = media_leg(&out);
+    let out = s.step(Input::Failed { leg: m, code: 503 });
+    assert_eq!(
+        error_code(&out),
+        Some((codes::MEDIA_SERVER_FAILED.into(), id))
+    );
+    assert!(
+        !out.iter().any(|x| matches!(x, Action::Reject { .. })),
+        "the caller waits on: {out:?}"
+    );
+    assert_eq!(timers(&out), vec![(rp, 10_000)]);
+    // Routed as if nothing happened: the unanswered caller is answered by the agent.
+    let (_, out) = s.request(Request::RouteCall {
+        conn,
+        dn: RP.into(),
+        to: Resolved::Ok(dn("1002")),
+    });
+    assert_eq!(seen(&out)[0].0, "EventDiverted", "no treatment to end");
+    let b = placed(&out)[0].0;
+    let out = s.step(Input::Answered {
+        leg: b,
+        sdp: sdp("1002"),
+    });
+    assert!(out.contains(&Action::Answer {
+        leg: a,
+        sdp: sdp("1002")
+    }));
+}
+
+#[test]
+fn routing_before_the_media_server_answers_cancels_its_leg() {
+    let mut s = Sim::new(rp_table(None));
+    let (a, conn, _) = parked(&mut s);
+    let (_, out) = s.apply(conn, "dialog");
+    let (m, _) = media_leg(&out);
+    let (_, out) = s.request(Request::RouteCall {
+        conn,
+        dn: RP.into(),
+        to: Resolved::Ok(dn("1002")),
+    });
+    assert!(out.contains(&Action::Hangup { leg: m }));
+    assert_eq!(seen(&out)[0].0, "EventTreatmentEnd");
+    // A late answer of the media server is not the call's business any more.
+    let late = s.step(Input::Answered {
+        leg: m,
+        sdp: sdp("mcp"),
+    });
+    assert_eq!(late, vec![Action::Hangup { leg: m }]);
+    let b = placed(&out)[0].0;
+    let out = s.step(Input::Answered {
+        leg: b,
+        sdp: sdp("1002"),
+    });
+    assert!(out.contains(&Action::Answer {
+        leg: a,
+        sdp: sdp("1002")
+    }));
+}
+
+#[test]
+fn treatment_refusals_and_requests_restart_the_routing_timer() {
+    let mut s = Sim::new(rp_table(None));
+    let (_, conn, rp) = parked(&mut s);
+    let (id, out) = s.request(Request::CancelTreatment {
+        conn,
+        dn: RP.into(),
+    });
+    assert_eq!(error_code(&out), Some((codes::BAD_STATE.into(), id)));
+    assert_eq!(timers(&out), vec![(rp, 10_000)], "any request restarts it");
+    let (id, out) = s.request(Request::ApplyTreatment {
+        conn,
+        dn: CARRIER.into(),
+        service: service("dialog"),
+    });
+    assert_eq!(error_code(&out), Some((codes::BAD_STATE.into(), id)));
+    // A call that is not parked gets no treatment.
+    let (_, conn2, out) = s.incoming(2, CARRIER, false, dn("1002"));
+    let b = placed(&out)[0].0;
+    s.step(Input::Answered {
+        leg: b,
+        sdp: sdp("1002"),
+    });
+    let (id, out) = s.request(Request::ApplyTreatment {
+        conn: conn2,
+        dn: "1002".into(),
+        service: service("dialog"),
+    });
+    assert_eq!(error_code(&out), Some((codes::BAD_STATE.into(), id)));
+    assert!(timers(&out).is_empty());
+}
+
+#[test]
+fn a_bye_without_results_completes_the_treatment_with_none() {
+    let mut s = Sim::new(rp_table(None));
+    let (_, conn, _) = parked(&mut s);
+    let (_, out) = s.apply(conn, "annc");
+    let (m, _) = media_leg(&out);
+    s.step(Input::Answered {
+        leg: m,
+        sdp: sdp("mcp"),
+    });
+    let out = s.step(Input::HungUp { leg: m });
+    let evs = calls(&out);
+    assert_eq!(evs[0].0, "EventTreatmentEnd");
+    assert_eq!(evs[0].1.reason.as_deref(), Some("completed"));
+    assert_eq!(evs[0].1.treatment_results, Some(results(&[])));
+}
+
+#[test]
+fn a_call_in_a_queue_gets_treatments_too() {
+    let mut s = Sim::new(q_table(Some(30_000), None));
+    let (a, conn, out) = s.incoming(1, CARRIER, false, dn(Q));
+    let q = timers(&out)[0].0;
+    let (id, out) = s.request(Request::ApplyTreatment {
+        conn,
+        dn: Q.into(),
+        service: service("annc"),
+    });
+    assert!(out.contains(&Action::CancelRingTimer { leg: q }));
+    let m = out
+        .iter()
+        .find_map(|x| match x {
+            Action::PlaceMediaLeg { leg, to, .. } => {
+                assert_eq!(to, Q);
+                Some(*leg)
+            }
+            _ => None,
+        })
+        .expect("a media leg");
+    let out = s.step(Input::Answered {
+        leg: m,
+        sdp: sdp("mcp"),
+    });
+    assert!(out.contains(&Action::Answer {
+        leg: a,
+        sdp: sdp("mcp")
+    }));
+    assert_eq!(
+        seen(&out),
+        vec![ev("EventTreatmentApplied", Q, CARRIER, None)]
+    );
+    assert_eq!(calls(&out)[0].1.request_id, Some(id));
+    // Cancelled: the queue's own timeout runs again.
+    let (_, out) = s.request(Request::CancelTreatment { conn, dn: Q.into() });
+    assert_eq!(timers(&out), vec![(q, 30_000)]);
+    assert_eq!(seen(&out)[0].0, "EventTreatmentEnd");
+}
+
+#[test]
+fn a_media_server_answer_without_sdp_fails_the_treatment() {
+    let mut s = Sim::new(rp_table(None));
+    let (a, conn, _) = parked(&mut s);
+    let (id, out) = s.apply(conn, "dialog");
+    let (m, _) = media_leg(&out);
+    let out = s.step(Input::Answered { leg: m, sdp: None });
+    assert!(out.contains(&Action::Hangup { leg: m }));
+    assert_eq!(
+        error_code(&out),
+        Some((codes::MEDIA_SERVER_FAILED.into(), id))
+    );
+    assert!(
+        !out.iter()
+            .any(|x| matches!(x, Action::Answer { leg, .. } if *leg == a)),
+        "the caller is not answered with nothing: {out:?}"
+    );
+    // The media server's own re-INVITE is answered on the spot, not relayed.
+    let (_, out) = s.apply(conn, "annc");
+    let (m, _) = media_leg(&out);
+    s.step(Input::Answered {
+        leg: m,
+        sdp: sdp("mcp"),
+    });
+    let out = s.step(Input::DeviceReoffer {
+        leg: m,
+        sdp: Bytes::from_static(b"v=0\r\n"),
+    });
+    assert_eq!(
+        out,
+        vec![Action::AnswerReoffer {
+            leg: m,
+            code: 200,
+            sdp: None
+        }]
+    );
 }

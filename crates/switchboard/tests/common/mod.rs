@@ -28,6 +28,8 @@ pub fn sipp(xml: &str, remote: Option<SocketAddr>, port: u16) -> Sipp {
 }
 
 /// Runs a SIPp scenario in the background; join it for its outcome.
+// Not every test binary that includes this module runs scenarios in the background.
+#[allow(dead_code)]
 pub fn background(
     xml: String,
     remote: Option<SocketAddr>,

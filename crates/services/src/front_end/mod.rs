@@ -1,0 +1,20 @@
+//! `front-end`: the desktop API's own parts. The access policy of every `/v1/` route of the
+//! process ([`auth`], applied by [`gate`] in the binary's HTTP server whether or not this role
+//! runs) and the WebSocket event stream ([`events`]). The REST requests themselves are served
+//! by the roles that own them (agents by `agent-state`, calls by `sip-node` and `call-state`,
+//! queues by `routing`), behind the same gate.
+
+pub mod auth;
+pub mod events;
+pub mod gate;
+
+use std::sync::Arc;
+use switchboard_bus::SharedBus;
+use switchboard_config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// Starts the event stream's feeds: routes to add to the process's router.
+pub fn start(config: Arc<Config>, bus: SharedBus, drain: CancellationToken) -> axum::Router {
+    let hub = events::Hub::new(bus, drain);
+    events::routes(hub, config)
+}
