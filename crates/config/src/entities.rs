@@ -127,6 +127,11 @@ pub struct AgentGroup {
     /// Free text. Default empty.
     #[serde(default)]
     pub description: String,
+    /// Seconds of after-call work the group's agents get when a call ends (0..=3600), before
+    /// they are Ready again. Default 0: straight back to Ready. An agent in several groups
+    /// gets the longest.
+    #[serde(default)]
+    pub after_call_work_s: u32,
 }
 
 /// `[[tenants.route_points]]`: the routing strategy of a `route_point` DN.
@@ -527,6 +532,13 @@ pub(crate) fn validate_entities(t: &Tenant, prefix: &str, out: &mut Vec<Found>) 
                 format!("agent group {:?} is defined twice", g.name),
             );
         }
+        check_range(
+            out,
+            format!("{prefix}agent_groups[{i}].after_call_work_s"),
+            g.after_call_work_s,
+            0,
+            3600,
+        );
     }
 
     // DNs.

@@ -61,6 +61,8 @@ pub struct Config {
     pub sip_node: SipNodeConfig,
     /// `[mcp]`: the media server (RTP, prompts, recording, conferences, announcements).
     pub mcp: McpConfig,
+    /// `[routing]`: queues and agent reservation (the `routing` role).
+    pub routing: RoutingConfig,
     /// `[orchestrator]`: the SCXML strategy runner.
     pub orchestrator: OrchestratorConfig,
     /// `[[tenants]]`: tenants and their SIP users. Empty by default.
@@ -272,6 +274,23 @@ impl Default for SipNodeConfig {
             ring_timeout_ms: 30_000,
             route_timeout_ms: 10_000,
             mcp: None,
+        }
+    }
+}
+
+/// `[routing]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// How long an agent stays reserved for a call that was given the agent as target, until
+    /// the agent's DN rings, in milliseconds (1..=600000). Default 10000.
+    pub reservation_timeout_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            reservation_timeout_ms: 10_000,
         }
     }
 }
@@ -529,6 +548,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             sip_node: SipNodeConfig::default(),
             mcp: McpConfig::default(),
+            routing: RoutingConfig::default(),
             orchestrator: OrchestratorConfig::default(),
             tenants: Vec::new(),
         }
@@ -600,6 +620,7 @@ impl Config {
             .map(|(name, description)| AgentGroup {
                 name: (*name).to_owned(),
                 description: (*description).to_owned(),
+                after_call_work_s: 0,
             })
             .collect();
         t.dns = (1001..=1010)
@@ -1004,6 +1025,15 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
     }
     if m.fallback_prompt.trim().is_empty() {
         bad(out, "mcp.fallback_prompt", "must not be empty");
+    }
+
+    // [routing]
+    if !(1..=600_000).contains(&c.routing.reservation_timeout_ms) {
+        bad(
+            out,
+            "routing.reservation_timeout_ms",
+            "must be between 1 and 600000",
+        );
     }
 
     // [sip_node]

@@ -522,21 +522,6 @@ fn dial_rule_exact_pattern() {
 }
 
 #[test]
-fn orchestrator_limits() {
-    let c = Config::from_toml_str("[orchestrator]\nlease_ms = 800\nmax_session_s = 60\n")
-        .expect("valid");
-    assert_eq!(
-        (c.orchestrator.lease_ms, c.orchestrator.max_session_s),
-        (800, 60)
-    );
-    let p = one_problem("[orchestrator]\nlease_ms = 50\n");
-    assert_eq!(p.key.as_deref(), Some("orchestrator.lease_ms"));
-    assert_eq!(p.line, Some(2));
-    let p = one_problem("[orchestrator]\nmax_session_s = 0\n");
-    assert_eq!(p.key.as_deref(), Some("orchestrator.max_session_s"));
-}
-
-#[test]
 fn api_key_problems_name_the_key() {
     let text = r#"
 [http]
@@ -598,4 +583,19 @@ role = "admin"
             .auth,
         HttpAuth::None
     );
+}
+
+#[test]
+fn orchestrator_limits() {
+    let c = Config::from_toml_str("[orchestrator]\nlease_ms = 800\nmax_session_s = 60\n")
+        .expect("valid");
+    assert_eq!(
+        (c.orchestrator.lease_ms, c.orchestrator.max_session_s),
+        (800, 60)
+    );
+    let p = one_problem("[orchestrator]\nlease_ms = 50\n");
+    assert_eq!(p.key.as_deref(), Some("orchestrator.lease_ms"));
+    assert_eq!(p.line, Some(2));
+    let p = one_problem("[orchestrator]\nmax_session_s = 0\n");
+    assert_eq!(p.key.as_deref(), Some("orchestrator.max_session_s"));
 }

@@ -71,10 +71,20 @@ struct EdgeOnce(Mutex<bool>);
 async fn start_sip_edge(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     let once = ctx.shared().get_or_init(|| EdgeOnce(Mutex::new(false)));
     let mut started = once.0.lock().await;
-    if *started {
-        return Ok(RoleHandle::idle());
+    let mut handle = if *started {
+        RoleHandle::idle()
+    } else {
+        *started = true;
+        start_edge(&ctx).await?
+    };
+    drop(started);
+    if ctx.kinds.contains(&RoleKind::Registrar) {
+        handle = with_dn_service(&ctx, handle).await?;
     }
-    *started = true;
+    Ok(handle)
+}
+
+async fn start_edge(ctx: &RoleContext) -> anyhow::Result<RoleHandle> {
     let edge =
         switchboard_services::sip::role::start(ctx.config.clone(), ctx.drain.clone()).await?;
     ctx.add_routes(edge.router);
@@ -98,6 +108,44 @@ async fn start_sip_edge(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
 /// The bound `mcp.udp` of this process's media server: where `sip-node` plays treatments
 /// unless `sip_node.mcp` says otherwise (mcp starts before sip-node).
 struct McpUdp(std::net::SocketAddr);
+
+/// The registrar publishes EventDNBackInService / EventDNOutOfService for the tenants'
+/// extensions as their devices register and unregister; the watcher runs next to the edge's
+/// task in the role's handle.
+async fn with_dn_service(ctx: &RoleContext, handle: RoleHandle) -> anyhow::Result<RoleHandle> {
+    let Some(location) = ctx
+        .shared()
+        .get::<switchboard_services::sip::role::SharedLocation>()
+    else {
+        return Ok(handle);
+    };
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let watcher = switchboard_services::sip::dn_service::spawn(
+        &ctx.config,
+        (*location).clone(),
+        bus,
+        ctx.drain.clone(),
+    );
+    let RoleHandle { task, bound } = handle;
+    let task = match task {
+        None => watcher,
+        Some(edge) => tokio::spawn(async move {
+            let flat = |h: tokio::task::JoinHandle<anyhow::Result<()>>| async move {
+                h.await.map_err(|e| anyhow::anyhow!("SIP edge task: {e}"))?
+            };
+            tokio::try_join!(flat(edge), flat(watcher))?;
+            Ok(())
+        }),
+    };
+    Ok(RoleHandle {
+        task: Some(task),
+        bound,
+    })
+}
 
 /// The media server (`mcp`): its own SIP sockets (`[mcp] udp/tcp`), reported as `mcp_udp` and
 /// `mcp_tcp` in the `listening` line, with the built-in VoiceXML browser behind
@@ -186,6 +234,65 @@ async fn start_call_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     Ok(RoleHandle::from_task(role.task))
 }
 
+/// `front-end`: the desktop API's event WebSocket, `GET /v1/tenants/{t}/events` (the API-key
+/// gate in front of every `/v1/` route is the HTTP server's, see `http.rs`).
+async fn start_front_end(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    ctx.add_routes(switchboard_services::front_end::start(
+        ctx.config.clone(),
+        bus,
+        ctx.drain.clone(),
+    ));
+    Ok(RoleHandle::idle())
+}
+
+/// `agent-state`: agent login, ready, not ready, after-call work per tenant (one writer per
+/// tenant by bus lease); `POST /v1/tenants/{t}/agents/{id}/{action}`, `GET .../agents[/{id}]`.
+/// Its state is shared as `Arc<switchboard_services::agent_state::AgentState>`.
+async fn start_agent_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let role = switchboard_services::agent_state::start(
+        ctx.config.clone(),
+        bus,
+        ctx.drain.clone(),
+        Default::default(),
+    )
+    .await?;
+    ctx.add_routes(role.router);
+    let state = role.state.clone();
+    ctx.shared().get_or_init(move || state);
+    Ok(RoleHandle::from_task(role.task))
+}
+
+/// `routing`: queues and agent selection per tenant (one writer per tenant by bus lease);
+/// `GET /v1/tenants/{t}/queues[/{name}]`.
+async fn start_routing(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let role = switchboard_services::routing::start(
+        ctx.config.clone(),
+        bus,
+        ctx.drain.clone(),
+        Default::default(),
+    )
+    .await?;
+    ctx.add_routes(role.router);
+    let state = role.state.clone();
+    ctx.shared().get_or_init(move || state);
+    Ok(RoleHandle::from_task(role.task))
+}
+
 /// `orchestrator`: runs the route points' SCXML strategies (consumer group `orchestrator` on
 /// `events:{tenant}`), with sessions persisted on the bus and taken over by another node when
 /// this one dies; serves the built-in documents at `/orchestrator/builtin/{name}`.
@@ -216,22 +323,6 @@ async fn start_orchestrator(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     Ok(RoleHandle::from_task(node.task))
 }
 
-/// `front-end`: the desktop API's event WebSocket, `GET /v1/tenants/{t}/events` (the API-key
-/// gate in front of every `/v1/` route is the HTTP server's, see `http.rs`).
-async fn start_front_end(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
-    let bus = ctx
-        .shared()
-        .get_or_init(BusSlot::default)
-        .get_or_open(&ctx.config)
-        .await?;
-    ctx.add_routes(switchboard_services::front_end::start(
-        ctx.config.clone(),
-        bus,
-        ctx.drain.clone(),
-    ));
-    Ok(RoleHandle::idle())
-}
-
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(RoleKind::SipProxy, start_sip_edge);
@@ -241,7 +332,9 @@ pub fn registry() -> Registry {
     r.register(RoleKind::Config, start_config);
     r.register(RoleKind::Mcp, start_mcp);
     r.register(RoleKind::CallState, start_call_state);
-    r.register(RoleKind::Orchestrator, start_orchestrator);
     r.register(RoleKind::FrontEnd, start_front_end);
+    r.register(RoleKind::AgentState, start_agent_state);
+    r.register(RoleKind::Routing, start_routing);
+    r.register(RoleKind::Orchestrator, start_orchestrator);
     r
 }

@@ -84,7 +84,11 @@ fn schemas() -> Value {
         },
         "AgentGroup": {
             "type": "object", "additionalProperties": false, "required": ["name"],
-            "properties": { "name": name(), "description": { "type": "string" } }
+            "properties": {
+                "name": name(),
+                "description": { "type": "string" },
+                "after_call_work_s": { "type": "integer", "minimum": 0, "maximum": 3600, "description": "after-call work of the group's agents, seconds (0: straight back to Ready)" }
+            }
         },
         "Dn": {
             "type": "object", "additionalProperties": false, "required": ["number", "kind"],

@@ -6,7 +6,8 @@
 //! |---|---|---|---|
 //! | outside `/v1/` (health, metrics, documents for the media server) | open | open | open |
 //! | `/v1/tenants/{t}/...`, other tenant | 403 | 403 | 403 |
-//! | `/v1/tenants/{t}/agents/{id}/...` | yes | yes | its own id only |
+//! | `/v1/tenants/{t}/agents/{id}/{request}` (login, ready...) | yes | yes | its own id only |
+//! | `/v1/tenants/{t}/agent-states[/{id}]` (GET) | yes | yes | its own id only |
 //! | `/v1/tenants/{t}/calls/...` | yes | yes | requests whose `dn` is its DN; GET of one call |
 //! | `/v1/tenants/{t}/events` (WebSocket) | yes | yes | with `agent=` its own id only |
 //! | `/v1/tenants/{t}/queues...` (GET) | yes | yes | yes |
@@ -185,10 +186,11 @@ pub fn authorize(p: &Principal, a: &Access<'_>) -> Result<(), Denied> {
     match key.role {
         KeyRole::Admin => Ok(()),
         KeyRole::Supervisor => {
-            if read || matches!(section, "agents" | "calls" | "queues" | "mailboxes") {
+            let agent_request = section == "agents" && rest.len() >= 3;
+            if read || agent_request || matches!(section, "calls" | "queues" | "mailboxes") {
                 Ok(())
             } else {
-                refuse("supervisors change agents, calls and mailboxes, not the configuration")
+                refuse("supervisors act on agents, calls and mailboxes, not the configuration")
             }
         }
         KeyRole::Agent => {
@@ -208,8 +210,13 @@ fn agent_may(
     a: &Access<'_>,
 ) -> Result<(), &'static str> {
     match section {
-        "agents" if rest.get(1) == Some(&me.login_id.as_str()) => Ok(()),
-        "agents" => Err("an agent acts for itself only"),
+        "agents" | "agent-states" if rest.get(1) != Some(&me.login_id.as_str()) => {
+            Err("an agent acts for itself only")
+        }
+        // Its requests (login, ready...) and reading its entry and state, not editing them.
+        "agents" if (read && rest.len() == 2) || (!read && rest.len() == 3) => Ok(()),
+        "agent-states" if read => Ok(()),
+        "agents" | "agent-states" => Err("an agent does not change its configuration"),
         "calls" if read && rest.len() >= 2 => Ok(()),
         "calls" if read => Err("an agent reads the calls it is in, not the list"),
         "calls" => match (a.body_dn, me.dn.as_deref()) {

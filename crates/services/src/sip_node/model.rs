@@ -451,9 +451,9 @@ pub enum Input {
 }
 
 /// What the core must do.
-#[derive(Clone, Debug, PartialEq)]
-// Most actions are Publish: boxing the event would allocate once more per event for nothing.
+// Events are the common action; boxing them would allocate for each one.
 #[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Publish an event; `leg` names the DN's leg (the core fills the SIP Call-ID).
     Publish {

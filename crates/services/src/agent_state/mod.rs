@@ -1,0 +1,467 @@
+//! The `agent-state` role: agent login, ready, not ready, after-call work, reservations.
+//!
+//! * [`model`]: the pure reducer ([`Board`], one per tenant).
+//! * The glue ([`crate::single_writer`]): one writer per tenant (lease `agent-state:{tenant}`),
+//!   reading `agent-state:{tenant}:requests` (group `agent-state`) and `events:{tenant}`,
+//!   snapshot in kv `agent-state:{tenant}`.
+//! * REST: `POST /v1/tenants/{t}/agents/{id}/{login|logout|ready|not-ready|after-call-work-done}`
+//!   publishes an [`AgentRequest`] and waits (at most [`Options::answer_timeout`]) for the
+//!   event carrying its `request_id`: 200 with the event, 409 with the error code of an
+//!   EventError, 404 for an unknown tenant or agent, 504 when no agent-state answers.
+//!   `GET /v1/tenants/{t}/agent-states` and `/agent-states/{id}`: state, DN, since, skills
+//!   (`/agents` and `/agents/{id}` are the configuration API's agent entities).
+
+pub mod model;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use switchboard_bus::SharedBus;
+use switchboard_config::{Config, Tenant};
+use switchboard_events::requests::{agent_requests_stream, AgentOp, AgentRequest};
+use switchboard_events::Event;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::problem::{ApiProblem, PROBLEM_JSON};
+use crate::single_writer::{self, lock, Core, Emit, Names, Shared, Slot, Timing};
+pub use model::{codes, Agent, AgentStatus, Board};
+
+/// The role's name: lease and snapshot key prefix, consumer group.
+pub const ROLE: &str = "agent-state";
+
+impl Core for Board {
+    type Request = AgentRequest;
+    fn request(&mut self, req: &AgentRequest, now: u64) -> Vec<Emit> {
+        let out = Board::request(self, req, now);
+        let result = if matches!(out.first(), Some(Event::EventError(_))) {
+            "refused"
+        } else {
+            "done"
+        };
+        metrics::counter!("switchboard_agent_requests_total", "tenant" => self.tenant.clone(), "result" => result)
+            .increment(1);
+        out.into_iter().map(Emit::Event).collect()
+    }
+    fn event(&mut self, event: &Event, now: u64) -> Vec<Emit> {
+        Board::event(self, event, now)
+            .into_iter()
+            .map(Emit::Event)
+            .collect()
+    }
+    fn tick(&mut self, now: u64) -> Vec<Emit> {
+        Board::tick(self, now)
+            .into_iter()
+            .map(Emit::Event)
+            .collect()
+    }
+    fn next_deadline(&self) -> Option<u64> {
+        Board::next_deadline(self)
+    }
+    fn configure(&mut self, config: &Config, tenant: &Tenant) {
+        Board::configure(self, tenant, config.routing.reservation_timeout_ms);
+    }
+}
+
+/// Tuning of the role.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub timing: Timing,
+    /// How long a POST waits for agent-state's answer.
+    pub answer_timeout: Duration,
+    pub consumer: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            timing: Timing::default(),
+            answer_timeout: Duration::from_secs(5),
+            consumer: single_writer::consumer_name(),
+        }
+    }
+}
+
+/// The boards of the configured tenants.
+pub struct AgentState {
+    tenants: HashMap<String, Shared<Board>>,
+}
+
+impl AgentState {
+    fn tenant(&self, name: &str) -> Option<&Shared<Board>> {
+        self.tenants.get(name)
+    }
+
+    /// A copy of an agent, `None` for an unknown tenant; `Some(None)` for an unknown agent.
+    pub fn agent(&self, tenant: &str, id: &str) -> Option<Option<Agent>> {
+        self.tenant(tenant).map(|s| lock(s).core.agent(id).cloned())
+    }
+}
+
+/// What [`start`] gives back.
+pub struct AgentStateRole {
+    pub router: Router,
+    pub task: JoinHandle<anyhow::Result<()>>,
+    pub state: Arc<AgentState>,
+}
+
+/// Loads the tenants' snapshots, then runs a writer (or standby) per tenant.
+pub async fn start(
+    config: Arc<Config>,
+    bus: SharedBus,
+    drain: CancellationToken,
+    options: Options,
+) -> anyhow::Result<AgentStateRole> {
+    let reservation_ms = config.routing.reservation_timeout_ms;
+    let mut tenants = HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in &config.tenants {
+        let slot: Shared<Board> = Arc::new(Mutex::new(Slot {
+            core: Board::new(t, reservation_ms),
+            position: None,
+            writer: false,
+        }));
+        let names = Names {
+            role: ROLE,
+            tenant: t.name.clone(),
+            requests: agent_requests_stream(&t.name),
+            consumer: options.consumer.clone(),
+        };
+        // The state survives restarts: serve the last snapshot from the start.
+        single_writer::restore(&bus, &names, &config, t, &slot)
+            .await
+            .map_err(|e| anyhow::anyhow!("agent-state: tenant {}: {e}", t.name))?;
+        tenants.insert(t.name.clone(), slot.clone());
+        tasks.spawn(single_writer::run(
+            bus.clone(),
+            names,
+            config.clone(),
+            t.clone(),
+            slot,
+            options.timing.clone(),
+            drain.clone(),
+        ));
+    }
+    let state = Arc::new(AgentState { tenants });
+    {
+        let (state, drain) = (state.clone(), drain.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = drain.cancelled() => return Ok(()),
+                    _ = tick.tick() => gauges(&state),
+                }
+            }
+        });
+    }
+    let task = tokio::spawn(async move {
+        while let Some(r) = tasks.join_next().await {
+            r.map_err(|e| anyhow::anyhow!("agent-state task: {e}"))??;
+        }
+        Ok(())
+    });
+    let api = Api {
+        state: state.clone(),
+        bus,
+        timeout: options.answer_timeout,
+    };
+    Ok(AgentStateRole {
+        router: routes(api),
+        task,
+        state,
+    })
+}
+
+/// Agents per tenant and state.
+fn gauges(state: &AgentState) {
+    for (tenant, slot) in &state.tenants {
+        let mut counts: HashMap<&'static str, usize> = HashMap::new();
+        for a in lock(slot).core.agents.values() {
+            *counts.entry(state_name(&a.status)).or_default() += 1;
+        }
+        for name in STATES {
+            metrics::gauge!("switchboard_agents", "tenant" => tenant.clone(), "state" => name)
+                .set(counts.get(name).copied().unwrap_or(0) as f64);
+        }
+    }
+}
+
+const STATES: [&str; 6] = [
+    "logged_out",
+    "not_ready",
+    "ready",
+    "reserved",
+    "busy",
+    "after_call_work",
+];
+
+fn state_name(s: &AgentStatus) -> &'static str {
+    match s {
+        AgentStatus::LoggedOut => STATES[0],
+        AgentStatus::NotReady { .. } => STATES[1],
+        AgentStatus::Ready { .. } => STATES[2],
+        AgentStatus::Reserved { .. } => STATES[3],
+        AgentStatus::Busy { .. } => STATES[4],
+        AgentStatus::AfterCallWork { .. } => STATES[5],
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// REST
+
+#[derive(Clone)]
+struct Api {
+    state: Arc<AgentState>,
+    bus: SharedBus,
+    timeout: Duration,
+}
+
+/// The agent routes; the desktop API puts its authentication in front of them. The states
+/// are under `agent-states`: `GET /v1/tenants/{t}/agents[/{id}]` is the configuration API's
+/// list of agent entities.
+fn routes(api: Api) -> Router {
+    Router::new()
+        .route("/v1/tenants/{tenant}/agent-states", get(list_agents))
+        .route("/v1/tenants/{tenant}/agent-states/{agent}", get(get_agent))
+        .route("/v1/tenants/{tenant}/agents/{agent}/{action}", post(act))
+        .with_state(api)
+}
+
+/// The JSON of an agent: `agent_id`, `state`, `dn`, `since`, `skills`, `groups`, `in_service`
+/// and, by state, `reason_code`, `conn_id`, `until`, `ready_since`.
+pub fn agent_json(a: &Agent, board: &Board) -> Value {
+    let mut v = json!({
+        "agent_id": a.id,
+        "state": state_name(&a.status),
+        "dn": a.dn,
+        "since": a.since,
+        "skills": a.skills,
+        "groups": a.groups,
+        "in_service": a.dn.as_deref().is_none_or(|dn| board.in_service(dn)),
+        "calls": a.calls,
+    });
+    match &a.status {
+        AgentStatus::NotReady {
+            reason_code: Some(r),
+        } => v["reason_code"] = json!(r),
+        AgentStatus::Ready { since } => v["ready_since"] = json!(since),
+        AgentStatus::Reserved {
+            conn,
+            until,
+            ready_since,
+            ..
+        } => {
+            v["conn_id"] = json!(conn);
+            v["until"] = json!(until);
+            v["ready_since"] = json!(ready_since);
+        }
+        AgentStatus::Busy { conn } => v["conn_id"] = json!(conn),
+        AgentStatus::AfterCallWork { until } => v["until"] = json!(until),
+        _ => {}
+    }
+    v
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn unknown_tenant(tenant: &str) -> Response {
+    ApiProblem::not_found(format!("no tenant named {:?}", clip(tenant))).into_response()
+}
+
+fn unknown_agent(tenant: &str, agent: &str) -> Response {
+    ApiProblem::new(
+        404,
+        "Unknown agent",
+        format!("tenant {:?} has no agent {:?}", clip(tenant), clip(agent)),
+    )
+    .into_response()
+}
+
+async fn list_agents(State(api): State<Api>, Path(tenant): Path<String>) -> Response {
+    let Some(slot) = api.state.tenant(&tenant) else {
+        return unknown_tenant(&tenant);
+    };
+    let s = lock(slot);
+    let agents: Vec<Value> = s
+        .core
+        .agents
+        .values()
+        .map(|a| agent_json(a, &s.core))
+        .collect();
+    Json(json!({ "tenant": tenant, "writer": s.writer, "agents": agents })).into_response()
+}
+
+async fn get_agent(
+    State(api): State<Api>,
+    Path((tenant, agent)): Path<(String, String)>,
+) -> Response {
+    let Some(slot) = api.state.tenant(&tenant) else {
+        return unknown_tenant(&tenant);
+    };
+    let s = lock(slot);
+    match s.core.agent(&agent) {
+        Some(a) => Json(agent_json(a, &s.core)).into_response(),
+        None => unknown_agent(&tenant, &agent),
+    }
+}
+
+/// The request a POST asks for, from its action and body.
+fn parse_op(action: &str, body: &[u8]) -> Result<AgentOp, ApiProblem> {
+    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiProblem::bad_request(format!("the body is not JSON: {e}")))?
+    };
+    if !body.is_object() {
+        return Err(ApiProblem::bad_request("the body must be a JSON object"));
+    }
+    let text = |field: &str| -> Result<Option<String>, ApiProblem> {
+        match &body[field] {
+            Value::Null => Ok(None),
+            Value::String(s) if !s.is_empty() && s.len() <= 64 => Ok(Some(s.clone())),
+            _ => Err(ApiProblem::new(
+                422,
+                "Invalid field",
+                format!("{field} must be a string of 1 to 64 characters"),
+            )
+            .field(field)),
+        }
+    };
+    Ok(match action {
+        "login" => AgentOp::Login { dn: text("dn")? },
+        "logout" => AgentOp::Logout,
+        "ready" => AgentOp::Ready,
+        "not-ready" => AgentOp::NotReady {
+            reason_code: text("reason_code")?,
+        },
+        "after-call-work-done" => AgentOp::AfterCallWorkDone,
+        other => {
+            return Err(ApiProblem::not_found(format!(
+                "no agent action {:?} (login, logout, ready, not-ready, after-call-work-done)",
+                clip(other)
+            )))
+        }
+    })
+}
+
+async fn act(
+    State(api): State<Api>,
+    Path((tenant, agent, action)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let op = match parse_op(&action, &body) {
+        Ok(op) => op,
+        Err(p) => return p.into_response(),
+    };
+    match api.state.agent(&tenant, &agent) {
+        None => return unknown_tenant(&tenant),
+        Some(None) => return unknown_agent(&tenant, &agent),
+        Some(Some(_)) => {}
+    }
+    // Below 2^53, so that JavaScript clients read it exactly.
+    let request = AgentRequest {
+        tenant: tenant.clone(),
+        request_id: rand::random::<u64>() >> 11,
+        agent_id: agent.clone(),
+        op,
+    };
+    match send_and_wait(&api.bus, &request, api.timeout).await {
+        Ok(Some(event)) => answer(event),
+        Ok(None) => ApiProblem::new(
+            504,
+            "No answer",
+            format!(
+                "no agent-state answered within {} ms",
+                api.timeout.as_millis()
+            ),
+        )
+        .into_response(),
+        Err(e) => {
+            tracing::warn!(tenant, agent, error = %e, "agent request not sent");
+            ApiProblem::new(503, "Bus unavailable", e.to_string()).into_response()
+        }
+    }
+}
+
+fn answer(event: Event) -> Response {
+    match event {
+        Event::EventError(e) => {
+            let mut body = ApiProblem::new(409, "Refused", e.reason.clone()).body();
+            body["error_code"] = json!(e.error_code);
+            body["request_id"] = json!(e.request_id);
+            (
+                StatusCode::CONFLICT,
+                [(header::CONTENT_TYPE, PROBLEM_JSON)],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        other => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            other.to_json(),
+        )
+            .into_response(),
+    }
+}
+
+/// The request id an agent event or EventError answers.
+fn answers(event: &Event) -> Option<u64> {
+    match event {
+        Event::EventError(e) => Some(e.request_id),
+        Event::EventAgentLogin(a)
+        | Event::EventAgentLogout(a)
+        | Event::EventAgentReady(a)
+        | Event::EventAgentNotReady(a)
+        | Event::EventAgentAfterCallWork(a) => a.request_id,
+        _ => None,
+    }
+}
+
+/// Publishes the request and reads the tenant's events after it for the answer.
+async fn send_and_wait(
+    bus: &SharedBus,
+    request: &AgentRequest,
+    timeout: Duration,
+) -> Result<Option<Event>, switchboard_bus::BusError> {
+    let events = switchboard_bus::events_stream(&request.tenant);
+    let mut after = bus.last_id(&events).await?;
+    let payload = serde_json::to_vec(request)
+        .map_err(|e| switchboard_bus::BusError::Invalid(e.to_string()))?;
+    bus.publish(&agent_requests_stream(&request.tenant), &payload)
+        .await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        let page = bus.read_range(&events, after, 256).await?;
+        for entry in &page {
+            let Ok(event) = serde_json::from_slice::<Event>(&entry.payload) else {
+                continue;
+            };
+            if answers(&event) == Some(request.request_id) {
+                return Ok(Some(event));
+            }
+        }
+        match page.last() {
+            Some(last) => after = Some(last.id),
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod role_tests;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,400 @@
+//! The glue shared by `agent-state` and `routing`: one writer per tenant, chosen by a bus
+//! lease, folding a request stream (consumer group) and the tenant's event stream into a pure
+//! reducer, publishing what the reducer says, and keeping the reducer in a kv snapshot so
+//! that a restart or another process resumes where it stopped.
+//!
+//! Per tenant:
+//! * Standby: tries the lease `{role}:{tenant}` every [`Timing::standby_poll`]; meanwhile the
+//!   state served over REST is the last snapshot.
+//! * Writer: loads the snapshot (kv key `{role}:{tenant}`: the reducer and the position in
+//!   `events:{tenant}`), catches up with the events after that position, takes over the
+//!   requests its group delivered but nobody acknowledged, then loops: events
+//!   (`read_range` from the position), requests (`read_group`, waiting up to
+//!   [`Timing::idle_wait`] when nothing happened), timers; publishes the outputs, saves the
+//!   snapshot when something changed, then acknowledges the requests. A crash between the
+//!   publication and the snapshot repeats outputs (at-least-once), never loses an input; a
+//!   bus error while publishing or saving ends the writer's turn (standby, lease given up), so
+//!   the next writer redoes the unacknowledged inputs from the last snapshot.
+//! * The lease is renewed every [`Timing::renew`]; a writer that fails to renew goes back to
+//!   standby, so at most one process writes once the lease ran out.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use switchboard_bus::{BusError, Entry, EntryId, GroupStart, SharedBus};
+use switchboard_config::{Config, Tenant};
+use switchboard_events::Event;
+use tokio_util::sync::CancellationToken;
+
+/// What a reducer asks the glue to do.
+// Events are the common case; boxing them would allocate for each one.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Emit {
+    /// Publish on `events:{tenant}`.
+    Event(Event),
+    /// Append `payload` to `stream` (a reply).
+    To { stream: String, payload: Vec<u8> },
+}
+
+/// A per-tenant reducer the glue can drive.
+pub trait Core: Serialize + DeserializeOwned + Send + 'static {
+    /// The payload of the request stream.
+    type Request: DeserializeOwned;
+    fn request(&mut self, req: &Self::Request, now: u64) -> Vec<Emit>;
+    fn event(&mut self, event: &Event, now: u64) -> Vec<Emit>;
+    fn tick(&mut self, now: u64) -> Vec<Emit>;
+    fn next_deadline(&self) -> Option<u64>;
+    /// Applies the configuration after a snapshot was loaded.
+    fn configure(&mut self, config: &Config, tenant: &Tenant);
+}
+
+/// Where a role's streams and keys are.
+#[derive(Clone, Debug)]
+pub struct Names {
+    /// The role: the lease and snapshot key prefix and the consumer group name.
+    pub role: &'static str,
+    pub tenant: String,
+    pub requests: String,
+    /// This process's name, as lease owner and consumer.
+    pub consumer: String,
+}
+
+impl Names {
+    fn key(&self) -> String {
+        format!("{}:{}", self.role, self.tenant)
+    }
+}
+
+/// Timing of the loop; [`Timing::default`] is what the binary uses.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub lease_ttl: Duration,
+    pub renew: Duration,
+    pub standby_poll: Duration,
+    /// How long a request read waits when there was nothing to do (also the latency of
+    /// events, which are read with `read_range`).
+    pub idle_wait: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            lease_ttl: Duration::from_secs(3),
+            renew: Duration::from_millis(750),
+            standby_poll: Duration::from_millis(500),
+            idle_wait: Duration::from_millis(20),
+        }
+    }
+}
+
+/// The state of one tenant, shared with the REST handlers.
+pub struct Slot<C> {
+    pub core: C,
+    /// The last entry of `events:{tenant}` folded in.
+    pub position: Option<EntryId>,
+    /// Whether this process is the tenant's writer.
+    pub writer: bool,
+}
+
+pub type Shared<C> = Arc<Mutex<Slot<C>>>;
+
+pub fn lock<C>(slot: &Mutex<Slot<C>>) -> MutexGuard<'_, Slot<C>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot<C> {
+    version: u32,
+    position: Option<EntryId>,
+    core: C,
+}
+
+const SNAPSHOT_VERSION: u32 = 1;
+const BATCH: usize = 256;
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The last snapshot of a tenant, when there is a readable one.
+async fn load<C: Core>(
+    bus: &SharedBus,
+    names: &Names,
+) -> Result<Option<(C, Option<EntryId>)>, BusError> {
+    let Some(bytes) = bus.kv_get(&names.key()).await? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice::<Snapshot<C>>(&bytes) {
+        Ok(s) if s.version == SNAPSHOT_VERSION => Ok(Some((s.core, s.position))),
+        Ok(s) => {
+            tracing::warn!(role = names.role, tenant = %names.tenant, version = s.version,
+                "snapshot of another version; starting from the configuration");
+            Ok(None)
+        }
+        Err(e) => {
+            tracing::warn!(role = names.role, tenant = %names.tenant, error = %e,
+                "snapshot unreadable; starting from the configuration");
+            Ok(None)
+        }
+    }
+}
+
+/// Loads the last snapshot into `slot` (at start, and while on standby).
+pub async fn restore<C: Core>(
+    bus: &SharedBus,
+    names: &Names,
+    config: &Config,
+    tenant: &Tenant,
+    slot: &Shared<C>,
+) -> Result<(), BusError> {
+    if let Some((mut core, position)) = load::<C>(bus, names).await? {
+        core.configure(config, tenant);
+        let mut s = lock(slot);
+        s.core = core;
+        s.position = position;
+    }
+    Ok(())
+}
+
+/// Writes the snapshot; an error is counted, logged and returned.
+async fn save<C: Core>(bus: &SharedBus, names: &Names, slot: &Shared<C>) -> Result<(), BusError> {
+    let bytes = {
+        let s = lock(slot);
+        serde_json::to_vec(&Snapshot {
+            version: SNAPSHOT_VERSION,
+            position: s.position,
+            core: &s.core,
+        })
+    };
+    let result = match bytes {
+        Ok(b) => bus.kv_set(&names.key(), &b).await,
+        Err(e) => Err(BusError::Invalid(e.to_string())),
+    };
+    if let Err(e) = &result {
+        metrics::counter!("switchboard_single_writer_errors_total", "role" => names.role, "op" => "snapshot").increment(1);
+        tracing::warn!(role = names.role, tenant = %names.tenant, error = %e, "snapshot not saved");
+    }
+    result
+}
+
+/// Publishes outputs in order. On an error the writer stops (the caller returns it): its
+/// inputs stay unacknowledged and the state unsaved, so the next writer redoes them from the
+/// last snapshot rather than losing an output.
+async fn emit(bus: &SharedBus, names: &Names, out: Vec<Emit>) -> Result<(), BusError> {
+    for e in out {
+        let result = match &e {
+            Emit::Event(event) => crate::bus::publish_event(bus.as_ref(), event).await,
+            Emit::To { stream, payload } => bus.publish(stream, payload).await,
+        };
+        if let Err(err) = result {
+            metrics::counter!("switchboard_single_writer_errors_total", "role" => names.role, "op" => "publish").increment(1);
+            tracing::warn!(role = names.role, tenant = %names.tenant, error = %err, "output not published");
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Runs one tenant until the drain: standby, writer, standby...
+pub async fn run<C: Core>(
+    bus: SharedBus,
+    names: Names,
+    config: Arc<Config>,
+    tenant: Tenant,
+    slot: Shared<C>,
+    timing: Timing,
+    drain: CancellationToken,
+) -> anyhow::Result<()> {
+    let key = names.key();
+    while !drain.is_cancelled() {
+        match bus
+            .lease_acquire(&key, &names.consumer, timing.lease_ttl)
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(role = names.role, tenant = %names.tenant, consumer = %names.consumer, "writer for the tenant");
+                metrics::counter!("switchboard_single_writer_takeovers_total", "role" => names.role).increment(1);
+                let result = write(&bus, &names, &config, &tenant, &slot, &timing, &drain).await;
+                lock(&slot).writer = false;
+                if let Err(e) = result {
+                    tracing::warn!(role = names.role, tenant = %names.tenant, error = %e, "writer stopped; standing by");
+                    // Give the lease up so that this process or another takes over at once.
+                    let _ = bus.lease_release(&key, &names.consumer).await;
+                }
+                if drain.is_cancelled() {
+                    // Best effort: the error is logged, and the stream positions say what to redo.
+                    let _ = save(&bus, &names, &slot).await;
+                    let _ = bus.lease_release(&key, &names.consumer).await;
+                    break;
+                }
+            }
+            Ok(false) => {
+                if let Err(e) = restore(&bus, &names, &config, &tenant, &slot).await {
+                    tracing::debug!(role = names.role, tenant = %names.tenant, error = %e, "standby refresh failed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(role = names.role, tenant = %names.tenant, error = %e, "lease request failed");
+            }
+        }
+        tokio::select! {
+            _ = drain.cancelled() => {}
+            _ = tokio::time::sleep(timing.standby_poll) => {}
+        }
+    }
+    Ok(())
+}
+
+fn parse<T: DeserializeOwned>(names: &Names, what: &str, entry: &Entry) -> Option<T> {
+    match serde_json::from_slice(&entry.payload) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            metrics::counter!("switchboard_single_writer_invalid_total", "role" => names.role, "stream" => what.to_string()).increment(1);
+            tracing::warn!(role = names.role, tenant = %names.tenant, entry = %entry.id, error = %e, "{what} entry skipped");
+            None
+        }
+    }
+}
+
+/// Folds events after the position; returns how many were folded.
+async fn fold_events<C: Core>(
+    bus: &SharedBus,
+    names: &Names,
+    slot: &Shared<C>,
+) -> Result<usize, BusError> {
+    let stream = switchboard_bus::events_stream(&names.tenant);
+    let position = lock(slot).position;
+    let page = bus.read_range(&stream, position, BATCH).await?;
+    if page.is_empty() {
+        return Ok(0);
+    }
+    let now = now_ms();
+    let mut out = Vec::new();
+    {
+        let mut s = lock(slot);
+        for entry in &page {
+            s.position = Some(entry.id);
+            if let Some(event) = parse::<Event>(names, "event", entry) {
+                out.extend(s.core.event(&event, now));
+            }
+        }
+    }
+    emit(bus, names, out).await?;
+    Ok(page.len())
+}
+
+/// Handles requests; returns their ids, to acknowledge once the snapshot is saved.
+async fn handle_requests<C: Core>(
+    bus: &SharedBus,
+    names: &Names,
+    slot: &Shared<C>,
+    entries: &[Entry],
+) -> Result<Vec<EntryId>, BusError> {
+    let now = now_ms();
+    let mut out = Vec::new();
+    {
+        let mut s = lock(slot);
+        for entry in entries {
+            if let Some(req) = parse::<C::Request>(names, "request", entry) {
+                out.extend(s.core.request(&req, now));
+            }
+        }
+    }
+    emit(bus, names, out).await?;
+    Ok(entries.iter().map(|e| e.id).collect())
+}
+
+async fn write<C: Core>(
+    bus: &SharedBus,
+    names: &Names,
+    config: &Config,
+    tenant: &Tenant,
+    slot: &Shared<C>,
+    timing: &Timing,
+    drain: &CancellationToken,
+) -> Result<(), BusError> {
+    restore(bus, names, config, tenant, slot).await?;
+    lock(slot).writer = true;
+    while fold_events(bus, names, slot).await? > 0 {}
+    bus.create_group(&names.requests, names.role, GroupStart::Beginning)
+        .await?;
+    loop {
+        let pending = bus
+            .claim_pending(
+                &names.requests,
+                names.role,
+                &names.consumer,
+                Duration::ZERO,
+                BATCH,
+            )
+            .await?;
+        if pending.is_empty() {
+            break;
+        }
+        let ids = handle_requests(bus, names, slot, &pending).await?;
+        save(bus, names, slot).await?;
+        bus.ack(&names.requests, names.role, &ids).await?;
+    }
+    save(bus, names, slot).await?;
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        if renewed.elapsed() >= timing.renew {
+            if !bus
+                .lease_renew(&names.key(), &names.consumer, timing.lease_ttl)
+                .await?
+            {
+                tracing::warn!(role = names.role, tenant = %names.tenant, "lease lost");
+                return Ok(());
+            }
+            renewed = tokio::time::Instant::now();
+        }
+        let mut changed = fold_events(bus, names, slot).await? > 0;
+        let now = now_ms();
+        let due = lock(slot).core.next_deadline().is_some_and(|d| d <= now);
+        if due {
+            let out = lock(slot).core.tick(now);
+            emit(bus, names, out).await?;
+            changed = true;
+        }
+        let wait = if changed {
+            Duration::ZERO
+        } else {
+            timing.idle_wait
+        };
+        let entries = tokio::select! {
+            _ = drain.cancelled() => return Ok(()),
+            r = bus.read_group(&names.requests, names.role, &names.consumer, BATCH, wait) => r,
+        };
+        let entries = match entries {
+            Ok(e) => e,
+            Err(BusError::NoGroup { .. }) => {
+                bus.create_group(&names.requests, names.role, GroupStart::Beginning)
+                    .await?;
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let ids = handle_requests(bus, names, slot, &entries).await?;
+        if changed || !ids.is_empty() {
+            save(bus, names, slot).await?;
+        }
+        if !ids.is_empty() {
+            bus.ack(&names.requests, names.role, &ids).await?;
+        }
+    }
+}
+
+/// This process's name among the writers: `{host}-{pid}`.
+pub fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_string());
+    format!("{host}-{}", std::process::id())
+}
