@@ -3,8 +3,8 @@
 //! pcaps) and as the agent's phone, and a small HTTP server of the test serving the VoiceXML
 //! menu. A call parks at route point 5000; the test treats it over REST or with
 //! `CallRequest`s on the node's bus stream, reads the events from `events:demo` as they come,
-//! and routes the call to the agent. The last test adds the `orchestrator` running the demo
-//! strategy, the test playing only `routing`.
+//! and routes the call to the agent. The last two tests add the `orchestrator` running the
+//! demo strategy: first with the test playing `routing`, then with `agent-state` and `routing`.
 
 mod common;
 
@@ -81,11 +81,12 @@ struct Rig {
 }
 
 fn rig() -> Option<Rig> {
-    rig_with(&[], "builtin:test")
+    rig_with(&[], "builtin:test", "")
 }
 
-/// [`rig`] with more roles and route point 5000 running `strategy`.
-fn rig_with(more_roles: &[&str], strategy: &str) -> Option<Rig> {
+/// [`rig`] with more roles, route point 5000 running `strategy`, and `tail` appended to the
+/// configuration (it continues agent a1002's table).
+fn rig_with(more_roles: &[&str], strategy: &str, tail: &str) -> Option<Rig> {
     if !require_program("sipp") || !require_program("redis-server") {
         return None;
     }
@@ -102,7 +103,7 @@ fn rig_with(more_roles: &[&str], strategy: &str) -> Option<Rig> {
     roles.extend_from_slice(more_roles);
     let sb = Switchboard::builder()
         .binary(BIN)
-        .config(&config_with(dir.path(), &redis, strategy))
+        .config(&(config_with(dir.path(), &redis, strategy) + tail))
         .roles(&roles)
         .log("info,switchboard_services=debug")
         .spawn()
@@ -675,7 +676,7 @@ fn menu_and_collect_digits_over_the_bus_then_the_caller_hangs_up_during_music() 
 #[test]
 fn the_demo_strategy_takes_a_call_from_the_menu_to_the_agent() {
     use switchboard_events::requests::{RoutingReply, RoutingRequest};
-    let Some(r) = rig_with(&["orchestrator"], "builtin:demo-strategy") else {
+    let Some(r) = rig_with(&["orchestrator"], "builtin:demo-strategy", "") else {
         return;
     };
     let mut events = Events::new(&r.redis);
@@ -774,6 +775,76 @@ fn the_demo_strategy_takes_a_call_from_the_menu_to_the_agent() {
     );
     events.wait("EventReleased", |e| {
         named(e, "EventReleased").is_some() && request_id(e) == Some(77)
+    });
+    for (who, h) in [("carrier", carrier), ("agent 1002", agent)] {
+        let out = h.join().expect("sipp thread");
+        assert!(
+            out.success(),
+            "{who}:\n{}\n--- switchboard ---\n{}",
+            out.report(),
+            r.sb.logs()
+        );
+    }
+}
+
+/// The demo with every role it needs: agent a1002 (skill support 8) logs in and goes ready
+/// through `agent-state`; the caller presses 2; the orchestrator queues the call for support;
+/// `routing` reserves a1002; the call reaches 1002.
+#[test]
+fn the_demo_with_agent_state_and_routing() {
+    use switchboard_events::requests::{agent_requests_stream, AgentOp, AgentRequest};
+    let tail = "skills = { support = 8 }\n\n[[tenants.skills]]\nname = \"support\"\n";
+    let Some(r) = rig_with(
+        &["agent-state", "routing", "orchestrator"],
+        "builtin:demo-strategy",
+        tail,
+    ) else {
+        return;
+    };
+    let mut events = Events::new(&r.redis);
+    let (agent_sip, agent_media) = (free_port(), free_port());
+    register(&r.sb, "1002", agent_sip);
+    let agent = background(scenario("callee", &[]), None, agent_sip, agent_media);
+    for (id, op) in [(1, AgentOp::Login { dn: None }), (2, AgentOp::Ready)] {
+        let req = AgentRequest {
+            tenant: "demo".into(),
+            request_id: id,
+            agent_id: "a1002".into(),
+            op,
+        };
+        events.publish(
+            &agent_requests_stream("demo"),
+            &serde_json::to_string(&req).expect("json"),
+        );
+    }
+    events.wait("EventAgentReady", |e| e.name() == "EventAgentReady");
+    let during = pause(1500)
+        + &play_dtmf("2")
+        + &reinvite("m=audio [0-9]+ RTP/AVP", "music", "8 101")
+        + &reinvite(&format!("m=audio {agent_media} RTP/AVP"), "agent", "0")
+        + &wait_bye();
+    let carrier = caller(r.node(), &during);
+    let rr = events.wait("EventRouteRequest", |e| {
+        named(e, "EventRouteRequest").is_some()
+    });
+    let conn = rr.call().and_then(|c| c.conn_id).expect("conn_id");
+    let est = events.wait("EventEstablished", |e| {
+        named(e, "EventEstablished").is_some_and(|c| c.this_dn == "1002")
+    });
+    assert_eq!(est.call().unwrap().conn_id, Some(conn));
+    assert!(
+        events.seen.iter().any(|e| e.name() == "EventAgentReserved"),
+        "routing reserved the agent: {:#?}",
+        events.seen
+    );
+    let release = json!({"tenant": "demo", "request_id": 78, "conn_id": conn, "dn": "1002",
+        "op": "release"});
+    events.publish(
+        &sip_node_requests_stream(node_of(conn)),
+        &release.to_string(),
+    );
+    events.wait("EventReleased", |e| {
+        named(e, "EventReleased").is_some() && request_id(e) == Some(78)
     });
     for (who, h) in [("carrier", carrier), ("agent 1002", agent)] {
         let out = h.join().expect("sipp thread");
