@@ -251,7 +251,8 @@ async fn start_front_end(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
 }
 
 /// `agent-state`: agent login, ready, not ready, after-call work per tenant (one writer per
-/// tenant by bus lease); `POST /v1/tenants/{t}/agents/{id}/{action}`, `GET .../agents[/{id}]`.
+/// tenant by bus lease); `POST /v1/tenants/{t}/agents/{id}/{action}`,
+/// `GET /v1/tenants/{t}/agent-states[/{id}]`.
 /// Its state is shared as `Arc<switchboard_services::agent_state::AgentState>`.
 async fn start_agent_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     let bus = ctx
