@@ -481,6 +481,31 @@ impl Interpreter {
         Some((f.scope, f.items.get(i)?.var.clone()))
     }
 
+    /// VoiceXML 2.0 §2.3.6: a caller who hangs up during `<record>` leaves the recording in
+    /// the item's variable (its `<filled>` does not run), then the hangup event is thrown.
+    pub(crate) fn on_hangup_recording(
+        &mut self,
+        url: Option<String>,
+        duration: u64,
+        size: u64,
+    ) -> Step {
+        if let (Wait::Record(i), Some(url)) = (&self.wait, url) {
+            if let Some((scope, var)) = self.item_var(*i) {
+                let shadow =
+                    json!({"duration": duration, "size": size, "termchar": null, "maxtime": false});
+                let r = self
+                    .declare(scope, &var, Some(&Json::String(url)))
+                    .and_then(|_| self.declare(scope, &format!("{var}$"), Some(&shadow)));
+                if let Err(j) = r {
+                    self.hung_up = true;
+                    self.wait = Wait::Nothing;
+                    return Step::Jump(j);
+                }
+            }
+        }
+        self.on_hangup()
+    }
+
     pub(crate) fn on_hangup(&mut self) -> Step {
         self.hung_up = true;
         if matches!(self.wait, Wait::Input(_)) {

@@ -281,6 +281,11 @@ impl Interpreter {
                 duration_ms,
             } => self.on_transfer(status, duration_ms),
             Input::Hangup => self.on_hangup(),
+            Input::HangupDuringRecording {
+                url,
+                duration_ms,
+                size,
+            } => self.on_hangup_recording(url, duration_ms, size),
         };
         self.drive(step);
     }

@@ -126,6 +126,18 @@ pub enum Input {
     },
     /// The caller hung up.
     Hangup,
+    /// The caller hung up while a [`Command::Record`] was recording (VoiceXML 2.0 §2.3.6):
+    /// the recording ends, the `<record>` item's variable gets `url` (with `name$.duration`,
+    /// `name$.size`, `name$.termchar` null and `name$.maxtime` false) without running its
+    /// `<filled>`, and `connection.disconnect.hangup` is thrown, so that the handler may
+    /// submit it. With `url` `None` (nothing recorded) it is [`Input::Hangup`]. Sent instead
+    /// of both [`Input::RecordingDone`] and [`Input::Hangup`].
+    HangupDuringRecording {
+        url: Option<String>,
+        duration_ms: u64,
+        /// The recording's size in bytes.
+        size: u64,
+    },
 }
 
 /// The kind of a `<transfer>` (VoiceXML 2.0 `bridge`, VoiceXML 2.1 `type`).

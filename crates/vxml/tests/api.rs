@@ -828,3 +828,64 @@ fn a_transfer_the_platform_ends_keeps_its_first_reason() {
     assert_eq!(o.ended(true), "maxtime_disconnect");
     assert_eq!(o.failed(487), "maxtime_disconnect");
 }
+
+fn deposit_doc() -> String {
+    vxml(
+        "<form><catch event='connection.disconnect.hangup'>\
+           <if cond='msg != undefined'>\
+             <log>kept <value expr=\"msg$.duration + ',' + msg$.size + ',' + msg$.termchar + ',' + msg$.maxtime\"/></log>\
+             <submit next='/save' method='post' enctype='multipart/form-data' namelist='msg'/>\
+           <else/><log>nothing</log><exit/></if></catch>\
+         <record name='msg' maxtime='60s'><prompt>speak</prompt>\
+           <filled><log>filled</log></filled></record></form>",
+    )
+}
+
+#[test]
+fn a_hangup_during_record_leaves_the_recording_to_the_hangup_handler() {
+    let saved = vxml("<form><block><log>saved</log><exit/></block></form>");
+    let mut h = Host::new(
+        START,
+        &[(START, &deposit_doc()), ("http://app/save", &saved)],
+    );
+    h.input(Input::PromptsDone);
+    h.input(Input::HangupDuringRecording {
+        url: Some("file:///r.wav".into()),
+        duration_ms: 3200,
+        size: 51_244,
+    });
+    let logs = h.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("kept3200,51244,null,false")),
+        "{logs:?}"
+    );
+    assert!(!logs.iter().any(|l| l.contains("filled")), "{logs:?}");
+    let f = h.fetches();
+    assert!(
+        matches!(
+            &f[1],
+            Command::Fetch { url, method: Method::Post, params, options }
+                if url == "http://app/save"
+                    && params == &vec![("msg".to_string(), "file:///r.wav".to_string())]
+                    && options.multipart
+        ),
+        "{f:?}"
+    );
+    // The answer is fetched; with the caller gone the session then ends.
+    assert!(h.vx.is_done());
+}
+
+#[test]
+fn a_hangup_during_record_with_nothing_recorded_leaves_the_variable_undefined() {
+    let mut h = Host::new(START, &[(START, &deposit_doc())]);
+    h.input(Input::PromptsDone);
+    h.input(Input::HangupDuringRecording {
+        url: None,
+        duration_ms: 0,
+        size: 0,
+    });
+    let logs = h.logs();
+    assert!(logs.iter().any(|l| l.contains("nothing")), "{logs:?}");
+    assert_eq!(h.fetches().len(), 1);
+    assert!(h.vx.is_done());
+}
