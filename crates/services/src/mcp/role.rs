@@ -106,7 +106,15 @@ struct Calls {
             tokio::task::AbortHandle,
         ),
     >,
+    /// The event feeds of dialogs whose call ended, for the recording that the stream's
+    /// removal stops (VoiceXML 2.0 §2.3.6: a caller who hangs up while recording leaves the
+    /// recording to the application); each is dropped once that arrives or after
+    /// [`CLOSING_FEED`].
+    closing: HashMap<StreamId, mpsc::UnboundedSender<MediaEventKind>>,
 }
+
+/// How long a dialog whose call ended still gets its stream's last recording.
+const CLOSING_FEED: Duration = Duration::from_secs(2);
 
 impl Calls {
     /// The call of a stream, running or recently ended.
@@ -328,8 +336,16 @@ impl Glue {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&stream);
                 let mut calls = self.calls();
-                if let Some((_, task)) = calls.dialogs.remove(&stream) {
+                if let Some((tx, task)) = calls.dialogs.remove(&stream) {
                     task.abort();
+                    // The stream's removal below ends a recording in progress: its samples
+                    // still go to the dialog, which outlives the call.
+                    calls.closing.insert(stream, tx);
+                    let glue = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(CLOSING_FEED).await;
+                        glue.calls().closing.remove(&stream);
+                    });
                 }
                 if let Some(mut info) = calls.active.remove(&stream) {
                     info.end = Some(reason);
@@ -496,6 +512,10 @@ impl Glue {
             let mut calls = self.calls();
             if let Some((tx, _)) = calls.dialogs.get(&stream) {
                 let _ = tx.send(ev.kind.clone());
+            } else if matches!(ev.kind, MediaEventKind::RecordDone(_)) {
+                if let Some(tx) = calls.closing.remove(&stream) {
+                    let _ = tx.send(ev.kind.clone());
+                }
             }
             let is_dialog = calls.dialogs.contains_key(&stream);
             let call = calls.find_mut(stream);

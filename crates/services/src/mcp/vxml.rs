@@ -204,6 +204,12 @@ struct Call {
     /// A `Record` waits for the prompts before it starts.
     pending_record: Option<RecordParams>,
     recording: bool,
+    /// The caller hung up while recording: the stream's removal ends the recording, whose
+    /// samples come as a last `RecordDone` (until this deadline; then the hangup goes without).
+    awaiting_recording: Option<tokio::time::Instant>,
+    /// The recording the stream's removal ended, before the hangup was noticed: it goes with
+    /// the hangup (VoiceXML 2.0 §2.3.6).
+    hangup_recording: Option<Input>,
     recordings: u32,
     /// The recordings saved in this call, by the `file://` URL the application got: the
     /// only files a multipart `<submit>` sends.
@@ -367,6 +373,8 @@ async fn session(
         owe_prompts_done: false,
         pending_record: None,
         recording: false,
+        awaiting_recording: None,
+        hangup_recording: None,
         recordings: 0,
         recorded: std::collections::HashMap::new(),
         fetch: None,
@@ -448,6 +456,26 @@ async fn session(
                     // thrown.
                     metrics::counter!("vxml_transfers_total", "kind" => kind.as_str(), "result" => "near_end_disconnect").increment(1);
                 }
+                if let Some(input) = call.hangup_recording.take() {
+                    call.send(input);
+                } else if call.recording {
+                    // VoiceXML 2.0 §2.3.6: the recording so far goes to the application with
+                    // the hangup; the stream's removal ends it.
+                    call.awaiting_recording =
+                        Some(tokio::time::Instant::now() + AWAIT_RECORDING);
+                } else {
+                    call.send(Input::Hangup);
+                }
+            }
+            _ = async {
+                match call.awaiting_recording {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::info!("no recording after the hangup");
+                call.awaiting_recording = None;
+                call.recording = false;
                 call.send(Input::Hangup);
             }
             wake = async {
@@ -490,6 +518,9 @@ async fn session(
     call.end_bridge("the dialog ended");
     // Dropping `call` closes the interpreter's input: its thread ends.
 }
+
+/// How long after the caller's hangup the recording it ended may take to arrive.
+const AWAIT_RECORDING: Duration = Duration::from_secs(2);
 
 impl Call {
     fn send(&self, input: Input) {
@@ -1276,6 +1307,19 @@ impl Call {
     }
 
     async fn on_media(&mut self, ev: MediaEventKind) {
+        if let MediaEventKind::RecordDone(rec) = ev {
+            if self.recording {
+                self.recording = false;
+                if self.media && rec.end != RecordEnd::Stopped {
+                    self.recorded(rec).await;
+                } else {
+                    // The runner never stops a recording: the stream went away with the
+                    // caller (VoiceXML 2.0 §2.3.6).
+                    self.recorded_at_hangup(rec).await;
+                }
+            }
+            return;
+        }
         if !self.media {
             return;
         }
@@ -1308,13 +1352,7 @@ impl Call {
                     self.play_next();
                 }
             }
-            MediaEventKind::RecordDone(rec) => {
-                if self.recording {
-                    self.recording = false;
-                    self.recorded(rec).await;
-                }
-            }
-            MediaEventKind::RtpTimeout => {}
+            MediaEventKind::RecordDone(_) | MediaEventKind::RtpTimeout => {}
         }
     }
 
@@ -1324,13 +1362,39 @@ impl Call {
             RecordEnd::Dtmf(c) => Some(c),
             _ => None,
         };
+        let url = self.save_recording(&rec).await.map(|(url, _)| url);
+        self.send(Input::RecordingDone {
+            url,
+            duration_ms,
+            termchar,
+        });
+    }
+
+    /// The recording the caller's hangup ended: saved, and sent with the hangup (now, or when
+    /// the runner notices it).
+    async fn recorded_at_hangup(&mut self, rec: Recording) {
+        let duration_ms = rec.samples.len() as u64 / 8;
+        let saved = self.save_recording(&rec).await;
+        let size = saved.as_ref().map_or(0, |(_, size)| *size);
+        let input = Input::HangupDuringRecording {
+            url: saved.map(|(url, _)| url),
+            duration_ms,
+            size,
+        };
+        if self.done.is_some() {
+            self.hangup_recording = Some(input);
+        } else {
+            self.awaiting_recording = None;
+            self.send(input);
+        }
+    }
+
+    /// Writes the recording's WAV (when the caller said something): its `file://` URL and
+    /// size.
+    async fn save_recording(&mut self, rec: &Recording) -> Option<(String, u64)> {
+        let duration_ms = rec.samples.len() as u64 / 8;
         if !rec.heard_speech {
-            self.send(Input::RecordingDone {
-                url: None,
-                duration_ms,
-                termchar,
-            });
-            return;
+            return None;
         }
         self.recordings += 1;
         let path = self
@@ -1338,23 +1402,18 @@ impl Call {
             .recordings_dir
             .join(recording_file(&self.ctx.call_id, self.recordings));
         let wav = switchboard_media::audio::write_wav(&rec.samples, 8000);
-        let url = match save(&path, &wav).await {
+        match save(&path, &wav).await {
             Ok(()) => {
                 tracing::info!(path = %path.display(), duration_ms, "recording saved");
                 let url = format!("file://{}", path.display());
                 self.recorded.insert(url.clone(), path.clone());
-                Some(url)
+                Some((url, wav.len() as u64))
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot save the recording");
                 None
             }
-        };
-        self.send(Input::RecordingDone {
-            url,
-            duration_ms,
-            termchar,
-        });
+        }
     }
 }
 
