@@ -90,7 +90,9 @@ pub struct Deposit<'a> {
 }
 
 /// Greeting, beep, record until silence, `#` or the longest message; then the recording
-/// is posted as a WAV part. A caller who says nothing leaves no message.
+/// is posted as a WAV part. A caller who says nothing leaves no message. A caller who hangs up
+/// while recording leaves the recording so far (VoiceXML 2.0 §2.3.6: `msg` is set when the
+/// hangup is thrown), posted the same way from the hangup handler.
 pub fn deposit(d: &Deposit<'_>) -> String {
     let default_greeting = format!(
         "The person at mailbox {} is not available. Please leave a message after the tone, \
@@ -106,6 +108,9 @@ pub fn deposit(d: &Deposit<'_>) -> String {
     };
     wrap(&format!(
         "<form id=\"deposit\">\n\
+         <catch event=\"connection.disconnect.hangup\">\
+         <if cond=\"msg != undefined\"><submit next=\"{submit}\" method=\"post\" enctype=\"multipart/form-data\" namelist=\"msg\"/>\
+         <else/><exit/></if></catch>\n\
          <record name=\"msg\" beep=\"true\" maxtime=\"{max}s\" finalsilence=\"{FINAL_SILENCE_MS}ms\" \
          dtmfterm=\"true\" type=\"audio/x-wav\">\n{greeting}\n\
          <filled><submit next=\"{submit}\" method=\"post\" enctype=\"multipart/form-data\" namelist=\"msg\"/></filled>\n\
@@ -217,6 +222,11 @@ pub fn record_greeting(submit: &str, back: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Inside a `<catch>` (the deposit's hangup handler exits), where nothing is injected.
+    fn in_catch(n: roxmltree::Node<'_, '_>) -> bool {
+        n.ancestors().any(|a| a.tag_name().name() == "catch")
+    }
+
     /// The document is well-formed XML whose root is `<vxml>` with one dialog, and no
     /// element other than the ones we write.
     fn well_formed(doc: &str) {
@@ -228,7 +238,8 @@ mod tests {
         assert!(
             !root
                 .descendants()
-                .any(|n| n.tag_name().name() == "exit" || n.tag_name().name() == "x"),
+                .any(|n| (n.tag_name().name() == "exit" && !in_catch(n))
+                    || n.tag_name().name() == "x"),
             "injected: {doc}"
         );
     }
@@ -274,6 +285,69 @@ mod tests {
         assert!(d.contains("beep=\"true\""), "{d}");
         assert!(d.contains("dtmfterm=\"true\""), "{d}");
         assert!(d.contains("8 1 0 0"), "{d}");
+    }
+
+    /// Runs the deposit document until it records, then the caller hangs up.
+    fn hang_up_while_recording(url: Option<&str>) -> Vec<switchboard_vxml::Command> {
+        use switchboard_vxml::{Command, Config, Input, Interpreter};
+        let doc = deposit(&Deposit {
+            mailbox: "8100",
+            greeting: None,
+            max_message_s: 120,
+            submit: "/s?caller=1",
+        });
+        let mut vx = Interpreter::new(Config::new("http://vm/deposit")).unwrap();
+        let Some(Command::Fetch { url: first, .. }) = vx.poll_command() else {
+            panic!("no first fetch")
+        };
+        vx.handle(
+            Input::DocumentFetched {
+                url: first,
+                result: Ok(doc),
+            },
+            0,
+        );
+        let mut cmds: Vec<Command> = std::iter::from_fn(|| vx.poll_command()).collect();
+        assert!(
+            cmds.iter().any(|c| matches!(c, Command::Record { .. })),
+            "{cmds:?}"
+        );
+        vx.handle(Input::PromptsDone, 10);
+        vx.handle(
+            Input::HangupDuringRecording {
+                url: url.map(str::to_string),
+                duration_ms: 4000,
+                size: 64_044,
+            },
+            4000,
+        );
+        cmds.extend(std::iter::from_fn(|| vx.poll_command()));
+        cmds
+    }
+
+    #[test]
+    fn a_caller_who_hangs_up_while_recording_leaves_the_message() {
+        use switchboard_vxml::{Command, Method};
+        let cmds = hang_up_while_recording(Some("file:///rec/vxml-c-1.wav"));
+        assert!(
+            cmds.iter().any(|c| matches!(
+                c,
+                Command::Fetch { url, method: Method::Post, params, options }
+                    if url == "http://vm/s?caller=1"
+                        && options.multipart
+                        && params == &vec![("msg".to_string(), "file:///rec/vxml-c-1.wav".to_string())]
+            )),
+            "{cmds:?}"
+        );
+        let cmds = hang_up_while_recording(None);
+        assert!(
+            !cmds.iter().any(|c| matches!(c, Command::Fetch { .. })),
+            "{cmds:?}"
+        );
+        assert!(
+            cmds.iter().any(|c| matches!(c, Command::Exit { .. })),
+            "{cmds:?}"
+        );
     }
 
     #[test]
