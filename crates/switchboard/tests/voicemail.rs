@@ -566,6 +566,53 @@ fn a_message_is_deposited_notified_played_back_and_deleted() {
     assert!(deposited.conn_id.is_some());
 }
 
+/// VoiceXML 2.0 §2.3.6: the most common way to end a message is to hang up. The caller speaks
+/// (g711a.pcap) and hangs up without `#`: the recording so far is the message.
+#[test]
+fn a_caller_who_hangs_up_while_recording_leaves_the_message() {
+    let Some(vm) = Vm::start(10) else { return };
+    let voice = Path::new(PCAPS).join("g711a.pcap");
+    let during = pause(1500) + &pcap_action(&voice) + &pause(7400);
+    let xml = scenario(
+        "vm_caller_hangup",
+        &[
+            ("FROM", CARRIER),
+            ("CALLEE", "1002"),
+            ("SDP_PORT", "[media_port]"),
+            ("DURING", &during),
+        ],
+    );
+    let out = sipp(&xml, edge(&vm.sb), free_udp_port().expect("port"))
+        .run()
+        .expect("sipp");
+    assert!(out.success(), "{}\n{}", out.report(), vm.sb.logs());
+    // The media server posts the recording from the hangup handler, after the BYE.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let list = loop {
+        let list = vm.messages();
+        if !list.is_empty() || Instant::now() > deadline {
+            break list;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(list.len(), 1, "{list:?}\n{}", vm.sb.logs());
+    let msg = &list[0];
+    assert_eq!(msg["caller"], CARRIER);
+    assert_eq!(msg["state"], "new");
+    let duration = msg["duration_ms"].as_u64().unwrap_or(0);
+    assert!((3_000..10_000).contains(&duration), "{duration} ms");
+    let id = msg["id"].as_str().expect("id");
+    let stored_path = vm.dir.path().join(format!("voicemail/demo/8100/{id}.wav"));
+    let stored = switchboard_media::Audio::from_wav(&std::fs::read(&stored_path).expect("wav"))
+        .expect("a WAV");
+    let samples = pcap_alaw_samples(&voice);
+    assert!(
+        contains(stored.samples(), &samples[24_000..25_000]),
+        "the recording holds the pcap's voice"
+    );
+    assert_eq!(vm.metric("voicemail_messages_deposited_total"), 1.0);
+}
+
 #[test]
 fn three_wrong_pins_end_the_access_call() {
     let Some(vm) = Vm::start(10) else { return };
