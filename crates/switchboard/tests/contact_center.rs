@@ -621,3 +621,288 @@ fn the_demo_call_from_the_menu_to_the_agent_and_back_to_ready() {
     let (status, _) = rest(&sb, PLATFORM, "GET", "/v1/mcp/calls", None);
     assert_eq!(status, 200);
 }
+
+// ---- fifty callers, ten agents ----
+
+/// A SIPp phone answering every call until the test ends (killed on drop).
+struct Phone {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Phone {
+    fn spawn(xml: &str, sip: u16, media: u16) -> Phone {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("phone.xml");
+        std::fs::write(&path, xml).expect("write scenario");
+        let child = std::process::Command::new("sipp")
+            .arg("-sf")
+            .arg(&path)
+            .args(["-i", "127.0.0.1", "-p", &sip.to_string()])
+            .args(["-mp", &media.to_string(), "-nostdin", "-trace_err"])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sipp starts");
+        Phone { child, _dir: dir }
+    }
+}
+
+impl Drop for Phone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Calls to `+1555000000{digit}` by the last digit of the number: 1 sales, 2 support, 3
+/// Spanish (first `spanish >= 9`, which no demo agent has, for 2 s; then it overflows to
+/// any Spanish speaker). An agent who does not answer puts the call back (three tries).
+const BY_NUMBER: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<scxml xmlns="http://www.w3.org/2005/07/scxml" xmlns:sb="http://switchboard.dev/scxml/1.0"
+       version="1.0" datamodel="ecmascript" initial="call" name="by-number">
+  <datamodel>
+    <data id="service" expr="'support'"/>
+    <data id="skills" expr="'support >= 5'"/>
+    <data id="timeout" expr="60"/>
+    <data id="target" expr="''"/>
+    <data id="routes" expr="0"/>
+  </datamodel>
+  <state id="call" initial="pick">
+    <transition event="call.abandoned call.released" target="done"/>
+    <state id="pick">
+      <onentry>
+        <if cond="_genesys.dnis.slice(-1) == '1'">
+          <assign location="service" expr="'sales'"/>
+          <assign location="skills" expr="'sales >= 5'"/>
+        <elseif cond="_genesys.dnis.slice(-1) == '3'"/>
+          <assign location="service" expr="'spanish'"/>
+          <assign location="skills" expr="'spanish >= 9'"/>
+          <assign location="timeout" expr="2"/>
+        </if>
+        <sb:attach data="({ service: service })"/>
+      </onentry>
+      <transition target="queued"/>
+    </state>
+    <state id="queued">
+      <onentry>
+        <sb:queue queueexpr="service" skillsexpr="skills" timeoutexpr="timeout"/>
+      </onentry>
+      <transition event="queue.target" target="routing">
+        <assign location="target" expr="_event.data.dn"/>
+      </transition>
+      <transition event="queue.timeout" cond="service == 'spanish' &amp;&amp; skills != 'spanish'" target="queued">
+        <assign location="skills" expr="'spanish'"/>
+        <assign location="timeout" expr="60"/>
+      </transition>
+      <transition event="queue.timeout queue.error" target="failed"/>
+    </state>
+    <state id="routing">
+      <onentry>
+        <assign location="routes" expr="routes + 1"/>
+        <sb:route toexpr="target"/>
+      </onentry>
+      <transition event="route.done" target="done"/>
+      <transition event="route.error" cond="routes &lt; 3" target="queued"/>
+      <transition event="route.error" target="failed"/>
+    </state>
+    <state id="failed">
+      <onentry><sb:release/></onentry>
+      <transition event="release.done release.error" target="done"/>
+    </state>
+  </state>
+  <final id="done"/>
+</scxml>
+"#;
+
+/// The demo agents' skills: which DNs may take a call of each service.
+fn may_take(service: &str, dn: &str) -> bool {
+    match service {
+        "sales" => ["1001", "1002", "1003", "1004", "1005"].contains(&dn),
+        "support" => ["1006", "1007", "1008", "1009", "1010"].contains(&dn),
+        "spanish" => ["1002", "1005", "1008"].contains(&dn),
+        _ => false,
+    }
+}
+
+/// 50 carrier callers (20 sales, 20 support, 10 Spanish who overflow) on the demo's ten
+/// agents (mixed skills, SIPp phones registered): every call is answered by an agent with the
+/// right skill, no agent ever has two calls, no call is lost, and every agent is Ready at
+/// the end.
+#[test]
+fn fifty_callers_ten_agents_by_skill() {
+    if !require_program("sipp") {
+        return;
+    }
+    let data = tempfile::tempdir().expect("tempdir");
+    std::fs::write(data.path().join("by-number.scxml"), BY_NUMBER).expect("write strategy");
+    let cfg = demo_config(0)
+        .replace(
+            "data_dir = \"./data\"",
+            &format!("data_dir = {:?}", data.path().display().to_string()),
+        )
+        .replace(
+            "strategy_url = \"builtin:demo-strategy\"",
+            // Calls wait in the queues without a treatment: the route point's wait must be
+            // longer than the queues'.
+            "strategy_url = \"file://by-number.scxml\"\ntimeout_s = 120",
+        );
+    assert!(
+        cfg.contains("file://by-number.scxml"),
+        "the demo's route point moved"
+    );
+    let sb = start(&cfg);
+    let supervisor = Socket::open(&sb, "", SUPERVISOR);
+
+    let sink = MediaSink::bind();
+    let phone_xml = scenario("agent_phone", &[("MEDIA_PORT", &sink.port.to_string())]);
+    let mut phones = Vec::new();
+    for n in 1001..=1010 {
+        let (sip, media) = (free_port(), free_port());
+        register(&sb, &n.to_string(), sip);
+        phones.push(Phone::spawn(&phone_xml, sip, media));
+        let agent = format!("/v1/tenants/demo/agents/a{n}");
+        let (status, v) = rest(&sb, SUPERVISOR, "POST", &format!("{agent}/login"), None);
+        assert_eq!(status, 200, "login a{n}: {v}");
+        let (status, v) = rest(&sb, SUPERVISOR, "POST", &format!("{agent}/ready"), None);
+        assert_eq!(status, 200, "ready a{n}: {v}");
+    }
+    thread::sleep(Duration::from_millis(300));
+
+    // 50 callers at 10 per second, each talking 1 s once answered.
+    let inf = data.path().join("callers.csv");
+    let mut lines = String::from("SEQUENTIAL\n");
+    for i in 0..50 {
+        let digit = match i % 5 {
+            0 | 1 => 1,
+            2 | 3 => 2,
+            _ => 3,
+        };
+        lines.push_str(&format!("+1555000000{digit};\n"));
+    }
+    std::fs::write(&inf, lines).expect("write injection file");
+    let node = sb.addr("sip_node_udp").expect("sip_node_udp");
+    let started = Instant::now();
+    let out = Sipp::scenario(&scenario("carrier_talk", &[("TALK_MS", "1000")]))
+        .remote(node)
+        .calls(50)
+        .arg("-inf")
+        .arg(&inf.display().to_string())
+        .arg("-r")
+        .arg("10")
+        .arg("-l")
+        .arg("50")
+        .arg("-p")
+        .arg(&free_port().to_string())
+        .timeout(Duration::from_secs(60))
+        .run()
+        .expect("sipp runs");
+    let all = supervisor.snapshot();
+    assert!(
+        out.success(),
+        "callers:\n{}\n--- events ---\n{}\n--- switchboard ---\n{}",
+        out.report(),
+        summary(&all),
+        sb.logs()
+    );
+    let took = started.elapsed();
+
+    // Every agent is Ready again (after-call work is 0 in the demo).
+    wait_until("every agent ready", Duration::from_secs(10), || {
+        let (_, s) = rest(
+            &sb,
+            SUPERVISOR,
+            "GET",
+            "/v1/tenants/demo/agent-states",
+            None,
+        );
+        s["agents"]
+            .as_array()
+            .is_some_and(|a| a.len() == 10 && a.iter().all(|x| x["state"] == "ready"))
+    });
+    let all = supervisor.snapshot();
+
+    // Each call: its route request (the service by number), answered once by an agent
+    // who may take it; no agent with two calls at once.
+    let mut service = std::collections::HashMap::new();
+    let mut arrived = std::collections::HashMap::new();
+    let mut answered_by = std::collections::HashMap::new();
+    let mut on_dn: std::collections::HashMap<String, String> = Default::default();
+    let mut calls_per_dn: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in &all {
+        let conn = e["conn_id"].as_str().unwrap_or("").to_string();
+        let dn = e["this_dn"].as_str().unwrap_or("").to_string();
+        match name(e) {
+            "EventRouteRequest" => {
+                let s = match e["dnis"].as_str().and_then(|d| d.chars().last()) {
+                    Some('1') => "sales",
+                    Some('2') => "support",
+                    _ => "spanish",
+                };
+                arrived.insert(conn.clone(), e["ts_ms"].as_u64().unwrap_or(0));
+                service.insert(conn, s);
+            }
+            "EventAgentReserved" => {
+                // Routing reserves only agents with no call on their DN.
+                if let Some(other) = on_dn.get(&dn) {
+                    panic!(
+                        "{} reserved for {conn} while on {other}:\n{}",
+                        e["agent_id"],
+                        summary(&all)
+                    );
+                }
+            }
+            "EventRinging" if dn.starts_with("10") => {
+                if let Some(other) = on_dn.insert(dn.clone(), conn.clone()) {
+                    panic!(
+                        "DN {dn} rings for {conn} while on {other}:\n{}",
+                        summary(&all)
+                    );
+                }
+            }
+            "EventEstablished" if dn.starts_with("10") => {
+                assert_eq!(on_dn.get(&dn), Some(&conn), "{}", summary(&all));
+                let s = service.get(&conn).copied().unwrap_or("?");
+                assert!(may_take(s, &dn), "a {s} call {conn} at {dn}");
+                assert!(
+                    answered_by.insert(conn.clone(), dn.clone()).is_none(),
+                    "{conn} answered twice"
+                );
+                if s == "spanish" {
+                    // Nobody has spanish >= 9: the call overflowed after its 2 s.
+                    let waited = e["ts_ms"].as_u64().unwrap_or(0) - arrived[&conn];
+                    assert!(waited >= 2000, "{conn} answered after {waited} ms");
+                }
+                *calls_per_dn.entry(dn).or_default() += 1;
+            }
+            "EventReleased" | "EventDiverted" if dn.starts_with("10") => {
+                if on_dn.get(&dn) == Some(&conn) {
+                    on_dn.remove(&dn);
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(service.len(), 50, "50 route requests:\n{}", summary(&all));
+    assert_eq!(
+        answered_by.len(),
+        50,
+        "every call answered by an agent:\n{}",
+        summary(&all)
+    );
+    assert!(on_dn.is_empty(), "calls left on DNs: {on_dn:?}");
+    let errors: Vec<&Value> = all.iter().filter(|e| name(e) == "EventError").collect();
+    assert!(errors.is_empty(), "errors: {errors:?}");
+    // The Spanish calls overflowed to the Spanish speakers, all of whom are in sales but
+    // 1008.
+    let spanish: Vec<&String> = service
+        .iter()
+        .filter(|(_, s)| **s == "spanish")
+        .map(|(c, _)| &answered_by[c])
+        .collect();
+    assert_eq!(spanish.len(), 10);
+    eprintln!("50 calls in {took:?}; calls per agent DN: {calls_per_dn:?}");
+    drop(phones);
+}
