@@ -421,7 +421,13 @@ fn the_demo_call_from_the_menu_to_the_agent_and_back_to_ready() {
     let (phone_sip, phone_media) = (free_port(), free_port());
     register(&sb, "1006", phone_sip);
     let phone = background(
-        scenario("agent_phone", &[("MEDIA_PORT", &media.port.to_string())]),
+        scenario(
+            "agent_phone",
+            &[
+                ("MEDIA_PORT", &media.port.to_string()),
+                ("AFTER_ACK", &play_pcap("g711a.pcap")),
+            ],
+        ),
         None,
         phone_sip,
         phone_media,
@@ -466,13 +472,30 @@ fn the_demo_call_from_the_menu_to_the_agent_and_back_to_ready() {
         + &pause(3000)
         + &send_bye(DID);
     let node = sb.addr("sip_node_udp").expect("sip_node_udp");
+    // The caller's media (the menu's prompts, the music, the agent's voice) goes to a socket
+    // of the test too.
+    let heard = MediaSink::bind();
+    let carrier_xml = carrier_scenario(DID, &during)
+        .replace("m=audio [media_port] ", &format!("m=audio {} ", heard.port));
+    assert!(!carrier_xml.contains("[media_port]"));
     let carrier = background(
-        carrier_scenario(DID, &during),
+        carrier_xml,
         Some(node),
         free_port(),
         free_port(),
         1,
         Duration::from_secs(60),
+    );
+
+    // The agent answers: from then on the caller hears the agent (the media server's leg was
+    // hung up before the agent's phone rang).
+    supervisor.wait("EventEstablished at 1006", Duration::from_secs(40), |e| {
+        is(e, "EventEstablished", "1006")
+    });
+    let before_agent = heard.packets();
+    assert!(
+        before_agent > 0,
+        "the caller heard the menu's prompt before the agent"
     );
 
     // The call ends, the agent wraps up for 2 s and is Ready again.
@@ -503,6 +526,17 @@ fn the_demo_call_from_the_menu_to_the_agent_and_back_to_ready() {
         media.packets() >= 50,
         "the caller's audio reached the agent's phone: {} RTP packets",
         media.packets()
+    );
+    assert!(
+        heard.packets() - before_agent >= 50,
+        "the agent's audio reached the caller: {} RTP packets",
+        heard.packets() - before_agent
+    );
+
+    eprintln!(
+        "RTP: caller to agent {} packets; the caller heard {before_agent} before the agent, {} from the agent",
+        media.packets(),
+        heard.packets() - before_agent
     );
 
     // What the supervisor saw, in order (other events may come in between).
@@ -554,9 +588,14 @@ fn the_demo_call_from_the_menu_to_the_agent_and_back_to_ready() {
     seq.next("EventEstablished at 1006", |e| {
         is(e, "EventEstablished", "1006") && ours(e)
     });
-    seq.next("EventReleased at 1006", |e| {
+    let released = seq.next("EventReleased at 1006", |e| {
         is(e, "EventReleased", "1006") && ours(e)
     });
+    assert!(ringing["call_id"].is_string(), "{ringing}");
+    assert_eq!(
+        released["call_id"], ringing["call_id"],
+        "every event of the agent's DN names its leg's Call-ID: {released}"
+    );
     seq.next("EventAgentAfterCallWork a1006", |e| {
         name(e) == "EventAgentAfterCallWork" && e["agent_id"] == "a1006"
     });
@@ -757,7 +796,10 @@ fn fifty_callers_ten_agents_by_skill() {
     let supervisor = Socket::open(&sb, "", SUPERVISOR);
 
     let sink = MediaSink::bind();
-    let phone_xml = scenario("agent_phone", &[("MEDIA_PORT", &sink.port.to_string())]);
+    let phone_xml = scenario(
+        "agent_phone",
+        &[("MEDIA_PORT", &sink.port.to_string()), ("AFTER_ACK", "")],
+    );
     let mut phones = Vec::new();
     for n in 1001..=1010 {
         let (sip, media) = (free_port(), free_port());
