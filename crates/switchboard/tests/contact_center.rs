@@ -489,13 +489,44 @@ fn the_demo_call_from_the_menu_to_the_agent_and_back_to_ready() {
 
     // The agent answers: from then on the caller hears the agent (the media server's leg was
     // hung up before the agent's phone rang).
-    supervisor.wait("EventEstablished at 1006", Duration::from_secs(40), |e| {
+    let established = supervisor.wait("EventEstablished at 1006", Duration::from_secs(40), |e| {
         is(e, "EventEstablished", "1006")
     });
     let before_agent = heard.packets();
     assert!(
         before_agent > 0,
         "the caller heard the menu's prompt before the agent"
+    );
+
+    // While talking, the agent's desktop notes the case on the call (its own DN only).
+    let conn_hex = established["conn_id"]
+        .as_str()
+        .expect("conn_id")
+        .to_string();
+    let user_data = format!("/v1/tenants/demo/calls/{conn_hex}/user-data");
+    let (status, v) = rest(
+        &sb,
+        AGENT_A1006,
+        "POST",
+        &user_data,
+        Some(r#"{"dn":"1006","data":{"case":"42"}}"#),
+    );
+    assert_eq!(status, 202, "{v}");
+    let (status, v) = rest(
+        &sb,
+        AGENT_A1006,
+        "POST",
+        &user_data,
+        Some(r#"{"dn":"5000","data":{"case":"43"}}"#),
+    );
+    assert_eq!(status, 403, "an agent acting for another DN: {v}");
+    let noted = desktop.wait("the agent's note", Duration::from_secs(5), |e| {
+        is(e, "EventAttachedDataChanged", "1006")
+    });
+    assert_eq!(
+        noted["user_data"],
+        json!({"service": "support", "case": "42"}),
+        "{noted}"
     );
 
     // The call ends, the agent wraps up for 2 s and is Ready again.
