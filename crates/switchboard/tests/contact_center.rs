@@ -982,3 +982,136 @@ fn fifty_callers_ten_agents_by_skill() {
     eprintln!("50 calls in {took:?}; calls per agent DN: {calls_per_dn:?}");
     drop(phones);
 }
+
+/// The demo strategy's second chance: the first agent's phone is busy (486), so the call goes
+/// back to the support queue and the next agent takes it; the busy agent is Ready again.
+#[test]
+fn a_busy_agent_phone_puts_the_call_back_in_the_queue_for_the_next_agent() {
+    if !require_program("sipp") || !require_program("espeak-ng") {
+        return;
+    }
+    let sb = start(&demo_config(0));
+    let supervisor = Socket::open(&sb, "", SUPERVISOR);
+
+    // a1006 (longest idle) has a phone that answers 486; a1007's phone answers.
+    let (busy_sip, busy_media) = (free_port(), free_port());
+    register(&sb, "1006", busy_sip);
+    let busy = background(
+        scenario("callee_busy", &[]),
+        None,
+        busy_sip,
+        busy_media,
+        1,
+        Duration::from_secs(60),
+    );
+    let media = MediaSink::bind();
+    let (sip, phone_media) = (free_port(), free_port());
+    register(&sb, "1007", sip);
+    let phone = background(
+        scenario(
+            "agent_phone",
+            &[("MEDIA_PORT", &media.port.to_string()), ("AFTER_ACK", "")],
+        ),
+        None,
+        sip,
+        phone_media,
+        1,
+        Duration::from_secs(60),
+    );
+    for agent in ["a1006", "a1007"] {
+        for action in ["login", "ready"] {
+            let (status, v) = rest(
+                &sb,
+                SUPERVISOR,
+                "POST",
+                &format!("/v1/tenants/demo/agents/{agent}/{action}"),
+                None,
+            );
+            assert_eq!(status, 200, "{action} {agent}: {v}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    let during = pause(2500)
+        + &play_pcap("dtmf_2833_2.pcap")
+        + &until_agent_media(media.port)
+        + &play_pcap("g711a.pcap")
+        + &pause(1500)
+        + &send_bye(DID);
+    let node = sb.addr("sip_node_udp").expect("sip_node_udp");
+    let carrier = background(
+        carrier_scenario(DID, &during),
+        Some(node),
+        free_port(),
+        free_port(),
+        1,
+        Duration::from_secs(60),
+    );
+    for (who, h) in [
+        ("carrier", carrier),
+        ("agent 1006's busy phone", busy),
+        ("agent 1007's phone", phone),
+    ] {
+        let out = h.join().expect("sipp thread");
+        assert!(
+            out.success(),
+            "{who}:\n{}\n--- events ---\n{}\n--- switchboard ---\n{}",
+            out.report(),
+            summary(&supervisor.snapshot()),
+            sb.logs()
+        );
+    }
+    supervisor.wait("EventReleased at 1007", Duration::from_secs(10), |e| {
+        is(e, "EventReleased", "1007")
+    });
+    assert!(media.packets() >= 20, "{} RTP packets", media.packets());
+
+    let all = supervisor.snapshot();
+    let mut seq = Sequence { all: &all, at: 0 };
+    let rr = seq.next("EventRouteRequest", |e| is(e, "EventRouteRequest", "5000"));
+    let conn = rr["conn_id"].clone();
+    let ours = |e: &Value| e["conn_id"] == conn;
+    seq.next("EventAgentReserved a1006", |e| {
+        name(e) == "EventAgentReserved" && e["agent_id"] == "a1006"
+    });
+    seq.next("EventRinging at 1006", |e| {
+        is(e, "EventRinging", "1006") && ours(e)
+    });
+    let refused = seq.next("EventReleased at 1006", |e| {
+        is(e, "EventReleased", "1006") && ours(e)
+    });
+    assert_eq!(refused["reason"], "sip 486", "{refused}");
+    // The call is back at the route point (not hung up), for the strategy to queue again.
+    seq.next("EventRouteRequest at 5000 again", |e| {
+        is(e, "EventRouteRequest", "5000") && ours(e) && e["third_party_dn"] == "1006"
+    });
+    seq.next("EventAgentReserved a1007", |e| {
+        name(e) == "EventAgentReserved" && e["agent_id"] == "a1007"
+    });
+    seq.next("EventRinging at 1007", |e| {
+        is(e, "EventRinging", "1007") && ours(e)
+    });
+    seq.next("EventEstablished at 1007", |e| {
+        is(e, "EventEstablished", "1007") && ours(e)
+    });
+    seq.next("EventReleased at 1007", |e| {
+        is(e, "EventReleased", "1007") && ours(e)
+    });
+    assert!(
+        !all.iter().any(|e| name(e) == "EventError"),
+        "{}",
+        summary(&all)
+    );
+    for agent in ["a1006", "a1007"] {
+        wait_until(&format!("{agent} ready"), Duration::from_secs(5), || {
+            let (_, s) = rest(
+                &sb,
+                SUPERVISOR,
+                "GET",
+                &format!("/v1/tenants/demo/agent-states/{agent}"),
+                None,
+            );
+            s["state"] == "ready"
+        });
+    }
+}
