@@ -799,8 +799,8 @@ fn may_take(service: &str, dn: &str) -> bool {
 
 /// 50 carrier callers (20 sales, 20 support, 10 Spanish who overflow) on the demo's ten
 /// agents (mixed skills, SIPp phones registered): every call is answered by an agent with the
-/// right skill, no agent ever has two calls, no call is lost, and every agent is Ready at
-/// the end.
+/// right skill, no agent ever has two calls or is offered one while wrapping up (support
+/// has 1 s of after-call work), no call is lost, and every agent is Ready at the end.
 #[test]
 fn fifty_callers_ten_agents_by_skill() {
     if !require_program("sipp") {
@@ -808,7 +808,8 @@ fn fifty_callers_ten_agents_by_skill() {
     }
     let data = tempfile::tempdir().expect("tempdir");
     std::fs::write(data.path().join("by-number.scxml"), BY_NUMBER).expect("write strategy");
-    let cfg = demo_config(0)
+    // Support agents wrap up for 1 s after each call, sales agents are Ready at once.
+    let cfg = demo_config(1)
         .replace(
             "data_dir = \"./data\"",
             &format!("data_dir = {:?}", data.path().display().to_string()),
@@ -901,6 +902,8 @@ fn fifty_callers_ten_agents_by_skill() {
     // who may take it; no agent with two calls at once.
     let mut service = std::collections::HashMap::new();
     let mut arrived = std::collections::HashMap::new();
+    let mut wrapping_up = std::collections::HashSet::new();
+    let mut acw = 0;
     let mut answered_by = std::collections::HashMap::new();
     let mut on_dn: std::collections::HashMap<String, String> = Default::default();
     let mut calls_per_dn: std::collections::BTreeMap<String, usize> = Default::default();
@@ -918,7 +921,7 @@ fn fifty_callers_ten_agents_by_skill() {
                 service.insert(conn, s);
             }
             "EventAgentReserved" => {
-                // Routing reserves only agents with no call on their DN.
+                // Routing reserves only agents with no call on their DN, not wrapping up.
                 if let Some(other) = on_dn.get(&dn) {
                     panic!(
                         "{} reserved for {conn} while on {other}:\n{}",
@@ -926,6 +929,20 @@ fn fifty_callers_ten_agents_by_skill() {
                         summary(&all)
                     );
                 }
+                assert!(
+                    !wrapping_up.contains(&dn),
+                    "{} reserved for {conn} in after-call work:\n{}",
+                    e["agent_id"],
+                    summary(&all)
+                );
+            }
+            "EventAgentAfterCallWork" => {
+                assert!(dn.as_str() >= "1006", "sales has no after-call work: {e}");
+                wrapping_up.insert(dn);
+                acw += 1;
+            }
+            "EventAgentReady" => {
+                wrapping_up.remove(&dn);
             }
             "EventRinging" if dn.starts_with("10") => {
                 if let Some(other) = on_dn.insert(dn.clone(), conn.clone()) {
@@ -979,6 +996,15 @@ fn fifty_callers_ten_agents_by_skill() {
         .map(|(c, _)| &answered_by[c])
         .collect();
     assert_eq!(spanish.len(), 10);
+    let support = calls_per_dn
+        .iter()
+        .filter(|(dn, _)| dn.as_str() >= "1006")
+        .map(|(_, n)| n)
+        .sum::<usize>();
+    assert_eq!(
+        acw, support,
+        "after-call work after every support agent's call"
+    );
     eprintln!("50 calls in {took:?}; calls per agent DN: {calls_per_dn:?}");
     drop(phones);
 }
