@@ -65,6 +65,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// `[orchestrator]`: the SCXML strategy runner.
     pub orchestrator: OrchestratorConfig,
+    /// `[voicemail]`: where messages are kept and how sip-node reaches the menus.
+    pub voicemail: VoicemailConfig,
     /// `[[tenants]]`: tenants and their SIP users. Empty by default.
     pub tenants: Vec<Tenant>,
 }
@@ -372,6 +374,41 @@ impl Default for McpConfig {
     }
 }
 
+/// `[voicemail]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoicemailConfig {
+    /// Directory of the messages' audio (one WAV per message); relative to `data_dir` unless
+    /// absolute. Default `voicemail`.
+    pub dir: PathBuf,
+    /// The media server that runs the deposit and access menus (its SIP UDP address). `""`
+    /// (the default): `sip_node.mcp`, else the `mcp` role of this process.
+    #[serde(deserialize_with = "de_optional_addr")]
+    pub mcp: Option<SocketAddr>,
+    /// The base URL (`http://host:port`) of the `voicemail` role's HTTP server, as the media
+    /// server fetches the menus from it. `""` (the default): this process's `http.listen`.
+    pub url: String,
+    /// SIP UDP address of the message-waiting server (NOTIFY out, SUBSCRIBE in). Default
+    /// `127.0.0.1:0`: any free port, since the SIP edge of the same process learns it and
+    /// sends SUBSCRIBEs there; `""` turns message waiting off.
+    #[serde(deserialize_with = "de_optional_addr")]
+    pub udp: Option<SocketAddr>,
+}
+
+impl Default for VoicemailConfig {
+    fn default() -> Self {
+        VoicemailConfig {
+            dir: PathBuf::from("voicemail"),
+            mcp: None,
+            url: String::new(),
+            udp: Some(SocketAddr::new(
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                0,
+            )),
+        }
+    }
+}
+
 /// `[proxy]`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -550,6 +587,7 @@ impl Default for Config {
             mcp: McpConfig::default(),
             routing: RoutingConfig::default(),
             orchestrator: OrchestratorConfig::default(),
+            voicemail: VoicemailConfig::default(),
             tenants: Vec::new(),
         }
     }
@@ -840,6 +878,11 @@ impl Config {
         self.data_dir.join(&self.mcp.recordings_dir)
     }
 
+    /// Where voicemail audio is kept: `voicemail.dir` under `data_dir`.
+    pub fn voicemail_dir(&self) -> PathBuf {
+        self.data_dir.join(&self.voicemail.dir)
+    }
+
     /// The SQLite file of the embedded bus: `bus.path` under `data_dir`.
     pub fn bus_path(&self) -> PathBuf {
         self.data_dir.join(&self.bus.path)
@@ -984,6 +1027,20 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
                 format!("{url:?} is not a Redis URL: expected redis://host:port, rediss://host:port or unix:///path"),
             );
         }
+    }
+
+    // [voicemail]
+    if c.voicemail.dir.as_os_str().is_empty() {
+        bad(out, "voicemail.dir", "must not be empty");
+    }
+    let url = c.voicemail.url.as_str();
+    let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+    if !url.is_empty() && (!scheme_ok || url.chars().any(|ch| ch.is_whitespace() || ch == '?')) {
+        bad(
+            out,
+            "voicemail.url",
+            format!("{url:?} is not a base URL: expected http://host:port or https://host:port"),
+        );
     }
 
     // [mcp]

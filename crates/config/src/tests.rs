@@ -315,6 +315,32 @@ fn data_dir_store_and_bus() {
 }
 
 #[test]
+fn voicemail_keys() {
+    let c = Config::from_toml_str(
+        "data_dir = \"/var/lib/sb\"\n[voicemail]\ndir = \"vm\"\nmcp = \"127.0.0.1:5081\"\nurl = \"http://10.0.0.2:8080\"\nudp = \"\"\n",
+    )
+    .expect("valid");
+    assert_eq!(c.voicemail_dir(), PathBuf::from("/var/lib/sb/vm"));
+    assert_eq!(c.voicemail.mcp, Some("127.0.0.1:5081".parse().unwrap()));
+    assert_eq!(c.voicemail.url, "http://10.0.0.2:8080");
+    assert_eq!(c.voicemail.udp, None, "message waiting off");
+    let d = Config::default();
+    assert_eq!(d.voicemail_dir(), PathBuf::from("./data/voicemail"));
+    assert_eq!((d.voicemail.mcp, d.voicemail.url.as_str()), (None, ""));
+    assert_eq!(d.voicemail.udp.map(|a| a.port()), Some(0));
+
+    let p = one_problem("[voicemail]\nurl = \"ftp://x\"\n");
+    assert_eq!(p.key.as_deref(), Some("voicemail.url"));
+    assert_eq!(p.line, Some(2));
+    let p = one_problem("[voicemail]\nurl = \"http://x/?a\"\n");
+    assert_eq!(p.key.as_deref(), Some("voicemail.url"));
+    let p = one_problem("[voicemail]\ndir = \"\"\n");
+    assert_eq!(p.key.as_deref(), Some("voicemail.dir"));
+    let p = one_problem("[voicemail]\nmcp = \"nope\"\n");
+    assert_eq!(p.key.as_deref(), Some("voicemail.mcp"));
+}
+
+#[test]
 fn load_resolves_data_dir_against_the_file() {
     let dir = std::env::temp_dir().join(format!("sb-config-dd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

@@ -116,6 +116,8 @@ pub enum Event {
     /// finished), `cancelled`, `routed`, `caller_hangup` or an `error.*` name;
     /// `treatment_results` holds its results (a VoiceXML exit namelist, collected `digits`).
     EventTreatmentEnd(CallAttrs),
+    /// A voicemail message was stored in mailbox `this_dn` (durably: audio and metadata).
+    EventMessageDeposited(MessageAttrs),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -196,6 +198,31 @@ pub struct DnAttrs {
     pub ts_ms: u64,
 }
 
+/// A voicemail message (`EventMessageDeposited`). `this_dn` is the mailbox number, so that
+/// per-DN streams see it; `new_messages`/`old_messages` are the mailbox's counts after it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MessageAttrs {
+    pub tenant: String,
+    pub this_dn: String,
+    pub message_id: String,
+    /// The agent or the agent group owning the mailbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_group: Option<String>,
+    /// The caller (ANI) who left the message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_dn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conn_id: Option<ConnId>,
+    pub duration_ms: u64,
+    pub new_messages: u32,
+    pub old_messages: u32,
+    #[serde(default)]
+    pub user_data: UserData,
+    pub ts_ms: u64,
+}
+
 /// The `CallAttrs` of every call event, by reference or by mutable reference.
 macro_rules! call_attrs {
     ($e:expr) => {
@@ -252,7 +279,8 @@ impl Event {
             EventDNOutOfService,
             EventDNBackInService,
             EventTreatmentApplied,
-            EventTreatmentEnd
+            EventTreatmentEnd,
+            EventMessageDeposited
         )
     }
 
@@ -266,6 +294,7 @@ impl Event {
             | Event::EventAgentAfterCallWork(a)
             | Event::EventAgentReserved(a) => &a.tenant,
             Event::EventDNOutOfService(d) | Event::EventDNBackInService(d) => &d.tenant,
+            Event::EventMessageDeposited(m) => &m.tenant,
             other => other.call().map(|c| c.tenant.as_str()).unwrap_or(""),
         }
     }
@@ -291,6 +320,7 @@ impl Event {
             | Event::EventAgentAfterCallWork(a)
             | Event::EventAgentReserved(a) => Some(&a.this_dn),
             Event::EventDNOutOfService(d) | Event::EventDNBackInService(d) => Some(&d.this_dn),
+            Event::EventMessageDeposited(m) => Some(&m.this_dn),
             other => other.call().map(|c| c.this_dn.as_str()),
         }
     }
@@ -378,5 +408,35 @@ mod tests {
         );
         assert!("xyz".parse::<ConnId>().is_err());
         assert!(Event::from_json(r#"{"event":"EventNope"}"#).is_err());
+    }
+
+    #[test]
+    fn message_deposited_round_trip() {
+        let mut user_data = UserData::new();
+        user_data.insert("case".into(), serde_json::json!("42"));
+        let e = Event::EventMessageDeposited(MessageAttrs {
+            tenant: "demo".into(),
+            this_dn: "8100".into(),
+            message_id: "m1".into(),
+            owner_agent: None,
+            owner_group: Some("sales".into()),
+            other_dn: Some("+15551234567".into()),
+            conn_id: Some(ConnId(7)),
+            duration_ms: 5_000,
+            new_messages: 1,
+            old_messages: 2,
+            user_data,
+            ts_ms: 1,
+        });
+        let j = e.to_json();
+        assert!(
+            j.starts_with(r#"{"event":"EventMessageDeposited","tenant":"demo","this_dn":"8100""#),
+            "{j}"
+        );
+        assert!(!j.contains("owner_agent"), "{j}");
+        assert_eq!(Event::from_json(&j).unwrap(), e);
+        assert_eq!(e.name(), "EventMessageDeposited");
+        assert_eq!((e.tenant(), e.this_dn()), ("demo", Some("8100")));
+        assert!(e.call().is_none());
     }
 }

@@ -15,3 +15,4 @@ pub mod single_writer;
 pub mod sip;
 pub mod sip_node;
 pub mod store;
+pub mod voicemail;

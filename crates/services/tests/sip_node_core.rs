@@ -63,6 +63,7 @@ impl Net {
                 node: 1,
                 route_timeout_ms: 10_000,
             },
+            voicemail: Default::default(),
         };
         let dir = Directory::new([(
             "demo".to_string(),
@@ -1011,6 +1012,7 @@ fn net_with_plan() -> Net {
             node: 1,
             route_timeout_ms: 10_000,
         },
+        voicemail: Default::default(),
     };
     n.node = SipNode::new(settings, Directory::live(cell), 7, n.now, 1_800_000_000_000);
     n
@@ -1164,6 +1166,7 @@ fn net_with_routing() -> Net {
             node: 1,
             route_timeout_ms: 10_000,
         },
+        voicemail: Default::default(),
     };
     n.node = SipNode::new(settings, Directory::live(cell), 7, n.now, 1_800_000_000_000);
     n
@@ -1330,6 +1333,7 @@ fn net_with_route_point(mcp: Option<SocketAddr>) -> Net {
             node: 1,
             route_timeout_ms: 10_000,
         },
+        voicemail: Default::default(),
     };
     n.node = SipNode::new(settings, Directory::live(cell), 7, n.now, 1_800_000_000_000);
     n
@@ -1438,4 +1442,133 @@ fn without_a_media_server_a_treatment_is_an_error() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+// ---- voicemail ----
+
+/// Tenant demo: 1001 with mailbox 8100 (agent a1001's), access DN 7000; the voicemail route
+/// set when `route` is.
+fn voicemail_net(route: bool) -> Net {
+    let mut n = Net::new();
+    let mut t = switchboard_config::Tenant::new("demo", "switchboard");
+    let mut d1001 = switchboard_config::Dn::new("1001", switchboard_config::DnKind::Extension);
+    d1001.mailbox = Some("8100".into());
+    // A queue whose callers go to the mailbox after 1 s.
+    let mut queue = switchboard_config::Dn::new("6000", switchboard_config::DnKind::Queue);
+    queue.mailbox = Some("8100".into());
+    queue.no_answer_timeout_s = Some(1);
+    t.dns = vec![
+        d1001,
+        switchboard_config::Dn::new("1002", switchboard_config::DnKind::Extension),
+        switchboard_config::Dn::new("7000", switchboard_config::DnKind::VoicemailAccess),
+        queue,
+    ];
+    let mut mailbox = switchboard_config::Mailbox::new("8100", "1234");
+    mailbox.owner_agent = Some("a1001".into());
+    t.mailboxes = vec![mailbox];
+    t.agents = vec![switchboard_config::Agent {
+        login_id: "a1001".into(),
+        name: String::new(),
+        dn: Some("1001".into()),
+        skills: Default::default(),
+        groups: Vec::new(),
+    }];
+    assert!(t.entity_problems().is_empty(), "{:?}", t.entity_problems());
+    let cell = std::sync::Arc::new(switchboard_services::dialplan::role::DialplanCell::new(
+        switchboard_services::dialplan::Dialplan::build([&t]),
+    ));
+    let voicemail = switchboard_services::sip_node::core::VoicemailRoute::default();
+    if route {
+        voicemail.set(switchboard_services::sip_node::core::VoicemailTarget {
+            mcp: addr(MCP),
+            base_url: "http://127.0.0.1:8080".into(),
+        });
+    }
+    let settings = NodeSettings {
+        local: addr(NODE),
+        edge: addr(EDGE),
+        trunks: vec![addr(TRUNK)],
+        mcp: None,
+        timers: Timers::default(),
+        model: ModelSettings {
+            ring_timeout_ms: RING_MS,
+            node: 1,
+            route_timeout_ms: 10_000,
+        },
+        voicemail,
+    };
+    n.node = SipNode::new(settings, Directory::live(cell), 7, n.now, 1_800_000_000_000);
+    n
+}
+
+#[test]
+fn an_unreachable_dn_with_a_mailbox_sends_the_caller_to_the_deposit_menu() {
+    let mut n = voicemail_net(true);
+    let out = n.feed(&carrier_invite("vm-1"), TRUNK);
+    let inv = one(&out, 5060, "INVITE").clone();
+    let out = n.phone_reply(&inv, 480, None);
+    let vm = one(&out, 5080, "INVITE");
+    let ruri = vm.request_uri_str().unwrap_or("");
+    let conn = n
+        .node
+        .model()
+        .calls()
+        .next()
+        .map(|c| c.conn)
+        .expect("a call");
+    assert_eq!(
+        ruri,
+        format!(
+            "sip:dialog@{MCP};voicexml=http://127.0.0.1:8080/voicemail/v1/tenants/demo/deposit/8100%3Fcaller%3D%252B15551234567&conn%3D{conn}"
+        )
+    );
+    assert!(body(vm).contains("m=audio 4000"), "the caller's offer");
+    let ev = n.events();
+    let diverted = ev
+        .iter()
+        .find_map(|e| match e {
+            Event::EventDiverted(c) => Some(c.clone()),
+            _ => None,
+        })
+        .expect("EventDiverted");
+    assert_eq!(diverted.this_dn, "1001");
+    assert_eq!(diverted.third_party_dn.as_deref(), Some("8100"));
+    assert_eq!(diverted.reason.as_deref(), Some("voicemail"));
+}
+
+#[test]
+fn the_access_dn_goes_to_the_access_menu_and_fails_without_a_media_server() {
+    let mut n = voicemail_net(true);
+    let out = n.feed(&invite_from(PHONE, "1002", "7000", "acc-1"), PHONE);
+    let vm = one(&out, 5080, "INVITE");
+    assert_eq!(
+        vm.request_uri_str(),
+        Some("sip:dialog@127.0.0.1:5080;voicexml=http://127.0.0.1:8080/voicemail/v1/tenants/demo/access%3Fcaller%3D1002")
+    );
+    // Until the voicemail role says where the media server is, such calls fail.
+    let mut n = voicemail_net(false);
+    let out = n.feed(&invite_from(PHONE, "1002", "7000", "acc-2"), PHONE);
+    assert!(to(&out, 5080).is_empty(), "{out:?}");
+    one(&out, 6001, "503");
+}
+
+#[test]
+fn a_queue_with_a_mailbox_sends_timed_out_callers_to_it() {
+    let mut n = voicemail_net(true);
+    let out = n.feed(&invite_from(TRUNK, "+15557654321", "6000", "q-1"), TRUNK);
+    assert!(to(&out, 5080).is_empty(), "queued first: {out:?}");
+    let out = n.advance(1_100);
+    let vm = one(&out, 5080, "INVITE");
+    let ruri = vm.request_uri_str().unwrap_or("");
+    assert!(
+        ruri.starts_with("sip:dialog@127.0.0.1:5080;voicexml=http://127.0.0.1:8080/voicemail/v1/tenants/demo/deposit/8100%3Fcaller%3D%252B15557654321"),
+        "{ruri}"
+    );
+    let ev = n.events();
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::EventDiverted(c)
+            if c.this_dn == "6000" && c.reason.as_deref() == Some("queue_timeout")
+                && c.third_party_dn.as_deref() == Some("8100"))),
+        "{ev:?}"
+    );
 }

@@ -13,6 +13,7 @@
 //! yet, with all their entities; tenants already in the store are left alone (the store wins,
 //! the file only seeds).
 
+mod messages;
 mod record;
 mod sqlite;
 
@@ -28,6 +29,7 @@ pub use switchboard_config::{
     RuleScope, Skill, Tenant, Trunk,
 };
 
+pub use messages::{Counts, Heard, MessageState, MessageStore, NewMessage, StoredMessage};
 pub use record::{FieldError, Record};
 pub use sqlite::{Migration, SqliteStore, MIGRATIONS};
 
@@ -286,7 +288,7 @@ pub enum Op {
 
 /// The configuration store. Calls block on the database: call them from blocking threads
 /// (`tokio::task::spawn_blocking`) or where a short wait is fine.
-pub trait Store: Send + Sync {
+pub trait Store: MessageStore + Send + Sync {
     /// Every tenant, by name.
     fn tenants(&self) -> Result<Vec<TenantInfo>, StoreError>;
     /// One tenant.

@@ -55,6 +55,27 @@ pub const MIGRATIONS: &[Migration] = &[
             CREATE INDEX entities_kind ON entities(kind);
         ",
     },
+    Migration {
+        version: 3,
+        name: "voicemail messages",
+        sql: "
+            CREATE TABLE voicemail_messages (
+                tenant      TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
+                mailbox     TEXT NOT NULL,
+                id          TEXT NOT NULL,
+                caller      TEXT,
+                conn_id     TEXT,
+                received_ms INTEGER NOT NULL,
+                duration_ms INTEGER NOT NULL,
+                file        TEXT NOT NULL,
+                user_data   TEXT NOT NULL,
+                state       TEXT NOT NULL,
+                heard_by    TEXT NOT NULL,
+                PRIMARY KEY (tenant, id)
+            );
+            CREATE INDEX voicemail_messages_box ON voicemail_messages(tenant, mailbox, received_ms);
+        ",
+    },
 ];
 
 /// The embedded configuration store.
@@ -63,7 +84,7 @@ pub struct SqliteStore {
     changes: watch::Sender<u64>,
 }
 
-fn db_err(e: rusqlite::Error) -> StoreError {
+pub(crate) fn db_err(e: rusqlite::Error) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
@@ -109,7 +130,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` in an immediate transaction; commits when it returns `Ok`.
-    fn write<T>(
+    pub(crate) fn write<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
@@ -122,7 +143,7 @@ impl SqliteStore {
         Ok(value)
     }
 
-    fn read<T>(
+    pub(crate) fn read<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {

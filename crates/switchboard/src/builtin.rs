@@ -172,6 +172,8 @@ async fn start_mcp(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     let mcp =
         switchboard_services::mcp::role::start(config, ctx.drain.clone(), Some(runner)).await?;
     ctx.add_routes(mcp.router);
+    let udp = mcp.udp;
+    ctx.shared().get_or_init(move || McpAddress(udp));
     let mut handle = RoleHandle::from_task(mcp.task);
     if let Some(a) = mcp.udp {
         handle = handle.bound("mcp_udp", a);
@@ -215,7 +217,106 @@ async fn start_sip_node(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     )
     .await?;
     ctx.add_routes(node.router);
+    let route = node.voicemail.clone();
+    ctx.shared().get_or_init(move || route);
     Ok(RoleHandle::from_task(node.task).bound("sip_node_udp", node.udp))
+}
+
+/// The media server of this process (its SIP UDP address), for voicemail legs.
+struct McpAddress(Option<std::net::SocketAddr>);
+
+/// `voicemail`: the deposit and access menus (VoiceXML run by the media server), the
+/// messages' REST API, the retention sweep, and message waiting on `voicemail.udp`
+/// (reported as `voicemail_udp`). It starts after `sip-node` and `mcp`, so it tells the
+/// SIP Server of this process where voicemail legs go, and the SIP edge where message-summary
+/// SUBSCRIBEs go.
+async fn start_voicemail(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
+    use switchboard_services::sip_node::core::{VoicemailRoute, VoicemailTarget};
+    use switchboard_services::voicemail;
+    let store = ctx
+        .shared()
+        .get_or_init(StoreSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let bus = ctx
+        .shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    let cell = dialplan_cell(&ctx).await?;
+    let cfg = &ctx.config.voicemail;
+    if let Some(route) = ctx.shared().get::<VoicemailRoute>() {
+        // The same media server as the treatments' unless voicemail names its own.
+        let mcp = cfg
+            .mcp
+            .or(ctx.config.sip_node.mcp)
+            .or_else(|| ctx.shared().get::<McpAddress>().and_then(|a| a.0));
+        let http = ctx.shared().get::<crate::role::HttpAddr>().map(|a| a.0);
+        let base_url = match (cfg.url.is_empty(), http) {
+            (false, _) => Some(cfg.url.trim_end_matches('/').to_owned()),
+            (true, Some(h)) => Some(format!("http://{h}")),
+            (true, None) => None,
+        };
+        match (mcp, base_url) {
+            (Some(mcp), Some(base_url)) => route.set(VoicemailTarget { mcp, base_url }),
+            _ => tracing::warn!(
+                "voicemail: no media server (mcp role or voicemail.mcp): calls to mailboxes get 503"
+            ),
+        }
+    }
+    let location = ctx
+        .shared()
+        .get::<switchboard_services::sip::role::SharedLocation>()
+        .map(|l| (*l).clone());
+    let mut tasks = Vec::new();
+    let mut bound = None;
+    let mwi = match cfg.udp {
+        Some(udp) => {
+            let m = voicemail::mwi::start(
+                udp,
+                &ctx.config,
+                cell.clone(),
+                store.clone(),
+                location,
+                ctx.drain.clone(),
+            )
+            .await?;
+            if let Some(edge) = ctx
+                .shared()
+                .get::<switchboard_services::sip::role::EdgeControl>()
+            {
+                let cmd = switchboard_services::sip::edge::EdgeCommand::SetMwiServer(vec![m.udp]);
+                edge.commands
+                    .send(cmd)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the SIP edge stopped"))?;
+            }
+            bound = Some(m.udp);
+            tasks.push(m.task);
+            Some(m.mwi)
+        }
+        None => None,
+    };
+    let running = voicemail::role::start(
+        ctx.config.voicemail_dir(),
+        store,
+        Some(bus),
+        cell,
+        mwi,
+        ctx.drain.clone(),
+    );
+    ctx.add_routes(running.router);
+    tasks.push(running.task);
+    let mut handle = RoleHandle::spawn(async move {
+        for t in tasks {
+            t.await??;
+        }
+        Ok(())
+    });
+    if let Some(a) = bound {
+        handle = handle.bound("voicemail_udp", a);
+    }
+    Ok(handle)
 }
 
 /// `call-state`: folds `events:{tenant}` into call threads; `GET /v1/tenants/{t}/calls[/{id}]`.
@@ -251,7 +352,8 @@ async fn start_front_end(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
 }
 
 /// `agent-state`: agent login, ready, not ready, after-call work per tenant (one writer per
-/// tenant by bus lease); `POST /v1/tenants/{t}/agents/{id}/{action}`, `GET .../agents[/{id}]`.
+/// tenant by bus lease); `POST /v1/tenants/{t}/agents/{id}/{action}`,
+/// `GET /v1/tenants/{t}/agent-states[/{id}]`.
 /// Its state is shared as `Arc<switchboard_services::agent_state::AgentState>`.
 async fn start_agent_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     let bus = ctx
@@ -332,6 +434,7 @@ pub fn registry() -> Registry {
     r.register(RoleKind::Config, start_config);
     r.register(RoleKind::Mcp, start_mcp);
     r.register(RoleKind::CallState, start_call_state);
+    r.register(RoleKind::Voicemail, start_voicemail);
     r.register(RoleKind::FrontEnd, start_front_end);
     r.register(RoleKind::AgentState, start_agent_state);
     r.register(RoleKind::Routing, start_routing);

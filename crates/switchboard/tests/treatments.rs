@@ -3,7 +3,8 @@
 //! pcaps) and as the agent's phone, and a small HTTP server of the test serving the VoiceXML
 //! menu. A call parks at route point 5000; the test treats it over REST or with
 //! `CallRequest`s on the node's bus stream, reads the events from `events:demo` as they come,
-//! and routes the call to the agent.
+//! and routes the call to the agent. The last two tests add the `orchestrator` running the
+//! demo strategy: first with the test playing `routing`, then with `agent-state` and `routing`.
 
 mod common;
 
@@ -25,8 +26,9 @@ use switchboard_testkit::{
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 const PCAPS: &str = "/usr/share/sip-tester";
 
-/// Route point 5000 (60 s to route a call), DN 1002 with agent a1002 (registered by SIPp).
-fn config(dir: &Path, redis: &RedisServer) -> String {
+/// Route point 5000 (60 s to route a call) running `strategy`, DN 1002 with agent a1002
+/// (registered by SIPp).
+fn config_with(dir: &Path, redis: &RedisServer, strategy: &str) -> String {
     format!(
         r#"data_dir = {:?}
 
@@ -57,7 +59,7 @@ kind = "route_point"
 
 [[tenants.route_points]]
 number = "5000"
-strategy_url = "builtin:test"
+strategy_url = {strategy:?}
 timeout_s = 60
 
 [[tenants.agents]]
@@ -79,22 +81,30 @@ struct Rig {
 }
 
 fn rig() -> Option<Rig> {
+    rig_with(&[], "builtin:test", "")
+}
+
+/// [`rig`] with more roles, route point 5000 running `strategy`, and `tail` appended to the
+/// configuration (it continues agent a1002's table).
+fn rig_with(more_roles: &[&str], strategy: &str, tail: &str) -> Option<Rig> {
     if !require_program("sipp") || !require_program("redis-server") {
         return None;
     }
     let redis = RedisServer::spawn().expect("redis-server starts");
     let dir = tempfile::tempdir().expect("tempdir");
+    let mut roles = vec![
+        "sip-proxy",
+        "registrar",
+        "sip-node",
+        "dialplan",
+        "config",
+        "mcp",
+    ];
+    roles.extend_from_slice(more_roles);
     let sb = Switchboard::builder()
         .binary(BIN)
-        .config(&config(dir.path(), &redis))
-        .roles(&[
-            "sip-proxy",
-            "registrar",
-            "sip-node",
-            "dialplan",
-            "config",
-            "mcp",
-        ])
+        .config(&(config_with(dir.path(), &redis, strategy) + tail))
+        .roles(&roles)
         .log("info,switchboard_services=debug")
         .spawn()
         .expect("switchboard starts");
@@ -526,12 +536,13 @@ fn menu_then_music_then_the_agent_over_rest() {
         );
     }
     assert!(r.mcp_idle(), "the media server's sessions ended");
-    // The registrar's EventDNBackInService for the agent's phone is no call event.
+    // The call's events (the registrar's DN service events come and go with the agent's
+    // registration).
     let names: Vec<_> = events
         .seen
         .iter()
+        .filter(|e| e.call().is_some())
         .map(|e| e.name())
-        .filter(|n| !n.starts_with("EventDN"))
         .collect();
     assert_eq!(
         names,
@@ -656,4 +667,192 @@ fn menu_and_collect_digits_over_the_bus_then_the_caller_hangs_up_during_music() 
         r.sb.logs()
     );
     assert!(r.mcp_idle(), "the media server's music session ended");
+}
+
+/// The demo end to end, with the orchestrator running `builtin:demo-strategy` and the test
+/// playing `routing`: the caller presses 2 in the demo menu (the VoiceXML page the
+/// orchestrator serves, run by the media server), hears music while queued for support, and
+/// reaches agent 1002 when routing reserves it.
+#[test]
+fn the_demo_strategy_takes_a_call_from_the_menu_to_the_agent() {
+    use switchboard_events::requests::{RoutingReply, RoutingRequest};
+    let Some(r) = rig_with(&["orchestrator"], "builtin:demo-strategy", "") else {
+        return;
+    };
+    let mut events = Events::new(&r.redis);
+    let (agent_sip, agent_media) = (free_port(), free_port());
+    register(&r.sb, "1002", agent_sip);
+    let agent = background(scenario("callee", &[]), None, agent_sip, agent_media);
+    let during = pause(1500)
+        + &play_dtmf("2")
+        + &reinvite("m=audio [0-9]+ RTP/AVP", "music", "8 101")
+        + &reinvite(&format!("m=audio {agent_media} RTP/AVP"), "agent", "0")
+        + &wait_bye();
+    let carrier = caller(r.node(), &during);
+
+    let rr = events.wait("EventRouteRequest", |e| {
+        named(e, "EventRouteRequest").is_some()
+    });
+    let conn = rr.call().and_then(|c| c.conn_id).expect("conn_id");
+    let end = events.wait("EventTreatmentEnd (menu)", |e| {
+        named(e, "EventTreatmentEnd").is_some()
+    });
+    assert_eq!(
+        end.call()
+            .unwrap()
+            .treatment_results
+            .clone()
+            .map(Value::Object),
+        Some(json!({"choice": "support"})),
+        "the demo menu's exit namelist"
+    );
+
+    // The strategy queues the call for support; the test, as routing, reserves agent 1002.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (submission, reply_to) = loop {
+        let entries = events
+            .rt
+            .block_on(events.bus.read_range("routing:demo:requests", None, 10))
+            .expect("read");
+        let submit = entries.iter().find_map(|e| {
+            match serde_json::from_slice::<RoutingRequest>(&e.payload).ok()? {
+                RoutingRequest::Submit {
+                    request_id,
+                    reply_to,
+                    queue,
+                    skills,
+                    conn_id,
+                    ..
+                } => Some((request_id, reply_to, queue, skills, conn_id)),
+                _ => None,
+            }
+        });
+        if let Some((id, to, queue, skills, c)) = submit {
+            assert_eq!(
+                (queue.as_str(), skills.as_str(), c),
+                ("support", "support >= 5", conn)
+            );
+            break (id, to);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no submission; log:\n{}",
+            r.sb.logs()
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    events.wait("EventTreatmentApplied (music)", |e| {
+        named(e, "EventTreatmentApplied").is_some()
+    });
+    let reply = RoutingReply::Target {
+        request_id: submission,
+        conn_id: conn,
+        agent_id: "a1002".into(),
+        dn: "1002".into(),
+    };
+    events.publish(&reply_to, &serde_json::to_string(&reply).expect("json"));
+    let est = events.wait("EventEstablished", |e| {
+        named(e, "EventEstablished").is_some_and(|c| c.this_dn == "1002")
+    });
+    assert_eq!(est.call().unwrap().conn_id, Some(conn));
+    // The strategy is over once the agent answered: its snapshot is gone.
+    let key = format!("orchestrator:demo:{conn}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events
+        .rt
+        .block_on(events.bus.kv_get(&key))
+        .expect("kv")
+        .is_some()
+    {
+        assert!(Instant::now() < deadline, "the session did not end");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let release = json!({"tenant": "demo", "request_id": 77, "conn_id": conn, "dn": "1002",
+        "op": "release"});
+    events.publish(
+        &sip_node_requests_stream(node_of(conn)),
+        &release.to_string(),
+    );
+    events.wait("EventReleased", |e| {
+        named(e, "EventReleased").is_some() && request_id(e) == Some(77)
+    });
+    for (who, h) in [("carrier", carrier), ("agent 1002", agent)] {
+        let out = h.join().expect("sipp thread");
+        assert!(
+            out.success(),
+            "{who}:\n{}\n--- switchboard ---\n{}",
+            out.report(),
+            r.sb.logs()
+        );
+    }
+}
+
+/// The demo with every role it needs: agent a1002 (skill support 8) logs in and goes ready
+/// through `agent-state`; the caller presses 2; the orchestrator queues the call for support;
+/// `routing` reserves a1002; the call reaches 1002.
+#[test]
+fn the_demo_with_agent_state_and_routing() {
+    use switchboard_events::requests::{agent_requests_stream, AgentOp, AgentRequest};
+    let tail = "skills = { support = 8 }\n\n[[tenants.skills]]\nname = \"support\"\n";
+    let Some(r) = rig_with(
+        &["agent-state", "routing", "orchestrator"],
+        "builtin:demo-strategy",
+        tail,
+    ) else {
+        return;
+    };
+    let mut events = Events::new(&r.redis);
+    let (agent_sip, agent_media) = (free_port(), free_port());
+    register(&r.sb, "1002", agent_sip);
+    let agent = background(scenario("callee", &[]), None, agent_sip, agent_media);
+    for (id, op) in [(1, AgentOp::Login { dn: None }), (2, AgentOp::Ready)] {
+        let req = AgentRequest {
+            tenant: "demo".into(),
+            request_id: id,
+            agent_id: "a1002".into(),
+            op,
+        };
+        events.publish(
+            &agent_requests_stream("demo"),
+            &serde_json::to_string(&req).expect("json"),
+        );
+    }
+    events.wait("EventAgentReady", |e| e.name() == "EventAgentReady");
+    let during = pause(1500)
+        + &play_dtmf("2")
+        + &reinvite("m=audio [0-9]+ RTP/AVP", "music", "8 101")
+        + &reinvite(&format!("m=audio {agent_media} RTP/AVP"), "agent", "0")
+        + &wait_bye();
+    let carrier = caller(r.node(), &during);
+    let rr = events.wait("EventRouteRequest", |e| {
+        named(e, "EventRouteRequest").is_some()
+    });
+    let conn = rr.call().and_then(|c| c.conn_id).expect("conn_id");
+    let est = events.wait("EventEstablished", |e| {
+        named(e, "EventEstablished").is_some_and(|c| c.this_dn == "1002")
+    });
+    assert_eq!(est.call().unwrap().conn_id, Some(conn));
+    assert!(
+        events.seen.iter().any(|e| e.name() == "EventAgentReserved"),
+        "routing reserved the agent: {:#?}",
+        events.seen
+    );
+    let release = json!({"tenant": "demo", "request_id": 78, "conn_id": conn, "dn": "1002",
+        "op": "release"});
+    events.publish(
+        &sip_node_requests_stream(node_of(conn)),
+        &release.to_string(),
+    );
+    events.wait("EventReleased", |e| {
+        named(e, "EventReleased").is_some() && request_id(e) == Some(78)
+    });
+    for (who, h) in [("carrier", carrier), ("agent 1002", agent)] {
+        let out = h.join().expect("sipp thread");
+        assert!(
+            out.success(),
+            "{who}:\n{}\n--- switchboard ---\n{}",
+            out.report(),
+            r.sb.logs()
+        );
+    }
 }

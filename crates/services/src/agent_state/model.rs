@@ -23,8 +23,6 @@ pub mod codes {
     pub const LOGGED_IN_ELSEWHERE: &str = "logged_in_elsewhere";
     /// The request needs a logged-in agent.
     pub const NOT_LOGGED_IN: &str = "not_logged_in";
-    /// Logout while a call is on the agent's DN.
-    pub const ON_CALL: &str = "on_call";
     /// after-call-work-done while not in after-call work.
     pub const NOT_IN_AFTER_CALL_WORK: &str = "not_in_after_call_work";
     /// The request is for another tenant.
@@ -113,6 +111,9 @@ pub struct Board {
     pub out_of_service: BTreeSet<String>,
     /// How long a reservation holds an agent that nothing rings, ms.
     reservation_ms: u64,
+    /// DN -> the agent logged in on it (rebuilt by [`Board::configure`]).
+    #[serde(skip)]
+    dn_agent: BTreeMap<String, String>,
 }
 
 impl Board {
@@ -124,6 +125,7 @@ impl Board {
             extensions: BTreeSet::new(),
             out_of_service: BTreeSet::new(),
             reservation_ms,
+            dn_agent: BTreeMap::new(),
         };
         board.configure(tenant, reservation_ms);
         board
@@ -176,6 +178,11 @@ impl Board {
                 .max()
                 .unwrap_or(0);
         }
+        self.dn_agent = self
+            .agents
+            .values()
+            .filter_map(|a| Some((a.dn.clone()?, a.id.clone())))
+            .collect();
     }
 
     pub fn agent(&self, id: &str) -> Option<&Agent> {
@@ -184,11 +191,11 @@ impl Board {
 
     /// The agent logged in on `dn`.
     pub fn agent_on(&self, dn: &str) -> Option<&Agent> {
-        self.agents.values().find(|a| a.dn.as_deref() == Some(dn))
+        self.agents.get(self.dn_agent.get(dn)?)
     }
 
     fn agent_id_on(&self, dn: &str) -> Option<String> {
-        self.agent_on(dn).map(|a| a.id.clone())
+        self.dn_agent.get(dn).cloned()
     }
 
     pub fn in_service(&self, dn: &str) -> bool {
@@ -287,6 +294,7 @@ impl Board {
                         format!("agent {other:?} is logged in on {dn:?}"),
                     ));
                 }
+                self.dn_agent.insert(dn.clone(), id.to_string());
                 let a = self.agent_mut(id);
                 a.dn = Some(dn);
                 a.calls.clear();
@@ -305,10 +313,9 @@ impl Board {
                 codes::NOT_LOGGED_IN,
                 format!("agent {id:?} is not logged in"),
             )),
+            // Allowed during a call too (the call goes on without the agent): an agent whose
+            // DN never reported a call's end must still be able to leave.
             (AgentOp::Logout, Some(_)) => {
-                if !agent.calls.is_empty() {
-                    return Err((codes::ON_CALL, format!("agent {id:?} is on a call")));
-                }
                 let event = self.agent_event(
                     Event::EventAgentLogout,
                     id,
@@ -318,7 +325,11 @@ impl Board {
                     now,
                 );
                 let a = self.agent_mut(id);
-                a.dn = None;
+                if let Some(dn) = a.dn.take() {
+                    self.dn_agent.remove(&dn);
+                }
+                let a = self.agent_mut(id);
+                a.calls.clear();
                 a.after_call = AfterCall::Work;
                 set(a, AgentStatus::LoggedOut, now);
                 Ok(vec![event])

@@ -217,11 +217,6 @@ fn a_call_makes_the_agent_busy_then_ready_without_after_call_work() {
     assert_eq!(status(&b, "a1001"), AgentStatus::Busy { conn: C1 });
     b.event(&call(Event::EventEstablished, C1, "1001"), 4);
     assert_eq!(status(&b, "a1001"), AgentStatus::Busy { conn: C1 });
-    // Logout is refused during a call.
-    assert_eq!(
-        error_code(&b.request(&req("a1001", 7, AgentOp::Logout), 5)),
-        codes::ON_CALL
-    );
     let out = b.event(&call(Event::EventReleased, C1, "1001"), 6);
     match &out[..] {
         [Event::EventAgentReady(a)] => {
@@ -396,7 +391,10 @@ fn snapshot_round_trip_and_reconfigure() {
     ready(&mut b, "a1001", 2);
     let json = serde_json::to_string(&b).unwrap();
     let mut back: Board = serde_json::from_str(&json).unwrap();
+    // The DN index is rebuilt from the agents, as the role does on restore.
+    back.configure(&Config::demo().tenants[0], 5_000);
     assert_eq!(back, b);
+    assert_eq!(back.agent_on("1001").map(|a| a.id.as_str()), Some("a1001"));
     let mut config = Config::demo();
     config.tenants[0].agent_groups[0].after_call_work_s = 7;
     back.configure(&config.tenants[0], 5_000);
@@ -416,4 +414,20 @@ fn a_call_forwarded_away_from_the_dn_ends_the_agents_call() {
         ["EventAgentReady"]
     );
     assert_eq!(status(&b, "a1001"), AgentStatus::Ready { since: 4 });
+}
+
+#[test]
+fn logout_during_a_call_leaves_the_call_alone() {
+    let mut b = board();
+    login(&mut b, "a1001", None, 1);
+    b.event(&call(Event::EventRinging, C1, "1001"), 2);
+    let out = b.request(&req("a1001", 7, AgentOp::Logout), 3);
+    assert_eq!(names(&out), ["EventAgentLogout"]);
+    assert_eq!(status(&b, "a1001"), AgentStatus::LoggedOut);
+    assert!(b.agent("a1001").unwrap().calls.is_empty());
+    // The call's end concerns no agent any more.
+    assert!(b
+        .event(&call(Event::EventReleased, C1, "1001"), 4)
+        .is_empty());
+    assert_eq!(status(&b, "a1001"), AgentStatus::LoggedOut);
 }

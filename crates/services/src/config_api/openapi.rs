@@ -219,6 +219,68 @@ fn all_schemas() -> Value {
     s
 }
 
+/// The messages of a mailbox (served by the voicemail role).
+fn voicemail_paths(paths: &mut Map<String, Value>) {
+    let params = json!([
+        path_param("tenant", "tenant name"),
+        path_param("key", "the mailbox's number")
+    ]);
+    let id = path_param("id", "the message's id");
+    let message = json!({ "type": "object", "properties": {
+        "id": { "type": "string" },
+        "caller": { "type": "string", "nullable": true },
+        "conn_id": { "type": "string", "nullable": true },
+        "received_ms": { "type": "integer" },
+        "duration_ms": { "type": "integer" },
+        "state": { "type": "string", "enum": ["new", "saved"] },
+        "heard_by": { "type": "array", "items": { "type": "object", "properties": {
+            "by": { "type": "string" }, "at_ms": { "type": "integer" } } } },
+        "user_data": { "type": "object" } } });
+    let with_id = |extra: Value| {
+        let mut p = params.as_array().cloned().unwrap_or_default();
+        p.push(id.clone());
+        let mut v = extra;
+        v["parameters"] = Value::Array(p);
+        v
+    };
+    paths.insert(
+        "/v1/tenants/{tenant}/mailboxes/{key}/messages".into(),
+        json!({
+            "parameters": params,
+            "get": { "summary": "List a mailbox's messages, oldest first (voicemail role)", "operationId": "listMessages",
+                "responses": {
+                    "200": ok_json("the messages", json!({ "type": "object", "properties": {
+                        "tenant": { "type": "string" }, "mailbox": { "type": "string" },
+                        "new": { "type": "integer" }, "saved": { "type": "integer" },
+                        "messages": { "type": "array", "items": message } } })),
+                    "404": problem("no such tenant or mailbox") } }
+        }),
+    );
+    paths.insert(
+        "/v1/tenants/{tenant}/mailboxes/{key}/messages/{id}".into(),
+        with_id(json!({
+            "delete": { "summary": "Delete a message and its audio", "operationId": "deleteMessage",
+                "responses": { "204": { "description": "deleted" }, "404": problem("no such tenant, mailbox or message") } }
+        })),
+    );
+    paths.insert(
+        "/v1/tenants/{tenant}/mailboxes/{key}/messages/{id}/audio".into(),
+        with_id(json!({
+            "get": { "summary": "The message's audio", "operationId": "getMessageAudio",
+                "responses": { "200": { "description": "the recording", "content": { "audio/wav": {} } },
+                    "404": problem("no such tenant, mailbox or message") } }
+        })),
+    );
+    paths.insert(
+        "/v1/tenants/{tenant}/mailboxes/{key}/messages/{id}/read".into(),
+        with_id(json!({
+            "post": { "summary": "Mark a message as heard (saved)", "operationId": "markMessageRead",
+                "responses": { "200": ok_json("the message", message.clone()),
+                    "404": problem("no such tenant, mailbox or message") } }
+        })),
+    );
+}
+
 /// The whole document.
 pub fn document() -> Value {
     let tenant = path_param("tenant", "tenant name");
@@ -322,12 +384,13 @@ pub fn document() -> Value {
             }
         }),
     );
+    voicemail_paths(&mut paths);
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "Switchboard configuration and dial plan",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Tenants and their contact-center entities (config role) and number resolution (dialplan role). Errors are application/problem+json (RFC 9457)."
+            "description": "Tenants and their contact-center entities (config role), number resolution (dialplan role) and voicemail messages (voicemail role). Errors are application/problem+json (RFC 9457)."
         },
         "paths": Value::Object(paths),
         "components": { "schemas": all_schemas() }
@@ -359,6 +422,11 @@ mod tests {
             assert!(schemas.contains_key(schema_name(kind)));
         }
         assert!(doc["paths"]["/v1/tenants/{tenant}/dialplan/resolve"]["get"].is_object());
+        assert!(doc["paths"]["/v1/tenants/{tenant}/mailboxes/{key}/messages"]["get"].is_object());
+        assert!(
+            doc["paths"]["/v1/tenants/{tenant}/mailboxes/{key}/messages/{id}/read"]["post"]
+                .is_object()
+        );
     }
 
     fn collect_refs(v: &Value, out: &mut Vec<String>) {

@@ -8,7 +8,8 @@
 //! 2. The scope: `internal` when the call comes from a device (not a trunk) and the calling
 //!    number is a DN of the tenant, else `inbound`.
 //! 3. Inbound calls to a DID range with a `target` go to that DN.
-//! 4. A DN of the tenant with the number: that DN (a `trunk` DN goes out on its trunk).
+//! 4. A DN of the tenant with the number: that DN (a `trunk` DN goes out on its trunk); else
+//!    a mailbox of the tenant with the number: a deposit in it (`mailbox`).
 //! 5. The tenant's rules of the scope (`any` or the same), by ascending priority then name:
 //!    the first whose pattern matches translates the number (strip, replace, prefix) and
 //!    sends it to a DN of the tenant (`local`) or out on a trunk (`external`).
@@ -23,8 +24,8 @@ use std::net::{IpAddr, SocketAddr};
 use regex::Regex;
 use serde::Serialize;
 use switchboard_config::{
-    compile_regex, parse_trunk_address, Dn, DnKind, RoutePoint, RulePattern, RuleRoute, RuleScope,
-    Tenant,
+    compile_regex, parse_trunk_address, Agent, Dn, DnKind, Mailbox, RoutePoint, RulePattern,
+    RuleRoute, RuleScope, Tenant,
 };
 
 /// Where a call comes from.
@@ -68,6 +69,8 @@ pub enum Target {
     RoutePoint,
     Queue,
     Voicemail,
+    /// A mailbox (not a DN): the caller leaves a message there.
+    Mailbox,
     /// Out on `trunk`; `None` is the node's default gateway.
     External {
         trunk: Option<String>,
@@ -236,6 +239,8 @@ struct TenantPlan {
     dns: HashMap<String, Dn>,
     agent_of_dn: HashMap<String, String>,
     route_points: HashMap<String, RoutePoint>,
+    mailboxes: HashMap<String, Mailbox>,
+    agents: Vec<Agent>,
     rules: Vec<Rule>,
     trunks: Vec<TrunkPlan>,
 }
@@ -327,6 +332,12 @@ impl Dialplan {
                     .iter()
                     .map(|r| (r.number.clone(), r.clone()))
                     .collect(),
+                mailboxes: t
+                    .mailboxes
+                    .iter()
+                    .map(|m| (m.number.clone(), m.clone()))
+                    .collect(),
+                agents: t.agents.clone(),
                 rules,
                 trunks,
             });
@@ -428,6 +439,24 @@ impl Dialplan {
         self.tenant(tenant)?.1.route_points.get(dn)
     }
 
+    /// Mailbox `number` of `tenant`.
+    pub fn mailbox(&self, tenant: &str, number: &str) -> Option<&Mailbox> {
+        self.tenant(tenant)?.1.mailboxes.get(number)
+    }
+
+    /// The mailboxes of `tenant`.
+    pub fn mailboxes(&self, tenant: &str) -> impl Iterator<Item = &Mailbox> {
+        self.tenant(tenant)
+            .into_iter()
+            .flat_map(|(_, t)| t.mailboxes.values())
+    }
+
+    /// The agents of `tenant`.
+    pub fn agents(&self, tenant: &str) -> &[Agent] {
+        self.tenant(tenant)
+            .map_or(&[], |(_, t)| t.agents.as_slice())
+    }
+
     /// Resolves a call; see the module documentation for the steps.
     pub fn resolve(&self, q: &Query<'_>) -> Result<Resolution, ResolveError> {
         let (ti, t) = self.pick_tenant(q)?;
@@ -456,6 +485,9 @@ impl Dialplan {
         };
         if let Some(dn) = t.dns.get(&number) {
             return Ok(done(Target::of_dn(dn), number, None));
+        }
+        if t.mailboxes.contains_key(&number) {
+            return Ok(done(Target::Mailbox, number, None));
         }
         if let Some(rule) = t
             .rules

@@ -203,6 +203,14 @@ fn resolution_table() {
             ("demo", Target::Voicemail, "7000", None, true),
         ),
         (
+            Some("demo"),
+            Device,
+            "1001",
+            "8100",
+            false,
+            ("demo", Target::Mailbox, "8100", None, true),
+        ),
+        (
             None,
             Device,
             "1001",
@@ -656,4 +664,21 @@ fn strange_input_never_panics() {
             }
         }
     }
+}
+
+#[test]
+fn mailboxes_and_agents_of_a_tenant() {
+    let p = plan();
+    assert_eq!(
+        p.mailbox("demo", "8100")
+            .and_then(|m| m.owner_group.as_deref()),
+        Some("sales")
+    );
+    assert!(p.mailbox("demo", "1001").is_none());
+    assert!(p.mailbox("nope", "8100").is_none());
+    let mut boxes: Vec<&str> = p.mailboxes("demo").map(|m| m.number.as_str()).collect();
+    boxes.sort();
+    assert_eq!(boxes, ["8100", "8200"]);
+    assert!(p.agents("demo").iter().any(|a| a.login_id == "a1001"));
+    assert!(p.agents("nope").is_empty());
 }

@@ -263,6 +263,7 @@ fn answer(
         Target::RoutePoint => ("route_point", None),
         Target::Queue => ("queue", None),
         Target::Voicemail => ("voicemail", None),
+        Target::Mailbox => ("mailbox", None),
         Target::External { trunk } => ("external", trunk.clone()),
     };
     let mut body = json!({

@@ -2,7 +2,8 @@
 //! with mixed skills, agents going ready and not ready, calls answered or not (the lost race:
 //! the agent turns not ready while ringing, the call is submitted again with its first
 //! `enqueued_ms`). Checked: every target matches the call's expression, no agent is given a
-//! call while it holds another, and every call ends answered or timed out: none is lost.
+//! call while it holds another or while a better placed waiting call (priority, then age)
+//! matches it, and every call ends answered or timed out: none is lost.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -192,6 +193,19 @@ impl Sim {
                     holding, None,
                     "agent {agent} given call {call} while holding another"
                 );
+                // Priority then age: no waiting call the agent matches has a better place.
+                let place = |c: usize| (std::cmp::Reverse(c % 3), self.enqueued[c]);
+                for (other, phase) in self.calls.iter().enumerate() {
+                    let better = other != call
+                        && *phase == Phase::Waiting
+                        && place(other) < place(call)
+                        && Expr::parse(EXPRESSIONS[self.exprs[other]])
+                            .is_ok_and(|e| e.matches(&self.skills[agent]));
+                    assert!(
+                        !better,
+                        "agent {agent} given call {call} before call {other}"
+                    );
+                }
                 self.targets += 1;
                 self.calls[call] = Phase::Targeted(agent, self.now);
             }

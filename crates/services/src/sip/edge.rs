@@ -77,10 +77,25 @@ pub enum EdgeCommand {
     /// them are sent to one of them (sticky by Call-ID, with failover); the B2BUA's own legs
     /// come back through us to the registered phones.
     SetCallControl(Vec<std::net::SocketAddr>),
+    /// The message-waiting server (the voicemail role's SIP socket): new SUBSCRIBEs with
+    /// `Event: message-summary` that no Route directs elsewhere go there (RFC 3842).
+    SetMwiServer(Vec<std::net::SocketAddr>),
 }
 
 /// The route name of the call-control nodes in the route table.
 const CALL_CONTROL: &str = "call-control";
+/// The event package of a request's `Event` header (without parameters).
+fn req_event(req: &Message) -> String {
+    let event = req.get(HeaderName::Event).unwrap_or("");
+    event.split(';').next().unwrap_or("").trim().to_owned()
+}
+
+fn is_message_summary(package: &str) -> bool {
+    package.eq_ignore_ascii_case("message-summary")
+}
+
+/// The route name of the message-waiting server.
+const MWI: &str = "mwi";
 
 /// Marker in our branches, followed by the request's loop hash (RFC 3261 §16.6 step 8).
 const BRANCH_MARK: &str = "z9hG4bKsb";
@@ -224,8 +239,14 @@ impl SipEdge {
             cancelled: false,
             nodes: None,
         };
-        if to_call_control {
-            ctx.nodes = Some((CALL_CONTROL.to_string(), Vec::new()));
+        let to_mwi = method == Method::Subscribe
+            && !in_dialog
+            && next_hop.is_none()
+            && self.routes.named(MWI).is_some_and(|r| !r.nodes.is_empty())
+            && is_message_summary(&req_event(&ctx.request));
+        if to_call_control || to_mwi {
+            let name = if to_mwi { MWI } else { CALL_CONTROL };
+            ctx.nodes = Some((name.to_string(), Vec::new()));
             self.next_node(stx, &mut ctx, pop_route, now);
             if ctx.branches.is_empty() {
                 return self.reply(stx, &ctx.request, 503, &[], now);
@@ -336,6 +357,7 @@ impl SipEdge {
         };
         let route = match prefix.as_str() {
             CALL_CONTROL => self.routes.named(CALL_CONTROL).cloned(),
+            MWI => self.routes.named(MWI).cloned(),
             p => self.routes.route_for(p).cloned(),
         };
         let Some(route) = route else {
@@ -884,6 +906,10 @@ impl switchboard_sip_net::Controlled for SipEdge {
             EdgeCommand::SetCallControl(addrs) => {
                 tracing::info!(nodes = ?addrs, "call control: new INVITEs go to the SIP Server");
                 self.routes.set_named(CALL_CONTROL, &addrs);
+            }
+            EdgeCommand::SetMwiServer(addrs) => {
+                tracing::info!(servers = ?addrs, "message-summary SUBSCRIBEs go to voicemail");
+                self.routes.set_named(MWI, &addrs);
             }
         }
     }

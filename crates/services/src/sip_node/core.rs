@@ -147,12 +147,20 @@ impl DnDirectory for NodeDirectory {
         });
         // An ACD queue: its `no_answer_timeout_s` bounds the wait, its `forward_no_answer`
         // is where the call goes then.
+        // The DN's mailbox takes what no forward does (a mailbox the plan does not know is
+        // ignored: the configuration store refuses such references).
+        let voicemail = d
+            .mailbox
+            .as_deref()
+            .filter(|m| plan.mailbox(tenant, m).is_some())
+            .map(|m| Dest::Dn(m.to_owned()));
         let queue = (d.kind == DnKind::Queue).then(|| QueueInfo {
             timeout_ms: d.no_answer_timeout_s.map(|s| u64::from(s) * 1000),
             default_route: d
                 .forward_no_answer
                 .as_deref()
-                .and_then(|n| self.target(tenant, dn, n, "forward_no_answer")),
+                .and_then(|n| self.target(tenant, dn, n, "forward_no_answer"))
+                .or_else(|| voicemail.clone()),
         });
         Some(DnInfo {
             ring_timeout_ms: d.no_answer_timeout_s.map(|s| u64::from(s) * 1000),
@@ -166,6 +174,7 @@ impl DnDirectory for NodeDirectory {
                 .and_then(|n| self.target(tenant, dn, n, "forward_busy")),
             route_point,
             queue,
+            voicemail,
         })
     }
 
@@ -174,14 +183,28 @@ impl DnDirectory for NodeDirectory {
     }
 }
 
+/// Whether a leg to `dest` is a deposit in a mailbox or a call to the voicemail access menu.
+fn voicemail_leg(plan: &Dialplan, tenant: &str, dest: &Dest) -> Option<VoicemailLeg> {
+    let Dest::Dn(n) = dest else { return None };
+    match plan.dn(tenant, n) {
+        Some(d) if d.kind == DnKind::VoicemailAccess => Some(VoicemailLeg::Access),
+        Some(_) => None,
+        None => plan.mailbox(tenant, n).map(|_| VoicemailLeg::Deposit),
+    }
+}
+
 /// The model's destination for a dial-plan target.
 pub fn dest_of(target: Target, number: String) -> Dest {
     match target {
         Target::External { trunk: Some(trunk) } => Dest::Trunk { number, trunk },
         Target::External { trunk: None } => Dest::External(number),
-        Target::Extension | Target::RoutePoint | Target::Queue | Target::Voicemail => {
-            Dest::Dn(number)
-        }
+        // Mailboxes and the voicemail access DN are parties like DNs (they get events); the
+        // core sends their legs to the media server (see [`VoicemailRoute`]).
+        Target::Extension
+        | Target::RoutePoint
+        | Target::Queue
+        | Target::Voicemail
+        | Target::Mailbox => Dest::Dn(number),
     }
 }
 
@@ -197,7 +220,67 @@ pub struct NodeSettings {
     pub mcp: Option<SocketAddr>,
     pub timers: Timers,
     pub model: ModelSettings,
+    /// Where legs to mailboxes and voicemail access DNs go.
+    pub voicemail: VoicemailRoute,
 }
+
+/// The media server and the base URL of the `voicemail` role's menus: legs to a mailbox
+/// become `sip:dialog@MCP;voicexml=BASE/voicemail/v1/tenants/{tenant}/deposit/{mailbox}?...`, legs to
+/// a `voicemail_access` DN `...;voicexml=BASE/voicemail/v1/tenants/{tenant}/access?caller=...`.
+/// A live setting like the directory: the `voicemail` role sets it when it starts after
+/// `sip-node` in the same process (the media server's port is known only then); until it
+/// is set such legs fail with 503.
+#[derive(Clone, Debug, Default)]
+pub struct VoicemailRoute(Arc<std::sync::RwLock<Option<VoicemailTarget>>>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoicemailTarget {
+    pub mcp: SocketAddr,
+    /// `http://host:port`, no trailing slash.
+    pub base_url: String,
+}
+
+impl VoicemailRoute {
+    pub fn set(&self, target: VoicemailTarget) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(target);
+    }
+
+    pub fn get(&self) -> Option<VoicemailTarget> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What a DN destination is for voicemail.
+enum VoicemailLeg {
+    Deposit,
+    Access,
+}
+
+/// `%XX` for every byte that is not unreserved in `s` (a URL query value).
+pub fn query_escape(s: &str) -> String {
+    escape_except(s, b"-_.~")
+}
+
+/// `%XX` for every byte that may not stand in a SIP URI parameter value (RFC 3261 `paramchar`).
+fn param_escape(s: &str) -> String {
+    escape_except(s, b"-_.!~*'()[]/:&+$")
+}
+
+fn escape_except(s: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Attached data longer than this (as JSON) is not passed to the deposit menu: the
+/// Request-URI would grow too long.
+const MAX_USER_DATA_IN_URL: usize = 1024;
 
 /// An INVITE for a new leg.
 struct Invite {
@@ -505,6 +588,29 @@ impl SipNode {
     ) {
         let plan = self.directory.plan();
         let domain = plan.domain(&tenant).unwrap_or("switchboard").to_string();
+        if let Some(kind) = voicemail_leg(&plan, &tenant, &dest) {
+            drop(plan);
+            let Some(ruri) = self.voicemail_uri(id, &tenant, &dest, &from, kind) else {
+                tracing::warn!(
+                    tenant,
+                    dest = dest.number(),
+                    "no media server for voicemail"
+                );
+                self.inputs.push_back(Input::Failed { leg: id, code: 503 });
+                return;
+            };
+            let (ruri, peer) = ruri;
+            let invite = Invite {
+                ruri,
+                peer,
+                from,
+                to: dest.number().to_string(),
+                domain,
+                sdp,
+                auto_answer: false,
+            };
+            return self.send_invite(id, tenant, invite, now);
+        }
         let gateway = match &dest {
             Dest::Dn(_) => Some(self.settings.edge),
             Dest::External(_) => self.settings.trunks.first().copied(),
@@ -530,6 +636,42 @@ impl SipNode {
             auto_answer,
         };
         self.send_invite(id, tenant, invite, now);
+    }
+
+    /// `sip:dialog@MCP;voicexml=URL` for a voicemail leg, and the media server.
+    fn voicemail_uri(
+        &self,
+        id: LegId,
+        tenant: &str,
+        dest: &Dest,
+        from: &str,
+        kind: VoicemailLeg,
+    ) -> Option<(String, Peer)> {
+        let target = self.settings.voicemail.get()?;
+        let base = &target.base_url;
+        let caller = query_escape(from);
+        let url = match kind {
+            VoicemailLeg::Access => {
+                format!("{base}/voicemail/v1/tenants/{tenant}/access?caller={caller}")
+            }
+            VoicemailLeg::Deposit => {
+                let mailbox = query_escape(dest.number());
+                let mut url = format!(
+                    "{base}/voicemail/v1/tenants/{tenant}/deposit/{mailbox}?caller={caller}"
+                );
+                let call = self.model.call_of_leg(id).and_then(|c| self.model.call(c));
+                if let Some(call) = call {
+                    url.push_str(&format!("&conn={}", call.conn));
+                    let data = serde_json::to_string(&call.user_data).unwrap_or_default();
+                    if !call.user_data.is_empty() && data.len() <= MAX_USER_DATA_IN_URL {
+                        url.push_str(&format!("&ud={}", query_escape(&data)));
+                    }
+                }
+                url
+            }
+        };
+        let ruri = format!("sip:dialog@{};voicexml={}", target.mcp, param_escape(&url));
+        Some((ruri, Peer::udp(target.mcp)))
     }
 
     /// A treatment leg: an INVITE to the media server for `service`.

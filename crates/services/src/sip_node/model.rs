@@ -195,6 +195,9 @@ pub struct DnInfo {
     pub route_point: Option<RoutePointInfo>,
     /// Set for an ACD queue: calls park there (EventQueued) instead of ringing.
     pub queue: Option<QueueInfo>,
+    /// The DN's mailbox: where a call goes that no forward takes when the DN does not
+    /// answer, is busy or is not reachable (404, 408, 480); EventDiverted `voicemail`.
+    pub voicemail: Option<Dest>,
 }
 
 /// How a route point treats a call nobody routes.
@@ -847,8 +850,15 @@ impl Model {
             return false;
         };
         let (reason, target) = match why {
-            Forward::NoAnswer => ("forward_no_answer", info.forward_no_answer),
-            Forward::Failed(486 | 600) => ("forward_busy", info.forward_busy),
+            Forward::NoAnswer if info.forward_no_answer.is_some() => {
+                ("forward_no_answer", info.forward_no_answer)
+            }
+            Forward::Failed(486 | 600) if info.forward_busy.is_some() => {
+                ("forward_busy", info.forward_busy)
+            }
+            Forward::NoAnswer | Forward::Failed(404 | 408 | 480 | 486 | 600) => {
+                ("voicemail", info.voicemail)
+            }
             Forward::Failed(_) => return false,
         };
         let Some(dest) = target.filter(|d| d.number() != p.dn) else {

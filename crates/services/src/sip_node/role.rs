@@ -3,7 +3,9 @@
 //! on the tenant's event stream, and serves REST call control.
 
 use super::api::{Api, Problem, Verb};
-use super::core::{Directory, NodeCommand, NodeOutput, NodeSettings, SipNode};
+use super::core::{
+    Directory, NodeCommand, NodeOutput, NodeSettings, SipNode, VoicemailRoute, VoicemailTarget,
+};
 use super::model::ModelSettings;
 use crate::bus::publish_event;
 use crate::problem::ApiProblem;
@@ -40,6 +42,9 @@ pub struct SipNodeRunning {
     /// Where its legs to DNs go.
     pub edge: SocketAddr,
     pub task: JoinHandle<anyhow::Result<()>>,
+    /// Where its legs to mailboxes and the voicemail access DN go (set by the voicemail role
+    /// of the same process when the configuration does not name them).
+    pub voicemail: VoicemailRoute,
 }
 
 /// Calls of the node by ConnId, with their tenant: REST answers 404 for others at once.
@@ -91,6 +96,16 @@ pub async fn start(
         .local_udp
         .context("the SIP Server's UDP socket has no address")?;
     let edge_addr = edge_address(&cfg, edge.as_ref())?;
+    // Set now when the configuration names both; else the voicemail role of this process
+    // sets it once the media server's address is known.
+    let voicemail = VoicemailRoute::default();
+    let voicemail_mcp = cfg.voicemail.mcp.or(cfg.sip_node.mcp);
+    if let (Some(mcp), false) = (voicemail_mcp, cfg.voicemail.url.is_empty()) {
+        voicemail.set(VoicemailTarget {
+            mcp,
+            base_url: cfg.voicemail.url.trim_end_matches('/').to_owned(),
+        });
+    }
     // A random node number per run keeps ConnIds of a restarted node apart from the ones
     // call-state still holds; other roles reach the node by it (`sip-node:{node}:requests`).
     let node_number: u16 = rand::random();
@@ -110,6 +125,7 @@ pub async fn start(
             node: node_number,
             route_timeout_ms: cfg.sip_node.route_timeout_ms,
         },
+        voicemail: voicemail.clone(),
     };
     let node = SipNode::new(
         settings,
@@ -173,6 +189,7 @@ pub async fn start(
         udp,
         edge: edge_addr,
         task,
+        voicemail,
     })
 }
 

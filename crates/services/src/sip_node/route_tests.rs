@@ -496,6 +496,7 @@ fn forwarding(no_answer: Option<&str>, busy: Option<&str>) -> Table {
             forward_busy: busy.map(dn),
             route_point: None,
             queue: None,
+            voicemail: None,
         },
     );
     t.agents.insert("1003", "a1003");
@@ -943,6 +944,63 @@ fn release_by_the_queue_rejects_the_waiting_caller() {
         "the queue has no leg: {out:?}"
     );
     assert!(s.m.is_empty());
+}
+
+/// 1002 with mailbox 8100 (and `busy` as its busy forward, if any).
+fn with_mailbox(busy: Option<&str>) -> Table {
+    let mut t = forwarding(None, busy);
+    if let Some(d) = t.dns.get_mut("1002") {
+        d.voicemail = Some(dn("8100"));
+    }
+    t
+}
+
+#[test]
+fn a_dn_with_a_mailbox_sends_unanswered_busy_and_unreachable_calls_there() {
+    for (code, busy_forward, to) in [
+        (None, None, "8100"),
+        (Some(480), None, "8100"),
+        (Some(404), None, "8100"),
+        (Some(486), None, "8100"),
+        (Some(486), Some("1003"), "1003"),
+    ] {
+        let mut s = Sim::new(with_mailbox(busy_forward));
+        let (_, _, out) = s.incoming(1, CARRIER, false, dn("1002"));
+        let (b, _, _) = placed(&out)[0].clone();
+        let out = match code {
+            Some(code) => s.step(Input::Failed { leg: b, code }),
+            None => s.step(Input::RingTimeout { leg: b }),
+        };
+        assert_eq!(
+            seen(&out),
+            vec![
+                ev("EventDiverted", "1002", CARRIER, Some(to)),
+                ev("EventRinging", to, CARRIER, Some("1002")),
+            ],
+            "{code:?}"
+        );
+        let reason = calls(&out)[0].1.reason.clone();
+        let expected = if to == "8100" {
+            "voicemail"
+        } else {
+            "forward_busy"
+        };
+        assert_eq!(reason.as_deref(), Some(expected), "{code:?}");
+        assert_eq!(placed(&out)[0].1, dn(to));
+    }
+}
+
+#[test]
+fn a_refusal_that_is_not_unavailability_does_not_reach_the_mailbox() {
+    let mut s = Sim::new(with_mailbox(None));
+    let (a, _, out) = s.incoming(1, CARRIER, false, dn("1002"));
+    let (b, _, _) = placed(&out)[0].clone();
+    let out = s.step(Input::Failed { leg: b, code: 403 });
+    assert!(
+        out.contains(&Action::Reject { leg: a, code: 403 }),
+        "{out:?}"
+    );
+    assert!(placed(&out).is_empty());
 }
 
 // ---- treatments ----
