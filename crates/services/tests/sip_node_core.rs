@@ -251,7 +251,13 @@ fn inbound_call_is_bridged_to_the_dn_through_the_edge() {
     one(&out, 5090, "200");
     let bye = one(&out, 5060, "BYE").clone();
     assert_eq!(bye.call_id().unwrap(), inv.call_id().unwrap());
-    assert_eq!(names(&n.events()), vec![("EventReleased", "1001".into())]);
+    let ev = n.events();
+    assert_eq!(names(&ev), vec![("EventReleased", "1001".into())]);
+    assert_eq!(
+        ev[0].call().unwrap().call_id.as_deref(),
+        Some(inv.call_id().unwrap()),
+        "the leg the SIP Server hung up is still named on its EventReleased"
+    );
     let out = n.feed_bytes(response_to(&bye, 200, None).finish(), EDGE);
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(n.node.leg_count(), 0);
@@ -278,7 +284,12 @@ fn the_phone_hangs_up_first() {
         bye.request_uri_str(),
         Some(format!("sip:carrier@{TRUNK}").as_str())
     );
-    assert_eq!(names(&n.events()), vec![("EventReleased", "1001".into())]);
+    let ev = n.events();
+    assert_eq!(names(&ev), vec![("EventReleased", "1001".into())]);
+    assert_eq!(
+        ev[0].call().unwrap().call_id.as_deref(),
+        Some(inv.call_id().unwrap())
+    );
 }
 
 #[test]

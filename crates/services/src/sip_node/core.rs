@@ -353,6 +353,10 @@ pub struct SipNode {
     directory: Directory,
     legs: HashMap<LegId, Leg>,
     by_dialog: HashMap<(String, String), LegId>,
+    /// Call-IDs of the legs dropped since the model's last input was applied: the model
+    /// hangs a party up before it publishes the party's EventReleased, and that event still
+    /// names the DN's leg. Cleared after every input.
+    dropped_call_ids: HashMap<LegId, String>,
     clients: HashMap<ClientTxId, (LegId, Purpose)>,
     incoming_invites: HashMap<ServerTxId, LegId>,
     ring_timers: BTreeSet<(Instant, LegId)>,
@@ -402,6 +406,7 @@ impl SipNode {
             directory,
             legs: HashMap::new(),
             by_dialog: HashMap::new(),
+            dropped_call_ids: HashMap::new(),
             clients: HashMap::new(),
             incoming_invites: HashMap::new(),
             ring_timers: BTreeSet::new(),
@@ -475,15 +480,19 @@ impl SipNode {
                 self.apply(a, now);
             }
         }
+        self.dropped_call_ids.clear();
     }
 
     fn apply(&mut self, a: Action, now: Instant) {
         match a {
             Action::Publish { mut event, leg } => {
                 if let (Some(leg), Some(c)) = (leg, event.call_mut()) {
-                    if let Some(l) = self.legs.get(&leg) {
-                        c.call_id = Some(l.call_id.clone());
-                    }
+                    c.call_id = self
+                        .legs
+                        .get(&leg)
+                        .map(|l| &l.call_id)
+                        .or_else(|| self.dropped_call_ids.get(&leg))
+                        .cloned();
                 }
                 metrics::counter!("sipnode_events_total", "event" => event.name()).increment(1);
                 if let Event::EventDiverted(c) = &event {
@@ -832,7 +841,8 @@ impl SipNode {
     fn drop_leg(&mut self, id: LegId) {
         if let Some(leg) = self.legs.remove(&id) {
             tracing::debug!(leg = id.0, call_id = %leg.call_id, tenant = %leg.tenant, "leg ended");
-            self.by_dialog.remove(&(leg.call_id, leg.local_tag));
+            self.by_dialog.remove(&(leg.call_id.clone(), leg.local_tag));
+            self.dropped_call_ids.insert(id, leg.call_id);
         }
         if let Some(at) = self.ring_deadline.remove(&id) {
             self.ring_timers.remove(&(at, id));

@@ -150,6 +150,10 @@ pub struct Call {
     /// The treatment the media server plays to the call while it waits at a route point or
     /// queue (its leg is not a party: it gets no TLib events of its own).
     pub treatment: Option<TreatmentLeg>,
+    /// The leg that a RouteCall from a route point or queue rings, and that route point or
+    /// queue: when that leg fails before it answered, the call goes back there (a strategy
+    /// routes it again) instead of ending.
+    pub routed_from: Option<(LegId, String)>,
 }
 
 /// A treatment leg: the media server playing to a call parked at a route point or queue.
@@ -915,7 +919,15 @@ impl Model {
                 leg: Some(old.leg),
             });
         }
-        self.start_party(conn, i, dest, Some(old.dn), now, out);
+        self.start_party(conn, i, dest, Some(old.dn.clone()), now, out);
+        // A RouteCall's destination that fails before answering sends the call back.
+        if let Some(call) = self.calls.get_mut(&conn) {
+            call.routed_from = call
+                .parties
+                .get(i)
+                .filter(|p| req.is_some() && old.state.parked() && !p.state.parked())
+                .map(|p| (p.leg, old.dn));
+        }
         true
     }
 
@@ -1080,6 +1092,7 @@ impl Model {
             ani: Some(caller),
             dnis: Some(dialed),
             diversions: 0,
+            routed_from: None,
             treatment: None,
         };
         self.legs.insert(leg, conn);
@@ -1208,6 +1221,25 @@ impl Model {
             None,
             reason.clone(),
         );
+        // The destination of a RouteCall failed before answering (busy, no answer, refused):
+        // the call goes back to the route point or queue it came from, the caller keeps
+        // waiting there for the next routing decision.
+        let back = call
+            .routed_from
+            .as_ref()
+            .filter(|(l, _)| *l == leg)
+            .filter(|_| matches!(gone_state, PartyState::Ringing | PartyState::Dialing))
+            .filter(|_| call.diversions < MAX_DIVERSIONS && call.other(i).is_some())
+            .map(|(_, dn)| dn.clone());
+        if let Some(dn) = back {
+            call.routed_from = None;
+            call.diversions += 1;
+            let failed = call.parties[i].dn.clone();
+            tracing::info!(conn_id = %conn, tenant = %call.tenant, dn = %failed, back_to = %dn, "the routed call was not answered: back to where it was routed from");
+            self.calls.insert(conn, call);
+            self.start_party(conn, i, Dest::Dn(dn), Some(failed), now, out);
+            return;
+        }
         // An incoming caller still waiting for an answer gets the failure code.
         if let Some(c) = caller_waiting.filter(|_| gone_state != PartyState::Established) {
             let code = match code {
@@ -1787,6 +1819,7 @@ impl Model {
             ani: Some(dn.to_string()),
             dnis: Some(dest.number().to_string()),
             diversions: 0,
+            routed_from: None,
             treatment: None,
         };
         self.legs.insert(a, conn);

@@ -1460,3 +1460,67 @@ fn a_media_server_answer_without_sdp_fails_the_treatment() {
         }]
     );
 }
+
+#[test]
+fn a_routed_destination_that_fails_sends_the_call_back_to_the_route_point() {
+    let mut s = Sim::new(rp_table(Some(dn("1003"))));
+    let (a, conn, _) = s.incoming(1, CARRIER, false, dn(RP));
+    let (_, out) = s.request(Request::RouteCall {
+        conn,
+        dn: RP.into(),
+        to: Resolved::Ok(dn("1002")),
+    });
+    let b = placed(&out)[0].0;
+    s.step(Input::Ringing { leg: b });
+
+    // 1002 is busy: its EventReleased, and the call waits at the route point again (a new
+    // EventRouteRequest naming 1002, the routing timer, ringback); the caller is not refused.
+    let out = s.step(Input::Failed { leg: b, code: 486 });
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventReleased", "1002", CARRIER, None),
+            ev("EventRouteRequest", RP, CARRIER, Some("1002")),
+        ]
+    );
+    assert_eq!(calls(&out)[0].1.reason.as_deref(), Some("sip 486"));
+    assert_eq!(calls(&out)[1].1.conn_id, Some(conn), "the same call");
+    assert!(
+        !out.iter().any(|x| matches!(x, Action::Reject { .. })),
+        "the caller keeps waiting: {out:?}"
+    );
+    assert!(out.contains(&Action::Ring { leg: a }));
+    let t = timers(&out);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].1, 10_000, "the route point's timer runs again");
+    assert_eq!(
+        s.m.call(conn).map(|c| c.parties[1].state),
+        Some(PartyState::AtRoutePoint)
+    );
+
+    // The strategy routes it again; this time the phone rings unanswered: back again.
+    let (_, out) = s.request(Request::RouteCall {
+        conn,
+        dn: RP.into(),
+        to: Resolved::Ok(dn("1002")),
+    });
+    let b = placed(&out)[0].0;
+    let out = s.step(Input::RingTimeout { leg: b });
+    assert!(out.contains(&Action::Hangup { leg: b }));
+    assert_eq!(
+        seen(&out),
+        vec![
+            ev("EventReleased", "1002", CARRIER, None),
+            ev("EventRouteRequest", RP, CARRIER, Some("1002")),
+        ]
+    );
+
+    // Nobody routes it in time: the default route (no RouteCall) failing ends the call as
+    // before, with the failure's code for the caller.
+    let rp_leg = timers(&out)[0].0;
+    let out = s.step(Input::RingTimeout { leg: rp_leg });
+    let c = placed(&out)[0].0;
+    let out = s.step(Input::Failed { leg: c, code: 486 });
+    assert!(out.contains(&Action::Reject { leg: a, code: 486 }));
+    assert!(s.m.is_empty());
+}
