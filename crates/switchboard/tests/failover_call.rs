@@ -1,0 +1,500 @@
+//! Orchestrator failover with a real call (Redis bus): process A runs every role but the
+//! orchestrator, processes B and C run `run --roles orchestrator` each. A carrier calls the
+//! demo's route point, presses 2 in the menu and waits in the support queue with music while
+//! agent a1006 is logged in but not ready. The orchestrator process holding the call's
+//! session is killed (SIGKILL); a1006 goes Ready; the other orchestrator takes the session
+//! over, and the call reaches agent a1006's phone with the caller still connected.
+
+mod common;
+
+use common::{free_port, scenario};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use switchboard_bus::{EntryId, RedisBus, SharedBus};
+use switchboard_events::{ConnId, Event};
+use switchboard_testkit::{
+    http_request, require_program, send_signal, RedisServer, Sipp, SippOutcome, Switchboard,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+const PCAPS: &str = "/usr/share/sip-tester";
+/// A number of the demo's DID range (-> route point 5000) on its carrier trunk (127.0.0.1).
+const DID: &str = "+15550000042";
+const LEASE_MS: u64 = 1000;
+
+/// The demo configuration on `redis` with `data_dir`, MD5 offered first (SIPp knows only
+/// MD5) and a 1 s orchestrator lease.
+fn config(data_dir: &Path, redis: &RedisServer) -> String {
+    let demo = switchboard_config::EXAMPLE_TOML;
+    let swaps = [
+        (
+            "algorithms = [\"SHA-256\", \"MD5\"]",
+            "algorithms = [\"MD5\", \"SHA-256\"]".to_string(),
+        ),
+        (
+            "data_dir = \"./data\"",
+            format!("data_dir = {:?}", data_dir.display().to_string()),
+        ),
+        ("backend = \"embedded\"", "backend = \"redis\"".to_string()),
+        (
+            "redis_url = \"redis://127.0.0.1:6379\"",
+            format!("redis_url = {:?}", redis.url()),
+        ),
+        ("lease_ms = 5000", format!("lease_ms = {LEASE_MS}")),
+    ];
+    let mut cfg = demo.to_string();
+    for (from, to) in swaps {
+        assert!(cfg.contains(from), "the demo configuration lost {from}");
+        cfg = cfg.replace(from, &to);
+    }
+    cfg
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// `events:demo` on the Redis bus, read in order.
+struct Events {
+    rt: tokio::runtime::Runtime,
+    bus: SharedBus,
+    last: Option<EntryId>,
+    seen: Vec<Event>,
+}
+
+impl Events {
+    fn new(redis: &RedisServer) -> Events {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let bus: SharedBus = Arc::new(rt.block_on(RedisBus::connect(&redis.url())).expect("redis"));
+        Events {
+            rt,
+            bus,
+            last: None,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads what is new; returns the first new event matching `pred`, if any.
+    fn poll(&mut self, pred: &dyn Fn(&Event) -> bool) -> Option<Event> {
+        let entries = self
+            .rt
+            .block_on(self.bus.read_range("events:demo", self.last, 100))
+            .expect("read events");
+        let mut hit = None;
+        for e in entries {
+            self.last = Some(e.id);
+            let ev = Event::from_json(&String::from_utf8_lossy(&e.payload)).expect("event");
+            self.seen.push(ev.clone());
+            if hit.is_none() && pred(&ev) {
+                hit = Some(ev);
+            }
+        }
+        hit
+    }
+
+    /// The first event from now on for which `pred` holds.
+    fn wait(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Event {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.poll(&pred) {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what}; events so far: {}",
+                self.summary()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn summary(&self) -> String {
+        self.seen
+            .iter()
+            .map(|e| {
+                let dn = e.call().map(|c| c.this_dn.as_str()).unwrap_or("-");
+                format!("\n{}@{dn}", e.name())
+            })
+            .collect()
+    }
+}
+
+fn at(e: &Event, name: &str, dn: &str, conn: ConnId) -> bool {
+    e.name() == name
+        && e.call()
+            .is_some_and(|c| c.this_dn == dn && c.conn_id == Some(conn))
+}
+
+fn rest(sb: &Switchboard, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let r = http_request(sb.http_addr(), method, path, body).expect("HTTP");
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::String(r.body)),
+    )
+}
+
+// ---- SIPp ----
+
+fn register(sb: &Switchboard, user: &str, contact_port: u16) {
+    let contact = format!("127.0.0.1:{contact_port}");
+    let xml = scenario(
+        "register",
+        &[
+            ("USER", user),
+            ("CONTACT", &contact),
+            ("EXPIRES", "300"),
+            ("PASSWORD", "secret"),
+        ],
+    );
+    let out = common::sipp(&xml, sb.sip_udp_addr(), free_port())
+        .run()
+        .expect("sipp runs");
+    assert!(out.success(), "REGISTER {user} failed:\n{}", out.report());
+}
+
+fn background(
+    xml: String,
+    remote: Option<SocketAddr>,
+    timeout: Duration,
+) -> thread::JoinHandle<SippOutcome> {
+    background_on(xml, remote, free_port(), timeout)
+}
+
+fn background_on(
+    xml: String,
+    remote: Option<SocketAddr>,
+    sip: u16,
+    timeout: Duration,
+) -> thread::JoinHandle<SippOutcome> {
+    let media = free_port();
+    let h = thread::spawn(move || {
+        let mut s = Sipp::scenario(&xml)
+            .arg("-p")
+            .arg(&sip.to_string())
+            .arg("-mp")
+            .arg(&media.to_string())
+            .calls(1)
+            .timeout(timeout);
+        if let Some(r) = remote {
+            s = s.remote(r);
+        }
+        s.run().expect("sipp runs")
+    });
+    // SIPp needs a moment to bind before the first message is sent to it.
+    thread::sleep(Duration::from_millis(400));
+    h
+}
+
+fn play_pcap(file: &str) -> String {
+    let path = Path::new(PCAPS).join(file);
+    assert!(path.exists(), "{} is missing", path.display());
+    format!(
+        "  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>\n",
+        path.display()
+    )
+}
+
+fn pause(ms: u64) -> String {
+    format!("  <pause milliseconds=\"{ms}\"/>\n")
+}
+
+/// Takes re-INVITEs (the music's) until one offers the agent's media port `port`.
+fn until_agent_media(port: u16) -> String {
+    format!(
+        r#"  <label id="reinvite"/>
+  <recv request="INVITE" timeout="40000">
+    <action><ereg regexp="m=audio {port} RTP/AVP" search_in="body" assign_to="agent"/></action>
+  </recv>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:carrier@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=carrier 53655765 2353687638 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0 8 101
+a=rtpmap:0 PCMU/8000
+a=rtpmap:8 PCMA/8000
+a=rtpmap:101 telephone-event/8000
+
+]]></send>
+  <recv request="ACK" timeout="5000" next="talk" test="agent"/>
+  <nop next="reinvite"/>
+  <label id="talk"/>
+"#
+    )
+}
+
+/// The caller hangs up (along the route set).
+fn send_bye(callee: &str) -> String {
+    format!(
+        r#"  <send retrans="500"><![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:+15551234567@carrier.example>;tag=[pid]SIPpTag00[call_number]
+To: <sip:{callee}@[remote_ip]:[remote_port]>[peer_tag_param]
+[routes]
+Call-ID: [call_id]
+CSeq: 2 BYE
+Contact: <sip:carrier@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200" timeout="5000"/>
+"#
+    )
+}
+
+fn carrier_scenario(callee: &str, during: &str) -> String {
+    let vars: Vec<&str> = during
+        .split("assign_to=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .collect();
+    scenario(
+        "treatment_caller",
+        &[
+            ("CALLEE", callee),
+            ("DURING", during),
+            ("VARS", &vars.join(",")),
+        ],
+    )
+}
+
+#[test]
+fn a_queued_call_reaches_the_agent_after_its_orchestrator_process_is_killed() {
+    if !require_program("sipp") || !require_program("redis-server") || !require_program("espeak-ng")
+    {
+        return;
+    }
+    let redis = RedisServer::spawn().expect("redis-server starts");
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let a = Switchboard::builder()
+        .binary(BIN)
+        .config(&config(dirs[0].path(), &redis))
+        .roles(&[
+            "sip-proxy",
+            "registrar",
+            "sip-node",
+            "dialplan",
+            "config",
+            "mcp",
+            "agent-state",
+            "routing",
+            "call-state",
+            "front-end",
+            "voicemail",
+        ])
+        .log("info,switchboard_services=debug")
+        .spawn()
+        .expect("process A starts");
+    let orchestrators: Vec<Switchboard> = dirs[1..]
+        .iter()
+        .map(|d| {
+            Switchboard::builder()
+                .binary(BIN)
+                .config(&config(d.path(), &redis))
+                .roles(&["orchestrator"])
+                .log("info,switchboard_services=debug")
+                .spawn()
+                .expect("orchestrator process starts")
+        })
+        .collect();
+    // Each orchestrator serves the demo's menu for the media server in A.
+    for o in &orchestrators {
+        let menu = o.get("/orchestrator/builtin/menu.vxml").expect("GET");
+        assert_eq!(menu.status, 200);
+    }
+    let mut events = Events::new(&redis);
+
+    // Agent a1006's phone registers; the agent logs in and stays not ready.
+    let phone_sip = free_port();
+    let phone_media = free_port();
+    register(&a, "1006", phone_sip);
+    let phone = background_on(
+        scenario(
+            "agent_phone",
+            &[
+                ("MEDIA_PORT", &phone_media.to_string()),
+                ("AFTER_ACK", &play_pcap("g711a.pcap")),
+            ],
+        ),
+        None,
+        phone_sip,
+        Duration::from_secs(90),
+    );
+    let (status, login) = rest(
+        &a,
+        "POST",
+        "/v1/tenants/demo/agents/a1006/login",
+        Some(r#"{"dn":"1006"}"#),
+    );
+    assert_eq!(status, 200, "{login}");
+    let (_, state) = rest(&a, "GET", "/v1/tenants/demo/agent-states/a1006", None);
+    assert_eq!(state["state"], "not_ready", "{state}");
+
+    // The carrier calls, presses 2 in the menu, waits for the agent, talks, hangs up.
+    let during = pause(2500)
+        + &play_pcap("dtmf_2833_2.pcap")
+        + &until_agent_media(phone_media)
+        + &pause(1500)
+        + &send_bye(DID);
+    let node = a.addr("sip_node_udp").expect("sip_node_udp");
+    let carrier = background(
+        carrier_scenario(DID, &during),
+        Some(node),
+        Duration::from_secs(90),
+    );
+
+    let rr = events.wait("EventRouteRequest", Duration::from_secs(20), |e| {
+        e.name() == "EventRouteRequest"
+            && e.call().is_some_and(|c| c.this_dn == "5000")
+    });
+    let conn = rr.call().and_then(|c| c.conn_id).expect("conn_id");
+    events.wait("the menu's EventTreatmentEnd", Duration::from_secs(30), |e| {
+        at(e, "EventTreatmentEnd", "5000", conn)
+    });
+    events.wait("the music's EventTreatmentApplied", Duration::from_secs(20), |e| {
+        at(e, "EventTreatmentApplied", "5000", conn)
+    });
+    // The call waits in the support queue.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, q) = rest(&a, "GET", "/v1/tenants/demo/queues/support", None);
+        if q["waiting"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing waiting for support: {q}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Let the strategy's macrostep end with its snapshot written.
+    thread::sleep(Duration::from_millis(300));
+
+    // SIGKILL the orchestrator process holding the session.
+    let lease = format!("orchestrator:demo:{conn}");
+    let owner = events
+        .rt
+        .block_on(events.bus.lease_owner(&lease))
+        .expect("lease")
+        .expect("a holder");
+    let victim = orchestrators
+        .iter()
+        .position(|n| owner.starts_with(&format!("orchestrator-{}-", n.pid())))
+        .unwrap_or_else(|| panic!("the holder {owner} is one of the processes"));
+    let survivor = &orchestrators[1 - victim];
+    assert!(
+        !survivor.logs().contains("session taken over"),
+        "{}",
+        survivor.logs()
+    );
+    let killed_ms = now_ms();
+    let killed_at = Instant::now();
+    send_signal(orchestrators[victim].pid(), 9).expect("SIGKILL");
+
+    // The agent goes Ready (in the background: the timings below are polled meanwhile).
+    let http = a.http_addr();
+    let ready = thread::spawn(move || {
+        http_request(
+            http,
+            "POST",
+            "/v1/tenants/demo/agents/a1006/ready",
+            None,
+        )
+        .expect("HTTP")
+    });
+
+    let mut taken_over = None;
+    let mut ringing_ms = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let established = loop {
+        if taken_over.is_none() && survivor.logs().contains("session taken over") {
+            taken_over = Some(killed_at.elapsed());
+        }
+        if let Some(e) = events.poll(&|e: &Event| {
+            at(e, "EventRinging", "1006", conn) || at(e, "EventEstablished", "1006", conn)
+        }) {
+            let ts = e.call().map(|c| c.ts_ms).unwrap_or(0);
+            if e.name() == "EventRinging" {
+                ringing_ms = Some(ts);
+            } else {
+                break ts;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the call did not reach 1006; events: {}\n--- survivor ---\n{}\n--- A ---\n{}",
+            events.summary(),
+            survivor.logs(),
+            a.logs()
+        );
+        thread::sleep(Duration::from_millis(10));
+    };
+    let ready = ready.join().expect("ready thread");
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let taken_over = taken_over.unwrap_or_else(|| {
+        survivor
+            .wait_for_log("session taken over", Duration::from_secs(1))
+            .expect("the survivor took the session over");
+        killed_at.elapsed()
+    });
+
+    // The caller talks to the agent and hangs up; both sides end cleanly.
+    for (who, h) in [("carrier", carrier), ("agent 1006's phone", phone)] {
+        let out = h.join().expect("sipp thread");
+        assert!(
+            out.success(),
+            "{who}:\n{}\n--- events ---{}\n--- survivor ---\n{}\n--- A ---\n{}",
+            out.report(),
+            events.summary(),
+            survivor.logs(),
+            a.logs()
+        );
+    }
+    events.wait("EventReleased at 1006", Duration::from_secs(10), |e| {
+        at(e, "EventReleased", "1006", conn)
+    });
+    assert!(
+        events
+            .seen
+            .iter()
+            .any(|e| e.name() == "EventAgentReserved"),
+        "routing reserved the agent: {}",
+        events.summary()
+    );
+    let now_owner = events.rt.block_on(events.bus.lease_owner(&lease)).expect("lease");
+    assert!(
+        now_owner.is_none()
+            || now_owner
+                .as_deref()
+                .is_some_and(|o| o.starts_with(&format!("orchestrator-{}-", survivor.pid()))),
+        "{now_owner:?}"
+    );
+    eprintln!(
+        "failover (redis, lease {LEASE_MS} ms): SIGKILL -> 'session taken over' logged in \
+         {taken_over:?}; -> EventRinging at 1006 in {:?} ms; -> EventEstablished at 1006 in {} ms",
+        ringing_ms.map(|t| t.saturating_sub(killed_ms)),
+        established.saturating_sub(killed_ms)
+    );
+}
