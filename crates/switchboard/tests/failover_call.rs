@@ -369,16 +369,19 @@ fn a_queued_call_reaches_the_agent_after_its_orchestrator_process_is_killed() {
     );
 
     let rr = events.wait("EventRouteRequest", Duration::from_secs(20), |e| {
-        e.name() == "EventRouteRequest"
-            && e.call().is_some_and(|c| c.this_dn == "5000")
+        e.name() == "EventRouteRequest" && e.call().is_some_and(|c| c.this_dn == "5000")
     });
     let conn = rr.call().and_then(|c| c.conn_id).expect("conn_id");
-    events.wait("the menu's EventTreatmentEnd", Duration::from_secs(30), |e| {
-        at(e, "EventTreatmentEnd", "5000", conn)
-    });
-    events.wait("the music's EventTreatmentApplied", Duration::from_secs(20), |e| {
-        at(e, "EventTreatmentApplied", "5000", conn)
-    });
+    events.wait(
+        "the menu's EventTreatmentEnd",
+        Duration::from_secs(30),
+        |e| at(e, "EventTreatmentEnd", "5000", conn),
+    );
+    events.wait(
+        "the music's EventTreatmentApplied",
+        Duration::from_secs(20),
+        |e| at(e, "EventTreatmentApplied", "5000", conn),
+    );
     // The call waits in the support queue.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -386,7 +389,10 @@ fn a_queued_call_reaches_the_agent_after_its_orchestrator_process_is_killed() {
         if q["waiting"] == 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "nothing waiting for support: {q}");
+        assert!(
+            Instant::now() < deadline,
+            "nothing waiting for support: {q}"
+        );
         thread::sleep(Duration::from_millis(50));
     }
     // Let the strategy's macrostep end with its snapshot written.
@@ -416,13 +422,7 @@ fn a_queued_call_reaches_the_agent_after_its_orchestrator_process_is_killed() {
     // The agent goes Ready (in the background: the timings below are polled meanwhile).
     let http = a.http_addr();
     let ready = thread::spawn(move || {
-        http_request(
-            http,
-            "POST",
-            "/v1/tenants/demo/agents/a1006/ready",
-            None,
-        )
-        .expect("HTTP")
+        http_request(http, "POST", "/v1/tenants/demo/agents/a1006/ready", None).expect("HTTP")
     });
 
     let mut taken_over = None;
@@ -476,14 +476,14 @@ fn a_queued_call_reaches_the_agent_after_its_orchestrator_process_is_killed() {
         at(e, "EventReleased", "1006", conn)
     });
     assert!(
-        events
-            .seen
-            .iter()
-            .any(|e| e.name() == "EventAgentReserved"),
+        events.seen.iter().any(|e| e.name() == "EventAgentReserved"),
         "routing reserved the agent: {}",
         events.summary()
     );
-    let now_owner = events.rt.block_on(events.bus.lease_owner(&lease)).expect("lease");
+    let now_owner = events
+        .rt
+        .block_on(events.bus.lease_owner(&lease))
+        .expect("lease");
     assert!(
         now_owner.is_none()
             || now_owner
