@@ -84,22 +84,22 @@ impl Events {
         }
     }
 
-    /// Reads what is new; returns the first new event matching `pred`, if any.
+    /// Reads what is new up to the first event matching `pred`, and returns it.
     fn poll(&mut self, pred: &dyn Fn(&Event) -> bool) -> Option<Event> {
         let entries = self
             .rt
             .block_on(self.bus.read_range("events:demo", self.last, 100))
             .expect("read events");
-        let mut hit = None;
+        // Stops at the first hit: the events after it are read by the next call.
         for e in entries {
             self.last = Some(e.id);
             let ev = Event::from_json(&String::from_utf8_lossy(&e.payload)).expect("event");
             self.seen.push(ev.clone());
-            if hit.is_none() && pred(&ev) {
-                hit = Some(ev);
+            if pred(&ev) {
+                return Some(ev);
             }
         }
-        hit
+        None
     }
 
     /// The first event from now on for which `pred` holds.
