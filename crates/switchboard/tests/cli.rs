@@ -115,6 +115,10 @@ fn run_starts_only_the_given_roles() {
         .spawn()
         .expect("switchboard starts");
     assert_eq!(sb.get("/readyz").expect("GET").status, 200);
+    // The line is logged before /readyz turns 200, but the test reads the process's stderr on
+    // a thread of its own: wait for it rather than race that thread.
+    sb.wait_for_log("started=", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no ready line:\n{}", sb.logs()));
     let (started, missing) = ready_line(&sb.logs());
     let mut all: Vec<String> = started.into_iter().chain(missing).collect();
     all.sort();
