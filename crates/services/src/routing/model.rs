@@ -164,6 +164,12 @@ pub struct Queues {
     #[serde(default)]
     skills: Vec<String>,
     seq: u64,
+    /// Call -> the agents it was already given. A call submitted again after a failed route
+    /// (busy, no answer) goes to another matching agent when there is one: the events that
+    /// tell routing the first agent's phone failed may arrive after the new submission.
+    /// Forgotten when the call is answered, cancelled or times out.
+    #[serde(default)]
+    tried: BTreeMap<ConnId, Vec<String>>,
 }
 
 impl Queues {
@@ -182,6 +188,7 @@ impl Queues {
             groups: Vec::new(),
             skills: Vec::new(),
             seq: 0,
+            tried: BTreeMap::new(),
         };
         q.configure(tenant, reservation_ms);
         q
@@ -269,6 +276,7 @@ impl Queues {
                 }
                 let mut out = Vec::new();
                 self.remove_waiting(*conn_id);
+                self.tried.remove(conn_id);
                 if let Some(agent) = self.free_call(*conn_id) {
                     self.offer_agent(&agent, now, &mut out);
                 }
@@ -347,11 +355,13 @@ impl Queues {
         self.last.insert(queue.clone(), (expr, agent_group.clone()));
         self.order.insert(waiting.place());
         self.waiting.insert(*conn_id, waiting);
-        if let Some(agent) = freed {
-            self.offer_agent(&agent, now, &mut out);
-        }
+        // The call chooses first, so that it can prefer an agent it has not had (`tried`);
+        // the agent it freed then goes to whichever call waits first for it.
         if self.waiting.contains_key(conn_id) {
             self.offer_call(*conn_id, now, &mut out);
+        }
+        if let Some(agent) = freed {
+            self.offer_agent(&agent, now, &mut out);
         }
         out
     }
@@ -387,6 +397,9 @@ impl Queues {
                 }
             }
             Event::EventRinging(c) | Event::EventEstablished(c) | Event::EventDialing(c) => {
+                if let (Event::EventEstablished(_), Some(conn)) = (event, c.conn_id) {
+                    self.tried.remove(&conn);
+                }
                 if let (Some(conn), Some(id)) = (c.conn_id, self.dn_agent.get(&c.this_dn).cloned())
                 {
                     if let Some(view) = self.agents.get_mut(&id) {
@@ -460,6 +473,7 @@ impl Queues {
             .map(|w| w.conn)
             .collect();
         for conn in late {
+            self.tried.remove(&conn);
             if let Some(w) = self.remove_waiting(conn) {
                 out.push(Output::Reply {
                     to: w.reply_to,
@@ -556,22 +570,33 @@ impl Queues {
             return;
         };
         // Cheapest tests first: most agents are busy or not ready.
+        // An agent the call already had comes last (see `tried`).
         let best = self
             .agents
             .values()
             .filter(|a| a.ready_since.is_some() && a.calls.is_empty() && !a.wrapping)
             .filter(|a| w.wants(a) && self.available(a))
-            .min_by_key(|a| (a.ready_since, a.id.as_str()))
+            .min_by_key(|a| (self.was_tried(conn, &a.id), a.ready_since, a.id.as_str()))
             .map(|a| a.id.clone());
         if let Some(agent) = best {
             self.reserve(conn, agent, now, out);
         }
     }
 
+    fn was_tried(&self, conn: ConnId, agent: &str) -> bool {
+        self.tried
+            .get(&conn)
+            .is_some_and(|t| t.iter().any(|a| a == agent))
+    }
+
     fn reserve(&mut self, conn: ConnId, agent: String, now: u64, out: &mut Vec<Output>) {
         let Some(w) = self.remove_waiting(conn) else {
             return;
         };
+        let tried = self.tried.entry(conn).or_default();
+        if !tried.contains(&agent) {
+            tried.push(agent.clone());
+        }
         let dn = self
             .agents
             .get(&agent)

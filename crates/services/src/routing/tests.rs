@@ -323,12 +323,43 @@ fn resubmitting_a_reserved_call_frees_its_agent_first() {
         targets(&submit(&mut q, sub(1, "sales"), 10)),
         [t(1, "a1001")]
     );
-    // Submitted again before anything rang: a1001 is free again and still the longest idle.
+    // Submitted again before anything rang (the route to a1001 failed, and the events saying
+    // so have not arrived yet): a1001 is free again, but the call goes to the agent it has not
+    // had yet.
     assert_eq!(
         targets(&submit(&mut q, sub(1, "sales"), 11)),
+        [t(1, "a1002")]
+    );
+    assert!(q.reservation("a1001").is_none());
+    // With nobody else left, it may go back to an agent it already had.
+    assert_eq!(
+        targets(&submit(&mut q, sub(1, "sales"), 12)),
         [t(1, "a1001")]
     );
-    assert!(q.reservation("a1002").is_none());
+}
+
+#[test]
+fn a_resubmitted_call_does_not_go_back_to_the_agent_whose_phone_failed() {
+    let mut q = queues();
+    ready(&mut q, "a1001", 1);
+    ready(&mut q, "a1002", 2);
+    assert_eq!(
+        targets(&submit(&mut q, sub(1, "sales"), 10)),
+        [t(1, "a1001")]
+    );
+    // a1001's phone rang and answered busy; agent-state put it back to Ready at once (no
+    // after-call work) before the strategy submitted the call again.
+    q.event(&call(Event::EventRinging, 1, "1001"), 11);
+    q.event(&call(Event::EventReleased, 1, "1001"), 12);
+    let out = q.event(
+        &agent_event(Event::EventAgentReady, "a1001", "1001", 13),
+        13,
+    );
+    assert!(targets(&out).is_empty(), "nothing waits yet");
+    assert_eq!(
+        targets(&submit(&mut q, sub(1, "sales"), 14)),
+        [t(1, "a1002")]
+    );
 }
 
 #[test]
