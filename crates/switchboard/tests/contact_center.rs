@@ -5,13 +5,15 @@
 //! strategy plays the VoiceXML menu, queues the call by skill and routes it to the agent
 //! that `routing` reserved; agent-state takes the agent through after-call work.
 
+#[path = "common/carrier.rs"]
+mod carrier;
 mod common;
 
+use carrier::{carrier_scenario, pause, play_pcap, send_bye, until_agent_media};
 use common::{free_port, scenario};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -20,7 +22,6 @@ use switchboard_testkit::{http_request_with, require_program, Sipp, SippOutcome,
 use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-const PCAPS: &str = "/usr/share/sip-tester";
 const SUPERVISOR: &str = "demo-supervisor-key-change-me";
 const PLATFORM: &str = "demo-platform-key-change-me";
 const AGENT_A1006: &str = "demo-agent-a1006-key";
@@ -262,94 +263,6 @@ fn background(
     h
 }
 
-fn play_pcap(file: &str) -> String {
-    let path = Path::new(PCAPS).join(file);
-    assert!(path.exists(), "{} is missing", path.display());
-    format!(
-        "  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>\n",
-        path.display()
-    )
-}
-
-fn pause(ms: u64) -> String {
-    format!("  <pause milliseconds=\"{ms}\"/>\n")
-}
-
-/// Takes re-INVITEs (the music's, when it started before the agent was found) until one
-/// offers the agent's media port `port`; answers each with PCMU/PCMA.
-fn until_agent_media(port: u16) -> String {
-    format!(
-        r#"  <label id="reinvite"/>
-  <recv request="INVITE" timeout="30000">
-    <action><ereg regexp="m=audio {port} RTP/AVP" search_in="body" assign_to="agent"/></action>
-  </recv>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:carrier@[local_ip]:[local_port]>
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=carrier 53655765 2353687638 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0 8 101
-a=rtpmap:0 PCMU/8000
-a=rtpmap:8 PCMA/8000
-a=rtpmap:101 telephone-event/8000
-
-]]></send>
-  <recv request="ACK" timeout="5000" next="talk" test="agent"/>
-  <nop next="reinvite"/>
-  <label id="talk"/>
-"#
-    )
-}
-
-/// The caller hangs up (along the route set).
-fn send_bye(callee: &str) -> String {
-    format!(
-        r#"  <send retrans="500"><![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:+15551234567@carrier.example>;tag=[pid]SIPpTag00[call_number]
-To: <sip:{callee}@[remote_ip]:[remote_port]>[peer_tag_param]
-[routes]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Contact: <sip:carrier@[local_ip]:[local_port]>
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="200" timeout="5000"/>
-"#
-    )
-}
-
-/// The carrier's scenario calling `callee` at the SIP Server, doing `during` after its ACK.
-fn carrier_scenario(callee: &str, during: &str) -> String {
-    let vars: Vec<&str> = during
-        .split("assign_to=\"")
-        .skip(1)
-        .filter_map(|s| s.split('"').next())
-        .collect();
-    scenario(
-        "treatment_caller",
-        &[
-            ("CALLEE", callee),
-            ("DURING", during),
-            ("VARS", &vars.join(",")),
-        ],
-    )
-}
-
 /// A UDP socket standing in for a phone's media port: counts the RTP packets it receives.
 struct MediaSink {
     port: u16,
@@ -467,7 +380,7 @@ fn the_demo_call_from_the_menu_to_the_agent_and_back_to_ready() {
     // agent's media port), sends the agent audio for a few seconds and hangs up.
     let during = pause(2500)
         + &play_pcap("dtmf_2833_2.pcap")
-        + &until_agent_media(media.port)
+        + &until_agent_media(media.port, 30000)
         + &play_pcap("g711a.pcap")
         + &pause(3000)
         + &send_bye(DID);
@@ -1060,7 +973,7 @@ fn a_busy_agent_phone_puts_the_call_back_in_the_queue_for_the_next_agent() {
 
     let during = pause(2500)
         + &play_pcap("dtmf_2833_2.pcap")
-        + &until_agent_media(media.port)
+        + &until_agent_media(media.port, 30000)
         + &play_pcap("g711a.pcap")
         + &pause(1500)
         + &send_bye(DID);
