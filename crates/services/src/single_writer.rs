@@ -398,3 +398,72 @@ pub fn consumer_name() -> String {
         .unwrap_or_else(|| "local".to_string());
     format!("{host}-{}", std::process::id())
 }
+
+/// The tenants of a role started by [`start_tenants`]: their shared state, and the task that
+/// runs their loops and `gauges` every second until the drain.
+pub struct Started<C> {
+    pub tenants: std::collections::HashMap<String, Shared<C>>,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// For every configured tenant: a reducer made by `new`, its last snapshot restored (so a
+/// restart serves the old state at once), and a writer-or-standby loop on `requests(tenant)`.
+/// `gauges` is called every second with the tenants' state.
+#[allow(clippy::too_many_arguments)]
+pub async fn start_tenants<C: Core>(
+    role: &'static str,
+    requests: fn(&str) -> String,
+    new: impl Fn(&Tenant) -> C,
+    config: Arc<Config>,
+    bus: SharedBus,
+    consumer: &str,
+    timing: &Timing,
+    drain: CancellationToken,
+    gauges: impl Fn(&std::collections::HashMap<String, Shared<C>>) + Send + 'static,
+) -> anyhow::Result<Started<C>> {
+    let mut tenants = std::collections::HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in &config.tenants {
+        let slot: Shared<C> = Arc::new(Mutex::new(Slot {
+            core: new(t),
+            position: None,
+            writer: false,
+        }));
+        let names = Names {
+            role,
+            tenant: t.name.clone(),
+            requests: requests(&t.name),
+            consumer: consumer.to_owned(),
+        };
+        restore(&bus, &names, &config, t, &slot)
+            .await
+            .map_err(|e| anyhow::anyhow!("{role}: tenant {}: {e}", t.name))?;
+        tenants.insert(t.name.clone(), slot.clone());
+        tasks.spawn(run(
+            bus.clone(),
+            names,
+            config.clone(),
+            t.clone(),
+            slot,
+            timing.clone(),
+            drain.clone(),
+        ));
+    }
+    let watched = tenants.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = drain.cancelled() => return Ok(()),
+                _ = tick.tick() => gauges(&watched),
+            }
+        }
+    });
+    let task = tokio::spawn(async move {
+        while let Some(r) = tasks.join_next().await {
+            r.map_err(|e| anyhow::anyhow!("{role} task: {e}"))??;
+        }
+        Ok(())
+    });
+    Ok(Started { tenants, task })
+}

@@ -14,7 +14,7 @@
 pub mod model;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::problem::{ApiProblem, PROBLEM_JSON};
-use crate::single_writer::{self, lock, Core, Emit, Names, Shared, Slot, Timing};
+use crate::single_writer::{self, lock, Core, Emit, Shared, Timing};
 pub use model::{codes, Agent, AgentStatus, Board};
 
 /// The role's name: lease and snapshot key prefix, consumer group.
@@ -121,54 +121,24 @@ pub async fn start(
     options: Options,
 ) -> anyhow::Result<AgentStateRole> {
     let reservation_ms = config.routing.reservation_timeout_ms;
-    let mut tenants = HashMap::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in &config.tenants {
-        let slot: Shared<Board> = Arc::new(Mutex::new(Slot {
-            core: Board::new(t, reservation_ms),
-            position: None,
-            writer: false,
-        }));
-        let names = Names {
-            role: ROLE,
-            tenant: t.name.clone(),
-            requests: agent_requests_stream(&t.name),
-            consumer: options.consumer.clone(),
-        };
-        // The state survives restarts: serve the last snapshot from the start.
-        single_writer::restore(&bus, &names, &config, t, &slot)
-            .await
-            .map_err(|e| anyhow::anyhow!("agent-state: tenant {}: {e}", t.name))?;
-        tenants.insert(t.name.clone(), slot.clone());
-        tasks.spawn(single_writer::run(
-            bus.clone(),
-            names,
-            config.clone(),
-            t.clone(),
-            slot,
-            options.timing.clone(),
-            drain.clone(),
-        ));
-    }
-    let state = Arc::new(AgentState { tenants });
-    {
-        let (state, drain) = (state.clone(), drain.clone());
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = drain.cancelled() => return Ok(()),
-                    _ = tick.tick() => gauges(&state),
-                }
-            }
-        });
-    }
-    let task = tokio::spawn(async move {
-        while let Some(r) = tasks.join_next().await {
-            r.map_err(|e| anyhow::anyhow!("agent-state task: {e}"))??;
-        }
-        Ok(())
-    });
+    let started = single_writer::start_tenants(
+        ROLE,
+        agent_requests_stream,
+        |t| Board::new(t, reservation_ms),
+        config.clone(),
+        bus.clone(),
+        &options.consumer,
+        &options.timing,
+        drain.clone(),
+        gauges,
+    )
+    .await?;
+    let (task, state) = (
+        started.task,
+        Arc::new(AgentState {
+            tenants: started.tenants,
+        }),
+    );
     let api = Api {
         state: state.clone(),
         bus,
@@ -182,8 +152,8 @@ pub async fn start(
 }
 
 /// Agents per tenant and state.
-fn gauges(state: &AgentState) {
-    for (tenant, slot) in &state.tenants {
+fn gauges(tenants: &HashMap<String, Shared<Board>>) {
+    for (tenant, slot) in tenants {
         let mut counts: HashMap<&'static str, usize> = HashMap::new();
         for a in lock(slot).core.agents.values() {
             *counts.entry(state_name(&a.status)).or_default() += 1;

@@ -16,8 +16,7 @@ pub mod expr;
 pub mod model;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::problem::ApiProblem;
-use crate::single_writer::{self, lock, Core, Emit, Names, Shared, Slot, Timing};
+use crate::single_writer::{self, lock, Core, Emit, Shared, Timing};
 pub use model::{Output, QueueStats, Queues};
 
 /// The role's name: lease and snapshot key prefix, consumer group.
@@ -145,53 +144,24 @@ pub async fn start(
     options: Options,
 ) -> anyhow::Result<RoutingRole> {
     let reservation_ms = config.routing.reservation_timeout_ms;
-    let mut tenants = HashMap::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in &config.tenants {
-        let slot: Shared<Queues> = Arc::new(Mutex::new(Slot {
-            core: Queues::new(t, reservation_ms),
-            position: None,
-            writer: false,
-        }));
-        let names = Names {
-            role: ROLE,
-            tenant: t.name.clone(),
-            requests: routing_requests_stream(&t.name),
-            consumer: options.consumer.clone(),
-        };
-        single_writer::restore(&bus, &names, &config, t, &slot)
-            .await
-            .map_err(|e| anyhow::anyhow!("routing: tenant {}: {e}", t.name))?;
-        tenants.insert(t.name.clone(), slot.clone());
-        tasks.spawn(single_writer::run(
-            bus.clone(),
-            names,
-            config.clone(),
-            t.clone(),
-            slot,
-            options.timing.clone(),
-            drain.clone(),
-        ));
-    }
-    let state = Arc::new(Routing { tenants });
-    {
-        let (state, drain) = (state.clone(), drain.clone());
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = drain.cancelled() => return Ok(()),
-                    _ = tick.tick() => gauges(&state),
-                }
-            }
-        });
-    }
-    let task = tokio::spawn(async move {
-        while let Some(r) = tasks.join_next().await {
-            r.map_err(|e| anyhow::anyhow!("routing task: {e}"))??;
-        }
-        Ok(())
-    });
+    let started = single_writer::start_tenants(
+        ROLE,
+        routing_requests_stream,
+        |t| Queues::new(t, reservation_ms),
+        config,
+        bus,
+        &options.consumer,
+        &options.timing,
+        drain,
+        gauges,
+    )
+    .await?;
+    let (task, state) = (
+        started.task,
+        Arc::new(Routing {
+            tenants: started.tenants,
+        }),
+    );
     Ok(RoutingRole {
         router: routes(state.clone()),
         task,
@@ -199,11 +169,9 @@ pub async fn start(
     })
 }
 
-fn gauges(state: &Routing) {
-    for tenant in state.tenants.keys() {
-        let Some((stats, _)) = state.stats(tenant) else {
-            continue;
-        };
+fn gauges(tenants: &HashMap<String, Shared<Queues>>) {
+    for (tenant, slot) in tenants {
+        let stats = lock(slot).core.stats(single_writer::now_ms());
         for (queue, s) in stats {
             let labels = [("tenant", tenant.clone()), ("queue", queue)];
             metrics::gauge!("switchboard_queue_waiting", &labels).set(s.waiting as f64);
