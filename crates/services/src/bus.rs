@@ -15,11 +15,11 @@
 
 use std::path::Path;
 
-use switchboard_bus::{BusSpec, SharedBus};
+use switchboard_bus::BusSpec;
 use switchboard_config::{BusBackend, Config};
 use tokio::sync::OnceCell;
 
-pub use switchboard_bus::{events_stream, Bus, BusError, EntryId};
+pub use switchboard_bus::{events_stream, Bus, BusError, EntryId, SharedBus};
 
 /// Holds the process's bus once opened. Put one in the roles' shared state.
 #[derive(Default)]

@@ -4,7 +4,7 @@ use crate::role::{Registry, RoleContext, RoleHandle, RoleKind};
 
 // The process's bus, opened from `[bus]` by the first role that needs it and shared by all
 // (`sip-node` publishes on it, `call-state` consumes from it): take it with
-// `ctx.shared().get_or_init(BusSlot::default).get_or_open(&ctx.config)`.
+// `bus(&ctx)` below.
 use switchboard_services::bus::BusSlot;
 use tokio::sync::Mutex;
 
@@ -15,6 +15,14 @@ use tokio::sync::Mutex;
 use std::sync::Arc;
 use switchboard_services::dialplan::role::{DialplanCell, DialplanSlot};
 use switchboard_services::store::StoreSlot;
+
+/// The process's bus (opened by the first role that asks).
+async fn bus(ctx: &RoleContext) -> anyhow::Result<switchboard_services::bus::SharedBus> {
+    ctx.shared()
+        .get_or_init(BusSlot::default)
+        .get_or_open(&ctx.config)
+        .await
+}
 
 async fn dialplan_cell(ctx: &RoleContext) -> anyhow::Result<Arc<DialplanCell>> {
     let store = ctx
@@ -54,11 +62,7 @@ async fn start_config(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         .get_or_init(StoreSlot::default)
         .get_or_open(&ctx.config)
         .await?;
-    let bus = ctx
-        .shared()
-        .get_or_init(BusSlot::default)
-        .get_or_open(&ctx.config)
-        .await?;
+    let bus = bus(&ctx).await?;
     let role = switchboard_services::config_api::start(store, Some(bus), ctx.drain.clone());
     ctx.add_routes(role.router);
     Ok(RoleHandle::from_task(role.task))
@@ -119,11 +123,7 @@ async fn with_dn_service(ctx: &RoleContext, handle: RoleHandle) -> anyhow::Resul
     else {
         return Ok(handle);
     };
-    let bus = ctx
-        .shared()
-        .get_or_init(BusSlot::default)
-        .get_or_open(&ctx.config)
-        .await?;
+    let bus = bus(ctx).await?;
     let watcher = switchboard_services::sip::dn_service::spawn(
         &ctx.config,
         (*location).clone(),
@@ -189,11 +189,7 @@ async fn start_mcp(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
 /// REST call control under `/v1/tenants/{t}/calls`, events on the bus. When the SIP edge runs
 /// in this process it sends new calls here and takes our legs to the phones.
 async fn start_sip_node(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
-    let bus = ctx
-        .shared()
-        .get_or_init(BusSlot::default)
-        .get_or_open(&ctx.config)
-        .await?;
+    let bus = bus(&ctx).await?;
     let edge = ctx
         .shared()
         .get::<switchboard_services::sip::role::EdgeControl>()
@@ -238,11 +234,7 @@ async fn start_voicemail(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         .get_or_init(StoreSlot::default)
         .get_or_open(&ctx.config)
         .await?;
-    let bus = ctx
-        .shared()
-        .get_or_init(BusSlot::default)
-        .get_or_open(&ctx.config)
-        .await?;
+    let bus = bus(&ctx).await?;
     let cell = dialplan_cell(&ctx).await?;
     let cfg = &ctx.config.voicemail;
     if let Some(route) = ctx.shared().get::<VoicemailRoute>() {
@@ -322,11 +314,7 @@ async fn start_voicemail(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
 /// `call-state`: folds `events:{tenant}` into call threads; `GET /v1/tenants/{t}/calls[/{id}]`.
 /// Its state is shared as `Arc<switchboard_services::call_state::CallState>`.
 async fn start_call_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
-    let bus = ctx
-        .shared()
-        .get_or_init(BusSlot::default)
-        .get_or_open(&ctx.config)
-        .await?;
+    let bus = bus(&ctx).await?;
     let role =
         switchboard_services::call_state::start(ctx.config.clone(), bus, ctx.drain.clone()).await?;
     ctx.add_routes(role.router);
@@ -338,11 +326,7 @@ async fn start_call_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
 /// `front-end`: the desktop API's event WebSocket, `GET /v1/tenants/{t}/events` (the API-key
 /// gate in front of every `/v1/` route is the HTTP server's, see `http.rs`).
 async fn start_front_end(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
-    let bus = ctx
-        .shared()
-        .get_or_init(BusSlot::default)
-        .get_or_open(&ctx.config)
-        .await?;
+    let bus = bus(&ctx).await?;
     ctx.add_routes(switchboard_services::front_end::start(
         ctx.config.clone(),
         bus,
@@ -356,11 +340,7 @@ async fn start_front_end(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
 /// `GET /v1/tenants/{t}/agent-states[/{id}]`.
 /// Its state is shared as `Arc<switchboard_services::agent_state::AgentState>`.
 async fn start_agent_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
-    let bus = ctx
-        .shared()
-        .get_or_init(BusSlot::default)
-        .get_or_open(&ctx.config)
-        .await?;
+    let bus = bus(&ctx).await?;
     let role = switchboard_services::agent_state::start(
         ctx.config.clone(),
         bus,
@@ -377,11 +357,7 @@ async fn start_agent_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
 /// `routing`: queues and agent selection per tenant (one writer per tenant by bus lease);
 /// `GET /v1/tenants/{t}/queues[/{name}]`.
 async fn start_routing(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
-    let bus = ctx
-        .shared()
-        .get_or_init(BusSlot::default)
-        .get_or_open(&ctx.config)
-        .await?;
+    let bus = bus(&ctx).await?;
     let role = switchboard_services::routing::start(
         ctx.config.clone(),
         bus,
@@ -399,11 +375,7 @@ async fn start_routing(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
 /// `events:{tenant}`), with sessions persisted on the bus and taken over by another node when
 /// this one dies; serves the built-in documents at `/orchestrator/builtin/{name}`.
 async fn start_orchestrator(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
-    let bus = ctx
-        .shared()
-        .get_or_init(BusSlot::default)
-        .get_or_open(&ctx.config)
-        .await?;
+    let bus = bus(&ctx).await?;
     let http = ctx
         .shared()
         .get::<crate::role::HttpAddr>()
