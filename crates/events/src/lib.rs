@@ -87,7 +87,10 @@ pub enum Event {
     EventRetrieved(CallAttrs),
     /// A party's call was replaced by another (transfer completion): `previous_conn_id` is set.
     EventPartyChanged(CallAttrs),
+    /// A party joined a conference (`third_party_dn`): to every party, `parties` all of them.
     EventPartyAdded(CallAttrs),
+    /// A party left a conference (`third_party_dn`): to the parties that remain, `parties`
+    /// those.
     EventPartyDeleted(CallAttrs),
     EventAttachedDataChanged(CallAttrs),
     /// A call reached a route point (`this_dn`) and waits, unanswered, for a routing decision
@@ -159,6 +162,10 @@ pub struct CallAttrs {
     /// What a treatment returned (EventTreatmentEnd only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub treatment_results: Option<UserData>,
+    /// The DNs (and numbers) of every party of a conference (EventPartyAdded and
+    /// EventPartyDeleted only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parties: Vec<String>,
     /// Milliseconds since the Unix epoch.
     pub ts_ms: u64,
 }

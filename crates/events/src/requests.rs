@@ -69,6 +69,23 @@ pub enum CallOp {
         to: String,
     },
     CompleteTransfer,
+    /// TInitiateConference: like InitiateTransfer, a consult call to `to` with the call's
+    /// other party held; CompleteConference then merges the two calls.
+    InitiateConference {
+        to: String,
+    },
+    /// TCompleteConference (from either call): the consulted party joins the held call,
+    /// which becomes a conference of three on the media server's mixer.
+    CompleteConference,
+    /// TSingleStepConference: `to` rings and joins the call when it answers.
+    SingleStepConference {
+        to: String,
+    },
+    /// TDeleteFromConference: party `party` (a DN or number) leaves the conference; the
+    /// others stay. (Not `dn`: the request's own `dn` is the DN that asks.)
+    DeleteFromConference {
+        party: String,
+    },
     AttachUserData {
         data: UserData,
     },

@@ -11,6 +11,10 @@
 //! | `POST /{conn_id}/transfer` | `{"dn", "to"}` | SingleStepTransfer |
 //! | `POST /{conn_id}/consult` | `{"dn", "to"}` | InitiateTransfer |
 //! | `POST /{conn_id}/complete` | `{"dn"}` | CompleteTransfer |
+//! | `POST /{conn_id}/conference` | `{"dn", "to"}` | InitiateConference |
+//! | `POST /{conn_id}/conference/complete` | `{"dn"}` | CompleteConference |
+//! | `POST /{conn_id}/conference/single-step` | `{"dn", "to"}` | SingleStepConference |
+//! | `DELETE /{conn_id}/conference/parties/{party}` | `{"dn"}` | DeleteFromConference |
 //! | `POST /{conn_id}/user-data` | `{"dn", "data": {...}}` | AttachUserData |
 //! | `PUT /{conn_id}/user-data` | `{"dn", "data": {...}}` | UpdateUserData |
 //! | `DELETE /{conn_id}/user-data` | `{"dn", "keys": [...]}` (none: all) | DeleteUserData |
@@ -232,6 +236,23 @@ impl Api {
                 dn,
             },
             CallOp::CompleteTransfer => Request::CompleteTransfer { conn, dn },
+            CallOp::InitiateConference { to: t } => Request::InitiateConference {
+                to: to(&t)?,
+                conn,
+                dn,
+            },
+            CallOp::CompleteConference => Request::CompleteConference { conn, dn },
+            CallOp::SingleStepConference { to: t } => Request::SingleStepConference {
+                to: to(&t)?,
+                conn,
+                dn,
+            },
+            CallOp::DeleteFromConference { party } => {
+                if party.is_empty() || party.len() > 64 {
+                    return Err(bad("\"party\": the DN or number of a party (1 to 64 characters)"));
+                }
+                Request::DeleteFromConference { conn, dn, party }
+            }
             CallOp::AttachUserData { data: d } => Request::AttachUserData {
                 data: data(d)?,
                 conn,
@@ -284,8 +305,16 @@ fn required_to(body: &Body) -> Result<String, Problem> {
         .ok_or_else(|| bad("\"to\" (the number to call) is required"))
 }
 
-/// The operation a REST request on a call asks for (`action` the last path segment).
+/// The operation a REST request on a call asks for (`action` the path after the call's id:
+/// one segment, or `conference/...`).
 fn rest_op(action: &str, verb: Verb, body: Body) -> Result<CallOp, Problem> {
+    if let Some(party) = action.strip_prefix("conference/parties/") {
+        if verb == Verb::Delete && !party.contains('/') {
+            return Ok(CallOp::DeleteFromConference {
+                party: party.to_string(),
+            });
+        }
+    }
     let op = match (verb, action) {
         (Verb::Post, "answer") => CallOp::Answer,
         (Verb::Post, "release") => CallOp::Release,
@@ -298,6 +327,13 @@ fn rest_op(action: &str, verb: Verb, body: Body) -> Result<CallOp, Problem> {
             to: required_to(&body)?,
         },
         (Verb::Post, "complete") => CallOp::CompleteTransfer,
+        (Verb::Post, "conference") => CallOp::InitiateConference {
+            to: required_to(&body)?,
+        },
+        (Verb::Post, "conference/complete") => CallOp::CompleteConference,
+        (Verb::Post, "conference/single-step") => CallOp::SingleStepConference {
+            to: required_to(&body)?,
+        },
         (Verb::Post, "user-data") => CallOp::AttachUserData {
             data: body.data.unwrap_or_default(),
         },

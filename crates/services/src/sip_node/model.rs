@@ -29,6 +29,9 @@ use std::fmt;
 use std::sync::Arc;
 use switchboard_events::{CallAttrs, CallType, ConnId, ErrorAttrs, Event, PartyRole, UserData};
 
+#[path = "conference.rs"]
+pub mod conference;
+
 /// One SIP leg of the B2BUA (one dialog, incoming or outgoing). Allocated by the model for the
 /// legs it places and by the core for incoming calls (odd/even halves, see [`LegId::incoming`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -154,6 +157,36 @@ pub struct Call {
     /// queue: when that leg fails before it answered, the call goes back there (a strategy
     /// routes it again) instead of ending.
     pub routed_from: Option<(LegId, String)>,
+    /// The media server's mixer, once the call has had three parties.
+    pub conference: Option<Conference>,
+    /// A party ringing to join the call (SingleStepConference).
+    pub adding: Option<Adding>,
+    /// For the consult call of an InitiateConference, that request's id: when the consult
+    /// call ends without being merged, the held party of the original call is retrieved.
+    pub conference_req: Option<u64>,
+}
+
+/// The media of a conference: one media-server leg per party, all in the mixer's
+/// conference `sip:conf={conn}@mcp` (see [`conference`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Conference {
+    pub legs: Vec<ConfLeg>,
+}
+
+/// A party's leg to the conference: the media server was offered the party's SDP on
+/// `media`; its answer is re-offered to the party on `party`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfLeg {
+    pub party: LegId,
+    pub media: LegId,
+}
+
+/// A SingleStepConference in progress: `leg` rings for the new party, added by `by`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adding {
+    pub leg: LegId,
+    pub by: String,
+    pub req: u64,
 }
 
 /// A treatment leg: the media server playing to a call parked at a route point or queue.
@@ -328,6 +361,27 @@ pub enum Request {
         conn: ConnId,
         dn: String,
     },
+    /// A consult call like InitiateTransfer, to be merged by CompleteConference.
+    InitiateConference {
+        conn: ConnId,
+        dn: String,
+        to: Resolved,
+    },
+    CompleteConference {
+        conn: ConnId,
+        dn: String,
+    },
+    SingleStepConference {
+        conn: ConnId,
+        dn: String,
+        to: Resolved,
+    },
+    /// Party `party` leaves the conference (DeleteFromConference).
+    DeleteFromConference {
+        conn: ConnId,
+        dn: String,
+        party: String,
+    },
     AttachUserData {
         conn: ConnId,
         dn: String,
@@ -381,6 +435,10 @@ impl Request {
             | Request::SingleStepTransfer { conn, .. }
             | Request::InitiateTransfer { conn, .. }
             | Request::CompleteTransfer { conn, .. }
+            | Request::InitiateConference { conn, .. }
+            | Request::CompleteConference { conn, .. }
+            | Request::SingleStepConference { conn, .. }
+            | Request::DeleteFromConference { conn, .. }
             | Request::AttachUserData { conn, .. }
             | Request::UpdateUserData { conn, .. }
             | Request::DeleteUserData { conn, .. }
@@ -401,6 +459,10 @@ impl Request {
             | Request::SingleStepTransfer { dn, .. }
             | Request::InitiateTransfer { dn, .. }
             | Request::CompleteTransfer { dn, .. }
+            | Request::InitiateConference { dn, .. }
+            | Request::CompleteConference { dn, .. }
+            | Request::SingleStepConference { dn, .. }
+            | Request::DeleteFromConference { dn, .. }
             | Request::AttachUserData { dn, .. }
             | Request::UpdateUserData { dn, .. }
             | Request::DeleteUserData { dn, .. }
@@ -763,6 +825,16 @@ impl Model {
                 self.treatment_exit(leg, UserData::new(), now_ms, out)
             }
             Input::TreatmentExit { leg, results } => self.treatment_exit(leg, results, now_ms, out),
+            // So are its legs to a conference's mixer.
+            Input::Answered { leg, sdp } if self.conf_call(leg).is_some() => {
+                self.conf_answered(leg, sdp, out)
+            }
+            Input::Failed { leg, code } if self.conf_call(leg).is_some() => {
+                self.conf_leg_gone(leg, Some(code), out)
+            }
+            Input::HungUp { leg } if self.conf_call(leg).is_some() => {
+                self.conf_leg_gone(leg, None, out)
+            }
             Input::Ringing { leg } => self.ringing(leg, now_ms, out),
             Input::Answered { leg, sdp } => self.answered(leg, sdp, now_ms, out),
             Input::Failed { leg, code } => {
@@ -839,6 +911,7 @@ impl Model {
             return false;
         };
         let candidate = p.internal
+            && !self.is_adding(leg)
             && !p.auto
             && !p.leg.is_incoming()
             && p.role == PartyRole::Destination
@@ -1094,6 +1167,9 @@ impl Model {
             diversions: 0,
             routed_from: None,
             treatment: None,
+            conference: None,
+            adding: None,
+            conference_req: None,
         };
         self.legs.insert(leg, conn);
         out.push(Action::CallStarted { conn, tenant });
@@ -1133,6 +1209,9 @@ impl Model {
         call.parties[i].sdp = sdp.clone();
         let was = call.parties[i].state;
         call.parties[i].state = PartyState::Established;
+        if call.adding.as_ref().is_some_and(|a| a.leg == leg) {
+            return self.added_answered(conn, leg, now, out);
+        }
         if call.parties[i].auto {
             // The origin of a MakeCall / consult call answered: now call the destination
             // with its SDP (RFC 3725 style; the core ACKed the 2xx already).
@@ -1256,6 +1335,7 @@ impl Model {
         let Some(i) = call.by_leg(leg) else { return };
         let gone = call.parties.remove(i);
         if call.parties.len() >= 2 {
+            self.party_left(&mut call, &gone, None, None, now, out);
             self.calls.insert(conn, call);
             return;
         }
@@ -1267,6 +1347,7 @@ impl Model {
     /// never placed gets neither a hang-up nor an event: nobody saw it.
     fn end_call(&mut self, mut call: Call, gone: Option<Party>, now: u64, out: &mut Out) {
         self.end_treatment(&mut call, "released", None, now, out);
+        self.end_conference(&mut call, out);
         for p in std::mem::take(&mut call.parties) {
             self.legs.remove(&p.leg);
             self.ops.remove(&p.leg);
@@ -1291,6 +1372,9 @@ impl Model {
             ev(out, &tmp, 0, mk, now, None, None);
         }
         out.push(Action::CallEnded { conn: call.conn });
+        if let Some(req) = call.conference_req {
+            self.retrieve_after_consult(&call, req, out);
+        }
     }
 
     fn reoffer_done(&mut self, leg: LegId, ok: bool, sdp: Option<Bytes>, now: u64, out: &mut Out) {
@@ -1364,6 +1448,10 @@ impl Model {
         let Some((call, _)) = self.party_of(leg) else {
             return out.push(local);
         };
+        // In a conference the device talks to the mixer, which keeps its media as it is.
+        if call.conference.is_some() {
+            return out.push(local);
+        }
         let other = call
             .other(call.by_leg(leg).unwrap_or(0))
             .map(|o| &call.parties[o]);
@@ -1483,6 +1571,13 @@ impl Model {
         if c.party.state.parked() && !moves_on {
             self.restart_park_timer(conn, &c.dn, out);
         }
+        let conferencing = self
+            .calls
+            .get(&conn)
+            .is_some_and(|x| x.conference.is_some() || x.adding.is_some());
+        if conferencing && !Self::allowed_in_conference(&req) {
+            return c.err(out, codes::BAD_STATE, "not possible in a conference");
+        }
         match req {
             Request::MakeCall { .. } => {}
             Request::Answer { .. } => {
@@ -1495,13 +1590,21 @@ impl Model {
                 if !c.party.state.parked() {
                     out.push(Action::Hangup { leg: c.party.leg });
                 }
-                self.release_party(conn, c.party.leg, Some(id), now, out);
+                self.release_party(conn, c.party.leg, Some(id), None, now, out);
             }
             Request::Hold { .. } => self.hold(&c, true, out),
             Request::Retrieve { .. } => self.hold(&c, false, out),
             Request::SingleStepTransfer { to, .. } => self.transfer(&c, to, out),
             Request::InitiateTransfer { to, .. } => self.consult(&c, to, out),
             Request::CompleteTransfer { .. } => self.complete(conn, &c.dn, id, now, out),
+            Request::InitiateConference { to, .. } => self.initiate_conference(&c, to, out),
+            Request::CompleteConference { .. } => {
+                self.complete_conference(conn, &c.dn, id, now, out)
+            }
+            Request::SingleStepConference { to, .. } => self.single_step_conference(&c, to, out),
+            Request::DeleteFromConference { party, .. } => {
+                self.delete_from_conference(&c, &party, out)
+            }
             Request::AttachUserData { data, .. } | Request::UpdateUserData { data, .. } => {
                 if data.is_empty() {
                     return c.err(out, codes::BAD_ARGUMENT, "no user data given");
@@ -1730,12 +1833,14 @@ impl Model {
         });
     }
 
-    /// A party leaves on request: events for it, and the call ends if one party is left.
+    /// A party leaves on request (its own, or DeleteFromConference by DN `by`): events for
+    /// it, and the call ends if one party is left.
     fn release_party(
         &mut self,
         conn: ConnId,
         leg: LegId,
         req: Option<u64>,
+        by: Option<&str>,
         now: u64,
         out: &mut Out,
     ) {
@@ -1756,9 +1861,10 @@ impl Model {
         {
             self.end_treatment(&mut call, "released", req, now, out);
         }
-        ev(out, &call, i, Event::EventReleased, now, req, None);
+        ev_third(out, &call, i, Event::EventReleased, now, req, by);
         let gone = call.parties.remove(i);
         if call.parties.len() >= 2 {
+            self.party_left(&mut call, &gone, by, req, now, out);
             self.calls.insert(conn, call);
             return;
         }
@@ -1821,6 +1927,9 @@ impl Model {
             diversions: 0,
             routed_from: None,
             treatment: None,
+            conference: None,
+            adding: None,
+            conference_req: None,
         };
         self.legs.insert(a, conn);
         self.legs.insert(b, conn);
@@ -1881,6 +1990,17 @@ impl Model {
         self.start_party(conn, i, dest, Some(transferring.dn), now, out);
     }
 
+    /// (original, consult) for a request of `dn` on either of the two calls.
+    fn consult_pair(&self, conn: ConnId, dn: &str) -> Option<(ConnId, ConnId)> {
+        if let Some((orig, by)) = self.calls.get(&conn)?.consult_of.clone() {
+            return (by == dn).then_some((orig, conn));
+        }
+        self.calls
+            .values()
+            .find(|c| c.consult_of == Some((conn, dn.to_string())))
+            .map(|c| (conn, c.conn))
+    }
+
     /// CompleteTransfer, from either call: the consulting DN leaves both calls; the consulted
     /// party takes its place in the original call (EventPartyChanged).
     fn complete(&mut self, conn: ConnId, dn: &str, req: u64, now: u64, out: &mut Out) {
@@ -1888,16 +2008,7 @@ impl Model {
         let err = |out: &mut Out, code: &str, reason: &str| {
             error(out, &tenant, Some(conn), dn, req, code, reason, now)
         };
-        // Find (original, consult).
-        let pair = if let Some((orig, by)) = self.calls[&conn].consult_of.clone() {
-            (by == dn).then_some((orig, conn))
-        } else {
-            self.calls
-                .values()
-                .find(|c| c.consult_of == Some((conn, dn.to_string())))
-                .map(|c| (conn, c.conn))
-        };
-        let Some((orig, consult)) = pair else {
+        let Some((orig, consult)) = self.consult_pair(conn, dn) else {
             return err(out, codes::BAD_STATE, "no consult call to complete");
         };
         let (Some(oc), Some(cc)) = (self.calls.get(&orig), self.calls.get(&consult)) else {
@@ -2281,6 +2392,7 @@ fn attrs(call: &Call, i: usize, now: u64, req: Option<u64>, reason: Option<Strin
         reason,
         user_data: call.user_data.clone(),
         treatment_results: None,
+        parties: Vec::new(),
         ts_ms: now,
     }
 }

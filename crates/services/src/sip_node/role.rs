@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{delete, post};
 use axum::Router;
 use serde_json::json;
 use std::collections::HashMap;
@@ -228,6 +228,14 @@ fn routes(state: Arc<RestState>) -> Router {
             "/v1/tenants/{tenant}/calls/{conn_id}/{action}",
             post(call_post).put(call_put).delete(call_delete),
         )
+        .route(
+            "/v1/tenants/{tenant}/calls/{conn_id}/conference/{action}",
+            post(conference_post),
+        )
+        .route(
+            "/v1/tenants/{tenant}/calls/{conn_id}/conference/parties/{party}",
+            delete(conference_delete),
+        )
         .with_state(state)
 }
 
@@ -264,6 +272,26 @@ async fn call_delete(
     Path((tenant, conn, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
+    submit(&state, &tenant, Some((&conn, &action)), Verb::Delete, &body).await
+}
+
+/// `POST .../conference/{action}`: the action is `conference/{action}` (see [`super::api`]).
+async fn conference_post(
+    State(state): State<Arc<RestState>>,
+    Path((tenant, conn, action)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let action = format!("conference/{action}");
+    submit(&state, &tenant, Some((&conn, &action)), Verb::Post, &body).await
+}
+
+/// `DELETE .../conference/parties/{party}` (DeleteFromConference).
+async fn conference_delete(
+    State(state): State<Arc<RestState>>,
+    Path((tenant, conn, party)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let action = format!("conference/parties/{party}");
     submit(&state, &tenant, Some((&conn, &action)), Verb::Delete, &body).await
 }
 
