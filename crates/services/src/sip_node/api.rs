@@ -249,7 +249,9 @@ impl Api {
             },
             CallOp::DeleteFromConference { party } => {
                 if party.is_empty() || party.len() > 64 {
-                    return Err(bad("\"party\": the DN or number of a party (1 to 64 characters)"));
+                    return Err(bad(
+                        "\"party\": the DN or number of a party (1 to 64 characters)",
+                    ));
                 }
                 Request::DeleteFromConference { conn, dn, party }
             }

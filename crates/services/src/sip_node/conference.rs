@@ -77,7 +77,11 @@ impl Model {
             return err(out, codes::BAD_STATE, "nobody to add");
         };
         if target.state != PartyState::Established {
-            return err(out, codes::BAD_STATE, "the consulted party has not answered");
+            return err(
+                out,
+                codes::BAD_STATE,
+                "the consulted party has not answered",
+            );
         }
         if oc.party(&target.dn).is_some() {
             return err(out, codes::BAD_STATE, "the consulted party is in the call");
@@ -142,11 +146,19 @@ impl Model {
         if call.adding.is_some() {
             return c.bad_state(out, "a party is already being added");
         }
-        if call.parties.iter().any(|p| p.state != PartyState::Established) {
+        if call
+            .parties
+            .iter()
+            .any(|p| p.state != PartyState::Established)
+        {
             return c.bad_state(out, "every party must be established to add one");
         }
         if call.party(dest.number()).is_some() {
-            return c.err(out, codes::INVALID_DESTINATION, "already a party of the call");
+            return c.err(
+                out,
+                codes::INVALID_DESTINATION,
+                "already a party of the call",
+            );
         }
         let info = match &dest {
             Dest::Dn(dn) => self.dir.0.dn_info(&call.tenant, dn),
@@ -420,13 +432,17 @@ impl Model {
         let Some(call) = self.calls.get(&orig) else {
             return;
         };
-        let Some(i) = call.party(&by).filter(|&i| call.parties[i].state == PartyState::Held)
+        let Some(i) = call
+            .party(&by)
+            .filter(|&i| call.parties[i].state == PartyState::Held)
         else {
             return;
         };
-        let Some(other) = call.other(i).map(|o| &call.parties[o]).filter(|o| {
-            o.state == PartyState::Established && !self.ops.contains_key(&o.leg)
-        }) else {
+        let Some(other) = call
+            .other(i)
+            .map(|o| &call.parties[o])
+            .filter(|o| o.state == PartyState::Established && !self.ops.contains_key(&o.leg))
+        else {
             return;
         };
         tracing::info!(conn_id = %orig, dn = %by, "the conference consult call ended: retrieving");
@@ -449,11 +465,7 @@ impl Model {
             return c.err(out, codes::BAD_STATE, "the call is not a conference");
         }
         let Some(leg) = call.party(party).map(|t| call.parties[t].leg) else {
-            return c.err(
-                out,
-                codes::NO_SUCH_PARTY,
-                "not a party of the conference",
-            );
+            return c.err(out, codes::NO_SUCH_PARTY, "not a party of the conference");
         };
         out.push(Action::Hangup { leg });
         self.release_party(c.conn, leg, Some(c.id), Some(&c.dn), c.now, out);

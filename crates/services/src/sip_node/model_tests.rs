@@ -1190,3 +1190,511 @@ fn calls_on_a_named_trunk_keep_their_trunk() {
     });
     assert_eq!(placed(&out)[0].1, trunk, "{out:?}");
 }
+
+// ---- conferences ----
+
+use PartyRole::{AddedBy, ConferenceMember, DeletedBy, NewParty};
+
+/// The legs to the mixer the actions place: (media leg, party's DN, SDP offered).
+fn mixer_legs(out: &[Action], conn: ConnId) -> Vec<(LegId, String, Bytes)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::PlaceMediaLeg {
+                leg,
+                service,
+                from,
+                sdp,
+                ..
+            } => {
+                assert_eq!(service.user, format!("conf={conn}"));
+                assert_eq!(service.params, "");
+                Some((*leg, from.clone(), sdp.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The mixer answers every leg: each party is re-offered the mixer's SDP for its own leg.
+fn mixer_answers(s: &mut Sim, legs: &[(LegId, String, Bytes)], party_leg: impl Fn(&str) -> LegId) {
+    for (media, dn, _) in legs {
+        let mix = sdp(&format!("mixer for {dn}"));
+        let out = s.step(Input::Answered {
+            leg: *media,
+            sdp: mix.clone(),
+        });
+        let leg = party_leg(dn);
+        assert_eq!(
+            out,
+            vec![Action::Reoffer {
+                leg,
+                sdp: mix,
+                direction: Direction::SendRecv
+            }],
+            "{dn}"
+        );
+        s.step(Input::ReofferDone {
+            leg,
+            ok: true,
+            sdp: sdp(&format!("{dn} again")),
+        });
+    }
+}
+
+fn party_added<'a>(out: &'a [Action]) -> Vec<&'a switchboard_events::CallAttrs> {
+    event_list(out)
+        .into_iter()
+        .filter(|e| e.name() == "EventPartyAdded")
+        .filter_map(Event::call)
+        .collect()
+}
+
+/// The carrier calls 1001, which adds 1002 with SingleStepConference; 1002 answers and the
+/// mixer answers all three. Returns the call, the legs (carrier, 1001, 1002) and the mixer's.
+fn single_step_conference(s: &mut Sim) -> (ConnId, [LegId; 3], Vec<LegId>) {
+    let (a, conn, b) = s.established_inbound("1001");
+    let (id, out) = s.request(Request::SingleStepConference {
+        conn,
+        dn: "1001".into(),
+        to: Resolved::Ok(Dest::Dn("1002".into())),
+    });
+    let p = placed(&out);
+    assert_eq!(p.len(), 1);
+    assert_eq!(
+        (p[0].1.clone(), p[0].2.clone()),
+        (Dest::Dn("1002".into()), sdp("1001"))
+    );
+    let c = p[0].0;
+    assert_eq!(names(&out), vec![("EventRinging", "1002".into())]);
+    let ringing = event_list(&out)[0].call().unwrap().clone();
+    assert_eq!(
+        (ringing.request_id, ringing.third_party_dn.as_deref()),
+        (Some(id), Some("1001"))
+    );
+    let out = s.step(Input::Answered {
+        leg: c,
+        sdp: sdp("1002"),
+    });
+    assert_eq!(
+        events(&out),
+        vec![
+            seen("EventEstablished", "1002", CARRIER, (ConferenceMember, O)),
+            seen("EventPartyAdded", "1001", "1002", (AddedBy, NewParty)),
+            seen("EventPartyAdded", "1002", "1001", (NewParty, AddedBy)),
+        ]
+    );
+    for added in party_added(&out) {
+        assert_eq!(added.third_party_dn.as_deref(), Some("1002"));
+        assert_eq!(added.parties, vec![CARRIER, "1001", "1002"]);
+        assert_eq!(added.request_id, Some(id));
+        assert_eq!(added.conn_id, Some(conn));
+    }
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Reoffer { .. })),
+        "no two-party re-bridge"
+    );
+    let legs = mixer_legs(&out, conn);
+    let offered: Vec<_> = legs
+        .iter()
+        .map(|(_, dn, sdp)| (dn.as_str(), Some(sdp.clone())))
+        .collect();
+    assert_eq!(
+        offered,
+        vec![
+            (CARRIER, sdp("caller")),
+            ("1001", sdp("1001")),
+            ("1002", sdp("1002"))
+        ],
+        "each party's own media goes to its own mixer leg"
+    );
+    let by_dn = |dn: &str| match dn {
+        CARRIER => a,
+        "1001" => b,
+        _ => c,
+    };
+    mixer_answers(s, &legs, by_dn);
+    (conn, [a, b, c], legs.iter().map(|l| l.0).collect())
+}
+
+#[test]
+fn single_step_conference_then_delete_from_conference() {
+    let mut s = Sim::new();
+    let (conn, [a, b, c], media) = single_step_conference(&mut s);
+    assert_eq!(s.m.call(conn).unwrap().parties.len(), 3);
+
+    // Two-party requests make no sense in a conference.
+    let (id, out) = s.request(Request::Hold {
+        conn,
+        dn: "1001".into(),
+    });
+    assert_eq!(
+        error_of(&out),
+        (
+            codes::BAD_STATE.into(),
+            id,
+            "not possible in a conference".into()
+        )
+    );
+
+    let (id, out) = s.request(Request::DeleteFromConference {
+        conn,
+        dn: "1001".into(),
+        party: "1002".into(),
+    });
+    assert!(has(&out, &Action::Hangup { leg: c }));
+    assert!(
+        has(&out, &Action::Hangup { leg: media[2] }),
+        "1002's mixer leg goes too"
+    );
+    assert!(!has(&out, &Action::Hangup { leg: a }) && !has(&out, &Action::Hangup { leg: b }));
+    assert_eq!(
+        names(&out),
+        vec![
+            ("EventReleased", "1002".into()),
+            ("EventPartyDeleted", "1001".into())
+        ]
+    );
+    let ev = event_list(&out);
+    let released = ev[0].call().unwrap();
+    assert_eq!(
+        (released.request_id, released.third_party_dn.as_deref()),
+        (Some(id), Some("1001"))
+    );
+    let deleted = ev[1].call().unwrap();
+    assert_eq!(deleted.third_party_dn.as_deref(), Some("1002"));
+    assert_eq!(
+        (deleted.other_dn.as_deref(), deleted.other_role),
+        (Some("1001"), Some(DeletedBy))
+    );
+    assert_eq!(deleted.parties, vec![CARRIER, "1001"]);
+    assert_eq!(
+        s.m.call(conn).unwrap().parties.len(),
+        2,
+        "the two stay on the mixer"
+    );
+
+    let (id, out) = s.request(Request::DeleteFromConference {
+        conn,
+        dn: "1001".into(),
+        party: "1002".into(),
+    });
+    assert_eq!(error_of(&out).0, codes::NO_SUCH_PARTY);
+    assert_eq!(error_of(&out).1, id);
+
+    // The carrier hangs up: the call ends, and with it the mixer's legs.
+    let out = s.step(Input::HungUp { leg: a });
+    assert!(has(&out, &Action::Hangup { leg: b }));
+    assert!(
+        has(&out, &Action::Hangup { leg: media[0] })
+            && has(&out, &Action::Hangup { leg: media[1] })
+    );
+    assert_eq!(names(&out), vec![("EventReleased", "1001".into())]);
+    assert!(has(&out, &Action::CallEnded { conn }));
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn a_party_that_leaves_a_conference_of_three_leaves_the_others_connected() {
+    for who in [CARRIER, "1001", "1002"] {
+        let mut s = Sim::new();
+        let (conn, legs, media) = single_step_conference(&mut s);
+        let k = [CARRIER, "1001", "1002"]
+            .iter()
+            .position(|d| *d == who)
+            .unwrap();
+        let out = if who == "1001" {
+            s.request(Request::Release {
+                conn,
+                dn: who.into(),
+            })
+            .1
+        } else {
+            s.step(Input::HungUp { leg: legs[k] })
+        };
+        assert!(has(&out, &Action::Hangup { leg: media[k] }), "{who}");
+        let stay: Vec<&str> = ["1001", "1002"].into_iter().filter(|d| *d != who).collect();
+        let mut want: Vec<(&str, String)> = Vec::new();
+        if who != CARRIER {
+            want.push(("EventReleased", who.into()));
+        }
+        want.extend(stay.iter().map(|d| ("EventPartyDeleted", d.to_string())));
+        assert_eq!(names(&out), want, "{who}");
+        for e in event_list(&out)
+            .iter()
+            .filter(|e| e.name() == "EventPartyDeleted")
+        {
+            let d = e.call().unwrap();
+            assert_eq!(
+                (d.third_party_dn.as_deref(), d.other_role),
+                (Some(who), None),
+                "{who}"
+            );
+        }
+        for (j, leg) in legs.iter().enumerate().filter(|(j, _)| *j != k) {
+            assert!(
+                !has(&out, &Action::Hangup { leg: *leg }),
+                "{who}: party {j} stays"
+            );
+            assert!(
+                !has(&out, &Action::Hangup { leg: media[j] }),
+                "{who}: mixer leg {j} stays"
+            );
+        }
+        let call = s.m.call(conn).expect("the call goes on");
+        assert_eq!(call.parties.len(), 2);
+        assert_eq!(call.conference.as_ref().unwrap().legs.len(), 2);
+    }
+}
+
+#[test]
+fn initiate_then_complete_conference() {
+    let mut s = Sim::new();
+    let (a, conn, b) = s.established_inbound("1001");
+    let (init, out) = s.request(Request::InitiateConference {
+        conn,
+        dn: "1001".into(),
+        to: Resolved::Ok(Dest::Dn("1002".into())),
+    });
+    assert!(has(
+        &out,
+        &Action::Reoffer {
+            leg: a,
+            sdp: None,
+            direction: Direction::SendOnly
+        }
+    ));
+    let a2 = placed(&out)[0].0;
+    let consult = s.m.call_of_leg(a2).unwrap();
+    assert_eq!(s.m.call(consult).unwrap().call_type, CallType::Consult);
+    let out = s.step(Input::ReofferDone {
+        leg: a,
+        ok: true,
+        sdp: None,
+    });
+    assert_eq!(names(&out), vec![("EventHeld", "1001".into())]);
+    let out = s.step(Input::Answered {
+        leg: a2,
+        sdp: sdp("1001 consult"),
+    });
+    let c = placed(&out)[0].0;
+    s.step(Input::Answered {
+        leg: c,
+        sdp: sdp("1002"),
+    });
+    s.step(Input::ReofferDone {
+        leg: a2,
+        ok: true,
+        sdp: None,
+    });
+
+    let (id, out) = s.request(Request::CompleteConference {
+        conn: consult,
+        dn: "1001".into(),
+    });
+    assert!(
+        has(&out, &Action::Hangup { leg: a2 }),
+        "1001's consult leg ends"
+    );
+    assert!(!has(&out, &Action::Hangup { leg: b }) && !has(&out, &Action::Hangup { leg: c }));
+    assert!(has(&out, &Action::CallEnded { conn: consult }));
+    assert_eq!(
+        names(&out),
+        vec![
+            ("EventReleased", "1001".into()),
+            ("EventRetrieved", "1001".into()),
+            ("EventPartyChanged", "1002".into()),
+            ("EventPartyAdded", "1001".into()),
+            ("EventPartyAdded", "1002".into()),
+        ]
+    );
+    let ev = event_list(&out);
+    let conn_of = |i: usize| ev[i].call().unwrap().conn_id;
+    assert_eq!(
+        (0..5).map(conn_of).collect::<Vec<_>>(),
+        vec![
+            Some(consult),
+            Some(conn),
+            Some(conn),
+            Some(conn),
+            Some(conn)
+        ]
+    );
+    assert_eq!(ev[1].call().unwrap().request_id, Some(id));
+    let changed = ev[2].call().unwrap();
+    assert_eq!(changed.previous_conn_id, Some(consult));
+    for added in party_added(&out) {
+        assert_eq!(added.third_party_dn.as_deref(), Some("1002"));
+        assert_eq!(added.parties, vec![CARRIER, "1001", "1002"]);
+    }
+    assert_ne!(init, id);
+    let legs = mixer_legs(&out, conn);
+    let offered: Vec<_> = legs
+        .iter()
+        .map(|(_, dn, sdp)| (dn.as_str(), Some(sdp.clone())))
+        .collect();
+    assert_eq!(
+        offered,
+        vec![
+            (CARRIER, sdp("caller")),
+            ("1001", sdp("1001")),
+            ("1002", sdp("1002"))
+        ]
+    );
+    mixer_answers(&mut s, &legs, |dn| match dn {
+        CARRIER => a,
+        "1001" => b,
+        _ => c,
+    });
+    let call = s.m.call(conn).unwrap();
+    assert!(call
+        .parties
+        .iter()
+        .all(|p| p.state == PartyState::Established));
+    assert_eq!(s.m.len(), 1);
+
+    // The party that made the conference leaves; the carrier and 1002 stay.
+    let (_, out) = s.request(Request::Release {
+        conn,
+        dn: "1001".into(),
+    });
+    assert_eq!(
+        names(&out),
+        vec![
+            ("EventReleased", "1001".into()),
+            ("EventPartyDeleted", "1002".into())
+        ]
+    );
+    assert_eq!(s.m.call(conn).unwrap().parties.len(), 2);
+}
+
+#[test]
+fn a_busy_conference_party_leaves_the_call_as_it_was() {
+    let mut s = Sim::new();
+    let (a, conn, b) = s.established_inbound("1001");
+    let (init, out) = s.request(Request::InitiateConference {
+        conn,
+        dn: "1001".into(),
+        to: Resolved::Ok(Dest::Dn("1002".into())),
+    });
+    let a2 = placed(&out)[0].0;
+    let consult = s.m.call_of_leg(a2).unwrap();
+    s.step(Input::ReofferDone {
+        leg: a,
+        ok: true,
+        sdp: None,
+    });
+    let out = s.step(Input::Answered {
+        leg: a2,
+        sdp: sdp("1001 consult"),
+    });
+    let c = placed(&out)[0].0;
+    let out = s.step(Input::Failed { leg: c, code: 486 });
+    assert_eq!(
+        names(&out),
+        vec![
+            ("EventReleased", "1002".into()),
+            ("EventReleased", "1001".into())
+        ]
+    );
+    assert!(has(&out, &Action::Hangup { leg: a2 }) && !has(&out, &Action::Hangup { leg: b }));
+    assert!(has(&out, &Action::CallEnded { conn: consult }));
+    assert!(
+        has(
+            &out,
+            &Action::Reoffer {
+                leg: a,
+                sdp: None,
+                direction: Direction::SendRecv
+            }
+        ),
+        "the held carrier is taken back"
+    );
+    let out = s.step(Input::ReofferDone {
+        leg: a,
+        ok: true,
+        sdp: None,
+    });
+    assert_eq!(
+        events(&out),
+        vec![seen("EventRetrieved", "1001", CARRIER, (D, O))]
+    );
+    assert_eq!(event_list(&out)[0].call().unwrap().request_id, Some(init));
+    let call = s.m.call(conn).unwrap();
+    assert_eq!(call.parties.len(), 2);
+    assert!(call
+        .parties
+        .iter()
+        .all(|p| p.state == PartyState::Established));
+    assert!(call.conference.is_none());
+
+    // The same with SingleStepConference: nothing was held, the adding DN learns why.
+    let (id, out) = s.request(Request::SingleStepConference {
+        conn,
+        dn: "1001".into(),
+        to: Resolved::Ok(Dest::Dn("1002".into())),
+    });
+    let c = placed(&out)[0].0;
+    let out = s.step(Input::Failed { leg: c, code: 486 });
+    assert_eq!(
+        names(&out),
+        vec![
+            ("EventReleased", "1002".into()),
+            ("EventError", "1001".into())
+        ]
+    );
+    assert_eq!(error_of(&out).0, codes::REFUSED);
+    assert_eq!(error_of(&out).1, id);
+    assert!(!out
+        .iter()
+        .any(|a| matches!(a, Action::PlaceMediaLeg { .. } | Action::Hangup { .. })));
+    let call = s.m.call(conn).unwrap();
+    assert_eq!(call.parties.len(), 2);
+    assert!(call.adding.is_none() && call.conference.is_none());
+    // The two-party call works as before.
+    let (_, out) = s.request(Request::Hold {
+        conn,
+        dn: "1001".into(),
+    });
+    assert!(has(
+        &out,
+        &Action::Reoffer {
+            leg: a,
+            sdp: None,
+            direction: Direction::SendOnly
+        }
+    ));
+}
+
+#[test]
+fn conference_requests_refused_in_the_wrong_state() {
+    let mut s = Sim::new();
+    let (_, conn, _) = s.established_inbound("1001");
+    let (id, out) = s.request(Request::CompleteConference {
+        conn,
+        dn: "1001".into(),
+    });
+    assert_eq!(
+        error_of(&out),
+        (
+            codes::BAD_STATE.into(),
+            id,
+            "no consult call to complete".into()
+        )
+    );
+    let (_, out) = s.request(Request::DeleteFromConference {
+        conn,
+        dn: "1001".into(),
+        party: CARRIER.into(),
+    });
+    assert_eq!(error_of(&out).2, "the call is not a conference");
+    let (_, out) = s.request(Request::SingleStepConference {
+        conn,
+        dn: "1001".into(),
+        to: Resolved::Ok(Dest::External(CARRIER.into())),
+    });
+    assert_eq!(
+        error_of(&out).0,
+        codes::INVALID_DESTINATION,
+        "already a party"
+    );
+}
