@@ -273,6 +273,36 @@ mod tests {
     }
 
     #[test]
+    fn conference_ops_json() {
+        let ops = [
+            (
+                r#""op":"initiate_conference","to":"1003""#,
+                CallOp::InitiateConference { to: "1003".into() },
+            ),
+            (r#""op":"complete_conference""#, CallOp::CompleteConference),
+            (
+                r#""op":"single_step_conference","to":"1003""#,
+                CallOp::SingleStepConference { to: "1003".into() },
+            ),
+            (
+                r#""op":"delete_from_conference","party":"1003""#,
+                CallOp::DeleteFromConference {
+                    party: "1003".into(),
+                },
+            ),
+        ];
+        for (json, op) in ops {
+            let text = format!(
+                r#"{{"tenant":"demo","request_id":1,"conn_id":"0001000000000002","dn":"1001",{json}}}"#
+            );
+            let r: CallRequest = serde_json::from_str(&text).unwrap();
+            assert_eq!((r.dn.as_str(), &r.op), ("1001", &op), "{text}");
+            let back = serde_json::to_string(&r).unwrap();
+            assert!(back.contains(json), "{back}");
+        }
+    }
+
+    #[test]
     fn routing_json() {
         let s: RoutingRequest = serde_json::from_str(
             r#"{"op":"submit","tenant":"demo","request_id":"r1","conn_id":"0001000000000002","queue":"support","skills":"support >= 3","enqueued_ms":5,"reply_to":"orchestrator:n1:replies"}"#,

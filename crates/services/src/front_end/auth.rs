@@ -503,4 +503,33 @@ mod tests {
             "/v1/tenants/demo/calls/x/answer"
         ));
     }
+
+    #[test]
+    fn conference_requests_follow_the_call_policy() {
+        let base = "/v1/tenants/demo/calls/0001000000000001";
+        let routes = [
+            ("POST", format!("{base}/conference")),
+            ("POST", format!("{base}/conference/complete")),
+            ("POST", format!("{base}/conference/single-step")),
+            ("DELETE", format!("{base}/conference/parties/1002")),
+        ];
+        let b = book();
+        for (method, path) in &routes {
+            assert!(
+                needs_body_dn(b.lookup(AGENT).unwrap(), method, path),
+                "{path}"
+            );
+            assert_eq!(
+                check(AGENT, method, path, None, Some("1001")),
+                Ok(()),
+                "{path}"
+            );
+            assert!(
+                forbidden(check(AGENT, method, path, None, Some("1002"))),
+                "{path}"
+            );
+            assert!(forbidden(check(AGENT, method, path, None, None)), "{path}");
+            assert_eq!(check(SUP, method, path, None, None), Ok(()), "{path}");
+        }
+    }
 }

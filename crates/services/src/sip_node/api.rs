@@ -579,6 +579,79 @@ mod tests {
     }
 
     #[test]
+    fn conference_routes_parse_like_the_transfer_routes() {
+        let conn = ConnId(0x0001_0000_0000_0001);
+        let dn = || "1001".to_string();
+        let to = || Resolved::Ok(Dest::Dn("1002".into()));
+        assert_eq!(
+            post("conference", r#"{"dn":"1001","to":"1002"}"#),
+            Ok(Request::InitiateConference {
+                conn,
+                dn: dn(),
+                to: to()
+            })
+        );
+        assert_eq!(
+            post("conference/complete", r#"{"dn":"1001"}"#),
+            Ok(Request::CompleteConference { conn, dn: dn() })
+        );
+        assert_eq!(
+            post("conference/single-step", r#"{"dn":"1001","to":"1002"}"#),
+            Ok(Request::SingleStepConference {
+                conn,
+                dn: dn(),
+                to: to()
+            })
+        );
+        let delete = |action: &str| {
+            api(false)
+                .parse(
+                    3,
+                    "demo",
+                    Some((CONN, action)),
+                    Verb::Delete,
+                    br#"{"dn":"1001"}"#,
+                )
+                .map(|c| c.request)
+        };
+        assert_eq!(
+            delete("conference/parties/+15551234567"),
+            Ok(Request::DeleteFromConference {
+                conn,
+                dn: dn(),
+                party: "+15551234567".into()
+            })
+        );
+        let status = |r: Result<Request, Problem>| r.unwrap_err().status;
+        assert_eq!(status(post("conference", r#"{"dn":"1001"}"#)), 400, "no to");
+        assert_eq!(
+            status(post("conference/single-step", r#"{"dn":"1001","to":"77"}"#)),
+            422
+        );
+        assert_eq!(status(post("conference/nope", r#"{"dn":"1001"}"#)), 404);
+        assert_eq!(
+            status(post("conference/parties/1002", r#"{"dn":"1001"}"#)),
+            404,
+            "POST"
+        );
+        assert_eq!(status(delete("conference/parties/")), 400, "no party");
+        // The bus form goes through the same checks.
+        let bus = CallRequest {
+            tenant: "demo".into(),
+            request_id: 3,
+            conn_id: Some(conn),
+            dn: "1001".into(),
+            op: CallOp::DeleteFromConference {
+                party: "+15551234567".into(),
+            },
+        };
+        assert_eq!(
+            api(false).from_bus(&bus).map(|c| c.request),
+            delete("conference/parties/+15551234567")
+        );
+    }
+
+    #[test]
     fn bus_requests_take_the_same_path_as_rest() {
         use switchboard_events::requests::{CallOp, CallRequest};
         let conn = ConnId(0x0001_0000_0000_0001);
