@@ -1241,7 +1241,7 @@ fn mixer_answers(s: &mut Sim, legs: &[(LegId, String, Bytes)], party_leg: impl F
     }
 }
 
-fn party_added<'a>(out: &'a [Action]) -> Vec<&'a switchboard_events::CallAttrs> {
+fn party_added(out: &[Action]) -> Vec<&switchboard_events::CallAttrs> {
     event_list(out)
         .into_iter()
         .filter(|e| e.name() == "EventPartyAdded")
