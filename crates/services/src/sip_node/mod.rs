@@ -1,6 +1,7 @@
 //! The SIP Server role (`sip-node`): a B2BUA with the TLib call model.
 //!
-//! * [`model`]: the call model, a pure reducer `(state, input) -> actions`.
+//! * [`model`]: the call model, a pure reducer `(state, input) -> actions`; its conferences
+//!   (three or more parties on the media server's mixer) in [`model::conference`].
 //! * [`core`]: the sans-I/O SIP core (transactions, dialogs, SDP relay) around the model.
 //! * [`api`]: REST call-control requests parsed into model requests, without I/O.
 //! * [`role`]: the async glue: socket, driver thread, event publishing, REST routes, and the

@@ -21,6 +21,10 @@
 //! BYE, cancellation, RouteCall or the caller's hang-up end it (EventTreatmentEnd). The
 //! routing timer stops while a treatment plays and every request restarts it.
 //!
+//! A call that gets a third party (CompleteConference, SingleStepConference) becomes a
+//! conference: every party's media moves to the media server's mixer, one leg there per party
+//! ([`conference`]).
+//!
 //! Event sequences (this DN's view) are documented in the README ("The SIP Server").
 
 use bytes::Bytes;
