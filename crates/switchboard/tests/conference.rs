@@ -19,7 +19,7 @@ use switchboard_bus::{EmbeddedBus, SharedBus};
 use switchboard_events::{CallAttrs, Event};
 use switchboard_rtp::codec::g711;
 use switchboard_rtp::{RtpHeader, RtpPacket};
-use switchboard_testkit::{http_request, require_program, Switchboard};
+use switchboard_testkit::{http_request, require_program, SippOutcome, Switchboard};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 const CARRIER: &str = "+15551234567";
@@ -173,7 +173,7 @@ fn goertzel(s: &[i16], f: f64) -> f64 {
 
 /// For `ms`: every socket sends its own tone (G.711 µ-law, 20 ms frames) to wherever the
 /// mixer's RTP to it comes from, and keeps what it hears once it has heard 500 ms.
-fn talk_and_listen(socks: &[UdpSocket], freqs: &[f64], ms: u64) -> Vec<Heard> {
+fn talk_and_listen(socks: &[&UdpSocket], freqs: &[f64], ms: u64) -> Vec<Heard> {
     let mut heard: Vec<Heard> = socks.iter().map(|_| Heard::default()).collect();
     let mut buf = [0u8; 1500];
     let start = Instant::now();
@@ -219,148 +219,199 @@ fn attrs(e: &Event) -> CallAttrs {
     e.call().cloned().expect("call event")
 }
 
+/// The binary with `sip-proxy,registrar,sip-node,call-state,mcp`, phones 1001 and 1002
+/// registered (their SIPp ports), and the audio sockets of the carrier (0), agent 1002 (1)
+/// and phone 1001 (2).
+struct Rig {
+    sb: Switchboard,
+    dir: tempfile::TempDir,
+    socks: Vec<UdpSocket>,
+    p1: u16,
+    p2: u16,
+}
+
+impl Rig {
+    /// `None` (the test is skipped, loudly) without SIPp.
+    fn start() -> Option<Rig> {
+        if !require_program("sipp") {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sb = Switchboard::builder()
+            .binary(BIN)
+            .config(&config(dir.path()))
+            .roles(&["sip-proxy", "registrar", "sip-node", "call-state", "mcp"])
+            .log("info,switchboard_services=debug")
+            .spawn()
+            .expect("switchboard starts");
+        let (p1, p2) = (free_port(), free_port());
+        register(&sb, "1001", p1);
+        register(&sb, "1002", p2);
+        let socks: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        for s in &socks {
+            s.set_nonblocking(true).expect("nonblocking");
+        }
+        Some(Rig {
+            sb,
+            dir,
+            socks,
+            p1,
+            p2,
+        })
+    }
+
+    fn port(&self, i: usize) -> String {
+        self.socks[i].local_addr().expect("addr").port().to_string()
+    }
+
+    /// Where UA `i` writes the audio port of the sendrecv re-INVITEs it gets.
+    fn port_file(&self, i: usize) -> String {
+        let path = self.dir.path().join(format!("reinvites-{i}"));
+        path.display().to_string()
+    }
+
+    fn vars(&self, i: usize) -> [(&'static str, String); 2] {
+        [("RTP_PORT", self.port(i)), ("PORT_FILE", self.port_file(i))]
+    }
+
+    fn xml(&self, name: &str, i: usize, more: &[(&str, &str)]) -> String {
+        let vars = self.vars(i);
+        let mut all: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.extend_from_slice(more);
+        scenario(name, &all)
+    }
+
+    /// Agent 1002's phone for `calls` calls (2 with a consult call).
+    fn agent(&self, calls: u32) -> thread::JoinHandle<SippOutcome> {
+        let (xml, port) = (self.xml("conf_agent", 1, &[]), self.p2);
+        let h = thread::spawn(move || {
+            sipp(&xml, None, port)
+                .calls(calls)
+                .run()
+                .expect("sipp runs")
+        });
+        thread::sleep(Duration::from_millis(400));
+        h
+    }
+
+    fn party(&self) -> thread::JoinHandle<SippOutcome> {
+        background(self.xml("conf_party", 2, &[]), None, self.p1)
+    }
+
+    /// The carrier calls 1002 with scenario `name`.
+    fn carrier(&self, name: &str) -> thread::JoinHandle<SippOutcome> {
+        let more = [("CALLEE", "1002"), ("WAIT_MS", "15000")];
+        let node = self.sb.addr("sip_node_udp").expect("sip_node_udp");
+        background(self.xml(name, 0, &more), Some(node), free_port())
+    }
+
+    fn socks(&self, which: &[usize]) -> Vec<&UdpSocket> {
+        which.iter().map(|&i| &self.socks[i]).collect()
+    }
+
+    /// The parties `which` heard (`heard[k]` is party `which[k]`, sending `freqs[k]`): each
+    /// from its own mixer leg, whose media its UA was re-INVITEd with (the mixer sends from
+    /// the port it answered with); each hears the others and not itself.
+    fn check_mixer(&self, heard: &[Heard], which: &[usize], freqs: &[f64]) {
+        let sources: Vec<SocketAddr> = heard
+            .iter()
+            .map(|h| h.from.expect("RTP from the mixer"))
+            .collect();
+        for (k, from) in sources.iter().enumerate() {
+            assert!(
+                !sources[..k].contains(from),
+                "one mixer leg each: {sources:?}"
+            );
+            let i = which[k];
+            let written = std::fs::read_to_string(self.port_file(i)).unwrap_or_default();
+            let ports: Vec<u16> = written
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            assert!(
+                ports.contains(&from.port()),
+                "party {i}: re-INVITEs {ports:?}, mixer {from}"
+            );
+        }
+        for (k, h) in heard.iter().enumerate() {
+            let i = which[k];
+            assert!(h.packets >= 75, "party {i} got {} packets", h.packets);
+            let level = |f: f64| goertzel(&h.pcm, f);
+            let own = level(freqs[k]);
+            for (j, &f) in freqs.iter().enumerate().filter(|(j, _)| *j != k) {
+                assert!(
+                    level(f) > 10.0 * own.max(1.0),
+                    "party {i} hears party {} ({:.1}) over itself ({own:.1})",
+                    which[j],
+                    level(f)
+                );
+            }
+        }
+    }
+
+    fn events(&mut self) -> Vec<Event> {
+        bus_events(&mut self.sb, self.dir.path())
+    }
+}
+
+/// Polls call-state until call `conn` has DN `dn` in `state`.
+fn wait_party(sb: &Switchboard, conn: &str, dn: &str, state: &str) {
+    wait_call(sb, |c| {
+        c["conn_id"] == conn && party_state(c, dn).as_deref() == Some(state)
+    });
+}
+
 #[test]
 fn three_party_conference_on_the_mixer_then_delete_and_hang_up() {
-    if !require_program("sipp") {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut sb = Switchboard::builder()
-        .binary(BIN)
-        .config(&config(dir.path()))
-        .roles(&["sip-proxy", "registrar", "sip-node", "call-state", "mcp"])
-        .log("info,switchboard_services=debug")
-        .spawn()
-        .expect("switchboard starts");
-    let node = sb.addr("sip_node_udp").expect("sip_node_udp");
-    let (p1, p2) = (free_port(), free_port());
-    register(&sb, "1001", p1);
-    register(&sb, "1002", p2);
-    // The audio of the carrier, agent 1002 and phone 1001.
-    let socks: Vec<UdpSocket> = (0..3)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    for s in &socks {
-        s.set_nonblocking(true).expect("nonblocking");
-    }
-    let port = |i: usize| socks[i].local_addr().expect("addr").port().to_string();
-    // Where each UA writes the audio port of the sendrecv re-INVITEs it gets.
-    let port_file = |i: usize| {
-        dir.path()
-            .join(format!("reinvites-{i}"))
-            .display()
-            .to_string()
-    };
-    let agent_xml = scenario(
-        "conf_agent",
-        &[("RTP_PORT", &port(1)), ("PORT_FILE", &port_file(1))],
-    );
-    let agent = thread::spawn(move || {
-        sipp(&agent_xml, None, p2)
-            .calls(2)
-            .run()
-            .expect("sipp runs")
-    });
-    let party = background(
-        scenario(
-            "conf_party",
-            &[("RTP_PORT", &port(2)), ("PORT_FILE", &port_file(2))],
-        ),
-        None,
-        p1,
-    );
-    let carrier = background(
-        scenario(
-            "conf_carrier",
-            &[
-                ("CALLEE", "1002"),
-                ("WAIT_MS", "15000"),
-                ("RTP_PORT", &port(0)),
-                ("PORT_FILE", &port_file(0)),
-            ],
-        ),
-        Some(node),
-        free_port(),
-    );
+    let Some(mut rig) = Rig::start() else { return };
+    let agent = rig.agent(2);
+    let party = rig.party();
+    let carrier = rig.carrier("conf_carrier");
+    let sb = &rig.sb;
 
-    let call = wait_call(&sb, |c| {
+    let call = wait_call(sb, |c| {
         party_state(c, "1002").as_deref() == Some("established")
     });
     let conn = call["conn_id"].as_str().expect("conn_id").to_string();
     let base = format!("/v1/tenants/demo/calls/{conn}");
     let init = accepted(
-        &sb,
+        sb,
         "POST",
         &format!("{base}/conference"),
         r#"{"dn":"1002","to":"1001"}"#,
     );
-    let consult = wait_call(&sb, |c| {
+    let consult = wait_call(sb, |c| {
         c["call_type"] == "consult" && party_state(c, "1001").as_deref() == Some("established")
     });
     let conn2 = consult["conn_id"].as_str().expect("conn_id").to_string();
-    wait_call(&sb, |c| {
-        c["conn_id"] == conn && party_state(c, "1002").as_deref() == Some("held")
-    });
+    wait_party(sb, &conn, "1002", "held");
     let complete = accepted(
-        &sb,
+        sb,
         "POST",
         &format!("{base}/conference/complete"),
         r#"{"dn":"1002"}"#,
     );
     let freqs = [500.0, 1000.0, 1500.0];
-    let heard = talk_and_listen(&socks, &freqs, 3000);
+    let heard = talk_and_listen(&rig.socks(&[0, 1, 2]), &freqs, 3000);
 
     let delete = accepted(
-        &sb,
+        sb,
         "DELETE",
         &format!("{base}/conference/parties/1001"),
         r#"{"dn":"1002"}"#,
     );
-    wait_call(&sb, |c| {
-        c["conn_id"] == conn && party_state(c, "1001").as_deref() == Some("released")
-    });
-    let release = accepted(&sb, "POST", &format!("{base}/release"), r#"{"dn":"1002"}"#);
+    wait_party(sb, &conn, "1001", "released");
+    let release = accepted(sb, "POST", &format!("{base}/release"), r#"{"dn":"1002"}"#);
     for (who, h) in [("carrier", carrier), ("1002", agent), ("1001", party)] {
         let out = h.join().expect("sipp thread");
         assert!(out.success(), "{who}:\n{}", out.report());
     }
 
-    // One mixer leg per party, and each hears the two others but not itself.
-    let sources: Vec<SocketAddr> = heard
-        .iter()
-        .map(|h| h.from.expect("RTP from the mixer"))
-        .collect();
-    assert!(
-        sources[0] != sources[1] && sources[1] != sources[2] && sources[0] != sources[2],
-        "{sources:?}"
-    );
-    // Each UA was re-INVITEd with the media of its own mixer leg (the mixer sends from the
-    // port it answered with).
-    for (i, from) in sources.iter().enumerate() {
-        let written = std::fs::read_to_string(port_file(i)).unwrap_or_default();
-        let ports: Vec<u16> = written
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
-        assert!(
-            ports.contains(&from.port()),
-            "party {i}: re-INVITEs {ports:?}, mixer {from}"
-        );
-    }
-    for (i, h) in heard.iter().enumerate() {
-        assert!(h.packets >= 75, "party {i} got {} packets", h.packets);
-        let level = |f: f64| goertzel(&h.pcm, f);
-        let own = level(freqs[i]);
-        for (j, &f) in freqs.iter().enumerate().filter(|(j, _)| *j != i) {
-            assert!(
-                level(f) > 10.0 * own.max(1.0),
-                "party {i} hears party {j} ({:.1}) over itself ({own:.1})",
-                level(f)
-            );
-        }
-    }
+    rig.check_mixer(&heard, &[0, 1, 2], &freqs);
 
-    let events = bus_events(&mut sb, dir.path());
+    let events = rig.events();
     assert_eq!(
         seq_of(&events, &conn),
         vec![
@@ -407,4 +458,68 @@ fn three_party_conference_on_the_mixer_then_delete_and_hang_up() {
     assert_eq!(deleted.third_party_dn.as_deref(), Some("1001"));
     assert_eq!(deleted.parties, vec![CARRIER, "1002"]);
     assert_eq!(attrs(first[9]).request_id, Some(release));
+}
+
+#[test]
+fn single_step_conference_then_the_parties_leave_one_by_one() {
+    let Some(mut rig) = Rig::start() else { return };
+    let agent = rig.agent(1);
+    let party = rig.party();
+    let carrier = rig.carrier("conf_carrier_direct");
+    let sb = &rig.sb;
+    let call = wait_call(sb, |c| {
+        party_state(c, "1002").as_deref() == Some("established")
+    });
+    let conn = call["conn_id"].as_str().expect("conn_id").to_string();
+    let base = format!("/v1/tenants/demo/calls/{conn}");
+    let add = accepted(
+        sb,
+        "POST",
+        &format!("{base}/conference/single-step"),
+        r#"{"dn":"1002","to":"1001"}"#,
+    );
+    wait_party(sb, &conn, "1001", "established");
+    let freqs = [500.0, 1000.0, 1500.0];
+    let heard = talk_and_listen(&rig.socks(&[0, 1, 2]), &freqs, 3000);
+    rig.check_mixer(&heard, &[0, 1, 2], &freqs);
+
+    // The agent leaves: the carrier and 1001 go on talking through the mixer.
+    let release = accepted(sb, "POST", &format!("{base}/release"), r#"{"dn":"1002"}"#);
+    wait_party(sb, &conn, "1002", "released");
+    let two = [freqs[0], freqs[2]];
+    let heard = talk_and_listen(&rig.socks(&[0, 2]), &two, 2000);
+    rig.check_mixer(&heard, &[0, 2], &two);
+    let last = accepted(sb, "POST", &format!("{base}/release"), r#"{"dn":"1001"}"#);
+    for (who, h) in [("carrier", carrier), ("1002", agent), ("1001", party)] {
+        let out = h.join().expect("sipp thread");
+        assert!(out.success(), "{who}:\n{}", out.report());
+    }
+
+    let events = rig.events();
+    assert_eq!(
+        seq_of(&events, &conn),
+        vec![
+            ("EventRinging", "1002".into()),
+            ("EventEstablished", "1002".into()),
+            ("EventRinging", "1001".into()),
+            ("EventEstablished", "1001".into()),
+            ("EventPartyAdded", "1002".into()),
+            ("EventPartyAdded", "1001".into()),
+            ("EventReleased", "1002".into()),
+            ("EventPartyDeleted", "1001".into()),
+            ("EventReleased", "1001".into()),
+        ]
+    );
+    let all = of_call(&events, &conn);
+    assert_eq!(attrs(all[2]).request_id, Some(add));
+    for added in [attrs(all[4]), attrs(all[5])] {
+        assert_eq!(added.third_party_dn.as_deref(), Some("1001"));
+        assert_eq!(added.parties, vec![CARRIER, "1002", "1001"]);
+        assert_eq!(added.request_id, Some(add));
+    }
+    assert_eq!(attrs(all[6]).request_id, Some(release));
+    let deleted = attrs(all[7]);
+    assert_eq!(deleted.third_party_dn.as_deref(), Some("1002"));
+    assert_eq!(deleted.parties, vec![CARRIER, "1001"]);
+    assert_eq!(attrs(all[8]).request_id, Some(last));
 }
