@@ -12,6 +12,15 @@
 
 use super::*;
 
+/// What CompleteConference merges: the consulted party `target` of call `consult` joins call
+/// `orig`, where the consulting DN is party `oi`.
+struct Merge {
+    orig: ConnId,
+    consult: ConnId,
+    oi: usize,
+    target: Party,
+}
+
 impl Model {
     /// The call whose conference (media-server) leg `leg` is.
     pub(super) fn conf_call(&self, leg: LegId) -> Option<ConnId> {
@@ -60,39 +69,18 @@ impl Model {
         now: u64,
         out: &mut Out,
     ) {
-        let tenant = self.calls[&conn].tenant.clone();
-        let err = |out: &mut Out, code: &str, reason: &str| {
-            error(out, &tenant, Some(conn), dn, req, code, reason, now)
+        let Merge {
+            orig,
+            consult,
+            oi,
+            target,
+        } = match self.mergeable(conn, dn) {
+            Ok(m) => m,
+            Err((code, reason)) => {
+                let tenant = self.calls[&conn].tenant.clone();
+                return error(out, &tenant, Some(conn), dn, req, code, reason, now);
+            }
         };
-        let Some((orig, consult)) = self.consult_pair(conn, dn) else {
-            return err(out, codes::BAD_STATE, "no consult call to complete");
-        };
-        let (Some(oc), Some(cc)) = (self.calls.get(&orig), self.calls.get(&consult)) else {
-            return err(out, codes::NO_SUCH_CALL, "the other call has ended");
-        };
-        let (Some(oi), Some(ci)) = (oc.party(dn), cc.party(dn)) else {
-            return err(out, codes::NO_SUCH_PARTY, "the DN left one of the calls");
-        };
-        let Some(target) = cc.other(ci).map(|t| cc.parties[t].clone()) else {
-            return err(out, codes::BAD_STATE, "nobody to add");
-        };
-        if target.state != PartyState::Established {
-            return err(
-                out,
-                codes::BAD_STATE,
-                "the consulted party has not answered",
-            );
-        }
-        if oc.party(&target.dn).is_some() {
-            return err(out, codes::BAD_STATE, "the consulted party is in the call");
-        }
-        let ready = |p: &Party| {
-            matches!(p.state, PartyState::Established | PartyState::Held)
-                && !self.ops.contains_key(&p.leg)
-        };
-        if oc.parties.len() < 2 || !oc.parties.iter().all(ready) || !ready(&target) {
-            return err(out, codes::BAD_STATE, "another media change is in progress");
-        }
         self.end_consult(consult, dn, &target.dn, now, out);
         let Some(call) = self.calls.get_mut(&orig) else {
             return;
@@ -115,6 +103,43 @@ impl Model {
             });
         }
         self.party_added(orig, &target.dn, dn, Some(req), now, out);
+    }
+
+    /// The checks of CompleteConference by `dn` on call `conn`: what merges, or the code and
+    /// reason of the EventError.
+    fn mergeable(&self, conn: ConnId, dn: &str) -> Result<Merge, (&'static str, &'static str)> {
+        let Some((orig, consult)) = self.consult_pair(conn, dn) else {
+            return Err((codes::BAD_STATE, "no consult call to complete"));
+        };
+        let (Some(oc), Some(cc)) = (self.calls.get(&orig), self.calls.get(&consult)) else {
+            return Err((codes::NO_SUCH_CALL, "the other call has ended"));
+        };
+        let (Some(oi), Some(ci)) = (oc.party(dn), cc.party(dn)) else {
+            return Err((codes::NO_SUCH_PARTY, "the DN left one of the calls"));
+        };
+        let Some(target) = cc.other(ci).map(|t| cc.parties[t].clone()) else {
+            return Err((codes::BAD_STATE, "nobody to add"));
+        };
+        if target.state != PartyState::Established {
+            return Err((codes::BAD_STATE, "the consulted party has not answered"));
+        }
+        if oc.party(&target.dn).is_some() {
+            return Err((codes::BAD_STATE, "the consulted party is in the call"));
+        }
+        // Media changes still under way would cross the mixer's re-INVITEs.
+        let ready = |p: &Party| {
+            matches!(p.state, PartyState::Established | PartyState::Held)
+                && !self.ops.contains_key(&p.leg)
+        };
+        if oc.parties.len() < 2 || !oc.parties.iter().all(ready) || !ready(&target) {
+            return Err((codes::BAD_STATE, "another media change is in progress"));
+        }
+        Ok(Merge {
+            orig,
+            consult,
+            oi,
+            target,
+        })
     }
 
     /// The consult call ends for CompleteConference: the consulting DN `dn` is released and
@@ -344,12 +369,11 @@ impl Model {
 
     /// A media-server leg failed or was hung up by the media server: that party's media is
     /// no longer mixed (the call goes on; the failure is in the log).
-    pub(super) fn conf_leg_gone(&mut self, leg: LegId, code: Option<u16>, out: &mut Out) {
+    pub(super) fn conf_leg_gone(&mut self, leg: LegId, code: Option<u16>) {
         let Some(conn) = self.conf_call(leg) else {
             return;
         };
         tracing::warn!(conn_id = %conn, ?code, "a conference leg of the media server ended");
-        out.push(Action::CancelRingTimer { leg });
         self.drop_conf_leg(conn, leg);
     }
 

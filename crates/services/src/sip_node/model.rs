@@ -834,11 +834,9 @@ impl Model {
                 self.conf_answered(leg, sdp, out)
             }
             Input::Failed { leg, code } if self.conf_call(leg).is_some() => {
-                self.conf_leg_gone(leg, Some(code), out)
+                self.conf_leg_gone(leg, Some(code))
             }
-            Input::HungUp { leg } if self.conf_call(leg).is_some() => {
-                self.conf_leg_gone(leg, None, out)
-            }
+            Input::HungUp { leg } if self.conf_call(leg).is_some() => self.conf_leg_gone(leg, None),
             Input::Ringing { leg } => self.ringing(leg, now_ms, out),
             Input::Answered { leg, sdp } => self.answered(leg, sdp, now_ms, out),
             Input::Failed { leg, code } => {
