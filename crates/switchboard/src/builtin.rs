@@ -384,6 +384,7 @@ async fn start_orchestrator(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         switchboard_services::orchestrator::role::Settings::new(http, ctx.config.data_dir.clone());
     settings.lease = std::time::Duration::from_millis(ctx.config.orchestrator.lease_ms);
     settings.max_session = std::time::Duration::from_secs(ctx.config.orchestrator.max_session_s);
+    settings.reannounce = std::time::Duration::from_secs(ctx.config.bus.retention_s / 4);
     // Route points from the live dial plan (the store, REST changes included) when a role of
     // this process keeps one, else from the configuration file.
     use switchboard_services::orchestrator::role::RoutePoints;
