@@ -328,11 +328,23 @@ async fn start_call_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
 async fn start_front_end(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     let bus = bus(&ctx).await?;
     ctx.add_routes(switchboard_services::front_end::start(
-        ctx.config.clone(),
+        tenants_feed(&ctx).await?,
         bus,
         ctx.drain.clone(),
     ));
     Ok(RoleHandle::idle())
+}
+
+/// The configuration store's tenants, following changes made over the REST API.
+async fn tenants_feed(
+    ctx: &RoleContext,
+) -> anyhow::Result<switchboard_services::single_writer::TenantsFeed> {
+    let store = ctx
+        .shared()
+        .get_or_init(StoreSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    switchboard_services::store::watch_tenants(store, ctx.config.clone(), ctx.drain.clone()).await
 }
 
 /// `agent-state`: agent login, ready, not ready, after-call work per tenant (one writer per
@@ -345,6 +357,7 @@ async fn start_agent_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         ctx.config.clone(),
         bus,
         ctx.drain.clone(),
+        tenants_feed(&ctx).await?,
         Default::default(),
     )
     .await?;
@@ -362,6 +375,7 @@ async fn start_routing(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         ctx.config.clone(),
         bus,
         ctx.drain.clone(),
+        tenants_feed(&ctx).await?,
         Default::default(),
     )
     .await?;
