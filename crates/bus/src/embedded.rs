@@ -495,6 +495,36 @@ impl Bus for EmbeddedBus {
         .await
     }
 
+    async fn trim_before(&self, before: EntryId) -> Result<u64> {
+        self.run(move |conn, _| {
+            let names = conn
+                .prepare_cached("SELECT name FROM streams")
+                .and_then(|mut st| {
+                    st.query_map([], |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(db_err)?;
+            let (ms, seq) = (i(before.ms), i(before.seq));
+            let mut gone = 0;
+            // Per stream, so that each delete walks the primary key's range.
+            for name in names {
+                gone += conn
+                    .prepare_cached(
+                        "DELETE FROM entries WHERE stream = ?1 AND (ms < ?2 OR (ms = ?2 AND seq < ?3))",
+                    )
+                    .and_then(|mut st| st.execute(params![name, ms, seq]))
+                    .map_err(db_err)? as u64;
+                conn.prepare_cached(
+                    "DELETE FROM pending WHERE stream = ?1 AND (ms < ?2 OR (ms = ?2 AND seq < ?3))",
+                )
+                .and_then(|mut st| st.execute(params![name, ms, seq]))
+                .map_err(db_err)?;
+            }
+            Ok(gone)
+        })
+        .await
+    }
+
     async fn claim_pending(
         &self,
         stream: &str,

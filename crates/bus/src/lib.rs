@@ -152,6 +152,11 @@ pub trait Bus: Send + Sync + 'static {
     async fn lease_release(&self, key: &str, owner: &str) -> Result<bool>;
     /// The current holder, `None` when free or expired.
     async fn lease_owner(&self, key: &str) -> Result<Option<String>>;
+
+    /// Retention: removes the entries of every stream with ids below `before`, and their
+    /// pending deliveries. Streams keep their last id (new entries still get greater ids) and
+    /// groups their positions. Returns how many entries went.
+    async fn trim_before(&self, before: EntryId) -> Result<u64>;
 }
 
 /// The bus shared between tasks.

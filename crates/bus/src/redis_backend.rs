@@ -403,6 +403,41 @@ impl Bus for RedisBus {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
+    async fn trim_before(&self, before: EntryId) -> Result<u64> {
+        let pattern = self.stream_key("*");
+        let minid = before.to_string();
+        let mut cursor = 0u64;
+        let mut gone = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .arg("TYPE")
+                .arg("stream")
+                .query_async(&mut self.conn())
+                .await
+                .map_err(err)?;
+            for key in keys {
+                // Deleted entries leave the groups' pending lists at the next XAUTOCLAIM.
+                let n: u64 = redis::cmd("XTRIM")
+                    .arg(&key)
+                    .arg("MINID")
+                    .arg(&minid)
+                    .query_async(&mut self.conn())
+                    .await
+                    .map_err(err)?;
+                gone += n;
+            }
+            if next == 0 {
+                return Ok(gone);
+            }
+            cursor = next;
+        }
+    }
+
     async fn claim_pending(
         &self,
         stream: &str,

@@ -128,6 +128,7 @@ suite!(
     lease_expiry,
     lease_rejects_zero_ttl,
     concurrent_publishers_keep_every_entry,
+    trim_before_removes_old_entries_of_every_stream,
 );
 
 fn payloads(entries: &[switchboard_bus::Entry]) -> Vec<String> {
@@ -451,6 +452,51 @@ async fn ack_removes_from_pending(fx: &Fixture) {
     assert_eq!(payloads(&claimed), ["m1", "m3", "m4"]);
     // Acked entries stay in the stream (ack is not delete).
     assert_eq!(bus.read_range("acks", None, 10).await.unwrap().len(), 5);
+}
+
+async fn trim_before_removes_old_entries_of_every_stream(fx: &Fixture) {
+    let bus = &fx.bus;
+    bus.create_group("old-a", "g", GroupStart::Beginning)
+        .await
+        .unwrap();
+    let a = publish_n(bus, "old-a", 3).await;
+    let b = publish_n(bus, "old-b", 2).await;
+    // Two of a's entries delivered, never acknowledged.
+    let got = bus
+        .read_group("old-a", "g", "c", 2, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    fx.pass(5).await;
+    let keep_a = bus.publish("old-a", b"new-a").await.unwrap();
+    let keep_b = bus.publish("old-b", b"new-b").await.unwrap();
+    let cutoff = keep_a.min(keep_b);
+    assert!(a.iter().chain(&b).all(|id| *id < cutoff));
+
+    assert_eq!(bus.trim_before(cutoff).await.unwrap(), 5);
+    let rest =
+        |s: &'static str| async move { payloads(&bus.read_range(s, None, 10).await.unwrap()) };
+    assert_eq!(rest("old-a").await, ["new-a"]);
+    assert_eq!(rest("old-b").await, ["new-b"]);
+    // The trimmed pending entries are gone for the group; the undelivered ones come next.
+    fx.pass(fx.short_ttl().as_millis() as u64 + 50).await;
+    let claimed = bus
+        .claim_pending("old-a", "g", "heir", fx.short_ttl(), 10)
+        .await
+        .unwrap();
+    assert!(claimed.is_empty(), "{:?}", payloads(&claimed));
+    let next = bus
+        .read_group("old-a", "g", "c", 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(payloads(&next), ["new-a"]);
+    // Nothing more to trim; ids keep growing after a trim that emptied a stream.
+    assert_eq!(bus.trim_before(cutoff).await.unwrap(), 0);
+    let both = u64::from(keep_a < keep_b.next());
+    assert_eq!(bus.trim_before(keep_b.next()).await.unwrap(), 1 + both);
+    let after = bus.publish("old-b", b"later").await.unwrap();
+    assert!(after > keep_b);
+    assert_eq!(bus.last_id("old-b").await.unwrap(), Some(after));
 }
 
 async fn claim_pending_after_min_idle(fx: &Fixture) {

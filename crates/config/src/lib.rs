@@ -113,6 +113,9 @@ pub struct BusConfig {
     /// The Redis server, `redis://` or `rediss://`. Default `redis://127.0.0.1:6379`.
     /// Used when `backend = "redis"`.
     pub redis_url: String,
+    /// Retention: stream entries older than this many seconds are removed (events, requests,
+    /// replies), once a minute by every process. At least 60. Default 3600.
+    pub retention_s: u64,
 }
 
 /// The bus implementation.
@@ -156,6 +159,7 @@ impl Default for BusConfig {
             backend: BusBackend::Embedded,
             path: PathBuf::from("bus.db"),
             redis_url: "redis://127.0.0.1:6379".to_owned(),
+            retention_s: 3600,
         }
     }
 }
@@ -1012,6 +1016,9 @@ fn validate(c: &Config, out: &mut Vec<Found>) {
     }
     if c.bus.path.as_os_str().is_empty() {
         bad(out, "bus.path", "must not be empty");
+    }
+    if c.bus.retention_s < 60 {
+        bad(out, "bus.retention_s", "must be at least 60");
     }
     if c.bus.backend == BusBackend::Redis || c.bus.redis_url != BusConfig::default().redis_url {
         let url = c.bus.redis_url.as_str();

@@ -112,6 +112,15 @@ pub enum CallOp {
     },
     /// Stops the treatment playing on the call (EventTreatmentEnd with reason `cancelled`).
     CancelTreatment,
+    /// A routing strategy that keeps the call at route point or queue `dn` longer than the
+    /// DN's own routing timeout sets its own: the call waits `timeout_ms` from now for
+    /// RouteCall (and again after each treatment), then takes the DN's default route.
+    /// `None` gives the DN its own timeout back. No event answers it; `EventError` when the
+    /// call is not waiting at `dn`.
+    SetRouteTimeout {
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
 }
 
 /// A treatment the media server plays to a call while it waits at a route point or queue.
@@ -300,6 +309,24 @@ mod tests {
             let back = serde_json::to_string(&r).unwrap();
             assert!(back.contains(json), "{back}");
         }
+    }
+
+    #[test]
+    fn set_route_timeout_json() {
+        let r: CallRequest = serde_json::from_str(
+            r#"{"tenant":"demo","request_id":1,"conn_id":"0001000000000002","dn":"5000","op":"set_route_timeout","timeout_ms":600000}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.op,
+            CallOp::SetRouteTimeout {
+                timeout_ms: Some(600_000)
+            }
+        );
+        let back: CallRequest =
+            serde_json::from_str(r#"{"tenant":"demo","request_id":2,"conn_id":"0001000000000002","dn":"5000","op":"set_route_timeout"}"#)
+                .unwrap();
+        assert_eq!(back.op, CallOp::SetRouteTimeout { timeout_ms: None });
     }
 
     #[test]

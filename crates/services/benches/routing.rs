@@ -336,9 +336,10 @@ fn role(c: &mut Criterion) {
     let drain = CancellationToken::new();
     let role = rt
         .block_on(routing::start(
-            config,
+            config.clone(),
             bus.clone(),
             drain.clone(),
+            switchboard_services::single_writer::fixed_tenants(&config),
             routing::Options {
                 timing: Timing {
                     idle_wait: Duration::from_millis(5),

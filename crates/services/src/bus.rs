@@ -14,6 +14,8 @@
 //! [`SharedBus`].
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use switchboard_bus::BusSpec;
 use switchboard_config::{BusBackend, Config};
@@ -29,7 +31,14 @@ impl BusSlot {
     /// The bus, opened from `config` by the first caller; later callers get the same bus
     /// (whatever config they pass). Concurrent first callers wait for one open.
     pub async fn get_or_open(&self, config: &Config) -> anyhow::Result<SharedBus> {
-        self.0.get_or_try_init(|| open(config)).await.cloned()
+        self.0
+            .get_or_try_init(|| async {
+                let bus = open(config).await?;
+                spawn_retention(&bus, Duration::from_secs(config.bus.retention_s));
+                Ok(bus)
+            })
+            .await
+            .cloned()
     }
 
     /// The bus if some role opened it already.
@@ -51,6 +60,45 @@ pub async fn publish_event(
 ) -> Result<EntryId, BusError> {
     bus.publish(&events_stream(event.tenant()), event.to_json().as_bytes())
         .await
+}
+
+/// How often the retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// Removes stream entries older than `keep`, every minute, until the bus is dropped. Every
+/// process sharing a Redis bus does it: trimming is idempotent.
+fn spawn_retention(bus: &SharedBus, keep: Duration) {
+    let weak = Arc::downgrade(bus);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(RETENTION_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let Some(bus) = weak.upgrade() else { return };
+            trim(bus.as_ref(), keep).await;
+        }
+    });
+}
+
+/// One retention pass: entries older than `keep` go.
+pub async fn trim(bus: &dyn Bus, keep: Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let cutoff = EntryId::new(now.saturating_sub(keep).as_millis() as u64, 0);
+    let started = std::time::Instant::now();
+    match bus.trim_before(cutoff).await {
+        Ok(n) => {
+            metrics::counter!("switchboard_bus_trimmed_entries_total").increment(n);
+            if n > 0 {
+                tracing::info!(entries = n, cutoff = %cutoff, took_ms = started.elapsed().as_millis() as u64, "bus retention: old entries removed");
+            }
+        }
+        Err(e) => {
+            metrics::counter!("switchboard_bus_errors_total", "op" => "trim").increment(1);
+            tracing::warn!(error = %e, "bus retention failed; next try in a minute");
+        }
+    }
 }
 
 /// What `[bus]` selects: the embedded bus at `data_dir/bus.path`, or Redis at `bus.redis_url`.
@@ -106,6 +154,27 @@ fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn retention_removes_only_entries_older_than_it_keeps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bus = switchboard_bus::EmbeddedBus::open(&dir.path().join("bus.db")).expect("bus");
+        bus.publish("events:demo", b"old").await.unwrap();
+        trim(&bus, Duration::from_secs(3600)).await;
+        assert_eq!(
+            bus.read_range("events:demo", None, 10).await.unwrap().len(),
+            1
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        trim(&bus, Duration::ZERO).await;
+        assert!(bus
+            .read_range("events:demo", None, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let next = bus.publish("events:demo", b"new").await.unwrap();
+        assert_eq!(bus.last_id("events:demo").await.unwrap(), Some(next));
+    }
 
     #[test]
     fn spec_follows_the_config() {

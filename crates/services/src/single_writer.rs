@@ -18,7 +18,8 @@
 //! * The lease is renewed every [`Timing::renew`]; a writer that fails to renew goes back to
 //!   standby, so at most one process writes once the lease ran out.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -26,7 +27,21 @@ use serde::{Deserialize, Serialize};
 use switchboard_bus::{BusError, Entry, EntryId, GroupStart, SharedBus};
 use switchboard_config::{Config, Tenant};
 use switchboard_events::Event;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// The tenants a role serves, as they are now: the configuration store's (changes made over
+/// the REST API included, see [`crate::store::watch_tenants`]), or the file's.
+pub type TenantsFeed = watch::Receiver<Arc<Vec<Tenant>>>;
+
+/// A feed of the configuration file's tenants that never changes (tests, benchmarks).
+pub fn fixed_tenants(config: &Config) -> TenantsFeed {
+    watch::channel(Arc::new(config.tenants.clone())).1
+}
+
+fn find(tenants: &[Tenant], name: &str) -> Option<Tenant> {
+    tenants.iter().find(|t| t.name == name).cloned()
+}
 
 /// What a reducer asks the glue to do.
 // Events are the common case; boxing them would allocate for each one.
@@ -201,18 +216,22 @@ async fn emit(bus: &SharedBus, names: &Names, out: Vec<Emit>) -> Result<(), BusE
     Ok(())
 }
 
-/// Runs one tenant until the drain: standby, writer, standby...
+/// Runs one tenant until the drain or until the tenant is deleted: standby, writer,
+/// standby...
 pub async fn run<C: Core>(
     bus: SharedBus,
     names: Names,
     config: Arc<Config>,
-    tenant: Tenant,
+    mut feed: TenantsFeed,
     slot: Shared<C>,
     timing: Timing,
     drain: CancellationToken,
 ) -> anyhow::Result<()> {
     let key = names.key();
     while !drain.is_cancelled() {
+        let Some(tenant) = find(&feed.borrow_and_update(), &names.tenant) else {
+            break;
+        };
         match bus
             .lease_acquire(&key, &names.consumer, timing.lease_ttl)
             .await
@@ -220,7 +239,7 @@ pub async fn run<C: Core>(
             Ok(true) => {
                 tracing::info!(role = names.role, tenant = %names.tenant, consumer = %names.consumer, "writer for the tenant");
                 metrics::counter!("switchboard_single_writer_takeovers_total", "role" => names.role).increment(1);
-                let result = write(&bus, &names, &config, &tenant, &slot, &timing, &drain).await;
+                let result = write(&bus, &names, &config, &mut feed, &slot, &timing, &drain).await;
                 lock(&slot).writer = false;
                 if let Err(e) = result {
                     tracing::warn!(role = names.role, tenant = %names.tenant, error = %e, "writer stopped; standing by");
@@ -248,6 +267,8 @@ pub async fn run<C: Core>(
             _ = tokio::time::sleep(timing.standby_poll) => {}
         }
     }
+    // A deleted tenant: another process's writer for it stops too.
+    let _ = bus.lease_release(&key, &names.consumer).await;
     Ok(())
 }
 
@@ -314,12 +335,15 @@ async fn write<C: Core>(
     bus: &SharedBus,
     names: &Names,
     config: &Config,
-    tenant: &Tenant,
+    feed: &mut TenantsFeed,
     slot: &Shared<C>,
     timing: &Timing,
     drain: &CancellationToken,
 ) -> Result<(), BusError> {
-    restore(bus, names, config, tenant, slot).await?;
+    let Some(tenant) = find(&feed.borrow_and_update(), &names.tenant) else {
+        return Ok(());
+    };
+    restore(bus, names, config, &tenant, slot).await?;
     lock(slot).writer = true;
     while fold_events(bus, names, slot).await? > 0 {}
     bus.create_group(&names.requests, names.role, GroupStart::Beginning)
@@ -355,6 +379,16 @@ async fn write<C: Core>(
             renewed = tokio::time::Instant::now();
         }
         let mut changed = fold_events(bus, names, slot).await? > 0;
+        if feed.has_changed().unwrap_or(false) {
+            // Agents, groups or skills changed over the REST API.
+            let Some(tenant) = find(&feed.borrow_and_update(), &names.tenant) else {
+                save(bus, names, slot).await?;
+                return Ok(());
+            };
+            lock(slot).core.configure(config, &tenant);
+            tracing::info!(role = names.role, tenant = %names.tenant, "configuration changed");
+            changed = true;
+        }
         let now = now_ms();
         let due = lock(slot).core.next_deadline().is_some_and(|d| d <= now);
         if due {
@@ -399,71 +433,202 @@ pub fn consumer_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// The tenants a role runs, shared with its REST handlers; tenants created over the REST API
+/// join, deleted ones leave.
+pub struct Tenants<C>(Arc<RwLock<HashMap<String, Shared<C>>>>);
+
+impl<C> Clone for Tenants<C> {
+    fn clone(&self) -> Self {
+        Tenants(self.0.clone())
+    }
+}
+
+impl<C> Tenants<C> {
+    pub fn get(&self, name: &str) -> Option<Shared<C>> {
+        self.read().get(name).cloned()
+    }
+
+    /// Every tenant, by name.
+    pub fn all(&self) -> Vec<(String, Shared<C>)> {
+        let mut all: Vec<_> = self
+            .read()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Shared<C>>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Shared<C>>> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The tenants of a role started by [`start_tenants`]: their shared state, and the task that
 /// runs their loops and `gauges` every second until the drain.
 pub struct Started<C> {
-    pub tenants: std::collections::HashMap<String, Shared<C>>,
+    pub tenants: Tenants<C>,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// For every configured tenant: a reducer made by `new`, its last snapshot restored (so a
-/// restart serves the old state at once), and a writer-or-standby loop on `requests(tenant)`.
-/// `gauges` is called every second with the tenants' state.
+/// How a role's tenants are made and run (what [`start_tenants`] needs for a new tenant).
+struct Spawner<C, N> {
+    role: &'static str,
+    requests: fn(&str) -> String,
+    new: N,
+    config: Arc<Config>,
+    bus: SharedBus,
+    consumer: String,
+    timing: Timing,
+    feed: TenantsFeed,
+    _core: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C: Core, N: Fn(&Tenant) -> C> Spawner<C, N> {
+    /// A reducer for `t`, its last snapshot restored (so a restart serves the old state at
+    /// once), and the writer-or-standby loop, until `stop`.
+    async fn add(
+        &self,
+        t: &Tenant,
+        tenants: &Tenants<C>,
+        tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let slot: Shared<C> = Arc::new(Mutex::new(Slot {
+            core: (self.new)(t),
+            position: None,
+            writer: false,
+        }));
+        let names = Names {
+            role: self.role,
+            tenant: t.name.clone(),
+            requests: (self.requests)(&t.name),
+            consumer: self.consumer.clone(),
+        };
+        restore(&self.bus, &names, &self.config, t, &slot)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: tenant {}: {e}", self.role, t.name))?;
+        tenants.write().insert(t.name.clone(), slot.clone());
+        tasks.spawn(run(
+            self.bus.clone(),
+            names,
+            self.config.clone(),
+            self.feed.clone(),
+            slot,
+            self.timing.clone(),
+            stop,
+        ));
+        Ok(())
+    }
+}
+
+/// For every tenant of `feed`: a reducer made by `new`, its last snapshot restored, and a
+/// writer-or-standby loop on `requests(tenant)`. Tenants that appear later are started the
+/// same way; a deleted tenant's loop ends. `gauges` is called every second with the tenants.
 #[allow(clippy::too_many_arguments)]
 pub async fn start_tenants<C: Core>(
     role: &'static str,
     requests: fn(&str) -> String,
-    new: impl Fn(&Tenant) -> C,
+    new: impl Fn(&Tenant) -> C + Send + Sync + 'static,
     config: Arc<Config>,
     bus: SharedBus,
     consumer: &str,
     timing: &Timing,
     drain: CancellationToken,
-    gauges: impl Fn(&std::collections::HashMap<String, Shared<C>>) + Send + 'static,
+    mut feed: TenantsFeed,
+    gauges: impl Fn(&[(String, Shared<C>)]) + Send + 'static,
 ) -> anyhow::Result<Started<C>> {
-    let mut tenants = std::collections::HashMap::new();
+    let spawner = Spawner {
+        role,
+        requests,
+        new,
+        config,
+        bus,
+        consumer: consumer.to_owned(),
+        timing: timing.clone(),
+        feed: feed.clone(),
+        _core: std::marker::PhantomData,
+    };
+    let tenants = Tenants(Arc::default());
     let mut tasks = tokio::task::JoinSet::new();
-    for t in &config.tenants {
-        let slot: Shared<C> = Arc::new(Mutex::new(Slot {
-            core: new(t),
-            position: None,
-            writer: false,
-        }));
-        let names = Names {
-            role,
-            tenant: t.name.clone(),
-            requests: requests(&t.name),
-            consumer: consumer.to_owned(),
-        };
-        restore(&bus, &names, &config, t, &slot)
-            .await
-            .map_err(|e| anyhow::anyhow!("{role}: tenant {}: {e}", t.name))?;
-        tenants.insert(t.name.clone(), slot.clone());
-        tasks.spawn(run(
-            bus.clone(),
-            names,
-            config.clone(),
-            t.clone(),
-            slot,
-            timing.clone(),
-            drain.clone(),
-        ));
+    let mut stops: HashMap<String, CancellationToken> = HashMap::new();
+    let initial = feed.borrow_and_update().clone();
+    for t in initial.iter() {
+        let stop = drain.child_token();
+        spawner.add(t, &tenants, &mut tasks, stop.clone()).await?;
+        stops.insert(t.name.clone(), stop);
     }
     let watched = tenants.clone();
-    tasks.spawn(async move {
+    let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // A feed whose source is gone (a fixed feed, or the store's watcher drained): the
+        // tenants stay as they are.
+        let mut open = true;
         loop {
             tokio::select! {
-                _ = drain.cancelled() => return Ok(()),
-                _ = tick.tick() => gauges(&watched),
+                _ = drain.cancelled() => break,
+                _ = tick.tick() => gauges(&watched.all()),
+                changed = feed.changed(), if open => {
+                    if changed.is_err() {
+                        open = false;
+                        continue;
+                    }
+                    let now = feed.borrow_and_update().clone();
+                    follow(&spawner, &now, &watched, &mut tasks, &mut stops, &drain).await;
+                }
+                Some(done) = tasks.join_next() => {
+                    done.map_err(|e| anyhow::anyhow!("{role} task: {e}"))??;
+                }
             }
         }
-    });
-    let task = tokio::spawn(async move {
         while let Some(r) = tasks.join_next().await {
             r.map_err(|e| anyhow::anyhow!("{role} task: {e}"))??;
         }
         Ok(())
     });
     Ok(Started { tenants, task })
+}
+
+/// Starts the tenants of `now` that do not run yet, stops those that are gone.
+async fn follow<C: Core, N: Fn(&Tenant) -> C>(
+    spawner: &Spawner<C, N>,
+    now: &[Tenant],
+    tenants: &Tenants<C>,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    stops: &mut HashMap<String, CancellationToken>,
+    drain: &CancellationToken,
+) {
+    let new: Vec<&Tenant> = now
+        .iter()
+        .filter(|t| !stops.contains_key(&t.name))
+        .collect();
+    for t in new {
+        let stop = drain.child_token();
+        match spawner.add(t, tenants, tasks, stop.clone()).await {
+            Ok(()) => {
+                tracing::info!(role = spawner.role, tenant = %t.name, "new tenant");
+                stops.insert(t.name.clone(), stop);
+            }
+            // The next change tries again.
+            Err(e) => {
+                tracing::warn!(role = spawner.role, tenant = %t.name, error = %e, "new tenant not started")
+            }
+        }
+    }
+    let gone: Vec<String> = stops
+        .keys()
+        .filter(|n| !now.iter().any(|t| &t.name == *n))
+        .cloned()
+        .collect();
+    for name in gone {
+        if let Some(stop) = stops.remove(&name) {
+            stop.cancel();
+        }
+        tenants.write().remove(&name);
+        tracing::info!(role = spawner.role, tenant = %name, "tenant deleted");
+    }
 }

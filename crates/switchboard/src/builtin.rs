@@ -328,11 +328,23 @@ async fn start_call_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
 async fn start_front_end(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     let bus = bus(&ctx).await?;
     ctx.add_routes(switchboard_services::front_end::start(
-        ctx.config.clone(),
+        tenants_feed(&ctx).await?,
         bus,
         ctx.drain.clone(),
     ));
     Ok(RoleHandle::idle())
+}
+
+/// The configuration store's tenants, following changes made over the REST API.
+async fn tenants_feed(
+    ctx: &RoleContext,
+) -> anyhow::Result<switchboard_services::single_writer::TenantsFeed> {
+    let store = ctx
+        .shared()
+        .get_or_init(StoreSlot::default)
+        .get_or_open(&ctx.config)
+        .await?;
+    switchboard_services::store::watch_tenants(store, ctx.config.clone(), ctx.drain.clone()).await
 }
 
 /// `agent-state`: agent login, ready, not ready, after-call work per tenant (one writer per
@@ -345,6 +357,7 @@ async fn start_agent_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         ctx.config.clone(),
         bus,
         ctx.drain.clone(),
+        tenants_feed(&ctx).await?,
         Default::default(),
     )
     .await?;
@@ -362,6 +375,7 @@ async fn start_routing(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         ctx.config.clone(),
         bus,
         ctx.drain.clone(),
+        tenants_feed(&ctx).await?,
         Default::default(),
     )
     .await?;
@@ -384,6 +398,7 @@ async fn start_orchestrator(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         switchboard_services::orchestrator::role::Settings::new(http, ctx.config.data_dir.clone());
     settings.lease = std::time::Duration::from_millis(ctx.config.orchestrator.lease_ms);
     settings.max_session = std::time::Duration::from_secs(ctx.config.orchestrator.max_session_s);
+    settings.reannounce = std::time::Duration::from_secs(ctx.config.bus.retention_s / 4);
     // Route points from the live dial plan (the store, REST changes included) when a role of
     // this process keeps one, else from the configuration file.
     use switchboard_services::orchestrator::role::RoutePoints;

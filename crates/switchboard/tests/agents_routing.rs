@@ -655,3 +655,61 @@ fn dn_out_of_service_while_the_phone_is_unregistered() {
         "{reply:?}"
     );
 }
+
+#[test]
+fn an_agent_created_over_the_config_api_logs_in_and_gets_calls() {
+    if !require_program("redis-server") {
+        return;
+    }
+    let redis = RedisServer::spawn().expect("redis-server starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(&redis.url(), &dir.path().display().to_string());
+    let rt = runtime();
+    let bus: SharedBus = Arc::new(
+        rt.block_on(RedisBus::connect(&redis.url()))
+            .expect("connect to redis"),
+    );
+    let sb = Switchboard::builder()
+        .binary(BIN)
+        .config(&config)
+        .roles(&["config", "agent-state", "routing"])
+        .spawn()
+        .expect("switchboard starts");
+    wait_until("both writers", || {
+        get(&sb, "/v1/tenants/demo/agent-states")["writer"] == true
+            && get(&sb, "/v1/tenants/demo/queues")["writer"] == true
+    });
+    let (status, _) = post(&sb, "/v1/tenants/demo/agents/a2001/login", None);
+    assert_eq!(status, 404, "no such agent yet");
+
+    let (status, body) = post(
+        &sb,
+        "/v1/tenants/demo/agents",
+        Some(r#"{"login_id":"a2001","name":"New Hire","skills":{"sales":10}}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let mut login = (0, Value::Null);
+    wait_until("agent-state knows a2001", || {
+        login = post(
+            &sb,
+            "/v1/tenants/demo/agents/a2001/login",
+            Some(r#"{"dn":"1005"}"#),
+        );
+        login.0 != 404
+    });
+    assert_eq!(login.0, 200, "{}", login.1);
+    let (status, _) = post(&sb, "/v1/tenants/demo/agents/a2001/ready", None);
+    assert_eq!(status, 200);
+    // Only the new agent has sales 10: routing knows its skills too.
+    let mut seen = 0;
+    let reply = route(&rt, &bus, &submit(0xb1, "sales >= 10", None), &mut seen);
+    assert_eq!(
+        reply,
+        RoutingReply::Target {
+            request_id: "req-177".into(),
+            conn_id: ConnId(0xb1),
+            agent_id: "a2001".into(),
+            dn: "1005".into()
+        }
+    );
+}

@@ -5,19 +5,20 @@
 //! session is killed (SIGKILL); a1006 goes Ready; the other orchestrator takes the session
 //! over, and the call reaches agent a1006's phone with the caller still connected.
 
+#[path = "common/bus_events.rs"]
+mod bus_events;
 #[path = "common/carrier.rs"]
 mod carrier;
 mod common;
 
+use bus_events::Events;
 use carrier::{carrier_scenario, pause, play_pcap, send_bye, until_agent_media};
 use common::{free_port, scenario};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use switchboard_bus::{EntryId, RedisBus, SharedBus};
 use switchboard_events::{ConnId, Event};
 use switchboard_testkit::{
     http_request, require_program, send_signal, RedisServer, Sipp, SippOutcome, Switchboard,
@@ -27,6 +28,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 /// A number of the demo's DID range (-> route point 5000) on its carrier trunk (127.0.0.1).
 const DID: &str = "+15550000042";
 const LEASE_MS: u64 = 1000;
+/// How long the carrier and the phone run at most (a run takes ~7 s): on a failure the test
+/// waits for both to end, to show what each of them saw.
+const SIPP_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// The demo configuration on `redis` with `data_dir`, MD5 offered first (SIPp knows only
 /// MD5) and a 1 s orchestrator lease.
@@ -61,74 +65,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_millis() as u64
-}
-
-/// `events:demo` on the Redis bus, read in order.
-struct Events {
-    rt: tokio::runtime::Runtime,
-    bus: SharedBus,
-    last: Option<EntryId>,
-    seen: Vec<Event>,
-}
-
-impl Events {
-    fn new(redis: &RedisServer) -> Events {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let bus: SharedBus = Arc::new(rt.block_on(RedisBus::connect(&redis.url())).expect("redis"));
-        Events {
-            rt,
-            bus,
-            last: None,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Reads what is new up to the first event matching `pred`, and returns it.
-    fn poll(&mut self, pred: &dyn Fn(&Event) -> bool) -> Option<Event> {
-        let entries = self
-            .rt
-            .block_on(self.bus.read_range("events:demo", self.last, 100))
-            .expect("read events");
-        // Stops at the first hit: the events after it are read by the next call.
-        for e in entries {
-            self.last = Some(e.id);
-            let ev = Event::from_json(&String::from_utf8_lossy(&e.payload)).expect("event");
-            self.seen.push(ev.clone());
-            if pred(&ev) {
-                return Some(ev);
-            }
-        }
-        None
-    }
-
-    /// The first event from now on for which `pred` holds.
-    fn wait(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Event {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(e) = self.poll(&pred) {
-                return e;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what}; events so far: {}",
-                self.summary()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn summary(&self) -> String {
-        self.seen
-            .iter()
-            .map(|e| {
-                let dn = e.call().map(|c| c.this_dn.as_str()).unwrap_or("-");
-                format!("\n{}@{dn}", e.name())
-            })
-            .collect()
-    }
 }
 
 fn at(e: &Event, name: &str, dn: &str, conn: ConnId) -> bool {
@@ -181,6 +117,7 @@ fn background_on(
     let media = free_port();
     let h = thread::spawn(move || {
         let mut s = Sipp::scenario(&xml)
+            .trace_messages()
             .arg("-p")
             .arg(&sip.to_string())
             .arg("-mp")
@@ -263,7 +200,7 @@ fn a_queued_call_reaches_the_agent_after_its_orchestrator_process_is_killed() {
         ),
         None,
         phone_sip,
-        Duration::from_secs(90),
+        SIPP_TIMEOUT,
     );
     let (status, login) = rest(
         &a,
@@ -282,11 +219,7 @@ fn a_queued_call_reaches_the_agent_after_its_orchestrator_process_is_killed() {
         + &pause(1500)
         + &send_bye(DID);
     let node = a.addr("sip_node_udp").expect("sip_node_udp");
-    let carrier = background(
-        carrier_scenario(DID, &during),
-        Some(node),
-        Duration::from_secs(90),
-    );
+    let carrier = background(carrier_scenario(DID, &during), Some(node), SIPP_TIMEOUT);
 
     let rr = events.wait("EventRouteRequest", Duration::from_secs(20), |e| {
         e.name() == "EventRouteRequest" && e.call().is_some_and(|c| c.this_dn == "5000")
@@ -362,13 +295,22 @@ fn a_queued_call_reaches_the_agent_after_its_orchestrator_process_is_killed() {
                 break ts;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the call did not reach 1006; events: {}\n--- survivor ---\n{}\n--- A ---\n{}",
-            events.summary(),
-            survivor.logs(),
-            a.logs()
-        );
+        if Instant::now() >= deadline {
+            // What the phone and the carrier saw tells whose fault it is.
+            let reports: String = [("carrier", carrier), ("agent 1006's phone", phone)]
+                .into_iter()
+                .map(|(who, h)| match h.join() {
+                    Ok(out) => format!("\n--- {who} ---\n{}", out.report()),
+                    Err(_) => format!("\n--- {who}: its thread panicked ---"),
+                })
+                .collect();
+            panic!(
+                "the call did not reach 1006; events: {}\n--- survivor ---\n{}\n--- A ---\n{}{reports}",
+                events.summary(),
+                survivor.logs(),
+                a.logs()
+            );
+        }
         thread::sleep(Duration::from_millis(10));
     };
     let ready = ready.join().expect("ready thread");

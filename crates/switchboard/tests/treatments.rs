@@ -6,8 +6,11 @@
 //! and routes the call to the agent. The last two tests add the `orchestrator` running the
 //! demo strategy: first with the test playing `routing`, then with `agent-state` and `routing`.
 
+#[path = "common/bus_events.rs"]
+mod bus_events;
 mod common;
 
+use bus_events::Events;
 use common::{free_port, scenario};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -16,7 +19,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-use switchboard_bus::{EntryId, RedisBus, SharedBus};
 use switchboard_events::requests::{node_of, sip_node_requests_stream};
 use switchboard_events::{ConnId, Event};
 use switchboard_testkit::{
@@ -25,6 +27,8 @@ use switchboard_testkit::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 const PCAPS: &str = "/usr/share/sip-tester";
+/// How long a test waits for each event it expects.
+const WAIT: Duration = Duration::from_secs(20);
 
 /// Route point 5000 (60 s to route a call) running `strategy`, DN 1002 with agent a1002
 /// (registered by SIPp).
@@ -150,62 +154,6 @@ impl Rig {
             }
             thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-/// `events:demo` on the Redis bus, read as the events come; and publishing to the bus.
-struct Events {
-    rt: tokio::runtime::Runtime,
-    bus: SharedBus,
-    last: Option<EntryId>,
-    seen: Vec<Event>,
-}
-
-impl Events {
-    fn new(redis: &RedisServer) -> Events {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let bus: SharedBus = Arc::new(rt.block_on(RedisBus::connect(&redis.url())).expect("redis"));
-        Events {
-            rt,
-            bus,
-            last: None,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The first event from now on (in stream order) for which `pred` holds; earlier ones
-    /// are kept in `seen`.
-    fn wait(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let entries = self
-                .rt
-                .block_on(self.bus.read_range("events:demo", self.last, 100))
-                .expect("read events");
-            for e in entries {
-                self.last = Some(e.id);
-                let ev = Event::from_json(&String::from_utf8_lossy(&e.payload)).expect("event");
-                self.seen.push(ev.clone());
-                if pred(&ev) {
-                    return ev;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what}; events so far: {:#?}",
-                self.seen
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn publish(&self, stream: &str, payload: &str) {
-        self.rt
-            .block_on(self.bus.publish(stream, payload.as_bytes()))
-            .expect("publish");
     }
 }
 
@@ -446,7 +394,7 @@ fn menu_then_music_then_the_agent_over_rest() {
         + &wait_bye();
     let carrier = caller(r.node(), &during);
 
-    let rr = events.wait("EventRouteRequest", |e| {
+    let rr = events.wait("EventRouteRequest", WAIT, |e| {
         named(e, "EventRouteRequest").is_some()
     });
     let conn = rr.call().and_then(|c| c.conn_id).expect("conn_id");
@@ -476,10 +424,10 @@ fn menu_then_music_then_the_agent_over_rest() {
             "url": r.app.url("/menu.vxml"), "params": {"lang": "en"}}})
         .to_string(),
     );
-    events.wait("EventTreatmentApplied", |e| {
+    events.wait("EventTreatmentApplied", WAIT, |e| {
         named(e, "EventTreatmentApplied").is_some() && request_id(e) == Some(menu)
     });
-    let end = events.wait("EventTreatmentEnd", |e| {
+    let end = events.wait("EventTreatmentEnd", WAIT, |e| {
         named(e, "EventTreatmentEnd").is_some()
     });
     let end = end.call().expect("call event");
@@ -502,7 +450,7 @@ fn menu_then_music_then_the_agent_over_rest() {
         &format!("{base}/treatment"),
         r#"{"dn":"5000","treatment":{"type":"music","url":"tone:440"}}"#,
     );
-    events.wait("EventTreatmentApplied (music)", |e| {
+    events.wait("EventTreatmentApplied (music)", WAIT, |e| {
         named(e, "EventTreatmentApplied").is_some() && request_id(e) == Some(music)
     });
     let route = r.accepted(
@@ -510,20 +458,20 @@ fn menu_then_music_then_the_agent_over_rest() {
         &format!("{base}/route"),
         r#"{"dn":"5000","to":"1002"}"#,
     );
-    let end = events.wait("EventTreatmentEnd (routed)", |e| {
+    let end = events.wait("EventTreatmentEnd (routed)", WAIT, |e| {
         named(e, "EventTreatmentEnd").is_some()
     });
     assert_eq!(
         (end.call().unwrap().reason.as_deref(), request_id(&end)),
         (Some("routed"), Some(route))
     );
-    let est = events.wait("EventEstablished", |e| {
+    let est = events.wait("EventEstablished", WAIT, |e| {
         named(e, "EventEstablished").is_some_and(|c| c.this_dn == "1002")
     });
     assert_eq!(est.call().unwrap().agent_id.as_deref(), Some("a1002"));
     assert_eq!(est.call().unwrap().conn_id, Some(conn));
     let release = r.accepted("POST", &format!("{base}/release"), r#"{"dn":"1002"}"#);
-    events.wait("EventReleased", |e| {
+    events.wait("EventReleased", WAIT, |e| {
         named(e, "EventReleased").is_some() && request_id(e) == Some(release)
     });
     for (who, h) in [("carrier", carrier), ("agent 1002", agent)] {
@@ -573,7 +521,7 @@ fn menu_and_collect_digits_over_the_bus_then_the_caller_hangs_up_during_music() 
         + &pause(1000)
         + &send_bye();
     let carrier = caller(r.node(), &during);
-    let rr = events.wait("EventRouteRequest", |e| {
+    let rr = events.wait("EventRouteRequest", WAIT, |e| {
         named(e, "EventRouteRequest").is_some()
     });
     let conn: ConnId = rr.call().and_then(|c| c.conn_id).expect("conn_id");
@@ -593,7 +541,7 @@ fn menu_and_collect_digits_over_the_bus_then_the_caller_hangs_up_during_music() 
             json!({"type": "play_announcement", "url": "tone:440", "repeat": 0}),
         ),
     );
-    let err = events.wait("EventError", |e| e.name() == "EventError");
+    let err = events.wait("EventError", WAIT, |e| e.name() == "EventError");
     match &err {
         Event::EventError(x) => {
             assert_eq!((x.request_id, x.error_code.as_str()), (901, "bad_argument"));
@@ -609,10 +557,10 @@ fn menu_and_collect_digits_over_the_bus_then_the_caller_hangs_up_during_music() 
             json!({"type": "play_application", "url": r.app.url("/menu.vxml")}),
         ),
     );
-    events.wait("EventTreatmentApplied", |e| {
+    events.wait("EventTreatmentApplied", WAIT, |e| {
         named(e, "EventTreatmentApplied").is_some() && request_id(e) == Some(902)
     });
-    let end = events.wait("EventTreatmentEnd", |e| {
+    let end = events.wait("EventTreatmentEnd", WAIT, |e| {
         named(e, "EventTreatmentEnd").is_some()
     });
     let end = end.call().expect("call event");
@@ -633,7 +581,7 @@ fn menu_and_collect_digits_over_the_bus_then_the_caller_hangs_up_during_music() 
             json!({"type": "collect_digits", "prompt": "tone:440/300", "max_digits": 1}),
         ),
     );
-    let end = events.wait("EventTreatmentEnd (digits)", |e| {
+    let end = events.wait("EventTreatmentEnd (digits)", WAIT, |e| {
         named(e, "EventTreatmentEnd").is_some() && request_id(e) == Some(903)
     });
     assert_eq!(
@@ -649,14 +597,14 @@ fn menu_and_collect_digits_over_the_bus_then_the_caller_hangs_up_during_music() 
         &stream,
         &request(904, json!({"type": "music", "url": "tone:440"})),
     );
-    events.wait("EventTreatmentApplied (music)", |e| {
+    events.wait("EventTreatmentApplied (music)", WAIT, |e| {
         named(e, "EventTreatmentApplied").is_some() && request_id(e) == Some(904)
     });
-    let end = events.wait("EventTreatmentEnd (caller_hangup)", |e| {
+    let end = events.wait("EventTreatmentEnd (caller_hangup)", WAIT, |e| {
         named(e, "EventTreatmentEnd").is_some()
     });
     assert_eq!(end.call().unwrap().reason.as_deref(), Some("caller_hangup"));
-    events.wait("EventAbandoned", |e| {
+    events.wait("EventAbandoned", WAIT, |e| {
         named(e, "EventAbandoned").is_some_and(|c| c.this_dn == "5000")
     });
     let out = carrier.join().expect("sipp thread");
@@ -690,11 +638,11 @@ fn the_demo_strategy_takes_a_call_from_the_menu_to_the_agent() {
         + &wait_bye();
     let carrier = caller(r.node(), &during);
 
-    let rr = events.wait("EventRouteRequest", |e| {
+    let rr = events.wait("EventRouteRequest", WAIT, |e| {
         named(e, "EventRouteRequest").is_some()
     });
     let conn = rr.call().and_then(|c| c.conn_id).expect("conn_id");
-    let end = events.wait("EventTreatmentEnd (menu)", |e| {
+    let end = events.wait("EventTreatmentEnd (menu)", WAIT, |e| {
         named(e, "EventTreatmentEnd").is_some()
     });
     assert_eq!(
@@ -741,7 +689,7 @@ fn the_demo_strategy_takes_a_call_from_the_menu_to_the_agent() {
         );
         thread::sleep(Duration::from_millis(50));
     };
-    events.wait("EventTreatmentApplied (music)", |e| {
+    events.wait("EventTreatmentApplied (music)", WAIT, |e| {
         named(e, "EventTreatmentApplied").is_some()
     });
     let reply = RoutingReply::Target {
@@ -751,7 +699,7 @@ fn the_demo_strategy_takes_a_call_from_the_menu_to_the_agent() {
         dn: "1002".into(),
     };
     events.publish(&reply_to, &serde_json::to_string(&reply).expect("json"));
-    let est = events.wait("EventEstablished", |e| {
+    let est = events.wait("EventEstablished", WAIT, |e| {
         named(e, "EventEstablished").is_some_and(|c| c.this_dn == "1002")
     });
     assert_eq!(est.call().unwrap().conn_id, Some(conn));
@@ -773,7 +721,7 @@ fn the_demo_strategy_takes_a_call_from_the_menu_to_the_agent() {
         &sip_node_requests_stream(node_of(conn)),
         &release.to_string(),
     );
-    events.wait("EventReleased", |e| {
+    events.wait("EventReleased", WAIT, |e| {
         named(e, "EventReleased").is_some() && request_id(e) == Some(77)
     });
     for (who, h) in [("carrier", carrier), ("agent 1002", agent)] {
@@ -817,18 +765,18 @@ fn the_demo_with_agent_state_and_routing() {
             &serde_json::to_string(&req).expect("json"),
         );
     }
-    events.wait("EventAgentReady", |e| e.name() == "EventAgentReady");
+    events.wait("EventAgentReady", WAIT, |e| e.name() == "EventAgentReady");
     let during = pause(1500)
         + &play_dtmf("2")
         + &reinvite("m=audio [0-9]+ RTP/AVP", "music", "8 101")
         + &reinvite(&format!("m=audio {agent_media} RTP/AVP"), "agent", "0")
         + &wait_bye();
     let carrier = caller(r.node(), &during);
-    let rr = events.wait("EventRouteRequest", |e| {
+    let rr = events.wait("EventRouteRequest", WAIT, |e| {
         named(e, "EventRouteRequest").is_some()
     });
     let conn = rr.call().and_then(|c| c.conn_id).expect("conn_id");
-    let est = events.wait("EventEstablished", |e| {
+    let est = events.wait("EventEstablished", WAIT, |e| {
         named(e, "EventEstablished").is_some_and(|c| c.this_dn == "1002")
     });
     assert_eq!(est.call().unwrap().conn_id, Some(conn));
@@ -843,7 +791,7 @@ fn the_demo_with_agent_state_and_routing() {
         &sip_node_requests_stream(node_of(conn)),
         &release.to_string(),
     );
-    events.wait("EventReleased", |e| {
+    events.wait("EventReleased", WAIT, |e| {
         named(e, "EventReleased").is_some() && request_id(e) == Some(78)
     });
     for (who, h) in [("carrier", carrier), ("agent 1002", agent)] {

@@ -23,6 +23,7 @@ pub struct Sipp {
     tcp: bool,
     calls: u32,
     timeout: Duration,
+    trace_messages: bool,
     args: Vec<String>,
 }
 
@@ -42,6 +43,9 @@ pub struct SippOutcome {
     pub output: String,
     /// The `-trace_err` log: unexpected messages and errors.
     pub errors: String,
+    /// The `-trace_msg` log (every message sent and received), when asked for with
+    /// [`Sipp::trace_messages`].
+    pub messages: String,
 }
 
 impl SippOutcome {
@@ -52,10 +56,15 @@ impl SippOutcome {
 
     /// Status, error log and output, for assertion messages.
     pub fn report(&self) -> String {
-        format!(
+        let mut report = format!(
             "sipp exit: {}\n--- sipp error log ---\n{}\n--- sipp output ---\n{}",
             self.status, self.errors, self.output
-        )
+        );
+        if !self.messages.is_empty() {
+            report.push_str("\n--- sipp messages ---\n");
+            report.push_str(&self.messages);
+        }
+        report
     }
 }
 
@@ -77,6 +86,7 @@ impl Sipp {
             tcp: false,
             calls: 1,
             timeout: Duration::from_secs(30),
+            trace_messages: false,
             args: Vec::new(),
         }
     }
@@ -107,6 +117,12 @@ impl Sipp {
     /// Global timeout (`-timeout`, default 30 s); reaching it fails the run.
     pub fn timeout(mut self, timeout: Duration) -> Sipp {
         self.timeout = timeout;
+        self
+    }
+
+    /// Keep every SIP message sent and received (`-trace_msg`) for the report.
+    pub fn trace_messages(mut self) -> Sipp {
+        self.trace_messages = true;
         self
     }
 
@@ -144,6 +160,12 @@ impl Sipp {
         }
         cmd.arg("-m").arg(self.calls.to_string());
         cmd.arg("-trace_err").arg("-error_file").arg(&errors_path);
+        let messages_path = dir.path().join("messages.log");
+        if self.trace_messages {
+            cmd.arg("-trace_msg")
+                .arg("-message_file")
+                .arg(&messages_path);
+        }
         cmd.arg("-timeout")
             .arg(format!("{}s", self.timeout.as_secs().max(1)))
             .arg("-timeout_error");
@@ -176,10 +198,12 @@ impl Sipp {
             let _ = thread.join();
         }
         let errors = std::fs::read_to_string(&errors_path).unwrap_or_default();
+        let messages = std::fs::read_to_string(&messages_path).unwrap_or_default();
         Ok(SippOutcome {
             status,
             output: output.text(),
             errors,
+            messages,
         })
     }
 }

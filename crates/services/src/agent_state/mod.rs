@@ -92,17 +92,18 @@ impl Default for Options {
 
 /// The boards of the configured tenants.
 pub struct AgentState {
-    tenants: HashMap<String, Shared<Board>>,
+    tenants: single_writer::Tenants<Board>,
 }
 
 impl AgentState {
-    fn tenant(&self, name: &str) -> Option<&Shared<Board>> {
+    fn tenant(&self, name: &str) -> Option<Shared<Board>> {
         self.tenants.get(name)
     }
 
     /// A copy of an agent, `None` for an unknown tenant; `Some(None)` for an unknown agent.
     pub fn agent(&self, tenant: &str, id: &str) -> Option<Option<Agent>> {
-        self.tenant(tenant).map(|s| lock(s).core.agent(id).cloned())
+        self.tenant(tenant)
+            .map(|s| lock(&s).core.agent(id).cloned())
     }
 }
 
@@ -118,18 +119,20 @@ pub async fn start(
     config: Arc<Config>,
     bus: SharedBus,
     drain: CancellationToken,
+    tenants: single_writer::TenantsFeed,
     options: Options,
 ) -> anyhow::Result<AgentStateRole> {
     let reservation_ms = config.routing.reservation_timeout_ms;
     let started = single_writer::start_tenants(
         ROLE,
         agent_requests_stream,
-        |t| Board::new(t, reservation_ms),
+        move |t| Board::new(t, reservation_ms),
         config.clone(),
         bus.clone(),
         &options.consumer,
         &options.timing,
         drain.clone(),
+        tenants,
         gauges,
     )
     .await?;
@@ -152,7 +155,7 @@ pub async fn start(
 }
 
 /// Agents per tenant and state.
-fn gauges(tenants: &HashMap<String, Shared<Board>>) {
+fn gauges(tenants: &[(String, Shared<Board>)]) {
     for (tenant, slot) in tenants {
         let mut counts: HashMap<&'static str, usize> = HashMap::new();
         for a in lock(slot).core.agents.values() {
@@ -262,7 +265,7 @@ async fn list_agents(State(api): State<Api>, Path(tenant): Path<String>) -> Resp
     let Some(slot) = api.state.tenant(&tenant) else {
         return unknown_tenant(&tenant);
     };
-    let s = lock(slot);
+    let s = lock(&slot);
     let agents: Vec<Value> = s
         .core
         .agents
@@ -279,7 +282,7 @@ async fn get_agent(
     let Some(slot) = api.state.tenant(&tenant) else {
         return unknown_tenant(&tenant);
     };
-    let s = lock(slot);
+    let s = lock(&slot);
     match s.core.agent(&agent) {
         Some(a) => Json(agent_json(a, &s.core)).into_response(),
         None => unknown_agent(&tenant, &agent),

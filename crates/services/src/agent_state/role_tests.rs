@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::{start, Options};
-use crate::single_writer::Timing;
+use crate::single_writer::{fixed_tenants, Timing};
 
 fn fast() -> Timing {
     Timing {
@@ -78,9 +78,15 @@ async fn rest_requests_are_answered_through_the_bus() {
     let bus: SharedBus = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).unwrap());
     let config = Arc::new(Config::demo());
     let drain = CancellationToken::new();
-    let role = start(config.clone(), bus.clone(), drain.clone(), options("one"))
-        .await
-        .unwrap();
+    let role = start(
+        config.clone(),
+        bus.clone(),
+        drain.clone(),
+        fixed_tenants(&config),
+        options("one"),
+    )
+    .await
+    .unwrap();
     let r = &role.router;
     wait_writer(r).await;
 
@@ -136,6 +142,7 @@ async fn rest_requests_are_answered_through_the_bus() {
         config.clone(),
         bus.clone(),
         drain.clone(),
+        fixed_tenants(&config),
         crate::routing::Options {
             timing: fast(),
             consumer: "one".into(),
@@ -227,9 +234,15 @@ async fn rest_requests_are_answered_through_the_bus() {
     drain.cancel();
     role.task.await.unwrap().unwrap();
     routing.task.await.unwrap().unwrap();
-    let again = start(config, bus, CancellationToken::new(), options("two"))
-        .await
-        .unwrap();
+    let again = start(
+        config.clone(),
+        bus,
+        CancellationToken::new(),
+        fixed_tenants(&config),
+        options("two"),
+    )
+    .await
+    .unwrap();
     let (_, _, body) = call(
         &again.router,
         "GET",
@@ -254,6 +267,7 @@ async fn without_a_writer_a_request_times_out_with_504() {
         Arc::new(Config::demo()),
         bus,
         CancellationToken::new(),
+        fixed_tenants(&Config::demo()),
         opts,
     )
     .await
@@ -276,13 +290,25 @@ async fn a_standby_takes_over_with_the_writers_state() {
     let bus: SharedBus = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).unwrap());
     let config = Arc::new(Config::demo());
     let (drain_a, drain_b) = (CancellationToken::new(), CancellationToken::new());
-    let a = start(config.clone(), bus.clone(), drain_a.clone(), options("a"))
-        .await
-        .unwrap();
+    let a = start(
+        config.clone(),
+        bus.clone(),
+        drain_a.clone(),
+        fixed_tenants(&config),
+        options("a"),
+    )
+    .await
+    .unwrap();
     wait_writer(&a.router).await;
-    let b = start(config, bus, drain_b.clone(), options("b"))
-        .await
-        .unwrap();
+    let b = start(
+        config.clone(),
+        bus,
+        drain_b.clone(),
+        fixed_tenants(&config),
+        options("b"),
+    )
+    .await
+    .unwrap();
     // B is standby, yet its REST works: the writer answers through the bus.
     let (status, _, body) =
         call(&b.router, "POST", "/v1/tenants/demo/agents/a1003/login", "").await;
@@ -307,4 +333,67 @@ async fn a_standby_takes_over_with_the_writers_state() {
     assert_eq!((status, body["this_dn"].as_str()), (200, Some("1003")));
     drain_b.cancel();
     b.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn agents_and_tenants_changed_over_the_config_api_are_served_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus: SharedBus = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).unwrap());
+    let config = Arc::new(Config::demo());
+    let (feed, rx) = tokio::sync::watch::channel(Arc::new(config.tenants.clone()));
+    let drain = CancellationToken::new();
+    let role = start(config.clone(), bus, drain.clone(), rx, options("one"))
+        .await
+        .unwrap();
+    let r = &role.router;
+    wait_writer(r).await;
+    let (status, _, _) = call(r, "POST", "/v1/tenants/demo/agents/a2001/login", "").await;
+    assert_eq!(status, 404, "not an agent yet");
+
+    // A new agent in demo, and a new tenant.
+    let mut tenants = config.tenants.clone();
+    let mut agent = tenants[0].agents[0].clone();
+    agent.login_id = "a2001".into();
+    agent.dn = None;
+    tenants[0].agents.push(agent);
+    let mut acme = tenants[0].clone();
+    acme.name = "acme".into();
+    tenants.push(acme);
+    feed.send(Arc::new(tenants.clone())).unwrap();
+
+    let mut answered = (0, Value::Null);
+    for _ in 0..200 {
+        let (status, _, body) = call(
+            r,
+            "POST",
+            "/v1/tenants/demo/agents/a2001/login",
+            r#"{"dn":"1002"}"#,
+        )
+        .await;
+        answered = (status, body);
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(answered.0, 200, "{}", answered.1);
+    assert_eq!(answered.1["this_dn"], "1002");
+    let (status, _, body) = call(r, "GET", "/v1/tenants/acme/agent-states/a2001", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "logged_out");
+
+    // The tenant deleted: gone from the API.
+    tenants.pop();
+    feed.send(Arc::new(tenants)).unwrap();
+    let mut status = 200;
+    for _ in 0..200 {
+        status = call(r, "GET", "/v1/tenants/acme/agent-states", "").await.0;
+        if status == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, 404);
+    drain.cancel();
+    role.task.await.unwrap().unwrap();
 }

@@ -2,7 +2,6 @@
 //! users of the configuration file, which are extensions), swaps in a new plan after every
 //! committed change, and serves `GET /v1/tenants/{tenant}/dialplan/resolve`.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::{Path, Query as QueryParams, State};
@@ -72,19 +71,7 @@ pub fn build(
     store: &dyn Store,
     config: &Config,
 ) -> Result<Dialplan, switchboard_store::StoreError> {
-    let mut tenants = store.load_all()?;
-    let order: HashMap<&str, usize> = config
-        .tenants
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.as_str(), i))
-        .collect();
-    tenants.sort_by_key(|t| order.get(t.name.as_str()).copied().unwrap_or(usize::MAX));
-    for t in &mut tenants {
-        if let Some(file) = config.tenants.iter().find(|f| f.name == t.name) {
-            t.users = file.users.clone();
-        }
-    }
+    let tenants = crate::store::tenants(store, config)?;
     let plan = Dialplan::build(&tenants);
     for p in plan.problems() {
         tracing::warn!(tenant = %p.tenant, rule = %p.rule, problem = %p.message, "dial-plan rule skipped");

@@ -20,7 +20,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchboard_bus::{events_stream, EntryId, SharedBus};
-use switchboard_config::Config;
+use switchboard_config::Tenant;
+
+use crate::single_writer::TenantsFeed;
 use switchboard_events::Event;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -194,19 +196,18 @@ struct Params {
 
 struct WsState {
     hub: Arc<Hub>,
-    config: Arc<Config>,
+    tenants: TenantsFeed,
 }
 
 /// The route; the gate (API keys) stands in front of it.
-pub fn routes(hub: Arc<Hub>, config: Arc<Config>) -> Router {
+pub fn routes(hub: Arc<Hub>, tenants: TenantsFeed) -> Router {
     Router::new()
         .route("/v1/tenants/{tenant}/events", get(events))
-        .with_state(Arc::new(WsState { hub, config }))
+        .with_state(Arc::new(WsState { hub, tenants }))
 }
 
-fn scope_of(config: &Config, tenant: &str, p: &Params) -> Result<Scope, ApiProblem> {
-    let t = config
-        .tenants
+fn scope_of(tenants: &[Tenant], tenant: &str, p: &Params) -> Result<Scope, ApiProblem> {
+    let t = tenants
         .iter()
         .find(|t| t.name == tenant)
         .ok_or_else(|| ApiProblem::not_found(format!("no tenant named {tenant:?}")))?;
@@ -234,7 +235,8 @@ async fn events(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let scope = match scope_of(&s.config, &tenant, &p) {
+    let tenants = s.tenants.borrow().clone();
+    let scope = match scope_of(&tenants, &tenant, &p) {
         Ok(scope) => scope,
         Err(problem) => return problem.into_response(),
     };
@@ -415,7 +417,7 @@ mod tests {
 
     #[test]
     fn scope_parameters() {
-        let c = Config::demo();
+        let c = switchboard_config::Config::demo().tenants;
         let p = |agent: Option<&str>, dn: Option<&str>| Params {
             agent: agent.map(str::to_owned),
             dn: dn.map(str::to_owned),

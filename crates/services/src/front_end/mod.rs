@@ -8,13 +8,13 @@ pub mod auth;
 pub mod events;
 pub mod gate;
 
-use std::sync::Arc;
+use crate::single_writer::TenantsFeed;
 use switchboard_bus::SharedBus;
-use switchboard_config::Config;
 use tokio_util::sync::CancellationToken;
 
-/// Starts the event stream's feeds: routes to add to the process's router.
-pub fn start(config: Arc<Config>, bus: SharedBus, drain: CancellationToken) -> axum::Router {
+/// Starts the event stream's feeds: routes to add to the process's router. `tenants` names
+/// the tenants and agents a stream can be asked for.
+pub fn start(tenants: TenantsFeed, bus: SharedBus, drain: CancellationToken) -> axum::Router {
     let hub = events::Hub::new(bus, drain);
-    events::routes(hub, config)
+    events::routes(hub, tenants)
 }

@@ -149,6 +149,14 @@ struct Host {
     /// When the session started (ms since the epoch).
     #[serde(default)]
     started_ms: u64,
+    /// Whether the call waits at the route point (it left for a RouteCall's target): the
+    /// routing timeout the session set there is given back when the session ends.
+    #[serde(default = "waiting")]
+    at_route_point: bool,
+}
+
+fn waiting() -> bool {
+    true
 }
 
 struct Live {
@@ -291,13 +299,21 @@ impl Orchestrator {
             replies_pos: replies_at.map(|a| (a.ms, a.seq)),
             call_gone: false,
             started_ms: now,
+            at_route_point: true,
         };
         let mut scxml = Session::new(strategy.doc.clone(), self.env.clone(), key.to_string())
             .map_err(|e| format!("cannot create a session: {e}"))?;
         scxml.define_system_variable(CONTEXT_VAR, &context(&host))?;
         tracing::info!(tenant = %key.tenant, conn_id = %key.conn, route_point = %attrs.this_dn, strategy = %strategy.url, "strategy started");
         metrics::counter!("switchboard_orchestrator_sessions_started_total").increment(1);
-        self.sessions.insert(key.clone(), Live { host, scxml });
+        let mut live = Live { host, scxml };
+        // The strategy decides how long its call waits, not the route point's timeout
+        // (which is the limit for a call no strategy takes); the session's own limit stays.
+        let keep = CallOp::SetRouteTimeout {
+            timeout_ms: Some(self.max_session_ms),
+        };
+        self.call_op(&mut live.host, keep);
+        self.sessions.insert(key.clone(), live);
         self.step(&key, now);
         Ok(true)
     }
@@ -522,8 +538,13 @@ impl Orchestrator {
         }
     }
 
-    fn end(&mut self, live: Live, reason: String) {
+    fn end(&mut self, mut live: Live, reason: String) {
         let key = live.host.key.clone();
+        if live.host.at_route_point && !live.host.call_gone {
+            // A call the strategy left unrouted gets the route point's own timeout and
+            // default route.
+            self.call_op(&mut live.host, CallOp::SetRouteTimeout { timeout_ms: None });
+        }
         if live.host.pending.queue.is_some() {
             self.out.push_back(Action::Routing {
                 stream: routing_requests_stream(&key.tenant),
@@ -673,6 +694,18 @@ impl Orchestrator {
                 return;
             }
         };
+        self.send_op(host, id, op);
+    }
+
+    /// A request for the call at the route point, with the session's next request id.
+    fn call_op(&mut self, host: &mut Host, op: CallOp) {
+        let id = host.next_id;
+        host.next_id += 1;
+        self.send_op(host, id, op);
+    }
+
+    fn send_op(&mut self, host: &Host, id: u64, op: CallOp) {
+        let key = &host.key;
         self.out.push_back(Action::Call {
             stream: sip_node_requests_stream(node_of(key.conn)),
             request: CallRequest {
@@ -728,7 +761,17 @@ fn map_event(host: &mut Host, event: &CallEvent) -> Delivered {
             None => Delivered::default(),
         },
         CallEvent::EventTreatmentEnd(c) => treatment_end(host, c),
-        CallEvent::EventDiverted(c) => diverted(host, c),
+        CallEvent::EventDiverted(c) => {
+            if c.this_dn == host.call.route_point {
+                host.at_route_point = false;
+            }
+            diverted(host, c)
+        }
+        CallEvent::EventRouteRequest(c) => {
+            // A routed call whose target failed comes back.
+            host.at_route_point |= c.this_dn == host.call.route_point;
+            Delivered::default()
+        }
         CallEvent::EventEstablished(c) => established(host, c),
         CallEvent::EventAttachedDataChanged(c) => {
             host.call.user_data = c.user_data.clone();

@@ -75,6 +75,10 @@ pub struct Settings {
     pub fetch_timeout: Duration,
     /// Sessions older than this end (a call whose end was never reported).
     pub max_session: Duration,
+    /// How often a node announces the sessions it runs on the index again, so that the
+    /// bus's retention never trims the only record of a live session (a quarter of
+    /// `bus.retention_s`).
+    pub reannounce: Duration,
 }
 
 impl Settings {
@@ -91,6 +95,7 @@ impl Settings {
             data_dir,
             fetch_timeout: Duration::from_secs(10),
             max_session: Duration::from_millis(super::core::DEFAULT_MAX_SESSION_MS),
+            reannounce: Duration::from_secs(900),
         }
     }
 }
@@ -323,6 +328,7 @@ impl Node {
         let renew_every = self.settings.lease / 3;
         let scan_every = (self.settings.lease / 4).max(Duration::from_millis(50));
         let mut last_renew = Instant::now();
+        let mut last_announce = Instant::now();
         let mut last_scan = Instant::now()
             .checked_sub(scan_every)
             .unwrap_or_else(Instant::now);
@@ -343,6 +349,10 @@ impl Node {
             if last_renew.elapsed() >= renew_every {
                 last_renew = Instant::now();
                 self.renew().await;
+            }
+            if last_announce.elapsed() >= self.settings.reannounce {
+                last_announce = Instant::now();
+                self.reannounce().await;
             }
             if scan {
                 last_scan = Instant::now();
@@ -615,6 +625,17 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// The sessions this node runs, announced again (folding a start twice changes nothing).
+    async fn reannounce(&self) {
+        let keys: Vec<SessionKey> = self.core.keys().cloned().collect();
+        for key in keys {
+            if let Err(e) = self.index(&key, "start").await {
+                tracing::warn!(node = %self.settings.node_id, error = %e, "cannot announce the sessions again");
+                return;
+            }
+        }
     }
 
     async fn index(&self, key: &SessionKey, op: &str) -> anyhow::Result<()> {

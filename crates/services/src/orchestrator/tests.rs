@@ -56,7 +56,15 @@ impl H {
             .start(&attrs("5000"), &s, Some(EntryId::new(1, 0)), None, now)
             .unwrap());
         let mut h = H { o, now, seq: 1 };
-        let a = h.drain();
+        let mut a = h.drain();
+        // First the strategy takes over the route point's timeout (its own is the limit).
+        let first = a.remove(0);
+        assert!(
+            matches!(&first, Action::Call { request, .. } if request.op == CallOp::SetRouteTimeout {
+                timeout_ms: Some(super::core::DEFAULT_MAX_SESSION_MS)
+            }),
+            "{first:?}"
+        );
         (h, a)
     }
 
@@ -535,4 +543,36 @@ fn a_session_whose_call_vanished_ends_after_the_maximum() {
     let a = h.drain();
     assert_eq!(routing(&a).len(), 1, "the submission is cancelled: {a:?}");
     assert!(ended(&a).is_some());
+}
+
+#[test]
+fn the_route_point_timeout_is_given_back_only_for_a_call_left_unrouted() {
+    // A strategy that ends without routing its call: the route point's own timeout (and
+    // default route) takes over again.
+    let src = format!(r#"{NS_HEAD}<final id="bye"/></scxml>"#);
+    let (_, a) = H::start(&src);
+    let c = calls(&a);
+    assert_eq!(c.len(), 1, "{a:?}");
+    assert_eq!(c[0].op, CallOp::SetRouteTimeout { timeout_ms: None });
+    assert!(ended(&a).is_some());
+
+    // One that routed it: nothing to give back.
+    let src = format!(
+        r#"{NS_HEAD}
+        <state id="s">
+          <onentry><sb:route to="1002"/></onentry>
+          <transition event="route.done" target="bye"/>
+        </state>
+        <final id="bye"/>
+        </scxml>"#
+    );
+    let (mut h, a) = H::start(&src);
+    let c = calls(&a);
+    assert_eq!(c[0].op, CallOp::RouteCall { to: "1002".into() });
+    let a = h.event(diverted("5000", "1002", Some(c[0].request_id)));
+    let mut est = attrs("1002");
+    est.agent_id = Some("a1002".into());
+    let a = [a, h.event(Event::EventEstablished(est))].concat();
+    assert!(ended(&a).is_some(), "{a:?}");
+    assert!(calls(&a).is_empty(), "{a:?}");
 }

@@ -15,7 +15,6 @@
 pub mod expr;
 pub mod model;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -115,7 +114,7 @@ impl Default for Options {
 
 /// The queues of the configured tenants.
 pub struct Routing {
-    tenants: HashMap<String, Shared<Queues>>,
+    tenants: single_writer::Tenants<Queues>,
 }
 
 impl Routing {
@@ -125,7 +124,8 @@ impl Routing {
         &self,
         tenant: &str,
     ) -> Option<(std::collections::BTreeMap<String, QueueStats>, bool)> {
-        let s = lock(self.tenants.get(tenant)?);
+        let slot = self.tenants.get(tenant)?;
+        let s = lock(&slot);
         Some((s.core.stats(single_writer::now_ms()), s.writer))
     }
 }
@@ -141,18 +141,20 @@ pub async fn start(
     config: Arc<Config>,
     bus: SharedBus,
     drain: CancellationToken,
+    tenants: single_writer::TenantsFeed,
     options: Options,
 ) -> anyhow::Result<RoutingRole> {
     let reservation_ms = config.routing.reservation_timeout_ms;
     let started = single_writer::start_tenants(
         ROLE,
         routing_requests_stream,
-        |t| Queues::new(t, reservation_ms),
+        move |t| Queues::new(t, reservation_ms),
         config,
         bus,
         &options.consumer,
         &options.timing,
         drain,
+        tenants,
         gauges,
     )
     .await?;
@@ -169,7 +171,7 @@ pub async fn start(
     })
 }
 
-fn gauges(tenants: &HashMap<String, Shared<Queues>>) {
+fn gauges(tenants: &[(String, Shared<Queues>)]) {
     for (tenant, slot) in tenants {
         let stats = lock(slot).core.stats(single_writer::now_ms());
         for (queue, s) in stats {

@@ -289,6 +289,14 @@ impl Api {
                 dn,
             },
             CallOp::CancelTreatment => Request::CancelTreatment { conn, dn },
+            CallOp::SetRouteTimeout {
+                timeout_ms: Some(0),
+            } => return Err(bad("\"timeout_ms\": at least 1 (or null for the DN's own)")),
+            CallOp::SetRouteTimeout { timeout_ms } => Request::SetRouteTimeout {
+                conn,
+                dn,
+                ms: timeout_ms,
+            },
         };
         Ok(req)
     }

@@ -168,6 +168,9 @@ pub struct Call {
     /// For the consult call of an InitiateConference, that request's id: when the consult
     /// call ends without being merged, the held party of the original call is retrieved.
     pub conference_req: Option<u64>,
+    /// Set by a strategy (SetRouteTimeout): how long the call waits while parked at that
+    /// route point or queue (also when it comes back there), instead of the DN's timeout.
+    pub park_timeout: Option<(String, u64)>,
 }
 
 /// The media of a conference: one media-server leg per party, all in the mixer's
@@ -291,6 +294,14 @@ impl PartialEq for Dir {
     fn eq(&self, other: &Dir) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
+}
+
+/// The routing timeout a strategy set for `call` while it waits at `dn`.
+fn strategy_timeout(call: &Call, dn: &str) -> Option<u64> {
+    call.park_timeout
+        .as_ref()
+        .filter(|(d, _)| d == dn)
+        .map(|(_, ms)| *ms)
 }
 
 impl Party {
@@ -426,6 +437,13 @@ pub enum Request {
         conn: ConnId,
         dn: String,
     },
+    /// SetRouteTimeout: the call parked at `dn` waits `ms` from now (`None`: the DN's own
+    /// timeout).
+    SetRouteTimeout {
+        conn: ConnId,
+        dn: String,
+        ms: Option<u64>,
+    },
 }
 
 impl Request {
@@ -449,7 +467,8 @@ impl Request {
             | Request::SendDtmf { conn, .. }
             | Request::RouteCall { conn, .. }
             | Request::ApplyTreatment { conn, .. }
-            | Request::CancelTreatment { conn, .. } => Some(*conn),
+            | Request::CancelTreatment { conn, .. }
+            | Request::SetRouteTimeout { conn, .. } => Some(*conn),
         }
     }
 
@@ -473,7 +492,8 @@ impl Request {
             | Request::SendDtmf { dn, .. }
             | Request::RouteCall { dn, .. }
             | Request::ApplyTreatment { dn, .. }
-            | Request::CancelTreatment { dn, .. } => dn,
+            | Request::CancelTreatment { dn, .. }
+            | Request::SetRouteTimeout { dn, .. } => dn,
         }
     }
 }
@@ -1061,16 +1081,17 @@ impl Model {
             .map(|o| Action::Ring { leg: o.leg });
         let mk: fn(CallAttrs) -> Event = match (info.route_point, info.queue) {
             (Some(rp), _) => {
+                let ms = rp.timeout_ms.unwrap_or(self.settings.route_timeout_ms);
                 out.push(Action::StartRingTimer {
                     leg,
-                    ms: rp.timeout_ms.unwrap_or(self.settings.route_timeout_ms),
+                    ms: strategy_timeout(call, dest.number()).unwrap_or(ms),
                 });
                 out.extend(ringback);
                 tracing::info!(conn_id = %conn, tenant = %call.tenant, route_point = dest.number(), "call waits at a route point");
                 Event::EventRouteRequest
             }
             (None, Some(q)) => {
-                if let Some(ms) = q.timeout_ms {
+                if let Some(ms) = strategy_timeout(call, dest.number()).or(q.timeout_ms) {
                     out.push(Action::StartRingTimer { leg, ms });
                 }
                 out.extend(ringback);
@@ -1168,6 +1189,7 @@ impl Model {
             dnis: Some(dialed),
             diversions: 0,
             routed_from: None,
+            park_timeout: None,
             treatment: None,
             conference: None,
             adding: None,
@@ -1569,7 +1591,10 @@ impl Model {
             return;
         };
         // A strategy working on a parked call keeps it from timing out (see README).
-        let moves_on = matches!(req, Request::RouteCall { .. } | Request::Release { .. });
+        let moves_on = matches!(
+            req,
+            Request::RouteCall { .. } | Request::Release { .. } | Request::SetRouteTimeout { .. }
+        );
         if c.party.state.parked() && !moves_on {
             self.restart_park_timer(conn, &c.dn, out);
         }
@@ -1626,6 +1651,7 @@ impl Model {
             Request::SendDtmf { digits, .. } => Self::dtmf(&c, digits, out),
             Request::ApplyTreatment { service, .. } => self.apply_treatment(&c, service, out),
             Request::CancelTreatment { .. } => self.cancel_treatment(&c, out),
+            Request::SetRouteTimeout { ms, .. } => self.set_route_timeout(&c, ms, out),
             Request::RouteCall { to, .. } => {
                 if !c.party.state.parked() {
                     return c.bad_state(
@@ -1928,6 +1954,7 @@ impl Model {
             dnis: Some(dest.number().to_string()),
             diversions: 0,
             routed_from: None,
+            park_timeout: None,
             treatment: None,
             conference: None,
             adding: None,
@@ -2134,9 +2161,28 @@ impl Model {
         self.treatment_call(leg).is_some()
     }
 
-    /// The routing timeout of a call parked at `dn` (route point or queue), if it has one.
-    fn park_timeout(&self, tenant: &str, dn: &str) -> Option<u64> {
-        let info = self.dir.0.dn_info(tenant, dn)?;
+    /// SetRouteTimeout: the parked call's timer restarts with the strategy's timeout (or
+    /// the DN's own); while a treatment plays it only takes effect when the treatment ends.
+    fn set_route_timeout(&mut self, c: &ReqCtx, ms: Option<u64>, out: &mut Out) {
+        if !c.party.state.parked() {
+            return c.bad_state(out, "the call is not waiting at a route point or queue");
+        }
+        if let Some(call) = self.calls.get_mut(&c.conn) {
+            call.park_timeout = ms.map(|ms| (c.dn.clone(), ms));
+        }
+        tracing::debug!(conn_id = %c.conn, tenant = %c.tenant, dn = %c.dn, timeout_ms = ?ms,
+            "the strategy sets the routing timeout");
+        out.push(Action::CancelRingTimer { leg: c.party.leg });
+        self.restart_park_timer(c.conn, &c.dn, out);
+    }
+
+    /// The routing timeout of call `call` parked at `dn` (route point or queue), if it has
+    /// one: the strategy's, else the DN's.
+    fn park_timeout(&self, call: &Call, dn: &str) -> Option<u64> {
+        if let Some(ms) = strategy_timeout(call, dn) {
+            return Some(ms);
+        }
+        let info = self.dir.0.dn_info(&call.tenant, dn)?;
         match (info.route_point, info.queue) {
             (Some(rp), _) => Some(rp.timeout_ms.unwrap_or(self.settings.route_timeout_ms)),
             (None, Some(q)) => q.timeout_ms,
@@ -2156,7 +2202,7 @@ impl Model {
         if !p.state.parked() || call.treatment.as_ref().is_some_and(|t| t.dn == dn) {
             return;
         }
-        if let Some(ms) = self.park_timeout(&call.tenant, dn) {
+        if let Some(ms) = self.park_timeout(call, dn) {
             out.push(Action::StartRingTimer { leg: p.leg, ms });
         }
     }

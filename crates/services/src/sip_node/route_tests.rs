@@ -1524,3 +1524,74 @@ fn a_routed_destination_that_fails_sends_the_call_back_to_the_route_point() {
     assert!(out.contains(&Action::Reject { leg: a, code: 486 }));
     assert!(s.m.is_empty());
 }
+
+#[test]
+fn a_strategy_sets_how_long_its_call_waits_at_the_route_point() {
+    let mut s = Sim::new(rp_table(None));
+    let (a, conn, rp) = parked(&mut s);
+    let set = |s: &mut Sim, ms| {
+        s.request(Request::SetRouteTimeout {
+            conn,
+            dn: RP.into(),
+            ms,
+        })
+    };
+    let (_, out) = set(&mut s, Some(60_000));
+    assert!(
+        out.contains(&Action::CancelRingTimer { leg: rp }),
+        "{out:?}"
+    );
+    assert_eq!(timers(&out), vec![(rp, 60_000)]);
+    assert!(calls(&out).is_empty(), "no event: {out:?}");
+
+    // The strategy's timeout holds after a treatment and when a routed call comes back.
+    let (_, out) = s.apply(conn, "annc");
+    let (m, _) = media_leg(&out);
+    s.step(Input::Answered {
+        leg: m,
+        sdp: sdp("mcp"),
+    });
+    let (_, out) = s.request(Request::CancelTreatment {
+        conn,
+        dn: RP.into(),
+    });
+    assert_eq!(timers(&out), vec![(rp, 60_000)]);
+    let (_, out) = s.request(Request::RouteCall {
+        conn,
+        dn: RP.into(),
+        to: Resolved::Ok(dn("1002")),
+    });
+    let b = placed(&out)[0].0;
+    let out = s.step(Input::Failed { leg: b, code: 486 });
+    let t = timers(&out);
+    assert_eq!(t.len(), 1, "{out:?}");
+    assert_eq!(t[0].1, 60_000);
+    let rp = t[0].0;
+
+    // The DN's own timeout back; then nobody routes the call.
+    let (_, out) = set(&mut s, None);
+    assert_eq!(timers(&out), vec![(rp, 10_000)]);
+    let out = s.step(Input::RingTimeout { leg: rp });
+    assert!(out.contains(&Action::Hangup { leg: a }), "{out:?}");
+    assert!(s.m.is_empty());
+}
+
+#[test]
+fn set_route_timeout_is_refused_for_a_call_that_is_not_parked() {
+    let mut s = Sim::new(rp_table(None));
+    let (_, conn, _) = parked(&mut s);
+    let (_, out) = s.request(Request::RouteCall {
+        conn,
+        dn: RP.into(),
+        to: Resolved::Ok(dn("1002")),
+    });
+    let b = placed(&out)[0].0;
+    s.step(Input::Ringing { leg: b });
+    let (id, out) = s.request(Request::SetRouteTimeout {
+        conn,
+        dn: "1002".into(),
+        ms: Some(60_000),
+    });
+    assert_eq!(error_code(&out), Some((codes::BAD_STATE.into(), id)));
+    assert!(timers(&out).is_empty());
+}
