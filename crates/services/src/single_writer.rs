@@ -138,7 +138,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// The last snapshot of a tenant, when there is a readable one.
-async fn load<C: Core>(
+pub(crate) async fn load<C: Core>(
     bus: &SharedBus,
     names: &Names,
 ) -> Result<Option<(C, Option<EntryId>)>, BusError> {

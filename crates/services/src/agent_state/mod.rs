@@ -11,6 +11,7 @@
 //!   `GET /v1/tenants/{t}/agent-states` and `/agent-states/{id}`: state, DN, since, skills
 //!   (`/agents` and `/agents/{id}` are the configuration API's agent entities).
 
+pub mod logins;
 pub mod model;
 
 use std::collections::HashMap;

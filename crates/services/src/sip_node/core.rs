@@ -31,12 +31,24 @@ use switchboard_sip::transaction::{
 use switchboard_sip::{Dialog, DialogState, HeaderName, Message, Method, Peer, Transmit, Uri};
 use switchboard_sip_net::{Controlled, Core};
 
+use crate::agent_state::logins::SharedLogins;
+
 /// Tenants, DNs, trunks and number translation, for classifying calls and resolving
 /// destinations: a view of the dial plan (`crate::dialplan`), which the `dialplan` role keeps
 /// current as the configuration changes. Lookups read memory only.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Directory {
     cell: Arc<DialplanCell>,
+    /// Who is logged in where, when agent-state runs somewhere (see [`Directory::with_logins`]).
+    logins: Option<SharedLogins>,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("logins", &self.logins.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Directory {
@@ -59,7 +71,26 @@ impl Directory {
 
     /// The dial plan in `cell`, as it is at each lookup.
     pub fn live(cell: Arc<DialplanCell>) -> Directory {
-        Directory { cell }
+        Directory { cell, logins: None }
+    }
+
+    /// Events name the agent logged in on a DN (`logins`) rather than the DN's configured
+    /// agent, for tenants where agent-state runs.
+    pub fn with_logins(mut self, logins: SharedLogins) -> Directory {
+        self.logins = Some(logins);
+        self
+    }
+
+    /// The agent on DN `dn`: the one logged in there, else (no agent-state for the tenant)
+    /// the one the configuration puts there.
+    pub fn agent(&self, tenant: &str, dn: &str) -> Option<String> {
+        if let Some(logins) = &self.logins {
+            let l = logins.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(on_dn) = l.agent(tenant, dn) {
+                return on_dn.map(str::to_owned);
+            }
+        }
+        self.plan().agent(tenant, dn).map(str::to_owned)
     }
 
     /// The plan in force.
@@ -179,7 +210,7 @@ impl DnDirectory for NodeDirectory {
     }
 
     fn agent(&self, tenant: &str, dn: &str) -> Option<String> {
-        self.directory.plan().agent(tenant, dn).map(str::to_owned)
+        self.directory.agent(tenant, dn)
     }
 }
 

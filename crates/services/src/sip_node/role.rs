@@ -127,6 +127,17 @@ pub async fn start(
         },
         voicemail: voicemail.clone(),
     };
+    // Events name the agent who logged in on a DN, followed from agent-state's snapshot and
+    // events (wherever agent-state runs).
+    let logins = crate::agent_state::logins::SharedLogins::default();
+    let plan = dir.clone();
+    tokio::spawn(crate::agent_state::logins::follow(
+        bus.clone(),
+        move || plan.plan().tenant_names().map(str::to_owned).collect(),
+        logins.clone(),
+        drain.clone(),
+    ));
+    let dir = dir.with_logins(logins);
     let node = SipNode::new(
         settings,
         dir.clone(),
