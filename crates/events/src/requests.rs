@@ -6,10 +6,12 @@
 //! | [`routing_requests_stream`]`(tenant)` | orchestrator | `routing` (group `routing`) | [`RoutingRequest`] |
 //! | `RoutingRequest::Submit::reply_to` | routing | the submitter | [`RoutingReply`] |
 //! | [`agent_requests_stream`]`(tenant)` | front-end | `agent-state` (group `agent-state`) | [`AgentRequest`] |
+//! | `CallRequest::reply_to` | sip-node | the front-end that sent it | [`CallReply`] |
 //!
 //! The outcome of a call or agent request is the event it causes on `events:{tenant}` (with
 //! the request's `request_id`), or `EventError` naming the request. Routing answers on the
-//! submitter's own reply stream, because only the submitter cares.
+//! submitter's own reply stream, because only the submitter cares; so does a SIP Server asked
+//! for a reply (`CallRequest::reply_to`) whether it took a request.
 
 use crate::{ConnId, UserData};
 use serde::{Deserialize, Serialize};
@@ -49,6 +51,30 @@ pub struct CallRequest {
     pub dn: String,
     #[serde(flatten)]
     pub op: CallOp,
+    /// A stream for the SIP Server's [`CallReply`]: whether it took the request, the answer
+    /// its REST API gives (a front-end forwarding a desktop's request wants that). With it, a
+    /// request refused before it reached the call model is answered there only, not by an
+    /// EventError.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+}
+
+/// The SIP Server's answer on [`CallRequest::reply_to`]: the request was taken (its outcome
+/// follows as events, as for a REST request answered 202) or refused with the problem the
+/// REST API would answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallReply {
+    pub request_id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<CallRefusal>,
+}
+
+/// Why a SIP Server refused a call request: an HTTP status, a problem title and detail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallRefusal {
+    pub status: u16,
+    pub title: String,
+    pub detail: String,
 }
 
 /// What a [`CallRequest`] asks. JSON: `"op": "route_call"` and the fields in snake_case.
@@ -267,6 +293,7 @@ mod tests {
                     params: UserData::new(),
                 },
             },
+            reply_to: None,
         };
         let j = serde_json::to_string(&r).unwrap();
         assert!(j.contains(r#""op":"apply_treatment""#), "{j}");

@@ -449,29 +449,21 @@ async fn send_and_wait(
     request: &AgentRequest,
     timeout: Duration,
 ) -> Result<Option<Event>, switchboard_bus::BusError> {
-    let events = switchboard_bus::events_stream(&request.tenant);
-    let mut after = bus.last_id(&events).await?;
     let payload = serde_json::to_vec(request)
         .map_err(|e| switchboard_bus::BusError::Invalid(e.to_string()))?;
-    bus.publish(&agent_requests_stream(&request.tenant), &payload)
-        .await?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        let page = bus.read_range(&events, after, 256).await?;
-        for entry in &page {
-            let Ok(event) = serde_json::from_slice::<Event>(&entry.payload) else {
-                continue;
-            };
-            if answers(&event) == Some(request.request_id) {
-                return Ok(Some(event));
-            }
-        }
-        match page.last() {
-            Some(last) => after = Some(last.id),
-            None => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-    Ok(None)
+    crate::bus::request_reply(
+        bus.as_ref(),
+        &agent_requests_stream(&request.tenant),
+        &payload,
+        &switchboard_bus::events_stream(&request.tenant),
+        timeout,
+        |entry| {
+            serde_json::from_slice::<Event>(entry)
+                .ok()
+                .filter(|event| answers(event) == Some(request.request_id))
+        },
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! on the tenant's event stream, and serves REST call control.
 
 use super::api::{Api, Problem, Verb};
+use super::forward::Forwarder;
 use super::core::{
     Directory, NodeCommand, NodeOutput, NodeSettings, SipNode, VoicemailRoute, VoicemailTarget,
 };
@@ -27,7 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use switchboard_bus::GroupStart;
 use switchboard_bus::SharedBus;
 use switchboard_config::Config;
-use switchboard_events::requests::{sip_node_requests_stream, CallRequest};
+use switchboard_events::requests::{
+    sip_node_requests_stream, CallRefusal, CallReply, CallRequest,
+};
 use switchboard_events::{ConnId, ErrorAttrs, Event};
 use switchboard_sip::transaction::Timers;
 use switchboard_sip_net::{Driver, NetConfig, Sockets};
@@ -185,7 +188,7 @@ pub async fn start(
         Ok(())
     });
     Ok(SipNodeRunning {
-        router: routes(state),
+        router: routes(Control::Local(state)),
         udp,
         edge: edge_addr,
         task,
@@ -221,7 +224,23 @@ fn lock(calls: &CallIndex) -> std::sync::MutexGuard<'_, HashMap<ConnId, String>>
     calls.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn routes(state: Arc<RestState>) -> Router {
+/// Who carries out the REST requests: this process's SIP Server, or (a front-end without
+/// one) the SIP Server that owns the call, over the bus.
+#[derive(Clone)]
+enum Control {
+    Local(Arc<RestState>),
+    Remote(Arc<Forwarder>),
+}
+
+/// The call-control routes of a process that runs no SIP Server (a front-end on its own):
+/// the same routes and parsing, each request sent to the SIP Server that owns the call (the
+/// top 16 bits of its ConnId) with a reply stream of this process, answered with what that
+/// node's REST API answers.
+pub fn remote_routes(bus: SharedBus, timeout: Duration) -> Router {
+    routes(Control::Remote(Arc::new(Forwarder::new(bus, timeout))))
+}
+
+fn routes(state: Control) -> Router {
     Router::new()
         .route("/v1/tenants/{tenant}/calls", post(make_call))
         .route(
@@ -239,12 +258,12 @@ fn routes(state: Arc<RestState>) -> Router {
         .with_state(state)
 }
 
-fn problem_response(p: Problem) -> Response {
+pub(super) fn problem_response(p: Problem) -> Response {
     ApiProblem::new(p.status, p.title, p.detail).into_response()
 }
 
 async fn make_call(
-    State(state): State<Arc<RestState>>,
+    State(state): State<Control>,
     Path(tenant): Path<String>,
     body: Bytes,
 ) -> Response {
@@ -252,7 +271,7 @@ async fn make_call(
 }
 
 async fn call_post(
-    State(state): State<Arc<RestState>>,
+    State(state): State<Control>,
     Path((tenant, conn, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
@@ -260,7 +279,7 @@ async fn call_post(
 }
 
 async fn call_put(
-    State(state): State<Arc<RestState>>,
+    State(state): State<Control>,
     Path((tenant, conn, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
@@ -268,7 +287,7 @@ async fn call_put(
 }
 
 async fn call_delete(
-    State(state): State<Arc<RestState>>,
+    State(state): State<Control>,
     Path((tenant, conn, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
@@ -277,7 +296,7 @@ async fn call_delete(
 
 /// `POST .../conference/{action}`: the action is `conference/{action}` (see [`super::api`]).
 async fn conference_post(
-    State(state): State<Arc<RestState>>,
+    State(state): State<Control>,
     Path((tenant, conn, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
@@ -287,7 +306,7 @@ async fn conference_post(
 
 /// `DELETE .../conference/parties/{party}` (DeleteFromConference).
 async fn conference_delete(
-    State(state): State<Arc<RestState>>,
+    State(state): State<Control>,
     Path((tenant, conn, party)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
@@ -295,9 +314,22 @@ async fn conference_delete(
     submit(&state, &tenant, Some((&conn, &action)), Verb::Delete, &body).await
 }
 
+async fn submit(
+    control: &Control,
+    tenant: &str,
+    target: Option<(&str, &str)>,
+    verb: Verb,
+    body: &[u8],
+) -> Response {
+    match control {
+        Control::Local(state) => submit_here(state, tenant, target, verb, body),
+        Control::Remote(forwarder) => forwarder.submit(tenant, target, verb, body).await,
+    }
+}
+
 /// Validates, hands the request to the core and answers `202 {"request_id"}`; the result
 /// comes as an event with that `request_id` (EventError when refused).
-async fn submit(
+fn submit_here(
     state: &RestState,
     tenant: &str,
     target: Option<(&str, &str)>,
@@ -318,6 +350,11 @@ async fn submit(
     if let Err(p) = state.hand_over(cmd) {
         return problem_response(p);
     }
+    accepted(id, tenant, conn)
+}
+
+/// The answer to a request the SIP Server took: `202 {"request_id", "tenant", "conn_id"}`.
+pub(super) fn accepted(id: u64, tenant: &str, conn: Option<String>) -> Response {
     let mut body = json!({ "request_id": id, "tenant": tenant });
     if let Some(conn) = conn {
         body["conn_id"] = json!(conn);
@@ -398,7 +435,8 @@ impl BusRequests {
         }
     }
 
-    /// One request: to the core, or EventError on the tenant's stream when refused.
+    /// One request: to the core, or refused; the sender hears which on its `reply_to` stream,
+    /// or else from an EventError on the tenant's stream when refused.
     async fn handle(&self, state: &RestState, payload: &[u8]) {
         let req: CallRequest = match serde_json::from_slice(payload) {
             Ok(r) => r,
@@ -422,14 +460,47 @@ impl BusRequests {
             }),
             Err(p) => Err(p),
         };
-        let Err(p) = result else {
-            metrics::counter!("sipnode_bus_requests_total", "result" => "accepted").increment(1);
-            tracing::info!(tenant = %req.tenant, conn_id = ?req.conn_id.map(|c| c.to_string()),
-                request_id = req.request_id, op = ?req.op, "call-control request from the bus");
-            return;
+        match &result {
+            Ok(()) => {
+                metrics::counter!("sipnode_bus_requests_total", "result" => "accepted")
+                    .increment(1);
+                tracing::info!(tenant = %req.tenant, conn_id = ?req.conn_id.map(|c| c.to_string()),
+                    request_id = req.request_id, op = ?req.op, "call-control request from the bus");
+            }
+            Err(p) => {
+                metrics::counter!("sipnode_bus_requests_total", "result" => "refused")
+                    .increment(1);
+                tracing::info!(tenant = %req.tenant, request_id = req.request_id, reason = %p.detail, "call-control request refused");
+            }
+        }
+        match (result, &req.reply_to) {
+            (result, Some(to)) => self.reply(&req, to, result.err()).await,
+            (Err(p), None) => self.refuse(state, &req, p).await,
+            (Ok(()), None) => {}
+        }
+    }
+
+    /// Tells the sender whether the request was taken, as the REST API would have answered.
+    async fn reply(&self, req: &CallRequest, to: &str, refused: Option<Problem>) {
+        let reply = CallReply {
+            request_id: req.request_id,
+            refused: refused.map(|p| CallRefusal {
+                status: p.status,
+                title: p.title.to_string(),
+                detail: p.detail,
+            }),
         };
-        metrics::counter!("sipnode_bus_requests_total", "result" => "refused").increment(1);
-        tracing::info!(tenant = %req.tenant, request_id = req.request_id, reason = %p.detail, "call-control request refused");
+        let sent = match serde_json::to_vec(&reply) {
+            Ok(payload) => self.bus.publish(to, &payload).await.map(drop),
+            Err(e) => Err(switchboard_bus::BusError::Invalid(e.to_string())),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, tenant = %req.tenant, reply_to = to, "call-control reply not sent");
+        }
+    }
+
+    /// An EventError on the tenant's stream for a refused request nobody waits a reply for.
+    async fn refuse(&self, state: &RestState, req: &CallRequest, p: Problem) {
         if !state.api.directory.has_tenant(&req.tenant) {
             // No stream to answer on: an unknown tenant's stream is not created.
             return;

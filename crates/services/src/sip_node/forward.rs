@@ -1,0 +1,133 @@
+//! REST call control in a process without a SIP Server (a front-end on its own nodes): the
+//! request, parsed as the node's REST API parses it ([`rest_request`]), goes to the SIP Server
+//! that owns the call as a [`CallRequest`] with a reply stream of this process; the node
+//! checks it as it checks its own REST requests ([`super::api::Api::from_bus`]) and replies
+//! whether it took it, which becomes the same answer its REST API gives.
+
+use super::api::{rest_request, Verb};
+use super::role::{accepted, problem_response};
+use crate::problem::ApiProblem;
+use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+use switchboard_bus::{BusError, SharedBus};
+use switchboard_events::requests::{
+    node_of, sip_node_requests_stream, CallReply, CallRequest,
+};
+
+/// Sends REST call-control requests to the SIP Servers over the bus.
+pub struct Forwarder {
+    bus: SharedBus,
+    /// Where the nodes reply to this process: `front-end:{host-pid}:call-replies`.
+    replies: String,
+    /// How long a request waits for the node's reply.
+    timeout: Duration,
+}
+
+impl Forwarder {
+    pub fn new(bus: SharedBus, timeout: Duration) -> Self {
+        let replies = format!(
+            "front-end:{}:call-replies",
+            crate::single_writer::consumer_name()
+        );
+        Forwarder {
+            bus,
+            replies,
+            timeout,
+        }
+    }
+
+    /// Parses, sends and waits: 202 when the node took the request, its problem when it
+    /// refused, 503 for MakeCall (no call names a node to make it), 504 when no node replied.
+    pub async fn submit(
+        &self,
+        tenant: &str,
+        target: Option<(&str, &str)>,
+        verb: Verb,
+        body: &[u8],
+    ) -> Response {
+        let (dn, conn, op) = match rest_request(target, verb, body) {
+            Ok(parsed) => parsed,
+            Err(p) => return problem_response(p),
+        };
+        let Some(conn) = conn else {
+            return no_node();
+        };
+        // Below 2^53, so that JavaScript clients read it exactly.
+        let request = CallRequest {
+            tenant: tenant.to_string(),
+            request_id: rand::random::<u64>() >> 11,
+            conn_id: Some(conn),
+            dn,
+            op,
+            reply_to: Some(self.replies.clone()),
+        };
+        let conn_id = conn.to_string();
+        tracing::info!(tenant, conn_id, request_id = request.request_id, op = ?request.op,
+            "call-control request to the owning SIP Server");
+        match self.send(&request).await {
+            Ok(Some(reply)) => answer(reply, tenant, conn_id),
+            Ok(None) => ApiProblem::new(
+                504,
+                "No answer",
+                format!(
+                    "no sip-node answered within {} ms (the node of call {conn_id} may be gone)",
+                    self.timeout.as_millis()
+                ),
+            )
+            .into_response(),
+            Err(e) => {
+                tracing::warn!(tenant, conn_id, error = %e, "call-control request not sent");
+                ApiProblem::new(503, "Bus unavailable", e.to_string()).into_response()
+            }
+        }
+    }
+
+    async fn send(&self, request: &CallRequest) -> Result<Option<CallReply>, BusError> {
+        let payload = serde_json::to_vec(request).map_err(|e| BusError::Invalid(e.to_string()))?;
+        let node = request.conn_id.map_or(0, node_of);
+        crate::bus::request_reply(
+            self.bus.as_ref(),
+            &sip_node_requests_stream(node),
+            &payload,
+            &self.replies,
+            self.timeout,
+            |entry| {
+                serde_json::from_slice::<CallReply>(entry)
+                    .ok()
+                    .filter(|r| r.request_id == request.request_id)
+            },
+        )
+        .await
+    }
+}
+
+/// MakeCall names no call, hence no node to send it to.
+fn no_node() -> Response {
+    ApiProblem::new(
+        503,
+        "No SIP Server",
+        "no sip-node in this process: make calls through a process that runs one",
+    )
+    .into_response()
+}
+
+fn answer(reply: CallReply, tenant: &str, conn_id: String) -> Response {
+    match reply.refused {
+        None => accepted(reply.request_id, tenant, Some(conn_id)),
+        Some(r) => {
+            let mut body = ApiProblem::new(r.status, "", r.detail).body();
+            body["title"] = r.title.into();
+            let status = axum::http::StatusCode::from_u16(r.status)
+                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+            (
+                status,
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    crate::problem::PROBLEM_JSON,
+                )],
+                body.to_string(),
+            )
+                .into_response()
+        }
+    }
+}
