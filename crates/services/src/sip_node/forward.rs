@@ -10,9 +10,7 @@ use crate::problem::ApiProblem;
 use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 use switchboard_bus::{BusError, SharedBus};
-use switchboard_events::requests::{
-    node_of, sip_node_requests_stream, CallReply, CallRequest,
-};
+use switchboard_events::requests::{node_of, sip_node_requests_stream, CallReply, CallRequest};
 
 /// Sends REST call-control requests to the SIP Servers over the bus.
 pub struct Forwarder {

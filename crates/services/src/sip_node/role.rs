@@ -3,10 +3,10 @@
 //! on the tenant's event stream, and serves REST call control.
 
 use super::api::{Api, Problem, Verb};
-use super::forward::Forwarder;
 use super::core::{
     Directory, NodeCommand, NodeOutput, NodeSettings, SipNode, VoicemailRoute, VoicemailTarget,
 };
+use super::forward::Forwarder;
 use super::model::ModelSettings;
 use crate::bus::publish_event;
 use crate::problem::ApiProblem;
@@ -28,9 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use switchboard_bus::GroupStart;
 use switchboard_bus::SharedBus;
 use switchboard_config::Config;
-use switchboard_events::requests::{
-    sip_node_requests_stream, CallRefusal, CallReply, CallRequest,
-};
+use switchboard_events::requests::{sip_node_requests_stream, CallRefusal, CallReply, CallRequest};
 use switchboard_events::{ConnId, ErrorAttrs, Event};
 use switchboard_sip::transaction::Timers;
 use switchboard_sip_net::{Driver, NetConfig, Sockets};
@@ -468,8 +466,7 @@ impl BusRequests {
                     request_id = req.request_id, op = ?req.op, "call-control request from the bus");
             }
             Err(p) => {
-                metrics::counter!("sipnode_bus_requests_total", "result" => "refused")
-                    .increment(1);
+                metrics::counter!("sipnode_bus_requests_total", "result" => "refused").increment(1);
                 tracing::info!(tenant = %req.tenant, request_id = req.request_id, reason = %p.detail, "call-control request refused");
             }
         }
