@@ -309,6 +309,29 @@ mod tests {
     }
 
     #[test]
+    fn call_reply_json() {
+        let r: CallRequest = serde_json::from_str(
+            r#"{"tenant":"demo","request_id":1,"conn_id":"0001000000000002","dn":"1001","op":"hold","reply_to":"front-end:h-1:call-replies"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.reply_to.as_deref(), Some("front-end:h-1:call-replies"));
+        assert_eq!(r.op, CallOp::Hold);
+        let taken = CallReply {
+            request_id: 1,
+            refused: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&taken).unwrap(),
+            r#"{"request_id":1}"#
+        );
+        let refused: CallReply = serde_json::from_str(
+            r#"{"request_id":2,"refused":{"status":404,"title":"Unknown call","detail":"no call"}}"#,
+        )
+        .unwrap();
+        assert_eq!(refused.refused.map(|r| r.status), Some(404));
+    }
+
+    #[test]
     fn conference_ops_json() {
         let ops = [
             (
