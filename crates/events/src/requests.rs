@@ -22,6 +22,12 @@ pub fn sip_node_requests_stream(node: u16) -> String {
     format!("sip-node:{node:04x}:requests")
 }
 
+/// The lease a running SIP Server numbered `node` holds (and renews) on the bus:
+/// `sip-node:{node:04x}`. Free means no such node runs: its calls are gone.
+pub fn sip_node_presence_key(node: u16) -> String {
+    format!("sip-node:{node:04x}")
+}
+
 /// The SIP Server that owns a call: the top 16 bits of its ConnId.
 pub fn node_of(conn: ConnId) -> u16 {
     (conn.0 >> 48) as u16
@@ -301,6 +307,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<CallRequest>(&j).unwrap(), r);
         assert_eq!(node_of(r.conn_id.unwrap()), 0x1234);
         assert_eq!(sip_node_requests_stream(0x1234), "sip-node:1234:requests");
+        assert_eq!(sip_node_presence_key(0x1234), "sip-node:1234");
         let route: CallRequest = serde_json::from_str(
             r#"{"tenant":"demo","request_id":1,"conn_id":"0001000000000002","dn":"5000","op":"route_call","to":"1001"}"#,
         )

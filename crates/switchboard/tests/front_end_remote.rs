@@ -389,12 +389,25 @@ fn calls(a: &Switchboard, f: &Switchboard) {
     });
 
     // Refusals: the same problems as the node's own REST API.
+    // A call the node does not have, and a call of a node that does not run.
     let other = format!("{}00000000000f", &conn[..4]);
+    let node_gone = if conn.starts_with("ffff") {
+        "fffe"
+    } else {
+        "ffff"
+    };
+    let gone = format!("{node_gone}{}", &conn[4..]);
     for (what, method, path, body) in [
         (
             "unknown call",
             "POST",
             format!("/v1/tenants/demo/calls/{other}/release"),
+            r#"{"dn":"1002"}"#,
+        ),
+        (
+            "a call of no running node",
+            "POST",
+            format!("/v1/tenants/demo/calls/{gone}/release"),
             r#"{"dn":"1002"}"#,
         ),
         (

@@ -53,6 +53,15 @@ fn bad(detail: impl Into<String>) -> Problem {
     problem(400, "Bad request", detail)
 }
 
+/// A request for a call the node does not have (in that tenant).
+pub fn unknown_call(conn: ConnId, tenant: &str) -> Problem {
+    problem(
+        404,
+        "Unknown call",
+        format!("no call {conn} in tenant {tenant}"),
+    )
+}
+
 /// Echoes at most 64 characters of what a client sent.
 fn clip(s: &str) -> String {
     s.chars().take(64).collect()

@@ -4,13 +4,16 @@
 //! checks it as it checks its own REST requests ([`super::api::Api::from_bus`]) and replies
 //! whether it took it, which becomes the same answer its REST API gives.
 
-use super::api::{rest_request, Verb};
+use super::api::{rest_request, unknown_call, Verb};
 use super::role::{accepted, problem_response};
 use crate::problem::ApiProblem;
 use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 use switchboard_bus::{BusError, SharedBus};
-use switchboard_events::requests::{node_of, sip_node_requests_stream, CallReply, CallRequest};
+use switchboard_events::requests::{
+    node_of, sip_node_presence_key, sip_node_requests_stream, CallReply, CallRequest,
+};
+use switchboard_events::ConnId;
 
 /// Sends REST call-control requests to the SIP Servers over the bus.
 pub struct Forwarder {
@@ -35,7 +38,8 @@ impl Forwarder {
     }
 
     /// Parses, sends and waits: 202 when the node took the request, its problem when it
-    /// refused, 503 for MakeCall (no call names a node to make it), 504 when no node replied.
+    /// refused, 404 when the node that owns the call is gone, 503 for MakeCall (no call
+    /// names a node to make it), 504 when the node did not reply in time.
     pub async fn submit(
         &self,
         tenant: &str,
@@ -50,6 +54,11 @@ impl Forwarder {
         let Some(conn) = conn else {
             return no_node();
         };
+        match self.present(conn).await {
+            Ok(true) => {}
+            Ok(false) => return problem_response(unknown_call(conn, tenant)),
+            Err(e) => return bus_unavailable(tenant, conn, e),
+        }
         // Below 2^53, so that JavaScript clients read it exactly.
         let request = CallRequest {
             tenant: tenant.to_string(),
@@ -73,11 +82,14 @@ impl Forwarder {
                 ),
             )
             .into_response(),
-            Err(e) => {
-                tracing::warn!(tenant, conn_id, error = %e, "call-control request not sent");
-                ApiProblem::new(503, "Bus unavailable", e.to_string()).into_response()
-            }
+            Err(e) => bus_unavailable(tenant, conn, e),
         }
+    }
+
+    /// Whether the node that owns `conn` runs (holds its presence lease).
+    async fn present(&self, conn: ConnId) -> Result<bool, BusError> {
+        let key = sip_node_presence_key(node_of(conn));
+        Ok(self.bus.lease_owner(&key).await?.is_some())
     }
 
     async fn send(&self, request: &CallRequest) -> Result<Option<CallReply>, BusError> {
@@ -97,6 +109,11 @@ impl Forwarder {
         )
         .await
     }
+}
+
+fn bus_unavailable(tenant: &str, conn: ConnId, e: BusError) -> Response {
+    tracing::warn!(tenant, conn_id = %conn, error = %e, "call-control request not sent");
+    ApiProblem::new(503, "Bus unavailable", e.to_string()).into_response()
 }
 
 /// MakeCall names no call, hence no node to send it to.

@@ -28,7 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use switchboard_bus::GroupStart;
 use switchboard_bus::SharedBus;
 use switchboard_config::Config;
-use switchboard_events::requests::{sip_node_requests_stream, CallRefusal, CallReply, CallRequest};
+use switchboard_events::requests::{
+    sip_node_presence_key, sip_node_requests_stream, CallRefusal, CallReply, CallRequest,
+};
 use switchboard_events::{ConnId, ErrorAttrs, Event};
 use switchboard_sip::transaction::Timers;
 use switchboard_sip_net::{Driver, NetConfig, Sockets};
@@ -166,6 +168,7 @@ pub async fn start(
         // earlier run still in the event stream are never reused.
         next_id: AtomicU64::new(unix_ms().saturating_mul(1000)),
     });
+    let presence = Presence::take(bus.clone(), node_number).await?;
     let requests = BusRequests {
         bus,
         stream: sip_node_requests_stream(node_number),
@@ -173,8 +176,14 @@ pub async fn start(
     };
     requests.prepare().await?;
     let consumer = tokio::spawn(requests.run(state.clone(), requests_drain));
+    let (presence_stop, presence) = presence.spawn();
     let task = tokio::spawn(async move {
         let driven = driver.await;
+        // Present until the last call ended, not just until the drain began.
+        presence_stop.cancel();
+        if let Err(e) = presence.await {
+            tracing::error!(error = %e, "sip-node presence task failed");
+        }
         if let Err(e) = consumer.await {
             tracing::error!(error = %e, "sip-node request consumer failed");
         }
@@ -192,6 +201,76 @@ pub async fn start(
         task,
         voicemail,
     })
+}
+
+/// The node's lease on the bus ([`sip_node_presence_key`]), renewed while the node runs, so
+/// that a front-end in another process answers a request for a call of a node that is gone
+/// at once (404, as the node would for a call it does not have) rather than waiting for a
+/// reply that never comes.
+struct Presence {
+    bus: SharedBus,
+    key: String,
+    owner: String,
+}
+
+const PRESENCE_TTL: Duration = Duration::from_secs(10);
+const PRESENCE_RENEW: Duration = Duration::from_secs(3);
+
+impl Presence {
+    async fn take(bus: SharedBus, node: u16) -> anyhow::Result<Presence> {
+        let p = Presence {
+            bus,
+            key: sip_node_presence_key(node),
+            owner: crate::single_writer::consumer_name(),
+        };
+        let taken = p.bus.lease_acquire(&p.key, &p.owner, PRESENCE_TTL).await?;
+        if !taken {
+            // Two live nodes drew the same random number: they share a request stream.
+            tracing::warn!(
+                node = format_args!("{node:04x}"),
+                "another sip-node holds this node number"
+            );
+        }
+        Ok(p)
+    }
+
+    /// Renews the lease until the returned token is cancelled, then gives it up.
+    fn spawn(self) -> (CancellationToken, JoinHandle<()>) {
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut every = tokio::time::interval(PRESENCE_RENEW);
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = until.cancelled() => break,
+                    _ = every.tick() => self.renew().await,
+                }
+            }
+            if let Err(e) = self.bus.lease_release(&self.key, &self.owner).await {
+                tracing::warn!(error = %e, key = %self.key, "sip-node presence not released");
+            }
+        });
+        (stop, task)
+    }
+
+    async fn renew(&self) {
+        let held = match self
+            .bus
+            .lease_renew(&self.key, &self.owner, PRESENCE_TTL)
+            .await
+        {
+            Ok(false) => {
+                self.bus
+                    .lease_acquire(&self.key, &self.owner, PRESENCE_TTL)
+                    .await
+            }
+            other => other,
+        };
+        if !matches!(held, Ok(true)) {
+            tracing::warn!(key = %self.key, result = ?held, "sip-node presence not renewed");
+        }
+    }
 }
 
 /// Publishes the core's events in order on `events:{tenant}` and keeps the call index.
@@ -364,11 +443,9 @@ impl RestState {
     /// Refuses a request for a call that is not one of this node's calls in that tenant.
     fn check_call(&self, cmd: &NodeCommand) -> Result<(), Problem> {
         match cmd.request.conn() {
-            Some(conn) if lock(&self.calls).get(&conn) != Some(&cmd.tenant) => Err(Problem {
-                status: 404,
-                title: "Unknown call",
-                detail: format!("no call {conn} in tenant {}", cmd.tenant),
-            }),
+            Some(conn) if lock(&self.calls).get(&conn) != Some(&cmd.tenant) => {
+                Err(super::api::unknown_call(conn, &cmd.tenant))
+            }
             _ => Ok(()),
         }
     }
