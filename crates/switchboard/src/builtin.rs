@@ -335,6 +335,17 @@ async fn start_front_end(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         bus.clone(),
         ctx.drain.clone(),
     ));
+    add_remote_routes(&ctx, bus, tenants);
+    Ok(RoleHandle::idle())
+}
+
+/// The routes of `agent-state`, `routing` and `sip-node` when they do not run in this
+/// process (`up` runs them all: nothing is added there).
+fn add_remote_routes(
+    ctx: &RoleContext,
+    bus: switchboard_services::bus::SharedBus,
+    tenants: switchboard_services::single_writer::TenantsFeed,
+) {
     let here = ctx.shared().get::<crate::role::ProcessRoles>();
     let elsewhere = |kind| here.as_ref().is_some_and(|h| !h.runs(kind));
     use switchboard_services::{agent_state, routing, sip_node};
@@ -358,7 +369,6 @@ async fn start_front_end(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
         tracing::info!("front-end: call control goes to the owning sip-node over the bus");
         ctx.add_routes(sip_node::role::remote_routes(bus, timeout));
     }
-    Ok(RoleHandle::idle())
 }
 
 /// The configuration store's tenants, following changes made over the REST API.

@@ -71,7 +71,7 @@ impl Forwarder {
         let conn_id = conn.to_string();
         tracing::info!(tenant, conn_id, request_id = request.request_id, op = ?request.op,
             "call-control request to the owning SIP Server");
-        match self.send(&request).await {
+        match self.send(&request, conn).await {
             Ok(Some(reply)) => answer(reply, tenant, conn_id),
             Ok(None) => ApiProblem::new(
                 504,
@@ -92,12 +92,16 @@ impl Forwarder {
         Ok(self.bus.lease_owner(&key).await?.is_some())
     }
 
-    async fn send(&self, request: &CallRequest) -> Result<Option<CallReply>, BusError> {
+    /// Publishes on the stream of the node that owns `conn` and waits for its reply.
+    async fn send(
+        &self,
+        request: &CallRequest,
+        conn: ConnId,
+    ) -> Result<Option<CallReply>, BusError> {
         let payload = serde_json::to_vec(request).map_err(|e| BusError::Invalid(e.to_string()))?;
-        let node = request.conn_id.map_or(0, node_of);
         crate::bus::request_reply(
             self.bus.as_ref(),
-            &sip_node_requests_stream(node),
+            &sip_node_requests_stream(node_of(conn)),
             &payload,
             &self.replies,
             self.timeout,
@@ -126,6 +130,7 @@ fn no_node() -> Response {
     .into_response()
 }
 
+/// The node's reply as its REST API would have answered: 202, or its problem.
 fn answer(reply: CallReply, tenant: &str, conn_id: String) -> Response {
     match reply.refused {
         None => accepted(reply.request_id, tenant, Some(conn_id)),
