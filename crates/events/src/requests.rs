@@ -6,10 +6,12 @@
 //! | [`routing_requests_stream`]`(tenant)` | orchestrator | `routing` (group `routing`) | [`RoutingRequest`] |
 //! | `RoutingRequest::Submit::reply_to` | routing | the submitter | [`RoutingReply`] |
 //! | [`agent_requests_stream`]`(tenant)` | front-end | `agent-state` (group `agent-state`) | [`AgentRequest`] |
+//! | `CallRequest::reply_to` | sip-node | the front-end that sent it | [`CallReply`] |
 //!
 //! The outcome of a call or agent request is the event it causes on `events:{tenant}` (with
 //! the request's `request_id`), or `EventError` naming the request. Routing answers on the
-//! submitter's own reply stream, because only the submitter cares.
+//! submitter's own reply stream, because only the submitter cares; so does a SIP Server asked
+//! for a reply (`CallRequest::reply_to`) whether it took a request.
 
 use crate::{ConnId, UserData};
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,12 @@ use serde::{Deserialize, Serialize};
 /// the ConnIds it allocates): `sip-node:{node:04x}:requests`.
 pub fn sip_node_requests_stream(node: u16) -> String {
     format!("sip-node:{node:04x}:requests")
+}
+
+/// The lease a running SIP Server numbered `node` holds (and renews) on the bus:
+/// `sip-node:{node:04x}`. Free means no such node runs: its calls are gone.
+pub fn sip_node_presence_key(node: u16) -> String {
+    format!("sip-node:{node:04x}")
 }
 
 /// The SIP Server that owns a call: the top 16 bits of its ConnId.
@@ -49,6 +57,30 @@ pub struct CallRequest {
     pub dn: String,
     #[serde(flatten)]
     pub op: CallOp,
+    /// A stream for the SIP Server's [`CallReply`]: whether it took the request, the answer
+    /// its REST API gives (a front-end forwarding a desktop's request wants that). With it, a
+    /// request refused before it reached the call model is answered there only, not by an
+    /// EventError.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+}
+
+/// The SIP Server's answer on [`CallRequest::reply_to`]: the request was taken (its outcome
+/// follows as events, as for a REST request answered 202) or refused with the problem the
+/// REST API would answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallReply {
+    pub request_id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<CallRefusal>,
+}
+
+/// Why a SIP Server refused a call request: an HTTP status, a problem title and detail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallRefusal {
+    pub status: u16,
+    pub title: String,
+    pub detail: String,
 }
 
 /// What a [`CallRequest`] asks. JSON: `"op": "route_call"` and the fields in snake_case.
@@ -267,6 +299,7 @@ mod tests {
                     params: UserData::new(),
                 },
             },
+            reply_to: None,
         };
         let j = serde_json::to_string(&r).unwrap();
         assert!(j.contains(r#""op":"apply_treatment""#), "{j}");
@@ -274,11 +307,35 @@ mod tests {
         assert_eq!(serde_json::from_str::<CallRequest>(&j).unwrap(), r);
         assert_eq!(node_of(r.conn_id.unwrap()), 0x1234);
         assert_eq!(sip_node_requests_stream(0x1234), "sip-node:1234:requests");
+        assert_eq!(sip_node_presence_key(0x1234), "sip-node:1234");
         let route: CallRequest = serde_json::from_str(
             r#"{"tenant":"demo","request_id":1,"conn_id":"0001000000000002","dn":"5000","op":"route_call","to":"1001"}"#,
         )
         .unwrap();
         assert_eq!(route.op, CallOp::RouteCall { to: "1001".into() });
+    }
+
+    #[test]
+    fn call_reply_json() {
+        let r: CallRequest = serde_json::from_str(
+            r#"{"tenant":"demo","request_id":1,"conn_id":"0001000000000002","dn":"1001","op":"hold","reply_to":"front-end:h-1:call-replies"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.reply_to.as_deref(), Some("front-end:h-1:call-replies"));
+        assert_eq!(r.op, CallOp::Hold);
+        let taken = CallReply {
+            request_id: 1,
+            refused: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&taken).unwrap(),
+            r#"{"request_id":1}"#
+        );
+        let refused: CallReply = serde_json::from_str(
+            r#"{"request_id":2,"refused":{"status":404,"title":"Unknown call","detail":"no call"}}"#,
+        )
+        .unwrap();
+        assert_eq!(refused.refused.map(|r| r.status), Some(404));
     }
 
     #[test]

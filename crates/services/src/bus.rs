@@ -62,6 +62,33 @@ pub async fn publish_event(
         .await
 }
 
+/// A request and its answer over the bus: publishes `payload` on `to`, then reads `answers`
+/// from where it ended before the publication (so the answer cannot be missed) until `pick`
+/// recognises an entry as the answer, or `timeout` passes (`Ok(None)`).
+pub async fn request_reply<T>(
+    bus: &dyn Bus,
+    to: &str,
+    payload: &[u8],
+    answers: &str,
+    timeout: Duration,
+    mut pick: impl FnMut(&[u8]) -> Option<T>,
+) -> Result<Option<T>, BusError> {
+    let mut after = bus.last_id(answers).await?;
+    bus.publish(to, payload).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        let page = bus.read_range(answers, after, 256).await?;
+        if let Some(found) = page.iter().find_map(|e| pick(&e.payload)) {
+            return Ok(Some(found));
+        }
+        match page.last() {
+            Some(last) => after = Some(last.id),
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    Ok(None)
+}
+
 /// How often the retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 

@@ -468,6 +468,64 @@ impl<C> Tenants<C> {
     }
 }
 
+/// Where a role's REST handlers read a tenant's state: the tenants this process runs, or,
+/// in a process without the role (a front-end on its own), the role's last snapshot on the
+/// bus, read again for each request.
+pub enum View<C> {
+    Local(Tenants<C>),
+    Remote(Arc<Remote<C>>),
+}
+
+impl<C> Clone for View<C> {
+    fn clone(&self) -> Self {
+        match self {
+            View::Local(t) => View::Local(t.clone()),
+            View::Remote(r) => View::Remote(r.clone()),
+        }
+    }
+}
+
+/// A role's state as another process sees it: the kv snapshot `{role}:{tenant}` of the
+/// tenants of `tenants`, or a fresh reducer (`new`) while there is none. Never the writer.
+pub struct Remote<C> {
+    pub role: &'static str,
+    pub bus: SharedBus,
+    pub config: Arc<Config>,
+    pub tenants: TenantsFeed,
+    pub new: Box<dyn Fn(&Tenant) -> C + Send + Sync>,
+}
+
+impl<C: Core> View<C> {
+    /// The tenant's state; `None` for an unknown tenant.
+    pub async fn get(&self, tenant: &str) -> Result<Option<Shared<C>>, BusError> {
+        match self {
+            View::Local(t) => Ok(t.get(tenant)),
+            View::Remote(r) => r.read(tenant).await,
+        }
+    }
+}
+
+impl<C: Core> Remote<C> {
+    async fn read(&self, name: &str) -> Result<Option<Shared<C>>, BusError> {
+        let Some(tenant) = find(&self.tenants.borrow(), name) else {
+            return Ok(None);
+        };
+        let slot: Shared<C> = Arc::new(Mutex::new(Slot {
+            core: (self.new)(&tenant),
+            position: None,
+            writer: false,
+        }));
+        let names = Names {
+            role: self.role,
+            tenant: tenant.name.clone(),
+            requests: String::new(),
+            consumer: String::new(),
+        };
+        restore(&self.bus, &names, &self.config, &tenant, &slot).await?;
+        Ok(Some(slot))
+    }
+}
+
 /// The tenants of a role started by [`start_tenants`]: their shared state, and the task that
 /// runs their loops and `gauges` every second until the drain.
 pub struct Started<C> {

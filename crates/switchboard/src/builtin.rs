@@ -324,15 +324,51 @@ async fn start_call_state(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
 }
 
 /// `front-end`: the desktop API's event WebSocket, `GET /v1/tenants/{t}/events` (the API-key
-/// gate in front of every `/v1/` route is the HTTP server's, see `http.rs`).
+/// gate in front of every `/v1/` route is the HTTP server's, see `http.rs`). The agent, queue
+/// and call-control routes of roles that run in other processes are served over the bus, so
+/// that the desktop API can run on nodes of its own.
 async fn start_front_end(ctx: RoleContext) -> anyhow::Result<RoleHandle> {
     let bus = bus(&ctx).await?;
+    let tenants = tenants_feed(&ctx).await?;
     ctx.add_routes(switchboard_services::front_end::start(
-        tenants_feed(&ctx).await?,
-        bus,
+        tenants.clone(),
+        bus.clone(),
         ctx.drain.clone(),
     ));
+    add_remote_routes(&ctx, bus, tenants);
     Ok(RoleHandle::idle())
+}
+
+/// The routes of `agent-state`, `routing` and `sip-node` when they do not run in this
+/// process (`up` runs them all: nothing is added there).
+fn add_remote_routes(
+    ctx: &RoleContext,
+    bus: switchboard_services::bus::SharedBus,
+    tenants: switchboard_services::single_writer::TenantsFeed,
+) {
+    let here = ctx.shared().get::<crate::role::ProcessRoles>();
+    let elsewhere = |kind| here.as_ref().is_some_and(|h| !h.runs(kind));
+    use switchboard_services::{agent_state, routing, sip_node};
+    // How long a request waits for the owning role: what agent-state's own REST waits.
+    let timeout = agent_state::Options::default().answer_timeout;
+    let config = ctx.config.clone();
+    if elsewhere(RoleKind::AgentState) {
+        tracing::info!("front-end: the agent routes go to agent-state over the bus");
+        ctx.add_routes(agent_state::remote_routes(
+            config.clone(),
+            bus.clone(),
+            tenants.clone(),
+            timeout,
+        ));
+    }
+    if elsewhere(RoleKind::Routing) {
+        tracing::info!("front-end: the queue routes read routing's state on the bus");
+        ctx.add_routes(routing::remote_routes(config, bus.clone(), tenants));
+    }
+    if elsewhere(RoleKind::SipNode) {
+        tracing::info!("front-end: call control goes to the owning sip-node over the bus");
+        ctx.add_routes(sip_node::role::remote_routes(bus, timeout));
+    }
 }
 
 /// The configuration store's tenants, following changes made over the REST API.

@@ -109,6 +109,7 @@ pub async fn run(
     let drain = CancellationToken::new();
     let shared = Shared::default();
     shared.get_or_init(|| role::HttpAddr(http_addr));
+    shared.get_or_init(|| role::ProcessRoles(roles.to_vec()));
     let mut running: JoinSet<(RoleKind, RoleExit)> = JoinSet::new();
     let mut bound: Vec<(String, SocketAddr)> = vec![("http".to_owned(), http_addr)];
     let mut started = Vec::new();

@@ -167,6 +167,17 @@ impl RoleContext {
 #[derive(Debug, Clone, Copy)]
 pub struct HttpAddr(pub SocketAddr);
 
+/// Every role this process runs (in [`Shared`] before any role starts), for a role that
+/// serves another's routes over the bus when that one runs elsewhere (the front-end).
+#[derive(Debug, Clone)]
+pub struct ProcessRoles(pub Vec<RoleKind>);
+
+impl ProcessRoles {
+    pub fn runs(&self, kind: RoleKind) -> bool {
+        self.0.contains(&kind)
+    }
+}
+
 /// A type map of values shared by the roles running in one process.
 #[derive(Clone, Default)]
 pub struct Shared {

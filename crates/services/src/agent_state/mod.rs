@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::problem::{ApiProblem, PROBLEM_JSON};
-use crate::single_writer::{self, lock, Core, Emit, Shared, Timing};
+use crate::single_writer::{self, lock, Core, Emit, Remote, Shared, Timing, View};
 pub use model::{codes, Agent, AgentStatus, Board};
 
 /// The role's name: lease and snapshot key prefix, consumer group.
@@ -144,7 +144,7 @@ pub async fn start(
         }),
     );
     let api = Api {
-        state: state.clone(),
+        boards: View::Local(state.tenants.clone()),
         bus,
         timeout: options.answer_timeout,
     };
@@ -194,9 +194,45 @@ fn state_name(s: &AgentStatus) -> &'static str {
 
 #[derive(Clone)]
 struct Api {
-    state: Arc<AgentState>,
+    boards: View<Board>,
     bus: SharedBus,
     timeout: Duration,
+}
+
+/// The agent routes of a process that does not run agent-state (a front-end on its own): the
+/// same handlers, reading agent-state's snapshots on the bus and sending the requests to the
+/// tenant's agent-state writer wherever it runs.
+pub fn remote_routes(
+    config: Arc<Config>,
+    bus: SharedBus,
+    tenants: single_writer::TenantsFeed,
+    answer_timeout: Duration,
+) -> Router {
+    let reservation_ms = config.routing.reservation_timeout_ms;
+    let remote = Remote {
+        role: ROLE,
+        bus: bus.clone(),
+        config,
+        tenants,
+        new: Box::new(move |t| Board::new(t, reservation_ms)),
+    };
+    routes(Api {
+        boards: View::Remote(Arc::new(remote)),
+        bus,
+        timeout: answer_timeout,
+    })
+}
+
+/// The tenant's board, or the answer for an unknown tenant or an unreadable bus.
+async fn board(api: &Api, tenant: &str) -> Result<Shared<Board>, Response> {
+    match api.boards.get(tenant).await {
+        Ok(Some(slot)) => Ok(slot),
+        Ok(None) => Err(unknown_tenant(tenant)),
+        Err(e) => {
+            tracing::warn!(tenant, error = %e, "agent-state snapshot not read");
+            Err(ApiProblem::new(503, "Bus unavailable", e.to_string()).into_response())
+        }
+    }
 }
 
 /// The agent routes; the desktop API puts its authentication in front of them. The states
@@ -263,8 +299,9 @@ fn unknown_agent(tenant: &str, agent: &str) -> Response {
 }
 
 async fn list_agents(State(api): State<Api>, Path(tenant): Path<String>) -> Response {
-    let Some(slot) = api.state.tenant(&tenant) else {
-        return unknown_tenant(&tenant);
+    let slot = match board(&api, &tenant).await {
+        Ok(slot) => slot,
+        Err(answer) => return answer,
     };
     let s = lock(&slot);
     let agents: Vec<Value> = s
@@ -280,8 +317,9 @@ async fn get_agent(
     State(api): State<Api>,
     Path((tenant, agent)): Path<(String, String)>,
 ) -> Response {
-    let Some(slot) = api.state.tenant(&tenant) else {
-        return unknown_tenant(&tenant);
+    let slot = match board(&api, &tenant).await {
+        Ok(slot) => slot,
+        Err(answer) => return answer,
     };
     let s = lock(&slot);
     match s.core.agent(&agent) {
@@ -339,10 +377,12 @@ async fn act(
         Ok(op) => op,
         Err(p) => return p.into_response(),
     };
-    match api.state.agent(&tenant, &agent) {
-        None => return unknown_tenant(&tenant),
-        Some(None) => return unknown_agent(&tenant, &agent),
-        Some(Some(_)) => {}
+    let known = match board(&api, &tenant).await {
+        Ok(slot) => lock(&slot).core.agent(&agent).is_some(),
+        Err(answer) => return answer,
+    };
+    if !known {
+        return unknown_agent(&tenant, &agent);
     }
     // Below 2^53, so that JavaScript clients read it exactly.
     let request = AgentRequest {
@@ -410,29 +450,21 @@ async fn send_and_wait(
     request: &AgentRequest,
     timeout: Duration,
 ) -> Result<Option<Event>, switchboard_bus::BusError> {
-    let events = switchboard_bus::events_stream(&request.tenant);
-    let mut after = bus.last_id(&events).await?;
     let payload = serde_json::to_vec(request)
         .map_err(|e| switchboard_bus::BusError::Invalid(e.to_string()))?;
-    bus.publish(&agent_requests_stream(&request.tenant), &payload)
-        .await?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        let page = bus.read_range(&events, after, 256).await?;
-        for entry in &page {
-            let Ok(event) = serde_json::from_slice::<Event>(&entry.payload) else {
-                continue;
-            };
-            if answers(&event) == Some(request.request_id) {
-                return Ok(Some(event));
-            }
-        }
-        match page.last() {
-            Some(last) => after = Some(last.id),
-            None => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-    Ok(None)
+    crate::bus::request_reply(
+        bus.as_ref(),
+        &agent_requests_stream(&request.tenant),
+        &payload,
+        &switchboard_bus::events_stream(&request.tenant),
+        timeout,
+        |entry| {
+            serde_json::from_slice::<Event>(entry)
+                .ok()
+                .filter(|event| answers(event) == Some(request.request_id))
+        },
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -397,3 +397,72 @@ async fn agents_and_tenants_changed_over_the_config_api_are_served_at_once() {
     drain.cancel();
     role.task.await.unwrap().unwrap();
 }
+
+/// A process without agent-state (a front-end alone) serves the same routes from the bus: the
+/// requests reach the writer, the states are its snapshot's.
+#[tokio::test]
+async fn remote_routes_answer_as_the_role_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus: SharedBus = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).unwrap());
+    let config = Arc::new(Config::demo());
+    let drain = CancellationToken::new();
+    let role = start(
+        config.clone(),
+        bus.clone(),
+        drain.clone(),
+        fixed_tenants(&config),
+        options("one"),
+    )
+    .await
+    .unwrap();
+    wait_writer(&role.router).await;
+    let remote = super::remote_routes(
+        config.clone(),
+        bus.clone(),
+        fixed_tenants(&config),
+        Duration::from_secs(3),
+    );
+
+    let (status, _, body) = call(&remote, "POST", "/v1/tenants/demo/agents/a1001/login", "").await;
+    assert_eq!(
+        (status, body["event"].as_str()),
+        (200, Some("EventAgentLogin"))
+    );
+    let (status, _, body) = call(&remote, "POST", "/v1/tenants/demo/agents/a1002/ready", "").await;
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (409, Some("not_logged_in"))
+    );
+    for path in [
+        "/v1/tenants/demo/agents/nobody/ready",
+        "/v1/tenants/nope/agents/a1001/ready",
+        "/v1/tenants/demo/agents/a1001/dance",
+    ] {
+        let here = call(&role.router, "POST", path, "").await;
+        assert_eq!(call(&remote, "POST", path, "").await, here, "{path}");
+        assert_eq!(here.0, 404, "{path}");
+    }
+
+    // The snapshot is saved after the change: the remote view catches up with the writer's.
+    let path = "/v1/tenants/demo/agent-states/a1001";
+    let mut seen = Value::Null;
+    for _ in 0..200 {
+        seen = call(&remote, "GET", path, "").await.2;
+        if seen["state"] == "not_ready" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, call(&role.router, "GET", path, "").await.2);
+    let (_, _, here) = call(&role.router, "GET", "/v1/tenants/demo/agent-states", "").await;
+    let (_, _, there) = call(&remote, "GET", "/v1/tenants/demo/agent-states", "").await;
+    assert_eq!(there["agents"], here["agents"]);
+    assert_eq!(
+        (here["writer"].as_bool(), there["writer"].as_bool()),
+        (Some(true), Some(false))
+    );
+    let unknown = "/v1/tenants/nope/agent-states";
+    assert_eq!(call(&remote, "GET", unknown, "").await.0, 404);
+    drain.cancel();
+    role.task.await.unwrap().unwrap();
+}

@@ -2,7 +2,10 @@
 //! process ([`auth`], applied by [`gate`] in the binary's HTTP server whether or not this role
 //! runs) and the WebSocket event stream ([`events`]). The REST requests themselves are served
 //! by the roles that own them (agents by `agent-state`, calls by `sip-node` and `call-state`,
-//! queues by `routing`), behind the same gate.
+//! queues by `routing`), behind the same gate; in a process without `agent-state`, `routing`
+//! or `sip-node`, the binary's front-end adds their `remote_routes`, which serve the same
+//! routes over the bus (`agent_state::remote_routes`, `routing::remote_routes`,
+//! `sip_node::role::remote_routes`).
 
 pub mod auth;
 pub mod events;

@@ -714,6 +714,7 @@ impl Orchestrator {
                 conn_id: Some(key.conn),
                 dn: host.call.route_point.clone(),
                 op,
+                reply_to: None,
             },
         });
     }

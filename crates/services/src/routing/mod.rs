@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::problem::ApiProblem;
-use crate::single_writer::{self, lock, Core, Emit, Shared, Timing};
+use crate::single_writer::{self, lock, Core, Emit, Remote, Shared, Timing, View};
 pub use model::{Output, QueueStats, Queues};
 
 /// The role's name: lease and snapshot key prefix, consumer group.
@@ -165,7 +165,7 @@ pub async fn start(
         }),
     );
     Ok(RoutingRole {
-        router: routes(state.clone()),
+        router: routes(View::Local(state.tenants.clone())),
         task,
         state,
     })
@@ -186,35 +186,71 @@ fn gauges(tenants: &[(String, Shared<Queues>)]) {
 
 /// `GET /v1/tenants/{t}/queues` and `/queues/{name}`; the desktop API puts its
 /// authentication in front of them.
-fn routes(state: Arc<Routing>) -> Router {
+fn routes(view: View<Queues>) -> Router {
     Router::new()
         .route("/v1/tenants/{tenant}/queues", get(list_queues))
         .route("/v1/tenants/{tenant}/queues/{queue}", get(get_queue))
-        .with_state(state)
+        .with_state(view)
+}
+
+/// The queue routes of a process that does not run routing (a front-end on its own): the
+/// same handlers, reading routing's snapshots on the bus.
+pub fn remote_routes(
+    config: Arc<Config>,
+    bus: SharedBus,
+    tenants: single_writer::TenantsFeed,
+) -> Router {
+    let reservation_ms = config.routing.reservation_timeout_ms;
+    routes(View::Remote(Arc::new(Remote {
+        role: ROLE,
+        bus,
+        config,
+        tenants,
+        new: Box::new(move |t| Queues::new(t, reservation_ms)),
+    })))
+}
+
+/// Statistics per queue and whether this process is the tenant's writer, or the answer for
+/// an unknown tenant or an unreadable bus.
+async fn stats(
+    view: &View<Queues>,
+    tenant: &str,
+) -> Result<(std::collections::BTreeMap<String, QueueStats>, bool), Response> {
+    match view.get(tenant).await {
+        Ok(Some(slot)) => {
+            let s = lock(&slot);
+            Ok((s.core.stats(single_writer::now_ms()), s.writer))
+        }
+        Ok(None) => Err(
+            ApiProblem::not_found(format!("no tenant named {:?}", clip(tenant))).into_response(),
+        ),
+        Err(e) => {
+            tracing::warn!(tenant, error = %e, "routing snapshot not read");
+            Err(ApiProblem::new(503, "Bus unavailable", e.to_string()).into_response())
+        }
+    }
 }
 
 fn clip(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-async fn list_queues(State(state): State<Arc<Routing>>, Path(tenant): Path<String>) -> Response {
-    match state.stats(&tenant) {
-        None => {
-            ApiProblem::not_found(format!("no tenant named {:?}", clip(&tenant))).into_response()
-        }
-        Some((stats, writer)) => {
+async fn list_queues(State(view): State<View<Queues>>, Path(tenant): Path<String>) -> Response {
+    match stats(&view, &tenant).await {
+        Err(answer) => answer,
+        Ok((stats, writer)) => {
             Json(json!({ "tenant": tenant, "writer": writer, "queues": stats })).into_response()
         }
     }
 }
 
 async fn get_queue(
-    State(state): State<Arc<Routing>>,
+    State(view): State<View<Queues>>,
     Path((tenant, queue)): Path<(String, String)>,
 ) -> Response {
-    let Some((stats, _)) = state.stats(&tenant) else {
-        return ApiProblem::not_found(format!("no tenant named {:?}", clip(&tenant)))
-            .into_response();
+    let stats = match stats(&view, &tenant).await {
+        Ok((stats, _)) => stats,
+        Err(answer) => return answer,
     };
     match stats.get(&queue) {
         Some(s) => Json(json!({

@@ -53,6 +53,15 @@ fn bad(detail: impl Into<String>) -> Problem {
     problem(400, "Bad request", detail)
 }
 
+/// A request for a call the node does not have (in that tenant).
+pub fn unknown_call(conn: ConnId, tenant: &str) -> Problem {
+    problem(
+        404,
+        "Unknown call",
+        format!("no call {conn} in tenant {tenant}"),
+    )
+}
+
 /// Echoes at most 64 characters of what a client sent.
 fn clip(s: &str) -> String {
     s.chars().take(64).collect()
@@ -119,23 +128,8 @@ impl Api {
         body: &[u8],
     ) -> Result<NodeCommand, Problem> {
         self.check_tenant(tenant)?;
-        let body: Body = serde_json::from_slice(body)
-            .map_err(|e| bad(format!("the body is not a valid request: {e}")))?;
-        self.check_dn(tenant, &body.dn)?;
-        let dn = body.dn.clone();
-        let (conn, op) = match target {
-            None if verb == Verb::Post => (
-                None,
-                CallOp::MakeCall {
-                    to: required_to(&body)?,
-                },
-            ),
-            None => return Err(problem(405, "Method not allowed", "POST makes a call")),
-            Some((conn, action)) => {
-                let conn = conn.parse::<ConnId>().map_err(bad)?;
-                (Some(conn), rest_op(action, verb, body)?)
-            }
-        };
+        let (dn, conn, op) = rest_request(target, verb, body)?;
+        self.check_dn(tenant, &dn)?;
         self.command(id, tenant, dn, conn, op)
     }
 
@@ -309,6 +303,34 @@ impl Api {
         }
     }
 }
+/// A REST request on `/v1/tenants/{tenant}/calls[/{conn_id}/{action}]` as far as it can be
+/// read without the node's directory: the DN it acts for, the call and the operation. The
+/// node's REST API checks the rest ([`Api::parse`]); a front-end without a node sends it on
+/// as a [`CallRequest`], checked by [`Api::from_bus`].
+pub fn rest_request(
+    target: Option<(&str, &str)>,
+    verb: Verb,
+    body: &[u8],
+) -> Result<(String, Option<ConnId>, CallOp), Problem> {
+    let body: Body = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("the body is not a valid request: {e}")))?;
+    let dn = body.dn.clone();
+    match target {
+        None if verb == Verb::Post => Ok((
+            dn,
+            None,
+            CallOp::MakeCall {
+                to: required_to(&body)?,
+            },
+        )),
+        None => Err(problem(405, "Method not allowed", "POST makes a call")),
+        Some((conn, action)) => {
+            let conn = conn.parse::<ConnId>().map_err(bad)?;
+            Ok((dn, Some(conn), rest_op(action, verb, body)?))
+        }
+    }
+}
+
 fn required_to(body: &Body) -> Result<String, Problem> {
     body.to
         .clone()
@@ -652,6 +674,7 @@ mod tests {
             op: CallOp::DeleteFromConference {
                 party: "+15551234567".into(),
             },
+            reply_to: None,
         };
         assert_eq!(
             api(false).from_bus(&bus).map(|c| c.request),
@@ -669,6 +692,7 @@ mod tests {
             conn_id,
             dn: dn.into(),
             op,
+            reply_to: None,
         };
         let c = api(false)
             .from_bus(&req(

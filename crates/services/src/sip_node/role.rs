@@ -6,6 +6,7 @@ use super::api::{Api, Problem, Verb};
 use super::core::{
     Directory, NodeCommand, NodeOutput, NodeSettings, SipNode, VoicemailRoute, VoicemailTarget,
 };
+use super::forward::Forwarder;
 use super::model::ModelSettings;
 use crate::bus::publish_event;
 use crate::problem::ApiProblem;
@@ -27,7 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use switchboard_bus::GroupStart;
 use switchboard_bus::SharedBus;
 use switchboard_config::Config;
-use switchboard_events::requests::{sip_node_requests_stream, CallRequest};
+use switchboard_events::requests::{
+    sip_node_presence_key, sip_node_requests_stream, CallRefusal, CallReply, CallRequest,
+};
 use switchboard_events::{ConnId, ErrorAttrs, Event};
 use switchboard_sip::transaction::Timers;
 use switchboard_sip_net::{Driver, NetConfig, Sockets};
@@ -176,6 +179,7 @@ pub async fn start(
         // earlier run still in the event stream are never reused.
         next_id: AtomicU64::new(unix_ms().saturating_mul(1000)),
     });
+    let presence = Presence::take(bus.clone(), node_number).await?;
     let requests = BusRequests {
         bus,
         stream: sip_node_requests_stream(node_number),
@@ -183,8 +187,14 @@ pub async fn start(
     };
     requests.prepare().await?;
     let consumer = tokio::spawn(requests.run(state.clone(), requests_drain));
+    let (presence_stop, presence) = presence.spawn();
     let task = tokio::spawn(async move {
         let driven = driver.await;
+        // Present until the last call ended, not just until the drain began.
+        presence_stop.cancel();
+        if let Err(e) = presence.await {
+            tracing::error!(error = %e, "sip-node presence task failed");
+        }
         if let Err(e) = consumer.await {
             tracing::error!(error = %e, "sip-node request consumer failed");
         }
@@ -196,12 +206,82 @@ pub async fn start(
         Ok(())
     });
     Ok(SipNodeRunning {
-        router: routes(state),
+        router: routes(Control::Local(state)),
         udp,
         edge: edge_addr,
         task,
         voicemail,
     })
+}
+
+/// The node's lease on the bus ([`sip_node_presence_key`]), renewed while the node runs, so
+/// that a front-end in another process answers a request for a call of a node that is gone
+/// at once (404, as the node would for a call it does not have) rather than waiting for a
+/// reply that never comes.
+struct Presence {
+    bus: SharedBus,
+    key: String,
+    owner: String,
+}
+
+const PRESENCE_TTL: Duration = Duration::from_secs(10);
+const PRESENCE_RENEW: Duration = Duration::from_secs(3);
+
+impl Presence {
+    async fn take(bus: SharedBus, node: u16) -> anyhow::Result<Presence> {
+        let p = Presence {
+            bus,
+            key: sip_node_presence_key(node),
+            owner: crate::single_writer::consumer_name(),
+        };
+        let taken = p.bus.lease_acquire(&p.key, &p.owner, PRESENCE_TTL).await?;
+        if !taken {
+            // Two live nodes drew the same random number: they share a request stream.
+            tracing::warn!(
+                node = format_args!("{node:04x}"),
+                "another sip-node holds this node number"
+            );
+        }
+        Ok(p)
+    }
+
+    /// Renews the lease until the returned token is cancelled, then gives it up.
+    fn spawn(self) -> (CancellationToken, JoinHandle<()>) {
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut every = tokio::time::interval(PRESENCE_RENEW);
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = until.cancelled() => break,
+                    _ = every.tick() => self.renew().await,
+                }
+            }
+            if let Err(e) = self.bus.lease_release(&self.key, &self.owner).await {
+                tracing::warn!(error = %e, key = %self.key, "sip-node presence not released");
+            }
+        });
+        (stop, task)
+    }
+
+    async fn renew(&self) {
+        let held = match self
+            .bus
+            .lease_renew(&self.key, &self.owner, PRESENCE_TTL)
+            .await
+        {
+            Ok(false) => {
+                self.bus
+                    .lease_acquire(&self.key, &self.owner, PRESENCE_TTL)
+                    .await
+            }
+            other => other,
+        };
+        if !matches!(held, Ok(true)) {
+            tracing::warn!(key = %self.key, result = ?held, "sip-node presence not renewed");
+        }
+    }
 }
 
 /// Publishes the core's events in order on `events:{tenant}` and keeps the call index.
@@ -232,7 +312,23 @@ fn lock(calls: &CallIndex) -> std::sync::MutexGuard<'_, HashMap<ConnId, String>>
     calls.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn routes(state: Arc<RestState>) -> Router {
+/// Who carries out the REST requests: this process's SIP Server, or (a front-end without
+/// one) the SIP Server that owns the call, over the bus.
+#[derive(Clone)]
+enum Control {
+    Local(Arc<RestState>),
+    Remote(Arc<Forwarder>),
+}
+
+/// The call-control routes of a process that runs no SIP Server (a front-end on its own):
+/// the same routes and parsing, each request sent to the SIP Server that owns the call (the
+/// top 16 bits of its ConnId) with a reply stream of this process, answered with what that
+/// node's REST API answers.
+pub fn remote_routes(bus: SharedBus, timeout: Duration) -> Router {
+    routes(Control::Remote(Arc::new(Forwarder::new(bus, timeout))))
+}
+
+fn routes(state: Control) -> Router {
     Router::new()
         .route("/v1/tenants/{tenant}/calls", post(make_call))
         .route(
@@ -250,12 +346,12 @@ fn routes(state: Arc<RestState>) -> Router {
         .with_state(state)
 }
 
-fn problem_response(p: Problem) -> Response {
+pub(super) fn problem_response(p: Problem) -> Response {
     ApiProblem::new(p.status, p.title, p.detail).into_response()
 }
 
 async fn make_call(
-    State(state): State<Arc<RestState>>,
+    State(state): State<Control>,
     Path(tenant): Path<String>,
     body: Bytes,
 ) -> Response {
@@ -263,7 +359,7 @@ async fn make_call(
 }
 
 async fn call_post(
-    State(state): State<Arc<RestState>>,
+    State(state): State<Control>,
     Path((tenant, conn, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
@@ -271,7 +367,7 @@ async fn call_post(
 }
 
 async fn call_put(
-    State(state): State<Arc<RestState>>,
+    State(state): State<Control>,
     Path((tenant, conn, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
@@ -279,7 +375,7 @@ async fn call_put(
 }
 
 async fn call_delete(
-    State(state): State<Arc<RestState>>,
+    State(state): State<Control>,
     Path((tenant, conn, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
@@ -288,7 +384,7 @@ async fn call_delete(
 
 /// `POST .../conference/{action}`: the action is `conference/{action}` (see [`super::api`]).
 async fn conference_post(
-    State(state): State<Arc<RestState>>,
+    State(state): State<Control>,
     Path((tenant, conn, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
@@ -298,7 +394,7 @@ async fn conference_post(
 
 /// `DELETE .../conference/parties/{party}` (DeleteFromConference).
 async fn conference_delete(
-    State(state): State<Arc<RestState>>,
+    State(state): State<Control>,
     Path((tenant, conn, party)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
@@ -306,9 +402,22 @@ async fn conference_delete(
     submit(&state, &tenant, Some((&conn, &action)), Verb::Delete, &body).await
 }
 
+async fn submit(
+    control: &Control,
+    tenant: &str,
+    target: Option<(&str, &str)>,
+    verb: Verb,
+    body: &[u8],
+) -> Response {
+    match control {
+        Control::Local(state) => submit_here(state, tenant, target, verb, body),
+        Control::Remote(forwarder) => forwarder.submit(tenant, target, verb, body).await,
+    }
+}
+
 /// Validates, hands the request to the core and answers `202 {"request_id"}`; the result
 /// comes as an event with that `request_id` (EventError when refused).
-async fn submit(
+fn submit_here(
     state: &RestState,
     tenant: &str,
     target: Option<(&str, &str)>,
@@ -329,6 +438,11 @@ async fn submit(
     if let Err(p) = state.hand_over(cmd) {
         return problem_response(p);
     }
+    accepted(id, tenant, conn)
+}
+
+/// The answer to a request the SIP Server took: `202 {"request_id", "tenant", "conn_id"}`.
+pub(super) fn accepted(id: u64, tenant: &str, conn: Option<String>) -> Response {
     let mut body = json!({ "request_id": id, "tenant": tenant });
     if let Some(conn) = conn {
         body["conn_id"] = json!(conn);
@@ -340,11 +454,9 @@ impl RestState {
     /// Refuses a request for a call that is not one of this node's calls in that tenant.
     fn check_call(&self, cmd: &NodeCommand) -> Result<(), Problem> {
         match cmd.request.conn() {
-            Some(conn) if lock(&self.calls).get(&conn) != Some(&cmd.tenant) => Err(Problem {
-                status: 404,
-                title: "Unknown call",
-                detail: format!("no call {conn} in tenant {}", cmd.tenant),
-            }),
+            Some(conn) if lock(&self.calls).get(&conn) != Some(&cmd.tenant) => {
+                Err(super::api::unknown_call(conn, &cmd.tenant))
+            }
             _ => Ok(()),
         }
     }
@@ -409,7 +521,8 @@ impl BusRequests {
         }
     }
 
-    /// One request: to the core, or EventError on the tenant's stream when refused.
+    /// One request: to the core, or refused; the sender hears which on its `reply_to` stream,
+    /// or else from an EventError on the tenant's stream when refused.
     async fn handle(&self, state: &RestState, payload: &[u8]) {
         let req: CallRequest = match serde_json::from_slice(payload) {
             Ok(r) => r,
@@ -433,14 +546,46 @@ impl BusRequests {
             }),
             Err(p) => Err(p),
         };
-        let Err(p) = result else {
-            metrics::counter!("sipnode_bus_requests_total", "result" => "accepted").increment(1);
-            tracing::info!(tenant = %req.tenant, conn_id = ?req.conn_id.map(|c| c.to_string()),
-                request_id = req.request_id, op = ?req.op, "call-control request from the bus");
-            return;
+        match &result {
+            Ok(()) => {
+                metrics::counter!("sipnode_bus_requests_total", "result" => "accepted")
+                    .increment(1);
+                tracing::info!(tenant = %req.tenant, conn_id = ?req.conn_id.map(|c| c.to_string()),
+                    request_id = req.request_id, op = ?req.op, "call-control request from the bus");
+            }
+            Err(p) => {
+                metrics::counter!("sipnode_bus_requests_total", "result" => "refused").increment(1);
+                tracing::info!(tenant = %req.tenant, request_id = req.request_id, reason = %p.detail, "call-control request refused");
+            }
+        }
+        match (result, &req.reply_to) {
+            (result, Some(to)) => self.reply(&req, to, result.err()).await,
+            (Err(p), None) => self.refuse(state, &req, p).await,
+            (Ok(()), None) => {}
+        }
+    }
+
+    /// Tells the sender whether the request was taken, as the REST API would have answered.
+    async fn reply(&self, req: &CallRequest, to: &str, refused: Option<Problem>) {
+        let reply = CallReply {
+            request_id: req.request_id,
+            refused: refused.map(|p| CallRefusal {
+                status: p.status,
+                title: p.title.to_string(),
+                detail: p.detail,
+            }),
         };
-        metrics::counter!("sipnode_bus_requests_total", "result" => "refused").increment(1);
-        tracing::info!(tenant = %req.tenant, request_id = req.request_id, reason = %p.detail, "call-control request refused");
+        let sent = match serde_json::to_vec(&reply) {
+            Ok(payload) => self.bus.publish(to, &payload).await.map(drop),
+            Err(e) => Err(switchboard_bus::BusError::Invalid(e.to_string())),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, tenant = %req.tenant, reply_to = to, "call-control reply not sent");
+        }
+    }
+
+    /// An EventError on the tenant's stream for a refused request nobody waits a reply for.
+    async fn refuse(&self, state: &RestState, req: &CallRequest, p: Problem) {
         if !state.api.directory.has_tenant(&req.tenant) {
             // No stream to answer on: an unknown tenant's stream is not created.
             return;
