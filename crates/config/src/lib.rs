@@ -811,6 +811,9 @@ impl Config {
             ..Config::default()
         };
         config.http.admin_keys = vec!["demo-platform-key-change-me".to_owned()];
+        // SIPp answers only the first challenge and knows only MD5; baresip 1.0 (libre)
+        // refuses a 401 that offers any algorithm it does not know. The demo is loopback only.
+        config.registrar.algorithms = vec![DigestAlgorithm::Md5];
         config
     }
 

@@ -541,10 +541,7 @@ fn dn_out_of_service_while_the_phone_is_unregistered() {
     let redis = RedisServer::spawn().expect("redis-server starts");
     let dir = tempfile::tempdir().expect("tempdir");
     // SIPp answers digest challenges with MD5 only.
-    let config = config(&redis.url(), &dir.path().display().to_string()).replace(
-        "algorithms = [\"SHA-256\", \"MD5\"]",
-        "algorithms = [\"MD5\"]",
-    );
+    let config = config(&redis.url(), &dir.path().display().to_string());
     assert!(config.contains("algorithms = [\"MD5\"]"));
     let rt = runtime();
     let bus: SharedBus = Arc::new(

@@ -33,15 +33,10 @@ const LEASE_MS: u64 = 1000;
 /// waits for both to end, to show what each of them saw.
 const SIPP_TIMEOUT: Duration = Duration::from_secs(40);
 
-/// The demo configuration on `redis` with `data_dir`, MD5 offered first (SIPp knows only
-/// MD5) and a 1 s orchestrator lease.
+/// The demo configuration on `redis` with `data_dir` and a 1 s orchestrator lease.
 fn config(data_dir: &Path, redis: &RedisServer) -> String {
     let demo = switchboard_config::EXAMPLE_TOML;
     let swaps = [
-        (
-            "algorithms = [\"SHA-256\", \"MD5\"]",
-            "algorithms = [\"MD5\", \"SHA-256\"]".to_string(),
-        ),
         (
             "data_dir = \"./data\"",
             format!("data_dir = {:?}", data_dir.display().to_string()),
