@@ -1,7 +1,9 @@
 //! The media engine: worker threads, each owning a slab of RTP streams (their UDP sockets, RTP
 //! state, player, recorder, DTMF detectors) and the conferences among them, all driven by one
-//! 20 ms pacing clock per worker. No task or timer per stream: a tick drains every socket,
-//! mixes the conferences, then sends one frame per stream, from buffers owned by the worker.
+//! 20 ms pacing clock per worker. No task or timer per stream: a tick mixes the conferences,
+//! sends one frame per stream, then drains the sockets that received something (the worker's
+//! epoll instance says which; a socket with nothing waiting costs no syscall), from buffers
+//! owned by the worker.
 //!
 //! Control goes in as commands on a channel (read at each tick), events come out on a tokio
 //! channel. Sockets are bound by [`MediaEngine::create_stream`] in the caller's thread, so the
@@ -31,6 +33,7 @@ use crate::mixer::{mix, MixSlot, ParticipantMode, Playout};
 use crate::player::{Player, Playlist};
 use crate::recorder::{RecordEnd, RecordParams, Recorder, Recording};
 use crate::reorder::{Next, PushResult, Reorder};
+use crate::sockets::{Poller, RecvBatch, BATCH};
 
 /// The pacing interval (and packetisation time of everything we send).
 pub const PTIME: Duration = Duration::from_millis(20);
@@ -534,6 +537,8 @@ struct Stream {
     mix_out: [i16; FRAME],
     last_rx: Instant,
     timeout_reported: bool,
+    /// Both sockets are watched by the worker's poller (else they are read every tick).
+    watched: bool,
 }
 
 fn payload_types(p: &StreamParams) -> Vec<u8> {
@@ -584,6 +589,7 @@ impl Stream {
             mix_out: [0; FRAME],
             last_rx: Instant::now(),
             timeout_reported: false,
+            watched: false,
         }
     }
 
@@ -598,7 +604,7 @@ impl Stream {
     /// the audio through the reorder buffer.
     fn on_audio(&mut self, rx: Rx<'_>, scratch: &mut ReceiveScratch<'_>) {
         let stateful = self.coder.is_stateful();
-        if !stateful {
+        if !stateful && (self.recorder.is_some() || self.playout.is_some()) {
             let n = self.coder.decode(rx.payload, scratch.pcm);
             self.feed_sinks(rx.ssrc, rx.timestamp, &scratch.pcm[..n]);
         }
@@ -655,6 +661,69 @@ impl Stream {
             let digits = &mut *scratch.digits;
             self.inband
                 .process(pcm, |d| digits.push((d.digit, DtmfSource::InBand)));
+        }
+    }
+
+    /// One datagram received on the RTP port.
+    fn on_datagram(
+        &mut self,
+        data: &[u8],
+        from: SocketAddr,
+        now: Instant,
+        scratch: &mut Scratch,
+        counts: &mut TickCounts,
+    ) {
+        if !self.receive {
+            return;
+        }
+        if is_rtcp(data) {
+            // RTCP multiplexed on the RTP port (RFC 5761).
+            match self.session.handle_rtcp(data, now) {
+                Ok(_) => counts.rtcp_in += 1,
+                Err(_) => counts.malformed_in += 1,
+            }
+            return;
+        }
+        let r = match self.session.receiver.handle_datagram(data, from, now) {
+            Ok(r) => r,
+            Err(Dropped::Malformed(e)) => {
+                counts.malformed_in += 1;
+                tracing::debug!(stream = self.id, %from, error = ?e, "malformed RTP dropped");
+                return;
+            }
+            Err(d) => {
+                counts.dropped_in += 1;
+                tracing::trace!(stream = self.id, %from, reason = ?d, "RTP dropped");
+                return;
+            }
+        };
+        counts.packets_in += 1;
+        if r.late {
+            counts.late_in += 1;
+        }
+        self.last_rx = now;
+        self.timeout_reported = false;
+        let pt = r.packet.payload_type();
+        let payload = r.packet.payload();
+        let ts = r.packet.timestamp();
+        let ssrc = r.packet.ssrc();
+        if Some(pt) == self.telephone_event {
+            self.saw_rfc4733 = true;
+            if let Ok(Some(rep)) = self.dtmf_rx.on_packet(ts, payload, now) {
+                if rep.is_new_digit() {
+                    if let Some(d) = rep.digit() {
+                        scratch.digits.push((d, DtmfSource::Rfc4733));
+                    }
+                }
+            }
+        } else if pt == self.codec.payload_type {
+            let rx = Rx {
+                ssrc,
+                seq: r.packet.sequence(),
+                timestamp: ts,
+                payload,
+            };
+            self.on_audio(rx, &mut scratch.receive());
         }
     }
 
@@ -737,8 +806,17 @@ struct TickCounts {
     rtcp_out: u64,
 }
 
-/// RTCP sockets are read every this many ticks (0.5 s), staggered over the streams.
+/// RTCP reports are looked at every this many ticks (0.5 s), staggered over the streams (and
+/// RTCP sockets that are not watched by the poller read).
 const RTCP_POLL_TICKS: u64 = 25;
+/// Datagrams read from one socket in one tick at most (a flood must not stall the tick); the
+/// rest wait for the next tick.
+const MAX_READ_PER_TICK: usize = 64;
+
+/// The poller token of a stream's RTP (or RTCP) socket: its slab key, and which socket.
+fn token(key: usize, rtcp: bool) -> u64 {
+    ((key as u64) << 1) | u64::from(rtcp)
+}
 
 fn ntp_now() -> NtpTime {
     NtpTime::from_unix(
@@ -802,7 +880,6 @@ fn fill_frame(s: &mut Stream, frame: &mut [i16; FRAME], events: &UnboundedSender
 }
 
 struct Scratch {
-    rbuf: Box<[u8; 2048]>,
     sbuf: Box<[u8; 1500]>,
     pcm: Box<[i16; 2048]>,
     frame: [i16; FRAME],
@@ -848,6 +925,13 @@ struct Worker {
     scratch: Scratch,
     counts: TickCounts,
     tick_no: u64,
+    poller: Poller,
+    batch: RecvBatch,
+    /// Tokens of the sockets to read this tick.
+    ready: Vec<u64>,
+    /// Tokens of the sockets that still had datagrams after their per-tick limit: read again
+    /// next tick (edge-triggered readiness will not report them again).
+    again: Vec<u64>,
 }
 
 impl Worker {
@@ -866,7 +950,6 @@ impl Worker {
             index: HashMap::with_capacity(256),
             conferences: HashMap::new(),
             scratch: Scratch {
-                rbuf: Box::new([0; 2048]),
                 sbuf: Box::new([0; 1500]),
                 pcm: Box::new([0; 2048]),
                 frame: [0; FRAME],
@@ -874,6 +957,10 @@ impl Worker {
             },
             counts: TickCounts::default(),
             tick_no: 0,
+            poller: Poller::new(),
+            batch: RecvBatch::new(),
+            ready: Vec::with_capacity(256),
+            again: Vec::with_capacity(64),
         }
     }
 
@@ -952,6 +1039,19 @@ impl Worker {
             Command::Add(id, stream) => {
                 let key = self.streams.insert(*stream);
                 self.index.insert(id, key);
+                let s = &mut self.streams[key];
+                s.watched = match self
+                    .poller
+                    .add(&s.socket, token(key, false))
+                    .and_then(|()| self.poller.add(&s.rtcp, token(key, true)))
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.poller.delete(&s.socket);
+                        tracing::debug!(stream = id, error = %e, "socket not watched; read every tick");
+                        false
+                    }
+                };
                 self.stats.streams.fetch_add(1, Ordering::Relaxed);
                 metrics::gauge!("media_streams").increment(1.0);
             }
@@ -1084,6 +1184,10 @@ impl Worker {
             return;
         };
         let mut s = self.streams.remove(key);
+        if s.watched {
+            self.poller.delete(&s.socket);
+            self.poller.delete(&s.rtcp);
+        }
         if let Some(to) = rtcp_target(&s) {
             let mut buf = [0u8; 256];
             if let Ok(n) = s.session.write_bye(&self.cfg.cname, None, &mut buf) {
@@ -1152,16 +1256,45 @@ impl Worker {
             n += 1;
             self.send_frame(key, late);
         }
-        // 3. Receive on every stream, then run the recorders' and RTP timeout clocks; RTCP
-        //    (reports in and out) for a 25th of the streams.
+        // 3. Receive on the sockets that got something (and those left over from the last
+        //    tick), then on every stream the recorders' and RTP timeout clocks (and receive
+        //    when its sockets are not watched); RTCP reports out for a 25th of the streams.
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.append(&mut self.again);
+        if let Err(e) = self.poller.ready(&mut ready) {
+            tracing::warn!(error = %e, "epoll_wait failed");
+        }
+        for &t in &ready {
+            let key = (t >> 1) as usize;
+            if !self.streams.contains(key) {
+                continue;
+            }
+            let drained = if t & 1 == 0 {
+                self.receive(key, now)
+            } else {
+                self.rtcp_read(key, now)
+            };
+            if !drained {
+                self.again.push(t);
+            }
+        }
+        self.ready = ready;
         self.tick_no = self.tick_no.wrapping_add(1);
         for key in 0..keys {
-            if self.streams.contains(key) {
+            let Some(s) = self.streams.get(key) else {
+                continue;
+            };
+            let watched = s.watched;
+            if !watched {
                 self.receive(key, now);
-                self.clocks(key, now);
-                if (self.tick_no + key as u64).is_multiple_of(RTCP_POLL_TICKS) {
-                    self.rtcp(key, now);
+            }
+            self.clocks(key, now);
+            if (self.tick_no + key as u64).is_multiple_of(RTCP_POLL_TICKS) {
+                if !watched {
+                    self.rtcp_read(key, now);
                 }
+                self.rtcp_report(key, now);
             }
         }
         self.flush_counts();
@@ -1213,89 +1346,48 @@ impl Worker {
         }
     }
 
-    fn receive(&mut self, key: usize, now: Instant) {
+    /// Reads what waits on a stream's RTP socket (at most [`MAX_READ_PER_TICK`] datagrams);
+    /// false when the socket may still hold more (read it again next tick).
+    fn receive(&mut self, key: usize, now: Instant) -> bool {
         let Worker {
             streams,
             scratch,
             counts,
             events,
+            batch,
             ..
         } = self;
         let Some(s) = streams.get_mut(key) else {
-            return;
+            return true;
         };
         scratch.digits.clear();
-        for _ in 0..64 {
-            let (len, from) = match s.socket.recv_from(&mut scratch.rbuf[..]) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+        let mut read = 0;
+        let mut drained = false;
+        while read < MAX_READ_PER_TICK {
+            let n = match batch.recv(&s.socket) {
+                Ok(n) => n,
                 Err(e) => {
+                    // A pending socket error (reported once); the datagrams behind it are
+                    // read next tick.
                     tracing::trace!(stream = s.id, error = %e, "RTP receive error");
                     break;
                 }
             };
-            if !s.receive {
-                continue;
+            for i in 0..n {
+                let (data, from) = batch.get(i);
+                if let Some(from) = from {
+                    s.on_datagram(data, from, now, scratch, counts);
+                }
             }
-            let data = &scratch.rbuf[..len];
-            if is_rtcp(data) {
-                // RTCP multiplexed on the RTP port (RFC 5761).
-                match s.session.handle_rtcp(data, now) {
-                    Ok(_) => counts.rtcp_in += 1,
-                    Err(_) => counts.malformed_in += 1,
-                }
-                continue;
-            }
-            let r = match s.session.receiver.handle_datagram(data, from, now) {
-                Ok(r) => r,
-                Err(Dropped::Malformed(e)) => {
-                    counts.malformed_in += 1;
-                    tracing::debug!(stream = s.id, %from, error = ?e, "malformed RTP dropped");
-                    continue;
-                }
-                Err(d) => {
-                    counts.dropped_in += 1;
-                    tracing::trace!(stream = s.id, %from, reason = ?d, "RTP dropped");
-                    continue;
-                }
-            };
-            counts.packets_in += 1;
-            if r.late {
-                counts.late_in += 1;
-            }
-            s.last_rx = now;
-            s.timeout_reported = false;
-            let pt = r.packet.payload_type();
-            let payload = r.packet.payload();
-            let ts = r.packet.timestamp();
-            let ssrc = r.packet.ssrc();
-            if Some(pt) == s.telephone_event {
-                s.saw_rfc4733 = true;
-                if let Ok(Some(rep)) = s.dtmf_rx.on_packet(ts, payload, now) {
-                    if rep.is_new_digit() {
-                        if let Some(d) = rep.digit() {
-                            scratch.digits.push((d, DtmfSource::Rfc4733));
-                        }
-                    }
-                }
-            } else if pt == s.codec.payload_type {
-                let rx = Rx {
-                    ssrc,
-                    seq: r.packet.sequence(),
-                    timestamp: ts,
-                    payload,
-                };
-                // Field by field: the packet still borrows `rbuf`.
-                let mut rs = ReceiveScratch {
-                    pcm: &mut scratch.pcm[..],
-                    bytes: &mut scratch.sbuf[..],
-                    digits: &mut scratch.digits,
-                };
-                s.on_audio(rx, &mut rs);
+            read += n;
+            if n < BATCH {
+                drained = true;
+                break;
             }
         }
-        s.drain_received(false, &mut scratch.receive());
-        s.dtmf_rx.handle_timeout(now);
+        if read > 0 {
+            s.drain_received(false, &mut scratch.receive());
+        }
         for &(digit, source) in &scratch.digits {
             counts.dtmf += 1;
             tracing::debug!(stream = s.id, %digit, ?source, "DTMF");
@@ -1312,10 +1404,63 @@ impl Worker {
                 }
             }
         }
+        drained
     }
 
-    /// Reads the peer's RTCP and sends our report when it is due.
-    fn rtcp(&mut self, key: usize, now: Instant) {
+    /// Reads the peer's RTCP (at most [`MAX_READ_PER_TICK`] datagrams); false when the socket
+    /// may still hold more.
+    fn rtcp_read(&mut self, key: usize, now: Instant) -> bool {
+        let Worker {
+            streams,
+            counts,
+            batch,
+            ..
+        } = self;
+        let Some(s) = streams.get_mut(key) else {
+            return true;
+        };
+        let mut read = 0;
+        while read < MAX_READ_PER_TICK {
+            let n = match batch.recv(&s.rtcp) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::trace!(stream = s.id, error = %e, "RTCP receive error");
+                    return false;
+                }
+            };
+            for i in 0..n {
+                let (data, from) = batch.get(i);
+                match s.session.handle_rtcp(data, now) {
+                    Ok(summary) => {
+                        counts.rtcp_in += 1;
+                        if from.is_some() {
+                            s.rtcp_remote = from;
+                        }
+                        if let Some(r) = summary.report_about_us {
+                            tracing::trace!(
+                                stream = s.id,
+                                lost = r.fraction_lost,
+                                jitter = r.jitter,
+                                "RTCP report about our stream"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        counts.malformed_in += 1;
+                        tracing::debug!(stream = s.id, ?from, error = ?e, "malformed RTCP dropped");
+                    }
+                }
+            }
+            read += n;
+            if n < BATCH {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Sends our RTCP report when it is due.
+    fn rtcp_report(&mut self, key: usize, now: Instant) {
         let Worker {
             streams,
             scratch,
@@ -1326,30 +1471,6 @@ impl Worker {
         let Some(s) = streams.get_mut(key) else {
             return;
         };
-        for _ in 0..16 {
-            let (len, from) = match s.rtcp.recv_from(&mut scratch.rbuf[..]) {
-                Ok(r) => r,
-                Err(_) => break,
-            };
-            match s.session.handle_rtcp(&scratch.rbuf[..len], now) {
-                Ok(summary) => {
-                    counts.rtcp_in += 1;
-                    s.rtcp_remote = Some(from);
-                    if let Some(r) = summary.report_about_us {
-                        tracing::trace!(
-                            stream = s.id,
-                            lost = r.fraction_lost,
-                            jitter = r.jitter,
-                            "RTCP report about our stream"
-                        );
-                    }
-                }
-                Err(e) => {
-                    counts.malformed_in += 1;
-                    tracing::debug!(stream = s.id, %from, error = ?e, "malformed RTCP dropped");
-                }
-            }
-        }
         if now < s.next_report {
             return;
         }
@@ -1436,6 +1557,7 @@ impl Worker {
             return;
         };
         let id = s.id;
+        s.dtmf_rx.handle_timeout(now);
         let mut out = None;
         if let Some(end) = s.recorder.as_mut().and_then(|r| r.on_tick()) {
             if let Some(r) = s.recorder.take() {
