@@ -1,9 +1,9 @@
 //! The media engine: worker threads, each owning a slab of RTP streams (their UDP sockets, RTP
 //! state, player, recorder, DTMF detectors) and the conferences among them, all driven by one
 //! 20 ms pacing clock per worker. No task or timer per stream: a tick mixes the conferences,
-//! sends one frame per stream, then drains the sockets that received something (the worker's
-//! epoll instance says which; a socket with nothing waiting costs no syscall), from buffers
-//! owned by the worker.
+//! sends one frame per stream, then reads the sockets that received something (the worker's
+//! epoll instance says which: a socket with nothing waiting costs no syscall, one with a
+//! datagram one `recvfrom`), from buffers owned by the worker.
 //!
 //! Control goes in as commands on a channel (read at each tick), events come out on a tokio
 //! channel. Sockets are bound by [`MediaEngine::create_stream`] in the caller's thread, so the
@@ -31,9 +31,9 @@ use crate::coder::Coder;
 use crate::dtmf_out::{valid_digits, DtmfOut, DtmfTick};
 use crate::mixer::{mix, MixSlot, ParticipantMode, Playout};
 use crate::player::{Player, Playlist};
+use crate::poller::Poller;
 use crate::recorder::{RecordEnd, RecordParams, Recorder, Recording};
 use crate::reorder::{Next, PushResult, Reorder};
-use crate::sockets::{Poller, RecvBatch, BATCH};
 
 /// The pacing interval (and packetisation time of everything we send).
 pub const PTIME: Duration = Duration::from_millis(20);
@@ -670,7 +670,7 @@ impl Stream {
         data: &[u8],
         from: SocketAddr,
         now: Instant,
-        scratch: &mut Scratch,
+        scratch: &mut ReceiveScratch<'_>,
         counts: &mut TickCounts,
     ) {
         if !self.receive {
@@ -723,7 +723,7 @@ impl Stream {
                 timestamp: ts,
                 payload,
             };
-            self.on_audio(rx, &mut scratch.receive());
+            self.on_audio(rx, scratch);
         }
     }
 
@@ -812,6 +812,10 @@ const RTCP_POLL_TICKS: u64 = 25;
 /// Datagrams read from one socket in one tick at most (a flood must not stall the tick); the
 /// rest wait for the next tick.
 const MAX_READ_PER_TICK: usize = 64;
+/// Rounds of readiness per tick: the sockets reported in each of the first rounds are read
+/// one datagram each (the usual case: one syscall per datagram, none to find the socket
+/// empty); those still reported in the last are drained.
+const READ_ROUNDS: usize = 4;
 
 /// The poller token of a stream's RTP (or RTCP) socket: its slab key, and which socket.
 fn token(key: usize, rtcp: bool) -> u64 {
@@ -880,6 +884,7 @@ fn fill_frame(s: &mut Stream, frame: &mut [i16; FRAME], events: &UnboundedSender
 }
 
 struct Scratch {
+    rbuf: Box<[u8; 2048]>,
     sbuf: Box<[u8; 1500]>,
     pcm: Box<[i16; 2048]>,
     frame: [i16; FRAME],
@@ -926,12 +931,8 @@ struct Worker {
     counts: TickCounts,
     tick_no: u64,
     poller: Poller,
-    batch: RecvBatch,
-    /// Tokens of the sockets to read this tick.
+    /// Tokens of the sockets to read in this round.
     ready: Vec<u64>,
-    /// Tokens of the sockets that still had datagrams after their per-tick limit: read again
-    /// next tick (edge-triggered readiness will not report them again).
-    again: Vec<u64>,
 }
 
 impl Worker {
@@ -950,6 +951,7 @@ impl Worker {
             index: HashMap::with_capacity(256),
             conferences: HashMap::new(),
             scratch: Scratch {
+                rbuf: Box::new([0; 2048]),
                 sbuf: Box::new([0; 1500]),
                 pcm: Box::new([0; 2048]),
                 frame: [0; FRAME],
@@ -958,9 +960,7 @@ impl Worker {
             counts: TickCounts::default(),
             tick_no: 0,
             poller: Poller::new(),
-            batch: RecvBatch::new(),
             ready: Vec::with_capacity(256),
-            again: Vec::with_capacity(64),
         }
     }
 
@@ -1040,14 +1040,14 @@ impl Worker {
                 let key = self.streams.insert(*stream);
                 self.index.insert(id, key);
                 let s = &mut self.streams[key];
-                s.watched = match self
-                    .poller
+                let poller = &mut self.poller;
+                s.watched = match poller
                     .add(&s.socket, token(key, false))
-                    .and_then(|()| self.poller.add(&s.rtcp, token(key, true)))
+                    .and_then(|()| poller.add(&s.rtcp, token(key, true)))
                 {
                     Ok(()) => true,
                     Err(e) => {
-                        self.poller.delete(&s.socket);
+                        poller.delete(&s.socket);
                         tracing::debug!(stream = id, error = %e, "socket not watched; read every tick");
                         false
                     }
@@ -1256,27 +1256,30 @@ impl Worker {
             n += 1;
             self.send_frame(key, late);
         }
-        // 3. Receive on the sockets that got something (and those left over from the last
-        //    tick), then on every stream the recorders' and RTP timeout clocks (and receive
-        //    when its sockets are not watched); RTCP reports out for a 25th of the streams.
+        // 3. Receive on the sockets that got something, then on every stream the recorders'
+        //    and RTP timeout clocks (and receive when its sockets are not watched); RTCP
+        //    reports out for a 25th of the streams.
         let mut ready = std::mem::take(&mut self.ready);
-        ready.clear();
-        ready.append(&mut self.again);
-        if let Err(e) = self.poller.ready(&mut ready) {
-            tracing::warn!(error = %e, "epoll_wait failed");
-        }
-        for &t in &ready {
-            let key = (t >> 1) as usize;
-            if !self.streams.contains(key) {
-                continue;
+        for round in 0..READ_ROUNDS {
+            ready.clear();
+            if let Err(e) = self.poller.ready(&mut ready) {
+                tracing::warn!(error = %e, "epoll_wait failed");
             }
-            let drained = if t & 1 == 0 {
-                self.receive(key, now)
+            if ready.is_empty() {
+                break;
+            }
+            let max = if round + 1 < READ_ROUNDS {
+                1
             } else {
-                self.rtcp_read(key, now)
+                MAX_READ_PER_TICK
             };
-            if !drained {
-                self.again.push(t);
+            for &t in &ready {
+                let key = (t >> 1) as usize;
+                if t & 1 == 0 {
+                    self.receive(key, now, max);
+                } else {
+                    self.rtcp_read(key, now, max);
+                }
             }
         }
         self.ready = ready;
@@ -1287,12 +1290,12 @@ impl Worker {
             };
             let watched = s.watched;
             if !watched {
-                self.receive(key, now);
+                self.receive(key, now, MAX_READ_PER_TICK);
             }
             self.clocks(key, now);
             if (self.tick_no + key as u64).is_multiple_of(RTCP_POLL_TICKS) {
                 if !watched {
-                    self.rtcp_read(key, now);
+                    self.rtcp_read(key, now, MAX_READ_PER_TICK);
                 }
                 self.rtcp_report(key, now);
             }
@@ -1346,48 +1349,42 @@ impl Worker {
         }
     }
 
-    /// Reads what waits on a stream's RTP socket (at most [`MAX_READ_PER_TICK`] datagrams);
-    /// false when the socket may still hold more (read it again next tick).
-    fn receive(&mut self, key: usize, now: Instant) -> bool {
+    /// Reads up to `max` datagrams waiting on a stream's RTP socket.
+    fn receive(&mut self, key: usize, now: Instant, max: usize) {
         let Worker {
             streams,
             scratch,
             counts,
             events,
-            batch,
             ..
         } = self;
         let Some(s) = streams.get_mut(key) else {
-            return true;
+            return;
         };
         scratch.digits.clear();
         let mut read = 0;
-        let mut drained = false;
-        while read < MAX_READ_PER_TICK {
-            let n = match batch.recv(&s.socket) {
-                Ok(n) => n,
+        while read < max {
+            let (len, from) = match s.socket.recv_from(&mut scratch.rbuf[..]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    // A pending socket error (reported once); the datagrams behind it are
-                    // read next tick.
+                    // A pending socket error (reported once).
                     tracing::trace!(stream = s.id, error = %e, "RTP receive error");
                     break;
                 }
             };
-            for i in 0..n {
-                let (data, from) = batch.get(i);
-                if let Some(from) = from {
-                    s.on_datagram(data, from, now, scratch, counts);
-                }
-            }
-            read += n;
-            if n < BATCH {
-                drained = true;
-                break;
-            }
+            read += 1;
+            let mut rs = ReceiveScratch {
+                pcm: &mut scratch.pcm[..],
+                bytes: &mut scratch.sbuf[..],
+                digits: &mut scratch.digits,
+            };
+            s.on_datagram(&scratch.rbuf[..len], from, now, &mut rs, counts);
         }
-        if read > 0 {
-            s.drain_received(false, &mut scratch.receive());
+        if read == 0 {
+            return;
         }
+        s.drain_received(false, &mut scratch.receive());
         for &(digit, source) in &scratch.digits {
             counts.dtmf += 1;
             tracing::debug!(stream = s.id, %digit, ?source, "DTMF");
@@ -1404,59 +1401,47 @@ impl Worker {
                 }
             }
         }
-        drained
     }
 
-    /// Reads the peer's RTCP (at most [`MAX_READ_PER_TICK`] datagrams); false when the socket
-    /// may still hold more.
-    fn rtcp_read(&mut self, key: usize, now: Instant) -> bool {
+    /// Reads up to `max` datagrams of the peer's RTCP.
+    fn rtcp_read(&mut self, key: usize, now: Instant, max: usize) {
         let Worker {
             streams,
+            scratch,
             counts,
-            batch,
             ..
         } = self;
         let Some(s) = streams.get_mut(key) else {
-            return true;
+            return;
         };
-        let mut read = 0;
-        while read < MAX_READ_PER_TICK {
-            let n = match batch.recv(&s.rtcp) {
-                Ok(n) => n,
+        for _ in 0..max {
+            let (len, from) = match s.rtcp.recv_from(&mut scratch.rbuf[..]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     tracing::trace!(stream = s.id, error = %e, "RTCP receive error");
-                    return false;
+                    break;
                 }
             };
-            for i in 0..n {
-                let (data, from) = batch.get(i);
-                match s.session.handle_rtcp(data, now) {
-                    Ok(summary) => {
-                        counts.rtcp_in += 1;
-                        if from.is_some() {
-                            s.rtcp_remote = from;
-                        }
-                        if let Some(r) = summary.report_about_us {
-                            tracing::trace!(
-                                stream = s.id,
-                                lost = r.fraction_lost,
-                                jitter = r.jitter,
-                                "RTCP report about our stream"
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        counts.malformed_in += 1;
-                        tracing::debug!(stream = s.id, ?from, error = ?e, "malformed RTCP dropped");
+            match s.session.handle_rtcp(&scratch.rbuf[..len], now) {
+                Ok(summary) => {
+                    counts.rtcp_in += 1;
+                    s.rtcp_remote = Some(from);
+                    if let Some(r) = summary.report_about_us {
+                        tracing::trace!(
+                            stream = s.id,
+                            lost = r.fraction_lost,
+                            jitter = r.jitter,
+                            "RTCP report about our stream"
+                        );
                     }
                 }
-            }
-            read += n;
-            if n < BATCH {
-                return true;
+                Err(e) => {
+                    counts.malformed_in += 1;
+                    tracing::debug!(stream = s.id, %from, error = ?e, "malformed RTCP dropped");
+                }
             }
         }
-        false
     }
 
     /// Sends our RTCP report when it is due.

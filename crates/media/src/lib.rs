@@ -17,8 +17,7 @@
 //! * [`dtmf_out`]: sending DTMF digits (RFC 4733 events or in-band tones).
 //! * `coder` (codec state per stream: G.711, L16, G.722 with its 8 <-> 16 kHz conversion) and
 //!   `reorder` (received audio back in sequence order for decoding, DTMF detection and
-//!   recording), `sockets` (which sockets have input: one edge-triggered epoll instance per
-//!   worker; batched receive with `recvmmsg`).
+//!   recording), `poller` (which sockets have input: one epoll instance per worker).
 
 pub mod audio;
 mod coder;
@@ -26,10 +25,10 @@ pub mod dtmf_out;
 pub mod engine;
 pub mod mixer;
 pub mod player;
+mod poller;
 pub mod prompt;
 pub mod recorder;
 mod reorder;
-mod sockets;
 
 pub use audio::{Audio, FRAME, RATE};
 pub use dtmf_out::{valid_digits, MAX_DIGITS};
