@@ -1,9 +1,14 @@
 //! The media engine: worker threads, each owning a slab of RTP streams (their UDP sockets, RTP
 //! state, player, recorder, DTMF detectors) and the conferences among them, all driven by one
 //! 20 ms pacing clock per worker. No task or timer per stream: a tick mixes the conferences,
-//! sends one frame per stream, then reads the sockets that received something (the worker's
-//! epoll instance says which: a socket with nothing waiting costs no syscall, one with a
-//! datagram one `recvfrom`), from buffers owned by the worker.
+//! sends one frame per stream, then drains the sockets, from buffers owned by the worker.
+//!
+//! Which sockets a tick reads: the RTP socket of a stream that receives is read every tick
+//! until `EAGAIN` (for a socket that gets a datagram per tick that is the cheapest: watching it
+//! with epoll would cost as much per datagram, plus a wake-up of the epoll instance on every
+//! packet sent from it). An RTP socket that has stayed empty for [`IDLE_TICKS`] (hold, one-way
+//! media, a silent peer) and every RTCP socket (a report every few seconds) are instead watched
+//! by the worker's epoll instance and read only when it reports them.
 //!
 //! Control goes in as commands on a channel (read at each tick), events come out on a tokio
 //! channel. Sockets are bound by [`MediaEngine::create_stream`] in the caller's thread, so the
@@ -537,8 +542,13 @@ struct Stream {
     mix_out: [i16; FRAME],
     last_rx: Instant,
     timeout_reported: bool,
-    /// Both sockets are watched by the worker's poller (else they are read every tick).
-    watched: bool,
+    /// The RTCP socket is watched by the worker's poller (else it is read every
+    /// [`RTCP_POLL_TICKS`]).
+    rtcp_watched: bool,
+    /// The RTP socket is watched by the poller (it was idle), not read every tick.
+    rtp_watched: bool,
+    /// Ticks in a row the RTP socket was found empty.
+    idle_ticks: u32,
 }
 
 fn payload_types(p: &StreamParams) -> Vec<u8> {
@@ -589,7 +599,9 @@ impl Stream {
             mix_out: [0; FRAME],
             last_rx: Instant::now(),
             timeout_reported: false,
-            watched: false,
+            rtcp_watched: false,
+            rtp_watched: false,
+            idle_ticks: 0,
         }
     }
 
@@ -807,15 +819,13 @@ struct TickCounts {
 }
 
 /// RTCP reports are looked at every this many ticks (0.5 s), staggered over the streams (and
-/// RTCP sockets that are not watched by the poller read).
+/// the RTCP sockets the poller cannot watch read).
 const RTCP_POLL_TICKS: u64 = 25;
 /// Datagrams read from one socket in one tick at most (a flood must not stall the tick); the
 /// rest wait for the next tick.
 const MAX_READ_PER_TICK: usize = 64;
-/// Rounds of readiness per tick: the sockets reported in each of the first rounds are read
-/// one datagram each (the usual case: one syscall per datagram, none to find the socket
-/// empty); those still reported in the last are drained.
-const READ_ROUNDS: usize = 4;
+/// An RTP socket found empty this many ticks in a row (0.5 s) is handed to the poller.
+const IDLE_TICKS: u32 = 25;
 
 /// The poller token of a stream's RTP (or RTCP) socket: its slab key, and which socket.
 fn token(key: usize, rtcp: bool) -> u64 {
@@ -1040,15 +1050,10 @@ impl Worker {
                 let key = self.streams.insert(*stream);
                 self.index.insert(id, key);
                 let s = &mut self.streams[key];
-                let poller = &mut self.poller;
-                s.watched = match poller
-                    .add(&s.socket, token(key, false))
-                    .and_then(|()| poller.add(&s.rtcp, token(key, true)))
-                {
+                s.rtcp_watched = match self.poller.add(&s.rtcp, token(key, true)) {
                     Ok(()) => true,
                     Err(e) => {
-                        poller.delete(&s.socket);
-                        tracing::debug!(stream = id, error = %e, "socket not watched; read every tick");
+                        tracing::debug!(stream = id, error = %e, "RTCP socket not watched; read every 25 ticks");
                         false
                     }
                 };
@@ -1184,8 +1189,10 @@ impl Worker {
             return;
         };
         let mut s = self.streams.remove(key);
-        if s.watched {
+        if s.rtp_watched {
             self.poller.delete(&s.socket);
+        }
+        if s.rtcp_watched {
             self.poller.delete(&s.rtcp);
         }
         if let Some(to) = rtcp_target(&s) {
@@ -1256,46 +1263,42 @@ impl Worker {
             n += 1;
             self.send_frame(key, late);
         }
-        // 3. Receive on the sockets that got something, then on every stream the recorders'
-        //    and RTP timeout clocks (and receive when its sockets are not watched); RTCP
-        //    reports out for a 25th of the streams.
+        // 3. What the poller reports: RTCP, and idle RTP sockets that got something again
+        //    (they go back to being read every tick, below).
         let mut ready = std::mem::take(&mut self.ready);
-        for round in 0..READ_ROUNDS {
-            ready.clear();
-            if let Err(e) = self.poller.ready(&mut ready) {
-                tracing::warn!(error = %e, "epoll_wait failed");
-            }
-            if ready.is_empty() {
-                break;
-            }
-            let max = if round + 1 < READ_ROUNDS {
-                1
-            } else {
-                MAX_READ_PER_TICK
-            };
-            for &t in &ready {
-                let key = (t >> 1) as usize;
-                if t & 1 == 0 {
-                    self.receive(key, now, max);
-                } else {
-                    self.rtcp_read(key, now, max);
+        ready.clear();
+        if let Err(e) = self.poller.ready(&mut ready) {
+            tracing::warn!(error = %e, "epoll_wait failed");
+        }
+        for &t in &ready {
+            let key = (t >> 1) as usize;
+            if t & 1 == 1 {
+                self.rtcp_read(key, now);
+            } else if let Some(s) = self.streams.get_mut(key) {
+                if s.rtp_watched {
+                    self.poller.delete(&s.socket);
+                    s.rtp_watched = false;
+                    s.idle_ticks = 0;
                 }
             }
         }
         self.ready = ready;
+        // 4. Receive on every stream whose RTP socket is not idle, then run the recorders' and
+        //    RTP timeout clocks; RTCP reports (and RTCP reads where the poller cannot watch)
+        //    for a 25th of the streams.
         self.tick_no = self.tick_no.wrapping_add(1);
         for key in 0..keys {
             let Some(s) = self.streams.get(key) else {
                 continue;
             };
-            let watched = s.watched;
-            if !watched {
-                self.receive(key, now, MAX_READ_PER_TICK);
+            let rtcp_watched = s.rtcp_watched;
+            if !s.rtp_watched {
+                self.receive(key, now);
             }
             self.clocks(key, now);
             if (self.tick_no + key as u64).is_multiple_of(RTCP_POLL_TICKS) {
-                if !watched {
-                    self.rtcp_read(key, now, MAX_READ_PER_TICK);
+                if !rtcp_watched {
+                    self.rtcp_read(key, now);
                 }
                 self.rtcp_report(key, now);
             }
@@ -1349,13 +1352,15 @@ impl Worker {
         }
     }
 
-    /// Reads up to `max` datagrams waiting on a stream's RTP socket.
-    fn receive(&mut self, key: usize, now: Instant, max: usize) {
+    /// Reads the datagrams waiting on a stream's RTP socket (at most [`MAX_READ_PER_TICK`]);
+    /// hands the socket to the poller when it has been empty for [`IDLE_TICKS`].
+    fn receive(&mut self, key: usize, now: Instant) {
         let Worker {
             streams,
             scratch,
             counts,
             events,
+            poller,
             ..
         } = self;
         let Some(s) = streams.get_mut(key) else {
@@ -1363,7 +1368,7 @@ impl Worker {
         };
         scratch.digits.clear();
         let mut read = 0;
-        while read < max {
+        while read < MAX_READ_PER_TICK {
             let (len, from) = match s.socket.recv_from(&mut scratch.rbuf[..]) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -1382,8 +1387,15 @@ impl Worker {
             s.on_datagram(&scratch.rbuf[..len], from, now, &mut rs, counts);
         }
         if read == 0 {
+            s.idle_ticks = s.idle_ticks.saturating_add(1);
+            // Level-triggered: a datagram that came in since the read above is reported at
+            // once, so handing the socket over loses nothing.
+            if s.idle_ticks >= IDLE_TICKS && poller.add(&s.socket, token(key, false)).is_ok() {
+                s.rtp_watched = true;
+            }
             return;
         }
+        s.idle_ticks = 0;
         s.drain_received(false, &mut scratch.receive());
         for &(digit, source) in &scratch.digits {
             counts.dtmf += 1;
@@ -1403,8 +1415,8 @@ impl Worker {
         }
     }
 
-    /// Reads up to `max` datagrams of the peer's RTCP.
-    fn rtcp_read(&mut self, key: usize, now: Instant, max: usize) {
+    /// Reads the peer's RTCP (at most [`MAX_READ_PER_TICK`] datagrams).
+    fn rtcp_read(&mut self, key: usize, now: Instant) {
         let Worker {
             streams,
             scratch,
@@ -1414,7 +1426,7 @@ impl Worker {
         let Some(s) = streams.get_mut(key) else {
             return;
         };
-        for _ in 0..max {
+        for _ in 0..MAX_READ_PER_TICK {
             let (len, from) = match s.rtcp.recv_from(&mut scratch.rbuf[..]) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -17,7 +17,7 @@
 //! * [`dtmf_out`]: sending DTMF digits (RFC 4733 events or in-band tones).
 //! * `coder` (codec state per stream: G.711, L16, G.722 with its 8 <-> 16 kHz conversion) and
 //!   `reorder` (received audio back in sequence order for decoding, DTMF detection and
-//!   recording), `poller` (which sockets have input: one epoll instance per worker).
+//!   recording), `poller` (which quiet sockets have input: one epoll instance per worker).
 
 pub mod audio;
 mod coder;

@@ -1,9 +1,8 @@
-//! Which of a worker's sockets have datagrams waiting: one level-triggered epoll instance per
-//! worker, so that a tick reads only the sockets that received something and never pays a
-//! syscall for an empty one. Level-triggered, because a socket is read one datagram at a time
-//! (reading until `EAGAIN` would cost a second syscall for the usual single datagram): a
-//! socket that still holds datagrams is simply reported again. Elsewhere than on Linux nothing
-//! is watched (every socket is read every tick).
+//! Which of a worker's quiet sockets (RTCP, idle RTP) have datagrams waiting: one
+//! level-triggered epoll instance per worker, so that a tick pays no syscall for a socket with
+//! nothing waiting. Level-triggered: a socket is reported for as long as it holds datagrams,
+//! and one that already holds some when it is added is reported at once. Elsewhere than on
+//! Linux nothing is watched (the engine reads every socket).
 
 use std::io;
 use std::net::UdpSocket;
@@ -28,7 +27,7 @@ mod linux {
 
     impl Poller {
         /// A poller; when the system refuses an epoll instance, one that registers nothing (the
-        /// caller then reads every socket every tick).
+        /// caller then reads every socket itself).
         pub(crate) fn new() -> Poller {
             // SAFETY: plain FFI call; a non-negative return is a new descriptor we own.
             let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -47,8 +46,8 @@ mod linux {
             }
         }
 
-        /// Watches `socket` for input; its events carry `token`. An error means
-        /// the socket is not watched: the caller must read it every tick.
+        /// Watches `socket` for input; its events carry `token`. An error means the socket is
+        /// not watched: the caller must read it itself.
         pub(crate) fn add(&mut self, socket: &UdpSocket, token: u64) -> io::Result<()> {
             let Some(ep) = &self.epoll else {
                 return Err(io::ErrorKind::Unsupported.into());
@@ -137,7 +136,7 @@ mod linux {
 mod portable {
     use super::*;
 
-    /// No readiness here: nothing is ever registered, so every socket is read every tick.
+    /// No readiness here: nothing is ever registered, so the engine reads every socket.
     pub(crate) struct Poller;
 
     impl Poller {
