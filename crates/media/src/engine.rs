@@ -623,6 +623,10 @@ impl Stream {
         if !stateful && !self.detecting() {
             return;
         }
+        if self.reorder.pass(rx.ssrc, rx.seq, rx.payload.len()) {
+            self.in_order(rx.ssrc, rx.timestamp, rx.payload, scratch);
+            return;
+        }
         let mut pushed = self.reorder.push(rx.ssrc, rx.seq, rx.timestamp, rx.payload);
         if pushed == PushResult::NewSource {
             self.drain_received(true, scratch);
