@@ -1,7 +1,14 @@
 //! The media engine: worker threads, each owning a slab of RTP streams (their UDP sockets, RTP
 //! state, player, recorder, DTMF detectors) and the conferences among them, all driven by one
-//! 20 ms pacing clock per worker. No task or timer per stream: a tick drains every socket,
-//! mixes the conferences, then sends one frame per stream, from buffers owned by the worker.
+//! 20 ms pacing clock per worker. No task or timer per stream: a tick mixes the conferences,
+//! sends one frame per stream, then drains the sockets, from buffers owned by the worker.
+//!
+//! Which sockets a tick reads: the RTP socket of a stream that receives is read every tick
+//! until `EAGAIN` (for a socket that gets a datagram per tick that is the cheapest: watching it
+//! with epoll would cost as much per datagram, plus a wake-up of the epoll instance on every
+//! packet sent from it). An RTP socket that has stayed empty for [`IDLE_TICKS`] (hold, one-way
+//! media, a silent peer) and every RTCP socket (a report every few seconds) are instead watched
+//! by the worker's epoll instance and read only when it reports them.
 //!
 //! Control goes in as commands on a channel (read at each tick), events come out on a tokio
 //! channel. Sockets are bound by [`MediaEngine::create_stream`] in the caller's thread, so the
@@ -29,6 +36,7 @@ use crate::coder::Coder;
 use crate::dtmf_out::{valid_digits, DtmfOut, DtmfTick};
 use crate::mixer::{mix, MixSlot, ParticipantMode, Playout};
 use crate::player::{Player, Playlist};
+use crate::poller::Poller;
 use crate::recorder::{RecordEnd, RecordParams, Recorder, Recording};
 use crate::reorder::{Next, PushResult, Reorder};
 
@@ -534,6 +542,13 @@ struct Stream {
     mix_out: [i16; FRAME],
     last_rx: Instant,
     timeout_reported: bool,
+    /// The RTCP socket is watched by the worker's poller (else it is read every
+    /// [`RTCP_POLL_TICKS`]).
+    rtcp_watched: bool,
+    /// The RTP socket is watched by the poller (it was idle), not read every tick.
+    rtp_watched: bool,
+    /// Ticks in a row the RTP socket was found empty.
+    idle_ticks: u32,
 }
 
 fn payload_types(p: &StreamParams) -> Vec<u8> {
@@ -584,6 +599,9 @@ impl Stream {
             mix_out: [0; FRAME],
             last_rx: Instant::now(),
             timeout_reported: false,
+            rtcp_watched: false,
+            rtp_watched: false,
+            idle_ticks: 0,
         }
     }
 
@@ -598,11 +616,15 @@ impl Stream {
     /// the audio through the reorder buffer.
     fn on_audio(&mut self, rx: Rx<'_>, scratch: &mut ReceiveScratch<'_>) {
         let stateful = self.coder.is_stateful();
-        if !stateful {
+        if !stateful && (self.recorder.is_some() || self.playout.is_some()) {
             let n = self.coder.decode(rx.payload, scratch.pcm);
             self.feed_sinks(rx.ssrc, rx.timestamp, &scratch.pcm[..n]);
         }
         if !stateful && !self.detecting() {
+            return;
+        }
+        if self.reorder.pass(rx.ssrc, rx.seq, rx.payload.len()) {
+            self.in_order(rx.ssrc, rx.timestamp, rx.payload, scratch);
             return;
         }
         let mut pushed = self.reorder.push(rx.ssrc, rx.seq, rx.timestamp, rx.payload);
@@ -655,6 +677,69 @@ impl Stream {
             let digits = &mut *scratch.digits;
             self.inband
                 .process(pcm, |d| digits.push((d.digit, DtmfSource::InBand)));
+        }
+    }
+
+    /// One datagram received on the RTP port.
+    fn on_datagram(
+        &mut self,
+        data: &[u8],
+        from: SocketAddr,
+        now: Instant,
+        scratch: &mut ReceiveScratch<'_>,
+        counts: &mut TickCounts,
+    ) {
+        if !self.receive {
+            return;
+        }
+        if is_rtcp(data) {
+            // RTCP multiplexed on the RTP port (RFC 5761).
+            match self.session.handle_rtcp(data, now) {
+                Ok(_) => counts.rtcp_in += 1,
+                Err(_) => counts.malformed_in += 1,
+            }
+            return;
+        }
+        let r = match self.session.receiver.handle_datagram(data, from, now) {
+            Ok(r) => r,
+            Err(Dropped::Malformed(e)) => {
+                counts.malformed_in += 1;
+                tracing::debug!(stream = self.id, %from, error = ?e, "malformed RTP dropped");
+                return;
+            }
+            Err(d) => {
+                counts.dropped_in += 1;
+                tracing::trace!(stream = self.id, %from, reason = ?d, "RTP dropped");
+                return;
+            }
+        };
+        counts.packets_in += 1;
+        if r.late {
+            counts.late_in += 1;
+        }
+        self.last_rx = now;
+        self.timeout_reported = false;
+        let pt = r.packet.payload_type();
+        let payload = r.packet.payload();
+        let ts = r.packet.timestamp();
+        let ssrc = r.packet.ssrc();
+        if Some(pt) == self.telephone_event {
+            self.saw_rfc4733 = true;
+            if let Ok(Some(rep)) = self.dtmf_rx.on_packet(ts, payload, now) {
+                if rep.is_new_digit() {
+                    if let Some(d) = rep.digit() {
+                        scratch.digits.push((d, DtmfSource::Rfc4733));
+                    }
+                }
+            }
+        } else if pt == self.codec.payload_type {
+            let rx = Rx {
+                ssrc,
+                seq: r.packet.sequence(),
+                timestamp: ts,
+                payload,
+            };
+            self.on_audio(rx, scratch);
         }
     }
 
@@ -737,8 +822,19 @@ struct TickCounts {
     rtcp_out: u64,
 }
 
-/// RTCP sockets are read every this many ticks (0.5 s), staggered over the streams.
+/// RTCP reports are looked at every this many ticks (0.5 s), staggered over the streams (and
+/// the RTCP sockets the poller cannot watch read).
 const RTCP_POLL_TICKS: u64 = 25;
+/// Datagrams read from one socket in one tick at most (a flood must not stall the tick); the
+/// rest wait for the next tick.
+const MAX_READ_PER_TICK: usize = 64;
+/// An RTP socket found empty this many ticks in a row (0.5 s) is handed to the poller.
+const IDLE_TICKS: u32 = 25;
+
+/// The poller token of a stream's RTP (or RTCP) socket: its slab key, and which socket.
+fn token(key: usize, rtcp: bool) -> u64 {
+    ((key as u64) << 1) | u64::from(rtcp)
+}
 
 fn ntp_now() -> NtpTime {
     NtpTime::from_unix(
@@ -848,6 +944,9 @@ struct Worker {
     scratch: Scratch,
     counts: TickCounts,
     tick_no: u64,
+    poller: Poller,
+    /// Tokens of the sockets to read in this round.
+    ready: Vec<u64>,
 }
 
 impl Worker {
@@ -874,6 +973,8 @@ impl Worker {
             },
             counts: TickCounts::default(),
             tick_no: 0,
+            poller: Poller::new(),
+            ready: Vec::with_capacity(256),
         }
     }
 
@@ -952,6 +1053,14 @@ impl Worker {
             Command::Add(id, stream) => {
                 let key = self.streams.insert(*stream);
                 self.index.insert(id, key);
+                let s = &mut self.streams[key];
+                s.rtcp_watched = match self.poller.add(&s.rtcp, token(key, true)) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!(stream = id, error = %e, "RTCP socket not watched; read every 25 ticks");
+                        false
+                    }
+                };
                 self.stats.streams.fetch_add(1, Ordering::Relaxed);
                 metrics::gauge!("media_streams").increment(1.0);
             }
@@ -1084,6 +1193,12 @@ impl Worker {
             return;
         };
         let mut s = self.streams.remove(key);
+        if s.rtp_watched {
+            self.poller.delete(&s.socket);
+        }
+        if s.rtcp_watched {
+            self.poller.delete(&s.rtcp);
+        }
         if let Some(to) = rtcp_target(&s) {
             let mut buf = [0u8; 256];
             if let Ok(n) = s.session.write_bye(&self.cfg.cname, None, &mut buf) {
@@ -1152,16 +1267,44 @@ impl Worker {
             n += 1;
             self.send_frame(key, late);
         }
-        // 3. Receive on every stream, then run the recorders' and RTP timeout clocks; RTCP
-        //    (reports in and out) for a 25th of the streams.
+        // 3. What the poller reports: RTCP, and idle RTP sockets that got something again
+        //    (they go back to being read every tick, below).
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        if let Err(e) = self.poller.ready(&mut ready) {
+            tracing::warn!(error = %e, "epoll_wait failed");
+        }
+        for &t in &ready {
+            let key = (t >> 1) as usize;
+            if t & 1 == 1 {
+                self.rtcp_read(key, now);
+            } else if let Some(s) = self.streams.get_mut(key) {
+                if s.rtp_watched {
+                    self.poller.delete(&s.socket);
+                    s.rtp_watched = false;
+                    s.idle_ticks = 0;
+                }
+            }
+        }
+        self.ready = ready;
+        // 4. Receive on every stream whose RTP socket is not idle, then run the recorders' and
+        //    RTP timeout clocks; RTCP reports (and RTCP reads where the poller cannot watch)
+        //    for a 25th of the streams.
         self.tick_no = self.tick_no.wrapping_add(1);
         for key in 0..keys {
-            if self.streams.contains(key) {
+            let Some(s) = self.streams.get(key) else {
+                continue;
+            };
+            let rtcp_watched = s.rtcp_watched;
+            if !s.rtp_watched {
                 self.receive(key, now);
-                self.clocks(key, now);
-                if (self.tick_no + key as u64).is_multiple_of(RTCP_POLL_TICKS) {
-                    self.rtcp(key, now);
+            }
+            self.clocks(key, now);
+            if (self.tick_no + key as u64).is_multiple_of(RTCP_POLL_TICKS) {
+                if !rtcp_watched {
+                    self.rtcp_read(key, now);
                 }
+                self.rtcp_report(key, now);
             }
         }
         self.flush_counts();
@@ -1213,89 +1356,51 @@ impl Worker {
         }
     }
 
+    /// Reads the datagrams waiting on a stream's RTP socket (at most [`MAX_READ_PER_TICK`]);
+    /// hands the socket to the poller when it has been empty for [`IDLE_TICKS`].
     fn receive(&mut self, key: usize, now: Instant) {
         let Worker {
             streams,
             scratch,
             counts,
             events,
+            poller,
             ..
         } = self;
         let Some(s) = streams.get_mut(key) else {
             return;
         };
         scratch.digits.clear();
-        for _ in 0..64 {
+        let mut read = 0;
+        while read < MAX_READ_PER_TICK {
             let (len, from) = match s.socket.recv_from(&mut scratch.rbuf[..]) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
+                    // A pending socket error (reported once).
                     tracing::trace!(stream = s.id, error = %e, "RTP receive error");
                     break;
                 }
             };
-            if !s.receive {
-                continue;
-            }
-            let data = &scratch.rbuf[..len];
-            if is_rtcp(data) {
-                // RTCP multiplexed on the RTP port (RFC 5761).
-                match s.session.handle_rtcp(data, now) {
-                    Ok(_) => counts.rtcp_in += 1,
-                    Err(_) => counts.malformed_in += 1,
-                }
-                continue;
-            }
-            let r = match s.session.receiver.handle_datagram(data, from, now) {
-                Ok(r) => r,
-                Err(Dropped::Malformed(e)) => {
-                    counts.malformed_in += 1;
-                    tracing::debug!(stream = s.id, %from, error = ?e, "malformed RTP dropped");
-                    continue;
-                }
-                Err(d) => {
-                    counts.dropped_in += 1;
-                    tracing::trace!(stream = s.id, %from, reason = ?d, "RTP dropped");
-                    continue;
-                }
+            read += 1;
+            let mut rs = ReceiveScratch {
+                pcm: &mut scratch.pcm[..],
+                bytes: &mut scratch.sbuf[..],
+                digits: &mut scratch.digits,
             };
-            counts.packets_in += 1;
-            if r.late {
-                counts.late_in += 1;
-            }
-            s.last_rx = now;
-            s.timeout_reported = false;
-            let pt = r.packet.payload_type();
-            let payload = r.packet.payload();
-            let ts = r.packet.timestamp();
-            let ssrc = r.packet.ssrc();
-            if Some(pt) == s.telephone_event {
-                s.saw_rfc4733 = true;
-                if let Ok(Some(rep)) = s.dtmf_rx.on_packet(ts, payload, now) {
-                    if rep.is_new_digit() {
-                        if let Some(d) = rep.digit() {
-                            scratch.digits.push((d, DtmfSource::Rfc4733));
-                        }
-                    }
-                }
-            } else if pt == s.codec.payload_type {
-                let rx = Rx {
-                    ssrc,
-                    seq: r.packet.sequence(),
-                    timestamp: ts,
-                    payload,
-                };
-                // Field by field: the packet still borrows `rbuf`.
-                let mut rs = ReceiveScratch {
-                    pcm: &mut scratch.pcm[..],
-                    bytes: &mut scratch.sbuf[..],
-                    digits: &mut scratch.digits,
-                };
-                s.on_audio(rx, &mut rs);
-            }
+            s.on_datagram(&scratch.rbuf[..len], from, now, &mut rs, counts);
         }
+        if read == 0 {
+            s.idle_ticks = s.idle_ticks.saturating_add(1);
+            // Level-triggered: a datagram that came in since the read above is reported at
+            // once, so handing the socket over loses nothing.
+            if s.idle_ticks >= IDLE_TICKS && poller.add(&s.socket, token(key, false)).is_ok() {
+                s.rtp_watched = true;
+            }
+            return;
+        }
+        s.idle_ticks = 0;
         s.drain_received(false, &mut scratch.receive());
-        s.dtmf_rx.handle_timeout(now);
         for &(digit, source) in &scratch.digits {
             counts.dtmf += 1;
             tracing::debug!(stream = s.id, %digit, ?source, "DTMF");
@@ -1314,22 +1419,25 @@ impl Worker {
         }
     }
 
-    /// Reads the peer's RTCP and sends our report when it is due.
-    fn rtcp(&mut self, key: usize, now: Instant) {
+    /// Reads the peer's RTCP (at most [`MAX_READ_PER_TICK`] datagrams).
+    fn rtcp_read(&mut self, key: usize, now: Instant) {
         let Worker {
             streams,
             scratch,
             counts,
-            cfg,
             ..
         } = self;
         let Some(s) = streams.get_mut(key) else {
             return;
         };
-        for _ in 0..16 {
+        for _ in 0..MAX_READ_PER_TICK {
             let (len, from) = match s.rtcp.recv_from(&mut scratch.rbuf[..]) {
                 Ok(r) => r,
-                Err(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::trace!(stream = s.id, error = %e, "RTCP receive error");
+                    break;
+                }
             };
             match s.session.handle_rtcp(&scratch.rbuf[..len], now) {
                 Ok(summary) => {
@@ -1350,6 +1458,20 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Sends our RTCP report when it is due.
+    fn rtcp_report(&mut self, key: usize, now: Instant) {
+        let Worker {
+            streams,
+            scratch,
+            counts,
+            cfg,
+            ..
+        } = self;
+        let Some(s) = streams.get_mut(key) else {
+            return;
+        };
         if now < s.next_report {
             return;
         }
@@ -1436,6 +1558,7 @@ impl Worker {
             return;
         };
         let id = s.id;
+        s.dtmf_rx.handle_timeout(now);
         let mut out = None;
         if let Some(end) = s.recorder.as_mut().and_then(|r| r.on_tick()) {
             if let Some(r) = s.recorder.take() {

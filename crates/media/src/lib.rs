@@ -1,10 +1,11 @@
 //! Switchboard's media engine (the runtime below the `mcp` role).
 //!
 //! * [`engine`]: [`MediaEngine`] runs RTP endpoints on UDP. One pacing loop per worker thread
-//!   (20 ms ticks) drives all of its streams: it drains every socket, mixes the conferences and
-//!   sends one frame per stream from buffers the worker owns, so the steady state allocates
-//!   nothing per packet and there is no task or timer per stream. Commands go in over a
-//!   channel; [`MediaEvent`]s (DTMF, play done, record done, RTP timeout) come out.
+//!   (20 ms ticks) drives all of its streams: it drains the sockets that received something,
+//!   mixes the conferences and sends one frame per stream from buffers the worker owns, so the
+//!   steady state allocates nothing per packet and there is no task or timer per stream.
+//!   Commands go in over a channel; [`MediaEvent`]s (DTMF, play done, record done, RTP
+//!   timeout) come out.
 //! * [`player`]: playlists of clips, tones and silence with RFC 4240 repeat/delay/duration.
 //! * [`prompt`]: prompt URLs to playable items: WAV files (any PCM rate, resampled), HTTP
 //!   fetches with caching, TTS through an external program (espeak-ng) cached by text and
@@ -16,7 +17,7 @@
 //! * [`dtmf_out`]: sending DTMF digits (RFC 4733 events or in-band tones).
 //! * `coder` (codec state per stream: G.711, L16, G.722 with its 8 <-> 16 kHz conversion) and
 //!   `reorder` (received audio back in sequence order for decoding, DTMF detection and
-//!   recording).
+//!   recording), `poller` (which quiet sockets have input: one epoll instance per worker).
 
 pub mod audio;
 mod coder;
@@ -24,6 +25,7 @@ pub mod dtmf_out;
 pub mod engine;
 pub mod mixer;
 pub mod player;
+mod poller;
 pub mod prompt;
 pub mod recorder;
 mod reorder;

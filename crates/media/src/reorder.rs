@@ -52,6 +52,16 @@ impl Reorder {
         })
     }
 
+    /// True when the packet is the next in order with nothing held before it: the caller
+    /// uses it at once, as if pushed and popped, without copying it through the buffer.
+    pub(crate) fn pass(&mut self, ssrc: u32, seq: u16, len: usize) -> bool {
+        if len > MAX_PAYLOAD || self.ssrc != Some(ssrc) || !self.jb.pass_in_order(seq) {
+            return false;
+        }
+        self.late_run = 0;
+        true
+    }
+
     /// Stores a packet, unless it is too large to hold (use it directly) or the first of a new
     /// source while the old one still has packets here (flush those, then push again).
     pub(crate) fn push(

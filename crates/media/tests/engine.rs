@@ -207,6 +207,36 @@ fn rfc4733_digits_and_bad_packets() {
 }
 
 #[test]
+fn a_stream_idle_for_a_while_still_hears_its_peer() {
+    // Silent for 0.8 s (its RTP socket goes to the poller after 0.5 s), then RFC 4733 digits,
+    // twice over with a pause between.
+    let (engine, mut events) = engine();
+    let phone = peer();
+    let mut params = StreamParams::new(Some(phone.local_addr().expect("addr")), Codec::PCMU);
+    params.telephone_event = Some(101);
+    let (id, local) = engine.create_stream(params).expect("stream");
+    let mut tx = Sender::new(0x4321);
+    let mut digits = String::new();
+    for d in [7u8, 9] {
+        std::thread::sleep(Duration::from_millis(800));
+        tx.digit(&phone, local, 101, d);
+        while let Some(e) = next_event(&mut events, Duration::from_secs(1)) {
+            if let MediaEventKind::Dtmf { digit, .. } = e.kind {
+                assert_eq!(e.stream, id);
+                digits.push(digit);
+                break;
+            }
+        }
+    }
+    assert_eq!(digits, "79");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while engine.stats().packets_in < 16 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(engine.stats().packets_in, 16);
+}
+
+#[test]
 fn inband_dtmf_from_a_sox_wav() {
     if !switchboard_testkit::require_program("sox") {
         return;

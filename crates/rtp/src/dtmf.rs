@@ -2,7 +2,10 @@
 //!
 //! 8 kHz linear audio is analysed in 102-sample windows (12.75 ms, a resolution fine enough to
 //! separate the DTMF frequencies, which are 73 Hz apart at the closest) every 51 samples
-//! (50 % overlap). A window is a *hit* for a digit when
+//! (50 % overlap). A window is two 51-sample blocks, each shared with the window before or
+//! after it: the filters run once over each block (a complex Goertzel result per frequency),
+//! and a window's spectrum is its first block's plus its second's, phase-shifted by a block.
+//! A window is a *hit* for a digit when
 //!
 //! * the strongest row and strongest column tone each exceed the minimum level (-36 dBm0),
 //! * the twist is within limits: a high-group tone up to 8 dB above the low-group tone
@@ -80,6 +83,21 @@ fn db(x: f32) -> f32 {
     10f32.powf(x / 10.0)
 }
 
+/// The eight DTMF frequencies, rows then columns.
+const BANK: [f32; 8] = [
+    ROWS[0], ROWS[1], ROWS[2], ROWS[3], COLS[0], COLS[1], COLS[2], COLS[3],
+];
+
+/// A block's spectrum at the eight DTMF frequencies (complex, as (re, im)).
+type Spectrum = [(f32, f32); 8];
+
+/// `e^(-j w n)` for frequency `f`.
+fn phase(f: f32, n: usize) -> (f32, f32) {
+    let w = 2.0 * std::f64::consts::PI * f64::from(f) / f64::from(SAMPLE_RATE);
+    let a = -w * n as f64;
+    (a.cos() as f32, a.sin() as f32)
+}
+
 /// Goertzel filter coefficient for frequency `f`.
 fn coeff(f: f32) -> f32 {
     2.0 * (2.0 * std::f32::consts::PI * f / SAMPLE_RATE as f32).cos()
@@ -117,8 +135,6 @@ pub struct DtmfDetection {
 #[derive(Debug, Clone)]
 pub struct DtmfDetector {
     cfg: DtmfConfig,
-    row_coeff: [f32; 4],
-    col_coeff: [f32; 4],
     row_h_coeff: [f32; 4],
     col_h_coeff: [f32; 4],
     /// Leakage of column c into the second-harmonic filter of row r.
@@ -131,6 +147,14 @@ pub struct DtmfDetector {
     pos: usize,
     since: usize,
     total: u64,
+    /// Power (sum of squares) and, once computed, the eight filter outputs of the second block
+    /// of the previous window, which is the first of the next.
+    prev_block: Option<(f32, Option<Spectrum>)>,
+    /// Per filter: `2 cos w`, and the phase factors `e^-jw(HOP-1)` and `e^-jw HOP` that turn a
+    /// block's Goertzel state into its spectrum and shift a block's spectrum by a block.
+    bank_coeff: [f32; 8],
+    bank_c1: [(f32, f32); 8],
+    bank_c2: [(f32, f32); 8],
     /// Row, column and their powers in the previous window.
     last_pair: Option<(usize, usize, f32, f32)>,
     candidate: Option<char>,
@@ -156,13 +180,15 @@ impl DtmfDetector {
         let amp = DBM0_PEAK * 10f32.powf(cfg.min_level_dbm0 / 20.0);
         DtmfDetector {
             cfg,
-            row_coeff: ROWS.map(coeff),
-            col_coeff: COLS.map(coeff),
             row_h_coeff: ROWS.map(|f| coeff(2.0 * f)),
             col_h_coeff: COLS.map(|f| coeff(2.0 * f)),
             row_h_leak,
             min_power: amp * amp / 2.0,
             ring: [0.0; 2 * WINDOW],
+            prev_block: None,
+            bank_coeff: BANK.map(coeff),
+            bank_c1: BANK.map(|f| phase(f, HOP - 1)),
+            bank_c2: BANK.map(|f| phase(f, HOP)),
             pos: 0,
             since: 0,
             total: 0,
@@ -180,17 +206,21 @@ impl DtmfDetector {
     }
 
     /// Feeds 8 kHz samples; `on_digit` is called once per detected digit.
-    pub fn process(&mut self, samples: &[i16], mut on_digit: impl FnMut(DtmfDetection)) {
-        for &s in samples {
-            self.ring[self.pos] = s as f32;
-            self.ring[self.pos + WINDOW] = s as f32;
-            self.pos = if self.pos + 1 == WINDOW {
-                0
-            } else {
-                self.pos + 1
-            };
-            self.since += 1;
-            self.total += 1;
+    pub fn process(&mut self, mut samples: &[i16], mut on_digit: impl FnMut(DtmfDetection)) {
+        while !samples.is_empty() {
+            // Up to the next analysis (a hop since the last one, and a full window), in one
+            // copy or two (where the ring wraps).
+            let due = (HOP.saturating_sub(self.since))
+                .max((WINDOW as u64).saturating_sub(self.total) as usize)
+                .max(1);
+            let (chunk, rest) = samples.split_at(due.min(samples.len()));
+            samples = rest;
+            let (a, b) = chunk.split_at(chunk.len().min(WINDOW - self.pos));
+            self.store(self.pos, a);
+            self.store(0, b);
+            self.pos = (self.pos + chunk.len()) % WINDOW;
+            self.since += chunk.len();
+            self.total += chunk.len() as u64;
             if self.since >= HOP && self.total >= WINDOW as u64 {
                 self.since = 0;
                 let hit = self.analyse().ok();
@@ -202,6 +232,15 @@ impl DtmfDetector {
                 }
             }
         }
+    }
+
+    /// Writes `samples` to the ring at `at` (and its copy a window further on).
+    fn store(&mut self, at: usize, samples: &[i16]) {
+        let n = samples.len();
+        for (r, &x) in self.ring[at..at + n].iter_mut().zip(samples) {
+            *r = f32::from(x);
+        }
+        self.ring.copy_within(at..at + n, at + WINDOW);
     }
 
     /// Convenience: feeds a frame and returns the first digit detected in it (a 20 ms frame
@@ -219,36 +258,37 @@ impl DtmfDetector {
         &self.ring[self.pos..self.pos + WINDOW]
     }
 
-    /// The mean power of the window.
-    fn power(&self) -> f32 {
-        self.window().iter().map(|x| x * x).sum::<f32>() / WINDOW as f32
-    }
-
-    /// All eight DTMF filters in one pass (independent recurrences pipeline well).
-    fn bank(&self) -> [f32; 8] {
-        let coeffs = [
-            self.row_coeff[0],
-            self.row_coeff[1],
-            self.row_coeff[2],
-            self.row_coeff[3],
-            self.col_coeff[0],
-            self.col_coeff[1],
-            self.col_coeff[2],
-            self.col_coeff[3],
-        ];
+    /// The spectrum of one block (HOP samples) at the eight DTMF frequencies: Goertzel over
+    /// the block, then `Z = e^-jw(HOP-1) s1 - e^-jw HOP s2` (all eight filters in one pass:
+    /// independent recurrences pipeline well).
+    fn block_spectrum(&self, block: &[f32]) -> Spectrum {
+        let coeffs = self.bank_coeff;
         let mut s1 = [0f32; 8];
         let mut s2 = [0f32; 8];
-        for &x in self.window() {
+        for &x in block {
             for k in 0..8 {
                 let s0 = x + coeffs[k] * s1[k] - s2[k];
                 s2[k] = s1[k];
                 s1[k] = s0;
             }
         }
+        let mut out = [(0f32, 0f32); 8];
+        for k in 0..8 {
+            let ((c1r, c1i), (c2r, c2i)) = (self.bank_c1[k], self.bank_c2[k]);
+            out[k] = (c1r * s1[k] - c2r * s2[k], c1i * s1[k] - c2i * s2[k]);
+        }
+        out
+    }
+
+    /// The mean tone power at the eight DTMF frequencies over a window of two blocks.
+    fn bank(&self, first: &Spectrum, second: &Spectrum) -> [f32; 8] {
         let scale = 2.0 / (WINDOW * WINDOW) as f32;
         let mut out = [0f32; 8];
         for k in 0..8 {
-            out[k] = (s1[k] * s1[k] + s2[k] * s2[k] - coeffs[k] * s1[k] * s2[k]) * scale;
+            let ((ar, ai), (br, bi), (cr, ci)) = (first[k], second[k], self.bank_c2[k]);
+            let re = ar + cr * br - ci * bi;
+            let im = ai + cr * bi + ci * br;
+            out[k] = (re * re + im * im) * scale;
         }
         out
     }
@@ -267,13 +307,25 @@ impl DtmfDetector {
 
     fn analyse(&mut self) -> Result<char, Reject> {
         let cfg = &self.cfg;
-        // Silence and quiet speech, most windows of a call, cost one pass of squares.
-        let energy = self.power();
+        // Silence and quiet speech, most windows of a call, cost one pass of squares over the
+        // new block.
+        let (first, second) = self.ring[self.pos..self.pos + WINDOW].split_at(HOP);
+        let sum_squares = |b: &[f32]| b.iter().map(|x| x * x).sum::<f32>();
+        let new_power = sum_squares(second);
+        let (old_power, old_spectrum) = match self.prev_block.take() {
+            Some(p) => p,
+            None => (sum_squares(first), None),
+        };
+        let energy = (old_power + new_power) / WINDOW as f32;
         if energy < self.min_power {
+            self.prev_block = Some((new_power, None));
             self.last_pair = None;
             return Err(Reject::Quiet);
         }
-        let bank = self.bank();
+        let old_spectrum = old_spectrum.unwrap_or_else(|| self.block_spectrum(first));
+        let new_spectrum = self.block_spectrum(second);
+        self.prev_block = Some((new_power, Some(new_spectrum)));
+        let bank = self.bank(&old_spectrum, &new_spectrum);
         let rows = [bank[0], bank[1], bank[2], bank[3]];
         let cols = [bank[4], bank[5], bank[6], bank[7]];
         let argmax = |v: &[f32; 4]| (0..4).fold(0, |best, i| if v[i] > v[best] { i } else { best });
@@ -408,6 +460,33 @@ mod tests {
             det.process(frame, |d| digits.push(d.digit));
         }
         digits
+    }
+
+    #[test]
+    fn two_block_spectra_give_the_window_goertzel_power() {
+        let mut det = DtmfDetector::default();
+        let mut rng = Rng(42);
+        let mut s = Vec::new();
+        tone(&mut s, '6', 20, -9.0, -7.0);
+        let pcm: Vec<i16> = s[..WINDOW]
+            .iter()
+            .map(|&x| (x + 2000.0 * rng.gauss()) as i16)
+            .collect();
+        for &x in &pcm {
+            det.ring[det.pos] = f32::from(x);
+            det.ring[det.pos + WINDOW] = f32::from(x);
+            det.pos = (det.pos + 1) % WINDOW;
+        }
+        let (first, second) = det.window().split_at(HOP);
+        let bank = det.bank(&det.block_spectrum(first), &det.block_spectrum(second));
+        for (k, &f) in BANK.iter().enumerate() {
+            let direct = det.goertzel(coeff(f));
+            assert!(
+                (bank[k] - direct).abs() <= 1e-3 * direct.max(1.0),
+                "{f} Hz: {} vs {direct}",
+                bank[k]
+            );
+        }
     }
 
     #[test]

@@ -277,6 +277,28 @@ impl JitterBuffer {
     }
 }
 
+impl JitterBuffer {
+    /// For [`pop_in_order`](Self::pop_in_order) consumers: when `seq` is the very packet that
+    /// would come out next and nothing is held, accounts for it as pushed and popped at once
+    /// (the caller uses its payload directly, nothing is copied) and returns true; otherwise
+    /// changes nothing and returns false (push it).
+    pub fn pass_in_order(&mut self, seq: u16) -> bool {
+        if self.held != 0 || !self.started {
+            return false;
+        }
+        let Some(next) = self.next else {
+            return false;
+        };
+        let ext = self.extend(seq);
+        if ext != next {
+            return false;
+        }
+        self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
+        self.next = Some(next + 1);
+        true
+    }
+}
+
 /// The loss-concealment hook: produce audio for a lost packet.
 pub trait Concealer {
     /// Fills `out` (one packet's worth of decoded audio) in place of a lost packet.
@@ -442,6 +464,40 @@ mod tests {
         }
         assert_eq!(j.push(22, 12 * 160, false, &[22; 160]), PushOutcome::Late);
         assert_eq!(pop(&mut j), "23");
+    }
+
+    #[test]
+    fn the_next_packet_passes_straight_through_when_nothing_is_held() {
+        let mut j = jb();
+        let mut out = [0u8; 160];
+        // not before the first packet has come out
+        assert!(!j.pass_in_order(10));
+        j.push(10, 0, false, &[10; 160]);
+        j.push(11, 160, false, &[11; 160]);
+        j.push(12, 320, false, &[12; 160]);
+        for _ in 0..3 {
+            assert!(matches!(
+                j.pop_in_order(&mut out, 320),
+                Playout::Packet { .. }
+            ));
+        }
+        assert!(j.pass_in_order(13));
+        assert!(j.pass_in_order(14));
+        // a gap: 16 is not next, so it is pushed; once held, nothing passes
+        assert!(!j.pass_in_order(16));
+        j.push(16, 6 * 160, false, &[16; 160]);
+        assert!(!j.pass_in_order(15));
+        j.push(15, 5 * 160, false, &[15; 160]);
+        for expect in [15u16, 16] {
+            match j.pop_in_order(&mut out, 320) {
+                Playout::Packet { seq, .. } => assert_eq!(seq, expect),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(j.pass_in_order(17));
+        // an old packet is late as before
+        assert_eq!(j.push(14, 4 * 160, false, &[14; 160]), PushOutcome::Late);
+        assert_eq!(j.counters(), (0, 1));
     }
 
     #[test]
