@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{background, free_port, scenario, sipp};
+use common::{background, free_port, register, scenario, sipp};
 use serde_json::Value;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -46,23 +46,6 @@ password = "secret"
 "#,
         data_dir.display().to_string()
     )
-}
-
-fn register(sb: &Switchboard, user: &str, contact_port: u16) {
-    let contact = format!("127.0.0.1:{contact_port}");
-    let xml = scenario(
-        "register",
-        &[
-            ("USER", user),
-            ("CONTACT", &contact),
-            ("EXPIRES", "120"),
-            ("PASSWORD", "secret"),
-        ],
-    );
-    let out = sipp(&xml, sb.sip_udp_addr(), free_port())
-        .run()
-        .expect("sipp runs");
-    assert!(out.success(), "REGISTER {user} failed:\n{}", out.report());
 }
 
 /// A request the node must accept (202): its request id.

@@ -10,7 +10,7 @@ mod carrier;
 mod common;
 
 use carrier::{carrier_scenario, pause, play_pcap, send_bye, until_agent_media};
-use common::{free_port, scenario};
+use common::{free_port, register, scenario};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 use std::net::{SocketAddr, UdpSocket};
@@ -211,23 +211,6 @@ fn position(events: &[Value], from: usize, what: &str, pred: impl Fn(&Value) -> 
 }
 
 // ---- SIPp ----
-
-fn register(sb: &Switchboard, user: &str, contact_port: u16) {
-    let contact = format!("127.0.0.1:{contact_port}");
-    let xml = scenario(
-        "register",
-        &[
-            ("USER", user),
-            ("CONTACT", &contact),
-            ("EXPIRES", "300"),
-            ("PASSWORD", "secret"),
-        ],
-    );
-    let out = common::sipp(&xml, sb.sip_udp_addr(), free_port())
-        .run()
-        .expect("sipp runs");
-    assert!(out.success(), "REGISTER {user} failed:\n{}", out.report());
-}
 
 /// Runs SIPp in the background on SIP port `sip` (media port `media`); join for the outcome.
 fn background(

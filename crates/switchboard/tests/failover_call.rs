@@ -13,7 +13,7 @@ mod common;
 
 use bus_events::Events;
 use carrier::{carrier_scenario, pause, play_pcap, send_bye, until_agent_media};
-use common::{free_port, scenario};
+use common::{free_port, register, scenario};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -78,23 +78,6 @@ fn rest(sb: &Switchboard, method: &str, path: &str, body: Option<&str>) -> (u16,
 }
 
 // ---- SIPp ----
-
-fn register(sb: &Switchboard, user: &str, contact_port: u16) {
-    let contact = format!("127.0.0.1:{contact_port}");
-    let xml = scenario(
-        "register",
-        &[
-            ("USER", user),
-            ("CONTACT", &contact),
-            ("EXPIRES", "300"),
-            ("PASSWORD", "secret"),
-        ],
-    );
-    let out = common::sipp(&xml, sb.sip_udp_addr(), free_port())
-        .run()
-        .expect("sipp runs");
-    assert!(out.success(), "REGISTER {user} failed:\n{}", out.report());
-}
 
 fn background(
     xml: String,

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{background, free_port, scenario, sipp};
+use common::{background, free_port, register, scenario};
 use serde_json::Value;
 use switchboard_bus::{RedisBus, SharedBus};
 use switchboard_events::requests::{routing_requests_stream, RoutingRequest};
@@ -166,23 +166,6 @@ fn wait_until<T>(what: &str, mut ok: impl FnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "never happened: {what}");
         thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn register(sb: &Switchboard, user: &str, contact_port: u16) {
-    let contact = format!("127.0.0.1:{contact_port}");
-    let xml = scenario(
-        "register",
-        &[
-            ("USER", user),
-            ("CONTACT", &contact),
-            ("EXPIRES", "120"),
-            ("PASSWORD", "secret"),
-        ],
-    );
-    let out = sipp(&xml, sb.sip_udp_addr(), free_port())
-        .run()
-        .expect("sipp runs");
-    assert!(out.success(), "REGISTER {user} failed:\n{}", out.report());
 }
 
 /// The call-state view of one party of a call (A's `GET /calls`).

@@ -11,7 +11,7 @@ mod bus_events;
 mod common;
 
 use bus_events::Events;
-use common::{free_port, scenario};
+use common::{free_port, register, scenario};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -290,23 +290,6 @@ fn background(
     });
     thread::sleep(Duration::from_millis(400));
     h
-}
-
-fn register(sb: &Switchboard, user: &str, contact_port: u16) {
-    let contact = format!("127.0.0.1:{contact_port}");
-    let xml = scenario(
-        "register",
-        &[
-            ("USER", user),
-            ("CONTACT", &contact),
-            ("EXPIRES", "120"),
-            ("PASSWORD", "secret"),
-        ],
-    );
-    let out = common::sipp(&xml, sb.sip_udp_addr(), free_port())
-        .run()
-        .expect("sipp runs");
-    assert!(out.success(), "REGISTER {user} failed:\n{}", out.report());
 }
 
 // ---- the VoiceXML application ----

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
-use switchboard_testkit::{Sipp, SippOutcome};
+use switchboard_testkit::{Sipp, SippOutcome, Switchboard};
 
 pub fn scenario(name: &str, vars: &[(&str, &str)]) -> String {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
@@ -39,4 +39,25 @@ pub fn background(
     // SIPp needs a moment to bind before the first message is sent to it.
     thread::sleep(Duration::from_millis(400));
     h
+}
+
+/// Registers SIP user `user` (password `secret`) at the switchboard's edge with its contact on
+/// loopback port `contact_port` (where the test's SIPp phone listens).
+// Not every test binary that includes this module has phones.
+#[allow(dead_code)]
+pub fn register(sb: &Switchboard, user: &str, contact_port: u16) {
+    let contact = format!("127.0.0.1:{contact_port}");
+    let xml = scenario(
+        "register",
+        &[
+            ("USER", user),
+            ("CONTACT", &contact),
+            ("EXPIRES", "300"),
+            ("PASSWORD", "secret"),
+        ],
+    );
+    let out = sipp(&xml, sb.sip_udp_addr(), free_port())
+        .run()
+        .expect("sipp runs");
+    assert!(out.success(), "REGISTER {user} failed:\n{}", out.report());
 }
