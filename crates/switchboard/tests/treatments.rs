@@ -8,9 +8,12 @@
 
 #[path = "common/bus_events.rs"]
 mod bus_events;
+#[path = "common/carrier.rs"]
+mod carrier;
 mod common;
 
 use bus_events::Events;
+use carrier::{carrier_scenario, pause, play_pcap, send_bye};
 use common::{free_port, register, scenario};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -26,7 +29,6 @@ use switchboard_testkit::{
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-const PCAPS: &str = "/usr/share/sip-tester";
 /// How long a test waits for each event it expects.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -170,19 +172,6 @@ fn request_id(e: &Event) -> Option<u64> {
 
 // ---- SIPp ----
 
-fn pause(ms: u64) -> String {
-    format!("  <pause milliseconds=\"{ms}\"/>\n")
-}
-
-fn play_dtmf(digit: &str) -> String {
-    let path = Path::new(PCAPS).join(format!("dtmf_2833_{digit}.pcap"));
-    assert!(path.exists(), "{} is missing", path.display());
-    format!(
-        "  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>\n",
-        path.display()
-    )
-}
-
 /// Takes a re-INVITE whose SDP must match `regexp` (checked, assigned to `var`), answers it
 /// with payload types `pts`, takes the ACK.
 fn reinvite(regexp: &str, var: &str, pts: &str) -> String {
@@ -233,38 +222,9 @@ Content-Length: 0
     .to_string()
 }
 
-/// The caller hangs up.
-fn send_bye() -> String {
-    r#"  <send retrans="500"><![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:+15551234567@carrier.example>;tag=[pid]SIPpTag00[call_number]
-To: <sip:5000@[remote_ip]:[remote_port]>[peer_tag_param]
-[routes]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Contact: <sip:carrier@[local_ip]:[local_port]>
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="200" timeout="5000"/>
-"#
-    .to_string()
-}
-
 /// The carrier's call to route point 5000 at `node`, doing `during` after its ACK.
 fn caller(node: SocketAddr, during: &str) -> thread::JoinHandle<SippOutcome> {
-    let vars: Vec<&str> = during
-        .split("assign_to=\"")
-        .skip(1)
-        .filter_map(|s| s.split('"').next())
-        .collect();
-    let vars = vars.join(",");
-    let xml = scenario(
-        "treatment_caller",
-        &[("CALLEE", "5000"), ("DURING", during), ("VARS", &vars)],
-    );
+    let xml = carrier_scenario("5000", during);
     let (sip, media) = (free_port(), free_port());
     background(xml, Some(node), sip, media)
 }
@@ -371,7 +331,7 @@ fn menu_then_music_then_the_agent_over_rest() {
     let agent = background(scenario("callee", &[]), None, agent_sip, agent_media);
     // The caller answers the menu with 2, then takes the music's media, then the agent's.
     let during = pause(1500)
-        + &play_dtmf("2")
+        + &play_pcap("dtmf_2833_2.pcap")
         + &reinvite("m=audio [0-9]+ RTP/AVP", "music", "8 101")
         + &reinvite(&format!("m=audio {agent_media} RTP/AVP"), "agent", "0")
         + &wait_bye();
@@ -496,13 +456,13 @@ fn menu_and_collect_digits_over_the_bus_then_the_caller_hangs_up_during_music() 
     let Some(r) = rig() else { return };
     let mut events = Events::new(&r.redis);
     let during = pause(1500)
-        + &play_dtmf("2")
+        + &play_pcap("dtmf_2833_2.pcap")
         + &reinvite("m=audio [0-9]+ RTP/AVP", "collect", "8 101")
         + &pause(1000)
-        + &play_dtmf("7")
+        + &play_pcap("dtmf_2833_7.pcap")
         + &reinvite("m=audio [0-9]+ RTP/AVP", "music", "8 101")
         + &pause(1000)
-        + &send_bye();
+        + &send_bye("5000");
     let carrier = caller(r.node(), &during);
     let rr = events.wait("EventRouteRequest", WAIT, |e| {
         named(e, "EventRouteRequest").is_some()
@@ -615,7 +575,7 @@ fn the_demo_strategy_takes_a_call_from_the_menu_to_the_agent() {
     register(&r.sb, "1002", agent_sip);
     let agent = background(scenario("callee", &[]), None, agent_sip, agent_media);
     let during = pause(1500)
-        + &play_dtmf("2")
+        + &play_pcap("dtmf_2833_2.pcap")
         + &reinvite("m=audio [0-9]+ RTP/AVP", "music", "8 101")
         + &reinvite(&format!("m=audio {agent_media} RTP/AVP"), "agent", "0")
         + &wait_bye();
@@ -750,7 +710,7 @@ fn the_demo_with_agent_state_and_routing() {
     }
     events.wait("EventAgentReady", WAIT, |e| e.name() == "EventAgentReady");
     let during = pause(1500)
-        + &play_dtmf("2")
+        + &play_pcap("dtmf_2833_2.pcap")
         + &reinvite("m=audio [0-9]+ RTP/AVP", "music", "8 101")
         + &reinvite(&format!("m=audio {agent_media} RTP/AVP"), "agent", "0")
         + &wait_bye();

@@ -1,5 +1,6 @@
-//! SIPp scenario pieces for a carrier caller at the SIP Server: the demo call tests
-//! (`contact_center.rs`, `failover_call.rs`) build the caller's script from these.
+//! SIPp scenario pieces for a carrier caller at the SIP Server: the demo call and treatment
+//! tests (`contact_center.rs`, `failover_call.rs`, `treatments.rs`) build the caller's script
+//! from these.
 
 use super::scenario;
 use std::path::Path;
@@ -22,6 +23,8 @@ pub fn pause(ms: u64) -> String {
 /// Takes re-INVITEs (the music's, when it started before the agent was found) until one
 /// offers the agent's media port `port`, waiting at most `timeout_ms` for each; answers each
 /// with PCMU/PCMA.
+// The treatments tests include this module without an agent phone.
+#[allow(dead_code)]
 pub fn until_agent_media(port: u16, timeout_ms: u64) -> String {
     format!(
         r#"  <label id="reinvite"/>
