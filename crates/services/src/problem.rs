@@ -1,5 +1,7 @@
 //! `application/problem+json` answers (RFC 9457) for the REST APIs of the roles.
 
+use std::borrow::Cow;
+
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -12,16 +14,21 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiProblem {
     pub status: u16,
-    pub title: &'static str,
+    /// Usually a constant; a problem relayed from another process carries its own.
+    pub title: Cow<'static, str>,
     pub detail: String,
     pub field: Option<String>,
 }
 
 impl ApiProblem {
-    pub fn new(status: u16, title: &'static str, detail: impl Into<String>) -> ApiProblem {
+    pub fn new(
+        status: u16,
+        title: impl Into<Cow<'static, str>>,
+        detail: impl Into<String>,
+    ) -> ApiProblem {
         ApiProblem {
             status,
-            title,
+            title: title.into(),
             detail: detail.into(),
             field: None,
         }

@@ -134,20 +134,6 @@ fn no_node() -> Response {
 fn answer(reply: CallReply, tenant: &str, conn_id: String) -> Response {
     match reply.refused {
         None => accepted(reply.request_id, tenant, Some(conn_id)),
-        Some(r) => {
-            let mut body = ApiProblem::new(r.status, "", r.detail).body();
-            body["title"] = r.title.into();
-            let status = axum::http::StatusCode::from_u16(r.status)
-                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
-            (
-                status,
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    crate::problem::PROBLEM_JSON,
-                )],
-                body.to_string(),
-            )
-                .into_response()
-        }
+        Some(r) => ApiProblem::new(r.status, r.title, r.detail).into_response(),
     }
 }
