@@ -346,6 +346,16 @@ fn wait_party(sb: &Switchboard, conn: &str, dn: &str, state: &str) {
     });
 }
 
+/// The carrier's call once agent 1002 answered it: its ConnID and REST path.
+fn agent_call(sb: &Switchboard) -> (String, String) {
+    let call = wait_call(sb, |c| {
+        party_state(c, "1002").as_deref() == Some("established")
+    });
+    let conn = call["conn_id"].as_str().expect("conn_id").to_string();
+    let base = format!("/v1/tenants/demo/calls/{conn}");
+    (conn, base)
+}
+
 #[test]
 fn three_party_conference_on_the_mixer_then_delete_and_hang_up() {
     let Some(mut rig) = Rig::start() else { return };
@@ -353,12 +363,7 @@ fn three_party_conference_on_the_mixer_then_delete_and_hang_up() {
     let party = rig.party();
     let carrier = rig.carrier("conf_carrier");
     let sb = &rig.sb;
-
-    let call = wait_call(sb, |c| {
-        party_state(c, "1002").as_deref() == Some("established")
-    });
-    let conn = call["conn_id"].as_str().expect("conn_id").to_string();
-    let base = format!("/v1/tenants/demo/calls/{conn}");
+    let (conn, base) = agent_call(sb);
     let init = accepted(
         sb,
         "POST",
@@ -450,11 +455,7 @@ fn single_step_conference_then_the_parties_leave_one_by_one() {
     let party = rig.party();
     let carrier = rig.carrier("conf_carrier_direct");
     let sb = &rig.sb;
-    let call = wait_call(sb, |c| {
-        party_state(c, "1002").as_deref() == Some("established")
-    });
-    let conn = call["conn_id"].as_str().expect("conn_id").to_string();
-    let base = format!("/v1/tenants/demo/calls/{conn}");
+    let (conn, base) = agent_call(sb);
     let add = accepted(
         sb,
         "POST",
