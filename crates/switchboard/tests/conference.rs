@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{background, free_port, register, scenario, sipp};
+use common::{background, free_port, party_state, register, scenario, sipp};
 use serde_json::Value;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -71,15 +71,6 @@ fn wait_call(sb: &Switchboard, pred: impl Fn(&Value) -> bool) -> Value {
         assert!(Instant::now() < deadline, "no such call in {list:?}");
         thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn party_state(call: &Value, dn: &str) -> Option<String> {
-    call["parties"]
-        .as_array()?
-        .iter()
-        .find(|p| p["dn"] == dn)
-        .and_then(|p| p["state"].as_str())
-        .map(str::to_string)
 }
 
 /// Stops the process cleanly and reads the call events of `events:demo` from the bus file.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{background, free_port, register, scenario, sipp};
+use common::{background, free_port, party_state, register, scenario, sipp};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
@@ -109,15 +109,6 @@ fn wait_call(sb: &Switchboard, state: &str, pred: impl Fn(&Value) -> bool) -> Va
         );
         thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn party_state(call: &Value, dn: &str) -> Option<String> {
-    call["parties"]
-        .as_array()?
-        .iter()
-        .find(|p| p["dn"] == dn)
-        .and_then(|p| p["state"].as_str())
-        .map(str::to_string)
 }
 
 /// The events on `events:demo`, read from the embedded bus file once the process is gone.

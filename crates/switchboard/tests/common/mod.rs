@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
+use serde_json::Value;
 use switchboard_testkit::{Sipp, SippOutcome, Switchboard};
 
 pub fn scenario(name: &str, vars: &[(&str, &str)]) -> String {
@@ -60,4 +61,16 @@ pub fn register(sb: &Switchboard, user: &str, contact_port: u16) {
         .run()
         .expect("sipp runs");
     assert!(out.success(), "REGISTER {user} failed:\n{}", out.report());
+}
+
+/// The state of DN `dn` in a call of call-state's REST API.
+// Not every test binary that includes this module reads calls.
+#[allow(dead_code)]
+pub fn party_state(call: &Value, dn: &str) -> Option<String> {
+    call["parties"]
+        .as_array()?
+        .iter()
+        .find(|p| p["dn"] == dn)
+        .and_then(|p| p["state"].as_str())
+        .map(str::to_string)
 }
