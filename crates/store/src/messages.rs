@@ -84,6 +84,18 @@ impl Counts {
     pub fn total(self) -> u32 {
         self.new + self.saved
     }
+
+    /// The counts of a mailbox's messages already loaded.
+    pub fn of(messages: &[StoredMessage]) -> Counts {
+        let new = messages
+            .iter()
+            .filter(|m| m.state == MessageState::New)
+            .count() as u32;
+        Counts {
+            new,
+            saved: messages.len() as u32 - new,
+        }
+    }
 }
 
 /// The message part of the store (a supertrait of [`crate::Store`]). Blocking like the rest.

@@ -610,24 +610,13 @@ async fn open_session(vm: &Shared, tenant: &str, caller: &str, mailbox: &Mailbox
     );
     metrics::counter!("voicemail_logins_total").increment(1);
     vm.put_session(&token, session);
-    let counts = count_of(&messages);
+    let counts = Counts::of(&messages);
     vxml(docs::main_menu(
         "",
         counts.new,
         counts.saved,
         &session_base(&token),
     ))
-}
-
-fn count_of(messages: &[StoredMessage]) -> Counts {
-    let new = messages
-        .iter()
-        .filter(|m| m.state == MessageState::New)
-        .count() as u32;
-    Counts {
-        new,
-        saved: messages.len() as u32 - new,
-    }
 }
 
 fn session_base(token: &str) -> String {
@@ -891,7 +880,7 @@ async fn api_list(
     let (store, t, m) = (vm.store.clone(), tenant.clone(), mailbox.number.clone());
     match blocking(move || store.messages(&t, &m)).await {
         Ok(messages) => {
-            let counts = count_of(&messages);
+            let counts = Counts::of(&messages);
             let items: Vec<_> = messages.iter().map(message_json).collect();
             axum::Json(json!({
                 "tenant": tenant,
