@@ -774,12 +774,10 @@ impl Node {
                     break;
                 }
                 events = Some(entry.id);
+                // The core hands each entry to its call's session once: the other sessions of
+                // this node saw these entries already (up to `events_end`) and skip them.
                 if let Ok(ev) = Event::from_json(&String::from_utf8_lossy(&entry.payload)) {
-                    let ours = ev.call().and_then(|c| c.conn_id) == Some(key.conn)
-                        || matches!(&ev, Event::EventError(e) if e.conn_id == Some(key.conn));
-                    if ours {
-                        self.core.handle_event(Some(entry.id), &ev, wall_ms());
-                    }
+                    self.core.handle_event(Some(entry.id), &ev, wall_ms());
                 }
             }
             self.apply().await?;
