@@ -91,6 +91,20 @@ const BANK: [f32; 8] = [
 /// A block's spectrum at the eight DTMF frequencies (complex, as (re, im)).
 type Spectrum = [(f32, f32); 8];
 
+/// `e^-jwn` at the eight DTMF frequencies (re, im interleaved) for each sample of a block.
+static BLOCK_DFT: std::sync::LazyLock<[[f32; 16]; HOP]> = std::sync::LazyLock::new(|| {
+    std::array::from_fn(|n| {
+        std::array::from_fn(|i| {
+            let (re, im) = phase(BANK[i / 2], n);
+            if i % 2 == 0 {
+                re
+            } else {
+                im
+            }
+        })
+    })
+});
+
 /// `e^(-j w n)` for frequency `f`.
 fn phase(f: f32, n: usize) -> (f32, f32) {
     let w = 2.0 * std::f64::consts::PI * f64::from(f) / f64::from(SAMPLE_RATE);
@@ -131,6 +145,14 @@ pub struct DtmfDetection {
     pub position: u64,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Ratios {
+    forward_twist: f32,
+    reverse_twist: f32,
+    peak_margin: f32,
+    harmonic: f32,
+}
+
 /// The Goertzel DTMF detector. One per audio stream; feed it every sample, in any chunk size.
 #[derive(Debug, Clone)]
 pub struct DtmfDetector {
@@ -140,20 +162,22 @@ pub struct DtmfDetector {
     /// Leakage of column c into the second-harmonic filter of row r.
     row_h_leak: [[f32; 4]; 4],
     min_power: f32,
-    /// The last `WINDOW` samples, each written twice (at `i` and `i + WINDOW`) so that the
-    /// window, oldest first, is always the contiguous `ring[pos..pos + WINDOW]`: the filters
-    /// then run over a plain slice, which the compiler vectorises.
-    ring: [f32; 2 * WINDOW],
-    pos: usize,
-    since: usize,
+    /// The configuration's dB limits as power ratios (twist forward and reverse, peak margin,
+    /// harmonic), worked out once.
+    ratios: Ratios,
+    /// The window's two blocks: `blocks[newest]` is being filled, the other holds the block
+    /// before it. A full block becomes the older one by flipping `newest`: no sample is
+    /// copied twice.
+    blocks: [[f32; HOP]; 2],
+    newest: usize,
+    /// Samples in `blocks[newest]`, and their sum of squares (taken as they are stored).
+    filled: usize,
+    filled_power: f32,
     total: u64,
-    /// Power (sum of squares) and, once computed, the eight filter outputs of the second block
-    /// of the previous window, which is the first of the next.
+    /// Power (sum of squares) and, once computed, the eight filter outputs of the older
+    /// block (the second block of the previous window is the first of the next).
     prev_block: Option<(f32, Option<Spectrum>)>,
-    /// Per filter: `2 cos w`, and the phase factors `e^-jw(HOP-1)` and `e^-jw HOP` that turn a
-    /// block's Goertzel state into its spectrum and shift a block's spectrum by a block.
-    bank_coeff: [f32; 8],
-    bank_c1: [(f32, f32); 8],
+    /// Per filter: the phase factor `e^-jw HOP` that shifts a block's spectrum by a block.
     bank_c2: [(f32, f32); 8],
     /// Row, column and their powers in the previous window.
     last_pair: Option<(usize, usize, f32, f32)>,
@@ -184,13 +208,18 @@ impl DtmfDetector {
             col_h_coeff: COLS.map(|f| coeff(2.0 * f)),
             row_h_leak,
             min_power: amp * amp / 2.0,
-            ring: [0.0; 2 * WINDOW],
+            ratios: Ratios {
+                forward_twist: db(cfg.max_forward_twist_db),
+                reverse_twist: db(cfg.max_reverse_twist_db),
+                peak_margin: db(cfg.min_peak_margin_db),
+                harmonic: db(cfg.max_harmonic_db),
+            },
+            blocks: [[0.0; HOP]; 2],
+            newest: 0,
+            filled: 0,
+            filled_power: 0.0,
             prev_block: None,
-            bank_coeff: BANK.map(coeff),
-            bank_c1: BANK.map(|f| phase(f, HOP - 1)),
             bank_c2: BANK.map(|f| phase(f, HOP)),
-            pos: 0,
-            since: 0,
             total: 0,
             last_pair: None,
             candidate: None,
@@ -208,22 +237,25 @@ impl DtmfDetector {
     /// Feeds 8 kHz samples; `on_digit` is called once per detected digit.
     pub fn process(&mut self, mut samples: &[i16], mut on_digit: impl FnMut(DtmfDetection)) {
         while !samples.is_empty() {
-            // Up to the next analysis (a hop since the last one, and a full window), in one
-            // copy or two (where the ring wraps).
-            let due = (HOP.saturating_sub(self.since))
-                .max((WINDOW as u64).saturating_sub(self.total) as usize)
-                .max(1);
-            let (chunk, rest) = samples.split_at(due.min(samples.len()));
+            let (chunk, rest) = samples.split_at((HOP - self.filled).min(samples.len()));
             samples = rest;
-            let (a, b) = chunk.split_at(chunk.len().min(WINDOW - self.pos));
-            self.store(self.pos, a);
-            self.store(0, b);
-            self.pos = (self.pos + chunk.len()) % WINDOW;
-            self.since += chunk.len();
-            self.total += chunk.len() as u64;
-            if self.since >= HOP && self.total >= WINDOW as u64 {
-                self.since = 0;
-                let hit = self.analyse().ok();
+            self.store(chunk);
+            if self.filled < HOP {
+                break;
+            }
+            // A block is complete: with the one before it, a window (every hop once the
+            // first window is full).
+            let block_power = self.filled_power;
+            self.filled = 0;
+            self.filled_power = 0.0;
+            let hit = if self.total >= WINDOW as u64 {
+                self.analyse(block_power).ok()
+            } else {
+                self.prev_block = Some((block_power, None));
+                None
+            };
+            self.newest ^= 1;
+            if self.total >= WINDOW as u64 {
                 if let Some(d) = self.update(hit) {
                     on_digit(DtmfDetection {
                         digit: d,
@@ -234,13 +266,29 @@ impl DtmfDetector {
         }
     }
 
-    /// Writes `samples` to the ring at `at` (and its copy a window further on).
-    fn store(&mut self, at: usize, samples: &[i16]) {
-        let n = samples.len();
-        for (r, &x) in self.ring[at..at + n].iter_mut().zip(samples) {
-            *r = f32::from(x);
+    /// Appends samples to the block being filled, adding up their squares on the way.
+    fn store(&mut self, samples: &[i16]) {
+        let at = self.filled;
+        let block = &mut self.blocks[self.newest][at..at + samples.len()];
+        // Eight partial sums: a single running sum is a chain the compiler cannot vectorise.
+        let mut sums = [0f32; 8];
+        let mut out = block.chunks_exact_mut(8);
+        let mut inp = samples.chunks_exact(8);
+        for (b, x) in (&mut out).zip(&mut inp) {
+            for k in 0..8 {
+                let v = f32::from(x[k]);
+                b[k] = v;
+                sums[k] += v * v;
+            }
         }
-        self.ring.copy_within(at..at + n, at + WINDOW);
+        for (b, &x) in out.into_remainder().iter_mut().zip(inp.remainder()) {
+            let v = f32::from(x);
+            *b = v;
+            sums[0] += v * v;
+        }
+        self.filled_power += sums.iter().sum::<f32>();
+        self.filled += samples.len();
+        self.total += samples.len() as u64;
     }
 
     /// Convenience: feeds a frame and returns the first digit detected in it (a 20 ms frame
@@ -253,31 +301,26 @@ impl DtmfDetector {
         out
     }
 
-    /// The analysis window, oldest sample first.
-    fn window(&self) -> &[f32] {
-        &self.ring[self.pos..self.pos + WINDOW]
+    /// The analysis window, oldest sample first (valid when the newest block is full).
+    fn window(&self) -> impl Iterator<Item = &f32> {
+        self.blocks[self.newest ^ 1]
+            .iter()
+            .chain(self.blocks[self.newest].iter())
     }
 
-    /// The spectrum of one block (HOP samples) at the eight DTMF frequencies: Goertzel over
-    /// the block, then `Z = e^-jw(HOP-1) s1 - e^-jw HOP s2` (all eight filters in one pass:
-    /// independent recurrences pipeline well).
-    fn block_spectrum(&self, block: &[f32]) -> Spectrum {
-        let coeffs = self.bank_coeff;
-        let mut s1 = [0f32; 8];
-        let mut s2 = [0f32; 8];
-        for &x in block {
-            for k in 0..8 {
-                let s0 = x + coeffs[k] * s1[k] - s2[k];
-                s2[k] = s1[k];
-                s1[k] = s0;
+    /// The spectrum of one block (HOP samples) at the eight DTMF frequencies, as the plain
+    /// sums `X = sum x[n] e^-jwn`. Sixteen independent multiply-adds per sample: unlike eight
+    /// Goertzel recurrences, whose every step waits for the one before, they fill the vector
+    /// units (the block's two halves of a window make the same numbers either way).
+    fn block_spectrum(&self, block: &[f32; HOP]) -> Spectrum {
+        let table = &*BLOCK_DFT;
+        let mut acc = [0f32; 16];
+        for (&x, row) in block.iter().zip(table.iter()) {
+            for k in 0..16 {
+                acc[k] += x * row[k];
             }
         }
-        let mut out = [(0f32, 0f32); 8];
-        for k in 0..8 {
-            let ((c1r, c1i), (c2r, c2i)) = (self.bank_c1[k], self.bank_c2[k]);
-            out[k] = (c1r * s1[k] - c2r * s2[k], c1i * s1[k] - c2i * s2[k]);
-        }
-        out
+        std::array::from_fn(|k| (acc[2 * k], acc[2 * k + 1]))
     }
 
     /// The mean tone power at the eight DTMF frequencies over a window of two blocks.
@@ -305,17 +348,14 @@ impl DtmfDetector {
         2.0 * mag2 / (WINDOW * WINDOW) as f32
     }
 
-    fn analyse(&mut self) -> Result<char, Reject> {
+    /// Judges the window that ends with the block just filled (`new_power` its sum of
+    /// squares).
+    fn analyse(&mut self, new_power: f32) -> Result<char, Reject> {
         let cfg = &self.cfg;
-        // Silence and quiet speech, most windows of a call, cost one pass of squares over the
-        // new block.
-        let (first, second) = self.ring[self.pos..self.pos + WINDOW].split_at(HOP);
-        let sum_squares = |b: &[f32]| b.iter().map(|x| x * x).sum::<f32>();
-        let new_power = sum_squares(second);
-        let (old_power, old_spectrum) = match self.prev_block.take() {
-            Some(p) => p,
-            None => (sum_squares(first), None),
-        };
+        // Silence and quiet speech, most windows of a call, cost nothing more than the squares
+        // taken while storing.
+        let (first, second) = (&self.blocks[self.newest ^ 1], &self.blocks[self.newest]);
+        let (old_power, old_spectrum) = self.prev_block.take().unwrap_or_default();
         let energy = (old_power + new_power) / WINDOW as f32;
         if energy < self.min_power {
             self.prev_block = Some((new_power, None));
@@ -341,17 +381,18 @@ impl DtmfDetector {
             Some((lr, lc, lpr, lpc)) if (lr, lc) == (r, c) => (pr + lpr, pc + lpc),
             _ => (pr, pc),
         };
-        if tc > tr * db(cfg.max_forward_twist_db) || tr > tc * db(cfg.max_reverse_twist_db) {
+        let ratios = self.ratios;
+        if tc > tr * ratios.forward_twist || tr > tc * ratios.reverse_twist {
             return Err(Reject::Twist);
         }
-        let margin = db(cfg.min_peak_margin_db);
+        let margin = ratios.peak_margin;
         if (0..4).any(|i| (i != r && rows[i] * margin > pr) || (i != c && cols[i] * margin > pc)) {
             return Err(Reject::PeakMargin);
         }
         if pr + pc < cfg.min_energy_ratio * energy {
             return Err(Reject::EnergyRatio);
         }
-        let h = db(cfg.max_harmonic_db);
+        let h = ratios.harmonic;
         let row_h = self.goertzel(self.row_h_coeff[r]);
         // the column tone leaks into the row's harmonic filter (2 x 697 Hz is 58 Hz from 1336 Hz)
         if row_h > pr * h + 2.0 * pc * self.row_h_leak[r][c] {
@@ -472,12 +513,11 @@ mod tests {
             .iter()
             .map(|&x| (x + 2000.0 * rng.gauss()) as i16)
             .collect();
-        for &x in &pcm {
-            det.ring[det.pos] = f32::from(x);
-            det.ring[det.pos + WINDOW] = f32::from(x);
-            det.pos = (det.pos + 1) % WINDOW;
-        }
-        let (first, second) = det.window().split_at(HOP);
+        det.store(&pcm[..HOP]);
+        det.newest ^= 1;
+        det.filled = 0;
+        det.store(&pcm[HOP..]);
+        let (first, second) = (&det.blocks[det.newest ^ 1], &det.blocks[det.newest]);
         let bank = det.bank(&det.block_spectrum(first), &det.block_spectrum(second));
         for (k, &f) in BANK.iter().enumerate() {
             let direct = det.goertzel(coeff(f));
