@@ -35,6 +35,7 @@ use crate::audio::{FRAME, RATE};
 use crate::coder::Coder;
 use crate::dtmf_out::{valid_digits, DtmfOut, DtmfTick};
 use crate::mixer::{mix, MixSlot, ParticipantMode, Playout};
+use crate::peer::PeerSocket;
 use crate::player::{Player, Playlist};
 use crate::poller::Poller;
 use crate::recorder::{RecordEnd, RecordParams, Recorder, Recording};
@@ -549,6 +550,12 @@ struct Stream {
     rtp_watched: bool,
     /// Ticks in a row the RTP socket was found empty.
     idle_ticks: u32,
+    /// A socket on the same port connected to where this stream sends (see [`crate::peer`]);
+    /// while there is one, `socket` gets only strays and is watched by the poller.
+    peer: Option<PeerSocket>,
+    /// The remote address may have changed (signalling or a re-latch): the peer socket is
+    /// brought in line after the receive.
+    remote_changed: bool,
 }
 
 fn payload_types(p: &StreamParams) -> Vec<u8> {
@@ -602,7 +609,14 @@ impl Stream {
             rtcp_watched: false,
             rtp_watched: false,
             idle_ticks: 0,
+            peer: None,
+            remote_changed: true,
         }
+    }
+
+    /// The socket the remote's RTP comes in on: the peer socket when there is one.
+    fn rtp_in(&self) -> &UdpSocket {
+        self.peer.as_ref().map_or(&self.socket, PeerSocket::socket)
     }
 
     /// The in-band detector listens (the peer has not shown it sends RFC 4733 events).
@@ -714,6 +728,9 @@ impl Stream {
             }
         };
         counts.packets_in += 1;
+        if r.latched.is_some() {
+            self.remote_changed = true;
+        }
         if r.late {
             counts.late_in += 1;
         }
@@ -754,6 +771,7 @@ impl Stream {
     }
 
     fn update(&mut self, p: StreamParams) {
+        self.remote_changed = true;
         if self.session.receiver.latch().remote() != p.remote || p.remote.is_none() {
             self.session.receiver.latch_mut().reset(p.remote);
         }
@@ -831,9 +849,30 @@ const MAX_READ_PER_TICK: usize = 64;
 /// An RTP socket found empty this many ticks in a row (0.5 s) is handed to the poller.
 const IDLE_TICKS: u32 = 25;
 
-/// The poller token of a stream's RTP (or RTCP) socket: its slab key, and which socket.
-fn token(key: usize, rtcp: bool) -> u64 {
-    ((key as u64) << 1) | u64::from(rtcp)
+/// Which of a stream's sockets a poller token stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watched {
+    /// The socket the stream's RTP comes in on (its peer socket when it has one), idle.
+    Rtp = 0,
+    Rtcp = 1,
+    /// The stream's own RTP socket while a peer socket takes the remote's datagrams: only
+    /// strays (and a peer's new address) arrive there.
+    Strays = 2,
+}
+
+/// The poller token of one of a stream's sockets: its slab key, and which socket.
+fn token(key: usize, which: Watched) -> u64 {
+    ((key as u64) << 2) | which as u64
+}
+
+/// The slab key and socket of a poller token.
+fn untoken(t: u64) -> (usize, Watched) {
+    let which = match t & 3 {
+        0 => Watched::Rtp,
+        1 => Watched::Rtcp,
+        _ => Watched::Strays,
+    };
+    ((t >> 2) as usize, which)
 }
 
 fn ntp_now() -> NtpTime {
@@ -1054,19 +1093,21 @@ impl Worker {
                 let key = self.streams.insert(*stream);
                 self.index.insert(id, key);
                 let s = &mut self.streams[key];
-                s.rtcp_watched = match self.poller.add(&s.rtcp, token(key, true)) {
+                s.rtcp_watched = match self.poller.add(&s.rtcp, token(key, Watched::Rtcp)) {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::debug!(stream = id, error = %e, "RTCP socket not watched; read every 25 ticks");
                         false
                     }
                 };
+                self.sync_peer(key);
                 self.stats.streams.fetch_add(1, Ordering::Relaxed);
                 metrics::gauge!("media_streams").increment(1.0);
             }
             Command::Update(id, p) => {
-                if let Some(s) = self.stream_mut(id) {
-                    s.update(p);
+                if let Some(&key) = self.index.get(&id) {
+                    self.streams[key].update(p);
+                    self.sync_peer(key);
                 }
             }
             Command::Play(id, play, list) => {
@@ -1194,6 +1235,9 @@ impl Worker {
         };
         let mut s = self.streams.remove(key);
         if s.rtp_watched {
+            self.poller.delete(s.rtp_in());
+        }
+        if s.peer.is_some() {
             self.poller.delete(&s.socket);
         }
         if s.rtcp_watched {
@@ -1275,14 +1319,17 @@ impl Worker {
             tracing::warn!(error = %e, "epoll_wait failed");
         }
         for &t in &ready {
-            let key = (t >> 1) as usize;
-            if t & 1 == 1 {
-                self.rtcp_read(key, now);
-            } else if let Some(s) = self.streams.get_mut(key) {
-                if s.rtp_watched {
-                    self.poller.delete(&s.socket);
-                    s.rtp_watched = false;
-                    s.idle_ticks = 0;
+            match untoken(t) {
+                (key, Watched::Rtcp) => self.rtcp_read(key, now),
+                (key, Watched::Strays) => self.receive(key, now, true),
+                (key, Watched::Rtp) => {
+                    if let Some(s) = self.streams.get_mut(key) {
+                        if s.rtp_watched {
+                            self.poller.delete(s.rtp_in());
+                            s.rtp_watched = false;
+                            s.idle_ticks = 0;
+                        }
+                    }
                 }
             }
         }
@@ -1297,7 +1344,7 @@ impl Worker {
             };
             let rtcp_watched = s.rtcp_watched;
             if !s.rtp_watched {
-                self.receive(key, now);
+                self.receive(key, now, false);
             }
             self.clocks(key, now);
             if (self.tick_no + key as u64).is_multiple_of(RTCP_POLL_TICKS) {
@@ -1358,7 +1405,16 @@ impl Worker {
 
     /// Reads the datagrams waiting on a stream's RTP socket (at most [`MAX_READ_PER_TICK`]);
     /// hands the socket to the poller when it has been empty for [`IDLE_TICKS`].
-    fn receive(&mut self, key: usize, now: Instant) {
+    /// With `strays`, reads the stream's own socket while a peer socket has the remote's
+    /// datagrams.
+    fn receive(&mut self, key: usize, now: Instant, strays: bool) {
+        self.read_rtp(key, now, strays);
+        if self.streams.get(key).is_some_and(|s| s.remote_changed) {
+            self.sync_peer(key);
+        }
+    }
+
+    fn read_rtp(&mut self, key: usize, now: Instant, strays: bool) {
         let Worker {
             streams,
             scratch,
@@ -1373,7 +1429,8 @@ impl Worker {
         scratch.digits.clear();
         let mut read = 0;
         while read < MAX_READ_PER_TICK {
-            let (len, from) = match s.socket.recv_from(&mut scratch.rbuf[..]) {
+            let socket = if strays { &s.socket } else { s.rtp_in() };
+            let (len, from) = match socket.recv_from(&mut scratch.rbuf[..]) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -1390,16 +1447,23 @@ impl Worker {
             };
             s.on_datagram(&scratch.rbuf[..len], from, now, &mut rs, counts);
         }
+        if read == 0 && strays {
+            return;
+        }
         if read == 0 {
             s.idle_ticks = s.idle_ticks.saturating_add(1);
             // Level-triggered: a datagram that came in since the read above is reported at
             // once, so handing the socket over loses nothing.
-            if s.idle_ticks >= IDLE_TICKS && poller.add(&s.socket, token(key, false)).is_ok() {
+            if s.idle_ticks >= IDLE_TICKS
+                && poller.add(s.rtp_in(), token(key, Watched::Rtp)).is_ok()
+            {
                 s.rtp_watched = true;
             }
             return;
         }
-        s.idle_ticks = 0;
+        if !strays {
+            s.idle_ticks = 0;
+        }
         s.drain_received(false, &mut scratch.receive());
         for &(digit, source) in &scratch.digits {
             counts.dtmf += 1;
@@ -1542,7 +1606,12 @@ impl Worker {
         let Ok(len) = written else {
             return;
         };
-        match s.socket.send_to(&scratch.sbuf[..len], remote) {
+        let packet = &scratch.sbuf[..len];
+        let sent = match &s.peer {
+            Some(p) if p.to() == remote => p.socket().send(packet),
+            _ => s.socket.send_to(packet, remote),
+        };
+        match sent {
             Ok(_) => {
                 counts.packets_out += 1;
                 if late {
@@ -1550,6 +1619,47 @@ impl Worker {
                 }
             }
             Err(e) => tracing::trace!(stream = s.id, error = %e, "RTP send failed"),
+        }
+    }
+
+    /// Brings the stream's peer socket in line with where the stream sends: connected there,
+    /// or closed when there is no address (the stream's own socket then takes everything).
+    fn sync_peer(&mut self, key: usize) {
+        let Worker {
+            streams, poller, ..
+        } = self;
+        let Some(s) = streams.get_mut(key) else {
+            return;
+        };
+        s.remote_changed = false;
+        let to = s.session.receiver.latch().remote();
+        if let (Some(p), Some(to)) = (s.peer.as_mut(), to) {
+            if p.to() == to || p.retarget(to).is_ok() {
+                return;
+            }
+        }
+        if s.rtp_watched {
+            poller.delete(s.rtp_in());
+            s.rtp_watched = false;
+            s.idle_ticks = 0;
+        }
+        if s.peer.take().is_some() {
+            poller.delete(&s.socket);
+        }
+        let Some(to) = to else {
+            return;
+        };
+        match PeerSocket::open(&s.socket, to) {
+            // Strays must still be heard: without a watch on the stream's socket, no peer.
+            Ok(p) => match poller.add(&s.socket, token(key, Watched::Strays)) {
+                Ok(()) => s.peer = Some(p),
+                Err(e) => {
+                    tracing::debug!(stream = s.id, error = %e, "no connected RTP socket: strays could not be watched")
+                }
+            },
+            Err(e) => {
+                tracing::debug!(stream = s.id, %to, error = %e, "no connected RTP socket; sending unconnected")
+            }
         }
     }
 

@@ -24,6 +24,7 @@ mod coder;
 pub mod dtmf_out;
 pub mod engine;
 pub mod mixer;
+mod peer;
 pub mod player;
 mod poller;
 pub mod prompt;

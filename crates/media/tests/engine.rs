@@ -236,6 +236,68 @@ fn a_stream_idle_for_a_while_still_hears_its_peer() {
     assert_eq!(engine.stats().packets_in, 16);
 }
 
+/// Whether `sock` receives the stream's RTP within a second.
+fn gets_rtp(sock: &UdpSocket) -> bool {
+    // Whatever was sent before now does not count.
+    sock.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 1500];
+    while sock.recv_from(&mut buf).is_ok() {}
+    sock.set_nonblocking(false).expect("blocking");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        if sock.recv_from(&mut buf).is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn latching_follows_the_peer_behind_a_nat_and_drops_strays() {
+    // SDP names `signalled`, but the phone's media comes from `nat`; later its NAT binding
+    // moves to `moved`. Another source sending meanwhile is dropped.
+    let (engine, mut events) = engine();
+    let (signalled, nat, moved, stray) = (peer(), peer(), peer(), peer());
+    let mut params = StreamParams::new(Some(signalled.local_addr().expect("addr")), Codec::PCMU);
+    params.telephone_event = Some(101);
+    let (id, local) = engine.create_stream(params).expect("stream");
+    assert!(gets_rtp(&signalled), "sends to the SDP address first");
+    let mut tx = Sender::new(0x5151);
+    for _ in 0..3 {
+        tx.audio(&nat, local, 0, &[0xff; 160]);
+    }
+    assert!(gets_rtp(&nat), "latched to where the media comes from");
+    assert!(!gets_rtp(&signalled));
+    let dropped = engine.stats().dropped_in;
+    let mut other = Sender::new(0x7777);
+    for _ in 0..3 {
+        other.audio(&stray, local, 0, &[0xff; 160]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while engine.stats().dropped_in < dropped + 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(engine.stats().dropped_in, dropped + 3, "strays are counted");
+    assert!(gets_rtp(&nat), "strays do not move the stream");
+    // Six packets of the same source from the new address move it (re-latch after 5).
+    for _ in 0..6 {
+        tx.audio(&moved, local, 0, &[0xff; 160]);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(gets_rtp(&moved), "re-latched to the new address");
+    assert!(!gets_rtp(&nat));
+    tx.digit(&moved, local, 101, 5);
+    let mut digit = None;
+    while let Some(e) = next_event(&mut events, Duration::from_secs(1)) {
+        if let MediaEventKind::Dtmf { digit: d, .. } = e.kind {
+            assert_eq!(e.stream, id);
+            digit = Some(d);
+            break;
+        }
+    }
+    assert_eq!(digit, Some('5'), "hears the peer at its new address");
+}
+
 #[test]
 fn inband_dtmf_from_a_sox_wav() {
     if !switchboard_testkit::require_program("sox") {
