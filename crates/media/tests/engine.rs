@@ -299,6 +299,33 @@ fn latching_follows_the_peer_behind_a_nat_and_drops_strays() {
 }
 
 #[test]
+fn a_burst_after_steady_packets_is_read_at_once() {
+    // A steady 20 ms peer (the engine reads one packet a tick from it), then 40 packets at
+    // once, as after a network stall: they are all taken within a few ticks, not one a tick.
+    let (engine, _events) = engine();
+    let phone = peer();
+    let params = StreamParams::new(Some(phone.local_addr().expect("addr")), Codec::PCMU);
+    let (_id, local) = engine.create_stream(params).expect("stream");
+    let mut tx = Sender::new(0x2468);
+    for _ in 0..25 {
+        tx.audio(&phone, local, 0, &[0xff; 160]);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = engine.stats().packets_in;
+    assert_eq!(before, 25);
+    let sent = Instant::now();
+    for _ in 0..40 {
+        tx.audio(&phone, local, 0, &[0xff; 160]);
+    }
+    while engine.stats().packets_in < 65 && sent.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(engine.stats().packets_in, 65);
+    // One a tick would take 800 ms.
+    assert!(sent.elapsed() < Duration::from_millis(400), "{:?}", sent.elapsed());
+}
+
+#[test]
 fn inband_dtmf_from_a_sox_wav() {
     if !switchboard_testkit::require_program("sox") {
         return;
