@@ -338,6 +338,7 @@ const WORKER_BITS: u32 = 8;
 impl MediaEngine {
     /// Starts the worker threads. Events of every stream come out of the returned receiver.
     pub fn start(cfg: EngineConfig) -> io::Result<(MediaEngine, UnboundedReceiver<MediaEvent>)> {
+        raise_open_files_limit();
         let (events_tx, events_rx) = unbounded_channel();
         let stats = Arc::new(EngineStats::default());
         let n = cfg.workers.clamp(1, 1 << WORKER_BITS);
@@ -801,6 +802,46 @@ impl Stream {
         self.receive = p.receive;
     }
 }
+
+/// Sockets a stream holds: RTP, RTCP, and the RTP socket connected to its peer.
+const SOCKETS_PER_STREAM: u64 = 3;
+
+/// Lifts the soft limit of open files to the hard one (systemd's default soft limit, 1,024,
+/// would stop the engine at about 300 streams), and says how many streams the limit allows.
+#[cfg(target_os = "linux")]
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain FFI calls with a valid rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above; raising the soft limit up to the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            lim.rlim_cur = before;
+        }
+    }
+    let streams = lim.rlim_cur / SOCKETS_PER_STREAM;
+    if lim.rlim_cur == libc::RLIM_INFINITY {
+        tracing::info!("open files: no limit");
+    } else if streams < 10_000 {
+        tracing::warn!(
+            open_files = lim.rlim_cur,
+            streams,
+            "the open files limit allows this many media streams at most (3 sockets each); raise the hard limit (LimitNOFILE=, ulimit -Hn) for more"
+        );
+    } else {
+        tracing::info!(open_files = lim.rlim_cur, streams, "open files limit");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn raise_open_files_limit() {}
 
 /// Puts the calling thread under `SCHED_FIFO` at `priority`; logs when that is refused.
 #[cfg(target_os = "linux")]

@@ -322,7 +322,11 @@ fn a_burst_after_steady_packets_is_read_at_once() {
     }
     assert_eq!(engine.stats().packets_in, 65);
     // One a tick would take 800 ms.
-    assert!(sent.elapsed() < Duration::from_millis(400), "{:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        sent.elapsed()
+    );
 }
 
 #[test]
