@@ -1,4 +1,5 @@
-//! Which of a worker's quiet sockets (RTCP, idle RTP) have datagrams waiting: one
+//! Which of a worker's quiet sockets (RTCP, idle RTP, a stream's own RTP socket while its
+//! connected socket takes the peer's datagrams) have datagrams waiting: one
 //! level-triggered epoll instance per worker, so that a tick pays no syscall for a socket with
 //! nothing waiting. Level-triggered: a socket is reported for as long as it holds datagrams,
 //! and one that already holds some when it is added is reported at once. Elsewhere than on
