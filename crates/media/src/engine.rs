@@ -1043,6 +1043,8 @@ struct Worker {
     scratch: Scratch,
     counts: TickCounts,
     tick_no: u64,
+    /// The slab key the next tick's receive round starts at (where this one stopped).
+    receive_from: usize,
     poller: Poller,
     /// Tokens of the sockets to read in this round.
     ready: Vec<u64>,
@@ -1072,6 +1074,7 @@ impl Worker {
             },
             counts: TickCounts::default(),
             tick_no: 0,
+            receive_from: 0,
             poller: Poller::new(),
             ready: Vec::with_capacity(256),
         }
@@ -1396,15 +1399,31 @@ impl Worker {
         self.ready = ready;
         // 4. Receive on every stream whose RTP socket is not idle, then run the recorders' and
         //    RTP timeout clocks; RTCP reports (and RTCP reads where the poller cannot watch)
-        //    for a 25th of the streams.
+        //    for a 25th of the streams. The round starts where the last one stopped receiving:
+        //    once the next tick is due (a burst of work, the machine busy elsewhere), the rest
+        //    of the streams receive after the next tick's sends, so that those leave on time;
+        //    their packets wait in the sockets meanwhile.
         self.tick_no = self.tick_no.wrapping_add(1);
-        for key in 0..keys {
+        let next_due = due + PTIME;
+        let start = std::mem::take(&mut self.receive_from);
+        let mut receiving = true;
+        let mut deferred = 0u64;
+        for i in 0..keys {
+            let key = (start + i) % keys;
+            if receiving && i > 0 && i % 32 == 0 && Instant::now() >= next_due {
+                receiving = false;
+                self.receive_from = key;
+            }
             let Some(s) = self.streams.get(key) else {
                 continue;
             };
             let rtcp_watched = s.rtcp_watched;
             if !s.rtp_watched {
-                self.receive(key, now, false);
+                if receiving {
+                    self.receive(key, now, false);
+                } else {
+                    deferred += 1;
+                }
             }
             self.clocks(key, now);
             if (self.tick_no + key as u64).is_multiple_of(RTCP_POLL_TICKS) {
@@ -1413,6 +1432,9 @@ impl Worker {
                 }
                 self.rtcp_report(key, now);
             }
+        }
+        if deferred > 0 {
+            metrics::counter!("media_receives_deferred_total").increment(deferred);
         }
         self.flush_counts();
     }
