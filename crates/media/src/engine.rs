@@ -338,7 +338,8 @@ const WORKER_BITS: u32 = 8;
 impl MediaEngine {
     /// Starts the worker threads. Events of every stream come out of the returned receiver.
     pub fn start(cfg: EngineConfig) -> io::Result<(MediaEngine, UnboundedReceiver<MediaEvent>)> {
-        raise_open_files_limit();
+        // A stream per even port of the range.
+        raise_open_files_limit((u64::from(cfg.port_max.saturating_sub(cfg.port_min)) + 1) / 2);
         let (events_tx, events_rx) = unbounded_channel();
         let stats = Arc::new(EngineStats::default());
         let n = cfg.workers.clamp(1, 1 << WORKER_BITS);
@@ -807,9 +808,10 @@ impl Stream {
 const SOCKETS_PER_STREAM: u64 = 3;
 
 /// Lifts the soft limit of open files to the hard one (systemd's default soft limit, 1,024,
-/// would stop the engine at about 300 streams), and says how many streams the limit allows.
+/// would stop the engine at about 300 streams), and warns when the limit allows fewer streams
+/// than the port range (`ports`).
 #[cfg(target_os = "linux")]
-fn raise_open_files_limit() {
+fn raise_open_files_limit(ports: u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -827,21 +829,20 @@ fn raise_open_files_limit() {
         }
     }
     let streams = lim.rlim_cur / SOCKETS_PER_STREAM;
-    if lim.rlim_cur == libc::RLIM_INFINITY {
-        tracing::info!("open files: no limit");
-    } else if streams < 10_000 {
+    if lim.rlim_cur != libc::RLIM_INFINITY && streams < ports {
         tracing::warn!(
             open_files = lim.rlim_cur,
             streams,
-            "the open files limit allows this many media streams at most (3 sockets each); raise the hard limit (LimitNOFILE=, ulimit -Hn) for more"
+            ports,
+            "the open files limit allows fewer media streams than the RTP port range (3 sockets each); raise the hard limit (LimitNOFILE=, ulimit -Hn)"
         );
     } else {
-        tracing::info!(open_files = lim.rlim_cur, streams, "open files limit");
+        tracing::debug!(open_files = lim.rlim_cur, streams, "open files limit");
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn raise_open_files_limit() {}
+fn raise_open_files_limit(_ports: u64) {}
 
 /// Puts the calling thread under `SCHED_FIFO` at `priority`; logs when that is refused.
 #[cfg(target_os = "linux")]
