@@ -339,7 +339,7 @@ impl MediaEngine {
     /// Starts the worker threads. Events of every stream come out of the returned receiver.
     pub fn start(cfg: EngineConfig) -> io::Result<(MediaEngine, UnboundedReceiver<MediaEvent>)> {
         // A stream per even port of the range.
-        raise_open_files_limit((u64::from(cfg.port_max.saturating_sub(cfg.port_min)) + 1) / 2);
+        raise_open_files_limit(u64::from(cfg.port_max.saturating_sub(cfg.port_min)) / 2 + 1);
         let (events_tx, events_rx) = unbounded_channel();
         let stats = Arc::new(EngineStats::default());
         let n = cfg.workers.clamp(1, 1 << WORKER_BITS);
