@@ -1782,3 +1782,56 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_rtp::RtpHeader;
+
+    fn bound() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.set_nonblocking(true).expect("nonblocking");
+        s
+    }
+
+    #[test]
+    fn a_tick_that_runs_late_leaves_receives_to_the_next_which_starts_with_them() {
+        let (_commands, rx) = mpsc::channel();
+        let (events, _events) = unbounded_channel();
+        let stats = Arc::new(EngineStats::default());
+        let mut w = Worker::new(EngineConfig::default(), rx, events, stats.clone());
+        let phone = bound();
+        let params = StreamParams::new(Some(phone.local_addr().expect("addr")), Codec::PCMU);
+        let mut ports = Vec::new();
+        for id in 0..40 {
+            let (rtp, rtcp) = (bound(), bound());
+            ports.push(rtp.local_addr().expect("addr"));
+            let s = Stream::new(id, rtp, rtcp, &params, &w.cfg);
+            w.command(Command::Add(id, Box::new(s)));
+        }
+        let mut packet = [0u8; 200];
+        let header = RtpHeader {
+            marker: false,
+            payload_type: 0,
+            sequence: 1,
+            timestamp: 160,
+            ssrc: 7,
+        };
+        let n = header
+            .write_with_payload(&[0xff; 160], &mut packet)
+            .expect("packet");
+        for to in &ports {
+            phone.send_to(&packet[..n], to).expect("send");
+        }
+        let packets_in = || stats.packets_in.load(Ordering::Relaxed);
+        // Due a second ago: the next tick is due before this one starts receiving, so it
+        // receives one batch (32 streams) and stops.
+        w.tick(Instant::now() - Duration::from_secs(1));
+        assert_eq!(packets_in(), 32);
+        assert_eq!(w.receive_from, 32);
+        // On time: it starts with the 8 left over, and takes the whole round.
+        w.tick(Instant::now());
+        assert_eq!(packets_in(), 40);
+        assert_eq!(w.receive_from, 0);
+    }
+}
