@@ -83,6 +83,10 @@ fn main() {
     .expect("engine starts");
     let peer = UdpSocket::bind("127.0.0.1:0").expect("bind peer");
     let peer_addr = peer.local_addr().expect("addr");
+    // Every stream sends to this one socket, a tick's packets within a few ms: with the
+    // default buffer it overflows (the kernel caps the size at net.core.rmem_max).
+    #[cfg(target_os = "linux")]
+    let _ = socket2::SockRef::from(&peer).set_recv_buffer_size(8 << 20);
     peer.set_read_timeout(Some(Duration::from_millis(100)))
         .expect("timeout");
     let clip = Audio::from_samples(
