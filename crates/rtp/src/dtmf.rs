@@ -176,7 +176,7 @@ pub struct DtmfDetector {
     total: u64,
     /// Power (sum of squares) and, once computed, the eight filter outputs of the older
     /// block (the second block of the previous window is the first of the next).
-    prev_block: Option<(f32, Option<Spectrum>)>,
+    prev_block: (f32, Option<Spectrum>),
     /// Per filter: the phase factor `e^-jw HOP` that shifts a block's spectrum by a block.
     bank_c2: [(f32, f32); 8],
     /// Row, column and their powers in the previous window.
@@ -218,7 +218,7 @@ impl DtmfDetector {
             newest: 0,
             filled: 0,
             filled_power: 0.0,
-            prev_block: None,
+            prev_block: (0.0, None),
             bank_c2: BANK.map(|f| phase(f, HOP)),
             total: 0,
             last_pair: None,
@@ -245,23 +245,21 @@ impl DtmfDetector {
             }
             // A block is complete: with the one before it, a window (every hop once the
             // first window is full).
-            let block_power = self.filled_power;
+            let block_power = std::mem::take(&mut self.filled_power);
             self.filled = 0;
-            self.filled_power = 0.0;
-            let hit = if self.total >= WINDOW as u64 {
-                self.analyse(block_power).ok()
-            } else {
-                self.prev_block = Some((block_power, None));
-                None
-            };
+            if self.total < WINDOW as u64 {
+                // The first block: the older half of the first window.
+                self.prev_block = (block_power, None);
+                self.newest ^= 1;
+                continue;
+            }
+            let hit = self.analyse(block_power).ok();
             self.newest ^= 1;
-            if self.total >= WINDOW as u64 {
-                if let Some(d) = self.update(hit) {
-                    on_digit(DtmfDetection {
-                        digit: d,
-                        position: self.total,
-                    });
-                }
+            if let Some(d) = self.update(hit) {
+                on_digit(DtmfDetection {
+                    digit: d,
+                    position: self.total,
+                });
             }
         }
     }
@@ -355,16 +353,16 @@ impl DtmfDetector {
         // Silence and quiet speech, most windows of a call, cost nothing more than the squares
         // taken while storing.
         let (first, second) = (&self.blocks[self.newest ^ 1], &self.blocks[self.newest]);
-        let (old_power, old_spectrum) = self.prev_block.take().unwrap_or_default();
+        let (old_power, old_spectrum) = std::mem::take(&mut self.prev_block);
         let energy = (old_power + new_power) / WINDOW as f32;
         if energy < self.min_power {
-            self.prev_block = Some((new_power, None));
+            self.prev_block = (new_power, None);
             self.last_pair = None;
             return Err(Reject::Quiet);
         }
         let old_spectrum = old_spectrum.unwrap_or_else(|| self.block_spectrum(first));
         let new_spectrum = self.block_spectrum(second);
-        self.prev_block = Some((new_power, Some(new_spectrum)));
+        self.prev_block = (new_power, Some(new_spectrum));
         let bank = self.bank(&old_spectrum, &new_spectrum);
         let rows = [bank[0], bank[1], bank[2], bank[3]];
         let cols = [bank[4], bank[5], bank[6], bank[7]];
