@@ -19,6 +19,9 @@ use switchboard_testkit::{
     free_udp_port, http_request, require_program, Sipp, SippOutcome, Switchboard,
 };
 
+mod common;
+use common::scenario;
+
 const PCAPS: &str = "/usr/share/sip-tester";
 const PCMU: (&str, &str) = ("0", "a=rtpmap:0 PCMU/8000");
 const PCMA_TE: (&str, &str) = (
@@ -88,11 +91,6 @@ fn mcp(extra: &str) -> Option<Mcp> {
         .spawn()
         .expect("switchboard starts");
     Some(Mcp { sb, dir })
-}
-
-fn scenario(name: &str, vars: &[(&str, &str)]) -> String {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
-    switchboard_testkit::scenario_file(&dir, name, vars).expect("scenario file")
 }
 
 /// Runs a scenario against mcp with its own SIP and media ports.

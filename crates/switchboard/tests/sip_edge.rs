@@ -4,11 +4,14 @@
 //! places calls through it. SIPp 3.6 computes digest responses with MD5 only, so these
 //! configurations offer MD5; SHA-256 is exercised by `register_sha256` with a UA written here.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 use switchboard_testkit::{require_program, Sipp, SippOutcome, Switchboard};
+
+mod common;
+use common::{free_port, register, scenario, sipp};
 
 const USERS: &str = r#"
 [registrar]
@@ -29,56 +32,9 @@ user = "1003"
 password = "secret"
 "#;
 
-fn scenario(name: &str, vars: &[(&str, &str)]) -> String {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
-    switchboard_testkit::scenario_file(&dir, name, vars).expect("scenario file")
-}
-
-/// A UDP port nobody is using right now, for a SIPp UAS to listen on.
-fn free_port() -> u16 {
-    switchboard_testkit::free_udp_port().expect("free port")
-}
-
-fn sipp(xml: String, remote: Option<SocketAddr>, port: u16) -> Sipp {
-    let mut s = Sipp::scenario(&xml)
-        .arg("-p")
-        .arg(&port.to_string())
-        .timeout(Duration::from_secs(15));
-    if let Some(r) = remote {
-        s = s.remote(r);
-    }
-    s
-}
-
-fn register(sb: &Switchboard, user: &str, contact_port: u16) {
-    let contact = format!("127.0.0.1:{contact_port}");
-    let xml = scenario(
-        "register",
-        &[
-            ("USER", user),
-            ("CONTACT", &contact),
-            ("EXPIRES", "120"),
-            ("PASSWORD", "secret"),
-        ],
-    );
-    let out = sipp(xml, sb.sip_udp_addr(), free_port())
-        .run()
-        .expect("sipp runs");
-    assert!(out.success(), "REGISTER {user} failed:\n{}", out.report());
-}
-
 /// Starts a SIPp UAS in the background on `port`; join it to get its outcome.
 fn uas(name: &str, port: u16, calls: u32) -> thread::JoinHandle<SippOutcome> {
-    let xml = scenario(name, &[]);
-    let handle = thread::spawn(move || {
-        sipp(xml, None, port)
-            .calls(calls)
-            .run()
-            .expect("sipp uas runs")
-    });
-    // SIPp needs a moment to bind before the first INVITE is sent.
-    thread::sleep(Duration::from_millis(400));
-    handle
+    uas_with(name, &[], port, calls)
 }
 
 /// A UAS scenario that takes template values (e.g. `RING_MS`).
@@ -90,18 +46,19 @@ fn uas_with(
 ) -> thread::JoinHandle<SippOutcome> {
     let xml = scenario(name, vars);
     let handle = thread::spawn(move || {
-        sipp(xml, None, port)
+        sipp(&xml, None, port)
             .calls(calls)
             .run()
             .expect("sipp uas runs")
     });
+    // SIPp needs a moment to bind before the first INVITE is sent.
     thread::sleep(Duration::from_millis(400));
     handle
 }
 
 fn call(sb: &Switchboard, name: &str, callee: &str, calls: u32) -> SippOutcome {
     let xml = scenario(name, &[("CALLEE", callee)]);
-    sipp(xml, sb.sip_udp_addr(), free_port())
+    sipp(&xml, sb.sip_udp_addr(), free_port())
         .calls(calls)
         .run()
         .expect("sipp uac runs")
@@ -186,7 +143,7 @@ fn unknown_and_unregistered_users_are_refused() {
     );
     let xml = scenario("caller_refused", &[("CALLEE", "7777")])
         .replace("response=\"480\"", "response=\"404\"");
-    let out = sipp(xml, sb.sip_udp_addr(), free_port())
+    let out = sipp(&xml, sb.sip_udp_addr(), free_port())
         .run()
         .expect("sipp runs");
     assert!(
@@ -529,14 +486,14 @@ fn sigterm_drains_open_transactions() {
     let udp = sb.sip_udp_addr();
     let caller = thread::spawn(move || {
         let xml = scenario("caller_answer_only", &[("CALLEE", "1002")]);
-        sipp(xml, udp, free_port()).run().expect("sipp runs")
+        sipp(&xml, udp, free_port()).run().expect("sipp runs")
     });
     thread::sleep(Duration::from_millis(800));
     sb.terminate().expect("SIGTERM");
     thread::sleep(Duration::from_millis(200));
     let xml = scenario("caller_refused", &[("CALLEE", "1002")])
         .replace("response=\"480\"", "response=\"503\"");
-    let refused = sipp(xml, udp, free_port()).run().expect("sipp runs");
+    let refused = sipp(&xml, udp, free_port()).run().expect("sipp runs");
     assert!(
         refused.success(),
         "a new call during the drain must get 503:\n{}",

@@ -8,7 +8,7 @@
 //! the media server keeps sending to it) and reads what is played.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -23,6 +23,9 @@ use switchboard_testkit::{
     free_udp_port, http_request, http_request_with, require_program, send_signal, Sipp,
     SippOutcome, Switchboard,
 };
+
+mod common;
+use common::scenario;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 const PCAPS: &str = "/usr/share/sip-tester";
@@ -162,11 +165,6 @@ fn tone_wav(freq: f64, ms: usize) -> Vec<u8> {
     switchboard_media::audio::write_wav(&s, 8000)
 }
 
-fn scenario(name: &str, vars: &[(&str, &str)]) -> String {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
-    switchboard_testkit::scenario_file(&dir, name, vars).expect("scenario file")
-}
-
 fn sipp(xml: &str, remote: SocketAddr, port: u16) -> Sipp {
     Sipp::scenario(xml)
         .remote(remote)
@@ -181,7 +179,9 @@ fn edge(sb: &Switchboard) -> SocketAddr {
     sb.sip_udp_addr().expect("sip_udp")
 }
 
-/// Registers `user` from (and with a Contact at) local port `port`.
+/// Registers `user` from (and with a Contact at) local port `port`, as a phone does: the MWI
+/// NOTIFY goes to where the REGISTER came from (`tests/common`'s `register` sends from another
+/// port).
 fn register(sb: &Switchboard, user: &str, port: u16) {
     let contact = format!("127.0.0.1:{port}");
     let xml = scenario(

@@ -1,4 +1,7 @@
-//! Helpers shared by the SIPp-driven integration tests of sip-node and the dial plan.
+//! Helpers shared by the SIPp-driven integration tests (each test binary includes this module
+//! and uses part of it, hence the allowance for unused items; `bus_events.rs` and `carrier.rs`
+//! are included on their own by path).
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,8 +32,6 @@ pub fn sipp(xml: &str, remote: Option<SocketAddr>, port: u16) -> Sipp {
 }
 
 /// Runs a SIPp scenario in the background; join it for its outcome.
-// Not every test binary that includes this module runs scenarios in the background.
-#[allow(dead_code)]
 pub fn background(
     xml: String,
     remote: Option<SocketAddr>,
@@ -44,8 +45,6 @@ pub fn background(
 
 /// Registers SIP user `user` (password `secret`) at the switchboard's edge with its contact on
 /// loopback port `contact_port` (where the test's SIPp phone listens).
-// Not every test binary that includes this module has phones.
-#[allow(dead_code)]
 pub fn register(sb: &Switchboard, user: &str, contact_port: u16) {
     let contact = format!("127.0.0.1:{contact_port}");
     let xml = scenario(
@@ -64,8 +63,6 @@ pub fn register(sb: &Switchboard, user: &str, contact_port: u16) {
 }
 
 /// The state of DN `dn` in a call of call-state's REST API.
-// Not every test binary that includes this module reads calls.
-#[allow(dead_code)]
 pub fn party_state(call: &Value, dn: &str) -> Option<String> {
     call["parties"]
         .as_array()?
