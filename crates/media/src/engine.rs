@@ -555,9 +555,9 @@ struct Stream {
     /// A socket on the same port connected to where this stream sends (see [`crate::peer`]);
     /// while there is one, `socket` gets only strays and is watched by the poller.
     peer: Option<PeerSocket>,
-    /// The remote address may have changed (signalling or a re-latch): the peer socket is
-    /// brought in line after the receive.
-    remote_changed: bool,
+    /// A packet latched the remote address anew: the peer socket is brought in line after the
+    /// receive (signalling brings it in line at once).
+    relatched: bool,
     /// Datagrams read from the RTP socket in the last tick.
     last_read: u8,
 }
@@ -614,7 +614,7 @@ impl Stream {
             rtp_watched: false,
             idle_ticks: 0,
             peer: None,
-            remote_changed: true,
+            relatched: false,
             last_read: 0,
         }
     }
@@ -748,7 +748,7 @@ impl Stream {
         };
         counts.packets_in += 1;
         if r.latched.is_some() {
-            self.remote_changed = true;
+            self.relatched = true;
         }
         if r.late {
             counts.late_in += 1;
@@ -790,7 +790,6 @@ impl Stream {
     }
 
     fn update(&mut self, p: StreamParams) {
-        self.remote_changed = true;
         if self.session.receiver.latch().remote() != p.remote || p.remote.is_none() {
             self.session.receiver.latch_mut().reset(p.remote);
         }
@@ -1492,7 +1491,7 @@ impl Worker {
     /// datagrams.
     fn receive(&mut self, key: usize, now: Instant, strays: bool) {
         self.read_rtp(key, now, strays);
-        if self.streams.get(key).is_some_and(|s| s.remote_changed) {
+        if self.streams.get(key).is_some_and(|s| s.relatched) {
             self.sync_peer(key);
         }
     }
@@ -1723,7 +1722,7 @@ impl Worker {
         let Some(s) = streams.get_mut(key) else {
             return;
         };
-        s.remote_changed = false;
+        s.relatched = false;
         let to = s.session.receiver.latch().remote();
         if let (Some(p), Some(to)) = (s.peer.as_mut(), to) {
             if p.to() == to || p.retarget(to).is_ok() {
